@@ -1,0 +1,30 @@
+import type { Readable, Writable } from 'node:stream';
+
+/** Options for one command run in a guest over the VM's SSH connection. */
+export interface GuestExecOptions {
+  /** Bytes fed to the command's stdin; ended when the stream ends. Omitted: stdin is closed at once. */
+  stdin?: Readable;
+  /** Where stdout/stderr go as they arrive. Omitted: collected and returned. */
+  stdout?: Writable;
+  stderr?: Writable;
+  /** Allocate a pseudo-terminal. */
+  pty?: { rows: number; cols: number; term: string };
+  env?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface GuestExecResult {
+  /** The command's exit status; 128+N when it died of signal N. */
+  code: number;
+  /** Collected output when no stdout/stderr stream was given. */
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+/**
+ * A connection to a running guest. `command` is a shell command line run by the guest's /bin/sh as root:
+ * callers quote with guest/shell.ts `shq`.
+ */
+export interface GuestSession {
+  exec(command: string, opts?: GuestExecOptions): Promise<GuestExecResult>;
+}

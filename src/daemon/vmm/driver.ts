@@ -1,0 +1,131 @@
+/**
+ * The contract between banger's VM service and a virtual machine monitor.
+ *
+ * A driver is a small lifecycle interface plus declared features: the VM service asks for a feature
+ * (`driver.features.has('qcow2')`), never for a driver's name. Drivers are registered in an explicit
+ * map built in daemon/main.ts.
+ */
+
+export type VmmName = 'qemu' | 'firecracker';
+export type Accel = 'kvm' | 'tcg';
+
+export type VmmFeature =
+  /** Boots from a qcow2 overlay (copy-on-write root disk without device-mapper). */
+  | 'qcow2'
+  /** Userspace networking with port forwards (no tap, no root networking). */
+  | 'userNetworking'
+  /** Tap device networking. */
+  | 'tap'
+  /** Host<->guest byte channel over virtio-serial exposed as a host unix socket. */
+  | 'virtioSerial'
+  /** Host<->guest channel over virtio-vsock. */
+  | 'vsock'
+  /** Software emulation when KVM is not usable. */
+  | 'tcg';
+
+export interface DiskSpec {
+  /** Stable identifier; also the order the guest sees them: root=vda, work=vdb, seed=vdc. */
+  id: 'root' | 'work' | 'seed';
+  path: string;
+  format: 'qcow2' | 'raw';
+  readOnly: boolean;
+}
+
+export type NetworkSpec =
+  | {
+      mode: 'user';
+      /** Host address the forwards bind to (a loopback address). */
+      hostAddress: string;
+      /** Host port forwarded to the guest's port 22. */
+      sshHostPort: number;
+      /** Whether the guest may reach addresses outside itself (QEMU: restrict=off). */
+      egress: boolean;
+      mac: string;
+    }
+  | {
+      mode: 'tap';
+      tapName: string;
+      mac: string;
+    };
+
+export interface LaunchSpec {
+  vmId: string;
+  name: string;
+  vcpus: number;
+  memoryMib: number;
+  accel: Accel;
+  kernelPath: string;
+  initrdPath: string;
+  /** Full kernel command line (see guest/cmdline.ts). */
+  kernelCmdline: string;
+  disks: DiskSpec[];
+  network: NetworkSpec;
+  /** Where the guest's serial console is written. */
+  consoleLogPath: string;
+  /** Where the VMM process's own stdout/stderr go. */
+  vmmLogPath: string;
+  /** Control socket: QMP for QEMU, the API socket for Firecracker. */
+  controlSocketPath: string;
+  /** Optional host<->guest channel (virtio-serial or vsock), a unix socket path on the host. */
+  channelSocketPath?: string;
+}
+
+/**
+ * What is true right now about a running VMM process. Kept in memory and in the VM's handles.json
+ * so a restarted daemon can find and verify it again.
+ */
+export interface VmHandle {
+  vmm: VmmName;
+  pid: number;
+  /** Process start time (clock ticks since boot, /proc/PID/stat field 22): tells a reused pid apart. */
+  startTime: number;
+  accel: Accel;
+  controlSocketPath: string;
+}
+
+export interface DriverAvailability {
+  ok: boolean;
+  /** Why the driver cannot run here, and what would fix it. */
+  reason?: string;
+  /** Resolved binary path when ok. */
+  binary?: string;
+}
+
+export interface VmmDriver {
+  readonly name: VmmName;
+  readonly features: ReadonlySet<VmmFeature>;
+
+  /** Whether the VMM binary is present and runnable on this host. Never hangs. */
+  availability(signal?: AbortSignal): Promise<DriverAvailability>;
+
+  /**
+   * Starts the VMM detached from the daemon (it must outlive a daemon restart) and resolves once the
+   * guest is booting: the process is up and its control socket answers. Rejects with a BangerError
+   * carrying the VMM's own error output when it exits early.
+   */
+  launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmHandle>;
+
+  /**
+   * Whether `handle` still refers to a live VMM process of VM `vmId`: the pid exists, its start time
+   * matches, and its command line names this VM. Used by reconcile after a daemon restart.
+   */
+  isAlive(handle: VmHandle, vmId: string): Promise<boolean>;
+
+  /**
+   * Resolves when the VMM process has exited (works for adopted processes that are not our children).
+   * Rejects only if `signal` aborts.
+   */
+  waitExit(handle: VmHandle, signal?: AbortSignal): Promise<void>;
+
+  /**
+   * Asks the guest to shut down through the VMM (ACPI power button, Ctrl-Alt-Del). Resolves when the
+   * request was delivered, not when the guest is down. Drivers without such a request omit it.
+   */
+  requestShutdown?(handle: VmHandle, signal?: AbortSignal): Promise<void>;
+
+  /** Ends the VMM process: SIGTERM, then SIGKILL after `graceMs`. Resolves once it is gone. */
+  kill(handle: VmHandle, graceMs?: number): Promise<void>;
+}
+
+/** Drivers by name, built once in daemon/main.ts. */
+export type DriverRegistry = ReadonlyMap<VmmName, VmmDriver>;
