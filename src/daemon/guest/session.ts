@@ -11,6 +11,8 @@ export interface GuestExecOptions {
   pty?: { rows: number; cols: number; term: string };
   env?: Record<string, string>;
   signal?: AbortSignal;
+  /** Called once the command started, with controls for it (window size changes of a pty). */
+  onStart?: (control: { resize(rows: number, cols: number): void }) => void;
 }
 
 export interface GuestExecResult {

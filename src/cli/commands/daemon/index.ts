@@ -1,0 +1,77 @@
+import { readFile, stat } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Command } from 'commander';
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { Methods } from '../../../protocol/methods.js';
+import type { CliContext } from '../../context.js';
+import { out } from '../../output.js';
+
+export function register(program: Command, ctx: CliContext): void {
+  const daemon = program.command('daemon').description('the bangerd background service (started automatically)');
+
+  daemon
+    .command('status')
+    .description('is bangerd running, and where')
+    .option('--json', 'print as JSON')
+    .action(async (o: { json?: boolean }) => {
+      const client = await ctx.existingClient();
+      if (!client)
+        throw new BangerError(ErrorCode.Unavailable, 'bangerd is not running', {
+          hint: 'any banger command starts it, e.g. `banger daemon start`',
+        });
+      const s = await client.call(Methods.daemonStatus, undefined);
+      client.close();
+      if (o.json) return out.json(s);
+      out.line(`bangerd ${s.version} running, pid ${s.pid}, since ${s.startedAt}`);
+      out.line(`state:  ${s.home}`);
+      out.line(`socket: ${s.socket}`);
+      out.line(`log:    ${s.logFile}`);
+      out.line(`VMs:    ${s.vms.running} running of ${s.vms.total}`);
+    });
+
+  daemon
+    .command('start')
+    .description('start bangerd if it is not running')
+    .action(async () => {
+      const s = await ctx.call(Methods.daemonStatus, undefined);
+      out.info(`bangerd running, pid ${s.pid}`);
+    });
+
+  daemon
+    .command('stop')
+    .description('stop bangerd; running VMs keep running and are adopted by the next daemon')
+    .action(async () => {
+      const client = await ctx.existingClient();
+      if (!client) return out.info('bangerd is not running');
+      await client.call(Methods.daemonStop, undefined);
+      client.close();
+      for (let i = 0; i < 100; i++) {
+        try {
+          await stat(ctx.paths.socket);
+        } catch {
+          return out.info('bangerd stopped');
+        }
+        await sleep(50);
+      }
+      throw new BangerError(ErrorCode.DeadlineExceeded, 'bangerd did not stop within 5 s', {
+        hint: `see \`banger daemon logs\`; its pid is in ${ctx.paths.daemonPidFile}`,
+      });
+    });
+
+  daemon
+    .command('logs')
+    .description("print the end of bangerd's log (JSON lines)")
+    .option('-n, --lines <n>', 'how many lines', (v) => Number(v), 100)
+    .action(async (o: { lines: number }) => {
+      let text: string;
+      try {
+        text = await readFile(ctx.paths.daemonLog, 'utf8');
+      } catch {
+        throw new BangerError(ErrorCode.NotFound, `no daemon log at ${ctx.paths.daemonLog}`, {
+          hint: 'bangerd has not run with this BANGER_HOME yet',
+        });
+      }
+      const lines = text.trimEnd().split('\n');
+      out.line(lines.slice(-o.lines).join('\n'));
+    });
+}

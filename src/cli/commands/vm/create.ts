@@ -1,0 +1,52 @@
+import { Option, type Command } from 'commander';
+import { Methods, type VmCreateParams } from '../../../protocol/methods.js';
+import { parseIntFlag, parseMib, type CliContext } from '../../context.js';
+import { out } from '../../output.js';
+import { vmDetails } from './format.js';
+
+export interface MachineFlags {
+  name?: string;
+  image?: string;
+  cpus?: number;
+  memory?: number;
+  diskSize?: number;
+  vmm?: 'auto' | 'qemu' | 'firecracker';
+  accel?: 'auto' | 'kvm' | 'tcg';
+}
+
+/** The flags vm create and vm run share. */
+export function addMachineFlags(cmd: Command): Command {
+  return cmd
+    .option('--name <name>', 'VM name: lowercase letters, digits, hyphens (default: generated)')
+    .option('--image <image>', "image to boot (default: 'default', built on first use)")
+    .option('--cpus <n>', 'virtual CPUs (default 2)', (v) => parseIntFlag('--cpus', v))
+    .option('--memory <size>', 'memory, e.g. 1024M or 2G (default 1G)', (v) => parseMib('--memory', v))
+    .option('--disk-size <size>', 'size of the work disk mounted at /root, e.g. 4G (default 4G)', (v) => parseMib('--disk-size', v))
+    .addOption(new Option('--vmm <vmm>', 'virtual machine monitor').choices(['auto', 'qemu', 'firecracker']).default('auto'))
+    .addOption(
+      new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices(['auto', 'kvm', 'tcg']).default('auto'),
+    );
+}
+
+export function machineParams(o: MachineFlags): VmCreateParams {
+  return {
+    name: o.name,
+    image: o.image,
+    cpus: o.cpus,
+    memoryMib: o.memory,
+    diskSizeMib: o.diskSize,
+    vmm: o.vmm,
+    accel: o.accel,
+  };
+}
+
+export function register(vm: Command, ctx: CliContext): void {
+  addMachineFlags(vm.command('create').description('create a VM (disks, keys) without booting it'))
+    .option('--start', 'boot it right away')
+    .option('--json', 'print the VM as JSON')
+    .action(async (o: MachineFlags & { start?: boolean; json?: boolean }) => {
+      const v = await ctx.call(Methods.vmCreate, { ...machineParams(o), start: !!o.start }, { json: o.json, progress: true });
+      if (o.json) out.json(v);
+      else out.line(vmDetails(v));
+    });
+}

@@ -1,0 +1,51 @@
+import type { VmInfo } from '../../../protocol/types.js';
+import { table } from '../../output.js';
+
+export function vmTable(vms: VmInfo[]): string {
+  return table(
+    ['NAME', 'STATE', 'IMAGE', 'VMM', 'CPUS', 'MEMORY', 'SSH', 'DNS NAME', 'AGE'],
+    vms.map((v) => [
+      v.name,
+      v.problem ? `${v.state}!` : v.state,
+      v.image,
+      v.accel ? `${v.vmm}/${v.accel}` : v.vmm,
+      String(v.vcpus),
+      `${v.memoryMib}M`,
+      `${v.network.hostAddress}:${v.network.sshPort}`,
+      v.dnsName,
+      age(v.createdAt),
+    ]),
+  );
+}
+
+export function vmDetails(v: VmInfo): string {
+  const rows: [string, string][] = [
+    ['Name', v.name],
+    ['ID', v.id],
+    ['State', v.state],
+    ['Image', v.image],
+    ['VMM', `${v.vmm}${v.accel ? ` (${v.accel === 'tcg' ? 'software emulation, TCG' : 'KVM'})` : ''}`],
+    ['CPUs', String(v.vcpus)],
+    ['Memory', `${v.memoryMib} MiB`],
+    ['Work disk', `${v.diskSizeMib} MiB (mounted at /root)`],
+    ['Network', `${v.network.mode}, guest ${v.network.guestAddress}, egress ${v.network.egress ? 'allowed' : 'off'}`],
+    ['SSH', `${v.network.hostAddress}:${v.network.sshPort} (banger vm ssh ${v.name})`],
+    ['DNS name', v.dnsName],
+    ['PID', v.pid === null ? '-' : String(v.pid)],
+    ['Created', v.createdAt],
+    ['Started', v.startedAt ?? '-'],
+    ['Directory', v.dir],
+  ];
+  if (v.lastError) rows.push(['Last error', v.lastError]);
+  if (v.problem) rows.push(['Problem', v.problem]);
+  const w = Math.max(...rows.map((r) => r[0].length));
+  return rows.map(([k, val]) => `${(k + ':').padEnd(w + 1)} ${val}`).join('\n');
+}
+
+function age(iso: string): string {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 60) return `${Math.floor(s)}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}

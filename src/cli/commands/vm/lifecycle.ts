@@ -1,0 +1,54 @@
+import type { Command } from 'commander';
+import { Methods } from '../../../protocol/methods.js';
+import { parseIntFlag, type CliContext } from '../../context.js';
+import { out } from '../../output.js';
+
+export function register(vm: Command, ctx: CliContext): void {
+  vm.command('start')
+    .description('boot a stopped VM and wait until SSH answers')
+    .argument('<name>')
+    .option('--json', 'print the VM as JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const v = await ctx.call(Methods.vmStart, { name }, { json: o.json, progress: true });
+      if (o.json) out.json(v);
+      else out.info(`${v.name} is running (ssh: banger vm ssh ${v.name})`);
+    });
+
+  vm.command('stop')
+    .description('shut a VM down: guest poweroff first, forced after --timeout')
+    .argument('<name...>')
+    .option('-f, --force', 'kill the VMM without asking the guest')
+    .option('--timeout <seconds>', 'wait this long for a graceful shutdown (default 20)', (v) => parseIntFlag('--timeout', v))
+    .option('--json', 'print the VMs as JSON')
+    .action(async (names: string[], o: { force?: boolean; timeout?: number; json?: boolean }) => {
+      const res = [];
+      for (const name of names) {
+        const v = await ctx.call(Methods.vmStop, { name, force: o.force, timeoutSeconds: o.timeout });
+        res.push(v);
+        if (!o.json) out.info(`${v.name} is ${v.state}`);
+      }
+      if (o.json) out.json(res);
+    });
+
+  vm.command('restart')
+    .description('stop and start a VM')
+    .argument('<name>')
+    .option('--json', 'print the VM as JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const v = await ctx.call(Methods.vmRestart, { name }, { json: o.json, progress: true });
+      if (o.json) out.json(v);
+      else out.info(`${v.name} is running`);
+    });
+
+  vm.command('delete')
+    .alias('rm')
+    .description('delete VMs: their processes, disks and keys')
+    .argument('<name...>')
+    .option('-f, --force', 'stop running VMs first')
+    .action(async (names: string[], o: { force?: boolean }) => {
+      for (const name of names) {
+        await ctx.call(Methods.vmDelete, { name, force: o.force });
+        out.info(`deleted ${name}`);
+      }
+    });
+}

@@ -1,0 +1,65 @@
+import { InvalidArgumentError } from 'commander';
+import type { RequestType } from 'vscode-jsonrpc';
+import { BangerClient } from '../client/client.js';
+import { connectOrStart } from '../client/launcher.js';
+import { Paths } from '../shared/paths.js';
+import { ProgressRenderer, progressMode, out } from './output.js';
+
+/** What every command gets: where state lives, a lazily started daemon connection, Ctrl-C as a signal. */
+export class CliContext {
+  readonly paths = Paths.fromEnv();
+  private clientP: Promise<BangerClient> | undefined;
+  /** Exit code a command asks for (vm exec/run: the guest command's). */
+  exitCode = 0;
+
+  constructor(readonly signal: AbortSignal) {}
+
+  client(): Promise<BangerClient> {
+    this.clientP ??= connectOrStart(this.paths, () => out.info('starting bangerd...'));
+    return this.clientP;
+  }
+
+  /** Connects only if a daemon is running already; undefined otherwise. */
+  async existingClient(): Promise<BangerClient | undefined> {
+    try {
+      return await BangerClient.connect(this.paths.socket);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Calls a method, rendering its progress events per --json/TTY. */
+  async call<P, R>(type: RequestType<P, R, unknown>, params: P, opts: { json?: boolean; progress?: boolean } = {}): Promise<R> {
+    const client = await this.client();
+    if (!opts.progress) return client.call(type, params, { signal: this.signal });
+    const r = new ProgressRenderer(progressMode({ json: opts.json }));
+    try {
+      const res = await client.call(type, params, { signal: this.signal, onProgress: r.onEvent });
+      r.finish(true);
+      return res;
+    } catch (e) {
+      r.finish(false);
+      throw e;
+    }
+  }
+
+  close(): void {
+    void this.clientP?.then((c) => c.close(), () => undefined);
+  }
+}
+
+/** Parses sizes like 512, 512M, 2G, 1.5GiB into MiB. */
+export function parseMib(_flag: string, v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(m|mb|mib|g|gb|gib|t|tb|tib)?$/i.exec(v.trim());
+  if (!m) throw new InvalidArgumentError(`expected a size like 512M or 2G, got '${v}'`);
+  const n = Number(m[1]);
+  const unit = (m[2] ?? 'm').toLowerCase()[0];
+  const mib = unit === 'g' ? n * 1024 : unit === 't' ? n * 1024 * 1024 : n;
+  return Math.round(mib);
+}
+
+export function parseIntFlag(_flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive whole number, got '${v}'`);
+  return n;
+}

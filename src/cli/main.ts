@@ -1,0 +1,75 @@
+import { Command, CommanderError } from 'commander';
+import { EXIT_CODES, ErrorCode, isBangerError } from '../errors/index.js';
+import { VERSION } from '../shared/version.js';
+import { CliContext } from './context.js';
+import { out } from './output.js';
+import * as daemon from './commands/daemon/index.js';
+import * as doctor from './commands/doctor.js';
+import * as image from './commands/image/index.js';
+import * as vm from './commands/vm/index.js';
+
+const EXIT_HELP = `
+Exit codes:
+  vm run / vm exec / vm ssh exit with the guest command's own exit code. banger's own failures use:
+  64 invalid argument   65 not found       66 already exists   67 failed precondition
+  68 conflict           69 unavailable     70 timed out        71 out of resources
+  72 not implemented    125 internal error 130 cancelled (Ctrl-C)
+
+Environment:
+  BANGER_HOME   state directory (default /var/lib/banger for root, else $XDG_DATA_HOME/banger)
+
+Start here:
+  banger vm run -- uname -a     boot a microVM (building the default image on first use) and run a command
+  banger doctor                 check what this host supports`;
+
+async function main(argv: string[]): Promise<number> {
+  const ac = new AbortController();
+  let interrupted = 0;
+  process.on('SIGINT', () => {
+    interrupted++;
+    if (interrupted > 1) process.exit(EXIT_CODES.Cancelled);
+    ac.abort();
+  });
+  const ctx = new CliContext(ac.signal);
+  const program = new Command('banger')
+    .description('local microVM sandboxes for developers and coding agents')
+    .version(VERSION)
+    .showSuggestionAfterError()
+    .enablePositionalOptions()
+    .exitOverride()
+    .addHelpText('after', EXIT_HELP);
+  vm.register(program, ctx);
+  image.register(program, ctx);
+  daemon.register(program, ctx);
+  doctor.register(program, ctx);
+  for (const c of program.commands) c.enablePositionalOptions?.();
+
+  try {
+    await program.parseAsync(argv);
+    return ctx.exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      return EXIT_CODES.InvalidArgument;
+    }
+    if (isBangerError(e)) {
+      if (e.code === ErrorCode.Cancelled) {
+        out.error('cancelled');
+        return EXIT_CODES.Cancelled;
+      }
+      out.error(e.message);
+      if (e.hint) out.info(`hint: ${e.hint}`);
+      return EXIT_CODES[e.code];
+    }
+    out.error(`internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    out.info('hint: this is a bug in banger; `banger daemon logs` may say more');
+    return EXIT_CODES.Internal;
+  } finally {
+    ctx.close();
+  }
+}
+
+const code = await main(process.argv);
+process.exitCode = code;
+// Flush stdout/stderr, then leave even if a stray handle (stdin) is still open.
+process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));

@@ -1,0 +1,133 @@
+/**
+ * Everything the CLI prints goes through here. Results (and --json) go to stdout; progress, notices
+ * and errors go to stderr.
+ */
+import ora, { type Ora } from 'ora';
+import type { ProgressEvent } from '../protocol/types.js';
+
+export const out = {
+  /** A line of result text on stdout. */
+  line(s = ''): void {
+    process.stdout.write(s + '\n');
+  },
+  raw(b: Buffer | string): void {
+    process.stdout.write(b);
+  },
+  json(v: unknown): void {
+    process.stdout.write(JSON.stringify(v, null, 2) + '\n');
+  },
+  /** A human message on stderr. */
+  info(s: string): void {
+    process.stderr.write(s + '\n');
+  },
+  warn(s: string): void {
+    process.stderr.write(`${color('33', 'warning:')} ${s}\n`);
+  },
+  error(s: string): void {
+    process.stderr.write(`${color('31', 'error:')} ${s}\n`);
+  },
+  errRaw(b: Buffer | string): void {
+    process.stderr.write(b);
+  },
+};
+
+function color(code: string, s: string): string {
+  return process.stderr.isTTY && !process.env.NO_COLOR ? `\x1b[${code}m${s}\x1b[0m` : s;
+}
+
+/** A table with a header row; columns padded to their widest cell. */
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const fmt = (r: string[]) =>
+    r
+      .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  return [fmt(headers), ...rows.map(fmt)].join('\n');
+}
+
+export type ProgressMode = 'tty' | 'plain' | 'json' | 'quiet';
+
+export function progressMode(opts: { json?: boolean; quiet?: boolean }): ProgressMode {
+  if (opts.quiet) return 'quiet';
+  if (opts.json) return 'json';
+  return process.stderr.isTTY ? 'tty' : 'plain';
+}
+
+/**
+ * Renders progress events: a spinner on a TTY, one plain line per step otherwise, JSON lines with --json
+ * (all on stderr, so stdout stays the command's result).
+ */
+export class ProgressRenderer {
+  private spinner: Ora | undefined;
+  private lastBytesLine = 0;
+
+  constructor(private readonly mode: ProgressMode) {}
+
+  readonly onEvent = (ev: ProgressEvent): void => {
+    switch (this.mode) {
+      case 'quiet':
+        return;
+      case 'json':
+        process.stderr.write(JSON.stringify({ progress: ev }) + '\n');
+        return;
+      case 'plain':
+        return this.plain(ev);
+      case 'tty':
+        return this.tty(ev);
+    }
+  };
+
+  private plain(ev: ProgressEvent): void {
+    if (ev.kind === 'step') out.info(`==> [${ev.index}/${ev.total}] ${ev.step}${ev.detail ? `: ${ev.detail}` : ''}`);
+    else if (ev.kind === 'notice') out.info(`note: ${ev.message}`);
+    else if (ev.kind === 'bytes') {
+      const now = Date.now();
+      if (now - this.lastBytesLine < 2000 && ev.done !== ev.total) return;
+      this.lastBytesLine = now;
+      out.info(`    ${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}${ev.files !== undefined ? `, ${ev.files} files` : ''}`);
+    }
+  }
+
+  private tty(ev: ProgressEvent): void {
+    if (ev.kind === 'notice') {
+      if (this.spinner) this.spinner.clear();
+      out.info(`note: ${ev.message}`);
+      this.spinner?.render();
+      return;
+    }
+    if (ev.kind === 'log') return;
+    const text =
+      ev.kind === 'step'
+        ? `[${ev.index}/${ev.total}] ${ev.step}${ev.detail ? ` ${dim(ev.detail)}` : ''}`
+        : `${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}${ev.files !== undefined ? `, ${ev.files} files` : ''}`;
+    if (!this.spinner) this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
+    else if (ev.kind === 'step' && !this.spinner.text.startsWith(`[${ev.index}/`)) {
+      this.spinner.succeed();
+      this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
+    } else this.spinner.text = text;
+  }
+
+  /** Ends the display: the last step is marked done, or failed. */
+  finish(ok: boolean): void {
+    if (!this.spinner) return;
+    if (ok) this.spinner.succeed();
+    else this.spinner.fail();
+    this.spinner = undefined;
+  }
+}
+
+function dim(s: string): string {
+  return `\x1b[2m${s}\x1b[0m`;
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}

@@ -1,0 +1,186 @@
+import { Client, type ClientChannel, utils as sshUtils } from 'ssh2';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BangerError, ErrorCode } from '../../errors/index.js';
+import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
+
+export interface SshTarget {
+  host: string;
+  port: number;
+  username: string;
+  privateKey: string;
+  /** The guest's pinned host public key, OpenSSH one-line format ("ssh-ed25519 AAAA... comment"). */
+  hostPublicKey: string;
+}
+
+/** Generates an ed25519 key pair in OpenSSH formats (private key PEM-ish text, public one-liner). */
+export function generateEd25519(comment: string): { privateKey: string; publicKey: string } {
+  const kp = sshUtils.generateKeyPairSync('ed25519', { comment });
+  return { privateKey: kp.private, publicKey: kp.public.trim() };
+}
+
+/** The raw key blob of an OpenSSH one-line public key: what ssh2's hostVerifier receives. */
+export function publicKeyBlob(openSshLine: string): Buffer {
+  const b64 = openSshLine.trim().split(/\s+/)[1];
+  if (!b64) throw new BangerError(ErrorCode.Internal, 'malformed pinned host key');
+  return Buffer.from(b64, 'base64');
+}
+
+const SIGNALS: Record<string, number> = { HUP: 1, INT: 2, QUIT: 3, ABRT: 6, KILL: 9, SEGV: 11, PIPE: 13, ALRM: 14, TERM: 15 };
+
+/**
+ * One ssh2 connection to a guest, kept open while the VM runs; every exec is a channel on it.
+ * The host key is verified against the key pinned at VM creation: a mismatch fails the connection.
+ */
+export class SshGuestSession implements GuestSession {
+  private closed = false;
+
+  private constructor(private readonly client: Client) {
+    client.on('close', () => (this.closed = true));
+    client.on('error', () => (this.closed = true));
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Calls `fn` once when the connection drops (guest shutdown, network loss). */
+  onClose(fn: () => void): void {
+    if (this.closed) fn();
+    else this.client.once('close', fn);
+  }
+
+  static connect(target: SshTarget, signal?: AbortSignal, readyTimeoutMs = 20_000): Promise<SshGuestSession> {
+    const pinned = publicKeyBlob(target.hostPublicKey);
+    return new Promise((resolve, reject) => {
+      const client = new Client();
+      let hostKeyMismatch = false;
+      const onAbort = () => {
+        client.destroy();
+        reject(new BangerError(ErrorCode.Cancelled, 'cancelled while connecting to the guest'));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      client
+        .once('ready', () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(new SshGuestSession(client));
+        })
+        .once('error', (err: Error) => {
+          signal?.removeEventListener('abort', onAbort);
+          client.destroy();
+          if (hostKeyMismatch)
+            reject(
+              new BangerError(
+                ErrorCode.FailedPrecondition,
+                `the guest at ${target.host}:${target.port} presented a host key that does not match the one pinned for this VM`,
+                { hint: 'something else may be listening on that port; `banger vm restart` the VM', cause: err },
+              ),
+            );
+          else reject(err);
+        })
+        .connect({
+          host: target.host,
+          port: target.port,
+          username: target.username,
+          privateKey: target.privateKey,
+          readyTimeout: readyTimeoutMs,
+          keepaliveInterval: 15_000,
+          keepaliveCountMax: 4,
+          hostVerifier: (key: Buffer) => {
+            const ok = key.equals(pinned);
+            if (!ok) hostKeyMismatch = true;
+            return ok;
+          },
+        });
+    });
+  }
+
+  /**
+   * Connects, retrying while the guest boots, until `deadlineMs` passes or `stillBooting()` says the VM died.
+   */
+  static async waitFor(
+    target: SshTarget,
+    opts: { deadlineMs: number; signal?: AbortSignal; stillBooting: () => Promise<boolean> },
+  ): Promise<SshGuestSession> {
+    const end = Date.now() + opts.deadlineMs;
+    let lastErr: unknown;
+    for (;;) {
+      opts.signal?.throwIfAborted();
+      try {
+        return await SshGuestSession.connect(target, opts.signal, Math.max(2000, Math.min(15_000, end - Date.now())));
+      } catch (e) {
+        if (e instanceof BangerError) throw e;
+        lastErr = e;
+      }
+      if (!(await opts.stillBooting()))
+        throw new BangerError(ErrorCode.Unavailable, 'the VM stopped before its SSH server answered', {
+          hint: 'see the console with `banger vm logs NAME`',
+        });
+      if (Date.now() > end)
+        throw new BangerError(
+          ErrorCode.DeadlineExceeded,
+          `the guest's SSH server did not answer within ${Math.round(opts.deadlineMs / 1000)} s (${String((lastErr as Error)?.message ?? lastErr)})`,
+          { hint: 'see the console with `banger vm logs NAME`' },
+        );
+      await sleep(250, undefined, { signal: opts.signal });
+    }
+  }
+
+  exec(command: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+    if (this.closed)
+      return Promise.reject(new BangerError(ErrorCode.Unavailable, 'the SSH connection to the guest is closed'));
+    return new Promise((resolve, reject) => {
+      const execOpts: Record<string, unknown> = {};
+      if (opts.pty) execOpts.pty = { rows: opts.pty.rows, cols: opts.pty.cols, term: opts.pty.term };
+      if (opts.env) execOpts.env = opts.env;
+      this.client.exec(command, execOpts, (err, channel) => {
+        if (err) {
+          reject(new BangerError(ErrorCode.Unavailable, `could not run a command in the guest: ${err.message}`));
+          return;
+        }
+        const out: Buffer[] = [];
+        const errOut: Buffer[] = [];
+        let code: number | undefined;
+        channel.on('exit', (c: number | null, sig?: string) => {
+          code = c ?? 128 + (sig ? (SIGNALS[sig] ?? 1) : 1);
+        });
+        if (opts.stdout) channel.pipe(opts.stdout, { end: false });
+        else channel.on('data', (d: Buffer) => out.push(d));
+        if (opts.stderr) channel.stderr.pipe(opts.stderr, { end: false });
+        else channel.stderr.on('data', (d: Buffer) => errOut.push(d));
+        const onAbort = () => {
+          channel.signal('KILL');
+          channel.close();
+        };
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        channel.on('close', () => {
+          opts.signal?.removeEventListener('abort', onAbort);
+          if (opts.signal?.aborted) {
+            reject(new BangerError(ErrorCode.Cancelled, 'cancelled'));
+            return;
+          }
+          if (code === undefined) {
+            reject(new BangerError(ErrorCode.Unavailable, 'the guest closed the session without an exit status'));
+            return;
+          }
+          resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(errOut) });
+        });
+        opts.onStart?.({ resize: (rows, cols) => channel.setWindow(rows, cols, 0, 0) });
+        wireStdin(channel, opts);
+      });
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.client.end();
+  }
+}
+
+function wireStdin(channel: ClientChannel, opts: GuestExecOptions): void {
+  if (!opts.stdin) {
+    channel.end();
+    return;
+  }
+  opts.stdin.pipe(channel);
+  opts.stdin.on('error', () => channel.end());
+}

@@ -1,0 +1,231 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { BangerError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../errors/index.js';
+import type { ImageFileInfo, ImageInfo, ProgressEvent } from '../../../protocol/types.js';
+import type { Paths } from '../../../shared/paths.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { ImageRecord, ImageRepo } from '../../store/repos/images.js';
+import type { VmRepo } from '../../store/repos/vms.js';
+import { KeyedMutex } from '../locks.js';
+
+/** An image whose files exist and can boot. */
+export interface ReadyImage {
+  id: string;
+  name: string;
+  kernelPath: string;
+  initrdPath: string;
+  rootfsPath: string;
+  kernelVersion: string | null;
+  kernelSha256: string;
+}
+
+export interface BuiltImage {
+  kernelVersion: string;
+  files: ImageFileInfo[];
+  params: ImageRecord['params'];
+}
+
+/** Builds an image's files into `outDir` (which exists and is empty), reporting progress. */
+export type ImageBuilder = (
+  req: { name: string; packages: string[] },
+  outDir: string,
+  progress: (ev: ProgressEvent) => void,
+  signal?: AbortSignal,
+) => Promise<BuiltImage>;
+
+export interface ImageServiceDeps {
+  paths: Paths;
+  images: ImageRepo;
+  vms: VmRepo;
+  build: ImageBuilder;
+  log: Logger;
+  now?: () => Date;
+}
+
+const IMAGE_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+/** The name of the image built on first use. */
+export const DEFAULT_IMAGE = 'default';
+
+/**
+ * Images: built once from Debian packages, shared read-only by every VM layered on them.
+ * Locking: one build per image name at a time (`builds`); a second caller waits and then uses the result.
+ */
+export class ImageService {
+  private readonly builds = new KeyedMutex();
+  private readonly now: () => Date;
+
+  constructor(private readonly d: ImageServiceDeps) {
+    this.now = d.now ?? (() => new Date());
+  }
+
+  /** Builds interrupted by a daemon crash are marked failed and their scratch files removed. */
+  async reconcile(): Promise<void> {
+    for (const img of this.d.images.list()) {
+      if (img.status !== 'building') continue;
+      await rm(this.d.paths.imageBuildDir(img.id), { recursive: true, force: true });
+      this.d.images.update(img.id, { status: 'failed', error: 'the build was interrupted (bangerd stopped)' });
+    }
+  }
+
+  list(): ImageInfo[] {
+    return this.d.images.list().map((i) => this.info(i));
+  }
+
+  show(name: string): ImageInfo {
+    return this.info(this.byName(name));
+  }
+
+  byId(id: string): ImageRecord | undefined {
+    return this.d.images.byId(id);
+  }
+
+  byIdReady(id: string): ReadyImage {
+    const img = this.d.images.byId(id);
+    if (!img) throw notFound(`the VM's image (${id}) no longer exists`);
+    return this.ready(img);
+  }
+
+  private byName(name: string): ImageRecord {
+    const img = this.d.images.byName(name);
+    if (!img) throw notFound(`no image '${name}'`, `build it with \`banger image build ${name}\``);
+    return img;
+  }
+
+  info(i: ImageRecord): ImageInfo {
+    return {
+      id: i.id,
+      name: i.name,
+      status: i.status,
+      kernelVersion: i.kernelVersion,
+      files: i.files,
+      params: i.params,
+      createdAt: i.createdAt,
+      buildSeconds: i.buildSeconds,
+      usedBy: this.d.vms.namesUsingImage(i.id),
+      error: i.error,
+    };
+  }
+
+  private ready(img: ImageRecord): ReadyImage {
+    if (img.status !== 'ready')
+      throw failedPrecondition(
+        `image '${img.name}' is ${img.status}${img.error ? `: ${img.error}` : ''}`,
+        `rebuild it with \`banger image build --force ${img.name}\``,
+      );
+    const file = (role: ImageFileInfo['role']) => {
+      const f = img.files.find((x) => x.role === role);
+      if (!f) throw failedPrecondition(`image '${img.name}' has no ${role}`, `rebuild it with \`banger image build --force ${img.name}\``);
+      return f;
+    };
+    return {
+      id: img.id,
+      name: img.name,
+      kernelPath: file('kernel').path,
+      initrdPath: file('initrd').path,
+      rootfsPath: file('rootfs').path,
+      kernelVersion: img.kernelVersion,
+      kernelSha256: file('kernel').sha256,
+    };
+  }
+
+  /** The named image, ready to boot; the default image is built on first use (with progress). */
+  async ensureReady(name: string, progress: (ev: ProgressEvent) => void, signal?: AbortSignal): Promise<ReadyImage> {
+    const img = this.d.images.byName(name);
+    if (img?.status === 'ready') return this.ready(img);
+    if (name !== DEFAULT_IMAGE) {
+      if (!img) throw notFound(`no image '${name}'`, `build it with \`banger image build ${name}\``);
+      return this.ready(img);
+    }
+    progress({ kind: 'notice', message: `building the '${DEFAULT_IMAGE}' image (first use; takes a few minutes)` });
+    const built = await this.build({ name, packages: [], force: img !== undefined }, progress, signal);
+    return this.ready(this.d.images.byId(built.id)!);
+  }
+
+  async build(
+    req: { name: string; packages?: string[]; force?: boolean },
+    progress: (ev: ProgressEvent) => void,
+    signal?: AbortSignal,
+  ): Promise<ImageInfo> {
+    if (!IMAGE_NAME_RE.test(req.name))
+      throw invalidArgument(
+        `invalid image name ${JSON.stringify(req.name)}: use lowercase letters, digits, '.', '_' and '-'`,
+      );
+    const packages = req.packages ?? [];
+    for (const p of packages)
+      if (!/^[a-z0-9][a-z0-9+.-]+$/.test(p)) throw invalidArgument(`invalid Debian package name ${JSON.stringify(p)}`);
+
+    return this.builds.run(req.name, async () => {
+      const existing = this.d.images.byName(req.name);
+      if (existing?.status === 'ready' && !req.force) return this.info(existing);
+      if (existing) {
+        const users = this.d.vms.namesUsingImage(existing.id);
+        if (users.length > 0)
+          throw failedPrecondition(
+            `image '${req.name}' is used by ${users.join(', ')}`,
+            `delete those VMs first, or build under another name`,
+          );
+        await this.removeFiles(existing.id);
+        this.d.images.delete(existing.id);
+      }
+      const id = randomBytes(6).toString('hex');
+      const rec: ImageRecord = {
+        id,
+        name: req.name,
+        status: 'building',
+        kernelVersion: null,
+        files: [],
+        params: { suite: 'bookworm', mirror: '', packages },
+        buildSeconds: null,
+        error: null,
+        createdAt: this.now().toISOString(),
+      };
+      this.d.images.insert(rec);
+      const buildDir = this.d.paths.imageBuildDir(id);
+      const finalDir = this.d.paths.imageDir(id);
+      const started = Date.now();
+      try {
+        await rm(buildDir, { recursive: true, force: true });
+        await mkdir(buildDir, { recursive: true, mode: 0o700 });
+        const built = await this.d.build({ name: req.name, packages }, buildDir, progress, signal);
+        await rename(buildDir, finalDir);
+        const files = built.files.map((f) => ({ ...f, path: f.path.replace(buildDir, finalDir) }));
+        this.d.images.update(id, {
+          status: 'ready',
+          kernelVersion: built.kernelVersion,
+          files,
+          params: built.params,
+          buildSeconds: (Date.now() - started) / 1000,
+        });
+        this.d.log.info({ image: req.name, seconds: (Date.now() - started) / 1000 }, 'image built');
+        return this.info(this.d.images.byId(id)!);
+      } catch (e) {
+        await rm(buildDir, { recursive: true, force: true });
+        const cancelled = signal?.aborted || (e instanceof BangerError && e.code === ErrorCode.Cancelled);
+        if (cancelled) this.d.images.delete(id);
+        else this.d.images.update(id, { status: 'failed', error: (e as Error).message.split('\n')[0] ?? 'failed' });
+        throw e;
+      }
+    }, signal);
+  }
+
+  async delete(name: string): Promise<{ deleted: string }> {
+    return this.builds.run(name, async () => {
+      const img = this.byName(name);
+      const users = this.d.vms.namesUsingImage(img.id);
+      if (users.length > 0)
+        throw failedPrecondition(
+          `image '${name}' is used by ${users.length === 1 ? 'VM' : 'VMs'} ${users.join(', ')}`,
+          `delete ${users.length === 1 ? 'it' : 'them'} first with \`banger vm delete ${users.join(' ')}\``,
+        );
+      await this.removeFiles(img.id);
+      this.d.images.delete(img.id);
+      return { deleted: name };
+    });
+  }
+
+  private async removeFiles(id: string): Promise<void> {
+    await rm(this.d.paths.imageDir(id), { recursive: true, force: true });
+    await rm(this.d.paths.imageBuildDir(id), { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,24 @@
+import { readFile, rm, writeFile, rename } from 'node:fs/promises';
+import type { VmHandle } from '../../vmm/driver.js';
+
+/** handles.json: what a restarted daemon needs to find a VM's live process again. */
+export async function writeHandles(path: string, h: VmHandle): Promise<void> {
+  const tmp = `${path}.tmp`;
+  await writeFile(tmp, JSON.stringify(h, null, 2) + '\n', { mode: 0o600 });
+  await rename(tmp, path);
+}
+
+export async function readHandles(path: string): Promise<VmHandle | undefined> {
+  try {
+    const h = JSON.parse(await readFile(path, 'utf8')) as Partial<VmHandle>;
+    if (typeof h.pid !== 'number' || typeof h.startTime !== 'number' || !h.vmm || !h.controlSocketPath || !h.accel)
+      return undefined;
+    return h as VmHandle;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function removeRuntimeFiles(paths: string[]): Promise<void> {
+  await Promise.all(paths.map((p) => rm(p, { force: true })));
+}

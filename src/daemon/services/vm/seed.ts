@@ -1,0 +1,53 @@
+import { pack } from 'tar-stream';
+import { shq } from '../../guest/shell.js';
+
+export interface SeedConfig {
+  hostname: string;
+  ipCidr: string;
+  gateway: string;
+  dns: string;
+  hostPrivateKey: string;
+  hostPublicKey: string;
+  authorizedKeys: string;
+}
+
+/** The `env` file the guest's init sources: shell assignments, values quoted. */
+export function seedEnv(c: SeedConfig): string {
+  const vars: Record<string, string> = {
+    BANGER_HOSTNAME: c.hostname,
+    BANGER_IP: c.ipCidr,
+    BANGER_GW: c.gateway,
+    BANGER_DNS: c.dns,
+  };
+  return Object.entries(vars)
+    .map(([k, v]) => `${k}=${shq(v)}\n`)
+    .join('');
+}
+
+/**
+ * The seed disk: a tar archive the guest reads straight from its block device at every boot
+ * (`tar -xf /dev/vdc`), padded to a multiple of 4096 bytes so it is a valid disk image.
+ */
+export async function buildSeedTar(c: SeedConfig): Promise<Buffer> {
+  const p = pack();
+  const chunks: Buffer[] = [];
+  p.on('data', (d: unknown) => {
+    chunks.push(d as Buffer);
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    p.on('end', resolve);
+    p.on('error', reject);
+  });
+  const add = (name: string, content: string, mode: number) => p.entry({ name, mode, uid: 0, gid: 0 }, content);
+  add('env', seedEnv(c), 0o644);
+  add('ssh_host_ed25519_key', ensureNewline(c.hostPrivateKey), 0o600);
+  add('ssh_host_ed25519_key.pub', ensureNewline(c.hostPublicKey), 0o644);
+  add('authorized_keys', ensureNewline(c.authorizedKeys), 0o600);
+  p.finalize();
+  await done;
+  const tar = Buffer.concat(chunks);
+  const padded = Math.ceil(tar.length / 4096) * 4096;
+  return Buffer.concat([tar, Buffer.alloc(padded - tar.length)]);
+}
+
+const ensureNewline = (s: string) => (s.endsWith('\n') ? s : s + '\n');

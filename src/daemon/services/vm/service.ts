@@ -1,0 +1,607 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm, stat, writeFile, open } from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
+import {
+  BangerError,
+  ErrorCode,
+  alreadyExists,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+} from '../../../errors/index.js';
+import type { AccelChoice, ProgressEvent, VmInfo, VmmChoice } from '../../../protocol/types.js';
+import type { Paths, VmPaths } from '../../../shared/paths.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { CommandRunner } from '../../exec.js';
+import { shJoin } from '../../guest/shell.js';
+import type { GuestExecOptions } from '../../guest/session.js';
+import { SshGuestSession, generateEd25519 } from '../../guest/ssh.js';
+import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
+import type { Accel, DriverRegistry, LaunchSpec, VmHandle, VmmDriver, VmmName } from '../../vmm/driver.js';
+import type { ImageService, ReadyImage } from '../image/service.js';
+import { KeyedMutex } from '../locks.js';
+import { readHandles, removeRuntimeFiles, writeHandles } from './handles.js';
+import { generateVmName, randomMac, validateVmName } from './names.js';
+import { isPortFree, pickFreePort } from './ports.js';
+import { buildSeedTar } from './seed.js';
+
+/** Decides the accelerator for a boot of `image`'s kernel: a real probe, cached. */
+export interface AccelResolver {
+  resolve(requested: AccelChoice, image: ReadyImage, signal?: AbortSignal): Promise<{ accel: Accel; notice?: string }>;
+  /** Whether KVM is usable (cached answer or probe); used to pick a VMM. */
+  kvmUsable(image: ReadyImage, signal?: AbortSignal): Promise<boolean>;
+}
+
+/** Builds the guest kernel command line for a boot. */
+export type KernelCmdline = (vm: VmRecord) => string;
+
+export interface VmServiceDeps {
+  paths: Paths;
+  vms: VmRepo;
+  images: ImageService;
+  drivers: DriverRegistry;
+  accel: AccelResolver;
+  kernelCmdline: KernelCmdline;
+  run: CommandRunner;
+  log: Logger;
+  /** banger's client key pair, authorized in every guest. */
+  clientKey: { privateKey: string; publicKey: string };
+  now?: () => Date;
+  /** How long a boot may take until SSH answers. */
+  bootTimeoutMs?: number;
+}
+
+export interface VmCreateOptions {
+  name?: string;
+  image?: string;
+  cpus?: number;
+  memoryMib?: number;
+  diskSizeMib?: number;
+  vmm?: VmmChoice;
+  accel?: AccelChoice;
+}
+
+export interface VmExecStreams {
+  stdin?: Readable;
+  stdout: Writable;
+  stderr: Writable;
+  pty?: GuestExecOptions['pty'];
+  onStart?: GuestExecOptions['onStart'];
+  signal?: AbortSignal;
+}
+
+type Progress = (ev: ProgressEvent) => void;
+
+/** The guest address under QEMU user networking (slirp's defaults). */
+const USER_NET = { ip: '10.0.2.15', cidr: '10.0.2.15/24', gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
+const HOST_ADDRESS = '127.0.0.1';
+
+export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
+
+/** What is true right now about a VM the daemon believes runs. */
+interface LiveVm {
+  handle: VmHandle;
+  driver: VmmDriver;
+  session?: SshGuestSession;
+  connecting?: Promise<SshGuestSession>;
+  /** Set while banger itself stops the VM, so its exit is not reported as unexpected. */
+  stopping: boolean;
+  watch: AbortController;
+}
+
+/**
+ * Owns VMs: their records, disks, VMM processes and SSH connections.
+ *
+ * Locking: `lifecycle` (one per VM id) serialises create/start/stop/delete of one VM; it is never held
+ * across guest I/O such as exec or a workspace transfer. Different VMs proceed in parallel.
+ */
+export class VmService {
+  private readonly live = new Map<string, LiveVm>();
+  private readonly lifecycle = new KeyedMutex();
+  /** Guards name uniqueness between concurrent creates. */
+  private readonly createLock = new KeyedMutex();
+  private readonly now: () => Date;
+
+  constructor(private readonly d: VmServiceDeps) {
+    this.now = d.now ?? (() => new Date());
+  }
+
+  // ---------- queries ----------
+
+  list(): VmInfo[] {
+    return this.d.vms.list().map((v) => this.info(v));
+  }
+
+  show(name: string): VmInfo {
+    return this.info(this.get(name));
+  }
+
+  get(name: string): VmRecord {
+    const vm = this.d.vms.byName(name);
+    if (!vm) throw notFound(`no VM named '${name}'`, 'list VMs with `banger vm list`');
+    return vm;
+  }
+
+  info(v: VmRecord): VmInfo {
+    const live = this.live.get(v.id);
+    let problem: string | null = null;
+    if (v.state === 'running' && !live) problem = 'recorded as running but no VMM process is attached';
+    if ((v.state === 'stopped' || v.state === 'created') && live) problem = 'recorded as stopped but its VMM process runs';
+    const image = this.d.images.byId(v.imageId);
+    return {
+      id: v.id,
+      name: v.name,
+      image: image?.name ?? v.imageId,
+      state: v.state,
+      vcpus: v.vcpus,
+      memoryMib: v.memoryMib,
+      diskSizeMib: v.diskSizeMib,
+      vmm: v.vmm,
+      accel: v.accel,
+      network: {
+        mode: 'user',
+        hostAddress: v.hostAddress,
+        sshPort: v.sshPort,
+        guestAddress: v.guestAddress,
+        egress: v.egress,
+      },
+      dnsName: `${v.name}.vm`,
+      pid: live?.handle.pid ?? null,
+      lastError: v.lastError,
+      problem,
+      createdAt: v.createdAt,
+      startedAt: v.startedAt,
+      dir: v.dir,
+    };
+  }
+
+  async consoleLog(name: string, tailBytes = 64 * 1024): Promise<string> {
+    const vm = this.get(name);
+    const p = this.d.paths.vm(vm.id).consoleLog;
+    try {
+      const st = await stat(p);
+      const fh = await open(p, 'r');
+      try {
+        const len = Math.min(st.size, tailBytes);
+        const buf = Buffer.alloc(len);
+        await fh.read(buf, 0, len, st.size - len);
+        return buf.toString('utf8');
+      } finally {
+        await fh.close();
+      }
+    } catch {
+      return '';
+    }
+  }
+
+  sshTarget(name: string) {
+    const vm = this.requireRunning(name);
+    return {
+      host: vm.hostAddress,
+      port: vm.sshPort,
+      user: 'root',
+      identityFile: this.d.paths.sshPrivateKey,
+      knownHostsFile: this.d.paths.vm(vm.id).knownHosts,
+      hostKeyAlias: `${vm.name}.vm`,
+    };
+  }
+
+  // ---------- lifecycle ----------
+
+  async create(opts: VmCreateOptions, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+    if (opts.name !== undefined) validateVmName(opts.name);
+    const cpus = opts.cpus ?? VM_DEFAULTS.cpus;
+    const memoryMib = opts.memoryMib ?? VM_DEFAULTS.memoryMib;
+    const diskSizeMib = opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw invalidArgument(`--cpus must be 1..64, got ${cpus}`);
+    if (!Number.isInteger(memoryMib) || memoryMib < 128)
+      throw invalidArgument(`--memory must be at least 128 MiB, got ${memoryMib}`);
+    if (!Number.isInteger(diskSizeMib) || diskSizeMib < 64)
+      throw invalidArgument(`--disk-size must be at least 64 MiB, got ${diskSizeMib}`);
+
+    const image = await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
+    const vmmName = await this.chooseVmm(opts.vmm ?? 'auto', image, signal);
+    const driver = this.driver(vmmName);
+
+    const record = await this.createLock.run('names', async () => {
+      const name = opts.name ?? generateVmName((n) => this.d.vms.byName(n) !== undefined);
+      if (this.d.vms.byName(name))
+        throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
+      const id = randomBytes(6).toString('hex');
+      const now = this.now().toISOString();
+      const rec: VmRecord = {
+        id,
+        name,
+        imageId: image.id,
+        state: 'created',
+        vcpus: cpus,
+        memoryMib,
+        diskSizeMib,
+        vmm: vmmName,
+        accelChoice: opts.accel ?? 'auto',
+        accel: null,
+        networkMode: 'user',
+        hostAddress: HOST_ADDRESS,
+        sshPort: await pickFreePort(HOST_ADDRESS, this.d.vms.usedSshPorts()),
+        guestAddress: USER_NET.ip,
+        egress: false,
+        mac: randomMac(),
+        dir: this.d.paths.vmDir(id),
+        lastError: null,
+        createdAt: now,
+        startedAt: null,
+        updatedAt: now,
+      };
+      this.d.vms.insert(rec);
+      return rec;
+    });
+
+    return this.lifecycle.run(record.id, async () => {
+      const vp = this.d.paths.vm(record.id);
+      try {
+        const total = 3;
+        progress({ kind: 'step', step: 'create root disk', index: 1, total });
+        await mkdir(vp.dir, { recursive: true, mode: 0o700 });
+        const rootfs = image.rootfsPath;
+        if (driver.features.has('qcow2')) {
+          // Copy-on-write overlay: creating it never copies the image.
+          await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', rootfs, '-F', 'raw', vp.rootDisk], { signal });
+        } else {
+          await this.d.run('cp', ['--sparse=always', '--reflink=auto', rootfs, vp.rootDiskRaw], { signal });
+        }
+        progress({ kind: 'step', step: 'create work disk', index: 2, total });
+        await this.d.run('truncate', ['-s', `${diskSizeMib}M`, vp.workDisk], { signal });
+        await this.d.run('mkfs.ext4', ['-q', '-F', '-L', 'work', '-E', 'root_owner=0:0', vp.workDisk], { signal });
+        progress({ kind: 'step', step: 'generate host key', index: 3, total });
+        const hostKey = generateEd25519(`${record.name}.vm`);
+        await writeFile(vp.hostKeyPrivate, hostKey.privateKey, { mode: 0o600 });
+        await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
+        await writeFile(vp.knownHosts, `${record.name}.vm ${hostKey.publicKey}\n`, { mode: 0o644 });
+        this.d.log.info({ vm: record.name, id: record.id, image: image.name, vmm: vmmName }, 'vm created');
+        return this.info(this.d.vms.byId(record.id)!);
+      } catch (e) {
+        // Nothing half-made stays behind: a failed create leaves no record and no files.
+        await rm(vp.dir, { recursive: true, force: true });
+        this.d.vms.delete(record.id);
+        throw e;
+      }
+    }, signal);
+  }
+
+  async start(name: string, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+    const vm0 = this.get(name);
+    return this.lifecycle.run(vm0.id, () => this.startLocked(vm0.id, progress, signal), signal);
+  }
+
+  private async startLocked(id: string, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+    let vm = this.d.vms.byId(id)!;
+    if (vm.state === 'running' && this.live.has(id)) return this.info(vm);
+    const image = this.d.images.byIdReady(vm.imageId);
+    const driver = this.driver(vm.vmm);
+    const vp = this.d.paths.vm(id);
+    const total = 4;
+    vm = this.d.vms.update(id, { state: 'starting', lastError: null });
+    try {
+      progress({ kind: 'step', step: 'choose accelerator', index: 1, total });
+      const { accel, notice } = await this.d.accel.resolve(vm.accelChoice, image, signal);
+      if (notice) progress({ kind: 'notice', message: notice });
+
+      progress({ kind: 'step', step: 'write seed', index: 2, total });
+      let sshPort = vm.sshPort;
+      if (!(await isPortFree(vm.hostAddress, sshPort))) {
+        sshPort = await pickFreePort(vm.hostAddress, this.d.vms.usedSshPorts());
+        vm = this.d.vms.update(id, { sshPort });
+      }
+      const hostPrivateKey = await readFile(vp.hostKeyPrivate, 'utf8');
+      const hostPublicKey = (await readFile(vp.hostKeyPublic, 'utf8')).trim();
+      await writeFile(
+        vp.seedDisk,
+        await buildSeedTar({
+          hostname: vm.name,
+          ipCidr: USER_NET.cidr,
+          gateway: USER_NET.gateway,
+          dns: USER_NET.dns,
+          hostPrivateKey,
+          hostPublicKey,
+          authorizedKeys: this.d.clientKey.publicKey,
+        }),
+        { mode: 0o600 },
+      );
+      await writeFile(vp.consoleLog, '', { mode: 0o600 });
+
+      progress({ kind: 'step', step: `boot (${vm.vmm}, ${accel})`, index: 3, total });
+      const spec = this.launchSpec(vm, image, accel, vp);
+      const handle = await driver.launch(spec, signal);
+      await writeHandles(vp.handles, handle);
+      const live: LiveVm = { handle, driver, stopping: false, watch: new AbortController() };
+      this.live.set(id, live);
+      this.watchExit(id, live);
+      vm = this.d.vms.update(id, { accel, startedAt: this.now().toISOString() });
+
+      progress({ kind: 'step', step: 'wait for ssh', index: 4, total });
+      live.session = await SshGuestSession.waitFor(this.sshTargetOf(vm, hostPublicKey), {
+        deadlineMs: this.d.bootTimeoutMs ?? 180_000,
+        signal,
+        stillBooting: async () => this.live.get(id) === live && (await driver.isAlive(handle, id)),
+      });
+      live.session.onClose(() => {
+        if (this.live.get(id) === live) live.session = undefined;
+      });
+      vm = this.d.vms.update(id, { state: 'running' });
+      this.d.log.info({ vm: vm.name, pid: handle.pid, accel }, 'vm running');
+      return this.info(vm);
+    } catch (e) {
+      await this.teardown(id);
+      const err = e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, (e as Error).message, { cause: e });
+      if (err.code === ErrorCode.Cancelled) this.d.vms.update(id, { state: 'stopped', lastError: 'start cancelled' });
+      else this.d.vms.update(id, { state: 'error', lastError: err.message });
+      throw err;
+    }
+  }
+
+  async stop(name: string, opts: { force?: boolean; timeoutSeconds?: number } = {}, signal?: AbortSignal): Promise<VmInfo> {
+    const vm0 = this.get(name);
+    return this.lifecycle.run(vm0.id, () => this.stopLocked(vm0.id, opts, signal), signal);
+  }
+
+  private async stopLocked(id: string, opts: { force?: boolean; timeoutSeconds?: number }, signal?: AbortSignal) {
+    const vm = this.d.vms.byId(id)!;
+    const live = this.live.get(id);
+    if (!live) {
+      if (vm.state !== 'created') this.d.vms.update(id, { state: 'stopped' });
+      return this.info(this.d.vms.byId(id)!);
+    }
+    live.stopping = true;
+    this.d.vms.update(id, { state: 'stopping' });
+    const timeoutMs = (opts.timeoutSeconds ?? 20) * 1000;
+    if (!opts.force) {
+      const exited = await this.gracefulShutdown(live, timeoutMs, signal);
+      if (!exited) this.d.log.warn({ vm: vm.name }, 'graceful shutdown timed out; forcing');
+    }
+    await this.teardown(id);
+    this.d.vms.update(id, { state: 'stopped' });
+    this.d.log.info({ vm: vm.name }, 'vm stopped');
+    return this.info(this.d.vms.byId(id)!);
+  }
+
+  /** Asks the guest to power off (over SSH, else through the VMM) and waits for the VMM to exit. */
+  private async gracefulShutdown(live: LiveVm, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    const session = live.session;
+    let asked = false;
+    if (session && !session.isClosed) {
+      try {
+        await session.exec('/usr/local/sbin/banger-poweroff', { signal: AbortSignal.timeout(5000) });
+        asked = true;
+      } catch {
+        /* the guest may drop the connection as it goes down */
+        asked = true;
+      }
+    }
+    if (!asked && live.driver.requestShutdown) {
+      await live.driver.requestShutdown(live.handle, signal).catch(() => undefined);
+    }
+    const timer = AbortSignal.timeout(timeoutMs);
+    const both = signal ? AbortSignal.any([signal, timer]) : timer;
+    try {
+      await live.driver.waitExit(live.handle, both);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async restart(name: string, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+    const vm = this.get(name);
+    return this.lifecycle.run(vm.id, async () => {
+      await this.stopLocked(vm.id, {}, signal);
+      return this.startLocked(vm.id, progress, signal);
+    }, signal);
+  }
+
+  async delete(name: string, opts: { force?: boolean } = {}, signal?: AbortSignal): Promise<{ deleted: string }> {
+    const vm0 = this.get(name);
+    return this.lifecycle.run(vm0.id, async () => {
+      const vm = this.d.vms.byId(vm0.id);
+      if (!vm) return { deleted: name };
+      if (this.live.has(vm.id)) {
+        if (!opts.force)
+          throw failedPrecondition(`VM '${name}' is running`, `stop it first (\`banger vm stop ${name}\`) or use --force`);
+        await this.stopLocked(vm.id, { force: true }, signal);
+      }
+      await rm(vm.dir, { recursive: true, force: true });
+      this.d.vms.delete(vm.id);
+      this.d.log.info({ vm: name }, 'vm deleted');
+      return { deleted: name };
+    }, signal);
+  }
+
+  // ---------- guest access ----------
+
+  /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
+  async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
+    const vm = this.requireRunning(name);
+    const session = await this.session(vm, io.signal);
+    const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;
+    const command = cwd ? `cd ${shJoin([cwd])} && ${inner}` : inner;
+    const r = await session.exec(command, {
+      stdin: io.stdin,
+      stdout: io.stdout,
+      stderr: io.stderr,
+      pty: io.pty,
+      onStart: io.onStart,
+      signal: io.signal,
+    });
+    return r.code;
+  }
+
+  /** The open SSH session of a running VM, connecting once if the daemon has none (after a restart). */
+  async session(vm: VmRecord, signal?: AbortSignal): Promise<SshGuestSession> {
+    const live = this.live.get(vm.id);
+    if (!live) throw failedPrecondition(`VM '${vm.name}' is not running`, `start it with \`banger vm start ${vm.name}\``);
+    if (live.session && !live.session.isClosed) return live.session;
+    if (!live.connecting) {
+      const hostPublicKey = (await readFile(this.d.paths.vm(vm.id).hostKeyPublic, 'utf8')).trim();
+      live.connecting = SshGuestSession.waitFor(this.sshTargetOf(vm, hostPublicKey), {
+        deadlineMs: 30_000,
+        signal,
+        stillBooting: () => live.driver.isAlive(live.handle, vm.id),
+      }).finally(() => (live.connecting = undefined));
+    }
+    const s = await live.connecting;
+    live.session = s;
+    s.onClose(() => {
+      if (live.session === s) live.session = undefined;
+    });
+    return s;
+  }
+
+  private requireRunning(name: string): VmRecord {
+    const vm = this.get(name);
+    if (vm.state !== 'running' || !this.live.has(vm.id))
+      throw failedPrecondition(
+        `VM '${name}' is ${vm.state === 'running' ? 'not reachable' : vm.state}`,
+        `start it with \`banger vm start ${name}\``,
+      );
+    return vm;
+  }
+
+  // ---------- reconcile ----------
+
+  /**
+   * Makes records agree with reality after a daemon (re)start: VMs whose VMM process still runs are
+   * adopted; the rest are marked stopped and their runtime files removed.
+   */
+  async reconcile(): Promise<void> {
+    for (const vm of this.d.vms.list()) {
+      const vp = this.d.paths.vm(vm.id);
+      const handle = await readHandles(vp.handles);
+      const driver = this.d.drivers.get(vm.vmm);
+      if (handle && driver && (await driver.isAlive(handle, vm.id))) {
+        const live: LiveVm = { handle, driver, stopping: false, watch: new AbortController() };
+        this.live.set(vm.id, live);
+        this.watchExit(vm.id, live);
+        if (vm.state !== 'running') this.d.vms.update(vm.id, { state: 'running' });
+        this.d.log.info({ vm: vm.name, pid: handle.pid }, 'adopted running vm');
+        continue;
+      }
+      await removeRuntimeFiles(this.runtimeFiles(vp));
+      if (vm.state === 'running' || vm.state === 'starting' || vm.state === 'stopping') {
+        this.d.vms.update(vm.id, {
+          state: 'stopped',
+          lastError: vm.state === 'running' ? 'its VMM process ended while bangerd was not running' : vm.lastError,
+        });
+        this.d.log.info({ vm: vm.name }, 'vm marked stopped: no live process');
+      }
+    }
+  }
+
+  /** Closes connections and watchers; VMs keep running (they outlive the daemon). */
+  detachAll(): void {
+    for (const live of this.live.values()) {
+      live.watch.abort();
+      live.session?.close();
+    }
+    this.live.clear();
+  }
+
+  runningCount(): number {
+    return this.live.size;
+  }
+
+  // ---------- internals ----------
+
+  private watchExit(id: string, live: LiveVm): void {
+    live.driver.waitExit(live.handle, live.watch.signal).then(
+      async () => {
+        if (this.live.get(id) !== live || live.stopping) return;
+        // The guest powered itself off or the VMM died: record it, clean up.
+        this.live.delete(id);
+        live.session?.close();
+        await removeRuntimeFiles(this.runtimeFiles(this.d.paths.vm(id)));
+        const vm = this.d.vms.byId(id);
+        if (vm && vm.state !== 'starting') {
+          this.d.vms.update(id, { state: 'stopped', lastError: 'the VM stopped on its own (guest poweroff or VMM exit)' });
+        }
+        this.d.log.warn({ vm: vm?.name }, 'vm process exited');
+      },
+      () => undefined,
+    );
+  }
+
+  /** Ends the VMM (if any), closes the session and removes runtime files. */
+  private async teardown(id: string): Promise<void> {
+    const live = this.live.get(id);
+    if (live) {
+      live.stopping = true;
+      live.watch.abort();
+      live.session?.close();
+      await live.driver.kill(live.handle, 3000).catch(() => undefined);
+      this.live.delete(id);
+    }
+    await removeRuntimeFiles(this.runtimeFiles(this.d.paths.vm(id)));
+  }
+
+  private runtimeFiles(vp: VmPaths): string[] {
+    return [vp.handles, vp.qmpSocket, vp.apiSocket, vp.vsockSocket, vp.pidFile, vp.seedDisk];
+  }
+
+  private launchSpec(vm: VmRecord, image: ReadyImage, accel: Accel, vp: VmPaths): LaunchSpec {
+    const qcow2 = vm.vmm === 'qemu';
+    return {
+      vmId: vm.id,
+      name: vm.name,
+      vcpus: vm.vcpus,
+      memoryMib: vm.memoryMib,
+      accel,
+      kernelPath: image.kernelPath,
+      initrdPath: image.initrdPath,
+      kernelCmdline: this.d.kernelCmdline(vm),
+      disks: [
+        { id: 'root', path: qcow2 ? vp.rootDisk : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
+        { id: 'work', path: vp.workDisk, format: 'raw', readOnly: false },
+        { id: 'seed', path: vp.seedDisk, format: 'raw', readOnly: true },
+      ],
+      network: { mode: 'user', hostAddress: vm.hostAddress, sshHostPort: vm.sshPort, egress: vm.egress, mac: vm.mac },
+      consoleLogPath: vp.consoleLog,
+      vmmLogPath: vp.vmmLog,
+      controlSocketPath: vm.vmm === 'qemu' ? vp.qmpSocket : vp.apiSocket,
+    };
+  }
+
+  private sshTargetOf(vm: VmRecord, hostPublicKey: string) {
+    return {
+      host: vm.hostAddress,
+      port: vm.sshPort,
+      username: 'root',
+      privateKey: this.d.clientKey.privateKey,
+      hostPublicKey,
+    };
+  }
+
+  private driver(name: VmmName): VmmDriver {
+    const d = this.d.drivers.get(name);
+    if (!d) throw failedPrecondition(`the ${name} driver is not available in this daemon`);
+    return d;
+  }
+
+  private async chooseVmm(choice: VmmChoice, image: ReadyImage, signal?: AbortSignal): Promise<VmmName> {
+    if (choice === 'qemu' || choice === 'firecracker') {
+      const d = this.driver(choice);
+      const a = await d.availability(signal);
+      if (!a.ok) throw failedPrecondition(`${choice} cannot run here: ${a.reason}`, 'run `banger doctor`');
+      if (choice === 'firecracker') {
+        throw failedPrecondition(
+          'Firecracker VMs need tap networking, which this version of banger does not set up yet',
+          'use --vmm qemu',
+        );
+      }
+      return choice;
+    }
+    // auto: Firecracker only where it can run (binary + usable KVM) and its networking exists; else QEMU.
+    const fc = this.d.drivers.get('firecracker');
+    if (fc && (await fc.availability(signal)).ok && (await this.d.accel.kvmUsable(image, signal)) && fc.features.has('userNetworking'))
+      return 'firecracker';
+    return 'qemu';
+  }
+}
+

@@ -1,0 +1,251 @@
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { shJoin, shq } from '../../guest/shell.js';
+import type { GitIdentity } from './host-repo.js';
+import { TAR_HISTORY_PACK, TAR_META_DIR, TAR_SHALLOW, TAR_TREE_DIR } from './pack.js';
+
+/**
+ * Pure builders of the shell scripts that import, export and run commands in a guest workspace.
+ * Each returns one command line for GuestSession.exec (POSIX sh; the guest is Debian with GNU tar,
+ * coreutils and git). Every value from the host is quoted with shq.
+ */
+
+/** The ref the import records the imported state under; exports diff against it by default. */
+export const IMPORT_BASE_REF = 'refs/banger/import-base';
+
+/** Every line the scripts write to stderr about their own work starts with this. */
+export const SCRIPT_STDERR_PREFIX = 'banger-workspace: ';
+/** The import's stderr line about `mise trust` (not installed, or failed) starts with this. */
+export const MISE_NOTICE_PREFIX = `${SCRIPT_STDERR_PREFIX}mise: `;
+
+/**
+ * Exit statuses of the scripts for their own failures (the message is on stderr, prefixed with
+ * SCRIPT_STDERR_PREFIX). Other non-zero statuses come from a command the script ran.
+ */
+export const WorkspaceScriptExit = {
+  /** The import archive could not be unpacked safely, or lacks what the import needs. */
+  BadArchive: 80,
+  /** The guest path exists and is not an empty directory or a banger workspace. */
+  PathInUse: 81,
+  /** Export: no workspace (or no recorded import base) at the guest path. */
+  NoWorkspace: 82,
+  /** Export: the --base-commit does not name a commit in the guest repo. */
+  BadBase: 83,
+} as const;
+
+/** Checks a guest workspace path: absolute, normalized, not "/". */
+export function validateGuestPath(guestPath: string): void {
+  const bad = (why: string) =>
+    new BangerError(ErrorCode.InvalidArgument, `invalid guest workspace path ${JSON.stringify(guestPath)}: ${why}`, {
+      hint: 'pass an absolute path such as /root/work/myproject',
+    });
+  if (!guestPath.startsWith('/')) throw bad('it must be absolute');
+  if (guestPath.includes('\0')) throw bad('it contains a NUL byte');
+  if (guestPath === '/' || /^\/+$/.test(guestPath)) throw bad('it cannot be the root directory');
+  const parts = guestPath.slice(1).split('/');
+  if (parts.some((p) => p === '' || p === '.' || p === '..')) throw bad('it has an empty, "." or ".." component');
+}
+
+const PRELUDE = `set -eu
+umask 022
+say() { printf '${SCRIPT_STDERR_PREFIX}%s\\n' "$*" >&2; }
+fail() { rc=$1; shift; say "$*"; exit "$rc"; }
+`;
+
+export interface ImportScriptOptions {
+  /** Absolute guest directory of the workspace. */
+  guestPath: string;
+  /** HEAD's commit on the host, or null for a repository without commits. */
+  headCommit: string | null;
+  /** The host's branch (also an unborn one); null when HEAD is detached. */
+  branch: string | null;
+  /** Written to the guest repo's local config when set. */
+  identity: GitIdentity;
+}
+
+/**
+ * The import script. Its stdin is the tar from createImportTar. On success it prints the import
+ * base commit id on stdout.
+ *
+ * Safety: the tar is unpacked into a fresh, empty staging directory inside the workspace directory,
+ * never over existing files, so no symlink already in the guest can redirect a write. GNU tar refuses
+ * ".." members, strips leading "/", and creates symlinks whose target is absolute or has ".." only
+ * once everything else is extracted, so a member cannot be written through a symlink from the same
+ * archive either. The host validates every name as well (host-repo.ts validateEntryPath).
+ *
+ * Git: a repo is created in the staging tree, the history pack is indexed, the host's branch (or a
+ * detached HEAD) is set to the host's HEAD commit and `git reset --mixed` makes the index equal HEAD
+ * without touching files, so uncommitted host edits show as modifications and imported untracked
+ * files as untracked, like on the host. The imported state (HEAD + edits + imported untracked
+ * files) is recorded as a commit (parent: HEAD) under IMPORT_BASE_REF, built with a throwaway index,
+ * so the user's HEAD, branch and index are what a plain checkout with those edits gives.
+ *
+ * Re-import replaces the workspace: the guest path must be missing, empty, or a banger workspace
+ * (it has IMPORT_BASE_REF); anything else is refused with exit PathInUse. The previous contents
+ * (guest commits, edits, ignored build outputs) are deleted only after the new tree is unpacked and
+ * its repo is set up, then the new tree is moved in with renames (same filesystem, so it is quick
+ * and also works when the guest path is a mount point). Callers that want to keep guest changes
+ * export them first.
+ *
+ * Last, `mise trust --all` runs in the workspace, best effort: a missing mise or a failure is
+ * reported on stderr in a line starting with MISE_NOTICE_PREFIX and does not fail the import.
+ */
+export function buildImportScript(o: ImportScriptOptions): string {
+  validateGuestPath(o.guestPath);
+  if (o.headCommit !== null && !/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(o.headCommit)) {
+    throw new BangerError(ErrorCode.InvalidArgument, `invalid head commit ${JSON.stringify(o.headCommit)}`);
+  }
+  return `${PRELUDE}dest=${shq(o.guestPath)}
+head=${shq(o.headCommit ?? '')}
+branch=${shq(o.branch ?? '')}
+user_name=${shq(o.identity.name ?? '')}
+user_email=${shq(o.identity.email ?? '')}
+stage=
+cleanup() { if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
+trap cleanup EXIT
+trap 'exit 130' HUP INT TERM
+
+if [ -L "$dest" ] || { [ -e "$dest" ] && [ ! -d "$dest" ]; }; then
+  fail ${WorkspaceScriptExit.PathInUse} "$dest exists and is not a directory: pick another workspace path"
+fi
+if [ -d "$dest" ]; then
+  if [ -n "$(find "$dest" -mindepth 1 -maxdepth 1 ! -name '.banger-import.*' -print | head -n 1)" ] &&
+     ! git --git-dir="$dest/.git" rev-parse -q --verify ${IMPORT_BASE_REF} >/dev/null 2>&1; then
+    fail ${WorkspaceScriptExit.PathInUse} "$dest is not empty and is not a banger workspace: pick another workspace path, or empty it"
+  fi
+else
+  mkdir -p -- "$dest"
+fi
+
+stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
+LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
+  fail ${WorkspaceScriptExit.BadArchive} "the workspace archive could not be unpacked safely"
+[ -d "$stage/${TAR_TREE_DIR}" ] && [ ! -L "$stage/${TAR_TREE_DIR}" ] ||
+  fail ${WorkspaceScriptExit.BadArchive} "the workspace archive has no ${TAR_TREE_DIR}/ directory"
+cd -- "$stage/${TAR_TREE_DIR}"
+if [ -e .git ] || [ -L .git ]; then fail ${WorkspaceScriptExit.BadArchive} "the workspace archive contains a .git"; fi
+
+if [ -n "$branch" ]; then git init -q -b "$branch" .; else git -c init.defaultBranch=main init -q .; fi
+if [ -n "$head" ]; then
+  [ -f "$stage/${TAR_HISTORY_PACK}" ] || fail ${WorkspaceScriptExit.BadArchive} "the workspace archive has no git history"
+  git index-pack --stdin < "$stage/${TAR_HISTORY_PACK}" >/dev/null
+  if [ -s "$stage/${TAR_SHALLOW}" ]; then cp -- "$stage/${TAR_SHALLOW}" .git/shallow; fi
+  git cat-file -e "$head^{commit}" 2>/dev/null ||
+    fail ${WorkspaceScriptExit.BadArchive} "the workspace archive's history lacks commit $head"
+  if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$head"; else git update-ref --no-deref HEAD "$head"; fi
+  git reset -q --mixed
+fi
+rm -rf -- "$stage/${TAR_META_DIR}"
+if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
+if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
+
+# The imported state, recorded without touching the real index.
+idx="$stage/base-index"
+if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
+GIT_INDEX_FILE="$idx" git add -A
+tree=$(GIT_INDEX_FILE="$idx" git write-tree)
+if [ -n "$head" ]; then set -- -p "$head"; else set --; fi
+base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
+  git commit-tree "$tree" "$@" -m 'banger import base')
+git update-ref ${IMPORT_BASE_REF} "$base"
+
+# Replace the workspace contents with the new tree.
+cd /
+find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" -exec rm -rf -- {} +
+find "$stage/${TAR_TREE_DIR}" -mindepth 1 -maxdepth 1 -exec mv -t "$dest" -- {} +
+rm -rf -- "$stage"
+stage=
+
+cd -- "$dest"
+mise_bin=$(command -v mise 2>/dev/null || true)
+if [ -z "$mise_bin" ] && [ -x /usr/local/bin/mise ]; then mise_bin=/usr/local/bin/mise; fi
+if [ -z "$mise_bin" ]; then
+  say "mise: not installed, skipped \\\`mise trust\\\`"
+elif "$mise_bin" trust --quiet --all >/dev/null 2>&1; then
+  :
+else
+  say "mise: \\\`mise trust --all\\\` failed (exit $?): run it in $dest to see why"
+fi
+printf '%s\\n' "$base"
+`;
+}
+
+export interface ExportScriptOptions {
+  guestPath: string;
+  /** Diff against this commit-ish of the guest repo instead of IMPORT_BASE_REF. */
+  baseCommit?: string;
+  /** Print `git diff-tree --name-status -z` records (parse with parseNameStatus) instead of a patch. */
+  nameOnly?: boolean;
+}
+
+/**
+ * The export script: prints on stdout a binary-safe patch (`git apply`-able at the host repo's top
+ * level, `a/` and `b/` prefixes, full blob ids) from the import base to the workspace as it is now:
+ * guest commits, uncommitted edits, new untracked files (.gitignore'd ones excluded), deletions,
+ * mode changes and symlinks.
+ *
+ * It changes nothing the user sees: the working tree state is captured with a copy of the real
+ * index in a temporary file (GIT_INDEX_FILE) and `git add -A`; HEAD, refs, the index and the files
+ * stay as they are (new blobs may be written to the object store). Plumbing (`git diff-tree`) with
+ * explicit prefixes keeps user diff config (noprefix, color, external diff, renames) out of the patch.
+ */
+export function buildExportScript(o: ExportScriptOptions): string {
+  validateGuestPath(o.guestPath);
+  if (o.baseCommit !== undefined && (o.baseCommit === '' || o.baseCommit.startsWith('-') || /[\0\n]/.test(o.baseCommit))) {
+    throw new BangerError(ErrorCode.InvalidArgument, `invalid base commit ${JSON.stringify(o.baseCommit)}`, {
+      hint: 'pass a commit id or ref of the guest repository',
+    });
+  }
+  const diff = o.nameOnly
+    ? 'git diff-tree -r -z --name-status --no-renames "$base" "$tree"'
+    : 'git diff-tree -r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --src-prefix=a/ --dst-prefix=b/ "$base" "$tree"';
+  return `${PRELUDE}dest=${shq(o.guestPath)}
+base_ref=${shq(o.baseCommit ?? '')}
+cd -- "$dest" 2>/dev/null || fail ${WorkspaceScriptExit.NoWorkspace} "no workspace at $dest: import one first"
+[ -d .git ] || fail ${WorkspaceScriptExit.NoWorkspace} "$dest is not a banger workspace (no .git): import one first"
+if [ -n "$base_ref" ]; then
+  base=$(git rev-parse -q --verify "$base_ref^{commit}") ||
+    fail ${WorkspaceScriptExit.BadBase} "$base_ref does not name a commit in the workspace: pass a commit id or ref of the guest repository"
+else
+  base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") ||
+    fail ${WorkspaceScriptExit.NoWorkspace} "$dest has no import base (${IMPORT_BASE_REF}): import again, or pass --base-commit"
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+trap 'exit 130' HUP INT TERM
+real_index=$(git rev-parse --git-path index)
+if [ -f "$real_index" ]; then cp -- "$real_index" "$tmp/index"; fi
+GIT_INDEX_FILE="$tmp/index" git add -A >&2
+tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
+${diff}
+`;
+}
+
+export type NameStatus = 'A' | 'D' | 'M' | 'T' | 'U' | 'X';
+
+/** Parses `git diff-tree -r -z --name-status --no-renames` output (the nameOnly export). */
+export function parseNameStatus(out: Buffer | string): { status: NameStatus; path: string }[] {
+  const fields = (typeof out === 'string' ? out : out.toString('utf8')).split('\0');
+  const rows: { status: NameStatus; path: string }[] = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const status = fields[i] as NameStatus;
+    const path = fields[i + 1];
+    if (status === '' || path === undefined) break;
+    rows.push({ status, path });
+  }
+  return rows;
+}
+
+/**
+ * A command line that runs argv in the workspace: under `mise exec` when the guest has mise (so the
+ * project's tools and env apply), plainly otherwise. hasMise undefined: decided in the guest at run
+ * time. `exec` replaces the shell, so the exit status is the command's own.
+ */
+export function execInWorkspace(guestPath: string, argv: readonly string[], hasMise?: boolean): string {
+  validateGuestPath(guestPath);
+  if (argv.length === 0) throw new BangerError(ErrorCode.InvalidArgument, 'no command given: pass a command after --');
+  const cmd = shJoin(argv);
+  const cd = `cd ${shq(guestPath)}`;
+  if (hasMise === true) return `${cd} && exec mise exec -- ${cmd}`;
+  if (hasMise === false) return `${cd} && exec ${cmd}`;
+  return `${cd} && if command -v mise >/dev/null 2>&1; then exec mise exec -- ${cmd}; else exec ${cmd}; fi`;
+}

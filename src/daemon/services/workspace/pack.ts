@@ -1,0 +1,249 @@
+import { createReadStream } from 'node:fs';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import tar, { type Header as TarHeader, type Pack } from 'tar-stream';
+import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
+import type { CommandRunner } from '../../exec.js';
+import { runCommand } from '../../exec.js';
+import { assertNoPathThroughSymlink, validateEntryPath, type ImportEntry } from './host-repo.js';
+
+/**
+ * Layout of the import tar. Workspace files live under TREE_DIR, banger's own data under META_DIR,
+ * so no file of the user's can collide with it.
+ */
+export const TAR_TREE_DIR = 'tree';
+export const TAR_META_DIR = 'meta';
+/** A git pack (`git pack-objects` output) of the history the guest gets. */
+export const TAR_HISTORY_PACK = `${TAR_META_DIR}/history.pack`;
+/** Commits whose parents are not in the pack, one hex id a line: becomes the guest's `.git/shallow`. */
+export const TAR_SHALLOW = `${TAR_META_DIR}/shallow`;
+
+export interface ImportTarSource {
+  /** Top-level directory of the host checkout. */
+  root: string;
+  /** From listImportFiles. */
+  entries: readonly ImportEntry[];
+  /** HEAD's commit; null for a repository without commits (no history is sent). */
+  headCommit: string | null;
+  /**
+   * How many commits of history the guest gets, newest first along `git rev-list` order;
+   * undefined or 0: all of HEAD's history.
+   */
+  historyDepth?: number;
+}
+
+export interface ImportTarProgress {
+  files: number;
+  bytes: number;
+}
+
+export interface ImportTarOptions {
+  onProgress?: (p: ImportTarProgress) => void;
+  signal?: AbortSignal;
+  /** Runs host git; defaults to runCommand. */
+  run?: CommandRunner;
+}
+
+/** Files up to this size are read whole, so their tar header and content always agree. */
+const SMALL_FILE = 1 << 20;
+const CHUNK = 1 << 16;
+
+/**
+ * Streams ONE tar for an import: the working-tree entries (read in place, no temporary copy) under
+ * `tree/`, then the git history under `meta/`.
+ *
+ * History: `git rev-list --objects HEAD [--max-count=N] | git pack-objects` written to a temporary
+ * file (a tar header needs the size up front), started before the files are streamed so both run at
+ * once. A pack of HEAD's objects is what a clone transfers; the guest indexes it with
+ * `git index-pack` and points its branch at HEAD. A `git bundle` would add nothing but a header, and
+ * cannot be cut to a depth: a bundle of the last N commits lists the older commits as prerequisites
+ * the guest does not have. With a depth, the commits whose parents are cut off are written to
+ * `meta/shallow`, which becomes `.git/shallow`, exactly what `git clone --depth` produces.
+ *
+ * Every name is validated again here (no absolute names, no "..", no path through a symlink entry).
+ * A file whose size changed between listing and reading fails the stream with a clear error.
+ */
+export function createImportTar(source: ImportTarSource, opts: ImportTarOptions = {}): Readable {
+  for (const e of source.entries) validateEntryPath(e.path);
+  assertNoPathThroughSymlink(source.entries);
+
+  const pack = tar.pack();
+  const abort = new AbortController();
+  const onOuterAbort = () => abort.abort();
+  opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  let tmp: string | null = null;
+
+  const produce = async () => {
+    const run = opts.run ?? runCommand;
+    let history: Promise<HistoryPack> | null = null;
+    if (source.headCommit !== null) {
+      tmp = await mkdtemp(join(tmpdir(), 'banger-import-'));
+      history = buildHistoryPack(source.root, source.headCommit, source.historyDepth ?? 0, tmp, run, abort.signal);
+      // Awaited below; this keeps a failure while files are still streaming from being "unhandled".
+      history.catch(() => undefined);
+    }
+    const progress = { files: 0, bytes: 0 };
+    const mtime = new Date();
+    await addBuffer(pack, { name: `${TAR_TREE_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+    for (const e of source.entries) {
+      if (abort.signal.aborted) throw new BangerError(ErrorCode.Cancelled, 'import cancelled');
+      const name = `${TAR_TREE_DIR}/${e.path}`;
+      const abs = join(source.root, e.path);
+      if (e.kind === 'dir') {
+        await addBuffer(pack, { name: `${name}/`, type: 'directory', mode: 0o755, mtime }, null);
+      } else if (e.kind === 'symlink') {
+        await addBuffer(pack, { name, type: 'symlink', linkname: e.linkTarget ?? '', mode: 0o777, mtime }, null);
+      } else {
+        const st = await stat(abs).catch(() => null);
+        const header = { name, type: 'file' as const, mode: e.mode, mtime: st?.mtime ?? mtime };
+        if (e.size <= SMALL_FILE) {
+          const fh = await open(abs, 'r').catch((err: unknown) => {
+            throw changed(abs, err);
+          });
+          try {
+            const buf = await fh.readFile();
+            await addBuffer(pack, { ...header, size: buf.length }, buf);
+            progress.bytes += buf.length;
+          } finally {
+            await fh.close();
+          }
+        } else {
+          await addFile(pack, { ...header, size: e.size }, abs, abort.signal);
+          progress.bytes += e.size;
+        }
+      }
+      progress.files++;
+      opts.onProgress?.({ ...progress });
+    }
+    if (history !== null) {
+      const h = await history;
+      await addBuffer(pack, { name: `${TAR_META_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+      await addBuffer(pack, { name: TAR_SHALLOW, type: 'file', mode: 0o644, mtime }, Buffer.from(h.shallow.map((c) => `${c}\n`).join('')));
+      await addFile(pack, { name: TAR_HISTORY_PACK, type: 'file', mode: 0o644, mtime, size: h.size }, h.path, abort.signal);
+    }
+  };
+
+  const cleanup = async () => {
+    opts.signal?.removeEventListener('abort', onOuterAbort);
+    if (tmp !== null) await rm(tmp, { recursive: true, force: true });
+  };
+
+  void produce().then(
+    async () => {
+      await cleanup();
+      pack.finalize();
+    },
+    async (err: unknown) => {
+      abort.abort();
+      await cleanup().catch(() => undefined);
+      pack.destroy(opts.signal?.aborted ? new BangerError(ErrorCode.Cancelled, 'import cancelled') : toBangerError(err));
+    },
+  );
+
+  const out = Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false });
+  out.once('close', () => {
+    // The consumer went away (or the stream ended): stop git and the file reads.
+    if (!out.readableEnded) abort.abort();
+  });
+  return out;
+}
+
+type Header = Partial<TarHeader> & { name: string };
+
+function changed(abs: string, err?: unknown): BangerError {
+  return new BangerError(ErrorCode.Conflict, `${abs} changed while it was being imported`, {
+    hint: 'run the import again once the file is no longer being written',
+    ...(err === undefined ? {} : { cause: err }),
+  });
+}
+
+/** Adds an entry with its whole content (or none), resolving once tar-stream has taken it (backpressure). */
+function addBuffer(pack: Pack, header: Header, content: Buffer | null): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const cb = (err?: Error | null) => (err ? reject(err) : resolve());
+    if (content === null) pack.entry(header, cb).end(null);
+    else pack.entry(header, content, cb);
+  });
+}
+
+/** Streams exactly header.size bytes of a file into a tar entry. */
+async function addFile(pack: Pack, header: Header, abs: string, signal: AbortSignal): Promise<void> {
+  const size = header.size ?? 0;
+  let sink!: ReturnType<Pack['entry']>;
+  const done = new Promise<void>((res, rej) => {
+    sink = pack.entry(header, (err?: Error | null) => (err ? rej(err) : res()));
+  });
+  done.catch(() => undefined);
+  let written = 0;
+  const input = size === 0 ? null : createReadStream(abs, { start: 0, end: size - 1, highWaterMark: CHUNK, signal });
+  try {
+    if (input !== null) {
+      for await (const chunk of input as AsyncIterable<Buffer>) {
+        written += chunk.length;
+        if (!sink.write(chunk)) await new Promise<void>((res) => sink.once('drain', () => res()));
+      }
+    }
+  } catch (err) {
+    sink.destroy(err as Error);
+    throw (err as Error).name === 'AbortError' ? err : changed(abs, err);
+  }
+  if (written !== size) {
+    const err = changed(abs);
+    sink.destroy(err);
+    throw err;
+  }
+  sink.end(null);
+  await done;
+}
+
+interface HistoryPack {
+  path: string;
+  size: number;
+  shallow: string[];
+}
+
+/** Writes a pack of HEAD's history (all of it, or `depth` commits) to `dir`. */
+async function buildHistoryPack(
+  root: string,
+  head: string,
+  depth: number,
+  dir: string,
+  run: CommandRunner,
+  signal: AbortSignal,
+): Promise<HistoryPack> {
+  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0' };
+  delete env.GIT_DIR;
+  delete env.GIT_WORK_TREE;
+  delete env.GIT_INDEX_FILE;
+  const limit = depth > 0 ? [`--max-count=${depth}`] : [];
+  let shallow: string[] = [];
+  if (depth > 0) {
+    // A commit is shallow when one of its parents is not sent.
+    const r = await run('git', ['rev-list', '--parents', ...limit, head], { cwd: root, env, signal });
+    const rows = r.stdout
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => l.split(' '));
+    const sent = new Set(rows.map((row) => row[0]));
+    shallow = rows.filter((row) => row.slice(1).some((p) => !sent.has(p))).map((row) => row[0] as string);
+  }
+  const list = join(dir, 'objects');
+  const path = join(dir, 'history.pack');
+  await run(
+    'sh',
+    [
+      '-c',
+      'set -e; list=$1; out=$2; shift 2; git rev-list --objects "$@" > "$list"; git pack-objects -q --stdout < "$list" > "$out"',
+      'sh',
+      list,
+      path,
+      ...limit,
+      head,
+    ],
+    { cwd: root, env, signal },
+  );
+  const { size } = await stat(path);
+  return { path, size, shallow };
+}

@@ -1,0 +1,53 @@
+/**
+ * Numbered schema migrations. Each runs once, inside a transaction, and is recorded in schema_migrations.
+ * Never edit a shipped migration: add the next number.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'images and vms',
+    sql: `
+      CREATE TABLE images (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        status        TEXT NOT NULL CHECK (status IN ('building', 'ready', 'failed')),
+        kernel_version TEXT,
+        files_json    TEXT NOT NULL DEFAULT '[]',
+        params_json   TEXT NOT NULL,
+        build_seconds REAL,
+        error         TEXT,
+        created_at    TEXT NOT NULL
+      );
+      CREATE TABLE vms (
+        id             TEXT PRIMARY KEY,
+        name           TEXT NOT NULL UNIQUE,
+        image_id       TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+        state          TEXT NOT NULL CHECK (state IN ('created','starting','running','stopping','stopped','error')),
+        vcpus          INTEGER NOT NULL CHECK (vcpus > 0),
+        memory_mib     INTEGER NOT NULL CHECK (memory_mib > 0),
+        disk_size_mib  INTEGER NOT NULL CHECK (disk_size_mib > 0),
+        vmm            TEXT NOT NULL,
+        accel_choice   TEXT NOT NULL DEFAULT 'auto' CHECK (accel_choice IN ('auto','kvm','tcg')),
+        accel          TEXT,
+        network_mode   TEXT NOT NULL DEFAULT 'user',
+        host_address   TEXT NOT NULL,
+        ssh_port       INTEGER NOT NULL,
+        guest_address  TEXT NOT NULL,
+        egress         INTEGER NOT NULL DEFAULT 0,
+        mac            TEXT NOT NULL,
+        dir            TEXT NOT NULL,
+        last_error     TEXT,
+        created_at     TEXT NOT NULL,
+        started_at     TEXT,
+        updated_at     TEXT NOT NULL
+      );
+      CREATE INDEX vms_image ON vms(image_id);
+    `,
+  },
+];

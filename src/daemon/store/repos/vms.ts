@@ -1,0 +1,154 @@
+import type { Db } from '../db.js';
+import type { VmState } from '../../../protocol/types.js';
+
+/** What a VM is: identity and intent. What is true right now about its process lives in handles.json. */
+export interface VmRecord {
+  id: string;
+  name: string;
+  imageId: string;
+  state: VmState;
+  vcpus: number;
+  memoryMib: number;
+  diskSizeMib: number;
+  vmm: 'qemu' | 'firecracker';
+  /** What the user asked for; `accel` is what the last boot used. */
+  accelChoice: 'auto' | 'kvm' | 'tcg';
+  accel: 'kvm' | 'tcg' | null;
+  networkMode: 'user';
+  hostAddress: string;
+  sshPort: number;
+  guestAddress: string;
+  egress: boolean;
+  mac: string;
+  dir: string;
+  lastError: string | null;
+  createdAt: string;
+  startedAt: string | null;
+  updatedAt: string;
+}
+
+interface Row {
+  id: string;
+  name: string;
+  image_id: string;
+  state: VmState;
+  vcpus: number;
+  memory_mib: number;
+  disk_size_mib: number;
+  vmm: VmRecord['vmm'];
+  accel_choice: VmRecord['accelChoice'];
+  accel: VmRecord['accel'];
+  network_mode: 'user';
+  host_address: string;
+  ssh_port: number;
+  guest_address: string;
+  egress: number;
+  mac: string;
+  dir: string;
+  last_error: string | null;
+  created_at: string;
+  started_at: string | null;
+  updated_at: string;
+}
+
+const fromRow = (r: Row): VmRecord => ({
+  id: r.id,
+  name: r.name,
+  imageId: r.image_id,
+  state: r.state,
+  vcpus: r.vcpus,
+  memoryMib: r.memory_mib,
+  diskSizeMib: r.disk_size_mib,
+  vmm: r.vmm,
+  accelChoice: r.accel_choice,
+  accel: r.accel,
+  networkMode: r.network_mode,
+  hostAddress: r.host_address,
+  sshPort: r.ssh_port,
+  guestAddress: r.guest_address,
+  egress: r.egress === 1,
+  mac: r.mac,
+  dir: r.dir,
+  lastError: r.last_error,
+  createdAt: r.created_at,
+  startedAt: r.started_at,
+  updatedAt: r.updated_at,
+});
+
+const toParams = (v: VmRecord) => ({
+  id: v.id,
+  name: v.name,
+  image_id: v.imageId,
+  state: v.state,
+  vcpus: v.vcpus,
+  memory_mib: v.memoryMib,
+  disk_size_mib: v.diskSizeMib,
+  vmm: v.vmm,
+  accel_choice: v.accelChoice,
+  accel: v.accel,
+  network_mode: v.networkMode,
+  host_address: v.hostAddress,
+  ssh_port: v.sshPort,
+  guest_address: v.guestAddress,
+  egress: v.egress ? 1 : 0,
+  mac: v.mac,
+  dir: v.dir,
+  last_error: v.lastError,
+  created_at: v.createdAt,
+  started_at: v.startedAt,
+  updated_at: v.updatedAt,
+});
+
+const COLUMNS = Object.keys(toParams({} as VmRecord));
+
+export class VmRepo {
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  list(): VmRecord[] {
+    return (this.db.prepare('SELECT * FROM vms ORDER BY created_at, name').all() as Row[]).map(fromRow);
+  }
+
+  byName(name: string): VmRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM vms WHERE name = ?').get(name) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  byId(id: string): VmRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  namesUsingImage(imageId: string): string[] {
+    return (this.db.prepare('SELECT name FROM vms WHERE image_id = ? ORDER BY name').all(imageId) as { name: string }[]).map(
+      (r) => r.name,
+    );
+  }
+
+  /** Host ports already assigned to VMs (a stopped VM keeps its port). */
+  usedSshPorts(): Set<number> {
+    return new Set((this.db.prepare('SELECT ssh_port FROM vms').all() as { ssh_port: number }[]).map((r) => r.ssh_port));
+  }
+
+  insert(vm: VmRecord): void {
+    this.db
+      .prepare(`INSERT INTO vms (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map((c) => '@' + c).join(', ')})`)
+      .run(toParams(vm));
+  }
+
+  update(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): VmRecord {
+    const cur = this.byId(id);
+    if (!cur) throw new Error(`vm ${id} vanished from the store`);
+    const next: VmRecord = { ...cur, ...patch, updatedAt: this.now().toISOString() };
+    this.db
+      .prepare(`UPDATE vms SET ${COLUMNS.filter((c) => c !== 'id').map((c) => `${c}=@${c}`).join(', ')} WHERE id=@id`)
+      .run(toParams(next));
+    return next;
+  }
+
+  delete(id: string): void {
+    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+  }
+}

@@ -1,0 +1,155 @@
+import { invalidArgument } from '../../../errors/index.js';
+import type { Accel, DiskSpec, LaunchSpec, NetworkSpec } from '../driver.js';
+
+/**
+ * QEMU command lines as pure functions, pinned by test/unit/qemu-argv.test.ts.
+ *
+ * Machine: `microvm` with ACPI left on (the default): ACPI is what lets `poweroff -f` end QEMU and what
+ * delivers `system_powerdown`; with `acpi=off` a guest poweroff hangs. Measured under TCG here:
+ * `pit=off`/`pic=off` change nothing measurable in boot time, so the defaults stay.
+ *
+ * Disks: microvm gives virtio-mmio slots in command-line order, so the guest sees the disks as vda, vdb,
+ * vdc in the order of `spec.disks` (verified in a real guest by test/integration/qemu-driver.test.ts).
+ */
+
+export interface QemuArgvOptions {
+  /** Resume from a saved state (`-incoming`), e.g. `exec:cat state`. */
+  incoming?: string;
+}
+
+/** The `-name` value; it carries the VM id so a process can be told apart from a reused pid by its argv. */
+export function qemuNameOption(vmId: string): string {
+  return `guest=banger-${vmId},process=banger-${vmId}`;
+}
+
+/** Escapes a value for QEMU's `key=value,...` option syntax: a literal comma is written twice. */
+export function qemuOptValue(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
+/** Machine, accelerator and CPU: shared by a VM launch and the KVM boot probe so the probe tests what runs. */
+export function qemuMachineArgs(accel: Accel): string[] {
+  return [
+    '-M',
+    'microvm,x-option-roms=off,rtc=on',
+    '-accel',
+    accel,
+    '-cpu',
+    accel === 'kvm' ? 'host' : 'max',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+  ];
+}
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
+
+function diskArgs(disk: DiskSpec): string[] {
+  const drive = [
+    `id=${disk.id}`,
+    `file=${qemuOptValue(disk.path)}`,
+    `format=${disk.format}`,
+    'if=none',
+    // Page-cache backed (works on tmpfs too, unlike cache=none's O_DIRECT); guest TRIM frees overlay space.
+    'cache=writeback',
+    'aio=threads',
+    'discard=unmap',
+  ];
+  if (disk.readOnly) drive.push('readonly=on');
+  return ['-drive', drive.join(','), '-device', `virtio-blk-device,drive=${disk.id},serial=banger-${disk.id}`];
+}
+
+function isLoopbackV4(addr: string): boolean {
+  const parts = addr.split('.');
+  return (
+    parts.length === 4 &&
+    parts[0] === '127' &&
+    parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)
+  );
+}
+
+function networkArgs(net: NetworkSpec): string[] {
+  if (!MAC_RE.test(net.mac)) throw invalidArgument(`invalid MAC address '${net.mac}': expected six hex pairs like 52:54:00:12:34:56`);
+  const device = ['-device', `virtio-net-device,netdev=n0,mac=${net.mac}`];
+  if (net.mode === 'user') {
+    // The forward is the only way in; it must never listen beyond this host.
+    if (!isLoopbackV4(net.hostAddress))
+      throw invalidArgument(
+        `the SSH forward must bind a loopback address, not '${net.hostAddress}'`,
+        'use an address in 127.0.0.0/8, e.g. 127.0.0.1',
+      );
+    if (!Number.isInteger(net.sshHostPort) || net.sshHostPort < 1 || net.sshHostPort > 65535)
+      throw invalidArgument(`invalid SSH host port ${net.sshHostPort}: expected 1-65535`);
+    const netdev = [
+      'user',
+      'id=n0',
+      // restrict=on: the guest reaches nothing but the forwards (no outbound traffic at all).
+      `restrict=${net.egress ? 'off' : 'on'}`,
+      `hostfwd=tcp:${net.hostAddress}:${net.sshHostPort}-:22`,
+    ];
+    return ['-netdev', netdev.join(','), ...device];
+  }
+  if (!IFNAME_RE.test(net.tapName)) throw invalidArgument(`invalid tap device name '${net.tapName}'`);
+  return ['-netdev', `tap,id=n0,ifname=${net.tapName},script=no,downscript=no`, ...device];
+}
+
+/**
+ * The arguments (without the binary) that start `spec` under QEMU. The process is expected to be spawned
+ * with stdout/stderr going to `spec.vmmLogPath`; the guest console goes to `spec.consoleLogPath`
+ * (truncated at each launch).
+ */
+export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[] {
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1) throw invalidArgument(`invalid vCPU count ${spec.vcpus}: expected 1 or more`);
+  if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 64)
+    throw invalidArgument(`invalid memory size ${spec.memoryMib} MiB: expected at least 64`);
+  const seen = new Set<string>();
+  for (const d of spec.disks) {
+    if (seen.has(d.id)) throw invalidArgument(`disk '${d.id}' is listed twice`);
+    seen.add(d.id);
+  }
+
+  const argv = [
+    '-name',
+    qemuNameOption(spec.vmId),
+    ...qemuMachineArgs(spec.accel),
+    '-smp',
+    String(spec.vcpus),
+    '-m',
+    String(spec.memoryMib),
+    '-msg',
+    'timestamp=on',
+    // -nodefaults keeps microvm's ISA serial port (it is part of the machine, not a default device).
+    '-chardev',
+    `file,id=con0,path=${qemuOptValue(spec.consoleLogPath)}`,
+    '-serial',
+    'chardev:con0',
+    // QMP on a chardev (rather than `-qmp unix:...`) so the path goes through the escaping of qemuOptValue.
+    '-chardev',
+    `socket,id=qmp0,path=${qemuOptValue(spec.controlSocketPath)},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp0,mode=control',
+    '-kernel',
+    spec.kernelPath,
+    '-initrd',
+    spec.initrdPath,
+    '-append',
+    spec.kernelCmdline,
+    ...spec.disks.flatMap(diskArgs),
+    ...networkArgs(spec.network),
+  ];
+  if (spec.channelSocketPath !== undefined) {
+    argv.push(
+      '-device',
+      'virtio-serial-device',
+      '-chardev',
+      `socket,id=ch0,path=${qemuOptValue(spec.channelSocketPath)},server=on,wait=off`,
+      '-device',
+      'virtserialport,chardev=ch0,name=banger.0',
+    );
+  }
+  if (opts.incoming !== undefined) argv.push('-incoming', opts.incoming);
+  return argv;
+}

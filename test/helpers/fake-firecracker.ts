@@ -1,0 +1,98 @@
+/**
+ * A stand-in `firecracker` executable for driver tests: `node --import tsx fake-firecracker.ts --api-sock P
+ * --id ID` serves the spec-validating fake API on P, so the driver's real spawn, socket wait and request
+ * path are exercised. Behaviour comes from the FAKE_FIRECRACKER environment variable (JSON, FakeBehaviour).
+ *
+ * Like Firecracker: it refuses to start when the API socket path exists, writes the guest's "serial output"
+ * to serial_out_path after InstanceStart, exits when the guest "reboots" after SendCtrlAltDel, and dies on
+ * SIGTERM.
+ */
+import { appendFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { FirecrackerFake, type RecordedRequest } from './firecracker-fake.js';
+
+export interface FakeBehaviour {
+  /** File rewritten after every request with a FakeRecord (JSON). */
+  record?: string;
+  /** Faults by "METHOD /path". */
+  faults?: Record<string, string>;
+  /** Print this on stderr and exit 1 before serving (an early failure, like a bad flag). */
+  exitEarly?: string;
+  /** Keep running on SIGTERM (so a kill must escalate to SIGKILL). */
+  ignoreSigterm?: boolean;
+  /** Wait this long before listening (a slow start). */
+  startDelayMs?: number;
+}
+
+export interface FakeRecord {
+  pid: number;
+  argv: string[];
+  accepted: RecordedRequest[];
+  invalid: RecordedRequest[];
+  state: string;
+}
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i === -1 ? undefined : process.argv[i + 1];
+}
+
+async function main(): Promise<void> {
+  const behaviour = JSON.parse(process.env.FAKE_FIRECRACKER ?? '{}') as FakeBehaviour;
+  const socketPath = arg('--api-sock');
+  const id = arg('--id');
+  if (behaviour.exitEarly !== undefined) {
+    process.stderr.write(`${behaviour.exitEarly}\n`);
+    process.exit(1);
+  }
+  if (!socketPath) {
+    process.stderr.write('fake firecracker: --api-sock is required\n');
+    process.exit(1);
+  }
+  if (existsSync(socketPath)) {
+    process.stderr.write(`fake firecracker: Failed to open the API socket: Address in use (${socketPath})\n`);
+    process.exit(1);
+  }
+  if (behaviour.startDelayMs) await new Promise((r) => setTimeout(r, behaviour.startDelayMs));
+
+  const write = (fake: FirecrackerFake) => {
+    if (!behaviour.record) return;
+    const rec: FakeRecord = {
+      pid: process.pid,
+      argv: process.argv,
+      accepted: fake.accepted,
+      invalid: fake.invalid,
+      state: fake.state,
+    };
+    writeFileSync(behaviour.record, JSON.stringify(rec));
+  };
+  const fake: FirecrackerFake = await FirecrackerFake.listen({
+    socketPath,
+    ...(id !== undefined ? { id } : {}),
+    ...(behaviour.faults ? { faults: behaviour.faults } : {}),
+    onRequest: write,
+    onAction: (action) => {
+      const serial = (fake.config.get('/serial') as { serial_out_path?: string } | undefined)?.serial_out_path;
+      if (action === 'InstanceStart' && serial) appendFileSync(serial, 'fake guest: booting\n');
+      if (action === 'SendCtrlAltDel') {
+        // The guest's init reboots on Ctrl-Alt-Del; with reboot=k, Firecracker exits.
+        setTimeout(() => {
+          if (serial) appendFileSync(serial, 'fake guest: reboot: Restarting system\n');
+          rmSync(socketPath, { force: true });
+          process.exit(0);
+        }, 50);
+      }
+    },
+  });
+  write(fake);
+  process.stdout.write(`fake firecracker ${id ?? ''} listening on ${socketPath}\n`);
+  process.on('SIGTERM', () => {
+    if (behaviour.ignoreSigterm) return;
+    rmSync(socketPath, { force: true });
+    process.exit(143);
+  });
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`fake firecracker: ${String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,555 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import type { LaunchSpec, VmHandle } from '../../src/daemon/vmm/driver.js';
+import { processStartTime } from '../../src/daemon/vmm/process.js';
+import { FirecrackerApi } from '../../src/daemon/vmm/firecracker/api.js';
+import {
+  INSTANCE_START,
+  firecrackerArgv,
+  firecrackerBootArgs,
+  firecrackerRequests,
+} from '../../src/daemon/vmm/firecracker/config.js';
+import { FirecrackerDriver } from '../../src/daemon/vmm/firecracker/driver.js';
+import { detectKernelFormat, extractVmlinux } from '../../src/daemon/vmm/firecracker/vmlinux.js';
+import { FirecrackerFake, FirecrackerSpec } from '../helpers/firecracker-fake.js';
+import type { FakeBehaviour, FakeRecord } from '../helpers/fake-firecracker.js';
+
+const FAKE_BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'fake-firecracker.ts');
+const ELF_HEAD = Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]);
+
+function baseSpec(dir: string, over: Partial<LaunchSpec> = {}): LaunchSpec {
+  return {
+    vmId: 'vm-0123abcd',
+    name: 'dev',
+    vcpus: 2,
+    memoryMib: 512,
+    accel: 'kvm',
+    kernelPath: join(dir, 'vmlinux'),
+    initrdPath: join(dir, 'initrd.img'),
+    kernelCmdline: 'console=ttyS0 root=/dev/vda rw net.ifnames=0 quiet',
+    disks: [
+      { id: 'seed', path: join(dir, 'seed.tar'), format: 'raw', readOnly: true },
+      { id: 'root', path: join(dir, 'root.ext4'), format: 'raw', readOnly: false },
+      { id: 'work', path: join(dir, 'work.ext4'), format: 'raw', readOnly: false },
+    ],
+    network: { mode: 'tap', tapName: 'bgr-tap0', mac: '52:54:00:AB:CD:EF' },
+    consoleLogPath: join(dir, 'console.log'),
+    vmmLogPath: join(dir, 'vmm.log'),
+    controlSocketPath: join(dir, 'fc.sock'),
+    channelSocketPath: join(dir, 'vsock.sock'),
+    ...over,
+  };
+}
+
+function assertBangerError(e: unknown, code: ErrorCode, pattern: RegExp): true {
+  assert.ok(e instanceof BangerError, `expected a BangerError, got ${String(e)}`);
+  assert.equal(e.code, code, e.message);
+  assert.match(e.message, pattern);
+  return true;
+}
+
+const spec = new FirecrackerSpec();
+
+void describe('firecracker config builders', () => {
+  void it('builds the pre-boot requests in order', () => {
+    const s = baseSpec('/v');
+    assert.deepEqual(firecrackerRequests(s), [
+      { method: 'PUT', path: '/machine-config', body: { vcpu_count: 2, mem_size_mib: 512, smt: false } },
+      {
+        method: 'PUT',
+        path: '/boot-source',
+        body: {
+          kernel_image_path: '/v/vmlinux',
+          initrd_path: '/v/initrd.img',
+          boot_args: 'console=ttyS0 root=/dev/vda rw net.ifnames=0 quiet reboot=k panic=1 pci=off',
+        },
+      },
+      { method: 'PUT', path: '/serial', body: { serial_out_path: '/v/console.log' } },
+      {
+        method: 'PUT',
+        path: '/drives/root',
+        body: { drive_id: 'root', path_on_host: '/v/root.ext4', is_root_device: true, is_read_only: false },
+      },
+      {
+        method: 'PUT',
+        path: '/drives/work',
+        body: { drive_id: 'work', path_on_host: '/v/work.ext4', is_root_device: false, is_read_only: false },
+      },
+      {
+        method: 'PUT',
+        path: '/drives/seed',
+        body: { drive_id: 'seed', path_on_host: '/v/seed.tar', is_root_device: false, is_read_only: true },
+      },
+      {
+        method: 'PUT',
+        path: '/network-interfaces/eth0',
+        body: { iface_id: 'eth0', host_dev_name: 'bgr-tap0', guest_mac: '52:54:00:ab:cd:ef' },
+      },
+      { method: 'PUT', path: '/vsock', body: { guest_cid: 3, uds_path: '/v/vsock.sock' } },
+    ]);
+    assert.deepEqual(INSTANCE_START, { method: 'PUT', path: '/actions', body: { action_type: 'InstanceStart' } });
+  });
+
+  void it('omits vsock without a channel socket and initrd_path without an initrd', () => {
+    const reqs = firecrackerRequests(baseSpec('/v', { channelSocketPath: undefined, initrdPath: '' }));
+    assert.ok(!reqs.some((r) => r.path === '/vsock'));
+    const boot = reqs.find((r) => r.path === '/boot-source')!;
+    assert.ok(!('initrd_path' in boot.body));
+  });
+
+  void it('every request it builds validates against the Firecracker spec', () => {
+    for (const r of [...firecrackerRequests(baseSpec('/v')), INSTANCE_START]) {
+      const v = spec.validate(r.method, r.path, r.body);
+      assert.ok(v.ok, `${r.method} ${r.path}: ${v.ok ? '' : v.error}`);
+    }
+  });
+
+  void it('adds only the boot args the command line lacks', () => {
+    assert.equal(firecrackerBootArgs('root=/dev/vda'), 'root=/dev/vda console=ttyS0 reboot=k panic=1 pci=off');
+    assert.equal(firecrackerBootArgs('  console=ttyS0  panic=-1 '), 'console=ttyS0 panic=-1 reboot=k pci=off');
+  });
+
+  void it('passes the API socket and the VM id on the command line', () => {
+    assert.deepEqual(firecrackerArgv({ vmId: 'vm-1', controlSocketPath: '/v/fc.sock' }), [
+      '--api-sock',
+      '/v/fc.sock',
+      '--id',
+      'vm-1',
+    ]);
+    assert.throws(
+      () => firecrackerArgv({ vmId: 'vm_1/x', controlSocketPath: '/s' }),
+      (e) => assertBangerError(e, ErrorCode.InvalidArgument, /Firecracker instance id/),
+    );
+  });
+
+  void it('refuses a qcow2 disk', () => {
+    const s = baseSpec('/v');
+    s.disks[1] = { id: 'root', path: '/v/root.qcow2', format: 'qcow2', readOnly: false };
+    assert.throws(
+      () => firecrackerRequests(s),
+      (e) => {
+        assertBangerError(e, ErrorCode.FailedPrecondition, /Firecracker cannot read qcow2 disks: disk 'root'/);
+        assert.match((e as BangerError).hint ?? '', /raw/);
+        return true;
+      },
+    );
+  });
+
+  void it('refuses user networking', () => {
+    const s = baseSpec('/v', {
+      network: { mode: 'user', hostAddress: '127.0.0.1', sshHostPort: 2222, egress: false, mac: '52:54:00:00:00:01' },
+    });
+    assert.throws(
+      () => firecrackerRequests(s),
+      (e) => assertBangerError(e, ErrorCode.FailedPrecondition, /Firecracker needs tap networking/),
+    );
+  });
+
+  void it('refuses TCG, bad vCPU counts, a missing root disk and a bad MAC', () => {
+    assert.throws(
+      () => firecrackerRequests(baseSpec('/v', { accel: 'tcg' })),
+      (e) => assertBangerError(e, ErrorCode.FailedPrecondition, /needs KVM/),
+    );
+    assert.throws(
+      () => firecrackerRequests(baseSpec('/v', { vcpus: 33 })),
+      (e) => assertBangerError(e, ErrorCode.InvalidArgument, /1 to 32 vCPUs/),
+    );
+    const noRoot = baseSpec('/v');
+    noRoot.disks = noRoot.disks.filter((d) => d.id !== 'root');
+    assert.throws(
+      () => firecrackerRequests(noRoot),
+      (e) => assertBangerError(e, ErrorCode.InvalidArgument, /root disk/),
+    );
+    assert.throws(
+      () => firecrackerRequests(baseSpec('/v', { network: { mode: 'tap', tapName: 't0', mac: 'nope' } })),
+      (e) => assertBangerError(e, ErrorCode.InvalidArgument, /MAC/),
+    );
+  });
+});
+
+void describe('the spec-validating fake', () => {
+  void it('rejects what Firecracker would reject', () => {
+    const cases: [string, string, unknown, RegExp][] = [
+      ['PUT', '/machine-config', { vcpu_count: '2', mem_size_mib: 512 }, /vcpu_count must be integer/],
+      ['PUT', '/machine-config', { vcpu_count: 64, mem_size_mib: 512 }, /must be <= 32/],
+      ['PUT', '/machine-config', { vcpu_count: 2 }, /mem_size_mib/],
+      [
+        'PUT',
+        '/drives/root',
+        { drive_id: 'root', is_root_device: true, path_on_host: '/x', readonly: true },
+        /additional properties/,
+      ],
+      ['PUT', '/vsock', { guest_cid: 2, uds_path: '/x' }, /must be >= 3/],
+      ['PUT', '/actions', { action_type: 'Reboot' }, /allowed values/],
+      ['PUT', '/boot-source', undefined, /missing request body/],
+      ['PUT', '/no-such-endpoint', {}, /not in the API spec/],
+      ['DELETE', '/drives/root', undefined, /Invalid request method/],
+    ];
+    for (const [method, path, body, pattern] of cases) {
+      const v = spec.validate(method, path, body);
+      assert.equal(v.ok, false, `${method} ${path} should be invalid`);
+      if (!v.ok) assert.match(v.error, pattern);
+    }
+    assert.ok(spec.validate('GET', '/', undefined).ok);
+    assert.ok(
+      spec.validate('PUT', '/drives/x', {
+        drive_id: 'x',
+        is_root_device: false,
+        path_on_host: '/x',
+        is_read_only: true,
+      }).ok,
+    );
+  });
+
+  void describe('over HTTP', () => {
+    let dir: string;
+    let fake: FirecrackerFake;
+    before(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'banger-fc-'));
+      fake = await FirecrackerFake.listen({ socketPath: join(dir, 'api.sock'), id: 'vm-x' });
+    });
+    after(async () => {
+      await fake.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    void it('answers an invalid body with a 400 fault and records it', async () => {
+      const api = new FirecrackerApi(join(dir, 'api.sock'));
+      await assert.rejects(api.call('PUT', '/machine-config', { vcpu_count: 'two', mem_size_mib: 128 }), (e) =>
+        assertBangerError(e, ErrorCode.FailedPrecondition, /PUT \/machine-config failed: .*vcpu_count must be integer/),
+      );
+      await assert.rejects(
+        api.call('PUT', '/drives/root', { drive_id: 'other', is_root_device: true }),
+        /does not match/,
+      );
+      assert.equal(fake.invalid.length, 2);
+      assert.equal(fake.accepted.length, 0);
+    });
+
+    void it('refuses InstanceStart before a boot source, and surfaces an injected fault', async () => {
+      const api = new FirecrackerApi(join(dir, 'api.sock'));
+      assert.equal((await api.describeInstance()).state, 'Not started');
+      await assert.rejects(
+        api.send(INSTANCE_START),
+        /PUT \/actions failed: Cannot start microvm without kernel configuration/,
+      );
+      fake.injectFault('PUT /boot-source', 'Invalid kernel path');
+      await assert.rejects(
+        api.send({ method: 'PUT', path: '/boot-source', body: { kernel_image_path: '/nope' } }),
+        (e) =>
+          assertBangerError(
+            e,
+            ErrorCode.FailedPrecondition,
+            /^firecracker PUT \/boot-source failed: Invalid kernel path$/,
+          ),
+      );
+    });
+  });
+});
+
+void describe('FirecrackerDriver against the fake firecracker process', () => {
+  let dir: string;
+  let binDir: string;
+  const handles: VmHandle[] = [];
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'banger-fcd-'));
+    binDir = join(dir, 'bin');
+    await writeFile(join(dir, 'vmlinux'), Buffer.concat([ELF_HEAD, Buffer.alloc(1024)]));
+    await writeFile(join(dir, 'initrd.img'), 'initrd');
+    for (const f of ['root.ext4', 'work.ext4', 'seed.tar']) await writeFile(join(dir, f), Buffer.alloc(4096));
+  });
+  after(async () => {
+    const d = new FirecrackerDriver();
+    for (const h of handles) await d.kill(h, 0);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  let n = 0;
+  /** A driver running the fake as its firecracker, and a fresh VM directory. */
+  async function setup(behaviour: FakeBehaviour = {}) {
+    const vmDir = await mkdtemp(join(dir, `vm${n++}-`));
+    const record = join(vmDir, 'record.json');
+    const kvm = join(dir, 'kvm');
+    await writeFile(kvm, '');
+    const driver = new FirecrackerDriver({
+      binary: process.execPath,
+      binaryArgs: ['--import', 'tsx', FAKE_BIN],
+      env: { ...process.env, FAKE_FIRECRACKER: JSON.stringify({ record, ...behaviour }) },
+      kvmDevice: kvm,
+      apiReadyTimeoutMs: 10_000,
+    });
+    const s = baseSpec(dir, {
+      consoleLogPath: join(vmDir, 'console.log'),
+      vmmLogPath: join(vmDir, 'vmm.log'),
+      controlSocketPath: join(vmDir, 'fc.sock'),
+      channelSocketPath: join(vmDir, 'vsock.sock'),
+    });
+    const readRecord = async () => JSON.parse(await readFile(record, 'utf8')) as FakeRecord;
+    return { driver, spec: s, vmDir, readRecord };
+  }
+
+  void it('launches: every request is valid, in order, then InstanceStart; the process is alive and detached', async () => {
+    const { driver, spec: s, readRecord } = await setup();
+    const h = await driver.launch(s);
+    handles.push(h);
+    assert.equal(h.vmm, 'firecracker');
+    assert.equal(h.accel, 'kvm');
+    assert.equal(h.controlSocketPath, s.controlSocketPath);
+    assert.equal(h.startTime, await processStartTime(h.pid));
+
+    const rec = await readRecord();
+    assert.deepEqual(rec.invalid, []);
+    assert.deepEqual(
+      rec.accepted.map((r) => `${r.method} ${r.path}`),
+      [
+        'GET /',
+        'PUT /machine-config',
+        'PUT /boot-source',
+        'PUT /serial',
+        'PUT /drives/root',
+        'PUT /drives/work',
+        'PUT /drives/seed',
+        'PUT /network-interfaces/eth0',
+        'PUT /vsock',
+        'PUT /actions',
+      ],
+    );
+    assert.ok(rec.accepted.every((r) => r.status === 204 || r.status === 200));
+    assert.deepEqual(rec.accepted.at(-1)!.body, { action_type: 'InstanceStart' });
+    assert.equal(rec.state, 'Running');
+    assert.deepEqual(rec.argv.slice(-4), ['--api-sock', s.controlSocketPath, '--id', s.vmId]);
+    assert.match(await readFile(s.consoleLogPath, 'utf8'), /fake guest: booting/);
+
+    // Its own session (detached), so a daemon's death does not take it along.
+    const stat = await readFile(`/proc/${h.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    assert.equal(Number(fields[3]), h.pid, 'session id (field 6) is its own pid');
+
+    assert.equal(await driver.isAlive(h, s.vmId), true);
+    assert.equal(await driver.isAlive(h, 'vm-someone-else'), false);
+    assert.equal(await driver.isAlive({ ...h, startTime: h.startTime + 1 }, s.vmId), false);
+  });
+
+  void it('requestShutdown sends Ctrl-Alt-Del and waitExit resolves when the VMM exits', async () => {
+    const { driver, spec: s, readRecord } = await setup();
+    const h = await driver.launch(s);
+    handles.push(h);
+    await driver.requestShutdown(h);
+    await driver.waitExit(h, AbortSignal.timeout(10_000));
+    assert.equal(await driver.isAlive(h, s.vmId), false);
+    const rec = await readRecord();
+    assert.deepEqual(rec.invalid, []);
+    assert.deepEqual(rec.accepted.at(-1)!.body, { action_type: 'SendCtrlAltDel' });
+    assert.match(await readFile(s.consoleLogPath, 'utf8'), /Restarting system/);
+  });
+
+  void it('kill ends it with SIGTERM, and escalates to SIGKILL when SIGTERM is ignored', async () => {
+    const a = await setup();
+    const h1 = await a.driver.launch(a.spec);
+    handles.push(h1);
+    await a.driver.kill(h1, 5000);
+    assert.equal(await a.driver.isAlive(h1, a.spec.vmId), false);
+
+    const b = await setup({ ignoreSigterm: true });
+    const h2 = await b.driver.launch(b.spec);
+    handles.push(h2);
+    await b.driver.kill(h2, 300);
+    assert.equal(await b.driver.isAlive(h2, b.spec.vmId), false);
+    // A second kill of a gone process is a no-op.
+    await b.driver.kill(h2, 100);
+  });
+
+  void it('a waitExit aborted by its signal rejects', async () => {
+    const { driver, spec: s } = await setup();
+    const h = await driver.launch(s);
+    handles.push(h);
+    await assert.rejects(driver.waitExit(h, AbortSignal.timeout(100)));
+    await driver.kill(h, 1000);
+  });
+
+  void it('an API fault rejects launch with the endpoint and fault message, and kills the process', async () => {
+    const {
+      driver,
+      spec: s,
+      readRecord,
+    } = await setup({ faults: { 'PUT /drives/work': 'Unable to open the block device backing file' } });
+    await assert.rejects(driver.launch(s), (e) => {
+      assertBangerError(
+        e,
+        ErrorCode.FailedPrecondition,
+        /PUT \/drives\/work failed: Unable to open the block device backing file/,
+      );
+      assert.match((e as BangerError).hint ?? '', /vmm\.log/);
+      return true;
+    });
+    const rec = await readRecord();
+    assert.deepEqual(rec.invalid, []);
+    assert.ok(!rec.accepted.some((r) => r.path === '/actions'), 'InstanceStart was not sent');
+    assert.equal(await processStartTime(rec.pid), undefined, 'the fake firecracker was killed');
+    assert.equal(existsSync(s.controlSocketPath), false);
+  });
+
+  void it('an early exit rejects with the VMM output', async () => {
+    const { driver, spec: s } = await setup({ exitEarly: 'Error: Invalid value for --id' });
+    await assert.rejects(driver.launch(s), (e) =>
+      assertBangerError(
+        e,
+        ErrorCode.FailedPrecondition,
+        /Firecracker exited during launch \(exit code 1\):\nError: Invalid value for --id/,
+      ),
+    );
+  });
+
+  void it('removes a stale API socket before starting', async () => {
+    const { driver, spec: s } = await setup();
+    await writeFile(s.controlSocketPath, 'stale');
+    const h = await driver.launch(s);
+    handles.push(h);
+    await driver.kill(h, 1000);
+  });
+
+  void it('refuses a bzImage kernel and a qcow2 file posing as raw before starting anything', async () => {
+    const { driver, spec: s, vmDir } = await setup();
+    const bz = Buffer.alloc(0x300);
+    bz.write('HdrS', 0x202, 'latin1');
+    await writeFile(join(vmDir, 'vmlinuz'), bz);
+    await assert.rejects(driver.launch({ ...s, kernelPath: join(vmDir, 'vmlinuz') }), (e) => {
+      assertBangerError(
+        e,
+        ErrorCode.FailedPrecondition,
+        /compressed bzImage; Firecracker boots only an uncompressed ELF vmlinux/,
+      );
+      assert.match((e as BangerError).hint ?? '', /extract-vmlinux/);
+      return true;
+    });
+    await writeFile(join(vmDir, 'fake.ext4'), Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]));
+    const disks = s.disks.map((d) => (d.id === 'work' ? { ...d, path: join(vmDir, 'fake.ext4') } : d));
+    await assert.rejects(driver.launch({ ...s, disks }), /disk 'work' .* is a qcow2 file/);
+    assert.equal(existsSync(s.vmmLogPath), false, 'no process was started');
+  });
+
+  void it('availability names what is missing and how to fix it', async () => {
+    const kvm = join(dir, 'kvm');
+    await writeFile(kvm, '');
+    const missing = await new FirecrackerDriver({ env: { PATH: binDir }, kvmDevice: kvm }).availability();
+    assert.equal(missing.ok, false);
+    assert.match(missing.reason ?? '', /firecracker was not found on PATH: install a Firecracker release/);
+
+    await mkdir(binDir, { recursive: true });
+    await writeFile(join(binDir, 'firecracker'), '#!/bin/sh\n');
+    await chmod(join(binDir, 'firecracker'), 0o755);
+    const ok = await new FirecrackerDriver({ env: { PATH: binDir }, kvmDevice: kvm }).availability();
+    assert.deepEqual(ok, { ok: true, binary: join(binDir, 'firecracker') });
+
+    const noKvm = await new FirecrackerDriver({ env: { PATH: binDir }, kvmDevice: join(dir, 'no-kvm') }).availability();
+    assert.equal(noKvm.ok, false);
+    assert.match(noKvm.reason ?? '', /does not exist: Firecracker needs KVM/);
+  });
+
+  void it('declares tap and vsock, not qcow2, user networking or TCG', () => {
+    const f = new FirecrackerDriver().features;
+    assert.deepEqual([...f].sort(), ['tap', 'vsock']);
+  });
+});
+
+void describe('vmlinux extraction', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'banger-vmlinux-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A minimal bzImage: boot header with payload_offset/length pointing at `payload`. */
+  function fakeBzImage(payload: Buffer): Buffer {
+    const setupSects = 4;
+    const img = Buffer.alloc((setupSects + 1) * 512);
+    img[0x1f1] = setupSects;
+    img.write('HdrS', 0x202, 'latin1');
+    img.writeUInt16LE(0x20f, 0x206);
+    img.writeUInt32LE(0x10, 0x248);
+    img.writeUInt32LE(payload.length, 0x24c);
+    return Buffer.concat([img, Buffer.alloc(0x10), payload, Buffer.from('trailing bytes')]);
+  }
+  const elf = Buffer.concat([ELF_HEAD, Buffer.from('kernel text '.repeat(100))]);
+
+  void it('detects kernel formats', () => {
+    assert.equal(detectKernelFormat(elf), 'elf');
+    assert.equal(detectKernelFormat(fakeBzImage(Buffer.alloc(8))), 'bzImage');
+    assert.equal(detectKernelFormat(Buffer.alloc(0x300)), 'unknown');
+  });
+
+  void it('extracts a gzip payload with node:zlib', async () => {
+    await writeFile(join(dir, 'bz-gzip'), fakeBzImage(gzipSync(elf)));
+    const res = await extractVmlinux(join(dir, 'bz-gzip'), join(dir, 'out-gzip'));
+    assert.deepEqual(res, { compression: 'gzip', size: elf.length });
+    assert.deepEqual(await readFile(join(dir, 'out-gzip')), elf);
+  });
+
+  for (const [tool, args, compression] of [
+    ['xz', ['--check=crc32', '-c'], 'xz'],
+    ['zstd', ['-q', '-c'], 'zstd'],
+    ['lz4', ['-l', '-c'], 'lz4'],
+  ] as const) {
+    const have = (() => {
+      try {
+        execFileSync('sh', ['-c', `command -v ${tool}`]);
+        return true;
+      } catch {
+        return false;
+      }
+    })();
+    void it(
+      `extracts a ${compression} payload with the host's ${tool}`,
+      { skip: have ? false : `${tool} is not installed` },
+      async () => {
+        const payload = execFileSync(tool, [...args], { input: elf });
+        await writeFile(join(dir, `bz-${compression}`), fakeBzImage(payload));
+        const res = await extractVmlinux(join(dir, `bz-${compression}`), join(dir, `out-${compression}`));
+        assert.equal(res.compression, compression);
+        assert.deepEqual(await readFile(join(dir, `out-${compression}`)), elf);
+      },
+    );
+  }
+
+  void it('fails cleanly on a bzImage without a kernel inside, leaving no output', async () => {
+    await writeFile(join(dir, 'bz-empty'), fakeBzImage(Buffer.from('not compressed')));
+    await assert.rejects(
+      extractVmlinux(join(dir, 'bz-empty'), join(dir, 'out-empty')),
+      /no ELF kernel could be extracted/,
+    );
+    assert.equal(existsSync(join(dir, 'out-empty')), false);
+  });
+
+  // A real Debian cloud kernel, when one was unpacked beside the tests (BANGER_TEST_BZIMAGE, or
+  // `apt-get download linux-image-6.1.0-*-cloud-amd64 && dpkg-deb -x *.deb /tmp/kpkg/x`).
+  const real =
+    process.env.BANGER_TEST_BZIMAGE ??
+    (existsSync('/tmp/kpkg/x/boot')
+      ? readdirSync('/tmp/kpkg/x/boot')
+          .filter((f) => f.startsWith('vmlinuz-'))
+          .map((f) => join('/tmp/kpkg/x/boot', f))[0]
+      : undefined);
+  void it(
+    'extracts the ELF from a real Debian bzImage',
+    { skip: real ? false : 'no bzImage found (set BANGER_TEST_BZIMAGE)' },
+    async () => {
+      const res = await extractVmlinux(real!, join(dir, 'vmlinux-real'));
+      const head = await readFile(join(dir, 'vmlinux-real'));
+      assert.equal(detectKernelFormat(head), 'elf');
+      assert.equal(head[4], 2, 'ELF64');
+      assert.equal(head.readUInt16LE(18), 0x3e, 'x86-64');
+      assert.ok(res.size > 10 * 1024 * 1024);
+    },
+  );
+});
