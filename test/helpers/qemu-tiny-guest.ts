@@ -96,7 +96,9 @@ export function cpioNewc(entries: CpioEntry[]): Buffer {
     const name = Buffer.from(`${e.name}\0`);
     const header =
       '070701' +
-      [ino++, e.mode, 0, 0, 1, 0, data.length, 0, 0, e.rdev?.[0] ?? 0, e.rdev?.[1] ?? 0, name.length, 0].map(hex).join('');
+      [ino++, e.mode, 0, 0, 1, 0, data.length, 0, 0, e.rdev?.[0] ?? 0, e.rdev?.[1] ?? 0, name.length, 0]
+        .map(hex)
+        .join('');
     parts.push(Buffer.from(header), name, pad4(110 + name.length), data, pad4(data.length));
   }
   return Buffer.concat(parts);
@@ -133,7 +135,8 @@ export async function tscCmdline(): Promise<string> {
 
 /** Whether QEMU is installed; the reason to print when it is not. */
 export function qemuMissingReason(): string | undefined {
-  return existsSync('/usr/bin/qemu-system-x86_64') || process.env.PATH?.split(':').some((d) => existsSync(join(d, 'qemu-system-x86_64')))
+  return existsSync('/usr/bin/qemu-system-x86_64') ||
+    process.env.PATH?.split(':').some((d) => existsSync(join(d, 'qemu-system-x86_64')))
     ? undefined
     : 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86 qemu-utils)';
 }

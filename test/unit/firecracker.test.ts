@@ -69,7 +69,7 @@ void describe('firecracker config builders', () => {
         body: {
           kernel_image_path: '/v/vmlinux',
           initrd_path: '/v/initrd.img',
-          boot_args: 'console=ttyS0 root=/dev/vda rw net.ifnames=0 quiet reboot=k panic=1 pci=off',
+          boot_args: 'console=ttyS0 root=/dev/vda rw net.ifnames=0 quiet reboot=k panic=1',
         },
       },
       { method: 'PUT', path: '/serial', body: { serial_out_path: '/v/console.log' } },
@@ -113,8 +113,8 @@ void describe('firecracker config builders', () => {
   });
 
   void it('adds only the boot args the command line lacks', () => {
-    assert.equal(firecrackerBootArgs('root=/dev/vda'), 'root=/dev/vda console=ttyS0 reboot=k panic=1 pci=off');
-    assert.equal(firecrackerBootArgs('  console=ttyS0  panic=-1 '), 'console=ttyS0 panic=-1 reboot=k pci=off');
+    assert.equal(firecrackerBootArgs('root=/dev/vda'), 'root=/dev/vda console=ttyS0 reboot=k panic=1');
+    assert.equal(firecrackerBootArgs('  console=ttyS0  panic=-1 '), 'console=ttyS0 panic=-1 reboot=k');
   });
 
   void it('passes the API socket and the VM id on the command line', () => {

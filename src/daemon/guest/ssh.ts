@@ -1,4 +1,6 @@
-import { Client, type ClientChannel, utils as sshUtils } from 'ssh2';
+import ssh2, { type ClientChannel } from 'ssh2';
+const { Client, utils: sshUtils } = ssh2;
+type Client = InstanceType<typeof Client>;
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
@@ -54,6 +56,7 @@ export class SshGuestSession implements GuestSession {
     return new Promise((resolve, reject) => {
       const client = new Client();
       let hostKeyMismatch = false;
+      let settled = false;
       const onAbort = () => {
         client.destroy();
         reject(new BangerError(ErrorCode.Cancelled, 'cancelled while connecting to the guest'));
@@ -61,10 +64,15 @@ export class SshGuestSession implements GuestSession {
       signal?.addEventListener('abort', onAbort, { once: true });
       client
         .once('ready', () => {
+          if (settled) return;
+          settled = true;
           signal?.removeEventListener('abort', onAbort);
           resolve(new SshGuestSession(client));
         })
-        .once('error', (err: Error) => {
+        .on('error', (err: Error) => {
+          // ssh2 may emit several errors for one failed attempt: settle once, swallow the rest.
+          if (settled) return;
+          settled = true;
           signal?.removeEventListener('abort', onAbort);
           client.destroy();
           if (hostKeyMismatch)
@@ -99,14 +107,14 @@ export class SshGuestSession implements GuestSession {
    */
   static async waitFor(
     target: SshTarget,
-    opts: { deadlineMs: number; signal?: AbortSignal; stillBooting: () => Promise<boolean> },
+    opts: { deadlineMs: number; attemptTimeoutMs?: number; signal?: AbortSignal; stillBooting: () => Promise<boolean> },
   ): Promise<SshGuestSession> {
     const end = Date.now() + opts.deadlineMs;
     let lastErr: unknown;
     for (;;) {
       opts.signal?.throwIfAborted();
       try {
-        return await SshGuestSession.connect(target, opts.signal, Math.max(2000, Math.min(15_000, end - Date.now())));
+        return await SshGuestSession.connect(target, opts.signal, Math.max(2000, Math.min(opts.attemptTimeoutMs ?? 5000, end - Date.now())));
       } catch (e) {
         if (e instanceof BangerError) throw e;
         lastErr = e;

@@ -103,9 +103,7 @@ export const runBootProbe: BootProbe = async (opts) => {
     [PROBE_CMDLINE, opts.extraCmdline].filter(Boolean).join(' '),
   ];
   const setpriv = await findSetpriv();
-  const [cmd, argv] = setpriv
-    ? [setpriv, ['--pdeathsig', 'KILL', '--', opts.binary, ...args]]
-    : [opts.binary, args];
+  const [cmd, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', opts.binary, ...args]] : [opts.binary, args];
   const started = Date.now();
   const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let serial = '';
@@ -126,13 +124,18 @@ export const runBootProbe: BootProbe = async (opts) => {
       settle({ ok: false, detail: 'cancelled' });
     };
     const timer = setTimeout(
-      () => settle({ ok: false, detail: `no ${PROBE_MARKER} on the serial console within ${timeoutMs} ms (the guest hangs)` }),
+      () =>
+        settle({
+          ok: false,
+          detail: `no ${PROBE_MARKER} on the serial console within ${timeoutMs} ms (the guest hangs)`,
+        }),
       timeoutMs,
     );
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       serial = (serial + d).slice(-8192);
-      if (serial.includes(PROBE_MARKER)) settle({ ok: true, detail: `${PROBE_MARKER} seen after ${Date.now() - started} ms` });
+      if (serial.includes(PROBE_MARKER))
+        settle({ ok: true, detail: `${PROBE_MARKER} seen after ${Date.now() - started} ms` });
     });
     child.stderr.setEncoding('utf8').on('data', (d: string) => {
       stderr = (stderr + d).slice(-4096);
@@ -171,7 +174,10 @@ export async function probeKvm(deps: KvmProbeDeps): Promise<KvmProbeResult> {
           reason: `${device} does not exist (virtualization is off in the firmware, the kvm module is not loaded, or this is a VM without nested virtualization)`,
         };
       if (code === 'EACCES' || code === 'EPERM')
-        return { usable: false, reason: `${device} cannot be opened read-write by this user (add it to the 'kvm' group)` };
+        return {
+          usable: false,
+          reason: `${device} cannot be opened read-write by this user (add it to the 'kvm' group)`,
+        };
       return { usable: false, reason: `${device} cannot be opened: ${(e as Error).message}` };
     }
   }
@@ -259,10 +265,7 @@ export class KvmProbeCache {
   async set(key: KvmProbeKey, result: KvmProbeResult): Promise<void> {
     const file = await this.read();
     file.kvm = { ...file.kvm, [keyString(key)]: { ...result, probedAt: new Date().toISOString() } };
-    await mkdir(dirname(this.path), { recursive: true });
-    const tmp = `${this.path}.${process.pid}.tmp`;
-    await writeFile(tmp, `${JSON.stringify(file, null, 2)}\n`);
-    await rename(tmp, this.path);
+    await this.write(file);
   }
 
   /** Forgets every KVM verdict (e.g. `banger doctor --reprobe`). */
@@ -270,7 +273,7 @@ export class KvmProbeCache {
     const file = await this.read();
     if (!file.kvm) return;
     delete file.kvm;
-    await writeFile(this.path, `${JSON.stringify(file, null, 2)}\n`);
+    await this.write(file);
   }
 
   /** The cached verdict for `key`, or the result of `probe` (which is then cached). Cancellation is not cached. */
@@ -280,6 +283,13 @@ export class KvmProbeCache {
     const result = await probe();
     await this.set(key, result);
     return result;
+  }
+
+  private async write(file: ProbeFile): Promise<void> {
+    await mkdir(dirname(this.path), { recursive: true });
+    const tmp = `${this.path}.${process.pid}.tmp`;
+    await writeFile(tmp, `${JSON.stringify(file, null, 2)}\n`);
+    await rename(tmp, this.path);
   }
 
   private async read(): Promise<ProbeFile> {

@@ -361,8 +361,6 @@ export function guestFiles(): GuestFile[] {
 /** /etc/environment with banger's variables set (pam_env reads it for every SSH session). */
 export function withGuestEnvironment(etcEnvironment: string): string {
   const keys = new Set(Object.keys(GUEST_ENVIRONMENT));
-  const kept = etcEnvironment
-    .split('\n')
-    .filter((l) => l.trim() !== '' && !keys.has(l.split('=')[0]?.trim() ?? ''));
+  const kept = etcEnvironment.split('\n').filter((l) => l.trim() !== '' && !keys.has(l.split('=')[0]?.trim() ?? ''));
   return [...kept, ...Object.entries(GUEST_ENVIRONMENT).map(([k, v]) => `${k}=${v}`)].join('\n') + '\n';
 }

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
@@ -106,7 +106,12 @@ export function validateBuildParams(p: ImageBuildParams): void {
 }
 
 /** mmdebstrap's argv (without the command): minbase plus packages, docs/man/locales trimmed. */
-export function mmdebstrapArgs(p: { suite: string; mirror: string; packages: readonly string[]; targetDir: string }): string[] {
+export function mmdebstrapArgs(p: {
+  suite: string;
+  mirror: string;
+  packages: readonly string[];
+  targetDir: string;
+}): string[] {
   const include = [...new Set([...BASE_PACKAGES, ...p.packages])].join(',');
   return [
     '--variant=minbase',
@@ -230,6 +235,8 @@ export async function buildImage(
     for (const l of chunk.split('\n')) if (l.trim()) deps.log(l.trimEnd());
   };
   const removeTree = async (dir: string) => {
+    // mmdebstrap's children (apt, dpkg, chrooted maintainer scripts) outlive a cancelled mmdebstrap.
+    await killProcessesUsing(dir);
     // A killed mmdebstrap can leave /proc, /sys or /dev bind mounts inside its tree: unmount them
     // first so removing the tree can never reach into the host's own /dev.
     const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
@@ -238,7 +245,12 @@ export async function buildImage(
       throw new BangerError(ErrorCode.Internal, `cannot unmount the filesystems under ${dir}`, {
         hint: `unmount them by hand (see /proc/self/mountinfo), then remove ${dir}`,
       });
-    await rm(dir, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  };
+
+  const cleanup = async () => {
+    await removeTree(rootDir);
+    await removeTree(initrdDir);
   };
 
   try {
@@ -293,13 +305,31 @@ export async function buildImage(
     ] as const) {
       files.push({ role, path, sizeBytes: (await stat(path)).size, sha256: await sha256File(path, signal) });
     }
+    await cleanup();
     return { kernelPath, initrdPath, rootfsPath, kernelVersion, files };
   } catch (e) {
+    await cleanup().catch((c: unknown) => deps.log(`cleanup after a failed build: ${String(c)}`));
     if (signal?.aborted) throw cancelled('image build cancelled');
     throw toBangerError(e);
-  } finally {
-    await removeTree(rootDir);
-    await removeTree(initrdDir);
+  }
+}
+
+/** Processes whose root, working directory or command line is inside `dir`, by pid. */
+async function killProcessesUsing(dir: string): Promise<void> {
+  const base = resolve(dir);
+  const inside = (p: string) => p === base || p.startsWith(base + '/');
+  for (const name of await readdir('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      const uses =
+        inside(await readlink(`/proc/${pid}/root`)) ||
+        inside(await readlink(`/proc/${pid}/cwd`)) ||
+        (await readFile(`/proc/${pid}/cmdline`, 'utf8')).includes(base + '/');
+      if (uses) process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone, or not ours to inspect
+    }
   }
 }
 
@@ -360,7 +390,13 @@ async function buildInitrd(
   for (const m of modules) {
     const src = join(modDir, m.path);
     const dst = join(initrdDir, 'lib/modules', `${m.name}.ko`);
-    const decompressor = m.path.endsWith('.xz') ? 'xz' : m.path.endsWith('.zst') ? 'zstd' : m.path.endsWith('.gz') ? 'gzip' : undefined;
+    const decompressor = m.path.endsWith('.xz')
+      ? 'xz'
+      : m.path.endsWith('.zst')
+        ? 'zstd'
+        : m.path.endsWith('.gz')
+          ? 'gzip'
+          : undefined;
     if (decompressor) await run('sh', ['-c', `${decompressor} -dc "$1" > "$2"`, 'sh', src, dst]);
     else await copyFile(src, dst);
     files.push(`${m.name}.ko`);

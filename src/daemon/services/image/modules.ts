@@ -21,7 +21,11 @@ const moduleName = (path: string) => canonical((path.split('/').pop() ?? path).r
  * Every module `wanted` needs, dependencies first (the order insmod must follow). Built-in modules are
  * skipped. Throws when a wanted module is neither a module nor built in.
  */
-export function resolveModules(modulesDep: string, modulesBuiltin: string, wanted: readonly string[]): ResolvedModule[] {
+export function resolveModules(
+  modulesDep: string,
+  modulesBuiltin: string,
+  wanted: readonly string[],
+): ResolvedModule[] {
   const deps = new Map<string, { path: string; deps: string[] }>();
   for (const line of modulesDep.split('\n')) {
     const colon = line.indexOf(':');

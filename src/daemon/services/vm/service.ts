@@ -24,6 +24,8 @@ import { readHandles, removeRuntimeFiles, writeHandles } from './handles.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { isPortFree, pickFreePort } from './ports.js';
 import { buildSeedTar } from './seed.js';
+import { waitForConsoleLine } from './console.js';
+import { POWEROFF_COMMAND, READY_MARKER } from '../../guest/init/contract.js';
 
 /** Decides the accelerator for a boot of `image`'s kernel: a real probe, cached. */
 export interface AccelResolver {
@@ -319,8 +321,16 @@ export class VmService {
       vm = this.d.vms.update(id, { accel, startedAt: this.now().toISOString() });
 
       progress({ kind: 'step', step: 'wait for ssh', index: 4, total });
+      const bootDeadline = Date.now() + (this.d.bootTimeoutMs ?? 180_000);
+      // Under user networking the host side of the forward accepts before the guest listens, and an SSH
+      // attempt then hangs: wait for the guest's own "ready" line on the console first.
+      await waitForConsoleLine(vp.consoleLog, READY_MARKER, {
+        deadline: bootDeadline,
+        signal,
+        alive: () => driver.isAlive(handle, id),
+      });
       live.session = await SshGuestSession.waitFor(this.sshTargetOf(vm, hostPublicKey), {
-        deadlineMs: this.d.bootTimeoutMs ?? 180_000,
+        deadlineMs: Math.max(10_000, bootDeadline - Date.now()),
         signal,
         stillBooting: async () => this.live.get(id) === live && (await driver.isAlive(handle, id)),
       });
@@ -355,7 +365,7 @@ export class VmService {
     this.d.vms.update(id, { state: 'stopping' });
     const timeoutMs = (opts.timeoutSeconds ?? 20) * 1000;
     if (!opts.force) {
-      const exited = await this.gracefulShutdown(live, timeoutMs, signal);
+      const exited = await this.gracefulShutdown(vm, live, timeoutMs, signal);
       if (!exited) this.d.log.warn({ vm: vm.name }, 'graceful shutdown timed out; forcing');
     }
     await this.teardown(id);
@@ -365,12 +375,13 @@ export class VmService {
   }
 
   /** Asks the guest to power off (over SSH, else through the VMM) and waits for the VMM to exit. */
-  private async gracefulShutdown(live: LiveVm, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
-    const session = live.session;
+  private async gracefulShutdown(vm: VmRecord, live: LiveVm, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    // After a daemon restart there is no connection yet: make one, briefly, to ask the guest.
+    const session = await this.session(vm, AbortSignal.timeout(Math.min(timeoutMs, 10_000))).catch(() => undefined);
     let asked = false;
     if (session && !session.isClosed) {
       try {
-        await session.exec('/usr/local/sbin/banger-poweroff', { signal: AbortSignal.timeout(5000) });
+        await session.exec(POWEROFF_COMMAND, { signal: AbortSignal.timeout(5000) });
         asked = true;
       } catch {
         /* the guest may drop the connection as it goes down */

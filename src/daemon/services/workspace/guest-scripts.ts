@@ -124,7 +124,9 @@ LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --n
 cd -- "$stage/${TAR_TREE_DIR}"
 if [ -e .git ] || [ -L .git ]; then fail ${WorkspaceScriptExit.BadArchive} "the workspace archive contains a .git"; fi
 
-if [ -n "$branch" ]; then git init -q -b "$branch" .; else git -c init.defaultBranch=main init -q .; fi
+# A 64-hex HEAD comes from a SHA-256 repository; the guest repo must use the same object format.
+if [ "\${#head}" -eq 64 ]; then fmt=sha256; else fmt=sha1; fi
+if [ -n "$branch" ]; then git init -q --object-format=$fmt -b "$branch" .; else git -c init.defaultBranch=main init -q --object-format=$fmt .; fi
 if [ -n "$head" ]; then
   [ -f "$stage/${TAR_HISTORY_PACK}" ] || fail ${WorkspaceScriptExit.BadArchive} "the workspace archive has no git history"
   git index-pack --stdin < "$stage/${TAR_HISTORY_PACK}" >/dev/null
@@ -190,7 +192,10 @@ export interface ExportScriptOptions {
  */
 export function buildExportScript(o: ExportScriptOptions): string {
   validateGuestPath(o.guestPath);
-  if (o.baseCommit !== undefined && (o.baseCommit === '' || o.baseCommit.startsWith('-') || /[\0\n]/.test(o.baseCommit))) {
+  if (
+    o.baseCommit !== undefined &&
+    (o.baseCommit === '' || o.baseCommit.startsWith('-') || /[\0\n]/.test(o.baseCommit))
+  ) {
     throw new BangerError(ErrorCode.InvalidArgument, `invalid base commit ${JSON.stringify(o.baseCommit)}`, {
       hint: 'pass a commit id or ref of the guest repository',
     });
@@ -227,10 +232,10 @@ export function parseNameStatus(out: Buffer | string): { status: NameStatus; pat
   const fields = (typeof out === 'string' ? out : out.toString('utf8')).split('\0');
   const rows: { status: NameStatus; path: string }[] = [];
   for (let i = 0; i + 1 < fields.length; i += 2) {
-    const status = fields[i] as NameStatus;
+    const status = fields[i];
     const path = fields[i + 1];
-    if (status === '' || path === undefined) break;
-    rows.push({ status, path });
+    if (!status || path === undefined) break;
+    rows.push({ status: status as NameStatus, path });
   }
   return rows;
 }

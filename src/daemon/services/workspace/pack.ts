@@ -28,8 +28,8 @@ export interface ImportTarSource {
   /** HEAD's commit; null for a repository without commits (no history is sent). */
   headCommit: string | null;
   /**
-   * How many commits of history the guest gets, newest first along `git rev-list` order;
-   * undefined or 0: all of HEAD's history.
+   * How many commits of history the guest gets (the newest, in `git rev-list` order); 0: all of
+   * HEAD's history. Default DEFAULT_HISTORY_DEPTH.
    */
   historyDepth?: number;
 }
@@ -45,6 +45,14 @@ export interface ImportTarOptions {
   /** Runs host git; defaults to runCommand. */
   run?: CommandRunner;
 }
+
+/**
+ * Commits of history an import sends by default. Measured on a 3000-commit, 2000-file repo (8 MB
+ * tree): full history is a 22 MB pack (0.4 s to pack, 0.9 s for `git index-pack` in the guest); the
+ * last 50 commits are 2.6 MB (0.03 s, 0.07 s), barely more than the tree itself. 50 commits give
+ * `git log`/`git blame` useful recent context while the cost stays independent of the repo's age.
+ */
+export const DEFAULT_HISTORY_DEPTH = 50;
 
 /** Files up to this size are read whole, so their tar header and content always agree. */
 const SMALL_FILE = 1 << 20;
@@ -72,7 +80,8 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
   const pack = tar.pack();
   const abort = new AbortController();
   const onOuterAbort = () => abort.abort();
-  opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  if (opts.signal?.aborted) abort.abort();
+  else opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
   let tmp: string | null = null;
 
   const produce = async () => {
@@ -80,7 +89,14 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     let history: Promise<HistoryPack> | null = null;
     if (source.headCommit !== null) {
       tmp = await mkdtemp(join(tmpdir(), 'banger-import-'));
-      history = buildHistoryPack(source.root, source.headCommit, source.historyDepth ?? 0, tmp, run, abort.signal);
+      history = buildHistoryPack(
+        source.root,
+        source.headCommit,
+        source.historyDepth ?? DEFAULT_HISTORY_DEPTH,
+        tmp,
+        run,
+        abort.signal,
+      );
       // Awaited below; this keeps a failure while files are still streaming from being "unhandled".
       history.catch(() => undefined);
     }
@@ -120,8 +136,17 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     if (history !== null) {
       const h = await history;
       await addBuffer(pack, { name: `${TAR_META_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
-      await addBuffer(pack, { name: TAR_SHALLOW, type: 'file', mode: 0o644, mtime }, Buffer.from(h.shallow.map((c) => `${c}\n`).join('')));
-      await addFile(pack, { name: TAR_HISTORY_PACK, type: 'file', mode: 0o644, mtime, size: h.size }, h.path, abort.signal);
+      await addBuffer(
+        pack,
+        { name: TAR_SHALLOW, type: 'file', mode: 0o644, mtime },
+        Buffer.from(h.shallow.map((c) => `${c}\n`).join('')),
+      );
+      await addFile(
+        pack,
+        { name: TAR_HISTORY_PACK, type: 'file', mode: 0o644, mtime, size: h.size },
+        h.path,
+        abort.signal,
+      );
     }
   };
 
@@ -138,7 +163,9 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     async (err: unknown) => {
       abort.abort();
       await cleanup().catch(() => undefined);
-      pack.destroy(opts.signal?.aborted ? new BangerError(ErrorCode.Cancelled, 'import cancelled') : toBangerError(err));
+      pack.destroy(
+        opts.signal?.aborted ? new BangerError(ErrorCode.Cancelled, 'import cancelled') : toBangerError(err),
+      );
     },
   );
 
@@ -149,6 +176,8 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
   });
   return out;
 }
+
+const ignore = () => undefined;
 
 type Header = Partial<TarHeader> & { name: string };
 
@@ -163,8 +192,9 @@ function changed(abs: string, err?: unknown): BangerError {
 function addBuffer(pack: Pack, header: Header, content: Buffer | null): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const cb = (err?: Error | null) => (err ? reject(err) : resolve());
-    if (content === null) pack.entry(header, cb).end(null);
-    else pack.entry(header, content, cb);
+    // Errors reach us through cb; without a listener streamx would also throw them as uncaught.
+    if (content === null) pack.entry(header, cb).on('error', ignore).end(null);
+    else pack.entry(header, content, cb).on('error', ignore);
   });
 }
 
@@ -175,6 +205,7 @@ async function addFile(pack: Pack, header: Header, abs: string, signal: AbortSig
   const done = new Promise<void>((res, rej) => {
     sink = pack.entry(header, (err?: Error | null) => (err ? rej(err) : res()));
   });
+  sink.on('error', ignore);
   done.catch(() => undefined);
   let written = 0;
   const input = size === 0 ? null : createReadStream(abs, { start: 0, end: size - 1, highWaterMark: CHUNK, signal });

@@ -23,13 +23,14 @@ export const INSTANCE_START: FirecrackerRequest = {
  * Arguments Firecracker needs on the kernel command line that QEMU does not, added only when the command
  * line does not set them already:
  * - `console=ttyS0`: Firecracker's only console is the 8250 serial port at ttyS0.
- * - `reboot=k`: Firecracker has no ACPI reset; a guest reboot through the i8042 keyboard controller is what
- *   makes the Firecracker process exit. SendCtrlAltDel (requestShutdown) relies on this: the guest's init
+ * - `reboot=k`: a guest reset through the i8042 keyboard controller is what makes the Firecracker process
+ *   exit (a guest `poweroff` only halts the vCPUs). SendCtrlAltDel (requestShutdown) relies on this: the guest's init
  *   turns Ctrl-Alt-Del into a reboot, and the reboot ends the VMM.
  * - `panic=1`: a panicking guest reboots after 1 s, which ends the VMM, instead of hanging forever.
- * - `pci=off`: Firecracker has no PCI bus (devices are virtio-mmio); probing it only costs boot time.
+ *
+ * Not `pci=off`: Firecracker adds it itself when it runs without a PCI bus (and must not get it with --enable-pci).
  */
-export const FIRECRACKER_REQUIRED_BOOT_ARGS: readonly string[] = ['console=ttyS0', 'reboot=k', 'panic=1', 'pci=off'];
+export const FIRECRACKER_REQUIRED_BOOT_ARGS: readonly string[] = ['console=ttyS0', 'reboot=k', 'panic=1'];
 
 /** Firecracker's `--id`: 1 to 64 characters, alphanumeric or '-'. */
 const INSTANCE_ID = /^[A-Za-z0-9-]{1,64}$/;

@@ -64,15 +64,12 @@ function diskArgs(disk: DiskSpec): string[] {
 
 function isLoopbackV4(addr: string): boolean {
   const parts = addr.split('.');
-  return (
-    parts.length === 4 &&
-    parts[0] === '127' &&
-    parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)
-  );
+  return parts.length === 4 && parts[0] === '127' && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255);
 }
 
 function networkArgs(net: NetworkSpec): string[] {
-  if (!MAC_RE.test(net.mac)) throw invalidArgument(`invalid MAC address '${net.mac}': expected six hex pairs like 52:54:00:12:34:56`);
+  if (!MAC_RE.test(net.mac))
+    throw invalidArgument(`invalid MAC address '${net.mac}': expected six hex pairs like 52:54:00:12:34:56`);
   const device = ['-device', `virtio-net-device,netdev=n0,mac=${net.mac}`];
   if (net.mode === 'user') {
     // The forward is the only way in; it must never listen beyond this host.
@@ -102,7 +99,8 @@ function networkArgs(net: NetworkSpec): string[] {
  * (truncated at each launch).
  */
 export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[] {
-  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1) throw invalidArgument(`invalid vCPU count ${spec.vcpus}: expected 1 or more`);
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1)
+    throw invalidArgument(`invalid vCPU count ${spec.vcpus}: expected 1 or more`);
   if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 64)
     throw invalidArgument(`invalid memory size ${spec.memoryMib} MiB: expected at least 64`);
   const seen = new Set<string>();

@@ -143,10 +143,12 @@ export class QemuDriver implements VmmDriver {
     if (spec.channelSocketPath) await rm(spec.channelSocketPath, { force: true });
     await mkdir(dirname(spec.vmmLogPath), { recursive: true });
     const logFh = await open(spec.vmmLogPath, 'a');
-    const logStart = (await logFh.stat()).size;
     let child: ChildProcess;
+    let logStart: number;
     try {
       await logFh.write(`--- ${new Date().toISOString()} ${binary} ${argv.join(' ')}\n`);
+      // Error tails show only what QEMU itself wrote during this launch.
+      logStart = (await logFh.stat()).size;
       child = spawn(binary, argv, { detached: true, stdio: ['ignore', logFh.fd, logFh.fd] });
     } finally {
       await logFh.close();
@@ -167,9 +169,13 @@ export class QemuDriver implements VmmDriver {
     const pid = child.pid;
     if (pid === undefined) {
       await exited;
-      throw new BangerError(ErrorCode.FailedPrecondition, `cannot start ${binary}: ${spawnError?.message ?? 'unknown error'}`, {
-        hint: INSTALL_HINT,
-      });
+      throw new BangerError(
+        ErrorCode.FailedPrecondition,
+        `cannot start ${binary}: ${spawnError?.message ?? 'unknown error'}`,
+        {
+          hint: INSTALL_HINT,
+        },
+      );
     }
     this.children.set(pid, exited);
     void exited.then(() => this.children.delete(pid));
@@ -186,9 +192,13 @@ export class QemuDriver implements VmmDriver {
     const earlyExit = async (): Promise<BangerError> => {
       const tail = await readTail(spec.vmmLogPath, logStart);
       const how = exitInfo?.sig ? `signal ${exitInfo.sig}` : `exit code ${exitInfo?.code ?? '?'}`;
-      return new BangerError(ErrorCode.FailedPrecondition, `QEMU exited while starting VM '${spec.name}' (${how}):\n${tail}`, {
-        hint: `the full output is in ${spec.vmmLogPath}`,
-      });
+      return new BangerError(
+        ErrorCode.FailedPrecondition,
+        `QEMU exited while starting VM '${spec.name}' (${how}):\n${tail}`,
+        {
+          hint: `the full output is in ${spec.vmmLogPath}`,
+        },
+      );
     };
 
     const deadline = Date.now() + (this.deps.launchTimeoutMs ?? 30_000);

@@ -36,7 +36,7 @@ export class QmpCommandError extends BangerError {
     readonly desc: string,
   ) {
     super(ErrorCode.Internal, `QEMU refused '${command}': ${desc} (${qmpClass})`, {
-      hint: 'see the VM\'s vmm.log; the VM may need `banger vm stop --force`',
+      hint: "see the VM's vmm.log; the VM may need `banger vm stop --force`",
     });
   }
 }

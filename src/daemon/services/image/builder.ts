@@ -1,0 +1,26 @@
+import type { Paths } from '../../../shared/paths.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { CommandRunner } from '../../exec.js';
+import { buildImage, readHostMirror } from './build.js';
+import type { ImageBuilder } from './service.js';
+
+/** The ImageBuilder the daemon uses: Debian bookworm from the host's own apt mirror. */
+export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths }): ImageBuilder {
+  return async (req, outDir, progress, signal) => {
+    const mirror = await readHostMirror();
+    const params = { name: req.name, packages: req.packages, suite: 'bookworm', mirror };
+    const log = d.log.child({ image: req.name });
+    const art = await buildImage(
+      params,
+      outDir,
+      { run: d.run, log: (msg) => log.debug(msg) },
+      (s) => progress({ kind: 'step', step: s.name, index: s.index, total: s.total, detail: s.detail }),
+      signal,
+    );
+    return {
+      kernelVersion: art.kernelVersion,
+      files: art.files,
+      params: { suite: params.suite, mirror, packages: req.packages },
+    };
+  };
+}

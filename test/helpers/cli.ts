@@ -1,0 +1,85 @@
+/**
+ * Runs the built `banger` CLI (dist/banger.js) against a test state directory, like a user would.
+ * e2e tests share one BANGER_HOME under the test cache so the guest image is built once per machine;
+ * every VM a test makes is deleted by the test (and stale ones by `resetVms`).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = resolve(fileURLToPath(import.meta.url), '..', '..', '..');
+export const CLI = join(REPO_ROOT, 'dist', 'banger.js');
+export const E2E_HOME = process.env.BANGER_E2E_HOME ?? '/var/cache/banger-test/e2e-home';
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function banger(
+  args: string[],
+  opts: { home?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<CliResult> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, ...opts.env, BANGER_HOME: opts.home ?? E2E_HOME, NO_COLOR: '1' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 600_000);
+    child.on('error', reject);
+    child.on('close', (code, sig) => {
+      clearTimeout(timer);
+      resolvePromise({ code: code ?? (sig ? 128 + 9 : 1), stdout, stderr });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** Runs banger and fails with its output when the exit code is not `want`. */
+export async function bangerOk(args: string[], want = 0, opts: Parameters<typeof banger>[1] = {}): Promise<CliResult> {
+  const r = await banger(args, opts);
+  if (r.code !== want)
+    throw new Error(`banger ${args.join(' ')} exited ${r.code}, expected ${want}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
+  return r;
+}
+
+/** The tail of a VM's console log straight from disk (works when the daemon is down). */
+export function consoleTail(home: string, vmId: string, bytes = 4000): string {
+  const p = join(home, 'vms', vmId, 'console.log');
+  if (!existsSync(p)) return '(no console log)';
+  const s = readFileSync(p, 'utf8');
+  return s.slice(-bytes);
+}
+
+/** Prints every VM's console tail: called when an e2e test fails. */
+export function dumpConsoles(home = E2E_HOME): void {
+  const dir = join(home, 'vms');
+  if (!existsSync(dir)) return;
+  for (const id of readdirSync(dir)) {
+    process.stderr.write(`\n----- console of VM ${id} -----\n${consoleTail(home, id)}\n----- end -----\n`);
+  }
+}
+
+/** PIDs of processes whose command line contains `needle`. */
+export function pidsMatching(needle: string): number[] {
+  const pids: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8');
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      if (state !== 'Z' && cmd.includes(needle) && Number(e) !== process.pid) pids.push(Number(e));
+    } catch {
+      /* raced with exit */
+    }
+  }
+  return pids;
+}

@@ -1,0 +1,42 @@
+import { spawn } from 'node:child_process';
+import type { GuestExecOptions, GuestExecResult, GuestSession } from '../../src/daemon/guest/session.js';
+
+/**
+ * A GuestSession that runs each command with this host's /bin/sh (or `shell`), standing in for a guest in unit
+ * tests of guest scripts. Guest paths are ordinary host paths (tests put them under a temp "guest root").
+ */
+export class LocalShellSession implements GuestSession {
+  constructor(private readonly base: { env?: Record<string, string>; cwd?: string; shell?: string } = {}) {}
+
+  exec(command: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.base.shell ?? '/bin/sh', ['-c', command], {
+        cwd: this.base.cwd ?? '/',
+        env: { ...process.env, ...this.base.env, ...opts.env },
+        stdio: ['pipe', 'pipe', 'pipe'],
+        signal: opts.signal,
+      });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      if (opts.stdout) child.stdout.pipe(opts.stdout, { end: false });
+      else child.stdout.on('data', (d: Buffer) => out.push(d));
+      if (opts.stderr) child.stderr.pipe(opts.stderr, { end: false });
+      else child.stderr.on('data', (d: Buffer) => err.push(d));
+      // The command may exit without reading all of stdin: that is its business, not an error here.
+      child.stdin.on('error', () => undefined);
+      if (opts.stdin) {
+        opts.stdin.on('error', (e) => child.stdin.destroy(e));
+        opts.stdin.pipe(child.stdin);
+      } else child.stdin.end();
+      child.on('error', reject);
+      child.on('close', (code, sig) => {
+        opts.stdin?.unpipe(child.stdin);
+        resolve({
+          code: code ?? 128 + (sig === 'SIGKILL' ? 9 : sig === 'SIGTERM' ? 15 : 1),
+          stdout: Buffer.concat(out),
+          stderr: Buffer.concat(err),
+        });
+      });
+    });
+  }
+}

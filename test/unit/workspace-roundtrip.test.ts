@@ -1,0 +1,425 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { before, describe, it } from 'node:test';
+import { execFileSync } from 'node:child_process';
+import { runCommand } from '../../src/daemon/exec.js';
+import {
+  IMPORT_BASE_REF,
+  MISE_NOTICE_PREFIX,
+  WorkspaceScriptExit,
+  buildExportScript,
+  buildImportScript,
+  execInWorkspace,
+  parseNameStatus,
+} from '../../src/daemon/services/workspace/guest-scripts.js';
+import { inspectRepo, listImportFiles } from '../../src/daemon/services/workspace/host-repo.js';
+import { createImportTar, type ImportTarProgress } from '../../src/daemon/services/workspace/pack.js';
+import { LocalShellSession } from '../helpers/local-session.js';
+import {
+  NASTY_NAME,
+  UNICODE_NAME,
+  copyTree,
+  git,
+  isolateGitConfig,
+  link,
+  makeFixtureRepo,
+  sha256File,
+  tmp,
+  worktreeTree,
+  write,
+} from '../helpers/workspace-repo.js';
+
+before(isolateGitConfig);
+
+const session = new LocalShellSession();
+
+interface Imported {
+  guest: string;
+  stdout: string;
+  stderr: string;
+  code: number;
+  progress: ImportTarProgress | undefined;
+  entries: number;
+  skippedUntracked: number;
+}
+
+async function importRepo(
+  root: string,
+  guest: string,
+  opts: { includeUntracked?: boolean; historyDepth?: number; session?: LocalShellSession } = {},
+): Promise<Imported> {
+  const repo = await inspectRepo(root, runCommand);
+  const list = await listImportFiles(root, { includeUntracked: opts.includeUntracked ?? false }, runCommand);
+  let progress: ImportTarProgress | undefined;
+  const stdin = createImportTar(
+    { root: repo.root, entries: list.entries, headCommit: repo.headCommit, historyDepth: opts.historyDepth },
+    { onProgress: (p) => (progress = p) },
+  );
+  const script = buildImportScript({
+    guestPath: guest,
+    headCommit: repo.headCommit,
+    branch: repo.branch,
+    identity: repo.identity,
+  });
+  const r = await (opts.session ?? session).exec(script, { stdin });
+  return {
+    guest,
+    code: r.code,
+    stdout: r.stdout.toString(),
+    stderr: r.stderr.toString(),
+    progress,
+    entries: list.entries.length,
+    skippedUntracked: list.skippedUntracked,
+  };
+}
+
+async function exportPatch(guest: string, opts: { baseCommit?: string; nameOnly?: boolean } = {}, s = session) {
+  return s.exec(buildExportScript({ guestPath: guest, ...opts }));
+}
+
+/** path -> what a user sees there: kind, exec bit, content hash or link target. Ignored files and .git excluded. */
+function snapshot(dir: string, exclude: readonly string[] = []): Record<string, string> {
+  const out = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], {
+    cwd: dir,
+    encoding: 'utf8',
+  });
+  const snap: Record<string, string> = {};
+  for (const p of new Set(out.split('\0').filter((x) => x !== ''))) {
+    if (exclude.includes(p)) continue;
+    const abs = join(dir, p);
+    let st;
+    try {
+      st = lstatSync(abs);
+    } catch {
+      continue;
+    }
+    if (st.isSymbolicLink()) snap[p] = `link:${readlinkSync(abs)}`;
+    else if (st.isFile())
+      snap[p] = `file:${st.mode & 0o111 ? 'x' : '-'}:${createHash('sha256').update(readFileSync(abs)).digest('hex')}`;
+    else snap[p] = 'dir';
+  }
+  return snap;
+}
+
+/** Everything export must leave as it is. */
+function guestState(g: string) {
+  const index = sha256File(join(g, '.git/index'));
+  const env = { ...process.env, GIT_OPTIONAL_LOCKS: '0' };
+  const run = (...a: string[]) => execFileSync('git', a, { cwd: g, env, encoding: 'utf8' });
+  return {
+    index,
+    head: run('rev-parse', 'HEAD'),
+    symbolic: run('symbolic-ref', '-q', 'HEAD'),
+    refs: run('for-each-ref'),
+    status: run('status', '--porcelain=v1', '-z', '--untracked-files=all', '--ignored'),
+    files: snapshot(g),
+  };
+}
+
+function statusLines(dir: string): string[] {
+  return git(dir, 'status', '--porcelain=v1', '--untracked-files=all')
+    .split('\n')
+    .filter((l) => l !== '')
+    .sort();
+}
+
+/** Changes of every kind, made in the guest. */
+function changeGuest(g: string): void {
+  write(g, 'README.md', 'hello\nsecond\nuncommitted edit\ncommitted in the guest\n');
+  git(g, 'add', 'README.md');
+  git(g, 'commit', '-q', '-m', 'guest commit');
+  write(g, 'README.md', 'hello\nsecond\nuncommitted edit\ncommitted in the guest\nand edited after\n');
+  write(g, 'src/new.ts', 'export const x = 1;\n');
+  git(g, 'add', 'src/new.ts');
+  write(g, "new dir/it's new ü.txt", 'brand new\n');
+  write(g, '.env.example', 'A=1\n');
+  rmSync(join(g, 'bin/run.sh'));
+  chmodSync(join(g, 'a/b/keep.txt'), 0o644);
+  write(g, 'data/blob.bin', Buffer.from([0, 0, 0, 1, 2, 3, 254, 255, 0]));
+  chmodSync(join(g, 'data/blob.bin'), 0o755);
+  link(g, 'new-link', 'a/b/keep.txt');
+  rmSync(join(g, 'link-to-readme'));
+  link(g, 'link-to-readme', 'staged.txt');
+  rmSync(join(g, 'abs-link'));
+  write(g, 'abs-link', 'was a symlink\n');
+  renameSync(join(g, UNICODE_NAME), join(g, 'ünïcödé/renamed.txt'));
+  write(g, NASTY_NAME, 'nasty, edited\n');
+  write(g, 'build.log', 'ignored\n');
+  write(g, 'node_modules/dep/index.js', 'ignored\n');
+}
+
+void describe('workspace round trip (pack -> import -> change -> export -> git apply)', () => {
+  for (const shell of ['/bin/sh', '/bin/bash'])
+    void it(`imports the working tree with untracked files, and the patch makes the host equal the guest (${shell})`, async () => {
+      const sh = new LocalShellSession({ shell });
+      const root = makeFixtureRepo();
+      const atImport = join(tmp('banger-copy-'), 'copy');
+      copyTree(root, atImport);
+      const guest = join(tmp('banger-guest-'), `work/it's a "ws" ü`);
+
+      const imp = await importRepo(root, guest, { includeUntracked: true, session: sh });
+      assert.equal(imp.code, 0, imp.stderr);
+      assert.equal(imp.progress?.files, imp.entries);
+
+      // The guest repo is the host's checkout: same HEAD, branch, identity, history; index = HEAD.
+      assert.equal(git(guest, 'rev-parse', 'HEAD'), git(root, 'rev-parse', 'HEAD'));
+      assert.equal(git(guest, 'symbolic-ref', 'HEAD').trim(), 'refs/heads/main');
+      assert.equal(git(guest, 'config', 'user.name').trim(), "Ada O'Lovelace");
+      assert.equal(git(guest, 'config', 'user.email').trim(), 'ada@example.com');
+      assert.equal(git(guest, 'rev-list', '--count', 'HEAD').trim(), '2');
+      assert.ok(!existsSync(join(guest, '.git/shallow')), 'both commits are within the default depth');
+      assert.equal(git(guest, 'diff', '--cached', '--name-only'), '', 'index equals HEAD');
+      execFileSync('git', ['fsck', '--no-progress'], { cwd: guest, stdio: 'ignore' });
+      // Uncommitted host edits show as modifications, host untracked (and staged-new) files as untracked.
+      const hostStatus = statusLines(root)
+        .map((l) => (l === 'A  staged.txt' ? '?? staged.txt' : l))
+        .sort();
+      assert.deepEqual(statusLines(guest), hostStatus);
+      // The files are the host's, byte for byte, with modes and symlinks; ignored files stayed home.
+      assert.deepEqual(snapshot(guest), snapshot(root));
+      assert.ok(!existsSync(join(guest, 'debug.log')) && !existsSync(join(guest, 'node_modules')));
+      assert.equal(readlinkSync(join(guest, 'abs-link')), '/etc/hostname');
+      // The base is the imported state, and import prints it.
+      const base = git(guest, 'rev-parse', IMPORT_BASE_REF).trim();
+      assert.equal(imp.stdout.trim(), base);
+      assert.equal(git(guest, 'rev-parse', `${base}^{tree}`).trim(), worktreeTree(root));
+      assert.equal(git(guest, 'rev-parse', `${base}^`).trim(), git(root, 'rev-parse', 'HEAD').trim());
+      assert.ok(imp.stderr.includes(`${MISE_NOTICE_PREFIX}not installed`), imp.stderr);
+
+      changeGuest(guest);
+      const before = guestState(guest);
+      const patch = await exportPatch(guest, {}, sh);
+      assert.equal(patch.code, 0, patch.stderr.toString());
+      assert.deepEqual(guestState(guest), before, 'export changes nothing in the guest');
+      assert.ok(
+        !patch.stdout.includes('build.log') && !patch.stdout.includes('node_modules'),
+        'ignored files are not exported',
+      );
+
+      const patchFile = join(tmp('banger-patch-'), 'p.diff');
+      writeFileSync(patchFile, patch.stdout);
+      git(atImport, 'apply', patchFile);
+      assert.deepEqual(snapshot(atImport), snapshot(guest));
+      assert.equal(lstatSync(join(atImport, 'new-link')).isSymbolicLink(), true);
+      assert.equal(lstatSync(join(atImport, 'data/blob.bin')).mode & 0o111, 0o111);
+      assert.equal(lstatSync(join(atImport, 'a/b/keep.txt')).mode & 0o111, 0);
+      assert.equal(existsSync(join(atImport, 'bin/run.sh')), false);
+      assert.equal(readFileSync(join(atImport, "new dir/it's new ü.txt"), 'utf8'), 'brand new\n');
+
+      // Name-only variant.
+      const names = await exportPatch(guest, { nameOnly: true });
+      assert.equal(names.code, 0);
+      const m = new Map(parseNameStatus(names.stdout).map((r) => [r.path, r.status]));
+      assert.equal(m.get('README.md'), 'M');
+      assert.equal(m.get('bin/run.sh'), 'D');
+      assert.equal(m.get('new-link'), 'A');
+      assert.equal(m.get("new dir/it's new ü.txt"), 'A');
+      assert.equal(m.get('abs-link'), 'T');
+      assert.equal(m.get(UNICODE_NAME), 'D');
+      assert.equal(m.get('ünïcödé/renamed.txt'), 'A');
+      assert.equal(m.get(NASTY_NAME), 'M');
+      assert.equal(m.has('build.log'), false);
+      assert.equal(m.has('.env'), false, 'imported and unchanged');
+      assert.deepEqual(guestState(guest), before);
+
+      // --base-commit: against the host HEAD the uncommitted host edits are part of the diff too.
+      const head = git(root, 'rev-parse', 'HEAD').trim();
+      const fromHead = await exportPatch(guest, { baseCommit: head, nameOnly: true });
+      const mh = new Map(parseNameStatus(fromHead.stdout).map((r) => [r.path, r.status]));
+      assert.equal(mh.get('.env'), 'A');
+      assert.equal(mh.get('a/b/c/d.txt'), 'D');
+      const bad = await exportPatch(guest, { baseCommit: "no-such-ref'" });
+      assert.equal(bad.code, WorkspaceScriptExit.BadBase);
+      assert.match(bad.stderr.toString(), /^banger-workspace: no-such-ref' does not name a commit/);
+    });
+
+  void it('leaves untracked files home by default, and the patch leaves them alone', async () => {
+    const root = makeFixtureRepo();
+    const atImport = join(tmp('banger-copy-'), 'copy');
+    copyTree(root, atImport);
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest);
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(imp.skippedUntracked, 4);
+    for (const p of ['.env', '.envrc.private', '.env.local', 'notes/todo.txt'])
+      assert.ok(!existsSync(join(guest, p)), p);
+    changeGuest(guest);
+    const patch = await exportPatch(guest);
+    assert.equal(patch.code, 0);
+    const patchFile = join(tmp('banger-patch-'), 'p.diff');
+    writeFileSync(patchFile, patch.stdout);
+    git(atImport, 'apply', patchFile);
+    const untracked = ['.env', '.envrc.private', '.env.local', 'notes/todo.txt'];
+    assert.deepEqual(snapshot(atImport, untracked), snapshot(guest));
+    assert.equal(readFileSync(join(atImport, '.env'), 'utf8'), 'SECRET=1\n');
+  });
+
+  void it('keeps a detached HEAD detached', async () => {
+    const root = makeFixtureRepo();
+    git(root, 'checkout', '-q', '--detach');
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest);
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(git(guest, 'rev-parse', 'HEAD'), git(root, 'rev-parse', 'HEAD'));
+    assert.throws(() => git(guest, 'symbolic-ref', '-q', 'HEAD'));
+  });
+
+  void it('sends only the last N commits with historyDepth, as a shallow repo', async () => {
+    const root = makeFixtureRepo();
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest, { historyDepth: 1 });
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(git(guest, 'rev-list', '--count', 'HEAD').trim(), '1');
+    assert.equal(readFileSync(join(guest, '.git/shallow'), 'utf8').trim(), git(root, 'rev-parse', 'HEAD').trim());
+    assert.equal(git(guest, 'rev-parse', '--is-shallow-repository').trim(), 'true');
+    execFileSync('git', ['fsck', '--no-progress'], { cwd: guest, stdio: 'ignore' });
+    write(guest, 'x.txt', 'x\n');
+    const patch = await exportPatch(guest, { nameOnly: true });
+    assert.deepEqual(parseNameStatus(patch.stdout), [{ status: 'A', path: 'x.txt' }]);
+  });
+
+  void it('imports and exports a repository without commits', async () => {
+    const root = join(tmp('banger-empty-'), 'fresh');
+    mkdirSync(root);
+    git(root, 'init', '-q', '-b', 'trunk');
+    write(root, 'a.txt', 'a\n');
+    write(root, 'exe', '#!/bin/sh\n', 0o755);
+    git(root, 'add', 'a.txt');
+    const atImport = join(tmp('banger-copy-'), 'copy');
+    copyTree(root, atImport);
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest, { includeUntracked: true });
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(git(guest, 'symbolic-ref', 'HEAD').trim(), 'refs/heads/trunk');
+    assert.deepEqual(snapshot(guest), snapshot(root));
+    write(guest, 'b.txt', 'b\n');
+    rmSync(join(guest, 'a.txt'));
+    const patch = await exportPatch(guest);
+    const patchFile = join(tmp('banger-patch-'), 'p.diff');
+    writeFileSync(patchFile, patch.stdout);
+    git(atImport, 'apply', patchFile);
+    assert.deepEqual(snapshot(atImport), snapshot(guest));
+  });
+
+  void it('imports a submodule as an empty directory and never exports it', async () => {
+    const sub = join(tmp('banger-sub-'), 'lib');
+    mkdirSync(sub);
+    git(sub, 'init', '-q');
+    write(sub, 'lib.c', 'int x;\n');
+    git(sub, 'add', '-A');
+    git(sub, 'commit', '-q', '-m', 'lib');
+    const root = makeFixtureRepo();
+    git(root, 'submodule', 'add', '-q', sub, 'vendor/lib');
+    git(root, 'commit', '-q', '-m', 'add submodule', '--', '.gitmodules', 'vendor/lib');
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest);
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.ok(lstatSync(join(guest, 'vendor/lib')).isDirectory());
+    assert.ok(!statusLines(guest).some((l) => l.includes('vendor/lib')), statusLines(guest).join('\n'));
+    write(guest, 'x.txt', 'x\n');
+    const names = await exportPatch(guest, { nameOnly: true });
+    assert.deepEqual(parseNameStatus(names.stdout), [{ status: 'A', path: 'x.txt' }]);
+  });
+
+  void it('re-import replaces a workspace, and refuses a directory that is not one', async () => {
+    const root = makeFixtureRepo();
+    const guest = join(tmp('banger-guest-'), 'ws');
+    assert.equal((await importRepo(root, guest)).code, 0);
+    const firstBase = git(guest, 'rev-parse', IMPORT_BASE_REF);
+    changeGuest(guest);
+    write(root, 'README.md', 'host moved on\n');
+    const again = await importRepo(root, guest);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(git(guest, 'rev-parse', 'HEAD'), git(root, 'rev-parse', 'HEAD'), 'the guest commit is gone');
+    assert.notEqual(git(guest, 'rev-parse', IMPORT_BASE_REF), firstBase);
+    assert.equal(readFileSync(join(guest, 'README.md'), 'utf8'), 'host moved on\n');
+    assert.ok(!existsSync(join(guest, 'build.log')) && !existsSync(join(guest, 'new-link')));
+    assert.deepEqual(snapshot(guest), snapshot(root, ['.env', '.envrc.private', '.env.local', 'notes/todo.txt']));
+    assert.deepEqual(
+      execFileSync('ls', ['-A', guest], { encoding: 'utf8' })
+        .split('\n')
+        .filter((n) => n.startsWith('.banger-import')),
+      [],
+      'no staging directory left behind',
+    );
+
+    const occupied = tmp('banger-occupied-');
+    writeFileSync(join(occupied, 'precious'), 'keep me');
+    const refused = await importRepo(root, occupied);
+    assert.equal(refused.code, WorkspaceScriptExit.PathInUse);
+    assert.match(refused.stderr, /^banger-workspace: .* is not empty and is not a banger workspace/m);
+    assert.deepEqual(execFileSync('ls', ['-A', occupied], { encoding: 'utf8' }).trim(), 'precious');
+
+    const empty = tmp('banger-empty-dest-');
+    assert.equal((await importRepo(root, empty)).code, 0);
+  });
+
+  void it('export says what to do when there is no workspace', async () => {
+    const r = await exportPatch(join(tmp('banger-none-'), 'nothing here'));
+    assert.equal(r.code, WorkspaceScriptExit.NoWorkspace);
+    assert.match(r.stderr.toString(), /no workspace at .*nothing here: import one first/);
+  });
+
+  void it('runs mise trust best effort and reports it on stderr', async () => {
+    const root = makeFixtureRepo();
+    const bin = tmp('banger-fakebin-');
+    const record = join(bin, 'record');
+    write(bin, 'mise', `#!/bin/sh\nprintf '%s|%s\\n' "$PWD" "$*" >> '${record}'\n`, 0o755);
+    const withMise = new LocalShellSession({ env: { PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    const guest = join(tmp('banger-guest-'), "it's ws");
+    const ok = await importRepo(root, guest, { session: withMise });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.ok(!ok.stderr.includes(MISE_NOTICE_PREFIX), ok.stderr);
+    assert.equal(readFileSync(record, 'utf8'), `${guest}|trust --quiet --all\n`);
+
+    write(bin, 'mise', '#!/bin/sh\nexit 3\n', 0o755);
+    const failed = await importRepo(root, guest, { session: withMise });
+    assert.equal(failed.code, 0, 'a mise failure does not fail the import');
+    assert.match(failed.stderr, /^banger-workspace: mise: `mise trust --all` failed \(exit 3\)/m);
+  });
+
+  void it('runs commands in the workspace with their own exit status', async () => {
+    const guest = join(tmp('banger-guest-'), "it's ws");
+    mkdirSync(guest);
+    for (const hasMise of [false, undefined]) {
+      const r = await session.exec(
+        execInWorkspace(guest, ['sh', '-c', 'pwd; echo "$1"; exit 7', 'sh', "it's an arg"], hasMise),
+      );
+      assert.equal(r.code, 7);
+      assert.equal(r.stdout.toString(), `${guest}\nit's an arg\n`);
+    }
+    const bin = tmp('banger-fakebin-');
+    write(bin, 'mise', '#!/bin/sh\necho "mise $*"\n', 0o755);
+    const withMise = new LocalShellSession({ env: { PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    const r = await withMise.exec(execInWorkspace(guest, ['echo', 'hi'], undefined));
+    assert.equal(r.stdout.toString(), 'mise exec -- echo hi\n');
+  });
+});
+
+void describe('SHA-256 repositories', () => {
+  void it('imports with the same object format', async () => {
+    const root = join(tmp('banger-sha256-'), 'r');
+    mkdirSync(root);
+    git(root, 'init', '-q', '--object-format=sha256', '-b', 'main');
+    write(root, 'a.txt', 'a\n');
+    git(root, 'add', '-A');
+    git(root, 'commit', '-q', '-m', 'a');
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest);
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(git(guest, 'rev-parse', 'HEAD'), git(root, 'rev-parse', 'HEAD'));
+    assert.equal(git(guest, 'rev-parse', '--show-object-format').trim(), 'sha256');
+  });
+});

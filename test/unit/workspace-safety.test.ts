@@ -1,0 +1,163 @@
+import assert from 'node:assert/strict';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { before, describe, it } from 'node:test';
+import tar from 'tar-stream';
+import { runCommand } from '../../src/daemon/exec.js';
+import { WorkspaceScriptExit, buildImportScript } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { inspectRepo, listImportFiles, type ImportEntry } from '../../src/daemon/services/workspace/host-repo.js';
+import { createImportTar } from '../../src/daemon/services/workspace/pack.js';
+import { BangerError } from '../../src/errors/index.js';
+import { LocalShellSession } from '../helpers/local-session.js';
+import { isolateGitConfig, makeFixtureRepo, tmp } from '../helpers/workspace-repo.js';
+
+before(isolateGitConfig);
+
+const session = new LocalShellSession();
+
+type Member = { name: string; type?: 'file' | 'symlink' | 'directory' | 'link'; body?: string; linkname?: string };
+
+/** A hand-made archive, as a hostile or broken host could send. */
+function craft(members: Member[]): Readable {
+  const pack = tar.pack();
+  for (const m of members) {
+    if (m.type === 'symlink' || m.type === 'link')
+      pack.entry({ name: m.name, type: m.type, linkname: m.linkname ?? '' }).end(null);
+    else if (m.type === 'directory') pack.entry({ name: m.name, type: 'directory', mode: 0o755 }).end(null);
+    else pack.entry({ name: m.name, mode: 0o644 }, m.body ?? 'pwned\n');
+  }
+  pack.finalize();
+  return Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false });
+}
+
+const importScript = (guestPath: string) =>
+  buildImportScript({ guestPath, headCommit: null, branch: 'main', identity: { name: null, email: null } });
+
+/** Every path under dir (symlinks not followed). */
+function walk(dir: string, prefix = ''): string[] {
+  const out: string[] = [];
+  for (const d of readdirSync(dir, { withFileTypes: true })) {
+    const rel = prefix + d.name;
+    out.push(rel);
+    if (d.isDirectory()) out.push(...walk(join(dir, d.name), `${rel}/`));
+  }
+  return out;
+}
+
+void describe('import extraction safety', () => {
+  void it('cannot write outside the workspace with "..", absolute names, symlinks or hard links', async () => {
+    const outside = tmp('banger-outside-');
+    writeFileSync(join(outside, 'canary'), 'untouched\n');
+    const rel = `../../../../../../../..${outside}`;
+    const cases: Member[][] = [
+      [{ name: 'tree/', type: 'directory' }, { name: 'tree/../../evil' }, { name: `tree/${rel}/pwned` }],
+      [{ name: 'tree/', type: 'directory' }, { name: `${outside}/pwned` }, { name: `/${outside}/canary` }],
+      [
+        { name: 'tree/', type: 'directory' },
+        { name: 'tree/esc', type: 'symlink', linkname: outside },
+        { name: 'tree/esc/pwned' },
+        { name: 'tree/esc/canary', body: 'overwritten\n' },
+      ],
+      [
+        { name: 'tree/', type: 'directory' },
+        { name: 'tree/rel', type: 'symlink', linkname: rel },
+        { name: 'tree/rel/pwned' },
+      ],
+      [
+        { name: 'tree/', type: 'directory' },
+        { name: 'tree/hard', type: 'link', linkname: `${outside}/canary` },
+        { name: 'tree/hard', body: 'overwritten\n' },
+      ],
+    ];
+    for (const [i, members] of cases.entries()) {
+      const guestRoot = tmp('banger-guest-');
+      const guest = join(guestRoot, 'ws');
+      const r = await session.exec(importScript(guest), { stdin: craft(members) });
+      assert.deepEqual(readdirSync(outside).sort(), ['canary'], `case ${i}: nothing written outside`);
+      assert.equal(readFileSync(join(outside, 'canary'), 'utf8'), 'untouched\n', `case ${i}`);
+      assert.ok(!existsSync(join(guestRoot, 'evil')), `case ${i}`);
+      if (r.code !== 0) assert.equal(r.code, WorkspaceScriptExit.BadArchive, `case ${i}: ${r.stderr.toString()}`);
+      // Whatever landed, landed inside the workspace, and no staging directory is left.
+      for (const p of walk(guestRoot)) assert.ok(p === 'ws' || p.startsWith('ws/'), `case ${i}: ${p}`);
+      if (existsSync(guest)) assert.ok(!readdirSync(guest).some((n) => n.startsWith('.banger-import.')), `case ${i}`);
+    }
+  });
+
+  void it('does not follow a symlink already in the workspace on re-import', async () => {
+    const outside = tmp('banger-outside-');
+    writeFileSync(join(outside, 'canary'), 'untouched\n');
+    const root = makeFixtureRepo();
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = async () => {
+      const repo = await inspectRepo(root, runCommand);
+      const list = await listImportFiles(root, { includeUntracked: false }, runCommand);
+      const script = buildImportScript({
+        guestPath: guest,
+        headCommit: repo.headCommit,
+        branch: repo.branch,
+        identity: repo.identity,
+      });
+      return session.exec(script, {
+        stdin: createImportTar({ root, entries: list.entries, headCommit: repo.headCommit }),
+      });
+    };
+    assert.equal((await imp()).code, 0);
+    // The guest plants links pointing outside where the next import writes files and directories.
+    symlinkSync(outside, join(guest, 'bin.tmp'));
+    const { rmSync } = await import('node:fs');
+    rmSync(join(guest, 'bin'), { recursive: true });
+    symlinkSync(outside, join(guest, 'bin'));
+    rmSync(join(guest, 'README.md'));
+    symlinkSync(join(outside, 'canary'), join(guest, 'README.md'));
+    const r = await imp();
+    assert.equal(r.code, 0, r.stderr.toString());
+    assert.deepEqual(readdirSync(outside), ['canary']);
+    assert.equal(readFileSync(join(outside, 'canary'), 'utf8'), 'untouched\n');
+    assert.ok(lstatSync(join(guest, 'bin')).isDirectory());
+    assert.ok(lstatSync(join(guest, 'README.md')).isFile());
+  });
+
+  void it('refuses unsafe names on the host before anything is sent', () => {
+    const root = tmp('banger-host-');
+    const bad: ImportEntry[][] = [
+      [{ path: '../evil', kind: 'file', mode: 0o644, size: 0 }],
+      [{ path: '/etc/passwd', kind: 'file', mode: 0o644, size: 0 }],
+      [{ path: 'a/./b', kind: 'file', mode: 0o644, size: 0 }],
+      [{ path: 'sub/.git/config', kind: 'file', mode: 0o644, size: 0 }],
+      [
+        { path: 'l', kind: 'symlink', mode: 0o777, size: 0, linkTarget: '/tmp' },
+        { path: 'l/x', kind: 'file', mode: 0o644, size: 0 },
+      ],
+    ];
+    for (const entries of bad) {
+      assert.throws(
+        () => createImportTar({ root, entries, headCommit: null }),
+        (e: unknown) => e instanceof BangerError && e.code === 'InvalidArgument',
+        entries.map((e) => e.path).join(','),
+      );
+    }
+  });
+
+  void it('fails the stream, clearly, when a file changes size while it is read, or when cancelled', async () => {
+    const root = tmp('banger-host-');
+    mkdirSync(join(root, 'd'));
+    writeFileSync(join(root, 'd/f'), 'short');
+    const entries: ImportEntry[] = [{ path: 'd/f', kind: 'file', mode: 0o644, size: 5 << 20 }];
+    const drain = async (s: Readable) => {
+      for await (const _ of s) {
+        // consume
+      }
+    };
+    await assert.rejects(
+      drain(createImportTar({ root, entries, headCommit: null })),
+      /changed while it was being imported/,
+    );
+    const ac = new AbortController();
+    ac.abort();
+    await assert.rejects(
+      drain(createImportTar({ root, entries: [{ ...entries[0]!, size: 5 }], headCommit: null }, { signal: ac.signal })),
+      (e: unknown) => e instanceof BangerError && e.code === 'Cancelled',
+    );
+  });
+});

@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import {
+  buildExportScript,
+  buildImportScript,
+  execInWorkspace,
+  parseNameStatus,
+  validateGuestPath,
+} from '../../src/daemon/services/workspace/guest-scripts.js';
+import { BangerError } from '../../src/errors/index.js';
+
+const identity = { name: "Ada O'Lovelace $(rm -rf /)", email: 'a@example.com' };
+const head = 'a'.repeat(40);
+
+void describe('guest script builders', () => {
+  void it('produce scripts that parse in dash and bash, with host values quoted', () => {
+    const guestPath = `/root/it's a "ws" $(x) ü`;
+    const scripts = [
+      buildImportScript({ guestPath, headCommit: head, branch: "feat/it's", identity }),
+      buildImportScript({ guestPath, headCommit: null, branch: null, identity: { name: null, email: null } }),
+      buildExportScript({ guestPath }),
+      buildExportScript({ guestPath, baseCommit: "v1.0'^", nameOnly: true }),
+      execInWorkspace(guestPath, ['echo', "it's"]),
+    ];
+    for (const s of scripts) {
+      for (const shell of ['dash', 'bash']) execFileSync(shell, ['-n', '-c', s]);
+    }
+    assert.ok(scripts[0]!.includes(`dest='/root/it'\\''s a "ws" $(x) ü'`));
+    assert.ok(scripts[0]!.includes(`user_name='Ada O'\\''Lovelace $(rm -rf /)'`));
+  });
+
+  void it('refuse guest paths that are not absolute, normalized directories below /', () => {
+    for (const p of ['relative/ws', '/', '//', '/a/../b', '/a/./b', '/a//b', '/a/', '/a\0b']) {
+      assert.throws(
+        () => validateGuestPath(p),
+        (e: unknown) => e instanceof BangerError && e.code === 'InvalidArgument',
+        p,
+      );
+    }
+    validateGuestPath('/root/work/my project');
+    assert.throws(() => buildImportScript({ guestPath: '/w', headCommit: 'HEAD; rm -rf /', branch: null, identity }));
+    assert.throws(() => buildExportScript({ guestPath: '/w', baseCommit: '--output=/etc/passwd' }));
+    assert.throws(() => execInWorkspace('/w', []), /no command given/);
+  });
+
+  void it('run the command under mise when there is one, always with the exit status of the command', () => {
+    assert.equal(execInWorkspace("/w/it's", ['make', 'test'], true), `cd '/w/it'\\''s' && exec mise exec -- make test`);
+    assert.equal(execInWorkspace('/w', ['ls', 'a b'], false), `cd /w && exec ls 'a b'`);
+    assert.match(execInWorkspace('/w', ['ls'], undefined), /if command -v mise/);
+  });
+
+  void it('parse name-status records', () => {
+    assert.deepEqual(parseNameStatus("M\0a b\0D\0it's\nnewline\0"), [
+      { status: 'M', path: 'a b' },
+      { status: 'D', path: "it's\nnewline" },
+    ]);
+    assert.deepEqual(parseNameStatus(Buffer.alloc(0)), []);
+  });
+});
