@@ -325,7 +325,7 @@ async function killProcessesUsing(dir: string): Promise<void> {
       const uses =
         inside(await readlink(`/proc/${pid}/root`)) ||
         inside(await readlink(`/proc/${pid}/cwd`)) ||
-        (await readFile(`/proc/${pid}/cmdline`, 'utf8')).includes(base + '/');
+        (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0').some((a) => a === base || a.includes(base + '/'));
       if (uses) process.kill(pid, 'SIGKILL');
     } catch {
       // gone, or not ours to inspect
