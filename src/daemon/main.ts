@@ -15,6 +15,7 @@ import { VmRepo } from './store/repos/vms.js';
 import { ImageService } from './services/image/service.js';
 import { imageBuilder } from './services/image/builder.js';
 import { VmService } from './services/vm/service.js';
+import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
 import { KvmProbeCache } from './vmm/accel.js';
@@ -102,6 +103,7 @@ async function main(): Promise<void> {
     log,
     clientKey,
   });
+  const workspaces = new WorkspaceService({ vms, repo: vmRepo, run: runCommand, log: log.child({ service: 'workspace' }) });
   const doctor = new DoctorService({
     paths,
     drivers,
@@ -139,6 +141,7 @@ async function main(): Promise<void> {
     handlers: buildHandlers(
       {
         vms,
+        workspaces,
         images,
         doctor,
         status: () => ({

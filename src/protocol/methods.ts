@@ -1,5 +1,14 @@
 import { NotificationType, ProgressType, RequestType } from 'vscode-jsonrpc';
-import type { AccelChoice, DaemonStatus, DoctorReport, ImageInfo, ProgressEvent, VmInfo, VmmChoice } from './types.js';
+import type {
+  AccelChoice,
+  DaemonStatus,
+  DoctorReport,
+  ImageInfo,
+  ProgressEvent,
+  VmInfo,
+  VmmChoice,
+  WorkspaceInfo,
+} from './types.js';
 import type { WireErrorData } from '../errors/wire.js';
 
 /**
@@ -73,6 +82,49 @@ export interface ImageBuildParams extends WithProgress {
   force?: boolean;
 }
 
+export interface WorkspacePrepareParams extends WithProgress {
+  /** VM name. */
+  name: string;
+  /** Absolute path of the host checkout (or a directory inside it). */
+  sourcePath: string;
+  /** Absolute guest directory; default /root/<repo name>. */
+  guestPath?: string;
+  includeUntracked?: boolean;
+}
+
+export interface WorkspacePrepareResult {
+  vm: string;
+  workspace: WorkspaceInfo;
+  /** Files and symlinks imported, and their bytes. */
+  files: number;
+  bytes: number;
+  /** Untracked files left out (no --include-untracked). */
+  skippedUntracked: number;
+  /** Lines for the user: untracked files skipped, submodules, mise. */
+  notices: string[];
+}
+
+export interface WorkspaceExportParams {
+  name: string;
+  /** Diff against this guest commit-ish instead of the import base. */
+  baseCommit?: string;
+  /** Only the changed-file list, no patch. */
+  nameOnly?: boolean;
+}
+
+export interface WorkspaceChange {
+  /** git's --name-status letter: A added, D deleted, M modified, T type changed. */
+  status: string;
+  path: string;
+}
+
+export interface WorkspaceExportResult {
+  guestPath: string;
+  /** The patch, base64 (binary-safe; `git apply`-able at the host repo's top level). Empty with nameOnly. */
+  patch: string;
+  files: WorkspaceChange[];
+}
+
 export const Methods = {
   daemonStatus: method<void, DaemonStatus>('daemon.status'),
   daemonStop: method<void, { stopping: true }>('daemon.stop'),
@@ -93,6 +145,8 @@ export const Methods = {
   vmLogs: method<VmRef & { tailBytes?: number }, { console: string }>('vm.logs'),
   vmExec: method<VmExecParams, { exitCode: number }>('vm.exec'),
   vmSshTarget: method<VmRef, VmSshTarget>('vm.ssh-target'),
+  vmWorkspacePrepare: method<WorkspacePrepareParams, WorkspacePrepareResult>('vm.workspace.prepare'),
+  vmWorkspaceExport: method<WorkspaceExportParams, WorkspaceExportResult>('vm.workspace.export'),
 } as const;
 
 /** Daemon → client: output of a running exec. `data` is base64. */

@@ -44,6 +44,22 @@ export interface VmInfo {
   createdAt: string;
   startedAt: string | null;
   dir: string;
+  /** The workspace imported into the VM, if any. */
+  workspace: WorkspaceInfo | null;
+}
+
+/** A host git checkout imported into a VM (`banger vm workspace prepare`). */
+export interface WorkspaceInfo {
+  /** Absolute directory of the workspace in the guest. */
+  guestPath: string;
+  /** Top-level directory of the host checkout it came from. */
+  sourcePath: string;
+  /** The host's HEAD commit at import time; null for a repository without commits. */
+  headCommit: string | null;
+  /** The guest commit recording the imported state; exports diff against it. */
+  baseCommit: string;
+  includeUntracked: boolean;
+  preparedAt: string;
 }
 
 export interface DaemonStatus {

@@ -77,7 +77,7 @@ test('repos round-trip records; an image in use cannot be deleted (foreign key)'
     id: 'vm1', name: 'a', imageId: 'img1', state: 'created', vcpus: 1, memoryMib: 512, diskSizeMib: 1024,
     vmm: 'qemu', accelChoice: 'auto', accel: null, networkMode: 'user', hostAddress: '127.0.0.1', sshPort: 2222,
     guestAddress: '10.0.2.15', egress: false, mac: '52:54:00:00:00:01', dir: '/d', lastError: null,
-    createdAt: 't', startedAt: null, updatedAt: 't',
+    createdAt: 't', startedAt: null, updatedAt: 't', workspace: null,
   };
   vms.insert(vm);
   assert.deepEqual(vms.byName('a'), vm);
@@ -90,4 +90,33 @@ test('repos round-trip records; an image in use cannot be deleted (foreign key)'
   vms.delete('vm1');
   images.delete('img1');
   assert.equal(images.list().length, 0);
+});
+
+test('migration 2 keeps v1 VMs (no workspace) and stores a workspace record', () => {
+  const db = new Database(':memory:');
+  db.pragma('foreign_keys = ON');
+  migrate(db, MIGRATIONS.filter((m) => m.version === 1));
+  db.prepare(
+    `INSERT INTO images (id, name, status, params_json, created_at) VALUES ('img1', 'default', 'ready', '{}', 'now')`,
+  ).run();
+  db.prepare(
+    `INSERT INTO vms (id, name, image_id, state, vcpus, memory_mib, disk_size_mib, vmm, host_address, ssh_port,
+       guest_address, mac, dir, created_at, updated_at)
+     VALUES ('vm1', 'old', 'img1', 'stopped', 1, 512, 1024, 'qemu', '127.0.0.1', 2222, '10.0.2.15', 'm', '/d', 't', 't')`,
+  ).run();
+  migrate(db);
+  const vms = new VmRepo(db);
+  assert.equal(vms.byName('old')?.workspace, null);
+  const workspace = {
+    guestPath: "/root/it's",
+    sourcePath: '/home/u/repo',
+    headCommit: 'a'.repeat(40),
+    baseCommit: 'b'.repeat(40),
+    includeUntracked: true,
+    preparedAt: '2026-01-01T00:00:00.000Z',
+  };
+  vms.update('vm1', { workspace });
+  assert.deepEqual(vms.byName('old')?.workspace, workspace);
+  vms.update('vm1', { state: 'running' });
+  assert.deepEqual(vms.byName('old')?.workspace, workspace, 'other updates keep the workspace');
 });

@@ -5,6 +5,7 @@ import { Methods, Notifications, type ExecInput } from '../../protocol/methods.j
 import type { DaemonStatus } from '../../protocol/types.js';
 import type { ImageService } from '../services/image/service.js';
 import type { VmService } from '../services/vm/service.js';
+import type { WorkspaceService } from '../services/workspace/service.js';
 import type { DoctorService } from '../services/doctor.js';
 import { handler, type Handler } from './server.js';
 
@@ -14,6 +15,7 @@ const choice = <T extends string>(...v: [T, ...T[]]) => z.enum(v).optional();
 
 export interface HandlerDeps {
   vms: VmService;
+  workspaces: WorkspaceService;
   images: ImageService;
   doctor: DoctorService;
   status: () => DaemonStatus;
@@ -116,6 +118,22 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry): Handler<any>
       console: await d.vms.consoleLog(p.name, p.tailBytes),
     })),
     handler(Methods.vmSshTarget, vmRef, async (p) => d.vms.sshTarget(p.name)),
+    handler(
+      Methods.vmWorkspacePrepare,
+      z.object({
+        name: z.string().min(1),
+        sourcePath: z.string().min(1),
+        guestPath: z.string().min(1).optional(),
+        includeUntracked: z.boolean().optional(),
+        progressToken,
+      }),
+      async (p, ctx) => d.workspaces.prepare(p, ctx.progress, ctx.signal),
+    ),
+    handler(
+      Methods.vmWorkspaceExport,
+      z.object({ name: z.string().min(1), baseCommit: z.string().min(1).optional(), nameOnly: z.boolean().optional() }),
+      async (p, ctx) => d.workspaces.export(p, ctx.signal),
+    ),
     handler(
       Methods.vmExec,
       z.object({

@@ -1,9 +1,13 @@
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { Methods, type VmSshTarget } from '../../../protocol/methods.js';
 import type { CliContext } from '../../context.js';
 import { runInGuest } from '../../guest-exec.js';
+import { out } from '../../output.js';
+import { prepareWorkspace } from '../../workspace.js';
+import { headCommitOf, spawnRunner } from '../../../shared/workspace-files.js';
 
 /** OpenSSH arguments for a VM: banger's key, the VM's pinned host key, strict checking. */
 export function opensshArgs(t: VmSshTarget, extra: string[] = []): string[] {
@@ -20,14 +24,44 @@ export function opensshArgs(t: VmSshTarget, extra: string[] = []): string[] {
   ];
 }
 
+/**
+ * Warns when the host checkout a VM's workspace came from has moved to another HEAD since the import;
+ * with autoPrepare, imports it again instead (same guest path and untracked choice).
+ */
+async function checkWorkspaceFresh(ctx: CliContext, name: string, autoPrepare: boolean): Promise<void> {
+  const vm = await ctx.call(Methods.vmShow, { name });
+  const ws = vm.workspace;
+  if (!ws || !existsSync(ws.sourcePath)) return;
+  const head = await headCommitOf(ws.sourcePath, spawnRunner, ctx.signal);
+  if (head === ws.headCommit) return;
+  const short = (c: string | null) => (c ? c.slice(0, 12) : '(no commit)');
+  if (autoPrepare) {
+    out.info(`host repo ${ws.sourcePath} moved from ${short(ws.headCommit)} to ${short(head)}: importing it again`);
+    await prepareWorkspace(ctx, { vm: name, repo: ws.sourcePath, guestPath: ws.guestPath, includeUntracked: ws.includeUntracked });
+    return;
+  }
+  out.warn(
+    `the workspace in ${name} was imported at ${short(ws.headCommit)}, but ${ws.sourcePath} is now at ${short(head)}: ` +
+      `pass --auto-prepare, or run \`banger vm workspace prepare ${name} ${ws.sourcePath}\` (it replaces the guest's copy)`,
+  );
+}
+
 export function register(vm: Command, ctx: CliContext): void {
   vm.command('exec')
     .description("run a command in a running VM; exits with the command's exit code")
     .argument('<name>')
     .argument('<command...>', 'the command and its arguments (put them after --)')
     .option('-t, --tty', 'allocate a terminal (for interactive programs)')
-    .option('-w, --workdir <dir>', 'directory in the guest to run in')
-    .action(async (name: string, command: string[], o: { tty?: boolean; workdir?: string }) => {
+    .option('-w, --workdir <dir>', "directory in the guest to run in (default: the VM's workspace, if it has one)")
+    .option('--auto-prepare', "re-import the VM's workspace first when the host repo's HEAD moved since the import")
+    .addHelpText(
+      'after',
+      `
+In a VM with a workspace the command runs in the workspace directory, under \`mise exec\` when the
+guest has mise. When the host repo's HEAD differs from the imported commit, a warning says so.`,
+    )
+    .action(async (name: string, command: string[], o: { tty?: boolean; workdir?: string; autoPrepare?: boolean }) => {
+      await checkWorkspaceFresh(ctx, name, !!o.autoPrepare);
       ctx.exitCode = await runInGuest(ctx, { vm: name, argv: command, cwd: o.workdir, tty: !!o.tty });
     });
 

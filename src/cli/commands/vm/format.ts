@@ -3,7 +3,7 @@ import { table } from '../../output.js';
 
 export function vmTable(vms: VmInfo[]): string {
   return table(
-    ['NAME', 'STATE', 'IMAGE', 'VMM', 'CPUS', 'MEMORY', 'SSH', 'DNS NAME', 'AGE'],
+    ['NAME', 'STATE', 'IMAGE', 'VMM', 'CPUS', 'MEMORY', 'SSH', 'DNS NAME', 'WORKSPACE', 'AGE'],
     vms.map((v) => [
       v.name,
       v.problem ? `${v.state}!` : v.state,
@@ -13,6 +13,7 @@ export function vmTable(vms: VmInfo[]): string {
       `${v.memoryMib}M`,
       `${v.network.hostAddress}:${v.network.sshPort}`,
       v.dnsName,
+      v.workspace ? v.workspace.guestPath : '-',
       age(v.createdAt),
     ]),
   );
@@ -36,6 +37,14 @@ export function vmDetails(v: VmInfo): string {
     ['Started', v.startedAt ?? '-'],
     ['Directory', v.dir],
   ];
+  if (v.workspace) {
+    const w = v.workspace;
+    rows.push(['Workspace', `${w.guestPath} (from ${w.sourcePath})`]);
+    rows.push([
+      'Imported',
+      `${w.preparedAt}, host HEAD ${w.headCommit ?? '(no commits)'}${w.includeUntracked ? ', untracked files included' : ''}`,
+    ]);
+  } else rows.push(['Workspace', '-']);
   if (v.lastError) rows.push(['Last error', v.lastError]);
   if (v.problem) rows.push(['Problem', v.problem]);
   const w = Math.max(...rows.map((r) => r[0].length));

@@ -5,6 +5,7 @@ import * as create from './create.js';
 import * as inspect from './inspect.js';
 import * as lifecycle from './lifecycle.js';
 import * as run from './run.js';
+import * as workspace from './workspace.js';
 
 export function register(program: Command, ctx: CliContext): void {
   const vm = program.command('vm').description('create, run and manage microVMs');
@@ -13,5 +14,6 @@ export function register(program: Command, ctx: CliContext): void {
   lifecycle.register(vm, ctx);
   inspect.register(vm, ctx);
   access.register(vm, ctx);
+  workspace.register(vm, ctx);
   inspect.registerList(program.command('ps').description('list VMs (same as `banger vm list`)'), ctx);
 }

@@ -13,7 +13,8 @@ import type { AccelChoice, ProgressEvent, VmInfo, VmmChoice } from '../../../pro
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../exec.js';
-import { shJoin } from '../../guest/shell.js';
+import { shJoin, shq } from '../../guest/shell.js';
+import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions } from '../../guest/session.js';
 import { SshGuestSession, generateEd25519 } from '../../guest/ssh.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
@@ -26,6 +27,19 @@ import { isPortFree, pickFreePort } from './ports.js';
 import { buildSeedTar } from './seed.js';
 import { waitForConsoleLine } from './console.js';
 import { POWEROFF_COMMAND, READY_MARKER } from '../../guest/init/contract.js';
+
+/**
+ * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
+ * mise) when it has one and no other directory is asked for; a login shell without argv.
+ */
+export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly string[], cwd: string | undefined): string {
+  if (cwd === undefined && vm.workspace) {
+    if (argv.length === 0) return `cd ${shq(vm.workspace.guestPath)} && exec bash -l`;
+    return execInWorkspace(vm.workspace.guestPath, argv);
+  }
+  const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;
+  return cwd ? `cd ${shq(cwd)} && ${inner}` : inner;
+}
 
 /** Decides the accelerator for a boot of `image`'s kernel: a real probe, cached. */
 export interface AccelResolver {
@@ -154,6 +168,7 @@ export class VmService {
       createdAt: v.createdAt,
       startedAt: v.startedAt,
       dir: v.dir,
+      workspace: v.workspace,
     };
   }
 
@@ -233,6 +248,7 @@ export class VmService {
         createdAt: now,
         startedAt: null,
         updatedAt: now,
+        workspace: null,
       };
       this.d.vms.insert(rec);
       return rec;
@@ -432,8 +448,7 @@ export class VmService {
   async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
     const vm = this.requireRunning(name);
     const session = await this.session(vm, io.signal);
-    const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;
-    const command = cwd ? `cd ${shJoin([cwd])} && ${inner}` : inner;
+    const command = execCommand(vm, argv, cwd);
     const r = await session.exec(command, {
       stdin: io.stdin,
       stdout: io.stdout,
@@ -464,6 +479,15 @@ export class VmService {
       if (live.session === s) live.session = undefined;
     });
     return s;
+  }
+
+  /**
+   * The VM record of a running VM, checked under its lifecycle lock (so no start/stop is half done),
+   * which is released before the caller does guest I/O.
+   */
+  async runningUnderLock(name: string, signal?: AbortSignal): Promise<VmRecord> {
+    const vm = this.get(name);
+    return this.lifecycle.run(vm.id, async () => this.requireRunning(name), signal);
   }
 
   private requireRunning(name: string): VmRecord {

@@ -50,4 +50,16 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX vms_image ON vms(image_id);
     `,
   },
+  {
+    version: 2,
+    name: 'vm workspaces',
+    sql: `
+      ALTER TABLE vms ADD COLUMN guest_path TEXT;
+      ALTER TABLE vms ADD COLUMN source_path TEXT;
+      ALTER TABLE vms ADD COLUMN head_commit TEXT;
+      ALTER TABLE vms ADD COLUMN base_commit TEXT;
+      ALTER TABLE vms ADD COLUMN include_untracked INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE vms ADD COLUMN prepared_at TEXT;
+    `,
+  },
 ];

@@ -1,5 +1,5 @@
 import type { Db } from '../db.js';
-import type { VmState } from '../../../protocol/types.js';
+import type { VmState, WorkspaceInfo } from '../../../protocol/types.js';
 
 /** What a VM is: identity and intent. What is true right now about its process lives in handles.json. */
 export interface VmRecord {
@@ -25,6 +25,8 @@ export interface VmRecord {
   createdAt: string;
   startedAt: string | null;
   updatedAt: string;
+  /** The last workspace imported into the VM; null before the first `vm workspace prepare`. */
+  workspace: WorkspaceInfo | null;
 }
 
 interface Row {
@@ -49,6 +51,12 @@ interface Row {
   created_at: string;
   started_at: string | null;
   updated_at: string;
+  guest_path: string | null;
+  source_path: string | null;
+  head_commit: string | null;
+  base_commit: string | null;
+  include_untracked: number;
+  prepared_at: string | null;
 }
 
 const fromRow = (r: Row): VmRecord => ({
@@ -73,6 +81,17 @@ const fromRow = (r: Row): VmRecord => ({
   createdAt: r.created_at,
   startedAt: r.started_at,
   updatedAt: r.updated_at,
+  workspace:
+    r.guest_path === null
+      ? null
+      : {
+          guestPath: r.guest_path,
+          sourcePath: r.source_path ?? '',
+          headCommit: r.head_commit,
+          baseCommit: r.base_commit ?? '',
+          includeUntracked: r.include_untracked === 1,
+          preparedAt: r.prepared_at ?? '',
+        },
 });
 
 const toParams = (v: VmRecord) => ({
@@ -97,9 +116,15 @@ const toParams = (v: VmRecord) => ({
   created_at: v.createdAt,
   started_at: v.startedAt,
   updated_at: v.updatedAt,
+  guest_path: v.workspace?.guestPath ?? null,
+  source_path: v.workspace?.sourcePath ?? null,
+  head_commit: v.workspace?.headCommit ?? null,
+  base_commit: v.workspace?.baseCommit ?? null,
+  include_untracked: v.workspace?.includeUntracked ? 1 : 0,
+  prepared_at: v.workspace?.preparedAt ?? null,
 });
 
-const COLUMNS = Object.keys(toParams({} as VmRecord));
+const COLUMNS = Object.keys(toParams({ workspace: null } as VmRecord));
 
 export class VmRepo {
   constructor(

@@ -1,0 +1,65 @@
+import { writeFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { Methods } from '../../../protocol/methods.js';
+import type { CliContext } from '../../context.js';
+import { out } from '../../output.js';
+import { dryRunImport, prepareWorkspace } from '../../workspace.js';
+
+interface PrepareFlags {
+  guestPath?: string;
+  includeUntracked?: boolean;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+export function register(vm: Command, ctx: CliContext): void {
+  const ws = vm.command('workspace').description('import a host git checkout into a VM, and export the changes made there');
+
+  ws.command('prepare')
+    .description(
+      "import a git checkout's tracked files (uncommitted edits included) and recent history into a running VM",
+    )
+    .argument('<vm>', 'VM name')
+    .argument('<repo>', 'path of the host git checkout')
+    .option('--guest-path <path>', 'absolute directory in the guest (default /root/<repo name>)')
+    .option('--include-untracked', 'import untracked files too (ignored files are never imported)')
+    .option('--dry-run', 'list what would be imported, with modes and sizes; needs no VM or daemon')
+    .option('--json', 'print the result as JSON')
+    .addHelpText(
+      'after',
+      `
+The guest workspace is a git repository at the host's HEAD with the host's uncommitted edits on top;
+a second prepare replaces it. Export the guest's changes with \`banger vm workspace export\`.`,
+    )
+    .action(async (name: string, repo: string, o: PrepareFlags) => {
+      if (o.dryRun) {
+        await dryRunImport(ctx, { repo, guestPath: o.guestPath, includeUntracked: o.includeUntracked, json: o.json });
+        return;
+      }
+      const r = await prepareWorkspace(ctx, { vm: name, repo, guestPath: o.guestPath, includeUntracked: o.includeUntracked, json: o.json });
+      if (o.json) out.json(r);
+    });
+
+  ws.command('export')
+    .description("print the workspace's changes since the import as a patch (`| git apply` in the host repo)")
+    .argument('<vm>', 'VM name')
+    .option('-o, --output <file>', 'write the patch to this file instead of stdout')
+    .option('--base-commit <ref>', 'diff against this guest commit instead of the imported state')
+    .option('--name-only', 'print only the changed paths, one a line')
+    .action(async (name: string, o: { output?: string; baseCommit?: string; nameOnly?: boolean }) => {
+      const r = await ctx.call(Methods.vmWorkspaceExport, { name, baseCommit: o.baseCommit, nameOnly: !!o.nameOnly });
+      if (o.nameOnly) {
+        for (const f of r.files) out.line(f.path);
+        return;
+      }
+      const patch = Buffer.from(r.patch, 'base64');
+      if (o.output !== undefined) await writeFile(o.output, patch);
+      else out.raw(patch);
+      for (const f of r.files) out.info(`${f.status}\t${f.path}`);
+      out.info(
+        r.files.length === 0
+          ? `no changes in ${name}:${r.guestPath}`
+          : `${r.files.length} changed ${r.files.length === 1 ? 'file' : 'files'}${o.output !== undefined ? `; patch written to ${o.output}` : ''}`,
+      );
+    });
+}

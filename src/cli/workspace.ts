@@ -1,0 +1,70 @@
+import { existsSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Methods, type WorkspacePrepareResult } from '../protocol/methods.js';
+import {
+  formatBytes,
+  formatDryRun,
+  inspectRepo,
+  listImportFiles,
+  spawnRunner,
+  submoduleNotice,
+  untrackedNotice,
+} from '../shared/workspace-files.js';
+import type { CliContext } from './context.js';
+import { out } from './output.js';
+
+export interface PrepareRequest {
+  vm: string;
+  /** The host checkout as the user typed it (resolved against the current directory). */
+  repo: string;
+  guestPath?: string;
+  includeUntracked?: boolean;
+  json?: boolean;
+}
+
+/**
+ * `--dry-run`: what an import would carry, read on this host with no daemon and no VM. Prints the
+ * listing (or the list as JSON) on stdout and the untracked-files notice on stderr.
+ */
+export async function dryRunImport(ctx: CliContext, req: Omit<PrepareRequest, 'vm'>): Promise<void> {
+  const repo = await inspectRepo(resolve(req.repo), spawnRunner, ctx.signal);
+  const list = await listImportFiles(repo.root, { includeUntracked: !!req.includeUntracked }, spawnRunner, ctx.signal);
+  const guestPath = req.guestPath ?? `/root/${repo.name}`;
+  if (req.json) {
+    out.json({ sourcePath: repo.root, guestPath, headCommit: repo.headCommit, ...list });
+  } else {
+    out.line(formatDryRun(list.entries));
+    out.info(`dry run: ${repo.root} would be imported to ${guestPath}; nothing was changed`);
+  }
+  for (const n of [untrackedNotice(list.skippedUntracked), submoduleNotice(list.skippedSubmodules)]) if (n) out.info(n);
+}
+
+/** Imports a host checkout into a running VM through the daemon, showing progress and notices. */
+export async function prepareWorkspace(ctx: CliContext, req: PrepareRequest): Promise<WorkspacePrepareResult> {
+  const r = await ctx.call(
+    Methods.vmWorkspacePrepare,
+    {
+      name: req.vm,
+      sourcePath: resolve(req.repo),
+      guestPath: req.guestPath,
+      includeUntracked: req.includeUntracked,
+    },
+    { json: req.json, progress: true },
+  );
+  for (const n of r.notices) out.info(n);
+  out.info(
+    `imported ${r.workspace.sourcePath} into ${r.vm}:${r.workspace.guestPath} (${r.files} files, ${formatBytes(r.bytes)}` +
+      `${r.workspace.headCommit ? `, at ${r.workspace.headCommit.slice(0, 12)}` : ''})`,
+  );
+  return r;
+}
+
+/** Whether a `vm run` positional names a host repo rather than the guest command. */
+export function looksLikeRepo(arg: string): boolean {
+  if (arg.startsWith('./') || arg.startsWith('../') || arg.startsWith('/') || arg === '.' || arg === '..') return true;
+  try {
+    return existsSync(arg) && statSync(arg).isDirectory();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,400 @@
+import { lstat, readlink, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { BangerError, ErrorCode } from '../errors/index.js';
+
+/**
+ * Reading a host git checkout for a workspace import: which files an import carries and how the
+ * `--dry-run` listing shows them. Shared by the daemon (the import itself) and the CLI (`--dry-run`
+ * without a daemon, the dirty check of `vm exec`), so both list files the same way.
+ */
+
+export interface GitRunOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+  allowFailure?: boolean;
+}
+
+export interface GitRunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a host command to completion (structurally the daemon's CommandRunner). */
+export type GitRunner = (cmd: string, args: readonly string[], opts?: GitRunOptions) => Promise<GitRunResult>;
+
+/** A GitRunner over child_process.spawn, for callers without the daemon's runner (the CLI). */
+export const spawnRunner: GitRunner = (cmd, args, opts = {}) =>
+  new Promise<GitRunResult>((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], signal: opts.signal });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT')
+        reject(new BangerError(ErrorCode.FailedPrecondition, `${cmd} is not installed`, { hint: 'install git' }));
+      else if (err.name === 'AbortError') reject(new BangerError(ErrorCode.Cancelled, 'cancelled'));
+      else reject(new BangerError(ErrorCode.Internal, `${cmd}: ${err.message}`, { cause: err }));
+    });
+    child.on('close', (code) => {
+      const r = { code: code ?? 1, stdout, stderr };
+      if (r.code !== 0 && !opts.allowFailure)
+        reject(new BangerError(ErrorCode.Internal, `${cmd} ${args.join(' ')} failed (exit ${r.code}): ${stderr.trim()}`));
+      else resolve(r);
+    });
+  });
+
+/** The committer identity of the host checkout, copied into the guest repo's local config. */
+export interface GitIdentity {
+  name: string | null;
+  email: string | null;
+}
+
+/** What banger needs to know about a host git checkout before importing it. */
+export interface HostRepo {
+  /** Absolute path of the checkout's top-level directory (`git rev-parse --show-toplevel`). */
+  root: string;
+  /** basename(root): the default workspace name. */
+  name: string;
+  /** Full hex id of HEAD's commit; null in a repository without commits. */
+  headCommit: string | null;
+  /** The branch HEAD points at (also for an unborn branch); null when HEAD is detached. */
+  branch: string | null;
+  detached: boolean;
+  identity: GitIdentity;
+  /** Repo-relative paths of submodules (gitlinks in the index). Their contents are not imported. */
+  submodules: string[];
+}
+
+export type ImportEntryKind = 'file' | 'symlink' | 'dir';
+
+/** One path of the import, as it is in the host working tree. */
+export interface ImportEntry {
+  /** Repo-relative, '/'-separated, exactly as git names it. */
+  path: string;
+  kind: ImportEntryKind;
+  /** Permission bits: 0o644 or 0o755 for files (git's two modes), 0o777 for symlinks, 0o755 for dirs. */
+  mode: number;
+  /** Bytes of file content; 0 for symlinks and dirs. */
+  size: number;
+  /** Symlink target, verbatim. */
+  linkTarget?: string;
+  /** True for an untracked (not ignored) file imported with includeUntracked. */
+  untracked?: boolean;
+}
+
+export interface ImportFileList {
+  entries: ImportEntry[];
+  /** Untracked, not ignored files left out because includeUntracked was off. */
+  skippedUntracked: number;
+  /** Submodule paths whose contents were not imported (see listImportFiles). */
+  skippedSubmodules: string[];
+  /** Sum of entry sizes. */
+  totalBytes: number;
+}
+
+/**
+ * Environment for host git: drops variables that would point git at another repository or index,
+ * and asks git not to take optional locks so inspecting never races the user's own git commands.
+ */
+function gitEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0', LC_ALL: 'C' };
+  for (const k of [
+    'GIT_DIR',
+    'GIT_WORK_TREE',
+    'GIT_INDEX_FILE',
+    'GIT_OBJECT_DIRECTORY',
+    'GIT_COMMON_DIR',
+    'GIT_PREFIX',
+  ]) {
+    delete env[k];
+  }
+  return env;
+}
+
+function git(run: GitRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<GitRunResult> {
+  return run('git', args, { cwd, env: gitEnv(), allowFailure: true, signal });
+}
+
+async function gitOk(run: GitRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<string> {
+  const r = await git(run, cwd, args, signal);
+  if (r.code !== 0) {
+    throw new BangerError(
+      ErrorCode.Internal,
+      `git ${args.join(' ')} failed in ${cwd} (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' ')}`,
+    );
+  }
+  return r.stdout;
+}
+
+/** Inspects a host checkout. `path` may be any directory inside the work tree. */
+export async function inspectRepo(path: string, run: GitRunner, signal?: AbortSignal): Promise<HostRepo> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch {
+    throw new BangerError(ErrorCode.InvalidArgument, `${path} does not exist: pass the path of a git checkout`);
+  }
+  if (!st.isDirectory()) {
+    throw new BangerError(ErrorCode.InvalidArgument, `${path} is not a directory: pass the path of a git checkout`);
+  }
+  const inside = await git(run, path, ['rev-parse', '--is-inside-work-tree', '--show-toplevel'], signal);
+  if (inside.code !== 0) {
+    if (/dubious ownership/.test(inside.stderr)) {
+      throw new BangerError(ErrorCode.FailedPrecondition, `git refuses to read ${path}: it is owned by another user`, {
+        hint: `if you trust it: git config --global --add safe.directory '${path}'`,
+      });
+    }
+    if (/must be run in a work tree/.test(inside.stderr)) {
+      throw new BangerError(
+        ErrorCode.InvalidArgument,
+        `${path} is a bare repository or a .git directory: pass the checkout's working tree instead`,
+      );
+    }
+    throw new BangerError(
+      ErrorCode.InvalidArgument,
+      `${path} is not a git repository: run \`git init\` there, or pass a git checkout`,
+    );
+  }
+  const [isWorkTree, root] = inside.stdout.replace(/\n$/, '').split('\n');
+  if (isWorkTree !== 'true' || !root) {
+    throw new BangerError(
+      ErrorCode.InvalidArgument,
+      `${path} is inside a .git directory: pass the checkout's working tree instead`,
+    );
+  }
+
+  const head = await git(run, root, ['rev-parse', '-q', '--verify', 'HEAD^{commit}'], signal);
+  const headCommit = head.code === 0 ? head.stdout.trim() : null;
+  const sym = await git(run, root, ['symbolic-ref', '-q', '--short', 'HEAD'], signal);
+  const branch = sym.code === 0 ? sym.stdout.trim() : null;
+  const cfg = async (key: string) => {
+    const r = await git(run, root, ['config', '--get', key], signal);
+    const v = r.stdout.replace(/\n$/, '');
+    return r.code === 0 && v !== '' ? v : null;
+  };
+  const identity = { name: await cfg('user.name'), email: await cfg('user.email') };
+  const submodules = (await readIndex(run, root, signal)).filter((e) => e.gitlink).map((e) => e.path);
+
+  return { root, name: basename(root), headCommit, branch, detached: branch === null, identity, submodules };
+}
+
+interface IndexEntry {
+  path: string;
+  gitlink: boolean;
+}
+
+/** `git ls-files -z --stage`, one row per path (conflict stages collapsed). */
+async function readIndex(run: GitRunner, root: string, signal?: AbortSignal): Promise<IndexEntry[]> {
+  const out = await gitOk(run, root, ['ls-files', '-z', '--stage', '--full-name'], signal);
+  const seen = new Map<string, IndexEntry>();
+  for (const rec of out.split('\0')) {
+    if (rec === '') continue;
+    const tab = rec.indexOf('\t');
+    const mode = rec.slice(0, rec.indexOf(' '));
+    const path = rec.slice(tab + 1);
+    if (!seen.has(path)) seen.set(path, { path, gitlink: mode === '160000' });
+  }
+  return [...seen.values()];
+}
+
+/**
+ * Rejects names the import cannot carry faithfully or safely: the tar unpacked in the guest must
+ * only create paths below the workspace, and names the GitRunner decoded lossily would point at
+ * files that do not exist.
+ */
+export function validateEntryPath(path: string): void {
+  const bad = (why: string) =>
+    new BangerError(ErrorCode.InvalidArgument, `cannot import ${JSON.stringify(path)}: ${why}`, {
+      hint: 'rename the file, or remove it from the checkout',
+    });
+  if (path === '') throw bad('empty name');
+  if (path.includes('\uFFFD')) throw bad('the name is not valid UTF-8');
+  if (path.includes('\0')) throw bad('the name contains a NUL byte');
+  if (path.startsWith('/')) throw bad('absolute name');
+  for (const part of path.split('/')) {
+    if (part === '' || part === '.' || part === '..') throw bad('the name has an empty, "." or ".." component');
+    if (part.toLowerCase() === '.git') throw bad('the name has a ".git" component');
+  }
+}
+
+/** Runs `fn` over `items` with at most `limit` calls in flight, keeping order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/** Describes one working-tree path, or null when it should be skipped (deleted, or not a file/symlink). */
+async function describe(root: string, path: string, untracked: boolean): Promise<ImportEntry | null> {
+  const abs = join(root, path);
+  let st;
+  try {
+    st = await lstat(abs);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // Tracked but deleted in the working tree (or a parent was replaced by a file): not imported,
+    // so the guest sees it as a deletion, like `git status` on the host does.
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw new BangerError(ErrorCode.FailedPrecondition, `cannot read ${abs}: ${(e as Error).message}`);
+  }
+  const extra = untracked ? { untracked: true } : {};
+  if (st.isSymbolicLink()) {
+    return { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget: await readlink(abs), ...extra };
+  }
+  if (st.isFile()) {
+    return { path, kind: 'file', mode: st.mode & 0o111 ? 0o755 : 0o644, size: st.size, ...extra };
+  }
+  // A tracked path that is now a directory, a fifo or a socket: git cannot track it as is.
+  return null;
+}
+
+/**
+ * Lists what an import carries, read from the working tree (uncommitted edits included):
+ *  - tracked files and symlinks as they are now; tracked paths deleted in the working tree are skipped;
+ *  - untracked, not ignored files only with includeUntracked (counted in skippedUntracked otherwise);
+ *  - ignored files never.
+ *
+ * Submodules: a gitlink is imported as an empty directory, the way a clone without
+ * `git submodule update` looks, and its contents are not imported (reported in skippedSubmodules).
+ * Importing the submodule's files into the superproject's tree would make the guest see them as
+ * untracked files of the superproject, and an export would then turn them into regular files in the
+ * host repo. The empty directory keeps `git status` clean in the guest for the gitlink.
+ * Untracked nested repositories (`git ls-files --others` prints them as "dir/") are skipped the same way.
+ */
+export async function listImportFiles(
+  root: string,
+  opts: { includeUntracked: boolean },
+  run: GitRunner,
+  signal?: AbortSignal,
+): Promise<ImportFileList> {
+  const index = await readIndex(run, root, signal);
+  const others = (await gitOk(run, root, ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'], signal))
+    .split('\0')
+    .filter((p) => p !== '');
+  const untrackedFiles = others.filter((p) => !p.endsWith('/'));
+
+  const skippedSubmodules = index.filter((e) => e.gitlink).map((e) => e.path);
+  const wanted: { path: string; untracked: boolean; gitlink: boolean }[] = index.map((e) => ({
+    path: e.path,
+    untracked: false,
+    gitlink: e.gitlink,
+  }));
+  if (opts.includeUntracked) {
+    for (const p of untrackedFiles) wanted.push({ path: p, untracked: true, gitlink: false });
+  }
+  for (const w of wanted) validateEntryPath(w.path);
+
+  const described = await mapLimit(wanted, 64, async (w) => {
+    if (w.gitlink) {
+      const e: ImportEntry = { path: w.path, kind: 'dir', mode: 0o755, size: 0 };
+      return e;
+    }
+    return describe(root, w.path, w.untracked);
+  });
+  const entries = described.filter((e): e is ImportEntry => e !== null);
+  entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  assertNoPathThroughSymlink(entries);
+  const totalBytes = entries.reduce((n, e) => n + e.size, 0);
+  return {
+    entries,
+    skippedUntracked: opts.includeUntracked ? 0 : untrackedFiles.length,
+    skippedSubmodules,
+    totalBytes,
+  };
+}
+
+/**
+ * Refuses an entry list where a path goes through another entry that is a symlink or a file
+ * (`link/x` with `link` a symlink): unpacking it would write through the link.
+ * Git never tracks such paths; this guards the list against a working tree changed under us.
+ */
+export function assertNoPathThroughSymlink(entries: readonly ImportEntry[]): void {
+  const leaves = new Set(entries.filter((e) => e.kind !== 'dir').map((e) => e.path));
+  for (const e of entries) {
+    let i = e.path.indexOf('/');
+    while (i !== -1) {
+      const prefix = e.path.slice(0, i);
+      if (leaves.has(prefix)) {
+        throw new BangerError(
+          ErrorCode.InvalidArgument,
+          `cannot import ${JSON.stringify(e.path)}: ${JSON.stringify(prefix)} is a file or symlink, not a directory`,
+          { hint: 'the working tree changed while it was being read: run the import again' },
+        );
+      }
+      i = e.path.indexOf('/', i + 1);
+    }
+  }
+}
+
+/** One line to show when untracked files were left out, or null. */
+export function untrackedNotice(skippedUntracked: number): string | null {
+  if (skippedUntracked === 0) return null;
+  const files = skippedUntracked === 1 ? '1 untracked file was' : `${skippedUntracked} untracked files were`;
+  return `${files} not imported: pass --include-untracked to import them (ignored files are never imported)`;
+}
+
+/** One line to show when submodules were left out, or null. */
+export function submoduleNotice(skippedSubmodules: readonly string[]): string | null {
+  if (skippedSubmodules.length === 0) return null;
+  return `submodules are imported as empty directories, without their contents: ${skippedSubmodules.join(', ')}`;
+}
+
+function gitMode(e: ImportEntry): string {
+  if (e.kind === 'symlink') return '120000';
+  if (e.kind === 'dir') return '160000';
+  return e.mode === 0o755 ? '100755' : '100644';
+}
+
+/** Quotes a name for display when it has control characters or leading/trailing spaces. */
+function displayName(p: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /[\x00-\x1f\x7f"]|^\s|\s$/.test(p) ? JSON.stringify(p) : p;
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/**
+ * The `--dry-run` listing: one line per entry, `<git mode> <size> <path>` (symlinks show their target,
+ * submodules are marked), sorted by path, then a total line.
+ */
+export function formatDryRun(entries: readonly ImportEntry[]): string {
+  const sorted = [...entries].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const width = Math.max(1, ...sorted.map((e) => String(e.size).length));
+  const lines = sorted.map((e) => {
+    let line = `${gitMode(e)} ${String(e.size).padStart(width)} ${displayName(e.path)}`;
+    if (e.kind === 'symlink') line += ` -> ${displayName(e.linkTarget ?? '')}`;
+    if (e.kind === 'dir') line += ' (submodule, contents not imported)';
+    if (e.untracked) line += ' (untracked)';
+    return line;
+  });
+  const files = sorted.filter((e) => e.kind !== 'dir').length;
+  const total = sorted.reduce((n, e) => n + e.size, 0);
+  lines.push(`${files} ${files === 1 ? 'entry' : 'entries'}, ${formatBytes(total)} (${total} bytes)`);
+  return lines.join('\n');
+}
+
+/** HEAD's commit of the checkout at `path`, or null (no commits, or not a git checkout any more). */
+export async function headCommitOf(path: string, run: GitRunner, signal?: AbortSignal): Promise<string | null> {
+  const r = await git(run, path, ['rev-parse', '-q', '--verify', 'HEAD^{commit}'], signal).catch(() => null);
+  return r && r.code === 0 ? r.stdout.trim() : null;
+}

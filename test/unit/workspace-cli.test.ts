@@ -1,0 +1,33 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { splitRepo } from '../../src/cli/commands/vm/run.js';
+import { execCommand } from '../../src/daemon/services/vm/service.js';
+
+const argv = (...rest: string[]) => ['node', 'banger.js', 'vm', 'run', ...rest];
+
+test('vm run: the first operand before -- is the repo when it looks like a directory', () => {
+  assert.deepEqual(splitRepo(['./repo', 'make', 'test'], argv('./repo', '--', 'make', 'test')), {
+    repo: './repo',
+    command: ['make', 'test'],
+  });
+  assert.deepEqual(splitRepo(['/abs/repo'], argv('/abs/repo')), { repo: '/abs/repo', command: [] });
+  const dir = mkdtempSync(join(tmpdir(), 'banger-splitrepo-'));
+  assert.deepEqual(splitRepo([dir, 'true'], argv(dir, '--', 'true')).repo, dir);
+  // After --, everything is the command, even ./x or /x.
+  assert.deepEqual(splitRepo(['./script.sh'], argv('--', './script.sh')), { command: ['./script.sh'] });
+  assert.deepEqual(splitRepo(['/bin/ls', '-l'], argv('--name', 'x', '--', '/bin/ls', '-l')), { command: ['/bin/ls', '-l'] });
+  assert.deepEqual(splitRepo(['uname'], argv('uname')), { command: ['uname'] });
+  assert.deepEqual(splitRepo([], argv()), { command: [] });
+});
+
+test('vm exec runs in the workspace (mise exec when present) unless a workdir is given', () => {
+  const ws = { workspace: { guestPath: "/root/it's", sourcePath: '/h', headCommit: null, baseCommit: 'b', includeUntracked: false, preparedAt: 't' } };
+  assert.equal(execCommand({ workspace: null }, ['ls', 'a b'], undefined), "exec ls 'a b'");
+  assert.equal(execCommand({ workspace: null }, [], '/tmp'), 'cd /tmp && exec bash -l');
+  assert.match(execCommand(ws, ['ls'], undefined), /^cd '\/root\/it'\\''s' && if command -v mise .* exec mise exec -- ls; else exec ls; fi$/);
+  assert.equal(execCommand(ws, [], undefined), `cd '/root/it'\\''s' && exec bash -l`);
+  assert.equal(execCommand(ws, ['ls'], '/srv'), 'cd /srv && exec ls');
+});
