@@ -12,7 +12,7 @@ export class LocalShellSession implements GuestSession {
     return new Promise((resolve, reject) => {
       const child = spawn(this.base.shell ?? '/bin/sh', ['-c', command], {
         cwd: this.base.cwd ?? '/',
-        env: { ...process.env, ...this.base.env, ...opts.env },
+        env: { ...process.env, PATH: guestLikePath(), ...this.base.env, ...opts.env },
         stdio: ['pipe', 'pipe', 'pipe'],
         signal: opts.signal,
       });
@@ -39,4 +39,15 @@ export class LocalShellSession implements GuestSession {
       });
     });
   }
+}
+
+/**
+ * The host PATH without node_modules/.bin: `npm test` puts the project's own mise binary there, and the
+ * "guest" of these tests must only see what the test installs in it.
+ */
+function guestLikePath(): string {
+  return (process.env.PATH ?? '/usr/bin:/bin')
+    .split(':')
+    .filter((p) => !p.includes('node_modules'))
+    .join(':');
 }
