@@ -1,0 +1,162 @@
+/**
+ * The composition root: builds every service with its dependencies, reconciles state with reality, then
+ * serves RPC on the unix socket. VMs outlive the daemon. main.ts runs it as a process; integration tests
+ * run it in-process on a temporary BANGER_HOME.
+ */
+import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { Paths } from '../shared/paths.js';
+import type { Logger } from '../shared/logger.js';
+import { VERSION } from '../shared/version.js';
+import { runCommand } from './exec.js';
+import { openDatabase } from './store/db.js';
+import { ImageRepo } from './store/repos/images.js';
+import { VmRepo } from './store/repos/vms.js';
+import { ImageService } from './services/image/service.js';
+import { imageBuilder } from './services/image/builder.js';
+import type { ImageBuilder } from './services/image/service.js';
+import { VmService } from './services/vm/service.js';
+import { WorkspaceService } from './services/workspace/service.js';
+import { DoctorService } from './services/doctor.js';
+import { KvmAccelResolver } from './services/accel.js';
+import { KvmProbeCache } from './vmm/accel.js';
+import { QemuDriver } from './vmm/qemu/driver.js';
+import { FirecrackerDriver } from './vmm/firecracker/driver.js';
+import type { DriverRegistry, VmmDriver, VmmName } from './vmm/driver.js';
+import { guestKernelArgs, hostTscKhz } from './guest/init/cmdline.js';
+import { generateEd25519 } from './guest/ssh.js';
+import { RpcServer } from './rpc/server.js';
+import { ExecRegistry, buildHandlers } from './rpc/handlers.js';
+
+function ensureStateDir(paths: Paths): void {
+  mkdirSync(paths.root, { recursive: true, mode: 0o700 });
+  chmodSync(paths.root, 0o700);
+  for (const d of [paths.logsDir, paths.imagesDir, paths.vmsDir, paths.sshDir, paths.cacheDir])
+    mkdirSync(d, { recursive: true, mode: 0o700 });
+}
+
+function ensureClientKey(paths: Paths): { privateKey: string; publicKey: string } {
+  if (existsSync(paths.sshPrivateKey) && existsSync(paths.sshPublicKey)) {
+    return {
+      privateKey: readFileSync(paths.sshPrivateKey, 'utf8'),
+      publicKey: readFileSync(paths.sshPublicKey, 'utf8').trim(),
+    };
+  }
+  const kp = generateEd25519('banger');
+  writeFileSync(paths.sshPrivateKey, kp.privateKey, { mode: 0o600 });
+  writeFileSync(paths.sshPublicKey, kp.publicKey + '\n', { mode: 0o644 });
+  return kp;
+}
+
+
+export interface DaemonOptions {
+  paths: Paths;
+  log: Logger;
+  /** Builds images; default: mmdebstrap from the host's mirror. Tests inject a fake. */
+  build?: ImageBuilder;
+  /** Called when a client asks the daemon to stop (daemon.stop). */
+  onStopRequest: () => void;
+}
+
+export interface RunningDaemon {
+  /** Stops serving and closes the database; VMs keep running. */
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
+  const { paths, log } = opts;
+  ensureStateDir(paths);
+
+  const startedAt = new Date();
+  log.info({ version: VERSION, home: paths.root }, 'bangerd starting');
+
+  const db = openDatabase(paths.database);
+  chmodSync(paths.database, 0o600);
+  const vmRepo = new VmRepo(db);
+  const imageRepo = new ImageRepo(db);
+  const clientKey = ensureClientKey(paths);
+
+  const qemu = new QemuDriver({ run: runCommand, log: log.child({ vmm: 'qemu' }) });
+  const firecracker = new FirecrackerDriver({ log: log.child({ vmm: 'firecracker' }) });
+  const drivers: DriverRegistry = new Map<VmmName, VmmDriver>([
+    ['qemu', qemu],
+    ['firecracker', firecracker],
+  ]);
+  const accel = new KvmAccelResolver({ qemu, cache: new KvmProbeCache(paths.probeCache), log });
+  const tscKhz = hostTscKhz(await readFile('/proc/cpuinfo', 'utf8').catch(() => ''));
+
+  const images = new ImageService({
+    paths,
+    images: imageRepo,
+    vms: vmRepo,
+    build: opts.build ?? imageBuilder({ run: runCommand, log, paths }),
+    log,
+  });
+  const vms = new VmService({
+    paths,
+    vms: vmRepo,
+    images,
+    drivers,
+    accel,
+    kernelCmdline: () => guestKernelArgs({ tscKhz }).join(' '),
+    run: runCommand,
+    log,
+    clientKey,
+  });
+  const workspaces = new WorkspaceService({ vms, repo: vmRepo, run: runCommand, log: log.child({ service: 'workspace' }) });
+  const doctor = new DoctorService({
+    paths,
+    drivers,
+    run: runCommand,
+    kvm: async (signal) => {
+      const ready = imageRepo.list().find((i) => i.status === 'ready');
+      if (!ready) return accel.lastVerdict();
+      return accel.verdict(images.byIdReady(ready.id), signal);
+    },
+  });
+
+  await images.reconcile();
+  await vms.reconcile();
+
+  const execs = new ExecRegistry();
+  const server = new RpcServer({
+    socketPath: paths.socket,
+    log,
+    handlers: buildHandlers(
+      {
+        vms,
+        workspaces,
+        images,
+        doctor,
+        status: () => ({
+          pid: process.pid,
+          version: VERSION,
+          home: paths.root,
+          socket: paths.socket,
+          logFile: paths.daemonLog,
+          startedAt: startedAt.toISOString(),
+          vms: { total: vmRepo.list().length, running: vms.runningCount() },
+        }),
+        shutdown: () => setImmediate(opts.onStopRequest),
+      },
+      execs,
+    ),
+    onConnection: (c) => execs.attach(c),
+  });
+  await server.listen();
+  writeFileSync(paths.daemonPidFile, `${process.pid}\n`, { mode: 0o600 });
+  log.info({ socket: paths.socket }, 'bangerd ready');
+  let stopped = false;
+  return {
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      log.info('bangerd stopping (VMs keep running)');
+      await server.close();
+      vms.detachAll();
+      db.close();
+      rmSync(paths.daemonPidFile, { force: true });
+    },
+  };
+}
+

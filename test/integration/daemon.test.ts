@@ -1,0 +1,132 @@
+/**
+ * The daemon in-process on a temporary BANGER_HOME with real SQLite, reached through the real client over
+ * its unix socket. Image builds are faked (they take minutes); everything else is real.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BangerClient } from '../../src/client/client.js';
+import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon.js';
+import type { ImageBuilder } from '../../src/daemon/services/image/service.js';
+import { ErrorCode, type BangerError } from '../../src/errors/index.js';
+import { Methods } from '../../src/protocol/methods.js';
+import type { ProgressEvent } from '../../src/protocol/types.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { Paths } from '../../src/shared/paths.js';
+
+const home = mkdtempSync(join(tmpdir(), 'banger-int-'));
+const paths = new Paths(home);
+let daemon: RunningDaemon;
+let client: BangerClient;
+let buildAborted = false;
+
+/** A fake build: writes tiny files, or waits until cancelled for the image named 'slow'. */
+const fakeBuild: ImageBuilder = async (req, outDir, progress, signal) => {
+  progress({ kind: 'step', step: 'bootstrap rootfs', index: 1, total: 2 });
+  if (req.name === 'slow') {
+    await new Promise<void>((_, reject) =>
+      signal?.addEventListener('abort', () => {
+        buildAborted = true;
+        reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      }),
+    );
+  }
+  progress({ kind: 'step', step: 'checksum', index: 2, total: 2 });
+  const files = (['kernel', 'initrd', 'rootfs'] as const).map((role) => {
+    const path = join(outDir, role);
+    writeFileSync(path, role);
+    return { role, path, sizeBytes: role.length, sha256: '0'.repeat(64) };
+  });
+  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: req.packages } };
+};
+
+const code = async (p: Promise<unknown>): Promise<BangerError> => {
+  try {
+    await p;
+  } catch (e) {
+    return e as BangerError;
+  }
+  throw new Error('expected a failure');
+};
+
+void describe('bangerd in-process', () => {
+  before(async () => {
+    daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, onStopRequest: () => undefined });
+    client = await BangerClient.connect(paths.socket);
+  });
+  after(async () => {
+    client.close();
+    await daemon.stop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  void it('keeps its state and socket closed to other users', () => {
+    assert.equal(statSync(home).mode & 0o077, 0);
+    assert.equal(statSync(paths.socket).mode & 0o777, 0o600);
+    assert.equal(statSync(paths.database).mode & 0o077, 0);
+    assert.equal(statSync(paths.sshPrivateKey).mode & 0o777, 0o600);
+  });
+
+  void it('answers status and an empty VM list', async () => {
+    const s = await client.call(Methods.daemonStatus, undefined);
+    assert.equal(s.home, home);
+    assert.deepEqual(await client.call(Methods.vmList, undefined), []);
+  });
+
+  void it('maps errors with codes and hints through the socket', async () => {
+    const nf = await code(client.call(Methods.vmShow, { name: 'nope' }));
+    assert.equal(nf.code, ErrorCode.NotFound);
+    assert.match(nf.hint ?? '', /banger vm list/);
+    const bad = await code(client.call(Methods.vmShow, { name: 42 as unknown as string }));
+    assert.equal(bad.code, ErrorCode.InvalidArgument);
+    assert.match(bad.message, /name/);
+    const badName = await code(client.call(Methods.vmCreate, { name: '../x' }));
+    assert.equal(badName.code, ErrorCode.InvalidArgument);
+    const noImage = await code(client.call(Methods.vmCreate, { name: 'a', image: 'missing' }));
+    assert.equal(noImage.code, ErrorCode.NotFound);
+    assert.match(noImage.hint ?? '', /banger image build missing/);
+  });
+
+  void it('builds an image with progress events and records it in SQLite', async () => {
+    const events: ProgressEvent[] = [];
+    const img = await client.call(Methods.imageBuild, { name: 'tiny', packages: ['jq'] }, { onProgress: (e) => events.push(e) });
+    assert.equal(img.status, 'ready');
+    assert.deepEqual(img.params.packages, ['jq']);
+    assert.deepEqual(
+      events.filter((e) => e.kind === 'step').map((e) => (e.kind === 'step' ? e.step : '')),
+      ['bootstrap rootfs', 'checksum'],
+    );
+    const list = await client.call(Methods.imageList, undefined);
+    assert.deepEqual(list.map((i) => i.name), ['tiny']);
+    assert.equal(statSync(img.files[0]!.path).size, img.files[0]!.sizeBytes);
+  });
+
+  void it('cancelling a request stops its work and leaves nothing half-made', async () => {
+    const ac = new AbortController();
+    const p = client.call(Methods.imageBuild, { name: 'slow' }, { signal: ac.signal, onProgress: () => undefined });
+    await sleep(200);
+    ac.abort();
+    const err = await code(p);
+    assert.equal(err.code, ErrorCode.Cancelled);
+    for (let i = 0; i < 20 && !buildAborted; i++) await sleep(50);
+    assert.ok(buildAborted, 'the build saw the abort');
+    for (let i = 0; i < 20; i++) {
+      if (!(await client.call(Methods.imageList, undefined)).some((x) => x.name === 'slow')) break;
+      await sleep(50);
+    }
+    assert.deepEqual((await client.call(Methods.imageList, undefined)).map((i) => i.name), ['tiny']);
+  });
+
+  void it('keeps its records across a restart', async () => {
+    client.close();
+    await daemon.stop();
+    daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, onStopRequest: () => undefined });
+    client = await BangerClient.connect(paths.socket);
+    assert.deepEqual((await client.call(Methods.imageList, undefined)).map((i) => i.name), ['tiny']);
+    await client.call(Methods.imageDelete, { name: 'tiny' });
+    assert.deepEqual(await client.call(Methods.imageList, undefined), []);
+  });
+});
