@@ -3,7 +3,7 @@
  *
  * A driver is a small lifecycle interface plus declared features: the VM service asks for a feature
  * (`driver.features.has('qcow2')`), never for a driver's name. Drivers are registered in an explicit
- * map built in daemon/main.ts.
+ * map built in daemon/daemon.ts.
  */
 
 export type VmmName = 'qemu' | 'firecracker';
@@ -127,5 +127,5 @@ export interface VmmDriver {
   kill(handle: VmHandle, graceMs?: number): Promise<void>;
 }
 
-/** Drivers by name, built once in daemon/main.ts. */
+/** Drivers by name, built once in daemon/daemon.ts. */
 export type DriverRegistry = ReadonlyMap<VmmName, VmmDriver>;
