@@ -24,7 +24,7 @@ import { QemuDriver } from './vmm/qemu/driver.js';
 import { FirecrackerDriver } from './vmm/firecracker/driver.js';
 import type { DriverRegistry, VmmDriver, VmmName } from './vmm/driver.js';
 import { guestKernelArgs, hostTscKhz } from './guest/init/cmdline.js';
-import { generateEd25519 } from './guest/ssh.js';
+import { generateEd25519 } from './guest/keys.js';
 import { RpcServer } from './rpc/server.js';
 import { ExecRegistry, buildHandlers } from './rpc/handlers.js';
 

@@ -1,5 +1,5 @@
 import ssh2, { type ClientChannel } from 'ssh2';
-const { Client, utils: sshUtils } = ssh2;
+const { Client } = ssh2;
 type Client = InstanceType<typeof Client>;
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../errors/index.js';
@@ -12,12 +12,6 @@ export interface SshTarget {
   privateKey: string;
   /** The guest's pinned host public key, OpenSSH one-line format ("ssh-ed25519 AAAA... comment"). */
   hostPublicKey: string;
-}
-
-/** Generates an ed25519 key pair in OpenSSH formats (private key PEM-ish text, public one-liner). */
-export function generateEd25519(comment: string): { privateKey: string; publicKey: string } {
-  const kp = sshUtils.generateKeyPairSync('ed25519', { comment });
-  return { privateKey: kp.private, publicKey: kp.public.trim() };
 }
 
 /** The raw key blob of an OpenSSH one-line public key: what ssh2's hostVerifier receives. */
