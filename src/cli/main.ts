@@ -6,6 +6,7 @@ import { out } from './output.js';
 import * as daemon from './commands/daemon/index.js';
 import * as doctor from './commands/doctor.js';
 import * as image from './commands/image/index.js';
+import * as sshConfig from './commands/ssh-config.js';
 import * as vm from './commands/vm/index.js';
 
 const EXIT_HELP = `
@@ -42,6 +43,7 @@ async function main(argv: string[]): Promise<number> {
   image.register(program, ctx);
   daemon.register(program, ctx);
   doctor.register(program, ctx);
+  sshConfig.register(program, ctx);
   for (const c of program.commands) c.enablePositionalOptions?.();
 
   try {

@@ -19,6 +19,7 @@ import { VmService } from './services/vm/service.js';
 import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
+import { HostViews } from './services/host-views.js';
 import { KvmProbeCache } from './vmm/accel.js';
 import { QemuDriver } from './vmm/qemu/driver.js';
 import { FirecrackerDriver } from './vmm/firecracker/driver.js';
@@ -85,6 +86,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const accel = new KvmAccelResolver({ qemu, cache: new KvmProbeCache(paths.probeCache), log });
   const tscKhz = hostTscKhz(await readFile('/proc/cpuinfo', 'utf8').catch(() => ''));
 
+  const hostViews = new HostViews({ paths, vms: vmRepo, log });
   const images = new ImageService({
     paths,
     images: imageRepo,
@@ -102,6 +104,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     run: runCommand,
     log,
     clientKey,
+    uid: () => process.getuid?.() ?? 0,
+    onVmsChanged: () => void hostViews.sync(),
   });
   const workspaces = new WorkspaceService({ vms, repo: vmRepo, run: runCommand, log: log.child({ service: 'workspace' }) });
   const doctor = new DoctorService({
@@ -117,6 +121,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
 
   await images.reconcile();
   await vms.reconcile();
+  await hostViews.sync();
 
   const execs = new ExecRegistry();
   const server = new RpcServer({

@@ -41,6 +41,8 @@ export interface VmCreateParams extends WithProgress {
   accel?: AccelChoice;
   /** Boot it after creating it (vm run). */
   start?: boolean;
+  /** Let the guest reach the outside (off by default). */
+  egress?: boolean;
 }
 
 export interface VmStopParams extends VmRef {
@@ -73,6 +75,21 @@ export interface VmSshTarget {
   identityFile: string;
   knownHostsFile: string;
   hostKeyAlias: string;
+}
+
+export interface VmPorts {
+  name: string;
+  dnsName: string;
+  hostAddress: string;
+  ports: {
+    port: number;
+    /** The address the guest socket is bound to. */
+    address: string;
+    process: string | null;
+    /** Reachable from the host at hostAddress:port / dnsName:port. */
+    forwarded: boolean;
+    url: string | null;
+  }[];
 }
 
 export interface ImageBuildParams extends WithProgress {
@@ -145,6 +162,7 @@ export const Methods = {
   vmLogs: method<VmRef & { tailBytes?: number }, { console: string }>('vm.logs'),
   vmExec: method<VmExecParams, { exitCode: number }>('vm.exec'),
   vmSshTarget: method<VmRef, VmSshTarget>('vm.ssh-target'),
+  vmPorts: method<VmRef, VmPorts>('vm.ports'),
   vmWorkspacePrepare: method<WorkspacePrepareParams, WorkspacePrepareResult>('vm.workspace.prepare'),
   vmWorkspaceExport: method<WorkspaceExportParams, WorkspaceExportResult>('vm.workspace.export'),
 } as const;

@@ -35,7 +35,16 @@ export interface VmInfo {
   diskSizeMib: number;
   vmm: 'qemu' | 'firecracker';
   accel: 'kvm' | 'tcg' | null;
-  network: { mode: 'user'; hostAddress: string; sshPort: number; guestAddress: string; egress: boolean };
+  network: {
+    mode: 'loopback' | 'tap';
+    /** Where the host reaches the VM: its own loopback address (loopback mode) or its tap address. */
+    hostAddress: string;
+    sshPort: number;
+    guestAddress: string;
+    egress: boolean;
+    /** Guest ports currently forwarded on hostAddress (loopback mode, while running). */
+    forwardedPorts: number[];
+  };
   dnsName: string;
   pid: number | null;
   lastError: string | null;

@@ -51,6 +51,14 @@ export class Paths {
   get sshPublicKey(): string {
     return join(this.sshDir, 'id_ed25519.pub');
   }
+  /** The ssh_config file a user's ~/.ssh/config Includes (`banger ssh-config install`): `Host *.vm` settings. */
+  get sshInclude(): string {
+    return join(this.sshDir, 'config');
+  }
+  /** Every VM's pinned host key as `NAME.vm ssh-ed25519 ...`; the UserKnownHostsFile of sshInclude. */
+  get sshKnownHosts(): string {
+    return join(this.sshDir, 'known_hosts');
+  }
   get imagesDir(): string {
     return join(this.root, 'images');
   }

@@ -7,7 +7,7 @@
  * to serial_out_path after InstanceStart, exits when the guest "reboots" after SendCtrlAltDel, and dies on
  * SIGTERM.
  */
-import { appendFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { FirecrackerFake, type RecordedRequest } from './firecracker-fake.js';
 
 export interface FakeBehaviour {
@@ -63,7 +63,9 @@ async function main(): Promise<void> {
       invalid: fake.invalid,
       state: fake.state,
     };
-    writeFileSync(behaviour.record, JSON.stringify(rec));
+    // Atomic, so a reader (or a kill mid-write) never sees half a record.
+    writeFileSync(`${behaviour.record}.tmp`, JSON.stringify(rec));
+    renameSync(`${behaviour.record}.tmp`, behaviour.record);
   };
   const fake: FirecrackerFake = await FirecrackerFake.listen({
     socketPath,

@@ -293,7 +293,17 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
       controlSocketPath: join(vmDir, 'fc.sock'),
       channelSocketPath: join(vmDir, 'vsock.sock'),
     });
-    const readRecord = async () => JSON.parse(await readFile(record, 'utf8')) as FakeRecord;
+    // The fake records a request after it has answered it: wait until the record has settled.
+    const readRecord = async () => {
+      let last = '';
+      for (let i = 0; i < 40; i++) {
+        const text = await readFile(record, 'utf8').catch(() => '');
+        if (text !== '' && text === last) break;
+        last = text;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return JSON.parse(last) as FakeRecord;
+    };
     return { driver, spec: s, vmDir, readRecord };
   }
 

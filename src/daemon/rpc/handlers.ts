@@ -95,6 +95,7 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry): Handler<any>
         vmm: choice('auto', 'qemu', 'firecracker'),
         accel: choice('auto', 'kvm', 'tcg'),
         start: z.boolean().optional(),
+        egress: z.boolean().optional(),
         progressToken,
       }),
       async (p, ctx) => {
@@ -118,6 +119,7 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry): Handler<any>
       console: await d.vms.consoleLog(p.name, p.tailBytes),
     })),
     handler(Methods.vmSshTarget, vmRef, async (p) => d.vms.sshTarget(p.name)),
+    handler(Methods.vmPorts, vmRef, async (p, ctx) => d.vms.ports(p.name, ctx.signal)),
     handler(
       Methods.vmWorkspacePrepare,
       z.object({

@@ -91,6 +91,19 @@ export interface DriverAvailability {
   binary?: string;
 }
 
+/** A TCP forward from a host address and port to a guest port (user networking). */
+export interface PortForward {
+  hostAddress: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+/** Capability: adding and removing port forwards while the VM runs. */
+export interface PortForwarding {
+  addForward(handle: VmHandle, f: PortForward, signal?: AbortSignal): Promise<void>;
+  removeForward(handle: VmHandle, f: PortForward, signal?: AbortSignal): Promise<void>;
+}
+
 export interface VmmDriver {
   readonly name: VmmName;
   readonly features: ReadonlySet<VmmFeature>;
@@ -125,6 +138,9 @@ export interface VmmDriver {
 
   /** Ends the VMM process: SIGTERM, then SIGKILL after `graceMs`. Resolves once it is gone. */
   kill(handle: VmHandle, graceMs?: number): Promise<void>;
+
+  /** Present when the driver can change port forwards at runtime (QEMU user networking). */
+  readonly portForwarding?: PortForwarding;
 }
 
 /** Drivers by name, built once in daemon/daemon.ts. */

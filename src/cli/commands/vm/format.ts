@@ -3,7 +3,7 @@ import { table } from '../../output.js';
 
 export function vmTable(vms: VmInfo[]): string {
   return table(
-    ['NAME', 'STATE', 'IMAGE', 'VMM', 'CPUS', 'MEMORY', 'SSH', 'DNS NAME', 'WORKSPACE', 'AGE'],
+    ['NAME', 'STATE', 'IMAGE', 'VMM', 'CPUS', 'MEMORY', 'ADDRESS', 'PORTS', 'WORKSPACE', 'AGE'],
     vms.map((v) => [
       v.name,
       v.problem ? `${v.state}!` : v.state,
@@ -11,8 +11,8 @@ export function vmTable(vms: VmInfo[]): string {
       v.accel ? `${v.vmm}/${v.accel}` : v.vmm,
       String(v.vcpus),
       `${v.memoryMib}M`,
-      `${v.network.hostAddress}:${v.network.sshPort}`,
-      v.dnsName,
+      v.network.hostAddress,
+      forwardedList(v),
       v.workspace ? v.workspace.guestPath : '-',
       age(v.createdAt),
     ]),
@@ -30,8 +30,10 @@ export function vmDetails(v: VmInfo): string {
     ['Memory', `${v.memoryMib} MiB`],
     ['Work disk', `${v.diskSizeMib} MiB (mounted at /root)`],
     ['Network', `${v.network.mode}, guest ${v.network.guestAddress}, egress ${v.network.egress ? 'allowed' : 'off'}`],
-    ['SSH', `${v.network.hostAddress}:${v.network.sshPort} (banger vm ssh ${v.name})`],
-    ['DNS name', v.dnsName],
+    ['Address', v.network.hostAddress],
+    ['DNS name', `${v.dnsName} (banger dns install makes it resolve on the host)`],
+    ['SSH', `${v.network.hostAddress}:${v.network.sshPort} (banger vm ssh ${v.name}, or ssh ${v.dnsName})`],
+    ['Ports', forwardedList(v)],
     ['PID', v.pid === null ? '-' : String(v.pid)],
     ['Created', v.createdAt],
     ['Started', v.startedAt ?? '-'],
@@ -49,6 +51,12 @@ export function vmDetails(v: VmInfo): string {
   if (v.problem) rows.push(['Problem', v.problem]);
   const w = Math.max(...rows.map((r) => r[0].length));
   return rows.map(([k, val]) => `${(k + ':').padEnd(w + 1)} ${val}`).join('\n');
+}
+
+/** The forwarded ports: SSH always, plus what the guest listens on while it runs. */
+function forwardedList(v: VmInfo): string {
+  const ports = [`${v.network.sshPort}->22`, ...v.network.forwardedPorts.map(String)];
+  return v.state === 'running' ? ports.join(',') : '-';
 }
 
 function age(iso: string): string {

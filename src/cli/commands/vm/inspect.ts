@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { Methods } from '../../../protocol/methods.js';
 import type { CliContext } from '../../context.js';
-import { out } from '../../output.js';
+import { out, table } from '../../output.js';
 import { vmDetails, vmTable } from './format.js';
 
 export function registerList(cmd: Command, ctx: CliContext): Command {
@@ -24,6 +24,22 @@ export function register(vm: Command, ctx: CliContext): void {
       const v = await ctx.call(Methods.vmShow, { name });
       if (o.json) out.json(v);
       else out.line(vmDetails(v));
+    });
+
+  vm.command('ports')
+    .description("list the TCP ports a running VM listens on, and where the host reaches them")
+    .argument('<name>')
+    .option('--json', 'print as JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await ctx.call(Methods.vmPorts, { name });
+      if (o.json) return out.json(r);
+      if (r.ports.length === 0) return out.info(`${name} listens on no TCP port`);
+      out.line(
+        table(
+          ['PORT', 'BOUND TO', 'PROCESS', 'URL'],
+          r.ports.map((p) => [String(p.port), p.address, p.process ?? '-', p.url ?? '(guest loopback only: not reachable from the host)']),
+        ),
+      );
     });
 
   vm.command('logs')

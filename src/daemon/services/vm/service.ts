@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdir, readFile, rm, stat, writeFile, open } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -10,6 +11,7 @@ import {
   notFound,
 } from '../../../errors/index.js';
 import type { AccelChoice, ProgressEvent, VmInfo, VmmChoice } from '../../../protocol/types.js';
+import type { VmPorts } from '../../../protocol/methods.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../exec.js';
@@ -26,6 +28,7 @@ import { readHandles, removeRuntimeFiles, writeHandles } from './handles.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { isPortFree, pickFreePort } from './ports.js';
 import { buildSeedTar } from './seed.js';
+import { parseSs, watchGuestPorts } from './guest-ports.js';
 import { waitForConsoleLine } from './console.js';
 import { POWEROFF_COMMAND, READY_MARKER } from '../../guest/init/contract.js';
 
@@ -64,6 +67,10 @@ export interface VmServiceDeps {
   /** banger's client key pair, authorized in every guest. */
   clientKey: { privateKey: string; publicKey: string };
   now?: () => Date;
+  /** Told whenever the set of VMs or their addresses/ports change (host ssh config, DNS). */
+  onVmsChanged?: () => void;
+  /** The daemon's uid: root forwards SSH on port 22 of each VM's address, others on a free high port. */
+  uid: () => number;
   /** How long a boot may take until SSH answers. */
   bootTimeoutMs?: number;
 }
@@ -76,6 +83,8 @@ export interface VmCreateOptions {
   diskSizeMib?: number;
   vmm?: VmmChoice;
   accel?: AccelChoice;
+  /** Let the guest reach addresses outside itself (off by default). */
+  egress?: boolean;
 }
 
 export interface VmExecStreams {
@@ -91,7 +100,20 @@ type Progress = (ev: ProgressEvent) => void;
 
 /** The guest address under QEMU user networking (slirp's defaults). */
 const USER_NET = { ip: '10.0.2.15', cidr: '10.0.2.15/24', gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
-const HOST_ADDRESS = '127.0.0.1';
+/** Loopback addresses of VMs: 127.77.0.1 is banger's DNS server; VMs get .0.2 upwards. */
+const LOOPBACK_PREFIX = [127, 77];
+
+/** The lowest free per-VM loopback address (all of 127/8 is local on Linux: no setup needed). */
+export function allocateLoopbackAddress(used: ReadonlySet<string>): string {
+  for (let n = 2; n < 65535; n++) {
+    if (n % 256 === 0 || n % 256 === 255) continue;
+    const addr = `${LOOPBACK_PREFIX.join('.')}.${n >> 8}.${n & 255}`;
+    if (!used.has(addr)) return addr;
+  }
+  throw new BangerError(ErrorCode.ResourceExhausted, 'no free loopback address left for another VM', {
+    hint: 'delete VMs you no longer need',
+  });
+}
 
 export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
 
@@ -103,7 +125,10 @@ interface LiveVm {
   connecting?: Promise<SshGuestSession>;
   /** Set while banger itself stops the VM, so its exit is not reported as unexpected. */
   stopping: boolean;
+  /** Aborted when the daemon lets go of the VM: ends the exit watcher and the port watcher. */
   watch: AbortController;
+  /** Guest ports forwarded on the VM's host address. */
+  forwards: Set<number>;
 }
 
 /**
@@ -156,11 +181,12 @@ export class VmService {
       vmm: v.vmm,
       accel: v.accel,
       network: {
-        mode: 'user',
+        mode: v.networkMode,
         hostAddress: v.hostAddress,
         sshPort: v.sshPort,
         guestAddress: v.guestAddress,
         egress: v.egress,
+        forwardedPorts: live ? [...live.forwards].sort((a, b) => a - b) : [],
       },
       dnsName: `${v.name}.vm`,
       pid: live?.handle.pid ?? null,
@@ -227,6 +253,13 @@ export class VmService {
         throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
       const id = randomBytes(6).toString('hex');
       const now = this.now().toISOString();
+      // Skip addresses whose SSH port something else holds (e.g. a VM of another BANGER_HOME).
+      const used = new Set(this.d.vms.list().map((v) => v.hostAddress));
+      let hostAddress = allocateLoopbackAddress(used);
+      while (this.d.uid() === 0 && !(await isPortFree(hostAddress, 22))) {
+        used.add(hostAddress);
+        hostAddress = allocateLoopbackAddress(used);
+      }
       const rec: VmRecord = {
         id,
         name,
@@ -238,11 +271,11 @@ export class VmService {
         vmm: vmmName,
         accelChoice: opts.accel ?? 'auto',
         accel: null,
-        networkMode: 'user',
-        hostAddress: HOST_ADDRESS,
-        sshPort: await pickFreePort(HOST_ADDRESS, this.d.vms.usedSshPorts()),
+        networkMode: 'loopback',
+        hostAddress,
+        sshPort: this.d.uid() === 0 ? 22 : await pickFreePort(hostAddress, this.d.vms.usedSshPorts()),
         guestAddress: USER_NET.ip,
-        egress: false,
+        egress: opts.egress ?? false,
         mac: randomMac(),
         dir: this.d.paths.vmDir(id),
         lastError: null,
@@ -277,6 +310,7 @@ export class VmService {
         await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
         await writeFile(vp.knownHosts, `${record.name}.vm ${hostKey.publicKey}\n`, { mode: 0o644 });
         this.d.log.info({ vm: record.name, id: record.id, image: image.name, vmm: vmmName }, 'vm created');
+        this.d.onVmsChanged?.();
         return this.info(this.d.vms.byId(record.id)!);
       } catch (e) {
         // Nothing half-made stays behind: a failed create leaves no record and no files.
@@ -332,7 +366,7 @@ export class VmService {
       const spec = this.launchSpec(vm, image, accel, vp);
       const handle = await driver.launch(spec, signal);
       await writeHandles(vp.handles, handle);
-      const live: LiveVm = { handle, driver, stopping: false, watch: new AbortController() };
+      const live: LiveVm = { handle, driver, stopping: false, watch: new AbortController(), forwards: new Set() };
       this.live.set(id, live);
       this.watchExit(id, live);
       vm = this.d.vms.update(id, { accel, startedAt: this.now().toISOString() });
@@ -355,7 +389,9 @@ export class VmService {
         if (this.live.get(id) === live) live.session = undefined;
       });
       vm = this.d.vms.update(id, { state: 'running' });
+      this.forwardGuestPorts(vm, live);
       this.d.log.info({ vm: vm.name, pid: handle.pid, accel }, 'vm running');
+      this.d.onVmsChanged?.();
       return this.info(vm);
     } catch (e) {
       await this.teardown(id);
@@ -439,6 +475,7 @@ export class VmService {
       await rm(vm.dir, { recursive: true, force: true });
       this.d.vms.delete(vm.id);
       this.d.log.info({ vm: name }, 'vm deleted');
+      this.d.onVmsChanged?.();
       return { deleted: name };
     }, signal);
   }
@@ -501,6 +538,35 @@ export class VmService {
     return vm;
   }
 
+  /** The guest's listening TCP ports, with their processes and whether the host can reach them. */
+  async ports(name: string, signal?: AbortSignal): Promise<VmPorts> {
+    const vm = this.requireRunning(name);
+    const live = this.live.get(vm.id)!;
+    const session = await this.session(vm, signal);
+    const r = await session.exec('ss -H -ltnp', { signal });
+    if (r.code !== 0) throw new BangerError(ErrorCode.Internal, `ss failed in the guest: ${r.stderr.toString().trim()}`);
+    const seen = new Set<string>();
+    const ports = parseSs(r.stdout.toString())
+      .filter((l) => {
+        const key = `${l.address}:${l.port}`;
+        if (seen.has(key)) return false;
+        seen.add(key);
+        return true;
+      })
+      .map((l) => {
+        const forwarded = l.port === 22 || live.forwards.has(l.port);
+        return {
+          port: l.port,
+          address: l.address,
+          process: l.process,
+          forwarded,
+          url: forwarded ? (l.port === 22 ? `ssh://root@${vm.name}.vm` : `http://${vm.name}.vm:${l.port}/`) : null,
+        };
+      })
+      .sort((a, b) => a.port - b.port);
+    return { name: vm.name, dnsName: `${vm.name}.vm`, hostAddress: vm.hostAddress, ports };
+  }
+
   // ---------- reconcile ----------
 
   /**
@@ -513,10 +579,17 @@ export class VmService {
       const handle = await readHandles(vp.handles);
       const driver = this.d.drivers.get(vm.vmm);
       if (handle && driver && (await driver.isAlive(handle, vm.id))) {
-        const live: LiveVm = { handle, driver, stopping: false, watch: new AbortController() };
+        const live: LiveVm = {
+          handle,
+          driver,
+          stopping: false,
+          watch: new AbortController(),
+          forwards: new Set(handle.forwards ?? []),
+        };
         this.live.set(vm.id, live);
         this.watchExit(vm.id, live);
         if (vm.state !== 'running') this.d.vms.update(vm.id, { state: 'running' });
+        this.forwardGuestPorts(vm, live);
         this.d.log.info({ vm: vm.name, pid: handle.pid }, 'adopted running vm');
         continue;
       }
@@ -545,6 +618,52 @@ export class VmService {
   }
 
   // ---------- internals ----------
+
+  /**
+   * Keeps one forward per listening guest port on the VM's own host address while the VM runs (loopback
+   * networking), so `NAME.vm:PORT` reaches a server started in the guest. Runs in the background until the
+   * daemon lets go of the VM; the current set is kept in handles.json for a restarted daemon.
+   */
+  private forwardGuestPorts(vm: VmRecord, live: LiveVm): void {
+    const pf = live.driver.portForwarding;
+    if (vm.networkMode !== 'loopback' || !pf) return;
+    const signal = live.watch.signal;
+    const handlesPath = this.d.paths.vm(vm.id).handles;
+    const fwd = (port: number) => ({ hostAddress: vm.hostAddress, hostPort: port, guestPort: port });
+    let applying = Promise.resolve();
+    const apply = (wanted: Set<number>) => {
+      applying = applying
+        .then(async () => {
+          for (const port of [...live.forwards].filter((p) => !wanted.has(p))) {
+            await pf.removeForward(live.handle, fwd(port), signal).catch(() => undefined);
+            live.forwards.delete(port);
+          }
+          for (const port of [...wanted].filter((p) => !live.forwards.has(p))) {
+            try {
+              await pf.addForward(live.handle, fwd(port), signal);
+              live.forwards.add(port);
+            } catch (e) {
+              this.d.log.warn({ vm: vm.name, port, err: (e as Error).message }, 'could not forward guest port');
+            }
+          }
+          if (!signal.aborted)
+            await writeHandles(handlesPath, { ...live.handle, forwards: [...live.forwards].sort((a, b) => a - b) });
+          this.d.log.info({ vm: vm.name, ports: [...live.forwards] }, 'guest port forwards');
+        })
+        .catch(() => undefined);
+    };
+    void (async () => {
+      while (!signal.aborted) {
+        try {
+          const session = await this.session(vm, signal);
+          await watchGuestPorts(session, vm.guestAddress, apply, signal);
+        } catch {
+          /* not reachable right now: try again below */
+        }
+        await sleep(2000, undefined, { signal }).catch(() => undefined);
+      }
+    })();
+  }
 
   private watchExit(id: string, live: LiveVm): void {
     live.driver.waitExit(live.handle, live.watch.signal).then(

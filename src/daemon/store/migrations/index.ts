@@ -62,4 +62,11 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE vms ADD COLUMN prepared_at TEXT;
     `,
   },
+  {
+    version: 3,
+    name: 'per-VM loopback addresses',
+    sql: `
+      UPDATE vms SET network_mode = 'loopback' WHERE network_mode = 'user';
+    `,
+  },
 ];

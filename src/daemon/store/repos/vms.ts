@@ -14,7 +14,8 @@ export interface VmRecord {
   /** What the user asked for; `accel` is what the last boot used. */
   accelChoice: 'auto' | 'kvm' | 'tcg';
   accel: 'kvm' | 'tcg' | null;
-  networkMode: 'user';
+  /** loopback: QEMU user networking behind a per-VM 127.x address; tap: a tap on banger's bridge. */
+  networkMode: 'loopback' | 'tap';
   hostAddress: string;
   sshPort: number;
   guestAddress: string;
@@ -40,7 +41,7 @@ interface Row {
   vmm: VmRecord['vmm'];
   accel_choice: VmRecord['accelChoice'];
   accel: VmRecord['accel'];
-  network_mode: 'user';
+  network_mode: VmRecord['networkMode'];
   host_address: string;
   ssh_port: number;
   guest_address: string;

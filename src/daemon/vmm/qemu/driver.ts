@@ -5,7 +5,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, cancelled, toBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../exec.js';
-import type { DriverAvailability, LaunchSpec, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
+import type { DriverAvailability, LaunchSpec, PortForwarding, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { qemuArgv, qemuNameOption } from './argv.js';
 import { QmpClient } from './qmp.js';
@@ -277,6 +277,24 @@ export class QemuDriver implements VmmDriver {
     const qmp = await QmpClient.connect(handle.controlSocketPath, { signal, timeoutMs: 5000 });
     try {
       await qmp.execute('system_powerdown', undefined, { signal, timeoutMs: 5000 });
+    } finally {
+      qmp.close();
+    }
+  }
+
+  /** Runtime forwards through HMP `hostfwd_add` / `hostfwd_remove` on the user-mode netdev `n0`. */
+  readonly portForwarding: PortForwarding = {
+    addForward: (h, f, signal) => this.hmp(h, `hostfwd_add n0 tcp:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`, signal),
+    removeForward: (h, f, signal) => this.hmp(h, `hostfwd_remove n0 tcp:${f.hostAddress}:${f.hostPort}`, signal),
+  };
+
+  /** Runs a human-monitor command; HMP reports failures as text, which becomes an error here. */
+  private async hmp(handle: VmHandle, commandLine: string, signal?: AbortSignal): Promise<void> {
+    const qmp = await QmpClient.connect(handle.controlSocketPath, { signal, timeoutMs: 5000 });
+    try {
+      const out = await qmp.execute<string>('human-monitor-command', { 'command-line': commandLine }, { signal, timeoutMs: 5000 });
+      if (typeof out === 'string' && out.trim() !== '')
+        throw new BangerError(ErrorCode.FailedPrecondition, `qemu refused \`${commandLine}\`: ${out.trim()}`);
     } finally {
       qmp.close();
     }
