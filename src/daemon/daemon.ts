@@ -20,6 +20,9 @@ import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
 import { HostViews } from './services/host-views.js';
+import { DEFAULT_DNS_ADDRESS, DEFAULT_DNS_PORT, VmDnsServer, type ListenAddress } from './services/dns/server.js';
+import { DnsHostIntegration } from './services/dns/host-integration.js';
+import { dnsHandlers } from './services/dns/handlers.js';
 import { KvmProbeCache } from './vmm/accel.js';
 import { QemuDriver } from './vmm/qemu/driver.js';
 import { FirecrackerDriver } from './vmm/firecracker/driver.js';
@@ -49,12 +52,13 @@ function ensureClientKey(paths: Paths): { privateKey: string; publicKey: string 
   return kp;
 }
 
-
 export interface DaemonOptions {
   paths: Paths;
   log: Logger;
   /** Builds images; default: mmdebstrap from the host's mirror. Tests inject a fake. */
   build?: ImageBuilder;
+  /** Where the DNS server listens and which hosts file `dns install` edits; tests use a free port and a temp file. */
+  dns?: { listen: ListenAddress[]; hostsFile?: string };
   /** Called when a client asks the daemon to stop (daemon.stop). */
   onStopRequest: () => void;
 }
@@ -86,7 +90,29 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const accel = new KvmAccelResolver({ qemu, cache: new KvmProbeCache(paths.probeCache), log });
   const tscKhz = hostTscKhz(await readFile('/proc/cpuinfo', 'utf8').catch(() => ''));
 
-  const hostViews = new HostViews({ paths, vms: vmRepo, log });
+  const dnsVms = () => vmRepo.list().map((v) => ({ name: v.name, address: v.hostAddress }));
+  const dnsServer = new VmDnsServer({
+    lookup: (n) => dnsVms().find((v) => v.name === n.toLowerCase())?.address,
+    reverse: (ip) => dnsVms().find((v) => v.address === ip)?.name,
+    log: log.child({ service: 'dns' }),
+  });
+  await dnsServer
+    .listen(opts.dns?.listen ?? [{ host: DEFAULT_DNS_ADDRESS, port: DEFAULT_DNS_PORT }])
+    .catch((err: unknown) => log.warn({ err }, 'DNS server not started: .vm names will not resolve through DNS'));
+  const dnsHost = new DnsHostIntegration({
+    stateFile: paths.dnsState,
+    hostsFile: opts.dns?.hostsFile ?? '/etc/hosts',
+    dnsAddress: DEFAULT_DNS_ADDRESS,
+    run: runCommand,
+    log,
+  });
+  await dnsHost.reapply(dnsVms()).catch((err: unknown) => log.warn({ err }, 'DNS host integration not re-applied'));
+  const hostViews = new HostViews({
+    paths,
+    vms: vmRepo,
+    log,
+    listeners: [async (list) => dnsHost.sync(list)],
+  });
   const images = new ImageService({
     paths,
     images: imageRepo,
@@ -107,7 +133,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     uid: () => process.getuid?.() ?? 0,
     onVmsChanged: () => void hostViews.sync(),
   });
-  const workspaces = new WorkspaceService({ vms, repo: vmRepo, run: runCommand, log: log.child({ service: 'workspace' }) });
+  const workspaces = new WorkspaceService({
+    vms,
+    repo: vmRepo,
+    run: runCommand,
+    log: log.child({ service: 'workspace' }),
+  });
   const doctor = new DoctorService({
     paths,
     drivers,
@@ -127,25 +158,28 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const server = new RpcServer({
     socketPath: paths.socket,
     log,
-    handlers: buildHandlers(
-      {
-        vms,
-        workspaces,
-        images,
-        doctor,
-        status: () => ({
-          pid: process.pid,
-          version: VERSION,
-          home: paths.root,
-          socket: paths.socket,
-          logFile: paths.daemonLog,
-          startedAt: startedAt.toISOString(),
-          vms: { total: vmRepo.list().length, running: vms.runningCount() },
-        }),
-        shutdown: () => setImmediate(opts.onStopRequest),
-      },
-      execs,
-    ),
+    handlers: [
+      ...buildHandlers(
+        {
+          vms,
+          workspaces,
+          images,
+          doctor,
+          status: () => ({
+            pid: process.pid,
+            version: VERSION,
+            home: paths.root,
+            socket: paths.socket,
+            logFile: paths.daemonLog,
+            startedAt: startedAt.toISOString(),
+            vms: { total: vmRepo.list().length, running: vms.runningCount() },
+          }),
+          shutdown: () => setImmediate(opts.onStopRequest),
+        },
+        execs,
+      ),
+      ...dnsHandlers({ dnsHost, listVms: dnsVms }),
+    ],
     onConnection: (c) => execs.attach(c),
   });
   await server.listen();
@@ -158,10 +192,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       stopped = true;
       log.info('bangerd stopping (VMs keep running)');
       await server.close();
+      await dnsServer.close();
       vms.detachAll();
       db.close();
       rmSync(paths.daemonPidFile, { force: true });
     },
   };
 }
-

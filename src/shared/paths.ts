@@ -41,6 +41,10 @@ export class Paths {
   get probeCache(): string {
     return join(this.root, 'probes.json');
   }
+  /** What `banger dns install` changed on the host, so uninstall can undo exactly that. */
+  get dnsState(): string {
+    return join(this.root, 'dns.json');
+  }
   get sshDir(): string {
     return join(this.root, 'ssh');
   }

@@ -19,6 +19,7 @@ import { Paths } from '../../src/shared/paths.js';
 
 const home = mkdtempSync(join(tmpdir(), 'banger-int-'));
 const paths = new Paths(home);
+const dns = { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') };
 let daemon: RunningDaemon;
 let client: BangerClient;
 let buildAborted = false;
@@ -54,7 +55,7 @@ const code = async (p: Promise<unknown>): Promise<BangerError> => {
 
 void describe('bangerd in-process', () => {
   before(async () => {
-    daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, onStopRequest: () => undefined });
+    daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, dns, onStopRequest: () => undefined });
     client = await BangerClient.connect(paths.socket);
   });
   after(async () => {
@@ -123,7 +124,7 @@ void describe('bangerd in-process', () => {
   void it('keeps its records across a restart', async () => {
     client.close();
     await daemon.stop();
-    daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, onStopRequest: () => undefined });
+    daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, dns, onStopRequest: () => undefined });
     client = await BangerClient.connect(paths.socket);
     assert.deepEqual((await client.call(Methods.imageList, undefined)).map((i) => i.name), ['tiny']);
     await client.call(Methods.imageDelete, { name: 'tiny' });

@@ -5,7 +5,7 @@ import { renderKnownHosts, renderVmSshInclude } from '../../shared/ssh-config.js
 import type { VmRepo } from '../store/repos/vms.js';
 
 /** Something else that must follow the set of VMs and their addresses (the DNS hosts block). */
-export type VmAddressListener = (vms: { name: string; address: string }[]) => Promise<void>;
+export type VmAddressListener = (vms: { name: string; address: string }[]) => Promise<void> | void;
 
 /**
  * Files on the host that mirror the VMs: the ssh_config include (`Host NAME.vm` blocks) and the
