@@ -20,7 +20,8 @@ import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
 import { HostViews } from './services/host-views.js';
-import { DEFAULT_DNS_ADDRESS, DEFAULT_DNS_PORT, VmDnsServer, type ListenAddress } from './services/dns/server.js';
+import { VmDnsServer, type ListenAddress } from './services/dns/server.js';
+import { loadConfig } from '../shared/config.js';
 import { DnsHostIntegration } from './services/dns/host-integration.js';
 import { dnsHandlers } from './services/dns/handlers.js';
 import { KvmProbeCache } from './vmm/accel.js';
@@ -70,6 +71,7 @@ export interface RunningDaemon {
 
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const { paths, log } = opts;
+  const config = loadConfig(paths.config);
   ensureStateDir(paths);
 
   const startedAt = new Date();
@@ -97,12 +99,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     log: log.child({ service: 'dns' }),
   });
   await dnsServer
-    .listen(opts.dns?.listen ?? [{ host: DEFAULT_DNS_ADDRESS, port: DEFAULT_DNS_PORT }])
+    .listen(opts.dns?.listen ?? [{ host: config.dns.address, port: config.dns.port }])
     .catch((err: unknown) => log.warn({ err }, 'DNS server not started: .vm names will not resolve through DNS'));
   const dnsHost = new DnsHostIntegration({
     stateFile: paths.dnsState,
     hostsFile: opts.dns?.hostsFile ?? '/etc/hosts',
-    dnsAddress: DEFAULT_DNS_ADDRESS,
+    dnsAddress: config.dns.address,
     run: runCommand,
     log,
   });

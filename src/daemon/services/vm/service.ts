@@ -11,7 +11,7 @@ import {
   notFound,
 } from '../../../errors/index.js';
 import type { AccelChoice, ProgressEvent, VmInfo, VmmChoice } from '../../../protocol/types.js';
-import type { VmPorts } from '../../../protocol/methods.js';
+import type { VmCreateParams, VmPorts } from '../../../protocol/methods.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../exec.js';
@@ -75,17 +75,8 @@ export interface VmServiceDeps {
   bootTimeoutMs?: number;
 }
 
-export interface VmCreateOptions {
-  name?: string;
-  image?: string;
-  cpus?: number;
-  memoryMib?: number;
-  diskSizeMib?: number;
-  vmm?: VmmChoice;
-  accel?: AccelChoice;
-  /** Let the guest reach addresses outside itself (off by default). */
-  egress?: boolean;
-}
+/** What vm.create takes, minus the RPC plumbing. */
+export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start'>;
 
 export interface VmExecStreams {
   stdin?: Readable;

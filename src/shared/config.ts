@@ -1,0 +1,74 @@
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { BangerError, ErrorCode } from '../errors/index.js';
+
+/**
+ * The daemon's configuration: `$BANGER_HOME/config.json`, every key optional. Defaults are applied here
+ * and nowhere else; a bad value is refused with an error naming its key.
+ */
+const schema = z
+  .object({
+    network: z
+      .object({
+        /** How new VMs are networked unless `--network` says otherwise. */
+        defaultMode: z.enum(['loopback', 'tap']).default('loopback'),
+        tap: z
+          .object({
+            bridge: z
+              .string()
+              .regex(/^[a-zA-Z0-9_-]{1,15}$/, 'an interface name of 1-15 letters, digits, - or _')
+              .default('banger0'),
+            subnet: z
+              .string()
+              .regex(/^\d{1,3}(\.\d{1,3}){3}\/(1[6-9]|2[0-9])$/, 'an IPv4 CIDR between /16 and /29, e.g. 172.30.0.0/24')
+              .default('172.30.0.0/24'),
+          })
+          .strict()
+          .default({}),
+      })
+      .strict()
+      .default({}),
+    dns: z
+      .object({
+        address: z.string().ip({ version: 'v4' }).default('127.77.0.1'),
+        port: z.number().int().min(1).max(65535).default(53),
+      })
+      .strict()
+      .default({}),
+  })
+  .strict();
+
+export type BangerConfig = z.infer<typeof schema>;
+
+export const DEFAULT_CONFIG: BangerConfig = schema.parse({});
+
+/** Validates a parsed config object; the error names the first bad key. */
+export function parseConfig(raw: unknown, source = 'config.json'): BangerConfig {
+  const r = schema.safeParse(raw ?? {});
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  const key = issue.path.join('.') || '(top level)';
+  throw new BangerError(ErrorCode.InvalidArgument, `${source}: ${key}: ${issue.message}`, {
+    hint: `fix or remove that key in ${source}`,
+  });
+}
+
+/** Reads the config file; a missing file means all defaults. */
+export function loadConfig(path: string): BangerConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return DEFAULT_CONFIG;
+    throw e;
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new BangerError(ErrorCode.InvalidArgument, `${path} is not valid JSON: ${(e as Error).message}`, {
+      hint: `fix it, or remove it to use the defaults`,
+    });
+  }
+  return parseConfig(raw, path);
+}
