@@ -5,6 +5,7 @@ import { CliContext } from './context.js';
 import { out } from './output.js';
 import * as daemon from './commands/daemon/index.js';
 import * as dns from './commands/dns.js';
+import * as network from './commands/network.js';
 import * as doctor from './commands/doctor.js';
 import * as image from './commands/image/index.js';
 import * as sshConfig from './commands/ssh-config.js';
@@ -45,6 +46,7 @@ async function main(argv: string[]): Promise<number> {
   daemon.register(program, ctx);
   doctor.register(program, ctx);
   dns.register(program, ctx);
+  network.register(program, ctx);
   sshConfig.register(program, ctx);
   for (const c of program.commands) c.enablePositionalOptions?.();
 

@@ -20,6 +20,8 @@ import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
 import { HostViews } from './services/host-views.js';
+import { TapNetwork } from './services/network/tap.js';
+import { networkHandlers } from './services/network/handlers.js';
 import { VmDnsServer, type ListenAddress } from './services/dns/server.js';
 import { loadConfig } from '../shared/config.js';
 import { DnsHostIntegration } from './services/dns/host-integration.js';
@@ -109,6 +111,19 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     log,
   });
   await dnsHost.reapply(dnsVms()).catch((err: unknown) => log.warn({ err }, 'DNS host integration not re-applied'));
+  const tap = new TapNetwork({
+    run: runCommand,
+    statePath: paths.tapState,
+    config: config.network.tap,
+    log: log.child({ service: 'tap' }),
+  });
+  const tapNetworking = {
+    supported: (signal?: AbortSignal) => TapNetwork.supported(runCommand, signal),
+    attach: tap.attach.bind(tap),
+    detach: tap.detach.bind(tap),
+    reconcile: tap.reconcile.bind(tap),
+  };
+  const dnsOnBridge = new Set<string>();
   const hostViews = new HostViews({
     paths,
     vms: vmRepo,
@@ -134,6 +149,14 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     clientKey,
     uid: () => process.getuid?.() ?? 0,
     onVmsChanged: () => void hostViews.sync(),
+    tap: tapNetworking,
+    defaultNetwork: config.network.defaultMode,
+    onTapAttached: async (gateway) => {
+      // Guests on the bridge reach banger's DNS, and nothing else of the host, at the bridge address.
+      if (dnsOnBridge.has(gateway)) return;
+      await dnsServer.listen([{ host: gateway, port: config.dns.port }]);
+      dnsOnBridge.add(gateway);
+    },
   });
   const workspaces = new WorkspaceService({
     vms,
@@ -145,6 +168,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     paths,
     drivers,
     run: runCommand,
+    tapSupported: (signal) => TapNetwork.supported(runCommand, signal),
     kvm: async (signal) => {
       const ready = imageRepo.list().find((i) => i.status === 'ready');
       if (!ready) return accel.lastVerdict();
@@ -181,6 +205,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         execs,
       ),
       ...dnsHandlers({ dnsHost, listVms: dnsVms }),
+      ...networkHandlers({ tap, vms, defaultMode: config.network.defaultMode, listVms: () => vmRepo.list() }),
     ],
     onConnection: (c) => execs.attach(c),
   });

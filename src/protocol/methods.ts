@@ -43,6 +43,8 @@ export interface VmCreateParams extends WithProgress {
   start?: boolean;
   /** Let the guest reach the outside (off by default). */
   egress?: boolean;
+  /** loopback (default): user networking behind a per-VM 127.x address; tap: a tap on banger's bridge. */
+  network?: 'loopback' | 'tap';
 }
 
 export interface VmStopParams extends VmRef {
@@ -90,6 +92,18 @@ export interface VmPorts {
     forwarded: boolean;
     url: string | null;
   }[];
+}
+
+export interface NetworkStatus {
+  defaultMode: 'loopback' | 'tap';
+  loopback: { supported: true };
+  tap: {
+    supported: boolean;
+    reason?: string;
+    bridge?: { name: string; subnet: string; gateway: string; exists: boolean; up: boolean };
+    rulesInstalled?: boolean;
+    vms?: { vmId: string; name: string | null; tap: string; address: string; egress: boolean }[];
+  };
 }
 
 export interface ImageBuildParams extends WithProgress {
@@ -163,6 +177,8 @@ export const Methods = {
   vmExec: method<VmExecParams, { exitCode: number }>('vm.exec'),
   vmSshTarget: method<VmRef, VmSshTarget>('vm.ssh-target'),
   vmPorts: method<VmRef, VmPorts>('vm.ports'),
+  networkStatus: method<void, NetworkStatus>('network.status'),
+  networkDown: method<void, NetworkStatus>('network.down'),
   vmWorkspacePrepare: method<WorkspacePrepareParams, WorkspacePrepareResult>('vm.workspace.prepare'),
   vmWorkspaceExport: method<WorkspaceExportParams, WorkspaceExportResult>('vm.workspace.export'),
 } as const;

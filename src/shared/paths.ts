@@ -45,6 +45,10 @@ export class Paths {
   get dnsState(): string {
     return join(this.root, 'dns.json');
   }
+  /** What tap networking created on the host (bridge, taps, rules), so it can all be removed again. */
+  get tapState(): string {
+    return join(this.root, 'network', 'tap.json');
+  }
   get sshDir(): string {
     return join(this.root, 'ssh');
   }

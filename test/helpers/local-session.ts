@@ -31,6 +31,8 @@ export class LocalShellSession implements GuestSession {
       child.on('error', reject);
       child.on('close', (code, sig) => {
         opts.stdin?.unpipe(child.stdin);
+        // Like the SSH session: a command that ended stops its input stream (and whatever feeds it).
+        opts.stdin?.destroy();
         resolve({
           code: code ?? 128 + (sig === 'SIGKILL' ? 9 : sig === 'SIGTERM' ? 15 : 1),
           stdout: Buffer.concat(out),

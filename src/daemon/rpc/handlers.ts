@@ -96,6 +96,7 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry): Handler<any>
         accel: choice('auto', 'kvm', 'tcg'),
         start: z.boolean().optional(),
         egress: z.boolean().optional(),
+        network: choice('loopback', 'tap'),
         progressToken,
       }),
       async (p, ctx) => {

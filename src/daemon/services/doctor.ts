@@ -10,6 +10,8 @@ export interface DoctorDeps {
   run: CommandRunner;
   /** The cached or probed KVM verdict; undefined when no image exists to probe with yet. */
   kvm: (signal?: AbortSignal) => Promise<{ usable: boolean; reason: string } | undefined>;
+  /** Whether tap networking can work here. */
+  tapSupported: (signal?: AbortSignal) => Promise<{ ok: boolean; reason?: string }>;
 }
 
 /** Checks the host for what banger needs; each failing check says how to fix it. */
@@ -66,6 +68,23 @@ export class DoctorService {
             },
       );
     }
+
+    checks.push({
+      name: 'network: loopback',
+      status: 'ok',
+      detail: 'a 127.77.x.y address per VM, QEMU user networking (restrict=on unless --egress)',
+    });
+    const tap = await this.d.tapSupported(signal);
+    checks.push(
+      tap.ok
+        ? { name: 'network: tap', status: 'ok', detail: 'bridge, taps and nftables isolation can be set up' }
+        : {
+            name: 'network: tap',
+            status: 'warn',
+            detail: `not available: ${tap.reason ?? 'unknown'}`,
+            fix: 'run bangerd as root on a host with /dev/net/tun, iproute2 and nftables (apt-get install nftables)',
+          },
+    );
 
     try {
       const fs = await statfs(this.d.paths.root);

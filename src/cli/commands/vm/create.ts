@@ -13,6 +13,7 @@ export interface MachineFlags {
   vmm?: 'auto' | 'qemu' | 'firecracker';
   accel?: 'auto' | 'kvm' | 'tcg';
   egress?: boolean;
+  network?: 'loopback' | 'tap';
 }
 
 /** The flags vm create and vm run share. */
@@ -24,6 +25,9 @@ export function addMachineFlags(cmd: Command): Command {
     .option('--memory <size>', 'memory, e.g. 1024M or 2G (default 1G)', (v) => parseMib('--memory', v))
     .option('--disk-size <size>', 'size of the work disk mounted at /root, e.g. 4G (default 4G)', (v) => parseMib('--disk-size', v))
     .addOption(new Option('--vmm <vmm>', 'virtual machine monitor').choices(['auto', 'qemu', 'firecracker']).default('auto'))
+    .addOption(
+      new Option('--network <mode>', 'loopback: a 127.77.x.y address per VM (default); tap: an address on banger\'s bridge (root)').choices(['loopback', 'tap']),
+    )
     .option('--egress', 'let the guest reach the network outside the VM (off by default: it reaches nothing)')
     .addOption(
       new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices(['auto', 'kvm', 'tcg']).default('auto'),
@@ -40,6 +44,7 @@ export function machineParams(o: MachineFlags): VmCreateParams {
     vmm: o.vmm,
     accel: o.accel,
     egress: o.egress,
+    network: o.network,
   };
 }
 

@@ -24,6 +24,7 @@ import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { Accel, DriverRegistry, LaunchSpec, VmHandle, VmmDriver, VmmName } from '../../vmm/driver.js';
 import type { ImageService, ReadyImage } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
+import type { TapAttachment } from '../network/tap.js';
 import { readHandles, removeRuntimeFiles, writeHandles } from './handles.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { isPortFree, pickFreePort } from './ports.js';
@@ -52,6 +53,17 @@ export interface AccelResolver {
   kvmUsable(image: ReadyImage, signal?: AbortSignal): Promise<boolean>;
 }
 
+/** What the VM service needs of tap networking (see network/tap.ts). */
+export interface TapNetworking {
+  /** Whether tap mode can work on this host, and why not. */
+  supported(signal?: AbortSignal): Promise<{ ok: boolean; reason?: string }>;
+  /** Creates (or finds again) the VM's tap; the same VM keeps its address. */
+  attach(vmId: string, opts: { egress: boolean; mac: string }, signal?: AbortSignal): Promise<TapAttachment>;
+  detach(vmId: string, signal?: AbortSignal): Promise<void>;
+  /** Removes what belongs to VMs not in `live`, recreates what live VMs miss. */
+  reconcile(live: ReadonlySet<string>, signal?: AbortSignal): Promise<void>;
+}
+
 /** Builds the guest kernel command line for a boot. */
 export type KernelCmdline = (vm: VmRecord) => string;
 
@@ -67,8 +79,14 @@ export interface VmServiceDeps {
   /** banger's client key pair, authorized in every guest. */
   clientKey: { privateKey: string; publicKey: string };
   now?: () => Date;
+  /** Tap networking (bridge, taps, isolation rules). */
+  tap: TapNetworking;
+  /** Network mode of VMs created without --network (daemon config). */
+  defaultNetwork: 'loopback' | 'tap';
   /** Told whenever the set of VMs or their addresses/ports change (host ssh config, DNS). */
   onVmsChanged?: () => void;
+  /** Told the bridge address when a tap VM starts (banger's DNS listens there for guests). */
+  onTapAttached?: (gateway: string) => Promise<void>;
   /** The daemon's uid: root forwards SSH on port 22 of each VM's address, others on a free high port. */
   uid: () => number;
   /** How long a boot may take until SSH answers. */
@@ -234,6 +252,11 @@ export class VmService {
     if (!Number.isInteger(diskSizeMib) || diskSizeMib < 64)
       throw invalidArgument(`--disk-size must be at least 64 MiB, got ${diskSizeMib}`);
 
+    const networkMode = opts.network ?? this.d.defaultNetwork;
+    if (networkMode === 'tap') {
+      const sup = await this.d.tap.supported(signal);
+      if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
+    }
     const image = await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
     const vmmName = await this.chooseVmm(opts.vmm ?? 'auto', image, signal);
     const driver = this.driver(vmmName);
@@ -244,12 +267,21 @@ export class VmService {
         throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
       const id = randomBytes(6).toString('hex');
       const now = this.now().toISOString();
-      // Skip addresses whose SSH port something else holds (e.g. a VM of another BANGER_HOME).
-      const used = new Set(this.d.vms.list().map((v) => v.hostAddress));
-      let hostAddress = allocateLoopbackAddress(used);
-      while (this.d.uid() === 0 && !(await isPortFree(hostAddress, 22))) {
-        used.add(hostAddress);
+      const mac = randomMac();
+      let hostAddress: string;
+      let guestAddress: string = USER_NET.ip;
+      if (networkMode === 'tap') {
+        // The tap and the guest's address exist from create on: the address is the VM's, like a name.
+        const t = await this.d.tap.attach(id, { egress: opts.egress ?? false, mac }, signal);
+        hostAddress = guestAddress = t.guestCidr.split('/')[0]!;
+      } else {
+        // Skip addresses whose SSH port something else holds (e.g. a VM of another BANGER_HOME).
+        const used = new Set(this.d.vms.list().map((v) => v.hostAddress));
         hostAddress = allocateLoopbackAddress(used);
+        while (this.d.uid() === 0 && !(await isPortFree(hostAddress, 22))) {
+          used.add(hostAddress);
+          hostAddress = allocateLoopbackAddress(used);
+        }
       }
       const rec: VmRecord = {
         id,
@@ -262,12 +294,13 @@ export class VmService {
         vmm: vmmName,
         accelChoice: opts.accel ?? 'auto',
         accel: null,
-        networkMode: 'loopback',
+        networkMode,
         hostAddress,
-        sshPort: this.d.uid() === 0 ? 22 : await pickFreePort(hostAddress, this.d.vms.usedSshPorts()),
-        guestAddress: USER_NET.ip,
+        sshPort:
+          networkMode === 'tap' || this.d.uid() === 0 ? 22 : await pickFreePort(hostAddress, this.d.vms.usedSshPorts()),
+        guestAddress,
         egress: opts.egress ?? false,
-        mac: randomMac(),
+        mac,
         dir: this.d.paths.vmDir(id),
         lastError: null,
         createdAt: now,
@@ -306,6 +339,7 @@ export class VmService {
       } catch (e) {
         // Nothing half-made stays behind: a failed create leaves no record and no files.
         await rm(vp.dir, { recursive: true, force: true });
+        if (record.networkMode === 'tap') await this.d.tap.detach(record.id).catch(() => undefined);
         this.d.vms.delete(record.id);
         throw e;
       }
@@ -331,10 +365,19 @@ export class VmService {
       if (notice) progress({ kind: 'notice', message: notice });
 
       progress({ kind: 'step', step: 'write seed', index: 2, total });
-      let sshPort = vm.sshPort;
-      if (!(await isPortFree(vm.hostAddress, sshPort))) {
-        sshPort = await pickFreePort(vm.hostAddress, this.d.vms.usedSshPorts());
-        vm = this.d.vms.update(id, { sshPort });
+      let net: { ipCidr: string; gateway: string; dns: string; tapName?: string } = {
+        ipCidr: USER_NET.cidr,
+        gateway: USER_NET.gateway,
+        dns: USER_NET.dns,
+      };
+      if (vm.networkMode === 'tap') {
+        const t = await this.d.tap.attach(id, { egress: vm.egress, mac: vm.mac }, signal);
+        net = { ipCidr: t.guestCidr, gateway: t.gateway, dns: t.dns, tapName: t.tapName };
+        const ip = t.guestCidr.split('/')[0]!;
+        if (ip !== vm.hostAddress) vm = this.d.vms.update(id, { hostAddress: ip, guestAddress: ip });
+        await this.d.onTapAttached?.(t.gateway);
+      } else if (!(await isPortFree(vm.hostAddress, vm.sshPort))) {
+        vm = this.d.vms.update(id, { sshPort: await pickFreePort(vm.hostAddress, this.d.vms.usedSshPorts()) });
       }
       const hostPrivateKey = await readFile(vp.hostKeyPrivate, 'utf8');
       const hostPublicKey = (await readFile(vp.hostKeyPublic, 'utf8')).trim();
@@ -342,9 +385,9 @@ export class VmService {
         vp.seedDisk,
         await buildSeedTar({
           hostname: vm.name,
-          ipCidr: USER_NET.cidr,
-          gateway: USER_NET.gateway,
-          dns: USER_NET.dns,
+          ipCidr: net.ipCidr,
+          gateway: net.gateway,
+          dns: net.dns,
           hostPrivateKey,
           hostPublicKey,
           authorizedKeys: this.d.clientKey.publicKey,
@@ -354,7 +397,7 @@ export class VmService {
       await writeFile(vp.consoleLog, '', { mode: 0o600 });
 
       progress({ kind: 'step', step: `boot (${vm.vmm}, ${accel})`, index: 3, total });
-      const spec = this.launchSpec(vm, image, accel, vp);
+      const spec = this.launchSpec(vm, image, accel, vp, net.tapName);
       const handle = await driver.launch(spec, signal);
       await writeHandles(vp.handles, handle);
       const live: LiveVm = { handle, driver, stopping: false, watch: new AbortController(), forwards: new Set() };
@@ -463,6 +506,7 @@ export class VmService {
           throw failedPrecondition(`VM '${name}' is running`, `stop it first (\`banger vm stop ${name}\`) or use --force`);
         await this.stopLocked(vm.id, { force: true }, signal);
       }
+      if (vm.networkMode === 'tap') await this.d.tap.detach(vm.id, signal);
       await rm(vm.dir, { recursive: true, force: true });
       this.d.vms.delete(vm.id);
       this.d.log.info({ vm: name }, 'vm deleted');
@@ -593,6 +637,13 @@ export class VmService {
         this.d.log.info({ vm: vm.name }, 'vm marked stopped: no live process');
       }
     }
+    const tapVms = this.d.vms.list().filter((v) => v.networkMode === 'tap');
+    if (tapVms.length > 0) {
+      await this.d.tap
+        // Stopped VMs keep their tap and address; only what deleted VMs left behind goes.
+        .reconcile(new Set(tapVms.map((v) => v.id)))
+        .catch((e: unknown) => this.d.log.warn({ err: (e as Error).message }, 'tap network reconcile failed'));
+    }
   }
 
   /** Closes connections and watchers; VMs keep running (they outlive the daemon). */
@@ -602,6 +653,11 @@ export class VmService {
       live.session?.close();
     }
     this.live.clear();
+  }
+
+  /** Names of running VMs in tap mode (network down refuses while there are any). */
+  runningTapVms(): string[] {
+    return this.d.vms.list().filter((v) => v.networkMode === 'tap' && this.live.has(v.id)).map((v) => v.name);
   }
 
   runningCount(): number {
@@ -691,7 +747,7 @@ export class VmService {
     return [vp.handles, vp.qmpSocket, vp.apiSocket, vp.vsockSocket, vp.pidFile, vp.seedDisk];
   }
 
-  private launchSpec(vm: VmRecord, image: ReadyImage, accel: Accel, vp: VmPaths): LaunchSpec {
+  private launchSpec(vm: VmRecord, image: ReadyImage, accel: Accel, vp: VmPaths, tapName?: string): LaunchSpec {
     const qcow2 = vm.vmm === 'qemu';
     return {
       vmId: vm.id,
@@ -707,7 +763,9 @@ export class VmService {
         { id: 'work', path: vp.workDisk, format: 'raw', readOnly: false },
         { id: 'seed', path: vp.seedDisk, format: 'raw', readOnly: true },
       ],
-      network: { mode: 'user', hostAddress: vm.hostAddress, sshHostPort: vm.sshPort, egress: vm.egress, mac: vm.mac },
+      network: tapName
+        ? { mode: 'tap', tapName, mac: vm.mac }
+        : { mode: 'user', hostAddress: vm.hostAddress, sshHostPort: vm.sshPort, egress: vm.egress, mac: vm.mac },
       consoleLogPath: vp.consoleLog,
       vmmLogPath: vp.vmmLog,
       controlSocketPath: vm.vmm === 'qemu' ? vp.qmpSocket : vp.apiSocket,

@@ -177,6 +177,23 @@ export interface ExportScriptOptions {
   baseCommit?: string;
   /** Print `git diff-tree --name-status -z` records (parse with parseNameStatus) instead of a patch. */
   nameOnly?: boolean;
+  /**
+   * Print both, from one `git add -A` (the costly part: it stats every file): a decimal byte count
+   * and a newline, that many bytes of name-status records, then the patch (empty when nothing
+   * changed). Split with splitNamesAndPatch. Ignored with nameOnly.
+   */
+  withNames?: boolean;
+}
+
+/** Splits the output of an export script run with withNames into its name-status records and patch. */
+export function splitNamesAndPatch(out: Buffer): { names: Buffer; patch: Buffer } {
+  const nl = out.indexOf(0x0a);
+  const count = nl > 0 ? out.subarray(0, nl).toString('latin1') : '';
+  const n = /^\d+$/.test(count) ? Number(count) : NaN;
+  if (!Number.isSafeInteger(n) || nl + 1 + n > out.length) {
+    throw new BangerError(ErrorCode.Internal, 'the workspace export printed output banger cannot read');
+  }
+  return { names: out.subarray(nl + 1, nl + 1 + n), patch: out.subarray(nl + 1 + n) };
 }
 
 /**
@@ -200,9 +217,18 @@ export function buildExportScript(o: ExportScriptOptions): string {
       hint: 'pass a commit id or ref of the guest repository',
     });
   }
+  const names = 'git diff-tree -r -z --name-status --no-renames "$base" "$tree"';
+  const patch =
+    'git diff-tree -r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --src-prefix=a/ --dst-prefix=b/ "$base" "$tree"';
   const diff = o.nameOnly
-    ? 'git diff-tree -r -z --name-status --no-renames "$base" "$tree"'
-    : 'git diff-tree -r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --src-prefix=a/ --dst-prefix=b/ "$base" "$tree"';
+    ? names
+    : o.withNames
+      ? `${names} > "$tmp/names"
+n=$(wc -c < "$tmp/names")
+printf '%s\\n' $n
+cat -- "$tmp/names"
+if [ -s "$tmp/names" ]; then ${patch}; fi`
+      : patch;
   return `${PRELUDE}dest=${shq(o.guestPath)}
 base_ref=${shq(o.baseCommit ?? '')}
 cd -- "$dest" 2>/dev/null || fail ${WorkspaceScriptExit.NoWorkspace} "no workspace at $dest: import one first"

@@ -169,15 +169,42 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     },
   );
 
-  const out = Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false });
+  const out = Readable.from(coalesce(pack as AsyncIterable<Buffer>, BATCH), { objectMode: false });
   out.once('close', () => {
-    // The consumer went away (or the stream ended): stop git and the file reads.
-    if (!out.readableEnded) abort.abort();
+    // The consumer went away: stop git and the file reads, and fail the entry being written so
+    // produce() ends and removes the temporary history pack.
+    if (out.readableEnded) return;
+    abort.abort();
+    pack.destroy(new BangerError(ErrorCode.Cancelled, 'import cancelled'));
   });
   return out;
 }
 
 const ignore = () => undefined;
+
+/**
+ * Bytes the tar stream hands on at a time. tar-stream emits each header, each small file and each
+ * padding as its own chunk, and every chunk written to the SSH channel becomes at least one SSH
+ * packet the guest's sshd decrypts separately: batching keeps packets full (like tar's 10 KiB
+ * records piped into ssh), which matters for trees of many small files.
+ */
+const BATCH = 1 << 16;
+
+/** Re-chunks a byte stream into chunks of at least `min` bytes (the last one may be shorter). */
+async function* coalesce(src: AsyncIterable<Buffer>, min: number): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of src) {
+    parts.push(c);
+    n += c.length;
+    if (n >= min) {
+      yield parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
+      parts = [];
+      n = 0;
+    }
+  }
+  if (n > 0) yield Buffer.concat(parts, n);
+}
 
 type Header = Partial<TarHeader> & { name: string };
 
@@ -213,12 +240,12 @@ async function addFile(pack: Pack, header: Header, abs: string, signal: AbortSig
     if (input !== null) {
       for await (const chunk of input as AsyncIterable<Buffer>) {
         written += chunk.length;
-        if (!sink.write(chunk)) await new Promise<void>((res) => sink.once('drain', () => res()));
+        if (!sink.write(chunk)) await drained(sink, signal);
       }
     }
   } catch (err) {
     sink.destroy(err as Error);
-    throw (err as Error).name === 'AbortError' ? err : changed(abs, err);
+    throw signal.aborted || (err as Error).name === 'AbortError' ? err : changed(abs, err);
   }
   if (written !== size) {
     const err = changed(abs);
@@ -227,6 +254,25 @@ async function addFile(pack: Pack, header: Header, abs: string, signal: AbortSig
   }
   sink.end(null);
   await done;
+}
+
+/** Resolves when a tar entry can take more data; rejects when it is destroyed or the import is aborted. */
+function drained(sink: ReturnType<Pack['entry']>, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((res, rej) => {
+    const done = (err?: Error) => {
+      sink.off('drain', onDrain);
+      sink.off('close', onClose);
+      signal.removeEventListener('abort', onClose);
+      if (err) rej(err);
+      else res();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(new BangerError(ErrorCode.Cancelled, 'import cancelled'));
+    if (signal.aborted || sink.destroyed) return onClose();
+    sink.once('drain', onDrain);
+    sink.once('close', onClose);
+    signal.addEventListener('abort', onClose, { once: true });
+  });
 }
 
 interface HistoryPack {

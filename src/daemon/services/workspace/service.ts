@@ -21,6 +21,7 @@ import {
   buildExportScript,
   buildImportScript,
   parseNameStatus,
+  splitNamesAndPatch,
   validateGuestPath,
 } from './guest-scripts.js';
 
@@ -64,13 +65,19 @@ export class WorkspaceService {
         const list = await listImportFiles(repo.root, { includeUntracked }, this.d.run, signal);
         const session = await this.d.vms.session(vm, signal);
         let tarError: unknown;
+        let lastProgress = 0;
         const tar = createImportTar(
           { root: repo.root, entries: list.entries, headCommit: repo.headCommit },
           {
             run: this.d.run,
             signal,
-            onProgress: (t) =>
-              progress({ kind: 'bytes', step: 'import', done: t.bytes, total: list.totalBytes, files: t.files }),
+            onProgress: (t) => {
+              // One event per file would be one JSON-RPC notification per file: a few a second is plenty.
+              const now = Date.now();
+              if (now - lastProgress < PROGRESS_INTERVAL_MS && t.files !== list.entries.length) return;
+              lastProgress = now;
+              progress({ kind: 'bytes', step: 'import', done: t.bytes, total: list.totalBytes, files: t.files });
+            },
           },
         );
         tar.on('error', (e) => (tarError ??= e));
@@ -80,10 +87,22 @@ export class WorkspaceService {
           branch: repo.branch,
           identity: repo.identity,
         });
-        const r = await session.exec(script, { stdin: tar, signal });
+        let r;
+        try {
+          r = await session.exec(script, { stdin: tar, signal });
+        } catch (e) {
+          throw (await this.interrupted(vm.name, session, 'import', signal)) ?? e;
+        } finally {
+          // The channel is gone: stop reading files and packing history, and remove the temporary pack.
+          if (!tar.readableEnded) tar.destroy();
+        }
         if (tarError !== undefined) throw toBangerError(tarError);
         const stderr = r.stderr.toString('utf8');
-        if (r.code !== 0) throw scriptError('import', r.code, stderr, guestPath);
+        if (r.code !== 0)
+          throw (
+            (await this.interrupted(vm.name, session, 'import', signal)) ??
+            scriptError('import', r.code, stderr, guestPath)
+          );
         const baseCommit = r.stdout.toString('utf8').trim().split('\n').pop() ?? '';
 
         const notices: string[] = [];
@@ -105,7 +124,10 @@ export class WorkspaceService {
         };
         this.d.repo.update(vm.id, { workspace });
         const files = list.entries.filter((e) => e.kind !== 'dir').length;
-        this.d.log.info({ vm: vm.name, guestPath, source: repo.root, files, bytes: list.totalBytes }, 'workspace prepared');
+        this.d.log.info(
+          { vm: vm.name, guestPath, source: repo.root, files, bytes: list.totalBytes },
+          'workspace prepared',
+        );
         return {
           vm: vm.name,
           workspace,
@@ -117,6 +139,37 @@ export class WorkspaceService {
       },
       signal,
     );
+  }
+
+  /**
+   * After a failed transfer: an error saying the VM stopped (or its connection dropped) while the
+   * transfer ran, or null when the VM is still up and the failure is the transfer's own. Waits for
+   * a `vm stop` in progress to finish (lifecycle lock), so the answer is settled.
+   */
+  private async interrupted(
+    name: string,
+    session: { isClosed: boolean },
+    what: 'import' | 'export',
+    signal?: AbortSignal,
+  ): Promise<BangerError | null> {
+    if (signal?.aborted) return null;
+    const again = `\`banger vm workspace ${what === 'import' ? 'prepare' : 'export'}\` again`;
+    const hint = `start it with \`banger vm start ${name}\`, then run ${again}`;
+    const nothing = what === 'import' ? '; the import was not recorded' : '';
+    try {
+      await this.d.vms.runningUnderLock(name, signal);
+    } catch {
+      return new BangerError(ErrorCode.Unavailable, `VM '${name}' stopped during the workspace ${what}${nothing}`, {
+        hint,
+      });
+    }
+    if (session.isClosed)
+      return new BangerError(
+        ErrorCode.Unavailable,
+        `the connection to VM '${name}' was lost during the workspace ${what}${nothing}`,
+        { hint: `check the VM with \`banger vm show ${name}\`, then run ${again}` },
+      );
+    return null;
   }
 
   async export(p: WorkspaceExportParams, signal?: AbortSignal): Promise<WorkspaceExportResult> {
@@ -132,24 +185,32 @@ export class WorkspaceService {
           );
         const guestPath = vm.workspace.guestPath;
         const session = await this.d.vms.session(vm, signal);
-        const names = await session.exec(
-          buildExportScript({ guestPath, baseCommit: p.baseCommit, nameOnly: true }),
-          { signal },
-        );
-        if (names.code !== 0) throw scriptError('export', names.code, names.stderr.toString('utf8'), guestPath);
-        const files: WorkspaceChange[] = parseNameStatus(names.stdout);
-        let patch = '';
-        if (!p.nameOnly && files.length > 0) {
-          const r = await session.exec(buildExportScript({ guestPath, baseCommit: p.baseCommit }), { signal });
-          if (r.code !== 0) throw scriptError('export', r.code, r.stderr.toString('utf8'), guestPath);
-          patch = r.stdout.toString('base64');
+        let r;
+        try {
+          r = await session.exec(
+            buildExportScript({ guestPath, baseCommit: p.baseCommit, nameOnly: p.nameOnly, withNames: true }),
+            { signal },
+          );
+        } catch (e) {
+          throw (await this.interrupted(vm.name, session, 'export', signal)) ?? e;
         }
+        if (r.code !== 0)
+          throw (
+            (await this.interrupted(vm.name, session, 'export', signal)) ??
+            scriptError('export', r.code, r.stderr.toString('utf8'), guestPath)
+          );
+        // One guest command gives both: each `git add -A` stats every file of the workspace.
+        const out = p.nameOnly ? { names: r.stdout, patch: Buffer.alloc(0) } : splitNamesAndPatch(r.stdout);
+        const files: WorkspaceChange[] = parseNameStatus(out.names);
+        const patch = out.patch.toString('base64');
         return { guestPath, patch, files };
       },
       signal,
     );
   }
 }
+
+const PROGRESS_INTERVAL_MS = 200;
 
 /** Maps a failed guest script to an error the user can act on. */
 function scriptError(what: 'import' | 'export', code: number, stderr: string, guestPath: string): BangerError {
@@ -160,7 +221,9 @@ function scriptError(what: 'import' | 'export', code: number, stderr: string, gu
   const detail = own.at(-1) ?? stderr.trim().split('\n').slice(-3).join(' ');
   switch (code) {
     case WorkspaceScriptExit.PathInUse:
-      return new BangerError(ErrorCode.FailedPrecondition, detail, { hint: 'pass --guest-path with another directory' });
+      return new BangerError(ErrorCode.FailedPrecondition, detail, {
+        hint: 'pass --guest-path with another directory',
+      });
     case WorkspaceScriptExit.NoWorkspace:
       return new BangerError(ErrorCode.FailedPrecondition, detail, {
         hint: 'import the repo again with `banger vm workspace prepare`',

@@ -1,0 +1,162 @@
+/**
+ * Workspace import and export against what a person would do with git, tar and OpenSSH.
+ *  - prepare: `banger vm workspace prepare` of a ~20,000-file / ~200 MB committed repo vs
+ *    `git ls-files -z | tar --null -T - -c | ssh guest tar -x` (files only: no history, no git repo);
+ *  - export: `banger vm workspace export` after ~100 files changed in the guest vs
+ *    `ssh guest 'git add -A && git diff --cached --binary'` on a copy of the workspace.
+ * Usage: npm run build && node --import tsx bench/workspace.ts [prepare runs] [export runs]
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI, HOME, banger, median, report, sh, timeIt } from './common.js';
+
+const prepareRuns = Number(process.argv[2] ?? 3);
+const exportRuns = Number(process.argv[3] ?? 5);
+const name = 'bench-ws';
+const work = mkdtempSync(join(tmpdir(), 'bench-ws-'));
+const repo = join(work, 'repo');
+const ctl = join(work, 'ssh');
+mkdirSync(ctl);
+
+/** ~19,900 text files of 1-9 KB in nested directories, and 100 random binaries of 1 MB. */
+function makeRepo(): number {
+  mkdirSync(repo);
+  let bytes = 0;
+  for (let i = 0; i < 19_900; i++) {
+    const dir = join(repo, 'src', `d${i % 20}`, `e${i % 199}`);
+    mkdirSync(dir, { recursive: true });
+    const lines: string[] = [];
+    const size = 1024 + ((i * 7919) % 8192);
+    for (let n = 0; n < size; n += 61) lines.push(randomBytes(45).toString('base64'));
+    const text = lines.join('\n') + '\n';
+    writeFileSync(join(dir, `f${i}.txt`), text);
+    bytes += text.length;
+  }
+  mkdirSync(join(repo, 'assets'));
+  for (let i = 0; i < 100; i++) {
+    const b = randomBytes(1 << 20);
+    writeFileSync(join(repo, 'assets', `blob${i}.bin`), b);
+    bytes += b.length;
+  }
+  const env = {
+    GIT_AUTHOR_NAME: 'bench',
+    GIT_AUTHOR_EMAIL: 'b@localhost',
+    GIT_COMMITTER_NAME: 'bench',
+    GIT_COMMITTER_EMAIL: 'b@localhost',
+  };
+  sh('git', ['-C', repo, 'init', '-q', '-b', 'main']);
+  sh('git', ['-C', repo, 'add', '-A']);
+  sh('git', ['-C', repo, 'commit', '-q', '-m', 'bench'], { env });
+  return bytes;
+}
+
+function deleteVm(): void {
+  try {
+    banger(['vm', 'delete', '--force', name]);
+  } catch {
+    /* not there */
+  }
+}
+
+function run(cmd: string, args: string[], cwd?: string): void {
+  const r = spawnSync(cmd, args, {
+    cwd,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, BANGER_HOME: HOME },
+  });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr.toString()}`);
+}
+
+const mbps = (bytes: number, ms: number) => (bytes / (1 << 20) / (ms / 1000)).toFixed(1);
+
+deleteVm();
+try {
+  const t0 = Date.now();
+  const bytes = makeRepo();
+  process.stdout.write(
+    `repo: 20,000 files, ${(bytes / (1 << 20)).toFixed(0)} MiB, committed (${((Date.now() - t0) / 1000).toFixed(1)} s to make)\n`,
+  );
+  banger(['vm', 'run', '--name', name, '--', 'true']);
+  const vm = JSON.parse(banger(['vm', 'show', name, '--json'])) as {
+    id: string;
+    network: { hostAddress: string; sshPort: number };
+  };
+  const sshArgs = [
+    '-i',
+    join(HOME, 'ssh', 'id_ed25519'),
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    `UserKnownHostsFile=${join(HOME, 'vms', vm.id, 'known_hosts')}`,
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    `HostKeyAlias=${name}.vm`,
+    '-o',
+    'ControlMaster=auto',
+    '-o',
+    `ControlPath=${ctl}/cm`,
+    '-o',
+    'ControlPersist=300',
+    '-p',
+    String(vm.network.sshPort),
+    `root@${vm.network.hostAddress}`,
+  ];
+  const ssh = (cmd: string) => sh('ssh', [...sshArgs, cmd]);
+  ssh('true'); // the master connection, like the one banger's daemon holds
+
+  const b: number[] = [];
+  const base: number[] = [];
+  for (let i = 0; i < prepareRuns; i++) {
+    ssh('rm -rf /root/ws-banger /root/ws-base; sync');
+    b.push(
+      timeIt(() =>
+        run(process.execPath, [CLI, 'vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws-banger']),
+      ),
+    );
+    base.push(
+      timeIt(() =>
+        run(
+          'sh',
+          [
+            '-c',
+            'git ls-files -z | tar --null -T - -c | ssh "$@" "mkdir -p /root/ws-base && tar -x -C /root/ws-base"',
+            'sh',
+            ...sshArgs,
+          ],
+          repo,
+        ),
+      ),
+    );
+  }
+  report('workspace prepare (20,000 files)', b, base, 'git ls-files | tar | ssh tar -x');
+  const bt = Number(mbps(bytes, median(b)));
+  const baset = Number(mbps(bytes, median(base)));
+  process.stdout.write(
+    `  throughput: banger ${bt} MiB/s, baseline ${baset} MiB/s; banger/baseline throughput ${(bt / baset).toFixed(2)}x\n`,
+  );
+
+  // ~100 text files changed in the guest; the baseline works on a copy so banger's export is unchanged.
+  ssh(
+    'cd /root/ws-banger && git ls-files \'src/*.txt\' | head -n 100 | while read -r f; do echo changed >> "$f"; done && rm -rf /root/ws-copy && cp -a /root/ws-banger /root/ws-copy',
+  );
+  const e: number[] = [];
+  const ebase: number[] = [];
+  for (let i = 0; i < exportRuns; i++) {
+    e.push(timeIt(() => run(process.execPath, [CLI, 'vm', 'workspace', 'export', name])));
+    ssh('cd /root/ws-copy && git reset -q');
+    ebase.push(timeIt(() => run('ssh', [...sshArgs, 'cd /root/ws-copy && git add -A && git diff --cached --binary'])));
+  }
+  report('workspace export (100 changed files)', e, ebase, "ssh 'git add -A && git diff --cached'");
+} finally {
+  try {
+    sh('ssh', ['-o', `ControlPath=${ctl}/cm`, '-O', 'exit', 'x']);
+  } catch {
+    /* master already gone */
+  }
+  deleteVm();
+  rmSync(work, { recursive: true, force: true });
+}

@@ -1,0 +1,53 @@
+import { failedPrecondition } from '../../../errors/index.js';
+import { Methods, type NetworkStatus } from '../../../protocol/methods.js';
+import { runCommand } from '../../exec.js';
+import { handler } from '../../rpc/server.js';
+import type { VmRecord } from '../../store/repos/vms.js';
+import type { VmService } from '../vm/service.js';
+import { TapNetwork } from './tap.js';
+
+export interface NetworkHandlerDeps {
+  tap: TapNetwork;
+  vms: VmService;
+  defaultMode: 'loopback' | 'tap';
+  listVms: () => VmRecord[];
+}
+
+async function status(d: NetworkHandlerDeps, signal?: AbortSignal): Promise<NetworkStatus> {
+  const sup = await TapNetwork.supported(runCommand, signal);
+  const result: NetworkStatus = {
+    defaultMode: d.defaultMode,
+    loopback: { supported: true },
+    tap: { supported: sup.ok, ...(sup.reason ? { reason: sup.reason } : {}) },
+  };
+  if (!sup.ok) return result;
+  const st = await d.tap.status(signal);
+  const names = new Map(d.listVms().map((v) => [v.id, v.name]));
+  result.tap.bridge = st.bridge;
+  result.tap.rulesInstalled = st.tables.inet && st.tables.bridge;
+  result.tap.vms = st.vms.map((v) => ({
+    vmId: v.vmId,
+    name: names.get(v.vmId) ?? null,
+    tap: v.tapName,
+    address: v.address,
+    egress: v.egress,
+  }));
+  return result;
+}
+
+/** network.status and network.down: what tap networking put on the host, and removing all of it. */
+export function networkHandlers(d: NetworkHandlerDeps) {
+  return [
+    handler(Methods.networkStatus, null, async (_p, ctx) => status(d, ctx.signal)),
+    handler(Methods.networkDown, null, async (_p, ctx) => {
+      const running = d.vms.runningTapVms();
+      if (running.length > 0)
+        throw failedPrecondition(
+          `tap VMs are running: ${running.join(', ')}`,
+          `stop them first: \`banger vm stop ${running.join(' ')}\``,
+        );
+      await d.tap.down(ctx.signal);
+      return status(d, ctx.signal);
+    }),
+  ];
+}

@@ -1,0 +1,136 @@
+/**
+ * Tap networking on real VMs, entirely inside a network namespace this test creates and deletes: the daemon
+ * runs in it (so the bridge, taps and nftables rules exist only there), guests get bridge addresses, banger's
+ * DNS answers from the namespace and from a guest, VM-to-VM traffic is blocked, and `banger network down`
+ * leaves the namespace's links and ruleset exactly as they were.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { E2E_HOME, REPO_ROOT, banger, bangerOk, dumpConsoles } from '../helpers/cli.js';
+
+const NS = `banger-e2e-${randomBytes(3).toString('hex')}`;
+const A = 'e2e-tap-a';
+const B = 'e2e-tap-b';
+let failed = false;
+let linksBefore = '';
+let rulesBefore = '';
+
+function inNs(cmd: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('ip', ['netns', 'exec', NS, cmd, ...args], { encoding: 'utf8', timeout: 30_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const links = () => inNs('ip', ['-o', 'link', 'show']).stdout.replace(/\\\s+/g, ' ').split('\n').map((l) => l.replace(/^\d+: /, '')).sort().join('\n');
+const ruleset = () => inNs('nft', ['list', 'ruleset']).stdout;
+
+interface Vm {
+  name: string;
+  network: { mode: string; hostAddress: string };
+}
+async function show(name: string): Promise<Vm> {
+  return JSON.parse((await bangerOk(['vm', 'show', name, '--json'])).stdout) as Vm;
+}
+
+/** Resolves NAME with busybox nslookup against `server`; the first address after the "Name:" line. */
+function parseNslookup(out: string): string | undefined {
+  const after = out.split(/Name:\s+\S+/)[1] ?? '';
+  return /Address(?: \d+)?:\s+(\d+\.\d+\.\d+\.\d+)/.exec(after)?.[1];
+}
+
+void describe('tap networking in a test-made network namespace', { timeout: 900_000 }, () => {
+  before(async () => {
+    if (!existsSync('/dev/net/tun')) {
+      mkdirSync('/dev/net', { recursive: true });
+      spawnSync('mknod', ['/dev/net/tun', 'c', '10', '200']);
+    }
+    // The shared e2e daemon runs in the host namespace: stop it, and run one inside the test namespace.
+    await banger(['daemon', 'stop']);
+    assert.equal(spawnSync('ip', ['netns', 'add', NS]).status, 0, 'ip netns add');
+    inNs('ip', ['link', 'set', 'lo', 'up']);
+    linksBefore = links();
+    rulesBefore = ruleset();
+    const log = openSync(join(E2E_HOME, 'logs', 'bangerd-netns.log'), 'a');
+    const d = spawn('ip', ['netns', 'exec', NS, process.execPath, join(REPO_ROOT, 'dist', 'bangerd.js')], {
+      env: { ...process.env, BANGER_HOME: E2E_HOME },
+      detached: true,
+      stdio: ['ignore', log, log],
+    });
+    d.unref();
+    for (let i = 0; i < 100 && !existsSync(join(E2E_HOME, 'bangerd.sock')); i++) await sleep(100);
+    const status = await bangerOk(['daemon', 'status', '--json']);
+    assert.ok(JSON.parse(status.stdout).pid > 0);
+    await banger(['vm', 'delete', '--force', A, B]);
+  });
+
+  after(async () => {
+    if (failed) dumpConsoles();
+    await banger(['vm', 'delete', '--force', A, B]);
+    await banger(['network', 'down']);
+    await banger(['daemon', 'stop']);
+    spawnSync('ip', ['netns', 'del', NS]);
+  });
+
+  const step = (name: string, fn: () => Promise<void>): void =>
+    void it(name, async () => {
+      try {
+        await fn();
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    });
+
+  step('guests boot on the bridge with their own addresses', async () => {
+    await bangerOk(['vm', 'run', '--network', 'tap', '--name', A, '--', 'true']);
+    await bangerOk(['vm', 'run', '--network', 'tap', '--name', B, '--memory', '512M', '--', 'true']);
+    const [a, b] = [await show(A), await show(B)];
+    assert.equal(a.network.mode, 'tap');
+    assert.match(a.network.hostAddress, /^172\.30\.0\.\d+$/);
+    assert.match(b.network.hostAddress, /^172\.30\.0\.\d+$/);
+    assert.notEqual(a.network.hostAddress, b.network.hostAddress);
+    const ip = await bangerOk(['vm', 'exec', A, '--', 'ip', '-4', '-o', 'addr', 'show', 'eth0']);
+    assert.match(ip.stdout, new RegExp(`inet ${a.network.hostAddress.replace(/\./g, '\\.')}/24`));
+    const net = JSON.parse((await bangerOk(['network', 'status', '--json'])).stdout) as {
+      tap: { bridge: { exists: boolean; up: boolean }; rulesInstalled: boolean; vms: { name: string }[] };
+    };
+    assert.equal(net.tap.bridge.up, true);
+    assert.equal(net.tap.rulesInstalled, true);
+    assert.deepEqual(net.tap.vms.map((v) => v.name).sort(), [A, B]);
+  });
+
+  step('banger DNS answers NAME.vm from the host side and from a guest', async () => {
+    const b = await show(B);
+    const host = inNs('busybox', ['nslookup', `${B}.vm`, '172.30.0.1']);
+    assert.equal(parseNslookup(host.stdout), b.network.hostAddress, host.stdout + host.stderr);
+    const guest = await bangerOk(['vm', 'exec', A, '--', 'busybox', 'nslookup', `${B}.vm`, '172.30.0.1']);
+    assert.equal(parseNslookup(guest.stdout), b.network.hostAddress, guest.stdout);
+    const unknown = await banger(['vm', 'exec', A, '--', 'busybox', 'nslookup', 'nope.vm', '172.30.0.1']);
+    assert.notEqual(unknown.code, 0, 'an unknown name does not resolve');
+  });
+
+  step('VM-to-VM traffic is blocked, while the host side reaches both', async () => {
+    const [a, b] = [await show(A), await show(B)];
+    const probe = (target: string) =>
+      `if timeout 5 bash -c 'echo > /dev/tcp/${target}/22' 2>/dev/null; then echo open; else echo closed; fi`;
+    assert.equal((await bangerOk(['vm', 'exec', A, '--', 'sh', '-c', probe(b.network.hostAddress)])).stdout, 'closed\n');
+    assert.equal((await bangerOk(['vm', 'exec', B, '--', 'sh', '-c', probe(a.network.hostAddress)])).stdout, 'closed\n');
+    // The daemon (in the namespace) reaches both guests' SSH: exec works on each.
+    assert.equal((await bangerOk(['vm', 'exec', B, '--', 'hostname'])).stdout, `${B}\n`);
+    // A guest reaches nothing of the host but DNS: the SSH port of the bridge address is closed to it.
+    assert.equal((await bangerOk(['vm', 'exec', A, '--', 'sh', '-c', probe('172.30.0.1')])).stdout, 'closed\n');
+  });
+
+  step('teardown leaves no bridge, tap or rule behind', async () => {
+    const refused = await banger(['network', 'down']);
+    assert.equal(refused.code, 67, 'network down is refused while tap VMs run');
+    await bangerOk(['vm', 'delete', '--force', A, B]);
+    await bangerOk(['network', 'down']);
+    assert.equal(links(), linksBefore);
+    assert.equal(ruleset(), rulesBefore);
+  });
+});
