@@ -32,7 +32,7 @@ export class CliContext {
   async call<P, R>(type: RequestType<P, R, unknown>, params: P, opts: { json?: boolean; progress?: boolean } = {}): Promise<R> {
     const client = await this.client();
     if (!opts.progress) return client.call(type, params, { signal: this.signal });
-    const r = new ProgressRenderer(progressMode({ json: opts.json }));
+    const r = await ProgressRenderer.create(progressMode({ json: opts.json }));
     try {
       const res = await client.call(type, params, { signal: this.signal, onProgress: r.onEvent });
       r.finish(true);

@@ -2,7 +2,7 @@
  * Everything the CLI prints goes through here. Results (and --json) go to stdout; progress, notices
  * and errors go to stderr.
  */
-import ora, { type Ora } from 'ora';
+import type { Ora } from 'ora';
 import type { ProgressEvent } from '../protocol/types.js';
 
 export const out = {
@@ -62,7 +62,15 @@ export class ProgressRenderer {
   private spinner: Ora | undefined;
   private lastBytesLine = 0;
 
-  constructor(private readonly mode: ProgressMode) {}
+  private constructor(
+    private readonly mode: ProgressMode,
+    /** The spinner library, loaded only for a terminal (it costs tens of ms of start-up). */
+    private readonly ora: typeof import('ora').default | undefined,
+  ) {}
+
+  static async create(mode: ProgressMode): Promise<ProgressRenderer> {
+    return new ProgressRenderer(mode, mode === 'tty' ? (await import('ora')).default : undefined);
+  }
 
   readonly onEvent = (ev: ProgressEvent): void => {
     switch (this.mode) {
@@ -101,6 +109,8 @@ export class ProgressRenderer {
       ev.kind === 'step'
         ? `[${ev.index}/${ev.total}] ${ev.step}${ev.detail ? ` ${dim(ev.detail)}` : ''}`
         : `${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}${ev.files !== undefined ? `, ${ev.files} files` : ''}`;
+    const ora = this.ora;
+    if (!ora) return;
     if (!this.spinner) this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
     else if (ev.kind === 'step' && !this.spinner.text.startsWith(`[${ev.index}/`)) {
       this.spinner.succeed();

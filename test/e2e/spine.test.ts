@@ -17,7 +17,7 @@ interface Vm {
   pid: number | null;
   dir: string;
   accel: string | null;
-  network: { sshPort: number };
+  network: { hostAddress: string; sshPort: number };
 }
 
 const A = 'e2e-spine-a';
@@ -121,7 +121,8 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
     const list = JSON.parse((await bangerOk(['vm', 'list', '--json'])).stdout) as Vm[];
     const running = list.filter((v) => v.name === A || v.name === B);
     assert.equal(running.filter((v) => v.state === 'running').length, 2);
-    assert.notEqual(running[0]!.network.sshPort, running[1]!.network.sshPort);
+    const where = (v: Vm) => `${v.network.hostAddress}:${v.network.sshPort}`;
+    assert.notEqual(where(running[0]!), where(running[1]!));
   });
 
   step('delete removes every process and file of the VM', async () => {
