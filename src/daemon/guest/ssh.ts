@@ -60,6 +60,9 @@ export class SshGuestSession implements GuestSession {
         .once('ready', () => {
           if (settled) return;
           settled = true;
+          // Small request/reply packets (channel open, exec, exit status): Nagle's algorithm would hold
+          // them back for a delayed ACK, as OpenSSH knows (it sets TCP_NODELAY for sessions too).
+          client.setNoDelay(true);
           signal?.removeEventListener('abort', onAbort);
           resolve(new SshGuestSession(client));
         })
