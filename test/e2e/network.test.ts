@@ -3,14 +3,14 @@
  * system OpenSSH, guest ports forwarded at runtime, `.vm` names through `banger dns install`, and isolation.
  * Only loopback addresses are ever contacted; guests run with restrict=on.
  */
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { banger, bangerOk, dumpConsoles } from '../helpers/cli.js';
+import { banger, bangerOk, e2eSteps } from '../helpers/cli.js';
 
 interface Vm {
   name: string;
@@ -21,7 +21,7 @@ interface Vm {
 const A = 'e2e-net-a';
 const B = 'e2e-net-b';
 const SSH_CONFIG = join(homedir(), '.ssh', 'config');
-let failed = false;
+const { step, printConsolesIfFailed } = e2eSteps();
 let sshConfigBefore: Buffer | null = null;
 let hostsBefore: Buffer;
 
@@ -64,21 +64,12 @@ void describe('loopback networking on real VMs', { timeout: 900_000 }, () => {
   });
 
   after(async () => {
-    if (failed) dumpConsoles();
+    printConsolesIfFailed();
     await banger(['ssh-config', 'uninstall']);
     await banger(['dns', 'uninstall']);
     await banger(['vm', 'delete', '--force', A, B]);
   });
 
-  const step = (name: string, fn: () => Promise<void>): void =>
-    void it(name, async () => {
-      try {
-        await fn();
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
-    });
 
   step('two VMs get different loopback addresses, SSH on each address', async () => {
     await bangerOk(['vm', 'run', '--name', A, '--', 'true']);

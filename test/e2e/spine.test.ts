@@ -3,12 +3,12 @@
  * persistence across stop/start, daemon kill -9 and re-adoption, two VMs at once, delete cleans up.
  * VMs are shared between steps where that keeps the steps independent of each other's results.
  */
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { E2E_HOME, banger, bangerOk, dumpConsoles, pidsMatching } from '../helpers/cli.js';
+import { E2E_HOME, banger, bangerOk, pidsMatching, e2eSteps } from '../helpers/cli.js';
 
 interface Vm {
   id: string;
@@ -22,7 +22,7 @@ interface Vm {
 
 const A = 'e2e-spine-a';
 const B = 'e2e-spine-b';
-let failed = false;
+const { step, printConsolesIfFailed } = e2eSteps();
 
 async function show(name: string): Promise<Vm> {
   return JSON.parse((await bangerOk(['vm', 'show', name, '--json'])).stdout) as Vm;
@@ -39,19 +39,10 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
   });
 
   after(async () => {
-    if (failed) dumpConsoles();
+    printConsolesIfFailed();
     await banger(['vm', 'delete', '--force', A, B]);
   });
 
-  const step = (name: string, fn: () => Promise<void>): void =>
-    void it(name, async () => {
-      try {
-        await fn();
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
-    });
 
   step('the default image exists or is built, with files, sizes and checksums recorded', async () => {
     const r = await bangerOk(['image', 'build', 'default', '--json'], 0, { timeoutMs: 900_000 });

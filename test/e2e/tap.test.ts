@@ -4,19 +4,19 @@
  * DNS answers from the namespace and from a guest, VM-to-VM traffic is blocked, and `banger network down`
  * leaves the namespace's links and ruleset exactly as they were.
  */
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, openSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { E2E_HOME, REPO_ROOT, banger, bangerOk, dumpConsoles } from '../helpers/cli.js';
+import { E2E_HOME, REPO_ROOT, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
 
 const NS = `banger-e2e-${randomBytes(3).toString('hex')}`;
 const A = 'e2e-tap-a';
 const B = 'e2e-tap-b';
-let failed = false;
+const { step, printConsolesIfFailed } = e2eSteps();
 let linksBefore = '';
 let rulesBefore = '';
 
@@ -68,22 +68,13 @@ void describe('tap networking in a test-made network namespace', { timeout: 900_
   });
 
   after(async () => {
-    if (failed) dumpConsoles();
+    printConsolesIfFailed();
     await banger(['vm', 'delete', '--force', A, B]);
     await banger(['network', 'down']);
     await banger(['daemon', 'stop']);
     spawnSync('ip', ['netns', 'del', NS]);
   });
 
-  const step = (name: string, fn: () => Promise<void>): void =>
-    void it(name, async () => {
-      try {
-        await fn();
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
-    });
 
   step('guests boot on the bridge with their own addresses', async () => {
     await bangerOk(['vm', 'run', '--network', 'tap', '--name', A, '--', 'true']);

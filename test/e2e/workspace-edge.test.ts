@@ -3,7 +3,7 @@
  * submodule, and `vm stop` while a long import is streaming. One VM is shared; the steps run in
  * order, each with its own guest path.
  */
-import { after, before, describe, it, type TestContext } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -11,11 +11,11 @@ import { mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CLI, E2E_HOME, banger, bangerOk, dumpConsoles, type CliResult } from '../helpers/cli.js';
+import { CLI, E2E_HOME, banger, bangerOk, type CliResult, e2eSteps } from '../helpers/cli.js';
 import { copyTree, git, isolateGitConfig, tmp, write } from '../helpers/workspace-repo.js';
 
 const VM = 'e2e-ws-edge';
-let failed = false;
+const { step, printConsolesIfFailed } = e2eSteps();
 
 interface Workspace {
   guestPath: string;
@@ -92,19 +92,10 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
   });
 
   after(async () => {
-    if (failed) dumpConsoles();
+    printConsolesIfFailed();
     await banger(['vm', 'delete', '--force', VM]);
   });
 
-  const step = (name: string, fn: (t: TestContext) => Promise<void>): void =>
-    void it(name, async (t) => {
-      try {
-        await fn(t);
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
-    });
 
   step('a repository without commits imports as one without commits, and its export applies on the host', async () => {
     const repo = newRepo('banger-ws-empty-');

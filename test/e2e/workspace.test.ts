@@ -5,17 +5,17 @@
  * kill -9; concurrent prepares are serialised. One VM is shared: the steps run in order and each
  * uses its own guest path where that keeps them independent.
  */
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { E2E_HOME, banger, bangerOk, dumpConsoles } from '../helpers/cli.js';
+import { E2E_HOME, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
 import { copyTree, git, isolateGitConfig, makeFixtureRepo, tmp, write } from '../helpers/workspace-repo.js';
 
 const VM = 'e2e-ws-a';
-let failed = false;
+const { step, printConsolesIfFailed } = e2eSteps();
 let repo = '';
 let guest = '';
 
@@ -61,19 +61,10 @@ void describe('workspaces on real VMs', { timeout: 600_000 }, () => {
   });
 
   after(async () => {
-    if (failed) dumpConsoles();
+    printConsolesIfFailed();
     await banger(['vm', 'delete', '--force', VM]);
   });
 
-  const step = (name: string, fn: () => Promise<void>): void =>
-    void it(name, async () => {
-      try {
-        await fn();
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
-    });
 
   step('--dry-run lists files with modes and sizes, with no daemon and no VM', async () => {
     const home = tmp('banger-ws-dryrun-');

@@ -4,6 +4,7 @@
  * every VM a test makes is deleted by the test (and stale ones by `resetVms`).
  */
 import { spawn } from 'node:child_process';
+import { it, type TestContext } from 'node:test';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,4 +83,25 @@ export function pidsMatching(needle: string): number[] {
     }
   }
   return pids;
+}
+
+/**
+ * Steps of an e2e suite that share VMs: each is an `it`, and a failure is remembered so the suite's
+ * after() can print the VMs' consoles (`printConsolesIfFailed`).
+ */
+export function e2eSteps(home = E2E_HOME) {
+  let failed = false;
+  const step = (name: string, fn: (t: TestContext) => Promise<void>): void =>
+    void it(name, async (t) => {
+      try {
+        await fn(t);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    });
+  const printConsolesIfFailed = () => {
+    if (failed) dumpConsoles(home);
+  };
+  return { step, printConsolesIfFailed };
 }
