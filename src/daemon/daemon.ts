@@ -96,7 +96,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
 
   const dnsVms = () => vmRepo.list().map((v) => ({ name: v.name, address: v.hostAddress }));
   const dnsServer = new VmDnsServer({
-    lookup: (n) => dnsVms().find((v) => v.name === n.toLowerCase())?.address,
+    lookup: (n) => vmRepo.byName(n.toLowerCase())?.hostAddress,
     reverse: (ip) => dnsVms().find((v) => v.address === ip)?.name,
     log: log.child({ service: 'dns' }),
   });

@@ -9,9 +9,7 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { Logger } from '../../../shared/logger.js';
 import { answerQuery, type DnsZoneData } from './packet.js';
 
-/** The loopback address banger's DNS server listens on by default (outside 127.0.0.0/24, which others use). */
-export const DEFAULT_DNS_ADDRESS = '127.77.0.1';
-export const DEFAULT_DNS_PORT = 53;
+/** Seconds resolvers may cache an answer: short, since VMs come and go. */
 export const DEFAULT_DNS_TTL = 5;
 
 /** A TCP client that sends nothing for this long is disconnected (RFC 7766 suggests seconds). */

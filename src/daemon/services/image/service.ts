@@ -93,18 +93,7 @@ export class ImageService {
   }
 
   info(i: ImageRecord): ImageInfo {
-    return {
-      id: i.id,
-      name: i.name,
-      status: i.status,
-      kernelVersion: i.kernelVersion,
-      files: i.files,
-      params: i.params,
-      createdAt: i.createdAt,
-      buildSeconds: i.buildSeconds,
-      usedBy: this.d.vms.namesUsingImage(i.id),
-      error: i.error,
-    };
+    return { ...i, usedBy: this.d.vms.namesUsingImage(i.id) };
   }
 
   private ready(img: ImageRecord): ReadyImage {

@@ -39,7 +39,6 @@ import type { CommandRunner } from '../../exec.js';
 export const TAP_PREFIX = 'bgr-';
 /** Name of both banger-owned nft tables (`inet banger` and `bridge banger`). */
 export const NFT_TABLE = 'banger';
-export const DEFAULT_TAP_CONFIG: TapConfig = { bridge: 'banger0', subnet: '172.30.0.0/24' };
 
 export interface TapConfig {
   /** Bridge interface name (1-15 of [A-Za-z0-9_.-], must not start with the tap prefix). */

@@ -1,5 +1,6 @@
 import { pack } from 'tar-stream';
 import { shq } from '../../guest/shell.js';
+import { SEED_ALIGN, SEED_FILES, type SeedEnv } from '../../guest/init/contract.js';
 
 export interface SeedConfig {
   hostname: string;
@@ -13,7 +14,7 @@ export interface SeedConfig {
 
 /** The `env` file the guest's init sources: shell assignments, values quoted. */
 export function seedEnv(c: SeedConfig): string {
-  const vars: Record<string, string> = {
+  const vars: Required<Pick<SeedEnv, 'BANGER_HOSTNAME' | 'BANGER_IP' | 'BANGER_GW' | 'BANGER_DNS'>> = {
     BANGER_HOSTNAME: c.hostname,
     BANGER_IP: c.ipCidr,
     BANGER_GW: c.gateway,
@@ -26,7 +27,7 @@ export function seedEnv(c: SeedConfig): string {
 
 /**
  * The seed disk: a tar archive the guest reads straight from its block device at every boot
- * (`tar -xf /dev/vdc`), padded to a multiple of 4096 bytes so it is a valid disk image.
+ * (`tar -xf /dev/vdc`), padded to whole SEED_ALIGN blocks so it is a valid disk image.
  */
 export async function buildSeedTar(c: SeedConfig): Promise<Buffer> {
   const p = pack();
@@ -39,14 +40,14 @@ export async function buildSeedTar(c: SeedConfig): Promise<Buffer> {
     p.on('error', reject);
   });
   const add = (name: string, content: string, mode: number) => p.entry({ name, mode, uid: 0, gid: 0 }, content);
-  add('env', seedEnv(c), 0o644);
-  add('ssh_host_ed25519_key', ensureNewline(c.hostPrivateKey), 0o600);
-  add('ssh_host_ed25519_key.pub', ensureNewline(c.hostPublicKey), 0o644);
-  add('authorized_keys', ensureNewline(c.authorizedKeys), 0o600);
+  add(SEED_FILES.env, seedEnv(c), 0o644);
+  add(SEED_FILES.hostKey, ensureNewline(c.hostPrivateKey), 0o600);
+  add(SEED_FILES.hostKeyPub, ensureNewline(c.hostPublicKey), 0o644);
+  add(SEED_FILES.authorizedKeys, ensureNewline(c.authorizedKeys), 0o600);
   p.finalize();
   await done;
   const tar = Buffer.concat(chunks);
-  const padded = Math.ceil(tar.length / 4096) * 4096;
+  const padded = Math.ceil(tar.length / SEED_ALIGN) * SEED_ALIGN;
   return Buffer.concat([tar, Buffer.alloc(padded - tar.length)]);
 }
 

@@ -1,17 +1,8 @@
 import type { Db } from '../db.js';
-import type { ImageFileInfo } from '../../../protocol/types.js';
+import type { ImageFileInfo, ImageInfo } from '../../../protocol/types.js';
 
-export interface ImageRecord {
-  id: string;
-  name: string;
-  status: 'building' | 'ready' | 'failed';
-  kernelVersion: string | null;
-  files: ImageFileInfo[];
-  params: { suite: string; mirror: string; packages: string[] };
-  buildSeconds: number | null;
-  error: string | null;
-  createdAt: string;
-}
+/** What the store keeps of an image: its wire shape minus what is derived (the VMs using it). */
+export type ImageRecord = Omit<ImageInfo, 'usedBy'>;
 
 interface Row {
   id: string;
