@@ -401,10 +401,10 @@ test('with systemd-resolved: install puts ~vm on a dummy link, uninstall reverts
       const c = `${cmd} ${args.join(' ')}`;
       calls.push(c);
       if (c === 'resolvectl status') return ok();
-      if (c === 'ip link show dev banger0')
+      if (c === 'ip link show dev banger-dns')
         return linkExists ? ok() : { code: 1, stdout: '', stderr: 'does not exist' };
-      if (c === 'ip link add banger0 type dummy') linkExists = true;
-      if (c === 'ip link del banger0') linkExists = false;
+      if (c === 'ip link add banger-dns type dummy') linkExists = true;
+      if (c === 'ip link del banger-dns') linkExists = false;
       return ok();
     };
     mkdirSync(join(t.dir, 'resolve'));
@@ -419,13 +419,13 @@ test('with systemd-resolved: install puts ~vm on a dummy link, uninstall reverts
     });
     const s = await dns.install([]);
     assert.equal(s.mechanism, 'resolved');
-    assert.equal(s.link, 'banger0');
+    assert.equal(s.link, 'banger-dns');
     for (const c of [
-      'ip link add banger0 type dummy',
-      'ip addr add 127.77.0.1/32 dev banger0 scope global',
-      'ip link set banger0 up',
-      'resolvectl dns banger0 127.77.0.1',
-      'resolvectl domain banger0 ~vm',
+      'ip link add banger-dns type dummy',
+      'ip addr add 127.77.0.1/32 dev banger-dns scope global',
+      'ip link set banger-dns up',
+      'resolvectl dns banger-dns 127.77.0.1',
+      'resolvectl domain banger-dns ~vm',
     ])
       assert.ok(calls.includes(c), `expected '${c}' in ${calls.join('; ')}`);
     assert.equal(readFileSync(t.hosts, 'utf8'), '127.0.0.1 localhost\n', 'the hosts file is not touched');
@@ -433,7 +433,7 @@ test('with systemd-resolved: install puts ~vm on a dummy link, uninstall reverts
     await dns.uninstall();
     assert.deepEqual(
       calls.filter((c) => !c.startsWith('resolvectl status')),
-      ['resolvectl revert banger0', 'ip link del banger0'],
+      ['resolvectl revert banger-dns', 'ip link del banger-dns'],
     );
     assert.equal(linkExists, false);
   } finally {

@@ -1,9 +1,9 @@
 /**
  * Makes `<name>.vm` resolve for every program on the host, by one of two mechanisms:
  *
- * - `resolved`: where systemd-resolved runs, a dummy link `banger0` carries banger's DNS server
- *   address and the routing-only domain `~vm` (`resolvectl dns banger0 ADDR`, `resolvectl domain
- *   banger0 '~vm'`), so resolved sends `.vm` queries, and only those, to banger's DNS server. This is
+ * - `resolved`: where systemd-resolved runs, a dummy link `banger-dns` carries banger's DNS server
+ *   address and the routing-only domain `~vm` (`resolvectl dns banger-dns ADDR`, `resolvectl domain
+ *   banger-dns '~vm'`), so resolved sends `.vm` queries, and only those, to banger's DNS server. This is
  *   how LXD and libvirt integrate their bridges' DNS. resolved only uses a link's DNS servers when the
  *   link is up and has an address of global scope, hence the dummy link and `scope global`.
  *   Link and resolved settings are runtime state, lost at reboot: the daemon calls `reapply()` when it
@@ -27,7 +27,8 @@ import type { DnsMechanism, DnsStatus, DnsVmEntry } from '../../../protocol/dns.
 export const BLOCK_BEGIN = '# >>> banger >>> managed by bangerd; remove with `banger dns uninstall`';
 export const BLOCK_END = '# <<< banger <<<';
 const BEGIN_PREFIX = '# >>> banger >>>';
-export const DEFAULT_DNS_LINK = 'banger0';
+/** The dummy link carrying the ~vm routing domain; not the tap bridge's name (banger0), which may exist too. */
+export const DEFAULT_DNS_LINK = 'banger-dns';
 
 // ---------- pure hosts-file editors (text is the file's bytes as latin1, so every byte round-trips) ----------
 
@@ -139,7 +140,7 @@ export interface DnsHostIntegrationDeps {
   log: Logger;
   /** systemd-resolved's runtime directory; default /run/systemd/resolve. */
   resolvedRuntimeDir?: string;
-  /** Name of the dummy link that carries the `~vm` routing domain; default banger0. */
+  /** Name of the dummy link that carries the `~vm` routing domain; default banger-dns. */
   link?: string;
   /** Forces a mechanism instead of detecting systemd-resolved (tests). */
   forceMechanism?: DnsMechanism;
@@ -292,7 +293,7 @@ export class DnsHostIntegration {
       if (s.mechanism === 'hosts' || s.mechanism === 'resolved') return s;
     } catch (e) {
       throw new BangerError(ErrorCode.Internal, `cannot read ${this.deps.stateFile}: ${(e as Error).message}`, {
-        hint: 'undo the DNS integration by hand (banger block in /etc/hosts, or `resolvectl revert banger0`), then delete that file',
+        hint: 'undo the DNS integration by hand (banger block in /etc/hosts, or `resolvectl revert banger-dns`), then delete that file',
         cause: e,
       });
     }
