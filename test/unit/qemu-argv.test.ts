@@ -38,7 +38,7 @@ void test('qemuArgv: the full command line of a TCG VM with user networking', ()
     '-smp', '2',
     '-m', '1024',
     '-msg', 'timestamp=on',
-    '-chardev', 'file,id=con0,path=/vms/v1/console.log',
+    '-chardev', 'file,id=con0,path=/vms/v1/console.log,append=on',
     '-serial', 'chardev:con0',
     '-chardev', 'socket,id=qmp0,path=/vms/v1/qmp.sock,server=on,wait=off',
     '-mon', 'chardev=qmp0,mode=control',
@@ -127,7 +127,7 @@ void test('qemuArgv: the host<->guest channel is a virtio-serial port named bang
 void test('qemuArgv: commas in paths are escaped for QEMU option syntax', () => {
   assert.equal(qemuOptValue('/a,b/c'), '/a,,b/c');
   const argv = qemuArgv({ ...base, consoleLogPath: '/x,y/console.log', controlSocketPath: '/x,y/qmp.sock' });
-  assert.ok(argv.includes('file,id=con0,path=/x,,y/console.log'));
+  assert.ok(argv.includes('file,id=con0,path=/x,,y/console.log,append=on'));
   assert.ok(argv.includes('socket,id=qmp0,path=/x,,y/qmp.sock,server=on,wait=off'));
 });
 

@@ -21,6 +21,9 @@ export function publicKeyBlob(openSshLine: string): Buffer {
   return Buffer.from(b64, 'base64');
 }
 
+/** The most output collected from one guest command that no stream consumes (stdout and stderr together). */
+export const MAX_COLLECTED_BYTES = 16 * 1024 * 1024;
+
 const SIGNALS: Record<string, number> = { HUP: 1, INT: 2, QUIT: 3, ABRT: 6, KILL: 9, SEGV: 11, PIPE: 13, ALRM: 14, TERM: 15 };
 
 /**
@@ -144,14 +147,26 @@ export class SshGuestSession implements GuestSession {
         }
         const out: Buffer[] = [];
         const errOut: Buffer[] = [];
+        let collected = 0;
+        let overflow = false;
+        // Output nobody streams is collected, up to a cap: the guest decides how much it writes.
+        const collect = (into: Buffer[]) => (d: Buffer) => {
+          collected += d.length;
+          if (collected > MAX_COLLECTED_BYTES) {
+            if (!overflow) channel.close();
+            overflow = true;
+            return;
+          }
+          into.push(d);
+        };
         let code: number | undefined;
         channel.on('exit', (c: number | null, sig?: string) => {
           code = c ?? 128 + (sig ? (SIGNALS[sig] ?? 1) : 1);
         });
         if (opts.stdout) channel.pipe(opts.stdout, { end: false });
-        else channel.on('data', (d: Buffer) => out.push(d));
+        else channel.on('data', collect(out));
         if (opts.stderr) channel.stderr.pipe(opts.stderr, { end: false });
-        else channel.stderr.on('data', (d: Buffer) => errOut.push(d));
+        else channel.stderr.on('data', collect(errOut));
         const onAbort = () => {
           channel.signal('KILL');
           channel.close();
@@ -160,7 +175,21 @@ export class SshGuestSession implements GuestSession {
         channel.on('close', () => {
           opts.signal?.removeEventListener('abort', onAbort);
           if (opts.signal?.aborted) {
-            reject(new BangerError(ErrorCode.Cancelled, 'cancelled'));
+            const timedOut = (opts.signal.reason as Error | undefined)?.name === 'TimeoutError';
+            reject(
+              timedOut
+                ? new BangerError(ErrorCode.DeadlineExceeded, 'the guest command did not finish in time')
+                : new BangerError(ErrorCode.Cancelled, 'cancelled'),
+            );
+            return;
+          }
+          if (overflow) {
+            reject(
+              new BangerError(
+                ErrorCode.ResourceExhausted,
+                `the guest command wrote more than ${MAX_COLLECTED_BYTES} bytes of output; it was stopped`,
+              ),
+            );
             return;
           }
           if (code === undefined) {

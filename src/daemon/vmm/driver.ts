@@ -21,7 +21,9 @@ export type VmmFeature =
   /** Host<->guest channel over virtio-vsock. */
   | 'vsock'
   /** Software emulation when KVM is not usable. */
-  | 'tcg';
+  | 'tcg'
+  /** Boots the compressed kernel (bzImage) and initrd that banger's images carry. */
+  | 'bzImage';
 
 export interface DiskSpec {
   /** Stable identifier; also the order the guest sees them: root=vda, work=vdb, seed=vdc. */
@@ -104,9 +106,21 @@ export interface PortForwarding {
   removeForward(handle: VmHandle, f: PortForward, signal?: AbortSignal): Promise<void>;
 }
 
+/** Calls a driver makes while it launches a VM. */
+export interface LaunchHooks {
+  /**
+   * Called once the VMM process exists, before the driver waits for it to answer, so the caller can record
+   * it at once: a daemon killed during that wait must leave a process the next daemon can find.
+   */
+  onSpawned?(handle: VmHandle): Promise<void>;
+}
+
 export interface VmmDriver {
   readonly name: VmmName;
   readonly features: ReadonlySet<VmmFeature>;
+
+  /** The control socket a VM of this driver uses, out of the VM's paths (QMP for QEMU, the API for Firecracker). */
+  controlSocketPath(vp: { qmpSocket: string; apiSocket: string }): string;
 
   /** Whether the VMM binary is present and runnable on this host. Never hangs. */
   availability(signal?: AbortSignal): Promise<DriverAvailability>;
@@ -114,9 +128,9 @@ export interface VmmDriver {
   /**
    * Starts the VMM detached from the daemon (it must outlive a daemon restart) and resolves once the
    * guest is booting: the process is up and its control socket answers. Rejects with a BangerError
-   * carrying the VMM's own error output when it exits early.
+   * carrying the VMM's own error output when it exits early. On any failure the process is gone.
    */
-  launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmHandle>;
+  launch(spec: LaunchSpec, signal?: AbortSignal, hooks?: LaunchHooks): Promise<VmHandle>;
 
   /**
    * Whether `handle` still refers to a live VMM process of VM `vmId`: the pid exists, its start time

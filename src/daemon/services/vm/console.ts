@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 
@@ -19,6 +19,7 @@ export async function waitForConsoleLine(
       const fh = await open(path, 'r');
       try {
         const { size } = await fh.stat();
+        if (size < offset) offset = 0; // rotated underneath us
         if (size > offset) {
           const buf = Buffer.alloc(size - offset);
           await fh.read(buf, 0, buf.length, offset);
@@ -43,4 +44,65 @@ export async function waitForConsoleLine(
       });
     await sleep(opts.intervalMs ?? 100, undefined, { signal: opts.signal });
   }
+}
+
+/** Size at which the live console log is rotated; the log and its one rotated copy stay under twice this. */
+export const CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
+
+/** The rotated copy of a console log. */
+export function rotatedConsoleLog(path: string): string {
+  return `${path}.1`;
+}
+
+/**
+ * Keeps a console log bounded while the VMM writes it (QEMU opens it with append=on, so a truncation by
+ * us is followed by writes at the new end, not a sparse hole): when it passes `maxBytes`, its last
+ * `maxBytes` go to `<path>.1` and the file is truncated. Bytes the guest writes between the copy and the
+ * truncation are lost; a guest that floods its console loses old lines either way.
+ */
+export async function capConsoleLog(path: string, maxBytes = CONSOLE_LOG_MAX_BYTES): Promise<boolean> {
+  let fh;
+  try {
+    fh = await open(path, 'r+');
+  } catch {
+    return false;
+  }
+  try {
+    const { size } = await fh.stat();
+    if (size <= maxBytes) return false;
+    const keep = Buffer.alloc(maxBytes);
+    await fh.read(keep, 0, maxBytes, size - maxBytes);
+    const tmp = `${rotatedConsoleLog(path)}.tmp`;
+    await writeFile(tmp, keep, { mode: 0o600 });
+    await rename(tmp, rotatedConsoleLog(path));
+    await fh.truncate(0);
+    return true;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The last `tailBytes` of a console log, across its rotated copy; '' when there is none. */
+export async function readConsoleTail(path: string, tailBytes: number): Promise<string> {
+  const parts: Buffer[] = [];
+  let want = tailBytes;
+  for (const p of [path, rotatedConsoleLog(path)]) {
+    if (want <= 0) break;
+    try {
+      const fh = await open(p, 'r');
+      try {
+        const { size } = await fh.stat();
+        const len = Math.min(size, want);
+        const buf = Buffer.alloc(len);
+        await fh.read(buf, 0, len, size - len);
+        parts.unshift(buf);
+        want -= len;
+      } finally {
+        await fh.close();
+      }
+    } catch {
+      /* no such file: nothing from it */
+    }
+  }
+  return Buffer.concat(parts).toString('utf8');
 }

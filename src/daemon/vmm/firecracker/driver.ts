@@ -8,7 +8,7 @@ import { access, open, readFile, rm, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
-import type { DriverAvailability, LaunchSpec, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
+import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { FirecrackerApi } from './api.js';
 import { INSTANCE_START, firecrackerArgv, firecrackerRequests } from './config.js';
@@ -96,7 +96,11 @@ export class FirecrackerDriver implements VmmDriver {
     return { ok: true, binary };
   }
 
-  async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmHandle> {
+  controlSocketPath(vp: { apiSocket: string }): string {
+    return vp.apiSocket;
+  }
+
+  async launch(spec: LaunchSpec, signal?: AbortSignal, hooks?: LaunchHooks): Promise<VmHandle> {
     // Everything that can be refused is refused before a process exists.
     const requests = firecrackerRequests(spec);
     const argv = firecrackerArgv(spec);
@@ -151,6 +155,7 @@ export class FirecrackerDriver implements VmmDriver {
     const api = new FirecrackerApi(spec.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
     try {
       if (startTime === undefined) throw await this.exitedEarly(spec, exited);
+      if (hooks?.onSpawned) await hooks.onSpawned(handle);
       await this.waitForApi(api, spec, exited, signal);
       for (const req of requests) await api.send(req, signal);
       await api.send(INSTANCE_START, signal);

@@ -95,8 +95,8 @@ function networkArgs(net: NetworkSpec): string[] {
 
 /**
  * The arguments (without the binary) that start `spec` under QEMU. The process is expected to be spawned
- * with stdout/stderr going to `spec.vmmLogPath`; the guest console goes to `spec.consoleLogPath`
- * (truncated at each launch).
+ * with stdout/stderr going to `spec.vmmLogPath`; the guest console is appended to `spec.consoleLogPath`
+ * (append mode, so the daemon can rotate it under a running QEMU).
  */
 export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[] {
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1)
@@ -121,7 +121,7 @@ export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[]
     'timestamp=on',
     // -nodefaults keeps microvm's ISA serial port (it is part of the machine, not a default device).
     '-chardev',
-    `file,id=con0,path=${qemuOptValue(spec.consoleLogPath)}`,
+    `file,id=con0,path=${qemuOptValue(spec.consoleLogPath)},append=on`,
     '-serial',
     'chardev:con0',
     // QMP on a chardev (rather than `-qmp unix:...`) so the path goes through the escaping of qemuOptValue.

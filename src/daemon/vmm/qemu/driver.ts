@@ -5,7 +5,15 @@ import { delimiter, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, cancelled, toBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../exec.js';
-import type { DriverAvailability, LaunchSpec, PortForwarding, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
+import type {
+  DriverAvailability,
+  LaunchHooks,
+  LaunchSpec,
+  PortForwarding,
+  VmHandle,
+  VmmDriver,
+  VmmFeature,
+} from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { qemuArgv, qemuNameOption } from './argv.js';
 import { QmpClient } from './qmp.js';
@@ -87,6 +95,7 @@ export class QemuDriver implements VmmDriver {
     'tap',
     'virtioSerial',
     'tcg',
+    'bzImage',
   ]);
   /** Exit events of the QEMU processes this daemon spawned: faster than polling /proc, and no zombie wait. */
   private readonly children = new Map<number, Promise<void>>();
@@ -131,7 +140,11 @@ export class QemuDriver implements VmmDriver {
     }
   }
 
-  async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmHandle> {
+  controlSocketPath(vp: { qmpSocket: string }): string {
+    return vp.qmpSocket;
+  }
+
+  async launch(spec: LaunchSpec, signal?: AbortSignal, hooks?: LaunchHooks): Promise<VmHandle> {
     signal?.throwIfAborted();
     const binary = this.resolvedBinary ?? (await this.findBinary());
     if (!binary)
@@ -188,6 +201,12 @@ export class QemuDriver implements VmmDriver {
       controlSocketPath: spec.controlSocketPath,
     };
     this.deps.log.info({ vmId: spec.vmId, pid, accel: spec.accel }, 'qemu started');
+    try {
+      if (hooks?.onSpawned) await hooks.onSpawned(handle);
+    } catch (e) {
+      await this.killPid(pid, 0).catch(() => {});
+      throw e;
+    }
 
     const earlyExit = async (): Promise<BangerError> => {
       const tail = await readTail(spec.vmmLogPath, logStart);

@@ -1,0 +1,203 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import type { ProgressEvent } from '../../../protocol/common.js';
+import type { VmPaths } from '../../../shared/paths.js';
+import { READY_MARKER } from '../../guest/init/contract.js';
+import { SshGuestSession } from '../../guest/ssh.js';
+import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
+import type { Accel, LaunchSpec, VmmDriver } from '../../vmm/driver.js';
+import type { ReadyImage } from '../image/service.js';
+import type { TapAttachment } from '../network/tap.js';
+import type { AccelChoice } from '../../../protocol/common.js';
+import { USER_NET, isPortFree, pickFreePort } from './addresses.js';
+import { capConsoleLog, waitForConsoleLine } from './console.js';
+import { writeHandles } from './handles.js';
+import { newLiveVm, type LiveVm, type LiveVms } from './live.js';
+import { buildSeedTar } from './seed.js';
+
+/** Decides the accelerator for a boot of `image`'s kernel: a real probe, cached. */
+export interface AccelResolver {
+  resolve(requested: AccelChoice, image: ReadyImage, signal?: AbortSignal): Promise<{ accel: Accel; notice?: string }>;
+  /** Whether KVM is usable (cached answer or probe); used to pick a VMM. */
+  kvmUsable(image: ReadyImage, signal?: AbortSignal): Promise<boolean>;
+}
+
+/** What booting needs of tap networking (see network/tap.ts). */
+export interface TapNetworking {
+  /** Whether tap mode can work on this host, and why not. */
+  supported(signal?: AbortSignal): Promise<{ ok: boolean; reason?: string }>;
+  /** Creates (or finds again) the VM's tap; the same VM keeps its address. */
+  attach(vmId: string, opts: { egress: boolean; mac: string }, signal?: AbortSignal): Promise<TapAttachment>;
+  detach(vmId: string, signal?: AbortSignal): Promise<void>;
+  /** Removes what belongs to VMs not in `live`, recreates what live VMs miss. */
+  reconcile(live: ReadonlySet<string>, signal?: AbortSignal): Promise<void>;
+}
+
+/** Builds the guest kernel command line for a boot. */
+export type KernelCmdline = (vm: VmRecord) => string;
+
+export interface BootDeps {
+  vms: VmRepo;
+  live: LiveVms;
+  accel: AccelResolver;
+  tap: TapNetworking;
+  kernelCmdline: KernelCmdline;
+  /** banger's client public key, authorized in every guest. */
+  authorizedKey: string;
+  /** Told the bridge address when a tap VM starts (banger's DNS listens there for guests). */
+  onTapAttached?: (gateway: string) => Promise<void>;
+  now: () => Date;
+  /** How long a boot may take until SSH answers. */
+  bootTimeoutMs: number;
+}
+
+/** One boot in progress: what the steps read and fill in, in order. */
+export interface Boot {
+  vm: VmRecord;
+  image: ReadyImage;
+  driver: VmmDriver;
+  vp: VmPaths;
+  signal?: AbortSignal;
+  progress: (ev: ProgressEvent) => void;
+  deadline: number;
+  accel?: Accel;
+  net?: { ipCidr: string; gateway: string; dns: string; tapName?: string };
+  live?: LiveVm;
+  hostPublicKey?: string;
+}
+
+/** A named step of a boot; the names are the progress labels, in this order. */
+export interface BootStep {
+  name: string;
+  run(boot: Boot, d: BootDeps): Promise<void>;
+}
+
+/** The guest's network as the seed tells it: user networking's fixed addresses, or the VM's tap. */
+const network: BootStep = {
+  name: 'network',
+  async run(b, d) {
+    if (b.vm.networkMode === 'tap') {
+      const t = await d.tap.attach(b.vm.id, { egress: b.vm.egress, mac: b.vm.mac }, b.signal);
+      b.net = { ipCidr: t.guestCidr, gateway: t.gateway, dns: t.dns, tapName: t.tapName };
+      const ip = t.guestCidr.split('/')[0]!;
+      if (ip !== b.vm.hostAddress) b.vm = d.vms.update(b.vm.id, { hostAddress: ip, guestAddress: ip });
+      await d.onTapAttached?.(t.gateway);
+      return;
+    }
+    b.net = { ipCidr: USER_NET.cidr, gateway: USER_NET.gateway, dns: USER_NET.dns };
+    // Something else may have taken the VM's SSH port while it was stopped.
+    if (!(await isPortFree(b.vm.hostAddress, b.vm.sshPort)))
+      b.vm = d.vms.update(b.vm.id, { sshPort: await pickFreePort(b.vm.hostAddress, d.vms.usedSshPorts()) });
+  },
+};
+
+export const BOOT_STEPS: readonly BootStep[] = [
+  {
+    name: 'choose accelerator',
+    async run(b, d) {
+      const { accel, notice } = await d.accel.resolve(b.vm.accelChoice, b.image, b.signal);
+      if (notice) b.progress({ kind: 'notice', message: notice });
+      b.accel = accel;
+    },
+  },
+  network,
+  {
+    name: 'write seed',
+    async run(b, d) {
+      const hostPrivateKey = await readFile(b.vp.hostKeyPrivate, 'utf8');
+      b.hostPublicKey = (await readFile(b.vp.hostKeyPublic, 'utf8')).trim();
+      const net = b.net!;
+      const seed = await buildSeedTar({
+        hostname: b.vm.name,
+        ipCidr: net.ipCidr,
+        gateway: net.gateway,
+        dns: net.dns,
+        hostPrivateKey,
+        hostPublicKey: b.hostPublicKey,
+        authorizedKeys: d.authorizedKey,
+      });
+      await writeFile(b.vp.seedDisk, seed, { mode: 0o600 });
+      await writeFile(b.vp.consoleLog, '', { mode: 0o600 });
+    },
+  },
+  {
+    name: 'launch',
+    async run(b, d) {
+      const spec = launchSpec(b, d.kernelCmdline(b.vm));
+      // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
+      // during the wait leaves a handle that the next start adopts or ends, never an unknown QEMU.
+      const handle = await b.driver.launch(spec, b.signal, {
+        onSpawned: (h) => writeHandles(b.vp.handles, h),
+      });
+      await writeHandles(b.vp.handles, handle);
+      b.live = newLiveVm(handle, b.driver);
+      d.live.add(b.vm.id, b.live);
+      b.vm = d.vms.update(b.vm.id, { accel: b.accel!, startedAt: d.now().toISOString() });
+    },
+  },
+  {
+    name: 'wait for the guest',
+    async run(b) {
+      const { handle } = b.live!;
+      // Under user networking the host side of the forward accepts before the guest listens, and an SSH
+      // attempt then hangs: wait for the guest's own "ready" line on the console first.
+      await waitForConsoleLine(b.vp.consoleLog, READY_MARKER, {
+        deadline: b.deadline,
+        signal: b.signal,
+        alive: () => b.driver.isAlive(handle, b.vm.id),
+      });
+      await capConsoleLog(b.vp.consoleLog);
+    },
+  },
+  {
+    name: 'connect ssh',
+    async run(b, d) {
+      const live = b.live!;
+      const session = await SshGuestSession.waitFor(d.live.sshTarget(b.vm, b.hostPublicKey!), {
+        deadlineMs: Math.max(10_000, b.deadline - Date.now()),
+        signal: b.signal,
+        stillBooting: async () => d.live.get(b.vm.id) === live && (await b.driver.isAlive(live.handle, b.vm.id)),
+      });
+      d.live.useSession(live, session);
+    },
+  },
+];
+
+/** Runs the steps in order, reporting each as a progress step. */
+export async function runBoot(b: Boot, d: BootDeps, steps: readonly BootStep[] = BOOT_STEPS): Promise<void> {
+  for (const [i, step] of steps.entries()) {
+    b.signal?.throwIfAborted();
+    const detail = step.name === 'launch' ? `${b.driver.name}, ${b.accel}` : undefined;
+    b.progress({ kind: 'step', step: step.name, index: i + 1, total: steps.length, ...(detail ? { detail } : {}) });
+    await step.run(b, d);
+  }
+}
+
+/** What the driver is asked to start: disks by the driver's features, never by its name. */
+export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
+  const { vm, vp, image, driver } = b;
+  const qcow2 = driver.features.has('qcow2');
+  const tapName = b.net?.tapName;
+  if (!b.accel) throw new BangerError(ErrorCode.Internal, 'launch before the accelerator was chosen');
+  return {
+    vmId: vm.id,
+    name: vm.name,
+    vcpus: vm.vcpus,
+    memoryMib: vm.memoryMib,
+    accel: b.accel,
+    kernelPath: image.kernelPath,
+    initrdPath: image.initrdPath,
+    kernelCmdline,
+    disks: [
+      { id: 'root', path: qcow2 ? vp.rootDisk : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
+      { id: 'work', path: vp.workDisk, format: 'raw', readOnly: false },
+      { id: 'seed', path: vp.seedDisk, format: 'raw', readOnly: true },
+    ],
+    network: tapName
+      ? { mode: 'tap', tapName, mac: vm.mac }
+      : { mode: 'user', hostAddress: vm.hostAddress, sshHostPort: vm.sshPort, egress: vm.egress, mac: vm.mac },
+    consoleLogPath: vp.consoleLog,
+    vmmLogPath: vp.vmmLog,
+    controlSocketPath: driver.controlSocketPath(vp),
+  };
+}

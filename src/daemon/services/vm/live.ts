@@ -1,0 +1,136 @@
+import { readFile } from 'node:fs/promises';
+import { failedPrecondition } from '../../../errors/index.js';
+import type { Paths, VmPaths } from '../../../shared/paths.js';
+import type { Logger } from '../../../shared/logger.js';
+import { SshGuestSession, type SshTarget } from '../../guest/ssh.js';
+import type { VmRecord } from '../../store/repos/vms.js';
+import type { VmHandle, VmmDriver } from '../../vmm/driver.js';
+import { removeRuntimeFiles } from './handles.js';
+
+/** What is true right now about a VM the daemon believes runs. */
+export interface LiveVm {
+  handle: VmHandle;
+  driver: VmmDriver;
+  session?: SshGuestSession;
+  connecting?: Promise<SshGuestSession>;
+  /** Set while banger itself stops the VM, so its exit is not reported as unexpected. */
+  stopping: boolean;
+  /** Aborted when the daemon lets go of the VM: ends the exit watcher and the port watcher. */
+  watch: AbortController;
+  /** Guest ports forwarded on the VM's host address. */
+  forwards: Set<number>;
+}
+
+export function newLiveVm(handle: VmHandle, driver: VmmDriver, forwards: Iterable<number> = []): LiveVm {
+  return { handle, driver, stopping: false, watch: new AbortController(), forwards: new Set(forwards) };
+}
+
+/** Files that describe a running VM and mean nothing once it stopped. */
+export function runtimeFiles(vp: VmPaths): string[] {
+  return [vp.handles, vp.qmpSocket, vp.apiSocket, vp.vsockSocket, vp.pidFile, vp.seedDisk];
+}
+
+export interface LiveVmsDeps {
+  paths: Paths;
+  log: Logger;
+  /** banger's client key, authorized in every guest. */
+  clientKey: { privateKey: string };
+  /** Told when a VM's process ended without banger stopping it (guest poweroff, VMM crash). */
+  onUnexpectedExit: (vmId: string) => void;
+}
+
+/**
+ * The VMs whose VMM process this daemon holds, with one SSH connection each (opened on first use and kept
+ * while the VM runs). Owns the exit watch of each; knows nothing about records beyond what a call passes in.
+ */
+export class LiveVms {
+  private readonly live = new Map<string, LiveVm>();
+
+  constructor(private readonly d: LiveVmsDeps) {}
+
+  get(id: string): LiveVm | undefined {
+    return this.live.get(id);
+  }
+
+  has(id: string): boolean {
+    return this.live.has(id);
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** Registers a VM's live process and watches for it to exit. */
+  add(id: string, live: LiveVm): void {
+    this.live.set(id, live);
+    live.driver.waitExit(live.handle, live.watch.signal).then(
+      async () => {
+        if (this.live.get(id) !== live || live.stopping) return;
+        this.live.delete(id);
+        live.session?.close();
+        await removeRuntimeFiles(runtimeFiles(this.d.paths.vm(id)));
+        this.d.onUnexpectedExit(id);
+      },
+      () => undefined,
+    );
+  }
+
+  /** Ends the VMM (if any), closes its connection and removes its runtime files. */
+  async teardown(id: string): Promise<void> {
+    const live = this.live.get(id);
+    if (live) {
+      live.stopping = true;
+      live.watch.abort();
+      live.session?.close();
+      await live.driver.kill(live.handle, 3000).catch(() => undefined);
+      this.live.delete(id);
+    }
+    await removeRuntimeFiles(runtimeFiles(this.d.paths.vm(id)));
+  }
+
+  /** Lets go of every VM without stopping it (they outlive the daemon): closes connections and watchers. */
+  detachAll(): void {
+    for (const live of this.live.values()) {
+      live.watch.abort();
+      live.session?.close();
+    }
+    this.live.clear();
+  }
+
+  /** Where banger's SSH client reaches `vm`, with the host key it must present. */
+  sshTarget(vm: VmRecord, hostPublicKey: string): SshTarget {
+    return {
+      host: vm.hostAddress,
+      port: vm.sshPort,
+      username: 'root',
+      privateKey: this.d.clientKey.privateKey,
+      hostPublicKey,
+    };
+  }
+
+  /** Adopts `session` as the VM's connection (made during boot). */
+  useSession(live: LiveVm, session: SshGuestSession): void {
+    live.session = session;
+    session.onClose(() => {
+      if (live.session === session) live.session = undefined;
+    });
+  }
+
+  /** The open SSH session of a running VM, connecting once if there is none (after a daemon restart). */
+  async session(vm: VmRecord, signal?: AbortSignal): Promise<SshGuestSession> {
+    const live = this.live.get(vm.id);
+    if (!live) throw failedPrecondition(`VM '${vm.name}' is not running`, `start it with \`banger vm start ${vm.name}\``);
+    if (live.session && !live.session.isClosed) return live.session;
+    if (!live.connecting) {
+      const hostPublicKey = (await readFile(this.d.paths.vm(vm.id).hostKeyPublic, 'utf8')).trim();
+      live.connecting = SshGuestSession.waitFor(this.sshTarget(vm, hostPublicKey), {
+        deadlineMs: 30_000,
+        signal,
+        stillBooting: () => live.driver.isAlive(live.handle, vm.id),
+      }).finally(() => (live.connecting = undefined));
+    }
+    const s = await live.connecting;
+    this.useSession(live, s);
+    return s;
+  }
+}
