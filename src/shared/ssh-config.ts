@@ -172,7 +172,8 @@ export interface VmSshIncludeOptions {
  * The ssh_config file that banger's block Includes. One `Host NAME.vm` block per VM gives its address and
  * port (so `ssh NAME.vm` works without DNS) and `HostKeyAlias NAME.vm`, so OpenSSH looks the host key up
  * under the name the known_hosts file pins it as, whatever address and port the VM has today. Then
- * `Host *.vm` sets what every VM shares. VMs are sorted by name so the same set renders the same bytes.
+ * `Host *.vm` sets what every VM shares, including no agent or X11 forwarding into the untrusted guest.
+ * VMs are sorted by name so the same set renders the same bytes.
  */
 export function renderVmSshInclude(opts: VmSshIncludeOptions): string {
   const out = [
@@ -202,6 +203,11 @@ export function renderVmSshInclude(opts: VmSshIncludeOptions): string {
     '  IdentitiesOnly yes',
     `  UserKnownHostsFile ${sshArg(opts.knownHostsFile, true)}`,
     '  StrictHostKeyChecking yes',
+    // The guest is untrusted: it must not get the user's ssh-agent (it could sign with the user's keys
+    // while the session lasts) nor an X11 display (it could read keystrokes and screens). This block
+    // sits before the user's own settings, so these values win over a `Host *` that turns either on.
+    '  ForwardAgent no',
+    '  ForwardX11 no',
   );
   return out.join('\n') + '\n';
 }

@@ -1,9 +1,9 @@
 /**
  * A fake Firecracker API server on a unix socket that validates every request against Firecracker's own
- * Swagger spec (../shared/firecracker/firecracker.yaml beside the repository), the way Firecracker's
- * serde structs would refuse it: unknown paths and methods, bodies that do not match the operation's
- * schema, and unknown fields (Firecracker denies unknown fields) get a 400 with a `fault_message` and are
- * recorded as invalid, so a test can assert that the driver sent none.
+ * Swagger spec (test/fixtures/firecracker/firecracker.yaml, vendored with its Apache-2.0 NOTICE), the
+ * way Firecracker's serde structs would refuse it: unknown paths and methods, bodies that do not match
+ * the operation's schema, and unknown fields (Firecracker denies unknown fields) get a 400 with a
+ * `fault_message` and are recorded as invalid, so a test can assert that the driver sent none.
  */
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -13,13 +13,11 @@ import { fileURLToPath } from 'node:url';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { parse as parseYaml } from 'yaml';
 
-/** The spec, resolved from this file: <repo>/test/helpers -> <repo>/../shared/firecracker. */
+/** The vendored spec, resolved from this file: <repo>/test/helpers -> <repo>/test/fixtures/firecracker. */
 export const FIRECRACKER_SPEC_PATH = join(
   dirname(fileURLToPath(import.meta.url)),
   '..',
-  '..',
-  '..',
-  'shared',
+  'fixtures',
   'firecracker',
   'firecracker.yaml',
 );

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -19,7 +19,7 @@ import {
 } from '../../src/daemon/vmm/firecracker/config.js';
 import { FirecrackerDriver } from '../../src/daemon/vmm/firecracker/driver.js';
 import { detectKernelFormat, extractVmlinux } from '../../src/daemon/vmm/firecracker/vmlinux.js';
-import { FirecrackerFake, FirecrackerSpec } from '../helpers/firecracker-fake.js';
+import { FIRECRACKER_SPEC_PATH, FirecrackerFake, FirecrackerSpec } from '../helpers/firecracker-fake.js';
 import type { FakeBehaviour, FakeRecord } from '../helpers/fake-firecracker.js';
 
 const FAKE_BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'fake-firecracker.ts');
@@ -176,6 +176,18 @@ void describe('firecracker config builders', () => {
 });
 
 void describe('the spec-validating fake', () => {
+  void it('reads the spec vendored in this repository, with its Apache-2.0 notice beside it', () => {
+    const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+    assert.equal(FIRECRACKER_SPEC_PATH, join(repo, 'test', 'fixtures', 'firecracker', 'firecracker.yaml'));
+    assert.ok(existsSync(FIRECRACKER_SPEC_PATH), 'a clone with nothing beside it has the spec');
+    const notice = readFileSync(join(dirname(FIRECRACKER_SPEC_PATH), 'NOTICE'), 'utf8');
+    assert.match(notice, /Apache-2\.0/);
+    assert.match(
+      readFileSync(join(dirname(FIRECRACKER_SPEC_PATH), 'LICENSE'), 'utf8'),
+      /Apache License\s+Version 2\.0/,
+    );
+    assert.match(readFileSync(FIRECRACKER_SPEC_PATH, 'utf8'), /^swagger: "2\.0"/);
+  });
   void it('rejects what Firecracker would reject', () => {
     const cases: [string, string, unknown, RegExp][] = [
       ['PUT', '/machine-config', { vcpu_count: '2', mem_size_mib: 512 }, /vcpu_count must be integer/],

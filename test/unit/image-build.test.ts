@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
 import { guestKernelArgs, hostTscKhz } from '../../src/daemon/guest/init/cmdline.js';
 import {
   PROBE_MARKER,
@@ -255,6 +256,21 @@ void describe('resolveModules', () => {
   });
   void it('throws for a module that is neither loadable nor built in', () => {
     assert.throws(() => resolveModules(dep, '', ['virtio_console']), /virtio_console/);
+  });
+  void it('a missing module is a FailedPrecondition naming the module, kernel and image, with the rebuild command', () => {
+    assert.throws(
+      () =>
+        resolveModules(dep, '', ['virtio_net', 'virtio_console'], {
+          image: 'dev',
+          kernelVersion: '6.1.0-9-cloud-amd64',
+        }),
+      (e: unknown) =>
+        e instanceof BangerError &&
+        e.code === ErrorCode.FailedPrecondition &&
+        /virtio_console/.test(e.message) &&
+        /kernel 6\.1\.0-9-cloud-amd64 of image 'dev'/.test(e.message) &&
+        (e.hint ?? '').includes('banger image build --force dev'),
+    );
   });
 });
 

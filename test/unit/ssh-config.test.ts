@@ -122,6 +122,8 @@ Host *.vm
   IdentitiesOnly yes
   UserKnownHostsFile /var/lib/banger/ssh/known_hosts
   StrictHostKeyChecking yes
+  ForwardAgent no
+  ForwardX11 no
 `;
 
 test('renderVmSshInclude: one Host block per VM (sorted), then Host *.vm', () => {

@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
 import { migrate, openDatabase, schemaVersion } from '../../src/daemon/store/db.js';
 import { MIGRATIONS } from '../../src/daemon/store/migrations/index.js';
 import { ImageRepo } from '../../src/daemon/store/repos/images.js';
@@ -21,6 +22,7 @@ test('migrations apply from an empty database, are recorded, and are idempotent'
     assert.equal(schemaVersion(db), Math.max(...MIGRATIONS.map((m) => m.version)));
     assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
     assert.equal(db.pragma('foreign_keys', { simple: true }), 1);
+    assert.equal(db.pragma('synchronous', { simple: true }), 2, 'FULL: every commit survives a power loss');
     assert.deepEqual(migrate(db), []);
     db.close();
     const again = openDatabase(t.path);
@@ -45,7 +47,7 @@ test('every older schema version migrates to the latest', () => {
 test('a failing migration leaves the database at the previous version (transaction)', () => {
   const db = new Database(':memory:');
   const broken = [...MIGRATIONS, { version: 999, name: 'broken', sql: 'CREATE TABLE x (a); THIS IS NOT SQL;' }];
-  assert.throws(() => migrate(db, broken));
+  assert.throws(() => migrate(db, broken), (e: unknown) => e instanceof BangerError && /version 999 \(broken\)/.test(e.message));
   assert.equal(schemaVersion(db), MIGRATIONS.length);
   assert.equal((db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'x'").get() as { n: number }).n, 0);
 });
@@ -53,7 +55,27 @@ test('a failing migration leaves the database at the previous version (transacti
 test('a database newer than this banger is refused with a message saying to upgrade', () => {
   const db = new Database(':memory:');
   migrate(db, [...MIGRATIONS, { version: 50, name: 'future', sql: 'SELECT 1' }]);
-  assert.throws(() => migrate(db), /upgrade banger/);
+  assert.throws(
+    () => migrate(db),
+    (e: unknown) => e instanceof BangerError && e.code === ErrorCode.FailedPrecondition && /upgrade banger/.test(e.hint ?? ''),
+  );
+});
+
+test('a state database that is not one is refused with its path and what to do', () => {
+  const t = tempDb();
+  try {
+    writeFileSync(t.path, 'this is not an SQLite database, it is long enough to have a header '.repeat(20));
+    assert.throws(
+      () => openDatabase(t.path),
+      (e: unknown) =>
+        e instanceof BangerError &&
+        e.code === ErrorCode.FailedPrecondition &&
+        e.message.includes(t.path) &&
+        /move a damaged file aside/.test(e.hint ?? ''),
+    );
+  } finally {
+    t.cleanup();
+  }
 });
 
 test('repos round-trip records; an image in use cannot be deleted (foreign key)', () => {

@@ -199,6 +199,43 @@ void test('buildRuleset with egress: forward accept and masquerade for that sour
   assert.doesNotMatch(text, /172\.30\.0\.2 .*masquerade/);
 });
 
+void test('buildRuleset with dns.port 5353: guests still ask bridge:53, DNATed to the port banger listens on', () => {
+  const text = buildRuleset({ ...table(false), dnsPort: 5353 });
+  assert.equal(
+    text,
+    REMOVE +
+      `table inet banger {
+	chain input {
+		type filter hook input priority filter - 10; policy accept;
+		iifname "banger0" jump from_vms
+	}
+	chain from_vms {
+		ct state established,related accept
+		ip daddr 172.30.0.1 udp dport 5353 accept
+		ip daddr 172.30.0.1 tcp dport 5353 accept
+		ip daddr 172.30.0.1 icmp type echo-request accept
+		drop
+	}
+	chain forward {
+		type filter hook forward priority filter - 10; policy accept;
+		iifname "banger0" drop
+		oifname "banger0" ct state established,related accept
+		oifname "banger0" drop
+	}
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "banger0" ip daddr 172.30.0.1 udp dport 53 dnat ip to 172.30.0.1:5353
+		iifname "banger0" ip daddr 172.30.0.1 tcp dport 53 dnat ip to 172.30.0.1:5353
+	}
+}
+` +
+      BRIDGE_TABLE,
+  );
+  // Port 53 (the default) needs no NAT at all.
+  assert.doesNotMatch(buildRuleset({ ...table(false), dnsPort: 53 }), /dnat/);
+  assert.throws(() => buildRuleset({ ...table(false), dnsPort: 70000 }), /invalid DNS port/);
+});
+
 void test('buildRuleset with no VMs: empty sets are declared without elements', () => {
   const text = buildRuleset({ bridge: 'banger0', gateway: '172.30.0.1', vms: [] });
   assert.doesNotMatch(text, /elements/);
@@ -364,6 +401,27 @@ void test('TapNetwork against a fake host: attach is idempotent, egress switches
     assert.equal(host.ipForward(), '0', 'forwarding switched back off');
     await assert.rejects(readFile(statePath), /ENOENT/);
     await net.down(); // idempotent
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+void test('TapNetwork applies the configured DNS port to the rules it loads', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'banger-tap-'));
+  try {
+    const host = fakeHost();
+    const net = new TapNetwork({
+      run: host.run,
+      statePath: join(dir, 'tap.json'),
+      config: { bridge: 'banger0', subnet: '172.30.0.0/24' },
+      log: silentLogger(),
+      dnsPort: 5353,
+    });
+    const a = await net.attach('aaaaaaaaaaaa', { egress: false });
+    assert.equal(a.dns, '172.30.0.1', 'the guest is told the bridge address; its resolver uses port 53');
+    const rules = host.nftScripts.at(-1)!;
+    assert.match(rules, /iifname "banger0" ip daddr 172\.30\.0\.1 udp dport 53 dnat ip to 172\.30\.0\.1:5353/);
+    assert.match(rules, /ip daddr 172\.30\.0\.1 udp dport 5353 accept/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -2,14 +2,18 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import { Methods, type VmSshTarget } from '../../../protocol/methods.js';
+import { VmMethods, type VmSshTarget } from '../../../protocol/vm.js';
 import type { CliContext } from '../../context.js';
 import { runInGuest } from '../../guest-exec.js';
 import { out } from '../../output.js';
 import { prepareWorkspace } from '../../workspace.js';
-import { headCommitOf, spawnRunner } from '../../../shared/workspace-files.js';
+import { runCommand } from '../../../shared/command.js';
+import { headCommitOf } from '../../../shared/workspace-files.js';
 
-/** OpenSSH arguments for a VM: banger's key, the VM's pinned host key, strict checking. */
+/**
+ * OpenSSH arguments for a VM: banger's key, the VM's pinned host key, strict checking, and no agent or
+ * X11 forwarding: the guest is untrusted, and `-o` wins over anything in the user's ~/.ssh/config.
+ */
 export function opensshArgs(t: VmSshTarget, extra: string[] = []): string[] {
   return [
     '-i', t.identityFile,
@@ -17,6 +21,8 @@ export function opensshArgs(t: VmSshTarget, extra: string[] = []): string[] {
     '-o', `UserKnownHostsFile=${t.knownHostsFile}`,
     '-o', 'StrictHostKeyChecking=yes',
     '-o', `HostKeyAlias=${t.hostKeyAlias}`,
+    '-o', 'ForwardAgent=no',
+    '-o', 'ForwardX11=no',
     '-o', 'LogLevel=ERROR',
     '-p', String(t.port),
     ...extra,
@@ -29,10 +35,10 @@ export function opensshArgs(t: VmSshTarget, extra: string[] = []): string[] {
  * with autoPrepare, imports it again instead (same guest path and untracked choice).
  */
 async function checkWorkspaceFresh(ctx: CliContext, name: string, autoPrepare: boolean): Promise<void> {
-  const vm = await ctx.call(Methods.vmShow, { name });
+  const vm = await ctx.call(VmMethods.show, { name });
   const ws = vm.workspace;
   if (!ws || !existsSync(ws.sourcePath)) return;
-  const head = await headCommitOf(ws.sourcePath, spawnRunner, ctx.signal);
+  const head = await headCommitOf(ws.sourcePath, runCommand, ctx.signal);
   if (head === ws.headCommit) return;
   const short = (c: string | null) => (c ? c.slice(0, 12) : '(no commit)');
   if (autoPrepare) {
@@ -70,7 +76,7 @@ guest has mise. When the host repo's HEAD differs from the imported commit, a wa
     .argument('<name>')
     .argument('[command...]', 'run this instead of a shell')
     .action(async (name: string, command: string[]) => {
-      const t = await ctx.call(Methods.vmSshTarget, { name });
+      const t = await ctx.call(VmMethods.sshTarget, { name });
       ctx.exitCode = await new Promise<number>((resolve, reject) => {
         const child = spawn('ssh', [...opensshArgs(t, command.length === 0 ? ['-t'] : []), ...command], { stdio: 'inherit' });
         child.once('error', (e) =>

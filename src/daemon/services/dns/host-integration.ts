@@ -2,8 +2,9 @@
  * Makes `<name>.vm` resolve for every program on the host, by one of two mechanisms:
  *
  * - `resolved`: where systemd-resolved runs, a dummy link `banger-dns` carries banger's DNS server
- *   address and the routing-only domain `~vm` (`resolvectl dns banger-dns ADDR`, `resolvectl domain
- *   banger-dns '~vm'`), so resolved sends `.vm` queries, and only those, to banger's DNS server. This is
+ *   address and the routing-only domain `~vm` (`resolvectl dns banger-dns ADDR`, or `ADDR:PORT` when
+ *   `dns.port` is not 53 (systemd 246 and later), `resolvectl domain banger-dns '~vm'`), so resolved
+ *   sends `.vm` queries, and only those, to banger's DNS server. This is
  *   how LXD and libvirt integrate their bridges' DNS. resolved only uses a link's DNS servers when the
  *   link is up and has an address of global scope, hence the dummy link and `scope global`.
  *   Link and resolved settings are runtime state, lost at reboot: the daemon calls `reapply()` when it
@@ -12,17 +13,19 @@
  * - `hosts`: everywhere else, a block in the hosts file between `# >>> banger >>>` and
  *   `# <<< banger <<<` holds `ADDR NAME.vm` per VM; NSS `files` (in every nsswitch.conf) reads it, and
  *   the daemon rewrites the block whenever VMs or addresses change (`sync`). The rest of the file is
- *   kept byte for byte.
+ *   kept byte for byte. A damaged block (a begin marker without its end, markers out of order, two
+ *   blocks) is refused, never guessed at: the user fixes it by hand. Every write is durable and never
+ *   leaves a truncated file (durable-file.ts).
  *
  * What install did is recorded in a state file, so uninstall undoes exactly that.
  */
-import { existsSync, readFileSync, renameSync, statSync, writeFileSync, chownSync, rmSync } from 'node:fs';
-import { dirname, join, basename } from 'node:path';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { CommandRunner } from '../../exec.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { DnsMechanism, DnsStatus, DnsVmEntry } from '../../../protocol/dns.js';
+import { durableWrite, recoverInterrupted } from './durable-file.js';
 
 export const BLOCK_BEGIN = '# >>> banger >>> managed by bangerd; remove with `banger dns uninstall`';
 export const BLOCK_END = '# <<< banger <<<';
@@ -39,20 +42,44 @@ interface BlockSpan {
   end: number;
 }
 
-/** Finds banger's block: a line starting with the begin marker through the next end marker line. */
-export function findBlock(text: string): BlockSpan | undefined {
+/**
+ * Finds banger's block: a line starting with the begin marker through the next end marker line.
+ * Anything else with markers in it (a begin without an end, an end before any begin, a second begin
+ * or a second block) throws FailedPrecondition naming `file` and the line: rewriting a guessed span
+ * could delete the user's own lines.
+ */
+export function findBlock(text: string, file = 'the hosts file'): BlockSpan | undefined {
+  const damaged = (what: string) =>
+    new BangerError(ErrorCode.FailedPrecondition, `${file}: banger's block is damaged: ${what}`, {
+      hint:
+        `fix ${file} by hand: keep one block from a '${BEGIN_PREFIX}' line to a '${BLOCK_END}' line, or delete ` +
+        'every banger line (the daemon writes the block again), then retry',
+    });
   let pos = 0;
-  let start: number | undefined;
+  let lineNo = 0;
+  let open: { start: number; line: number } | undefined;
+  let found: (BlockSpan & { first: number; last: number }) | undefined;
   while (pos < text.length) {
+    lineNo++;
     const nl = text.indexOf('\n', pos);
     const lineEnd = nl === -1 ? text.length : nl;
     const line = text.slice(pos, lineEnd).replace(/\r$/, '');
     const next = nl === -1 ? text.length : nl + 1;
-    if (start === undefined && line.startsWith(BEGIN_PREFIX)) start = pos;
-    else if (start !== undefined && line === BLOCK_END) return { start, end: next };
+    if (line.startsWith(BEGIN_PREFIX)) {
+      if (open)
+        throw damaged(`line ${lineNo} begins a block while the one begun on line ${open.line} has no end marker`);
+      if (found)
+        throw damaged(`line ${lineNo} begins a second block (the first is on lines ${found.first}-${found.last})`);
+      open = { start: pos, line: lineNo };
+    } else if (line === BLOCK_END) {
+      if (!open) throw damaged(`line ${lineNo} is an end marker '${BLOCK_END}' with no begin marker before it`);
+      found = { start: open.start, end: next, first: open.line, last: lineNo };
+      open = undefined;
+    }
     pos = next;
   }
-  return undefined;
+  if (open) throw damaged(`the begin marker on line ${open.line} has no end marker '${BLOCK_END}' after it`);
+  return found && { start: found.start, end: found.end };
 }
 
 /** The lines of the block for these VMs: `ADDR NAME.vm`, sorted by name; VMs without a usable address are left out. */
@@ -134,8 +161,10 @@ export interface DnsHostIntegrationDeps {
   stateFile: string;
   /** The hosts file; /etc/hosts in the daemon, a temp file in tests. */
   hostsFile: string;
-  /** The address banger's DNS server listens on (resolved is pointed at it, on port 53). */
+  /** The address banger's DNS server listens on (resolved is pointed at it). */
   dnsAddress: string;
+  /** The port it listens on (config `dns.port`); default 53. */
+  dnsPort?: number;
   run: CommandRunner;
   log: Logger;
   /** systemd-resolved's runtime directory; default /run/systemd/resolve. */
@@ -170,6 +199,7 @@ export class DnsHostIntegration {
       ((await resolvedActive(this.deps.run, this.deps.resolvedRuntimeDir, signal)) ? 'resolved' : 'hosts');
     if (mechanism === 'hosts') {
       const text = this.readHosts();
+      findBlock(text, this.deps.hostsFile); // a damaged block is refused before anything is recorded
       const r = insertBlock(text, blockLines(vms));
       // Record before writing: a crash in between leaves a state that uninstall can still undo.
       this.writeState({ mechanism: 'hosts', hostsFile: this.deps.hostsFile, addedNewline: r.addedNewline });
@@ -194,6 +224,7 @@ export class DnsHostIntegration {
     const state = this.readState();
     if (state?.mechanism === 'hosts') {
       const text = this.readHosts(state.hostsFile);
+      findBlock(text, state.hostsFile); // a damaged block is the user's to fix, not banger's to guess at
       this.writeHosts(text, removeBlock(text, state.addedNewline), state.hostsFile);
     } else if (state?.mechanism === 'resolved') {
       await this.deps.run('resolvectl', ['revert', state.link], { allowFailure: true, signal });
@@ -216,7 +247,7 @@ export class DnsHostIntegration {
     const state = this.readState();
     if (state?.mechanism !== 'hosts') return; // resolved asks the DNS server, which reads live state
     const text = this.readHosts(state.hostsFile);
-    if (!findBlock(text)) {
+    if (!findBlock(text, state.hostsFile)) {
       this.deps.log.warn({ hostsFile: state.hostsFile }, 'banger block missing from the hosts file; adding it back');
       const r = insertBlock(text, blockLines(vms));
       this.writeState({ ...state, addedNewline: r.addedNewline });
@@ -224,6 +255,12 @@ export class DnsHostIntegration {
       return;
     }
     this.writeHosts(text, replaceBlock(text, blockLines(vms)), state.hostsFile);
+  }
+
+  /** `ADDR`, or `ADDR:PORT` when banger's DNS server is not on port 53. */
+  private resolvedServer(address: string): string {
+    const port = this.deps.dnsPort ?? 53;
+    return port === 53 ? address : `${address}:${port}`;
   }
 
   /** Re-applies an installed integration after a reboot or a daemon restart. */
@@ -243,23 +280,24 @@ export class DnsHostIntegration {
     if (!state)
       return { ...base, installed: false, mechanism: null, detail: 'not installed: run `banger dns install`' };
     if (state.mechanism === 'hosts') {
-      const present = existsSync(state.hostsFile) && findBlock(this.readHosts(state.hostsFile)) !== undefined;
-      return {
-        ...base,
-        installed: true,
-        mechanism: 'hosts',
-        hostsFile: state.hostsFile,
-        detail: present
-          ? `names are kept in a block of ${state.hostsFile}`
-          : `the banger block is missing from ${state.hostsFile}; the daemon adds it back at the next change`,
-      };
+      let detail: string;
+      try {
+        detail =
+          existsSync(state.hostsFile) && findBlock(this.readHosts(state.hostsFile), state.hostsFile) !== undefined
+            ? `names are kept in a block of ${state.hostsFile}`
+            : `the banger block is missing from ${state.hostsFile}; the daemon adds it back at the next change`;
+      } catch (e) {
+        if (!(e instanceof BangerError)) throw e;
+        detail = `${e.message}; ${e.hint ?? ''}`;
+      }
+      return { ...base, installed: true, mechanism: 'hosts', hostsFile: state.hostsFile, detail };
     }
     return {
       ...base,
       installed: true,
       mechanism: 'resolved',
       link: state.link,
-      detail: `systemd-resolved sends *.vm queries to ${state.address} (routing domain ~vm on link ${state.link})`,
+      detail: `systemd-resolved sends *.vm queries to ${this.resolvedServer(state.address)} (routing domain ~vm on link ${state.link})`,
     };
   }
 
@@ -275,7 +313,18 @@ export class DnsHostIntegration {
     if (!addr.stdout.includes(` ${state.address}/`))
       await run('ip', ['addr', 'add', `${state.address}/32`, 'dev', state.link, 'scope', 'global'], { signal });
     await run('ip', ['link', 'set', state.link, 'up'], { signal });
-    await run('resolvectl', ['dns', state.link, state.address], { signal });
+    const server = this.resolvedServer(state.address);
+    const dns = await run('resolvectl', ['dns', state.link, server], { signal, allowFailure: true });
+    if (dns.code !== 0)
+      throw new BangerError(
+        ErrorCode.FailedPrecondition,
+        `systemd-resolved refused banger's DNS server ${server}: ${dns.stderr.trim() || `exit ${dns.code}`}`,
+        {
+          hint: server.includes(':')
+            ? 'systemd-resolved before version 246 only uses port 53: set dns.port to 53 in config.json, or upgrade systemd'
+            : 'check `resolvectl status` and `journalctl -u systemd-resolved`',
+        },
+      );
     await run('resolvectl', ['domain', state.link, '~vm'], { signal });
     // Never the default route: only .vm goes to banger (older resolvectl lacks the verb; ~vm alone implies it).
     await run('resolvectl', ['default-route', state.link, 'false'], { signal, allowFailure: true });
@@ -301,17 +350,24 @@ export class DnsHostIntegration {
   }
 
   private writeState(s: InstallState): void {
-    atomicWrite(this.deps.stateFile, JSON.stringify(s, null, 2) + '\n', 0o600);
+    durableWrite(this.deps.stateFile, JSON.stringify(s, null, 2) + '\n', { mode: 0o600 });
   }
 
+  /** The hosts file's bytes as latin1; first puts back a backup that an interrupted in-place rewrite left. */
   private readHosts(file = this.deps.hostsFile): string {
+    if (recoverInterrupted(file))
+      this.deps.log.warn({ hostsFile: file }, 'restored the hosts file from the backup of an interrupted rewrite');
     return existsSync(file) ? readFileSync(file).toString('latin1') : '';
   }
 
   private writeHosts(before: string, after: string, file = this.deps.hostsFile): void {
     if (before === after) return;
     try {
-      atomicWrite(file, Buffer.from(after, 'latin1'));
+      // /etc/hosts is a bind mount in containers, where only an in-place rewrite (after a backup) can work.
+      durableWrite(file, Buffer.from(after, 'latin1'), {
+        inPlaceFallback: true,
+        onInPlace: (reason) => this.deps.log.warn({ hostsFile: file }, reason),
+      });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
@@ -321,24 +377,5 @@ export class DnsHostIntegration {
         });
       throw e;
     }
-  }
-}
-
-/**
- * Replaces a file by rename, keeping its mode and owner, so readers never see half a file. A file that
- * is a mount point (/etc/hosts in containers) cannot be renamed over: it is rewritten in place.
- */
-function atomicWrite(file: string, data: string | Buffer, mode?: number): void {
-  const st = existsSync(file) ? statSync(file) : undefined;
-  const tmp = join(dirname(file), `.${basename(file)}.banger-${process.pid}`);
-  try {
-    writeFileSync(tmp, data, { mode: mode ?? (st ? st.mode & 0o7777 : 0o644) });
-    if (st) chownSync(tmp, st.uid, st.gid);
-    renameSync(tmp, file);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EBUSY' || code === 'EXDEV' || code === 'EPERM' || code === 'EACCES') writeFileSync(file, data);
-    else throw e;
   }
 }

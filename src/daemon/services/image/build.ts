@@ -1,21 +1,24 @@
 /**
  * Builds a guest image from Debian packages: kernel, a tiny BusyBox initrd and an ext4 root filesystem.
  * Needs root (mmdebstrap's root mode) and mmdebstrap, cpio, gzip, mkfs.ext4 and du on the host; no
- * filesystem is mounted by banger itself (mmdebstrap mounts /proc etc. inside its chroot while it runs).
+ * filesystem is mounted by banger itself (mmdebstrap mounts /proc etc. inside its chroot while it runs,
+ * which is why scratch trees are removed through leftovers.ts, never by a bare rm -rf).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../exec.js';
 import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
 import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';
+import { procHost, removeBuildLeftovers } from './leftovers.js';
 
 export { guestKernelArgs, hostTscKhz } from '../../guest/init/cmdline.js';
 export { DEFAULT_DEBIAN_MIRROR, hostMirror, readHostMirror } from './mirror.js';
+export { mountsUnder } from './leftovers.js';
 
 export interface ImageBuildParams {
   /** Image name, recorded in the guest at /etc/banger-image. */
@@ -169,19 +172,6 @@ export function kernelVersions(bootEntries: readonly string[]): string[] {
     .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
 }
 
-/** Mount points at or under `dir`, deepest first, from /proc/self/mountinfo text. */
-export function mountsUnder(mountinfo: string, dir: string): string[] {
-  const base = resolve(dir);
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return mountinfo
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((m): m is string => !!m)
-    .map(unescape)
-    .filter((m) => m === base || m.startsWith(base + '/'))
-    .sort((a, b) => b.length - a.length);
-}
-
 function withSbin(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const parts = (env.PATH ?? '/usr/bin:/bin').split(':');
   for (const p of ['/usr/local/sbin', '/usr/sbin', '/sbin']) if (!parts.includes(p)) parts.push(p);
@@ -234,19 +224,13 @@ export async function buildImage(
   const logLines = (chunk: string) => {
     for (const l of chunk.split('\n')) if (l.trim()) deps.log(l.trimEnd());
   };
-  const removeTree = async (dir: string) => {
-    // mmdebstrap's children (apt, dpkg, chrooted maintainer scripts) outlive a cancelled mmdebstrap.
-    await killProcessesUsing(dir);
-    // A killed mmdebstrap can leave /proc, /sys or /dev bind mounts inside its tree: unmount them
-    // first so removing the tree can never reach into the host's own /dev.
-    const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
-    for (const m of mountsUnder(mountinfo, dir)) await deps.run('umount', ['-l', m], { env });
-    if (mountsUnder(await readFile('/proc/self/mountinfo', 'utf8'), dir).length > 0)
-      throw new BangerError(ErrorCode.Internal, `cannot unmount the filesystems under ${dir}`, {
-        hint: `unmount them by hand (see /proc/self/mountinfo), then remove ${dir}`,
-      });
-    await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  const host = procHost((cmd, args, opts = {}) => deps.run(cmd, args, { env, ...opts }));
+  const leftoverLog = {
+    info: (o: Record<string, unknown>, msg: string) => deps.log(`${msg} ${JSON.stringify(o)}`),
+    warn: (o: Record<string, unknown>, msg: string) => deps.log(`${msg} ${JSON.stringify(o)}`),
   };
+  // Not tied to `signal`: a cancelled build must still be cleaned up.
+  const removeTree = (dir: string) => removeBuildLeftovers(dir, host, leftoverLog);
 
   const cleanup = async () => {
     await removeTree(rootDir);
@@ -278,7 +262,7 @@ export async function buildImage(
       });
     step('build initrd', `kernel ${kernelVersion}`);
     await copyFile(join(rootDir, 'boot', `vmlinuz-${kernelVersion}`), kernelPath);
-    await buildInitrd(rootDir, initrdDir, initrdPath, kernelVersion, run);
+    await buildInitrd(params.name, rootDir, initrdDir, initrdPath, kernelVersion, run);
     // Debian's own initramfs is never used.
     for (const n of await readdir(join(rootDir, 'boot')))
       if (n.startsWith('initrd.img-')) await rm(join(rootDir, 'boot', n), { force: true });
@@ -311,25 +295,6 @@ export async function buildImage(
     await cleanup().catch((c: unknown) => deps.log(`cleanup after a failed build: ${String(c)}`));
     if (signal?.aborted) throw cancelled('image build cancelled');
     throw toBangerError(e);
-  }
-}
-
-/** Processes whose root, working directory or command line is inside `dir`, by pid. */
-async function killProcessesUsing(dir: string): Promise<void> {
-  const base = resolve(dir);
-  const inside = (p: string) => p === base || p.startsWith(base + '/');
-  for (const name of await readdir('/proc')) {
-    const pid = Number(name);
-    if (!Number.isInteger(pid) || pid === process.pid) continue;
-    try {
-      const uses =
-        inside(await readlink(`/proc/${pid}/root`)) ||
-        inside(await readlink(`/proc/${pid}/cwd`)) ||
-        (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0').some((a) => a === base || a.includes(base + '/'));
-      if (uses) process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone, or not ours to inspect
-    }
   }
 }
 
@@ -369,6 +334,7 @@ async function configureRootfs(rootDir: string, params: ImageBuildParams, run: C
 }
 
 async function buildInitrd(
+  imageName: string,
   rootDir: string,
   initrdDir: string,
   initrdPath: string,
@@ -381,6 +347,7 @@ async function buildInitrd(
     await readFile(join(modDir, 'modules.dep'), 'utf8'),
     await readOr(join(modDir, 'modules.builtin')),
     INITRD_MODULES,
+    { image: imageName, kernelVersion },
   );
   for (const d of ['bin', 'dev', 'proc', 'sys', 'newroot', 'lib/modules'])
     await mkdir(join(initrdDir, d), { recursive: true });

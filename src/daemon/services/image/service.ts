@@ -1,12 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { BangerError, ErrorCode, failedPrecondition, invalidArgument, notFound } from '../../../errors/index.js';
-import type { ImageFileInfo, ImageInfo, ProgressEvent } from '../../../protocol/types.js';
+import type { ProgressEvent } from '../../../protocol/common.js';
+import type { ImageFileInfo, ImageInfo } from '../../../protocol/image.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { ImageRecord, ImageRepo } from '../../store/repos/images.js';
 import type { VmRepo } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
+import { runCommand } from '../../exec.js';
+import { procHost, removeBuildLeftovers, type LeftoverHost } from './leftovers.js';
 
 /** An image whose files exist and can boot. */
 export interface ReadyImage {
@@ -40,7 +44,13 @@ export interface ImageServiceDeps {
   build: ImageBuilder;
   log: Logger;
   now?: () => Date;
+  /** Processes, mounts and removal for build leftovers; default the real host (/proc, umount). */
+  leftovers?: LeftoverHost;
+  /** Longest time reconcile spends on one leftover build directory; default 30 s. */
+  leftoverTimeoutMs?: number;
 }
+
+const BUILD_DIR_PREFIX = '.build-';
 
 const IMAGE_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
@@ -54,17 +64,72 @@ export const DEFAULT_IMAGE = 'default';
 export class ImageService {
   private readonly builds = new KeyedMutex();
   private readonly now: () => Date;
+  private readonly leftovers: LeftoverHost;
 
   constructor(private readonly d: ImageServiceDeps) {
     this.now = d.now ?? (() => new Date());
+    this.leftovers = d.leftovers ?? procHost(runCommand);
   }
 
-  /** Builds interrupted by a daemon crash are marked failed and their scratch files removed. */
+  /**
+   * At daemon start, before any build can run: every build directory (`images/.build-*`) is left over
+   * from a build that died with the previous daemon. Its processes are killed, its mounts unmounted
+   * and it is removed; its record, if still `building`, is marked failed. Never throws and never takes
+   * longer than the timeout per directory: a leftover that cannot be removed is logged and named in
+   * the record's error, and the daemon starts anyway.
+   */
   async reconcile(): Promise<void> {
+    const problems = new Map<string, string>();
+    let names: string[] = [];
+    try {
+      names = (await readdir(this.d.paths.imagesDir)).filter((n) => n.startsWith(BUILD_DIR_PREFIX));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+        this.d.log.warn({ err: (e as Error).message }, 'cannot list image build directories');
+    }
+    for (const name of names) {
+      const id = name.slice(BUILD_DIR_PREFIX.length);
+      const dir = this.d.paths.imageBuildDir(id);
+      try {
+        await this.removeLeftovers(dir);
+        this.d.log.info({ dir }, 'removed an interrupted image build');
+      } catch (e) {
+        const msg = (e as Error).message.split('\n')[0] ?? String(e);
+        problems.set(id, msg);
+        this.d.log.warn({ dir, err: msg }, 'could not remove an interrupted image build; bangerd starts anyway');
+      }
+    }
     for (const img of this.d.images.list()) {
       if (img.status !== 'building') continue;
-      await rm(this.d.paths.imageBuildDir(img.id), { recursive: true, force: true });
-      this.d.images.update(img.id, { status: 'failed', error: 'the build was interrupted (bangerd stopped)' });
+      const problem = problems.get(img.id);
+      try {
+        this.d.images.update(img.id, {
+          status: 'failed',
+          error:
+            'the build was interrupted (bangerd stopped)' +
+            (problem ? `; its scratch directory ${basename(this.d.paths.imageBuildDir(img.id))} is still there: ${problem}` : ''),
+        });
+      } catch (e) {
+        this.d.log.warn({ image: img.name, err: (e as Error).message }, 'could not mark an interrupted build failed');
+      }
+    }
+  }
+
+  /** Kills, unmounts and removes a build directory, giving up after the timeout. */
+  private async removeLeftovers(dir: string): Promise<void> {
+    const ms = this.d.leftoverTimeoutMs ?? 30_000;
+    const ac = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        ac.abort();
+        reject(new BangerError(ErrorCode.DeadlineExceeded, `cleaning ${dir} took longer than ${ms / 1000} s`));
+      }, ms);
+    });
+    try {
+      await Promise.race([removeBuildLeftovers(dir, this.leftovers, this.d.log, ac.signal), timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -174,7 +239,7 @@ export class ImageService {
       const finalDir = this.d.paths.imageDir(id);
       const started = Date.now();
       try {
-        await rm(buildDir, { recursive: true, force: true });
+        await this.removeLeftovers(buildDir);
         await mkdir(buildDir, { recursive: true, mode: 0o700 });
         const built = await this.d.build({ name: req.name, packages }, buildDir, progress, signal);
         await rename(buildDir, finalDir);
@@ -189,7 +254,9 @@ export class ImageService {
         this.d.log.info({ image: req.name, seconds: (Date.now() - started) / 1000 }, 'image built');
         return this.info(this.d.images.byId(id)!);
       } catch (e) {
-        await rm(buildDir, { recursive: true, force: true });
+        await this.removeLeftovers(buildDir).catch((c: unknown) =>
+          this.d.log.warn({ dir: buildDir, err: (c as Error).message }, 'could not remove a failed build; the next daemon start retries'),
+        );
         const cancelled = signal?.aborted || (e instanceof BangerError && e.code === ErrorCode.Cancelled);
         if (cancelled) this.d.images.delete(id);
         else this.d.images.update(id, { status: 'failed', error: (e as Error).message.split('\n')[0] ?? 'failed' });
@@ -215,6 +282,6 @@ export class ImageService {
 
   private async removeFiles(id: string): Promise<void> {
     await rm(this.d.paths.imageDir(id), { recursive: true, force: true });
-    await rm(this.d.paths.imageBuildDir(id), { recursive: true, force: true });
+    await this.removeLeftovers(this.d.paths.imageBuildDir(id));
   }
 }

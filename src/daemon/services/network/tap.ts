@@ -4,6 +4,8 @@
  *
  * What a VM can reach:
  * - the bridge address on UDP/TCP 53 (banger's DNS) and ICMP echo (so `ping $BANGER_GW` diagnoses the link);
+ *   a guest's resolver always asks port 53, so when banger's DNS listens on another port (`dns.port`),
+ *   bridge:53 is DNATed to bridge:PORT and that port is what the input rules accept;
  * - replies to connections the host opened (the daemon's SSH into the guest);
  * - with egress: anything routed out of the host through any interface other than the bridge, masqueraded.
  * Nothing else: not other VMs (bridge port isolation *and* a bridge-family drop between taps), not any
@@ -162,6 +164,8 @@ export interface TapVm {
 export interface RulesetInput {
   bridge: string;
   gateway: string;
+  /** The port banger's DNS server listens on at the gateway address; default 53. */
+  dnsPort?: number;
   vms: ReadonlyArray<{ vmId: string } & TapVm>;
 }
 
@@ -176,6 +180,9 @@ export function buildRuleset(r: RulesetInput): string {
   const vms = [...r.vms].sort((a, b) => (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
   const br = q(r.bridge);
   const egress = vms.filter((v) => v.egress);
+  const dnsPort = r.dnsPort ?? 53;
+  if (!Number.isInteger(dnsPort) || dnsPort < 1 || dnsPort > 65535)
+    throw invalidArgument(`invalid DNS port ${dnsPort}`, 'set dns.port in config.json to 1-65535');
   const L: string[] = [removeTablesScript().trimEnd()];
 
   L.push(`table inet ${NFT_TABLE} {`);
@@ -185,8 +192,9 @@ export function buildRuleset(r: RulesetInput): string {
   L.push('\t}');
   L.push('\tchain from_vms {');
   L.push('\t\tct state established,related accept');
-  L.push(`\t\tip daddr ${r.gateway} udp dport 53 accept`);
-  L.push(`\t\tip daddr ${r.gateway} tcp dport 53 accept`);
+  // After the prerouting DNAT below, DNS traffic arrives here on dnsPort.
+  L.push(`\t\tip daddr ${r.gateway} udp dport ${dnsPort} accept`);
+  L.push(`\t\tip daddr ${r.gateway} tcp dport ${dnsPort} accept`);
   L.push(`\t\tip daddr ${r.gateway} icmp type echo-request accept`);
   L.push('\t\tdrop');
   L.push('\t}');
@@ -198,6 +206,13 @@ export function buildRuleset(r: RulesetInput): string {
   L.push(`\t\toifname ${br} ct state established,related accept`);
   L.push(`\t\toifname ${br} drop`);
   L.push('\t}');
+  if (dnsPort !== 53) {
+    L.push('\tchain prerouting {');
+    L.push('\t\ttype nat hook prerouting priority dstnat; policy accept;');
+    for (const proto of ['udp', 'tcp'])
+      L.push(`\t\tiifname ${br} ip daddr ${r.gateway} ${proto} dport 53 dnat ip to ${r.gateway}:${dnsPort}`);
+    L.push('\t}');
+  }
   if (egress.length > 0) {
     L.push('\tchain postrouting {');
     L.push('\t\ttype nat hook postrouting priority srcnat; policy accept;');
@@ -295,6 +310,8 @@ export interface TapNetworkDeps {
   statePath: string;
   config: TapConfig;
   log: TapLog;
+  /** The port banger's DNS server listens on at the bridge address (config `dns.port`); default 53. */
+  dnsPort?: number;
 }
 
 /** What a VM needs to use its tap: the QEMU/Firecracker tap name and MAC, and the seed's network values. */
@@ -588,7 +605,7 @@ export class TapNetwork {
       }
     }
     await this.d.run('nft', ['-f', '-'], {
-      input: buildRuleset({ bridge: this.d.config.bridge, gateway: this.gateway, vms }),
+      input: buildRuleset({ bridge: this.d.config.bridge, gateway: this.gateway, dnsPort: this.d.dnsPort, vms }),
       signal,
     });
   }
