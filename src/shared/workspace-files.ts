@@ -1,51 +1,14 @@
 import { lstat, readlink, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { spawn } from 'node:child_process';
 import { BangerError, ErrorCode } from '../errors/index.js';
+import type { CommandRunner, RunResult } from './command.js';
+import { parentsAreDirs, worktreeKind } from './worktree.js';
 
 /**
  * Reading a host git checkout for a workspace import: which files an import carries and how the
  * `--dry-run` listing shows them. Shared by the daemon (the import itself) and the CLI (`--dry-run`
  * without a daemon, the dirty check of `vm exec`), so both list files the same way.
  */
-
-export interface GitRunOptions {
-  cwd?: string;
-  env?: NodeJS.ProcessEnv;
-  signal?: AbortSignal;
-  allowFailure?: boolean;
-}
-
-export interface GitRunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a host command to completion (structurally the daemon's CommandRunner). */
-export type GitRunner = (cmd: string, args: readonly string[], opts?: GitRunOptions) => Promise<GitRunResult>;
-
-/** A GitRunner over child_process.spawn, for callers without the daemon's runner (the CLI). */
-export const spawnRunner: GitRunner = (cmd, args, opts = {}) =>
-  new Promise<GitRunResult>((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], signal: opts.signal });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT')
-        reject(new BangerError(ErrorCode.FailedPrecondition, `${cmd} is not installed`, { hint: 'install git' }));
-      else if (err.name === 'AbortError') reject(new BangerError(ErrorCode.Cancelled, 'cancelled'));
-      else reject(new BangerError(ErrorCode.Internal, `${cmd}: ${err.message}`, { cause: err }));
-    });
-    child.on('close', (code) => {
-      const r = { code: code ?? 1, stdout, stderr };
-      if (r.code !== 0 && !opts.allowFailure)
-        reject(new BangerError(ErrorCode.Internal, `${cmd} ${args.join(' ')} failed (exit ${r.code}): ${stderr.trim()}`));
-      else resolve(r);
-    });
-  });
 
 /** The committer identity of the host checkout, copied into the guest repo's local config. */
 export interface GitIdentity {
@@ -92,6 +55,8 @@ export interface ImportFileList {
   skippedUntracked: number;
   /** Submodule paths whose contents were not imported (see listImportFiles). */
   skippedSubmodules: string[];
+  /** Paths that are a FIFO, socket or device in the working tree: never read, not imported. */
+  skippedSpecial: string[];
   /** Sum of entry sizes. */
   totalBytes: number;
 }
@@ -115,11 +80,17 @@ function gitEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-function git(run: GitRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<GitRunResult> {
-  return run('git', args, { cwd, env: gitEnv(), allowFailure: true, signal });
+/**
+ * Output kept from a listing command. A listing is parsed whole, so it is refused rather than cut
+ * when it is larger (about two million paths); it must also stay a valid JS string.
+ */
+const LISTING_MAX_BYTES = 256 << 20;
+
+function git(run: CommandRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<RunResult> {
+  return run('git', args, { cwd, env: gitEnv(), allowFailure: true, signal, maxOutputBytes: LISTING_MAX_BYTES });
 }
 
-async function gitOk(run: GitRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<string> {
+async function gitOk(run: CommandRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<string> {
   const r = await git(run, cwd, args, signal);
   if (r.code !== 0) {
     throw new BangerError(
@@ -127,11 +98,16 @@ async function gitOk(run: GitRunner, cwd: string, args: string[], signal?: Abort
       `git ${args.join(' ')} failed in ${cwd} (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join(' ')}`,
     );
   }
+  if (r.truncated?.stdout) {
+    throw new BangerError(ErrorCode.FailedPrecondition, `git ${args[0] ?? ''} listed more than banger can read in ${cwd}`, {
+      hint: 'import a smaller checkout (a sparse checkout or a subdirectory repository)',
+    });
+  }
   return r.stdout;
 }
 
 /** Inspects a host checkout. `path` may be any directory inside the work tree. */
-export async function inspectRepo(path: string, run: GitRunner, signal?: AbortSignal): Promise<HostRepo> {
+export async function inspectRepo(path: string, run: CommandRunner, signal?: AbortSignal): Promise<HostRepo> {
   let st;
   try {
     st = await stat(path);
@@ -188,7 +164,7 @@ interface IndexEntry {
 }
 
 /** `git ls-files -z --stage`, one row per path (conflict stages collapsed). */
-async function readIndex(run: GitRunner, root: string, signal?: AbortSignal): Promise<IndexEntry[]> {
+async function readIndex(run: CommandRunner, root: string, signal?: AbortSignal): Promise<IndexEntry[]> {
   const out = await gitOk(run, root, ['ls-files', '-z', '--stage', '--full-name'], signal);
   const seen = new Map<string, IndexEntry>();
   for (const rec of out.split('\0')) {
@@ -203,7 +179,7 @@ async function readIndex(run: GitRunner, root: string, signal?: AbortSignal): Pr
 
 /**
  * Rejects names the import cannot carry faithfully or safely: the tar unpacked in the guest must
- * only create paths below the workspace, and names the GitRunner decoded lossily would point at
+ * only create paths below the workspace, and names the CommandRunner decoded lossily would point at
  * files that do not exist.
  */
 export function validateEntryPath(path: string): void {
@@ -235,8 +211,16 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T) => 
   return out;
 }
 
-/** Describes one working-tree path, or null when it should be skipped (deleted, or not a file/symlink). */
-async function describe(root: string, path: string, untracked: boolean): Promise<ImportEntry | null> {
+type Described = ImportEntry | { special: string } | null;
+
+/** Describes one working-tree path: an entry, a special file to skip with a notice, or null when git sees it as deleted. */
+async function describe(
+  root: string,
+  path: string,
+  untracked: boolean,
+  dirs: Map<string, Promise<boolean>>,
+): Promise<Described> {
+  if (!(await parentsAreDirs(root, path, dirs))) return null;
   const abs = join(root, path);
   let st;
   try {
@@ -249,19 +233,23 @@ async function describe(root: string, path: string, untracked: boolean): Promise
     throw new BangerError(ErrorCode.FailedPrecondition, `cannot read ${abs}: ${(e as Error).message}`);
   }
   const extra = untracked ? { untracked: true } : {};
-  if (st.isSymbolicLink()) {
-    return { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget: await readlink(abs), ...extra };
+  switch (worktreeKind(st)) {
+    case 'symlink':
+      return { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget: await readlink(abs), ...extra };
+    case 'file':
+      return { path, kind: 'file', mode: st.mode & 0o111 ? 0o755 : 0o644, size: st.size, ...extra };
+    case 'special':
+      return { special: path };
+    case 'gone':
+      return null;
   }
-  if (st.isFile()) {
-    return { path, kind: 'file', mode: st.mode & 0o111 ? 0o755 : 0o644, size: st.size, ...extra };
-  }
-  // A tracked path that is now a directory, a fifo or a socket: git cannot track it as is.
-  return null;
 }
 
 /**
  * Lists what an import carries, read from the working tree (uncommitted edits included):
- *  - tracked files and symlinks as they are now; tracked paths deleted in the working tree are skipped;
+ *  - tracked files and symlinks as they are now; tracked paths deleted in the working tree, or below a
+ *    directory that became a symlink, are skipped (git sees both as deleted);
+ *  - FIFOs, sockets and devices never (reported in skippedSpecial);
  *  - untracked, not ignored files only with includeUntracked (counted in skippedUntracked otherwise);
  *  - ignored files never.
  *
@@ -275,7 +263,7 @@ async function describe(root: string, path: string, untracked: boolean): Promise
 export async function listImportFiles(
   root: string,
   opts: { includeUntracked: boolean },
-  run: GitRunner,
+  run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<ImportFileList> {
   const index = await readIndex(run, root, signal);
@@ -295,14 +283,18 @@ export async function listImportFiles(
   }
   for (const w of wanted) validateEntryPath(w.path);
 
-  const described = await mapLimit(wanted, 64, async (w) => {
-    if (w.gitlink) {
-      const e: ImportEntry = { path: w.path, kind: 'dir', mode: 0o755, size: 0 };
-      return e;
-    }
-    return describe(root, w.path, w.untracked);
+  const dirs = new Map<string, Promise<boolean>>();
+  const described = await mapLimit(wanted, 64, async (w): Promise<Described> => {
+    if (w.gitlink) return { path: w.path, kind: 'dir', mode: 0o755, size: 0 };
+    return describe(root, w.path, w.untracked, dirs);
   });
-  const entries = described.filter((e): e is ImportEntry => e !== null);
+  const entries: ImportEntry[] = [];
+  const skippedSpecial: string[] = [];
+  for (const d of described) {
+    if (d === null) continue;
+    if ('special' in d) skippedSpecial.push(d.special);
+    else entries.push(d);
+  }
   entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   assertNoPathThroughSymlink(entries);
   const totalBytes = entries.reduce((n, e) => n + e.size, 0);
@@ -310,6 +302,7 @@ export async function listImportFiles(
     entries,
     skippedUntracked: opts.includeUntracked ? 0 : untrackedFiles.length,
     skippedSubmodules,
+    skippedSpecial,
     totalBytes,
   };
 }
@@ -342,6 +335,12 @@ export function untrackedNotice(skippedUntracked: number): string | null {
   if (skippedUntracked === 0) return null;
   const files = skippedUntracked === 1 ? '1 untracked file was' : `${skippedUntracked} untracked files were`;
   return `${files} not imported: pass --include-untracked to import them (ignored files are never imported)`;
+}
+
+/** One line to show when FIFOs, sockets or devices were left out, or null. */
+export function specialFileNotice(paths: readonly string[]): string | null {
+  if (paths.length === 0) return null;
+  return `not imported, as they are not regular files, symlinks or directories: ${paths.map(displayName).join(', ')}`;
 }
 
 /** One line to show when submodules were left out, or null. */
@@ -394,7 +393,7 @@ export function formatDryRun(entries: readonly ImportEntry[]): string {
 }
 
 /** HEAD's commit of the checkout at `path`, or null (no commits, or not a git checkout any more). */
-export async function headCommitOf(path: string, run: GitRunner, signal?: AbortSignal): Promise<string | null> {
+export async function headCommitOf(path: string, run: CommandRunner, signal?: AbortSignal): Promise<string | null> {
   const r = await git(run, path, ['rev-parse', '-q', '--verify', 'HEAD^{commit}'], signal).catch(() => null);
   return r && r.code === 0 ? r.stdout.trim() : null;
 }

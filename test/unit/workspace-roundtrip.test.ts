@@ -26,6 +26,7 @@ import {
 } from '../../src/daemon/services/workspace/guest-scripts.js';
 import { inspectRepo, listImportFiles } from '../../src/daemon/services/workspace/host-repo.js';
 import { createImportTar, type ImportTarProgress } from '../../src/daemon/services/workspace/pack.js';
+import { parsePatchFiles } from '../../src/daemon/services/workspace/patch.js';
 import { LocalShellSession } from '../helpers/local-session.js';
 import {
   NASTY_NAME,
@@ -222,6 +223,8 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
       const names = await exportPatch(guest, { nameOnly: true });
       assert.equal(names.code, 0);
       const m = new Map(parseNameStatus(names.stdout).map((r) => [r.path, r.status]));
+      // The list the host reads from the patch is the same as git's own.
+      assert.deepEqual(new Map(parsePatchFiles(patch.stdout).map((r) => [r.path, r.status])), m);
       assert.equal(m.get('README.md'), 'M');
       assert.equal(m.get('bin/run.sh'), 'D');
       assert.equal(m.get('new-link'), 'A');

@@ -15,6 +15,7 @@ import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
 import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
+import type { Logger } from '../../../shared/logger.js';
 
 export { guestKernelArgs, hostTscKhz } from '../../guest/init/cmdline.js';
 export { DEFAULT_DEBIAN_MIRROR, hostMirror, readHostMirror } from './mirror.js';
@@ -35,7 +36,8 @@ export interface ImageBuildParams {
 
 export interface ImageBuildDeps {
   run: CommandRunner;
-  log: (msg: string) => void;
+  /** The build's log (the daemon's logger, scoped to the image); tool output goes to it at debug level. */
+  log: Logger;
   /** The mise binary to install; default: the `@jdxcode/mise-linux-x64` package's `bin/mise`. */
   miseBinary?: string;
 }
@@ -218,19 +220,15 @@ export async function buildImage(
   const step = (name: (typeof BUILD_STEPS)[number], detail?: string) => {
     if (signal?.aborted) throw cancelled('image build cancelled');
     stepIndex += 1;
-    deps.log(`step ${stepIndex}/${BUILD_STEPS.length}: ${name}${detail ? ` (${detail})` : ''}`);
+    deps.log.info({ step: name, index: stepIndex, total: BUILD_STEPS.length, detail }, 'image build step');
     onStep({ name, index: stepIndex, total: BUILD_STEPS.length, ...(detail ? { detail } : {}) });
   };
   const logLines = (chunk: string) => {
-    for (const l of chunk.split('\n')) if (l.trim()) deps.log(l.trimEnd());
+    for (const l of chunk.split('\n')) if (l.trim()) deps.log.debug(l.trimEnd());
   };
   const host = procHost((cmd, args, opts = {}) => deps.run(cmd, args, { env, ...opts }));
-  const leftoverLog = {
-    info: (o: Record<string, unknown>, msg: string) => deps.log(`${msg} ${JSON.stringify(o)}`),
-    warn: (o: Record<string, unknown>, msg: string) => deps.log(`${msg} ${JSON.stringify(o)}`),
-  };
   // Not tied to `signal`: a cancelled build must still be cleaned up.
-  const removeTree = (dir: string) => removeBuildLeftovers(dir, host, leftoverLog);
+  const removeTree = (dir: string) => removeBuildLeftovers(dir, host, deps.log);
 
   const cleanup = async () => {
     await removeTree(rootDir);
@@ -292,7 +290,7 @@ export async function buildImage(
     await cleanup();
     return { kernelPath, initrdPath, rootfsPath, kernelVersion, files };
   } catch (e) {
-    await cleanup().catch((c: unknown) => deps.log(`cleanup after a failed build: ${String(c)}`));
+    await cleanup().catch((c: unknown) => deps.log.warn({ err: String(c) }, 'cleanup after a failed build failed'));
     if (signal?.aborted) throw cancelled('image build cancelled');
     throw toBangerError(e);
   }

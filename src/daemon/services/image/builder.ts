@@ -13,7 +13,7 @@ export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths 
     const art = await buildImage(
       params,
       outDir,
-      { run: d.run, log: (msg) => log.debug(msg) },
+      { run: d.run, log },
       (s) => progress({ kind: 'step', step: s.name, index: s.index, total: s.total, detail: s.detail }),
       signal,
     );

@@ -15,6 +15,7 @@ import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { CommandRunner } from '../../exec.js';
+import type { Logger } from '../../../shared/logger.js';
 
 export interface ProcessInfo {
   pid: number;
@@ -40,10 +41,8 @@ export interface LeftoverHost {
   sleep(ms: number): Promise<void>;
 }
 
-export interface LeftoverLog {
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
+/** What cleanup reports through: the daemon's logger (only these two levels are used). */
+export type LeftoverLog = Pick<Logger, 'info' | 'warn'>;
 
 const inside = (base: string, p: string | undefined) => p !== undefined && (p === base || p.startsWith(base + '/'));
 

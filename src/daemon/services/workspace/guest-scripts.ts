@@ -45,10 +45,21 @@ export function validateGuestPath(guestPath: string): void {
   if (parts.some((p) => p === '' || p === '.' || p === '..')) throw bad('it has an empty, "." or ".." component');
 }
 
+/** Seconds between the empty stderr lines the import and export scripts write while they work. */
+export const HEARTBEAT_SECONDS = 5;
+
+/**
+ * `beat` starts a background loop writing an empty line to stderr every HEARTBEAT_SECONDS, so the host
+ * can tell a slow step (`git add -A` of a large tree) from a hung guest; `unbeat` (in the EXIT trap)
+ * stops it. `sleep` gets no stdout or stderr, so nothing holds the channel open once the script has exited.
+ */
 const PRELUDE = `set -eu
 umask 022
 say() { printf '${SCRIPT_STDERR_PREFIX}%s\\n' "$*" >&2; }
 fail() { rc=$1; shift; say "$*"; exit "$rc"; }
+hb=
+beat() { ( while sleep ${HEARTBEAT_SECONDS} </dev/null >/dev/null 2>&1; do printf '\\n' >&2 || exit 0; done ) & hb=$!; }
+unbeat() { if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; hb=; fi; }
 `;
 
 export interface ImportScriptOptions {
@@ -100,9 +111,10 @@ branch=${shq(o.branch ?? '')}
 user_name=${shq(o.identity.name ?? '')}
 user_email=${shq(o.identity.email ?? '')}
 stage=
-cleanup() { if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
+cleanup() { unbeat; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
+beat
 
 if [ -L "$dest" ] || { [ -e "$dest" ] && [ ! -d "$dest" ]; }; then
   fail ${WorkspaceScriptExit.PathInUse} "$dest exists and is not a directory: pick another workspace path"
@@ -175,25 +187,11 @@ export interface ExportScriptOptions {
   guestPath: string;
   /** Diff against this commit-ish of the guest repo instead of IMPORT_BASE_REF. */
   baseCommit?: string;
-  /** Print `git diff-tree --name-status -z` records (parse with parseNameStatus) instead of a patch. */
-  nameOnly?: boolean;
   /**
-   * Print both, from one `git add -A` (the costly part: it stats every file): a decimal byte count
-   * and a newline, that many bytes of name-status records, then the patch (empty when nothing
-   * changed). Split with splitNamesAndPatch. Ignored with nameOnly.
+   * Print `git diff-tree --name-status -z` records (parse with parseNameStatus) instead of a patch.
+   * Without it the host derives the file list from the patch (patch.ts parsePatchFiles).
    */
-  withNames?: boolean;
-}
-
-/** Splits the output of an export script run with withNames into its name-status records and patch. */
-export function splitNamesAndPatch(out: Buffer): { names: Buffer; patch: Buffer } {
-  const nl = out.indexOf(0x0a);
-  const count = nl > 0 ? out.subarray(0, nl).toString('latin1') : '';
-  const n = /^\d+$/.test(count) ? Number(count) : NaN;
-  if (!Number.isSafeInteger(n) || nl + 1 + n > out.length) {
-    throw new BangerError(ErrorCode.Internal, 'the workspace export printed output banger cannot read');
-  }
-  return { names: out.subarray(nl + 1, nl + 1 + n), patch: out.subarray(nl + 1 + n) };
+  nameOnly?: boolean;
 }
 
 /**
@@ -220,15 +218,7 @@ export function buildExportScript(o: ExportScriptOptions): string {
   const names = 'git diff-tree -r -z --name-status --no-renames "$base" "$tree"';
   const patch =
     'git diff-tree -r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --src-prefix=a/ --dst-prefix=b/ "$base" "$tree"';
-  const diff = o.nameOnly
-    ? names
-    : o.withNames
-      ? `${names} > "$tmp/names"
-n=$(wc -c < "$tmp/names")
-printf '%s\\n' $n
-cat -- "$tmp/names"
-if [ -s "$tmp/names" ]; then ${patch}; fi`
-      : patch;
+  const diff = o.nameOnly ? names : patch;
   return `${PRELUDE}dest=${shq(o.guestPath)}
 base_ref=${shq(o.baseCommit ?? '')}
 cd -- "$dest" 2>/dev/null || fail ${WorkspaceScriptExit.NoWorkspace} "no workspace at $dest: import one first"
@@ -241,8 +231,9 @@ else
     fail ${WorkspaceScriptExit.NoWorkspace} "$dest has no import base (${IMPORT_BASE_REF}): import again, or pass --base-commit"
 fi
 tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
+trap 'unbeat; rm -rf -- "$tmp"' EXIT
 trap 'exit 130' HUP INT TERM
+beat
 real_index=$(git rev-parse --git-path index)
 if [ -f "$real_index" ]; then cp -- "$real_index" "$tmp/index"; fi
 GIT_INDEX_FILE="$tmp/index" git add -A >&2

@@ -1,5 +1,4 @@
-import { createReadStream } from 'node:fs';
-import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open, realpath, rm, stat, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -8,6 +7,7 @@ import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js'
 import type { CommandRunner } from '../../exec.js';
 import { runCommand } from '../../exec.js';
 import { assertNoPathThroughSymlink, validateEntryPath, type ImportEntry } from './host-repo.js';
+import { changed, openEntry, readExactly } from './worktree-read.js';
 
 /**
  * Layout of the import tar. Workspace files live under TREE_DIR, banger's own data under META_DIR,
@@ -44,6 +44,8 @@ export interface ImportTarOptions {
   signal?: AbortSignal;
   /** Runs host git; defaults to runCommand. */
   run?: CommandRunner;
+  /** Called for each listed path that is now a FIFO, socket or device: it is not read and not sent. */
+  onSkipped?: (path: string) => void;
 }
 
 /**
@@ -71,7 +73,13 @@ const CHUNK = 1 << 16;
  * `meta/shallow`, which becomes `.git/shallow`, exactly what `git clone --depth` produces.
  *
  * Every name is validated again here (no absolute names, no "..", no path through a symlink entry).
- * A file whose size changed between listing and reading fails the stream with a clear error.
+ *
+ * Nothing outside the checkout is read, and nothing blocks, whatever happens to the working tree
+ * after it was listed: each path is read as it is now, the way git would see it (openEntry). A path
+ * below a directory that became a symlink, or that is gone, is left out (the guest sees it deleted);
+ * one that became a symlink is sent as a symlink; a FIFO, socket or device is never read (onSkipped).
+ * Header size, mode and content all come from the one file descriptor that is read; a file that
+ * shrinks while it is read fails the stream with a clear error.
  */
 export function createImportTar(source: ImportTarSource, opts: ImportTarOptions = {}): Readable {
   for (const e of source.entries) validateEntryPath(e.path);
@@ -102,6 +110,8 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     }
     const progress = { files: 0, bytes: 0 };
     const mtime = new Date();
+    const realRoot = await realpath(source.root);
+    const dirs = new Map<string, Promise<boolean>>();
     await addBuffer(pack, { name: `${TAR_TREE_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
     for (const e of source.entries) {
       if (abort.signal.aborted) throw new BangerError(ErrorCode.Cancelled, 'import cancelled');
@@ -109,25 +119,25 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       const abs = join(source.root, e.path);
       if (e.kind === 'dir') {
         await addBuffer(pack, { name: `${name}/`, type: 'directory', mode: 0o755, mtime }, null);
-      } else if (e.kind === 'symlink') {
-        await addBuffer(pack, { name, type: 'symlink', linkname: e.linkTarget ?? '', mode: 0o777, mtime }, null);
       } else {
-        const st = await stat(abs).catch(() => null);
-        const header = { name, type: 'file' as const, mode: e.mode, mtime: st?.mtime ?? mtime };
-        if (e.size <= SMALL_FILE) {
-          const fh = await open(abs, 'r').catch((err: unknown) => {
-            throw changed(abs, err);
-          });
+        const found = await openEntry(source.root, realRoot, e.path, dirs);
+        if (found.kind === 'gone') continue;
+        if (found.kind === 'special') {
+          opts.onSkipped?.(e.path);
+          continue;
+        }
+        if (found.kind === 'symlink') {
+          await addBuffer(pack, { name, type: 'symlink', linkname: found.target, mode: 0o777, mtime }, null);
+        } else {
+          const { fh, size } = found;
           try {
-            const buf = await fh.readFile();
-            await addBuffer(pack, { ...header, size: buf.length }, buf);
-            progress.bytes += buf.length;
+            const header = { name, type: 'file' as const, mode: found.mode, mtime: found.mtime, size };
+            if (size <= SMALL_FILE) await addBuffer(pack, header, await readExactly(fh, size, abs));
+            else await addFile(pack, header, fh, abs, abort.signal);
           } finally {
             await fh.close();
           }
-        } else {
-          await addFile(pack, { ...header, size: e.size }, abs, abort.signal);
-          progress.bytes += e.size;
+          progress.bytes += size;
         }
       }
       progress.files++;
@@ -141,12 +151,18 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
         { name: TAR_SHALLOW, type: 'file', mode: 0o644, mtime },
         Buffer.from(h.shallow.map((c) => `${c}\n`).join('')),
       );
-      await addFile(
-        pack,
-        { name: TAR_HISTORY_PACK, type: 'file', mode: 0o644, mtime, size: h.size },
-        h.path,
-        abort.signal,
-      );
+      const fh = await open(h.path, 'r');
+      try {
+        await addFile(
+          pack,
+          { name: TAR_HISTORY_PACK, type: 'file', mode: 0o644, mtime, size: h.size },
+          fh,
+          h.path,
+          abort.signal,
+        );
+      } finally {
+        await fh.close();
+      }
     }
   };
 
@@ -208,12 +224,6 @@ async function* coalesce(src: AsyncIterable<Buffer>, min: number): AsyncGenerato
 
 type Header = Partial<TarHeader> & { name: string };
 
-function changed(abs: string, err?: unknown): BangerError {
-  return new BangerError(ErrorCode.Conflict, `${abs} changed while it was being imported`, {
-    hint: 'run the import again once the file is no longer being written',
-    ...(err === undefined ? {} : { cause: err }),
-  });
-}
 
 /** Adds an entry with its whole content (or none), resolving once tar-stream has taken it (backpressure). */
 function addBuffer(pack: Pack, header: Header, content: Buffer | null): Promise<void> {
@@ -225,8 +235,8 @@ function addBuffer(pack: Pack, header: Header, content: Buffer | null): Promise<
   });
 }
 
-/** Streams exactly header.size bytes of a file into a tar entry. */
-async function addFile(pack: Pack, header: Header, abs: string, signal: AbortSignal): Promise<void> {
+/** Streams exactly header.size bytes of an open file into a tar entry. */
+async function addFile(pack: Pack, header: Header, fh: FileHandle, abs: string, signal: AbortSignal): Promise<void> {
   const size = header.size ?? 0;
   let sink!: ReturnType<Pack['entry']>;
   const done = new Promise<void>((res, rej) => {
@@ -235,22 +245,18 @@ async function addFile(pack: Pack, header: Header, abs: string, signal: AbortSig
   sink.on('error', ignore);
   done.catch(() => undefined);
   let written = 0;
-  const input = size === 0 ? null : createReadStream(abs, { start: 0, end: size - 1, highWaterMark: CHUNK, signal });
   try {
-    if (input !== null) {
-      for await (const chunk of input as AsyncIterable<Buffer>) {
-        written += chunk.length;
-        if (!sink.write(chunk)) await drained(sink, signal);
-      }
+    while (written < size) {
+      if (signal.aborted) throw new BangerError(ErrorCode.Cancelled, 'import cancelled');
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK, size - written));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, written);
+      if (bytesRead === 0) throw changed(abs);
+      written += bytesRead;
+      if (!sink.write(bytesRead === buf.length ? buf : buf.subarray(0, bytesRead))) await drained(sink, signal);
     }
   } catch (err) {
     sink.destroy(err as Error);
-    throw signal.aborted || (err as Error).name === 'AbortError' ? err : changed(abs, err);
-  }
-  if (written !== size) {
-    const err = changed(abs);
-    sink.destroy(err);
-    throw err;
+    throw signal.aborted || err instanceof BangerError ? err : changed(abs, err);
   }
   sink.end(null);
   await done;

@@ -4,15 +4,23 @@ import type {
   WorkspaceExportResult,
   WorkspacePrepareParams,
   WorkspacePrepareResult,
-} from '../../../protocol/methods.js';
-import type { ProgressEvent, WorkspaceInfo } from '../../../protocol/types.js';
+  WorkspaceInfo,
+} from '../../../protocol/workspace.js';
+import type { ProgressEvent } from '../../../protocol/common.js';
 import { BangerError, ErrorCode, failedPrecondition, toBangerError } from '../../../errors/index.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../exec.js';
 import type { VmRepo } from '../../store/repos/vms.js';
 import type { VmService } from '../vm/service.js';
 import { KeyedMutex } from '../locks.js';
-import { inspectRepo, listImportFiles, submoduleNotice, untrackedNotice } from './host-repo.js';
+import {
+  formatBytes,
+  inspectRepo,
+  listImportFiles,
+  specialFileNotice,
+  submoduleNotice,
+  untrackedNotice,
+} from './host-repo.js';
 import { createImportTar } from './pack.js';
 import {
   MISE_NOTICE_PREFIX,
@@ -21,9 +29,10 @@ import {
   buildExportScript,
   buildImportScript,
   parseNameStatus,
-  splitNamesAndPatch,
   validateGuestPath,
 } from './guest-scripts.js';
+import { runGuestScript, type GuestOutputLimits } from './guest-output.js';
+import { parsePatchFiles } from './patch.js';
 
 export interface WorkspaceServiceDeps {
   vms: VmService;
@@ -31,7 +40,27 @@ export interface WorkspaceServiceDeps {
   run: CommandRunner;
   log: Logger;
   now?: () => Date;
+  /** Overrides of WORKSPACE_LIMITS (tests). */
+  limits?: Partial<WorkspaceLimits>;
 }
+
+export interface WorkspaceLimits {
+  /** Largest export (patch, or --name-only list) read from the guest. */
+  maxExportBytes: number;
+  /** A transfer fails when the guest sends nothing (not even the scripts' heartbeat) for this long. */
+  idleTimeoutMs: number;
+}
+
+/**
+ * The patch travels base64 inside one JSON-RPC message, and a JS string holds at most 2^29-24
+ * characters: 256 MiB of patch is 342 M characters of base64, which leaves room for the message.
+ */
+export const WORKSPACE_LIMITS: WorkspaceLimits = { maxExportBytes: 256 << 20, idleTimeoutMs: 60_000 };
+
+/** What a workspace script may write to stderr that is kept (its tail; error messages are last). */
+const MAX_SCRIPT_STDERR = 1 << 20;
+/** The import prints one commit id on stdout. */
+const MAX_IMPORT_STDOUT = 64 << 10;
 
 type Progress = (ev: ProgressEvent) => void;
 
@@ -46,9 +75,11 @@ type Progress = (ev: ProgressEvent) => void;
 export class WorkspaceService {
   private readonly transfer = new KeyedMutex();
   private readonly now: () => Date;
+  private readonly limits: WorkspaceLimits;
 
   constructor(private readonly d: WorkspaceServiceDeps) {
     this.now = d.now ?? (() => new Date());
+    this.limits = { ...WORKSPACE_LIMITS, ...d.limits };
   }
 
   async prepare(p: WorkspacePrepareParams, progress: Progress, signal?: AbortSignal): Promise<WorkspacePrepareResult> {
@@ -66,11 +97,13 @@ export class WorkspaceService {
         const session = await this.d.vms.session(vm, signal);
         let tarError: unknown;
         let lastProgress = 0;
+        const special = new Set(list.skippedSpecial);
         const tar = createImportTar(
           { root: repo.root, entries: list.entries, headCommit: repo.headCommit },
           {
             run: this.d.run,
             signal,
+            onSkipped: (path) => special.add(path),
             onProgress: (t) => {
               // One event per file would be one JSON-RPC notification per file: a few a second is plenty.
               const now = Date.now();
@@ -89,7 +122,14 @@ export class WorkspaceService {
         });
         let r;
         try {
-          r = await session.exec(script, { stdin: tar, signal });
+          r = await runGuestScript(
+            session,
+            script,
+            this.scriptLimits('the workspace import', MAX_IMPORT_STDOUT, () =>
+              new BangerError(ErrorCode.Internal, `the workspace import in VM '${vm.name}' printed more than expected`),
+            ),
+            { stdin: tar, signal },
+          );
         } catch (e) {
           throw (await this.interrupted(vm.name, session, 'import', signal)) ?? e;
         } finally {
@@ -97,7 +137,7 @@ export class WorkspaceService {
           if (!tar.readableEnded) tar.destroy();
         }
         if (tarError !== undefined) throw toBangerError(tarError);
-        const stderr = r.stderr.toString('utf8');
+        const stderr = r.stderr;
         if (r.code !== 0)
           throw (
             (await this.interrupted(vm.name, session, 'import', signal)) ??
@@ -110,6 +150,8 @@ export class WorkspaceService {
         if (u) notices.push(u);
         const s = submoduleNotice(list.skippedSubmodules);
         if (s) notices.push(s);
+        const sp = specialFileNotice([...special].sort());
+        if (sp) notices.push(sp);
         for (const line of stderr.split('\n')) {
           if (line.startsWith(MISE_NOTICE_PREFIX)) notices.push(line.slice(SCRIPT_STDERR_PREFIX.length));
         }
@@ -172,6 +214,16 @@ export class WorkspaceService {
     return null;
   }
 
+  private scriptLimits(what: string, maxStdoutBytes: number, tooLarge: () => BangerError): GuestOutputLimits {
+    return {
+      what,
+      maxStdoutBytes,
+      maxStderrBytes: MAX_SCRIPT_STDERR,
+      idleTimeoutMs: this.limits.idleTimeoutMs,
+      tooLarge,
+    };
+  }
+
   async export(p: WorkspaceExportParams, signal?: AbortSignal): Promise<WorkspaceExportResult> {
     const vm0 = this.d.vms.get(p.name);
     return this.transfer.run(
@@ -185,10 +237,23 @@ export class WorkspaceService {
           );
         const guestPath = vm.workspace.guestPath;
         const session = await this.d.vms.session(vm, signal);
+        const max = this.limits.maxExportBytes;
+        const tooLarge = () =>
+          new BangerError(
+            ErrorCode.ResourceExhausted,
+            `the workspace ${p.nameOnly ? 'change list' : 'patch'} of VM '${vm.name}' is larger than ${formatBytes(max)}, more than banger exports at once`,
+            {
+              hint: p.nameOnly
+                ? 'commit in the guest and export in parts with --base-commit'
+                : `see what changed with \`banger vm workspace export ${vm.name} --name-only\`, then commit in the guest and export in parts with --base-commit`,
+            },
+          );
         let r;
         try {
-          r = await session.exec(
-            buildExportScript({ guestPath, baseCommit: p.baseCommit, nameOnly: p.nameOnly, withNames: true }),
+          r = await runGuestScript(
+            session,
+            buildExportScript({ guestPath, baseCommit: p.baseCommit, nameOnly: p.nameOnly }),
+            this.scriptLimits('the workspace export', max, tooLarge),
             { signal },
           );
         } catch (e) {
@@ -197,13 +262,12 @@ export class WorkspaceService {
         if (r.code !== 0)
           throw (
             (await this.interrupted(vm.name, session, 'export', signal)) ??
-            scriptError('export', r.code, r.stderr.toString('utf8'), guestPath)
+            scriptError('export', r.code, r.stderr, guestPath)
           );
-        // One guest command gives both: each `git add -A` stats every file of the workspace.
-        const out = p.nameOnly ? { names: r.stdout, patch: Buffer.alloc(0) } : splitNamesAndPatch(r.stdout);
-        const files: WorkspaceChange[] = parseNameStatus(out.names);
-        const patch = out.patch.toString('base64');
-        return { guestPath, patch, files };
+        if (p.nameOnly) return { guestPath, patch: '', files: parseNameStatus(r.stdout) };
+        // The list is read from the patch itself, so it names exactly what `git apply` will change.
+        const files: WorkspaceChange[] = parsePatchFiles(r.stdout);
+        return { guestPath, patch: r.stdout.toString('base64'), files };
       },
       signal,
     );
@@ -218,7 +282,13 @@ function scriptError(what: 'import' | 'export', code: number, stderr: string, gu
     .split('\n')
     .filter((l) => l.startsWith(SCRIPT_STDERR_PREFIX) && !l.startsWith(MISE_NOTICE_PREFIX))
     .map((l) => l.slice(SCRIPT_STDERR_PREFIX.length));
-  const detail = own.at(-1) ?? stderr.trim().split('\n').slice(-3).join(' ');
+  const detail =
+    own.at(-1) ??
+    stderr
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .slice(-3)
+      .join(' ');
   switch (code) {
     case WorkspaceScriptExit.PathInUse:
       return new BangerError(ErrorCode.FailedPrecondition, detail, {
