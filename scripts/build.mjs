@@ -17,4 +17,15 @@ await build({
   external: ['better-sqlite3', 'ssh2', 'cpu-features', 'pino', 'thread-stream', '@jdxcode/mise-linux-x64'],
   logLevel: 'warning',
 });
-for (const name of Object.keys(entries)) chmodSync(`dist/${name}.js`, 0o755);
+// The guest agent: one self-contained file (zod included) for the guest image's Debian nodejs (18).
+await build({
+  entryPoints: { 'banger-agent': 'src/agent/main.ts' },
+  outdir: 'dist',
+  bundle: true,
+  platform: 'node',
+  target: 'node18',
+  format: 'esm',
+  banner: { js: '#!/usr/bin/env node' },
+  logLevel: 'warning',
+});
+for (const name of [...Object.keys(entries), 'banger-agent']) chmodSync(`dist/${name}.js`, 0o755);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Methods, Notifications } from '../protocol/methods.js';
+import { ExecNotifications, VmMethods } from '../protocol/vm.js';
 import type { CliContext } from './context.js';
 import { out } from './output.js';
 
@@ -19,7 +19,7 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
   const client = await ctx.client();
   const conn = client.connection;
   const execId = randomUUID();
-  const subOut = conn.onNotification(Notifications.execOutput, (msg) => {
+  const subOut = conn.onNotification(ExecNotifications.output, (msg) => {
     if (msg.execId !== execId) return;
     const data = Buffer.from(msg.data, 'base64');
     if (msg.stream === 'stdout') out.raw(data);
@@ -28,10 +28,10 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
 
   const stdin = process.stdin;
   const rawMode = req.tty && stdin.isTTY;
-  const onData = (d: Buffer) => void conn.sendNotification(Notifications.execInput, { execId, data: d.toString('base64') });
-  const onEnd = () => void conn.sendNotification(Notifications.execInput, { execId, eof: true });
+  const onData = (d: Buffer) => void conn.sendNotification(ExecNotifications.stdin, { execId, data: d.toString('base64') });
+  const onEnd = () => void conn.sendNotification(ExecNotifications.stdin, { execId, eof: true });
   const onResize = () =>
-    void conn.sendNotification(Notifications.execResize, {
+    void conn.sendNotification(ExecNotifications.resize, {
       execId,
       rows: process.stdout.rows ?? 24,
       cols: process.stdout.columns ?? 80,
@@ -50,7 +50,7 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
       ? { rows: process.stdout.rows ?? 24, cols: process.stdout.columns ?? 80, term: process.env.TERM ?? 'xterm-256color' }
       : undefined;
     const { exitCode } = await client.call(
-      Methods.vmExec,
+      VmMethods.exec,
       { name: req.vm, execId, argv: req.argv, cwd: req.cwd, tty, stdin: passStdin },
       { signal: ctx.signal },
     );

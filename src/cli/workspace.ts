@@ -1,15 +1,16 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Methods, type WorkspacePrepareResult } from '../protocol/methods.js';
+import { WorkspaceMethods, type WorkspacePrepareResult } from '../protocol/workspace.js';
 import {
   formatBytes,
   formatDryRun,
   inspectRepo,
   listImportFiles,
-  spawnRunner,
+  specialFileNotice,
   submoduleNotice,
   untrackedNotice,
 } from '../shared/workspace-files.js';
+import { runCommand } from '../shared/command.js';
 import type { CliContext } from './context.js';
 import { out } from './output.js';
 
@@ -27,8 +28,8 @@ export interface PrepareRequest {
  * listing (or the list as JSON) on stdout and the untracked-files notice on stderr.
  */
 export async function dryRunImport(ctx: CliContext, req: Omit<PrepareRequest, 'vm'>): Promise<void> {
-  const repo = await inspectRepo(resolve(req.repo), spawnRunner, ctx.signal);
-  const list = await listImportFiles(repo.root, { includeUntracked: !!req.includeUntracked }, spawnRunner, ctx.signal);
+  const repo = await inspectRepo(resolve(req.repo), runCommand, ctx.signal);
+  const list = await listImportFiles(repo.root, { includeUntracked: !!req.includeUntracked }, runCommand, ctx.signal);
   const guestPath = req.guestPath ?? `/root/${repo.name}`;
   if (req.json) {
     out.json({ sourcePath: repo.root, guestPath, headCommit: repo.headCommit, ...list });
@@ -36,13 +37,18 @@ export async function dryRunImport(ctx: CliContext, req: Omit<PrepareRequest, 'v
     out.line(formatDryRun(list.entries));
     out.info(`dry run: ${repo.root} would be imported to ${guestPath}; nothing was changed`);
   }
-  for (const n of [untrackedNotice(list.skippedUntracked), submoduleNotice(list.skippedSubmodules)]) if (n) out.info(n);
+  const notices = [
+    untrackedNotice(list.skippedUntracked),
+    submoduleNotice(list.skippedSubmodules),
+    specialFileNotice(list.skippedSpecial),
+  ];
+  for (const n of notices) if (n) out.info(n);
 }
 
 /** Imports a host checkout into a running VM through the daemon, showing progress and notices. */
 export async function prepareWorkspace(ctx: CliContext, req: PrepareRequest): Promise<WorkspacePrepareResult> {
   const r = await ctx.call(
-    Methods.vmWorkspacePrepare,
+    WorkspaceMethods.prepare,
     {
       name: req.vm,
       sourcePath: resolve(req.repo),

@@ -11,8 +11,7 @@ import {
 } from 'vscode-jsonrpc/node.js';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import { fromWire } from '../errors/wire.js';
-import { progressType } from '../protocol/methods.js';
-import type { ProgressEvent } from '../protocol/types.js';
+import { progressType, type ProgressEvent } from '../protocol/common.js';
 
 export interface CallOptions {
   onProgress?: (ev: ProgressEvent) => void;

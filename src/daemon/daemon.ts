@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { Paths } from '../shared/paths.js';
 import type { Logger } from '../shared/logger.js';
 import { VERSION } from '../shared/version.js';
-import { runCommand } from './exec.js';
+import { runCommand } from '../shared/command.js';
 import { openDatabase } from './store/db.js';
 import { ImageRepo } from './store/repos/images.js';
 import { VmRepo } from './store/repos/vms.js';
@@ -21,11 +21,9 @@ import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
 import { HostViews } from './services/host-views.js';
 import { TapNetwork } from './services/network/tap.js';
-import { networkHandlers } from './services/network/handlers.js';
 import { VmDnsServer, type ListenAddress } from './services/dns/server.js';
 import { loadConfig } from '../shared/config.js';
 import { DnsHostIntegration } from './services/dns/host-integration.js';
-import { dnsHandlers } from './services/dns/handlers.js';
 import { KvmProbeCache } from './vmm/accel.js';
 import { QemuDriver } from './vmm/qemu/driver.js';
 import { FirecrackerDriver } from './vmm/firecracker/driver.js';
@@ -33,7 +31,7 @@ import type { DriverRegistry, VmmDriver, VmmName } from './vmm/driver.js';
 import { guestKernelArgs, hostTscKhz } from './guest/init/cmdline.js';
 import { generateEd25519 } from './guest/keys.js';
 import { RpcServer } from './rpc/server.js';
-import { ExecRegistry, buildHandlers } from './rpc/handlers.js';
+import { ExecRegistry, buildHandlers } from './rpc/handlers/index.js';
 
 function ensureStateDir(paths: Paths): void {
   mkdirSync(paths.root, { recursive: true, mode: 0o700 });
@@ -107,6 +105,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     stateFile: paths.dnsState,
     hostsFile: opts.dns?.hostsFile ?? '/etc/hosts',
     dnsAddress: config.dns.address,
+    dnsPort: config.dns.port,
     run: runCommand,
     log,
   });
@@ -116,6 +115,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     statePath: paths.tapState,
     config: config.network.tap,
     log: log.child({ service: 'tap' }),
+    dnsPort: config.dns.port,
   });
   const tapNetworking = {
     supported: (signal?: AbortSignal) => TapNetwork.supported(runCommand, signal),
@@ -184,29 +184,31 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const server = new RpcServer({
     socketPath: paths.socket,
     log,
-    handlers: [
-      ...buildHandlers(
-        {
-          vms,
-          workspaces,
-          images,
-          doctor,
-          status: () => ({
-            pid: process.pid,
-            version: VERSION,
-            home: paths.root,
-            socket: paths.socket,
-            logFile: paths.daemonLog,
-            startedAt: startedAt.toISOString(),
-            vms: { total: vmRepo.list().length, running: vms.runningCount() },
-          }),
-          shutdown: () => setImmediate(opts.onStopRequest),
-        },
-        execs,
-      ),
-      ...dnsHandlers({ dnsHost, listVms: dnsVms }),
-      ...networkHandlers({ tap, vms, defaultMode: config.network.defaultMode, listVms: () => vmRepo.list() }),
-    ],
+    handlers: buildHandlers(
+      {
+        vms,
+        workspaces,
+        images,
+        doctor,
+        dnsHost,
+        tap,
+        defaultNetwork: config.network.defaultMode,
+        vmRecords: () => vmRepo.list(),
+        dnsVms,
+        status: () => ({
+          pid: process.pid,
+          version: VERSION,
+          home: paths.root,
+          socket: paths.socket,
+          logFile: paths.daemonLog,
+          startedAt: startedAt.toISOString(),
+          vms: { total: vmRepo.list().length, running: vms.runningCount() },
+        }),
+        shutdown: () => setImmediate(opts.onStopRequest),
+        log,
+      },
+      execs,
+    ),
     onConnection: (c) => execs.attach(c),
   });
   await server.listen();

@@ -1,5 +1,5 @@
-import { RequestType } from 'vscode-jsonrpc';
-import type { WireErrorData } from '../errors/wire.js';
+import { z } from 'zod';
+import { method } from './common.js';
 
 /**
  * RPC methods of `banger dns`: hooking `<name>.vm` into the host's name resolution. The daemon does
@@ -7,7 +7,8 @@ import type { WireErrorData } from '../errors/wire.js';
  */
 
 /** How `.vm` names reach host programs: systemd-resolved's routing domain, or a block in /etc/hosts. */
-export type DnsMechanism = 'resolved' | 'hosts';
+export const DNS_MECHANISMS = ['resolved', 'hosts'] as const;
+export type DnsMechanism = (typeof DNS_MECHANISMS)[number];
 
 /** A VM as the DNS integration sees it; `address` is undefined while it has none. */
 export interface DnsVmEntry {
@@ -15,30 +16,27 @@ export interface DnsVmEntry {
   address?: string | null;
 }
 
-export interface DnsStatus {
+export const dnsStatusSchema = z.object({
   /** `banger dns install` has been done and not undone. */
-  installed: boolean;
-  mechanism: DnsMechanism | null;
+  installed: z.boolean(),
+  mechanism: z.enum(DNS_MECHANISMS).nullable(),
   /** systemd-resolved runs on this host (install then uses it). */
-  resolvedActive: boolean;
+  resolvedActive: z.boolean(),
   /** Address banger's DNS server is configured to answer on. */
-  dnsAddress: string;
+  dnsAddress: z.string(),
   /** With mechanism 'hosts': the file holding the names. */
-  hostsFile?: string;
+  hostsFile: z.string().optional(),
   /** With mechanism 'resolved': the link carrying the ~vm routing domain. */
-  link?: string;
+  link: z.string().optional(),
   /** One line for a person. */
-  detail: string;
+  detail: z.string(),
   /** Names that resolve now, with their addresses (`fix-42.vm`). */
-  names: { name: string; address: string }[];
-}
-
-function method<P, R>(name: string) {
-  return new RequestType<P, R, WireErrorData>(name);
-}
+  names: z.array(z.object({ name: z.string(), address: z.string() })),
+});
+export type DnsStatus = z.infer<typeof dnsStatusSchema>;
 
 export const DnsMethods = {
-  dnsInstall: method<void, DnsStatus>('dns.install'),
-  dnsUninstall: method<void, DnsStatus>('dns.uninstall'),
-  dnsStatus: method<void, DnsStatus>('dns.status'),
+  install: method('dns.install', null, dnsStatusSchema),
+  uninstall: method('dns.uninstall', null, dnsStatusSchema),
+  status: method('dns.status', null, dnsStatusSchema),
 } as const;

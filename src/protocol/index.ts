@@ -1,2 +1,18 @@
-export * from './types.js';
-export * from './methods.js';
+import { DaemonMethods, DoctorMethods } from './daemon.js';
+import { DnsMethods } from './dns.js';
+import { ImageMethods } from './image.js';
+import { NetworkMethods } from './network.js';
+import { VmMethods } from './vm.js';
+import { WorkspaceMethods } from './workspace.js';
+import type { RpcMethod } from './common.js';
+
+/** Every RPC method of the daemon; the daemon serves exactly these (one handler each). */
+export const ALL_METHODS: readonly RpcMethod<any, any>[] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+  ...Object.values(DaemonMethods),
+  ...Object.values(DoctorMethods),
+  ...Object.values(ImageMethods),
+  ...Object.values(VmMethods),
+  ...Object.values(WorkspaceMethods),
+  ...Object.values(NetworkMethods),
+  ...Object.values(DnsMethods),
+];

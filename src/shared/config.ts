@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { BangerError, ErrorCode } from '../errors/index.js';
+import { NETWORK_MODES } from '../protocol/common.js';
+import { interfaceNameSchema } from '../protocol/names.js';
 
 /**
  * The daemon's configuration: `$BANGER_HOME/config.json`, every key optional. Defaults are applied here
@@ -11,13 +13,10 @@ const schema = z
     network: z
       .object({
         /** How new VMs are networked unless `--network` says otherwise. */
-        defaultMode: z.enum(['loopback', 'tap']).default('loopback'),
+        defaultMode: z.enum(NETWORK_MODES).default('loopback'),
         tap: z
           .object({
-            bridge: z
-              .string()
-              .regex(/^[a-zA-Z0-9_-]{1,15}$/, 'an interface name of 1-15 letters, digits, - or _')
-              .default('banger0'),
+            bridge: interfaceNameSchema.default('banger0'),
             subnet: z
               .string()
               .regex(/^\d{1,3}(\.\d{1,3}){3}\/(1[6-9]|2[0-9])$/, 'an IPv4 CIDR between /16 and /29, e.g. 172.30.0.0/24')

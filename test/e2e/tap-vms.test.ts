@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { runCommand, type CommandRunner } from '../../src/daemon/exec.js';
+import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { guestKernelArgs, hostTscKhz } from '../../src/daemon/guest/init/cmdline.js';
 import { READY_MARKER } from '../../src/daemon/guest/init/contract.js';
 import { generateEd25519 } from '../../src/daemon/guest/keys.js';

@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { runCommand } from '../../src/daemon/exec.js';
+import { runCommand } from '../../src/shared/command.js';
 import { guestKernelArgs, hostTscKhz } from '../../src/daemon/guest/init/cmdline.js';
 import {
   PROBE_MARKER,

@@ -12,8 +12,10 @@ import { BangerClient } from '../../src/client/client.js';
 import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon.js';
 import type { ImageBuilder } from '../../src/daemon/services/image/service.js';
 import { ErrorCode, type BangerError } from '../../src/errors/index.js';
-import { Methods } from '../../src/protocol/methods.js';
-import type { ProgressEvent } from '../../src/protocol/types.js';
+import type { ProgressEvent } from '../../src/protocol/common.js';
+import { DaemonMethods } from '../../src/protocol/daemon.js';
+import { ImageMethods } from '../../src/protocol/image.js';
+import { VmMethods } from '../../src/protocol/vm.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Paths } from '../../src/shared/paths.js';
 
@@ -72,42 +74,42 @@ void describe('bangerd in-process', () => {
   });
 
   void it('answers status and an empty VM list', async () => {
-    const s = await client.call(Methods.daemonStatus, undefined);
+    const s = await client.call(DaemonMethods.status, undefined);
     assert.equal(s.home, home);
-    assert.deepEqual(await client.call(Methods.vmList, undefined), []);
+    assert.deepEqual(await client.call(VmMethods.list, undefined), []);
   });
 
   void it('maps errors with codes and hints through the socket', async () => {
-    const nf = await code(client.call(Methods.vmShow, { name: 'nope' }));
+    const nf = await code(client.call(VmMethods.show, { name: 'nope' }));
     assert.equal(nf.code, ErrorCode.NotFound);
     assert.match(nf.hint ?? '', /banger vm list/);
-    const bad = await code(client.call(Methods.vmShow, { name: 42 as unknown as string }));
+    const bad = await code(client.call(VmMethods.show, { name: 42 as unknown as string }));
     assert.equal(bad.code, ErrorCode.InvalidArgument);
     assert.match(bad.message, /name/);
-    const badName = await code(client.call(Methods.vmCreate, { name: '../x' }));
+    const badName = await code(client.call(VmMethods.create, { name: '../x' }));
     assert.equal(badName.code, ErrorCode.InvalidArgument);
-    const noImage = await code(client.call(Methods.vmCreate, { name: 'a', image: 'missing' }));
+    const noImage = await code(client.call(VmMethods.create, { name: 'a', image: 'missing' }));
     assert.equal(noImage.code, ErrorCode.NotFound);
     assert.match(noImage.hint ?? '', /banger image build missing/);
   });
 
   void it('builds an image with progress events and records it in SQLite', async () => {
     const events: ProgressEvent[] = [];
-    const img = await client.call(Methods.imageBuild, { name: 'tiny', packages: ['jq'] }, { onProgress: (e) => events.push(e) });
+    const img = await client.call(ImageMethods.build, { name: 'tiny', packages: ['jq'] }, { onProgress: (e) => events.push(e) });
     assert.equal(img.status, 'ready');
     assert.deepEqual(img.params.packages, ['jq']);
     assert.deepEqual(
       events.filter((e) => e.kind === 'step').map((e) => (e.kind === 'step' ? e.step : '')),
       ['bootstrap rootfs', 'checksum'],
     );
-    const list = await client.call(Methods.imageList, undefined);
+    const list = await client.call(ImageMethods.list, undefined);
     assert.deepEqual(list.map((i) => i.name), ['tiny']);
     assert.equal(statSync(img.files[0]!.path).size, img.files[0]!.sizeBytes);
   });
 
   void it('cancelling a request stops its work and leaves nothing half-made', async () => {
     const ac = new AbortController();
-    const p = client.call(Methods.imageBuild, { name: 'slow' }, { signal: ac.signal, onProgress: () => undefined });
+    const p = client.call(ImageMethods.build, { name: 'slow' }, { signal: ac.signal, onProgress: () => undefined });
     await sleep(200);
     ac.abort();
     const err = await code(p);
@@ -115,10 +117,38 @@ void describe('bangerd in-process', () => {
     for (let i = 0; i < 20 && !buildAborted; i++) await sleep(50);
     assert.ok(buildAborted, 'the build saw the abort');
     for (let i = 0; i < 20; i++) {
-      if (!(await client.call(Methods.imageList, undefined)).some((x) => x.name === 'slow')) break;
+      if (!(await client.call(ImageMethods.list, undefined)).some((x) => x.name === 'slow')) break;
       await sleep(50);
     }
-    assert.deepEqual((await client.call(Methods.imageList, undefined)).map((i) => i.name), ['tiny']);
+    assert.deepEqual((await client.call(ImageMethods.list, undefined)).map((i) => i.name), ['tiny']);
+  });
+
+  void it('vm.create with rm: the VM is deleted when its client disconnects; without rm it stays', async () => {
+    const names = async () => (await client.call(VmMethods.list, undefined)).map((v) => v.name).sort();
+    const owner = await BangerClient.connect(paths.socket);
+    const made = await owner.call(VmMethods.create, { name: 'ephemeral', image: 'tiny', vmm: 'qemu', accel: 'tcg', rm: true });
+    assert.equal(made.name, 'ephemeral');
+    const keeper = await BangerClient.connect(paths.socket);
+    await keeper.call(VmMethods.create, { name: 'kept', image: 'tiny', vmm: 'qemu', accel: 'tcg' });
+    assert.deepEqual(await names(), ['ephemeral', 'kept']);
+
+    owner.close();
+    keeper.close();
+    for (let i = 0; i < 100 && (await names()).includes('ephemeral'); i++) await sleep(50);
+    assert.deepEqual(await names(), ['kept'], 'the rm VM is gone, the other one is not');
+    assert.deepEqual((await client.call(ImageMethods.show, { name: 'tiny' })).usedBy, ['kept']);
+    await client.call(VmMethods.delete, { name: 'kept' });
+  });
+
+  void it('vm.create results match the protocol result schema', async () => {
+    const v = await client.call(VmMethods.create, { name: 'shaped', image: 'tiny', vmm: 'qemu', accel: 'tcg' });
+    try {
+      assert.deepEqual(VmMethods.create.result.parse(v), v);
+      const s = await client.call(DaemonMethods.status, undefined);
+      assert.deepEqual(DaemonMethods.status.result.parse(s), s);
+    } finally {
+      await client.call(VmMethods.delete, { name: 'shaped' });
+    }
   });
 
   void it('keeps its records across a restart', async () => {
@@ -126,8 +156,8 @@ void describe('bangerd in-process', () => {
     await daemon.stop();
     daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, dns, onStopRequest: () => undefined });
     client = await BangerClient.connect(paths.socket);
-    assert.deepEqual((await client.call(Methods.imageList, undefined)).map((i) => i.name), ['tiny']);
-    await client.call(Methods.imageDelete, { name: 'tiny' });
-    assert.deepEqual(await client.call(Methods.imageList, undefined), []);
+    assert.deepEqual((await client.call(ImageMethods.list, undefined)).map((i) => i.name), ['tiny']);
+    await client.call(ImageMethods.delete, { name: 'tiny' });
+    assert.deepEqual(await client.call(ImageMethods.list, undefined), []);
   });
 });

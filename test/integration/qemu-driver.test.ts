@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { BangerError } from '../../src/errors/index.js';
-import { runCommand } from '../../src/daemon/exec.js';
+import { runCommand } from '../../src/shared/command.js';
 import { PROBE_MARKER, probeKvm, runBootProbe } from '../../src/daemon/vmm/accel.js';
 import type { LaunchSpec, VmHandle } from '../../src/daemon/vmm/driver.js';
 import { QemuDriver, type VmmLog } from '../../src/daemon/vmm/qemu/driver.js';
@@ -181,7 +181,7 @@ void describe('QemuDriver with a real QEMU (TCG)', { skip, timeout: 300_000 }, (
     const vmId = `vm${process.pid}f`;
     const script = join(dir, 'daemon.mts');
     const driverUrl = new URL('../../src/daemon/vmm/qemu/driver.ts', import.meta.url).href;
-    const execUrl = new URL('../../src/daemon/exec.ts', import.meta.url).href;
+    const execUrl = new URL('../../src/shared/command.ts', import.meta.url).href;
     await writeFile(
       script,
       [

@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { runCommand, type CommandRunner } from '../../src/daemon/exec.js';
+import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { TapNetwork, type TapState } from '../../src/daemon/services/network/tap.js';
 import { silentLogger } from '../../src/shared/logger.js';
 

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import * as daemonExec from '../../src/daemon/exec.js';
 import { runCommand } from '../../src/shared/command.js';
 import { headCommitOf } from '../../src/shared/workspace-files.js';
 import { BangerError } from '../../src/errors/index.js';
@@ -9,10 +8,6 @@ const isCode = (code: string, message?: RegExp) => (e: unknown) =>
   e instanceof BangerError && e.code === code && (message === undefined || message.test(e.message));
 
 void describe('the one command runner', () => {
-  void it('is the same runner for the daemon and the CLI', () => {
-    assert.equal(daemonExec.runCommand, runCommand);
-  });
-
   void it('reports death by signal N as 128+N, like a shell', async () => {
     const term = await runCommand('sh', ['-c', 'kill -TERM $$'], { allowFailure: true });
     assert.equal(term.code, 143);

@@ -24,7 +24,7 @@ import {
   findBlock,
 } from '../../src/daemon/services/dns/host-integration.js';
 import { backupPathOf, durableWrite, recoverInterrupted } from '../../src/daemon/services/dns/durable-file.js';
-import type { CommandRunner, RunResult } from '../../src/daemon/exec.js';
+import type { CommandRunner, RunResult } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
 
 const isRoot = process.getuid?.() === 0;

@@ -18,7 +18,7 @@ import {
   removeBlock,
   replaceBlock,
 } from '../../src/daemon/services/dns/host-integration.js';
-import type { CommandRunner, RunResult } from '../../src/daemon/exec.js';
+import type { CommandRunner, RunResult } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
 
 const VMS: Record<string, string> = { 'fix-42': '172.30.0.5', web: '172.30.0.6' };

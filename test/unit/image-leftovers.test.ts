@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { CommandRunner } from '../../src/daemon/exec.js';
+import type { CommandRunner } from '../../src/shared/command.js';
 import {
   processesUsing,
   removeBuildLeftovers,

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
-import type { CommandRunner, RunOptions } from '../../src/daemon/exec.js';
+import type { CommandRunner, RunOptions } from '../../src/shared/command.js';
 import {
   allocateAddress,
   buildRuleset,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
-import { runCommand } from '../../src/daemon/exec.js';
+import { runCommand } from '../../src/shared/command.js';
 import {
   formatDryRun,
   inspectRepo,

@@ -14,7 +14,7 @@ import {
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { execFileSync } from 'node:child_process';
-import { runCommand } from '../../src/daemon/exec.js';
+import { runCommand } from '../../src/shared/command.js';
 import {
   IMPORT_BASE_REF,
   MISE_NOTICE_PREFIX,

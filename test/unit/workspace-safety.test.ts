@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { before, describe, it } from 'node:test';
 import tar from 'tar-stream';
-import { runCommand } from '../../src/daemon/exec.js';
+import { runCommand } from '../../src/shared/command.js';
 import { WorkspaceScriptExit, buildImportScript } from '../../src/daemon/services/workspace/guest-scripts.js';
 import { inspectRepo, listImportFiles, type ImportEntry } from '../../src/daemon/services/workspace/host-repo.js';
 import { createImportTar } from '../../src/daemon/services/workspace/pack.js';

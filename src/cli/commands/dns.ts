@@ -14,7 +14,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('make <name>.vm resolve for every program on this host (idempotent)')
     .option('--json', 'print the resulting status as JSON')
     .action(async (o: { json?: boolean }) => {
-      const s = await ctx.call(DnsMethods.dnsInstall, undefined);
+      const s = await ctx.call(DnsMethods.install, undefined);
       if (o.json) out.json(s);
       else {
         out.info(`installed: ${s.detail}`);
@@ -28,7 +28,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('undo `banger dns install` exactly')
     .option('--json', 'print the resulting status as JSON')
     .action(async (o: { json?: boolean }) => {
-      const s = await ctx.call(DnsMethods.dnsUninstall, undefined);
+      const s = await ctx.call(DnsMethods.uninstall, undefined);
       if (o.json) out.json(s);
       else out.info('uninstalled: .vm names no longer resolve on this host');
     });
@@ -38,7 +38,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('show how .vm names resolve on this host, and which names exist')
     .option('--json', 'print the status as JSON')
     .action(async (o: { json?: boolean }) => {
-      const s = await ctx.call(DnsMethods.dnsStatus, undefined);
+      const s = await ctx.call(DnsMethods.status, undefined);
       if (o.json) out.json(s);
       else printStatus(s);
     });

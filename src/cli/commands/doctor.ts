@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BangerError, ErrorCode } from '../../errors/index.js';
-import { Methods } from '../../protocol/methods.js';
+import { DoctorMethods } from '../../protocol/daemon.js';
 import type { CliContext } from '../context.js';
 import { out } from '../output.js';
 
@@ -10,7 +10,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('check this host: qemu, mmdebstrap, KVM, Firecracker, disk space, permissions')
     .option('--json', 'print the report as JSON')
     .action(async (o: { json?: boolean }) => {
-      const r = await ctx.call(Methods.doctorRun, undefined);
+      const r = await ctx.call(DoctorMethods.run, undefined);
       if (o.json) out.json(r);
       else {
         const mark = { ok: 'ok  ', warn: 'warn', fail: 'FAIL' } as const;

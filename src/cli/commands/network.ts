@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Methods, type NetworkStatus } from '../../protocol/methods.js';
+import { NetworkMethods, type NetworkStatus } from '../../protocol/network.js';
 import type { CliContext } from '../context.js';
 import { out, table } from '../output.js';
 
@@ -30,7 +30,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('which network modes work here, and what tap networking has put on the host')
     .option('--json', 'print as JSON')
     .action(async (o: { json?: boolean }) => {
-      const s = await ctx.call(Methods.networkStatus, undefined);
+      const s = await ctx.call(NetworkMethods.status, undefined);
       if (o.json) out.json(s);
       else print(s);
     });
@@ -39,7 +39,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('remove the bridge, every tap and banger\'s nftables rules (refused while tap VMs run)')
     .option('--json', 'print the resulting status as JSON')
     .action(async (o: { json?: boolean }) => {
-      const s = await ctx.call(Methods.networkDown, undefined);
+      const s = await ctx.call(NetworkMethods.down, undefined);
       if (o.json) out.json(s);
       else out.info('tap networking removed from the host');
     });

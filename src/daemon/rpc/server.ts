@@ -3,17 +3,22 @@ import { chmodSync, existsSync, unlinkSync } from 'node:fs';
 import {
   createMessageConnection,
   ResponseError,
-  SocketMessageReader,
   SocketMessageWriter,
   type MessageConnection,
-  type RequestType,
+  type ResponseMessage,
 } from 'vscode-jsonrpc/node.js';
-import type { ZodType } from 'zod';
 import { BangerError, ErrorCode, toBangerError } from '../../errors/index.js';
 import { toWire } from '../../errors/wire.js';
-import { progressType, type WithProgress } from '../../protocol/methods.js';
-import type { ProgressEvent } from '../../protocol/types.js';
+import {
+  progressType,
+  type ParamsOut,
+  type ParamsSchema,
+  type ProgressEvent,
+  type RpcMethod,
+  type WithProgress,
+} from '../../protocol/common.js';
 import type { Logger } from '../../shared/logger.js';
+import { CappedSocketReader, MAX_MESSAGE_BYTES } from './framing.js';
 
 /** What a handler gets besides its params. */
 export interface CallContext {
@@ -21,35 +26,48 @@ export interface CallContext {
   signal: AbortSignal;
   /** Reports progress under the request's progress token (no-op without one). */
   progress: (ev: ProgressEvent) => void;
-  /** The client's connection, for method-specific notifications (exec output). */
+  /** The client's connection, for method-specific notifications (exec output) and its close. */
   connection: MessageConnection;
 }
 
-type AnyRequestType = RequestType<any, any, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-type ParamsOf<T> = T extends RequestType<infer P, unknown, unknown> ? P : never;
-type ResultOf<T> = T extends RequestType<unknown, infer R, unknown> ? R : never;
+type AnyMethod = RpcMethod<any, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-export interface Handler<T extends AnyRequestType> {
-  type: T;
-  /** Validates params at the boundary; a failure is an InvalidArgument naming the bad field. */
-  schema: ZodType<ParamsOf<T>> | null;
-  run: (params: ParamsOf<T>, ctx: CallContext) => Promise<ResultOf<T>>;
+/** A method and the function serving it; params are validated with the method's own schema first. */
+export interface Handler {
+  method: AnyMethod;
+  run: (params: unknown, ctx: CallContext) => Promise<unknown>;
 }
 
-export function handler<T extends AnyRequestType>(
-  type: T,
-  schema: ZodType<ParamsOf<T>> | null,
-  run: (params: ParamsOf<T>, ctx: CallContext) => Promise<ResultOf<T>>,
-): Handler<T> {
-  return { type, schema, run };
+/** Binds a method to its implementation; the params type is the method's schema output. */
+export function handler<S extends ParamsSchema, R>(
+  method: RpcMethod<S, R>,
+  run: (params: ParamsOut<S>, ctx: CallContext) => Promise<R>,
+): Handler {
+  return { method, run: run as Handler['run'] };
+}
+
+/** The longest string the daemon puts in a log line or an error reply; the rest is cut off with a marker. */
+export const MAX_TEXT = 2048;
+
+/** `s` cut to `max` characters, saying how much was dropped. */
+export function capText(s: string, max = MAX_TEXT): string {
+  return s.length <= max ? s : `${s.slice(0, max)}… [${s.length - max} more characters]`;
+}
+
+/** An error as a log field: type, code, capped message and stack; never the whole object. */
+function errField(e: unknown): Record<string, string> {
+  if (!(e instanceof Error)) return { message: capText(String(e)) };
+  return { type: e.name, message: capText(e.message), ...(e.stack ? { stack: capText(e.stack, 2 * MAX_TEXT) } : {}) };
 }
 
 export interface RpcServerOptions {
   socketPath: string;
-  handlers: Handler<AnyRequestType>[];
+  handlers: Handler[];
   log: Logger;
   /** Called for every new connection so services can register notification handlers (exec stdin). */
   onConnection?: (connection: MessageConnection) => void;
+  /** The largest message accepted; a bigger one closes its connection. */
+  maxMessageBytes?: number;
 }
 
 /** Serves JSON-RPC over a unix socket that only the daemon's owner can use (mode 0600). */
@@ -58,6 +76,11 @@ export class RpcServer {
   private readonly connections = new Set<MessageConnection>();
 
   constructor(private readonly opts: RpcServerOptions) {
+    const seen = new Set<string>();
+    for (const h of opts.handlers) {
+      if (seen.has(h.method.method)) throw new Error(`two handlers for ${h.method.method}`);
+      seen.add(h.method.method);
+    }
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
@@ -87,30 +110,47 @@ export class RpcServer {
   }
 
   private accept(socket: net.Socket): void {
-    const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+    const log = this.opts.log;
+    const writer = new SocketMessageWriter(socket);
+    const reader = new CappedSocketReader(socket, {
+      maxMessageBytes: this.opts.maxMessageBytes ?? MAX_MESSAGE_BYTES,
+      onBadMessage: (code, message) => {
+        log.info({ code }, 'rpc: unreadable message answered with an error');
+        const reply: ResponseMessage = { jsonrpc: '2.0', id: null, error: { code, message } };
+        writer.write(reply).catch(() => undefined);
+      },
+      onViolation: (reason) => log.warn({ reason: capText(reason, 200) }, 'rpc: connection closed: unframeable input'),
+    });
+    const connection = createMessageConnection(reader, writer);
     const inflight = new Set<AbortController>();
     this.connections.add(connection);
-    const log = this.opts.log;
     for (const h of this.opts.handlers) {
-      connection.onRequest(h.type, async (raw: unknown, token) => {
+      connection.onRequest(h.method, async (raw: unknown, token) => {
         const ac = new AbortController();
         inflight.add(ac);
         const sub = token.onCancellationRequested(() => ac.abort(new BangerError(ErrorCode.Cancelled, 'cancelled')));
         const started = Date.now();
         try {
-          const params = validate(h, raw);
+          const params = validate(h.method, raw);
           const progressToken = (params as WithProgress | undefined)?.progressToken;
           const progress = (ev: ProgressEvent) => {
-            if (progressToken !== undefined) void connection.sendProgress(progressType, progressToken, ev);
+            if (progressToken === undefined) return;
+            // Progress is best effort: a client that has gone away must not fail the work it started.
+            try {
+              connection.sendProgress(progressType, progressToken, ev).catch(() => undefined);
+            } catch {
+              /* connection closed */
+            }
           };
-          const result: unknown = await h.run(params, { signal: ac.signal, progress, connection });
-          log.info({ method: h.type.method, ms: Date.now() - started }, 'rpc ok');
+          const result = await h.run(params, { signal: ac.signal, progress, connection });
+          log.info({ method: h.method.method, ms: Date.now() - started }, 'rpc ok');
           return result;
         } catch (e) {
           const err = ac.signal.aborted ? new BangerError(ErrorCode.Cancelled, 'cancelled') : toBangerError(e);
           const level = err.code === ErrorCode.Internal ? 'error' : 'info';
-          log[level]({ method: h.type.method, code: err.code, err: e, ms: Date.now() - started }, err.message);
-          const w = toWire(err);
+          const message = capText(err.message);
+          log[level]({ method: h.method.method, code: err.code, err: errField(e), ms: Date.now() - started }, message);
+          const w = toWire(new BangerError(err.code, message, { hint: err.hint === undefined ? undefined : capText(err.hint) }));
           return new ResponseError(w.code, w.message, w.data);
         } finally {
           sub.dispose();
@@ -123,17 +163,22 @@ export class RpcServer {
       // A client that went away (Ctrl-C, killed) cancels what it asked for.
       for (const ac of inflight) ac.abort(new BangerError(ErrorCode.Cancelled, 'client disconnected'));
       this.connections.delete(connection);
+      setImmediate(() => connection.dispose());
     });
-    socket.on('error', () => connection.dispose());
+    // A socket error is always followed by 'close', which ends the connection above; disposing here
+    // instead would suppress the close event that cancels the client's work.
     connection.listen();
   }
 }
 
-function validate<T extends AnyRequestType>(h: Handler<T>, raw: unknown): ParamsOf<T> {
-  if (!h.schema) return raw as ParamsOf<T>;
-  const parsed = h.schema.safeParse(raw ?? {});
+function validate(method: AnyMethod, raw: unknown): unknown {
+  const schema = method.params as ParamsSchema;
+  if (!schema) return raw;
+  const parsed = schema.safeParse(raw ?? {});
   if (parsed.success) return parsed.data;
   const issue = parsed.error.issues[0];
   const where = issue && issue.path.length > 0 ? `${issue.path.join('.')}: ` : '';
-  throw new BangerError(ErrorCode.InvalidArgument, `invalid ${h.type.method} request: ${where}${issue?.message ?? 'bad params'}`);
+  // The issue message can quote the bad value, which can be megabytes long.
+  const what = capText(issue?.message ?? 'bad params', 200);
+  throw new BangerError(ErrorCode.InvalidArgument, `invalid ${method.method} request: ${where}${what}`);
 }

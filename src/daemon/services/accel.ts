@@ -1,13 +1,13 @@
 import { readFile } from 'node:fs/promises';
 import { release } from 'node:os';
-import type { AccelChoice as AccelRequest } from '../../protocol/types.js';
+import type { AccelChoice as AccelRequest } from '../../protocol/common.js';
 import type { Logger } from '../../shared/logger.js';
 import { guestKernelArgs, hostTscKhz } from '../guest/init/cmdline.js';
 import { KvmProbeCache, guestKernelId, probeKvm, resolveAccel, type KvmProbeResult } from '../vmm/accel.js';
 import type { QemuDriver } from '../vmm/qemu/driver.js';
 import type { Accel } from '../vmm/driver.js';
 import type { ReadyImage } from './image/service.js';
-import type { AccelResolver } from './vm/service.js';
+import type { AccelResolver } from './vm/boot.js';
 import { KeyedMutex } from './locks.js';
 
 /**

@@ -1,7 +1,7 @@
 import { statfs, stat } from 'node:fs/promises';
-import type { DoctorCheck, DoctorReport } from '../../protocol/types.js';
+import type { DoctorCheck, DoctorReport } from '../../protocol/daemon.js';
 import type { Paths } from '../../shared/paths.js';
-import type { CommandRunner } from '../exec.js';
+import type { CommandRunner } from '../../shared/command.js';
 import type { DriverRegistry } from '../vmm/driver.js';
 
 export interface DoctorDeps {

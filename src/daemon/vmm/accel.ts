@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import { BangerError, ErrorCode, cancelled } from '../../errors/index.js';
 import type { Accel } from './driver.js';
 import { qemuMachineArgs } from './qemu/argv.js';
+import type { AccelChoice as RequestedAccelChoice } from '../../protocol/common.js';
 
 /**
  * Whether KVM can run banger's guests on this host.
@@ -195,7 +196,8 @@ export async function probeKvm(deps: KvmProbeDeps): Promise<KvmProbeResult> {
     : { usable: false, reason: `${device} opens but a test guest does not boot under ${accel}: ${result.detail}` };
 }
 
-export type RequestedAccel = 'auto' | 'kvm' | 'tcg';
+/** What a user asks for: a fixed accelerator, or `auto` (probe KVM, fall back to TCG). */
+export type RequestedAccel = RequestedAccelChoice;
 
 export interface AccelChoice {
   accel: Accel;

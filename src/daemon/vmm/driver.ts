@@ -6,8 +6,9 @@
  * map built in daemon/daemon.ts.
  */
 
-export type VmmName = 'qemu' | 'firecracker';
-export type Accel = 'kvm' | 'tcg';
+import type { Accel, VmmName } from '../../protocol/common.js';
+
+export type { Accel, VmmName };
 
 export type VmmFeature =
   /** Boots from a qcow2 overlay (copy-on-write root disk without device-mapper). */

@@ -2,7 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import { Methods } from '../../../protocol/methods.js';
+import { DaemonMethods } from '../../../protocol/daemon.js';
 import type { CliContext } from '../../context.js';
 import { out } from '../../output.js';
 
@@ -19,7 +19,7 @@ export function register(program: Command, ctx: CliContext): void {
         throw new BangerError(ErrorCode.Unavailable, 'bangerd is not running', {
           hint: 'any banger command starts it, e.g. `banger daemon start`',
         });
-      const s = await client.call(Methods.daemonStatus, undefined);
+      const s = await client.call(DaemonMethods.status, undefined);
       client.close();
       if (o.json) return out.json(s);
       out.line(`bangerd ${s.version} running, pid ${s.pid}, since ${s.startedAt}`);
@@ -33,7 +33,7 @@ export function register(program: Command, ctx: CliContext): void {
     .command('start')
     .description('start bangerd if it is not running')
     .action(async () => {
-      const s = await ctx.call(Methods.daemonStatus, undefined);
+      const s = await ctx.call(DaemonMethods.status, undefined);
       out.info(`bangerd running, pid ${s.pid}`);
     });
 
@@ -43,7 +43,7 @@ export function register(program: Command, ctx: CliContext): void {
     .action(async () => {
       const client = await ctx.existingClient();
       if (!client) return out.info('bangerd is not running');
-      await client.call(Methods.daemonStop, undefined);
+      await client.call(DaemonMethods.stop, undefined);
       client.close();
       for (let i = 0; i < 100; i++) {
         try {

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { Methods } from '../../../protocol/methods.js';
-import type { ImageInfo } from '../../../protocol/types.js';
+import { ImageMethods, type ImageInfo } from '../../../protocol/image.js';
 import type { CliContext } from '../../context.js';
 import { formatBytes, out, table } from '../../output.js';
 
@@ -32,7 +31,7 @@ export function register(program: Command, ctx: CliContext): void {
     .option('--json', 'print the image as JSON; progress as JSON lines on stderr')
     .action(async (name: string, o: { packages: string; force?: boolean; json?: boolean }) => {
       const packages = o.packages.split(/[\s,]+/).filter(Boolean);
-      const i = await ctx.call(Methods.imageBuild, { name, packages, force: o.force }, { json: o.json, progress: true });
+      const i = await ctx.call(ImageMethods.build, { name, packages, force: o.force }, { json: o.json, progress: true });
       if (o.json) out.json(i);
       else out.line(details(i));
     });
@@ -43,7 +42,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('list images')
     .option('--json', 'print as JSON')
     .action(async (o: { json?: boolean }) => {
-      const list = await ctx.call(Methods.imageList, undefined);
+      const list = await ctx.call(ImageMethods.list, undefined);
       if (o.json) return out.json(list);
       if (list.length === 0) return out.info('no images yet: `banger image build` builds the default one');
       const size = (i: ImageInfo) => formatBytes(i.files.reduce((a, f) => a + f.sizeBytes, 0));
@@ -61,7 +60,7 @@ export function register(program: Command, ctx: CliContext): void {
     .argument('<name>')
     .option('--json', 'print as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
-      const i = await ctx.call(Methods.imageShow, { name });
+      const i = await ctx.call(ImageMethods.show, { name });
       if (o.json) out.json(i);
       else out.line(details(i));
     });
@@ -72,7 +71,7 @@ export function register(program: Command, ctx: CliContext): void {
     .description('delete an image (refused while a VM uses it)')
     .argument('<name>')
     .action(async (name: string) => {
-      await ctx.call(Methods.imageDelete, { name });
+      await ctx.call(ImageMethods.delete, { name });
       out.info(`deleted image ${name}`);
     });
 }

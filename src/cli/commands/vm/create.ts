@@ -1,5 +1,13 @@
 import { Option, type Command } from 'commander';
-import { Methods, type VmCreateParams } from '../../../protocol/methods.js';
+import {
+  ACCEL_CHOICES,
+  NETWORK_MODES,
+  VMM_CHOICES,
+  type AccelChoice,
+  type NetworkMode,
+  type VmmChoice,
+} from '../../../protocol/common.js';
+import { VmMethods, type VmCreateParams } from '../../../protocol/vm.js';
 import { parseIntFlag, parseMib, type CliContext } from '../../context.js';
 import { out } from '../../output.js';
 import { vmDetails } from './format.js';
@@ -10,10 +18,10 @@ export interface MachineFlags {
   cpus?: number;
   memory?: number;
   diskSize?: number;
-  vmm?: 'auto' | 'qemu' | 'firecracker';
-  accel?: 'auto' | 'kvm' | 'tcg';
+  vmm?: VmmChoice;
+  accel?: AccelChoice;
   egress?: boolean;
-  network?: 'loopback' | 'tap';
+  network?: NetworkMode;
 }
 
 /** The flags vm create and vm run share. */
@@ -24,13 +32,13 @@ export function addMachineFlags(cmd: Command): Command {
     .option('--cpus <n>', 'virtual CPUs (default 2)', (v) => parseIntFlag('--cpus', v))
     .option('--memory <size>', 'memory, e.g. 1024M or 2G (default 1G)', (v) => parseMib('--memory', v))
     .option('--disk-size <size>', 'size of the work disk mounted at /root, e.g. 4G (default 4G)', (v) => parseMib('--disk-size', v))
-    .addOption(new Option('--vmm <vmm>', 'virtual machine monitor').choices(['auto', 'qemu', 'firecracker']).default('auto'))
+    .addOption(new Option('--vmm <vmm>', 'virtual machine monitor').choices([...VMM_CHOICES]).default('auto'))
     .addOption(
-      new Option('--network <mode>', 'loopback: a 127.77.x.y address per VM (default); tap: an address on banger\'s bridge (root)').choices(['loopback', 'tap']),
+      new Option('--network <mode>', 'loopback: a 127.77.x.y address per VM (default); tap: an address on banger\'s bridge (root)').choices([...NETWORK_MODES]),
     )
     .option('--egress', 'let the guest reach the network outside the VM (off by default: it reaches nothing)')
     .addOption(
-      new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices(['auto', 'kvm', 'tcg']).default('auto'),
+      new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices([...ACCEL_CHOICES]).default('auto'),
     );
 }
 
@@ -53,7 +61,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .option('--start', 'boot it right away')
     .option('--json', 'print the VM as JSON')
     .action(async (o: MachineFlags & { start?: boolean; json?: boolean }) => {
-      const v = await ctx.call(Methods.vmCreate, { ...machineParams(o), start: !!o.start }, { json: o.json, progress: true });
+      const v = await ctx.call(VmMethods.create, { ...machineParams(o), start: !!o.start }, { json: o.json, progress: true });
       if (o.json) out.json(v);
       else out.line(vmDetails(v));
     });

@@ -1,5 +1,5 @@
-import type { VmInfo } from '../../../protocol/types.js';
-import { table } from '../../output.js';
+import type { VmInfo, VmPorts } from '../../../protocol/vm.js';
+import { escapeForTerminal, table } from '../../output.js';
 
 export function vmTable(vms: VmInfo[]): string {
   return table(
@@ -47,10 +47,24 @@ export function vmDetails(v: VmInfo): string {
       `${w.preparedAt}, host HEAD ${w.headCommit ?? '(no commits)'}${w.includeUntracked ? ', untracked files included' : ''}`,
     ]);
   } else rows.push(['Workspace', '-']);
-  if (v.lastError) rows.push(['Last error', v.lastError]);
-  if (v.problem) rows.push(['Problem', v.problem]);
+  // Both can quote what the guest printed or reported.
+  if (v.lastError) rows.push(['Last error', escapeForTerminal(v.lastError)]);
+  if (v.problem) rows.push(['Problem', escapeForTerminal(v.problem)]);
   const w = Math.max(...rows.map((r) => r[0].length));
   return rows.map(([k, val]) => `${(k + ':').padEnd(w + 1)} ${val}`).join('\n');
+}
+
+/** `vm ports` for a person; the guest reports addresses and process names, so they are escaped. */
+export function portsTable(r: VmPorts): string {
+  return table(
+    ['PORT', 'BOUND TO', 'PROCESS', 'URL'],
+    r.ports.map((p) => [
+      String(p.port),
+      escapeForTerminal(p.address),
+      p.process === null ? '-' : escapeForTerminal(p.process),
+      p.url === null ? '(guest loopback only: not reachable from the host)' : escapeForTerminal(p.url),
+    ]),
+  );
 }
 
 /** The forwarded ports: SSH always, plus what the guest listens on while it runs. */

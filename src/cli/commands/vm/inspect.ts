@@ -1,12 +1,12 @@
 import type { Command } from 'commander';
-import { Methods } from '../../../protocol/methods.js';
+import { VmMethods } from '../../../protocol/vm.js';
 import type { CliContext } from '../../context.js';
-import { out, table } from '../../output.js';
-import { vmDetails, vmTable } from './format.js';
+import { out } from '../../output.js';
+import { portsTable, vmDetails, vmTable } from './format.js';
 
 export function registerList(cmd: Command, ctx: CliContext): Command {
   return cmd.option('--json', 'print the VMs as JSON').action(async (o: { json?: boolean }) => {
-    const vms = await ctx.call(Methods.vmList, undefined);
+    const vms = await ctx.call(VmMethods.list, undefined);
     if (o.json) out.json(vms);
     else if (vms.length === 0) out.info('no VMs yet: create one with `banger vm run -- uname -a`');
     else out.line(vmTable(vms));
@@ -21,7 +21,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .argument('<name>')
     .option('--json', 'print as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
-      const v = await ctx.call(Methods.vmShow, { name });
+      const v = await ctx.call(VmMethods.show, { name });
       if (o.json) out.json(v);
       else out.line(vmDetails(v));
     });
@@ -31,15 +31,10 @@ export function register(vm: Command, ctx: CliContext): void {
     .argument('<name>')
     .option('--json', 'print as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
-      const r = await ctx.call(Methods.vmPorts, { name });
+      const r = await ctx.call(VmMethods.ports, { name });
       if (o.json) return out.json(r);
       if (r.ports.length === 0) return out.info(`${name} listens on no TCP port`);
-      out.line(
-        table(
-          ['PORT', 'BOUND TO', 'PROCESS', 'URL'],
-          r.ports.map((p) => [String(p.port), p.address, p.process ?? '-', p.url ?? '(guest loopback only: not reachable from the host)']),
-        ),
-      );
+      out.line(portsTable(r));
     });
 
   vm.command('logs')
@@ -47,7 +42,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .argument('<name>')
     .option('--bytes <n>', 'how much of the end to print', (v) => Number(v), 65536)
     .action(async (name: string, o: { bytes: number }) => {
-      const r = await ctx.call(Methods.vmLogs, { name, tailBytes: o.bytes });
+      const r = await ctx.call(VmMethods.logs, { name, tailBytes: o.bytes });
       out.raw(r.console);
     });
 }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Methods } from '../../../protocol/methods.js';
+import { VmMethods } from '../../../protocol/vm.js';
 import { parseIntFlag, type CliContext } from '../../context.js';
 import { out } from '../../output.js';
 
@@ -9,7 +9,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .argument('<name>')
     .option('--json', 'print the VM as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
-      const v = await ctx.call(Methods.vmStart, { name }, { json: o.json, progress: true });
+      const v = await ctx.call(VmMethods.start, { name }, { json: o.json, progress: true });
       if (o.json) out.json(v);
       else out.info(`${v.name} is running (ssh: banger vm ssh ${v.name})`);
     });
@@ -23,7 +23,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .action(async (names: string[], o: { force?: boolean; timeout?: number; json?: boolean }) => {
       const res = [];
       for (const name of names) {
-        const v = await ctx.call(Methods.vmStop, { name, force: o.force, timeoutSeconds: o.timeout });
+        const v = await ctx.call(VmMethods.stop, { name, force: o.force, timeoutSeconds: o.timeout });
         res.push(v);
         if (!o.json) out.info(`${v.name} is ${v.state}`);
       }
@@ -35,7 +35,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .argument('<name>')
     .option('--json', 'print the VM as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
-      const v = await ctx.call(Methods.vmRestart, { name }, { json: o.json, progress: true });
+      const v = await ctx.call(VmMethods.restart, { name }, { json: o.json, progress: true });
       if (o.json) out.json(v);
       else out.info(`${v.name} is running`);
     });
@@ -47,7 +47,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .option('-f, --force', 'stop running VMs first')
     .action(async (names: string[], o: { force?: boolean }) => {
       for (const name of names) {
-        await ctx.call(Methods.vmDelete, { name, force: o.force });
+        await ctx.call(VmMethods.delete, { name, force: o.force });
         out.info(`deleted ${name}`);
       }
     });

@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
-import { Methods } from '../../../protocol/methods.js';
+import { VmMethods } from '../../../protocol/vm.js';
 import type { CliContext } from '../../context.js';
 import { runInGuest } from '../../guest-exec.js';
 import { out } from '../../output.js';
-import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { BangerError, ErrorCode, isBangerError } from '../../../errors/index.js';
 import { dryRunImport, looksLikeRepo, prepareWorkspace } from '../../workspace.js';
 import { addMachineFlags, machineParams, type MachineFlags } from './create.js';
 
@@ -20,6 +20,15 @@ export function splitRepo(operands: string[], rawArgv: readonly string[]): { rep
   const first = operands[0];
   if (beforeDashes >= 1 && first !== undefined && looksLikeRepo(first)) return { repo: first, command: operands.slice(1) };
   return { command: operands };
+}
+
+/** Deletes a `--rm` VM; one the daemon has deleted already (its own --rm cleanup) counts as done. */
+async function deleteIfPresent(ctx: CliContext, name: string): Promise<void> {
+  try {
+    await ctx.call(VmMethods.delete, { name, force: true });
+  } catch (e) {
+    if (!(isBangerError(e) && e.code === ErrorCode.NotFound)) throw e;
+  }
 }
 
 export function register(vm: Command, ctx: CliContext): void {
@@ -58,7 +67,9 @@ Examples:
         await dryRunImport(ctx, { repo, guestPath: o.guestPath, includeUntracked: o.includeUntracked });
         return;
       }
-      const v = await ctx.call(Methods.vmCreate, { ...machineParams(o), start: true }, { progress: true });
+      // With --rm the daemon owns the cleanup too: it deletes the VM when this client's connection closes
+      // (killed, terminal gone), so the delete below is the common path, not the only one.
+      const v = await ctx.call(VmMethods.create, { ...machineParams(o), start: true, rm: !!o.rm }, { progress: true });
       out.info(`${v.name} is running (${v.vmm}/${v.accel ?? '?'}); ssh: banger vm ssh ${v.name}`);
       try {
         if (repo !== undefined)
@@ -67,7 +78,7 @@ Examples:
         ctx.exitCode = await runInGuest(ctx, { vm: v.name, argv: command, tty: interactive ? !!process.stdin.isTTY : !!o.tty });
       } finally {
         if (o.rm) {
-          await ctx.call(Methods.vmDelete, { name: v.name, force: true });
+          await deleteIfPresent(ctx, v.name);
           out.info(`deleted ${v.name}`);
         }
       }

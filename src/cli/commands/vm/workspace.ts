@@ -1,9 +1,17 @@
 import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { Methods } from '../../../protocol/methods.js';
+import { WorkspaceMethods, type WorkspaceChange } from '../../../protocol/workspace.js';
 import type { CliContext } from '../../context.js';
-import { out } from '../../output.js';
+import { escapeForTerminal, out } from '../../output.js';
 import { dryRunImport, prepareWorkspace } from '../../workspace.js';
+
+/**
+ * The changed-file list of an export for a person: `STATUS<TAB>path` lines, or bare paths with nameOnly.
+ * Status letters and paths come from the guest's git, so they are escaped for the terminal.
+ */
+export function changedFileLines(files: readonly WorkspaceChange[], nameOnly: boolean): string[] {
+  return files.map((f) => (nameOnly ? escapeForTerminal(f.path) : `${escapeForTerminal(f.status)}\t${escapeForTerminal(f.path)}`));
+}
 
 interface PrepareFlags {
   guestPath?: string;
@@ -47,15 +55,15 @@ a second prepare replaces it. Export the guest's changes with \`banger vm worksp
     .option('--base-commit <ref>', 'diff against this guest commit instead of the imported state')
     .option('--name-only', 'print only the changed paths, one a line')
     .action(async (name: string, o: { output?: string; baseCommit?: string; nameOnly?: boolean }) => {
-      const r = await ctx.call(Methods.vmWorkspaceExport, { name, baseCommit: o.baseCommit, nameOnly: !!o.nameOnly });
+      const r = await ctx.call(WorkspaceMethods.export, { name, baseCommit: o.baseCommit, nameOnly: !!o.nameOnly });
       if (o.nameOnly) {
-        for (const f of r.files) out.line(f.path);
+        for (const line of changedFileLines(r.files, true)) out.line(line);
         return;
       }
       const patch = Buffer.from(r.patch, 'base64');
       if (o.output !== undefined) await writeFile(o.output, patch);
       else out.raw(patch);
-      for (const f of r.files) out.info(`${f.status}\t${f.path}`);
+      for (const line of changedFileLines(r.files, false)) out.info(line);
       out.info(
         r.files.length === 0
           ? `no changes in ${name}:${r.guestPath}`

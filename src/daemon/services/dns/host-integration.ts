@@ -22,7 +22,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { DnsMechanism, DnsStatus, DnsVmEntry } from '../../../protocol/dns.js';
 import { durableWrite, recoverInterrupted } from './durable-file.js';

@@ -10,7 +10,7 @@ import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
 import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';

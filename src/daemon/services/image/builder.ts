@@ -1,6 +1,6 @@
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import { buildImage, readHostMirror } from './build.js';
 import type { ImageBuilder } from './service.js';
 

@@ -14,7 +14,7 @@ import { readdir, readFile, readlink, rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import type { Logger } from '../../../shared/logger.js';
 
 export interface ProcessInfo {

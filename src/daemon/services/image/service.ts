@@ -9,7 +9,7 @@ import type { Logger } from '../../../shared/logger.js';
 import type { ImageRecord, ImageRepo } from '../../store/repos/images.js';
 import type { VmRepo } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
-import { runCommand } from '../../exec.js';
+import { runCommand } from '../../../shared/command.js';
 import { procHost, removeBuildLeftovers, type LeftoverHost } from './leftovers.js';
 
 /** An image whose files exist and can boot. */

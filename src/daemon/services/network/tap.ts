@@ -31,7 +31,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { BangerError, ErrorCode, failedPrecondition, invalidArgument } from '../../../errors/index.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 
 // ---------------------------------------------------------------------------------------------------
 // Pure pieces

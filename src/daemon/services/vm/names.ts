@@ -1,11 +1,10 @@
 import { randomInt } from 'node:crypto';
 import { invalidArgument } from '../../../errors/index.js';
+import { VM_NAME_RE } from '../../../protocol/names.js';
 
-/** VM names are DNS labels (they become NAME.vm): lowercase letters, digits and inner hyphens, 1-63 chars. */
-const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export function validateVmName(name: string): string {
-  if (!NAME_RE.test(name)) {
+  if (!VM_NAME_RE.test(name)) {
     throw invalidArgument(
       `invalid VM name ${JSON.stringify(name)}: use 1-63 lowercase letters, digits and hyphens, not starting or ending with a hyphen`,
       'for example `--name fix-42`',

@@ -11,12 +11,12 @@ import {
   notFound,
   toBangerError,
 } from '../../../errors/index.js';
-import type { ProgressEvent, VmmChoice } from '../../../protocol/common.js';
+import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/common.js';
 import type { VmCreateParams, VmInfo, VmPorts } from '../../../protocol/vm.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions } from '../../guest/session.js';
@@ -34,8 +34,6 @@ import { LiveVms } from './live.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
 import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
-
-export type { AccelResolver, KernelCmdline, TapNetworking } from './boot.js';
 
 /**
  * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
@@ -65,7 +63,7 @@ export interface VmServiceDeps {
   /** Tap networking (bridge, taps, isolation rules). */
   tap: TapNetworking;
   /** Network mode of VMs created without --network (daemon config). */
-  defaultNetwork: 'loopback' | 'tap';
+  defaultNetwork: NetworkMode;
   /** Told whenever the set of VMs or their addresses/ports change (host ssh config, DNS). */
   onVmsChanged?: () => void;
   /** Told the bridge address when a tap VM starts (banger's DNS listens there for guests). */

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tar, { type Header as TarHeader, type Pack } from 'tar-stream';
 import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
-import type { CommandRunner } from '../../exec.js';
-import { runCommand } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
+import { runCommand } from '../../../shared/command.js';
 import { assertNoPathThroughSymlink, validateEntryPath, type ImportEntry } from './host-repo.js';
 import { changed, openEntry, readExactly } from './worktree-read.js';
 

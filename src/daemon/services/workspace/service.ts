@@ -9,7 +9,7 @@ import type {
 import type { ProgressEvent } from '../../../protocol/common.js';
 import { BangerError, ErrorCode, failedPrecondition, toBangerError } from '../../../errors/index.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import type { VmRepo } from '../../store/repos/vms.js';
 import type { VmService } from '../vm/service.js';
 import { KeyedMutex } from '../locks.js';

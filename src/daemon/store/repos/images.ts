@@ -1,5 +1,5 @@
 import type { Db } from '../db.js';
-import type { ImageFileInfo, ImageInfo } from '../../../protocol/types.js';
+import type { ImageFileInfo, ImageInfo } from '../../../protocol/image.js';
 
 /** What the store keeps of an image: its wire shape minus what is derived (the VMs using it). */
 export type ImageRecord = Omit<ImageInfo, 'usedBy'>;

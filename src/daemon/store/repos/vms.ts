@@ -1,5 +1,6 @@
 import type { Db } from '../db.js';
-import type { VmState, WorkspaceInfo } from '../../../protocol/types.js';
+import type { Accel, AccelChoice, NetworkMode, VmmName, VmState } from '../../../protocol/common.js';
+import type { WorkspaceInfo } from '../../../protocol/workspace.js';
 
 /** What a VM is: identity and intent. What is true right now about its process lives in handles.json. */
 export interface VmRecord {
@@ -10,12 +11,12 @@ export interface VmRecord {
   vcpus: number;
   memoryMib: number;
   diskSizeMib: number;
-  vmm: 'qemu' | 'firecracker';
+  vmm: VmmName;
   /** What the user asked for; `accel` is what the last boot used. */
-  accelChoice: 'auto' | 'kvm' | 'tcg';
-  accel: 'kvm' | 'tcg' | null;
+  accelChoice: AccelChoice;
+  accel: Accel | null;
   /** loopback: QEMU user networking behind a per-VM 127.x address; tap: a tap on banger's bridge. */
-  networkMode: 'loopback' | 'tap';
+  networkMode: NetworkMode;
   hostAddress: string;
   sshPort: number;
   guestAddress: string;

@@ -4,7 +4,7 @@ import { access, mkdir, open, rm, stat } from 'node:fs/promises';
 import { delimiter, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, cancelled, toBangerError } from '../../../errors/index.js';
-import type { CommandRunner } from '../../exec.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import type {
   DriverAvailability,
   LaunchHooks,

@@ -1,15 +1,16 @@
 import { failedPrecondition } from '../../../errors/index.js';
-import { Methods, type NetworkStatus } from '../../../protocol/methods.js';
-import { runCommand } from '../../exec.js';
-import { handler } from '../../rpc/server.js';
+import type { NetworkMode } from '../../../protocol/common.js';
+import { NetworkMethods, type NetworkStatus } from '../../../protocol/network.js';
+import { runCommand } from '../../../shared/command.js';
+import { TapNetwork } from '../../services/network/tap.js';
+import type { VmService } from '../../services/vm/service.js';
 import type { VmRecord } from '../../store/repos/vms.js';
-import type { VmService } from '../vm/service.js';
-import { TapNetwork } from './tap.js';
+import { handler, type Handler } from '../server.js';
 
 export interface NetworkHandlerDeps {
   tap: TapNetwork;
   vms: VmService;
-  defaultMode: 'loopback' | 'tap';
+  defaultMode: NetworkMode;
   listVms: () => VmRecord[];
 }
 
@@ -36,10 +37,10 @@ async function status(d: NetworkHandlerDeps, signal?: AbortSignal): Promise<Netw
 }
 
 /** network.status and network.down: what tap networking put on the host, and removing all of it. */
-export function networkHandlers(d: NetworkHandlerDeps) {
+export function networkHandlers(d: NetworkHandlerDeps): Handler[] {
   return [
-    handler(Methods.networkStatus, null, async (_p, ctx) => status(d, ctx.signal)),
-    handler(Methods.networkDown, null, async (_p, ctx) => {
+    handler(NetworkMethods.status, async (_p, ctx) => status(d, ctx.signal)),
+    handler(NetworkMethods.down, async (_p, ctx) => {
       const running = d.vms.runningTapVms();
       if (running.length > 0)
         throw failedPrecondition(

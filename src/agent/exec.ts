@@ -1,0 +1,137 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { stat } from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
+import { InboundWindow, OutboundWindow } from '../protocol/agent-frames.js';
+import { FrameKind, type AgentSignal, type ExecRequest, type StreamKind } from '../protocol/agent.js';
+import { AgentFailure, type ChannelIo } from './channel.js';
+import { PTY_HELPER_SOURCE } from './pty-helper.js';
+
+/**
+ * One `exec` channel in the guest: a child process whose stdout and stderr go out within the daemon's
+ * credit (the child is paused, so a flood of output waits in the kernel's pipe, not in the agent) and whose
+ * stdin comes in within the credit the agent grants as the child's pipe takes it.
+ */
+export class ExecChannel {
+  private child: ChildProcess | null = null;
+  private readonly stdinWindow = new InboundWindow();
+  private readonly out: OutboundWindow;
+  private readonly err: OutboundWindow;
+  private exit: { code: number | null; signal: string | null } | null = null;
+  private exitSent = false;
+  private disposed = false;
+
+  constructor(
+    private readonly req: ExecRequest,
+    private readonly io: ChannelIo,
+    /** python3's path when a pty can be offered, else null. */
+    private readonly python: string | null,
+  ) {
+    this.out = new OutboundWindow((b) => io.sendData(FrameKind.Stdout, b));
+    this.err = new OutboundWindow((b) => io.sendData(FrameKind.Stderr, b));
+    this.out.onFinished = () => this.maybeExit();
+    this.err.onFinished = () => this.maybeExit();
+  }
+
+  /** Spawns the process; resolves with its pid once it exists, rejects with an AgentFailure otherwise. */
+  async start(): Promise<{ pid: number }> {
+    const { req } = this;
+    const cwd = req.cwd ?? process.env.HOME ?? '/';
+    const dir = await stat(cwd).catch(() => null);
+    if (!dir?.isDirectory()) throw new AgentFailure('NotFound', `no directory ${cwd} in the guest`);
+    const argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
+    let file = argv[0];
+    let args = argv.slice(1);
+    const stdio: ('pipe' | 'ignore')[] = [req.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'];
+    if (req.pty) {
+      if (this.python === null)
+        throw new AgentFailure(
+          'FailedPrecondition',
+          'this guest cannot give a terminal: python3 is not installed in the image',
+        );
+      file = this.python;
+      args = ['-c', PTY_HELPER_SOURCE, String(req.pty.rows), String(req.pty.cols), ...argv];
+      stdio.push('pipe');
+    }
+    const child = spawn(file, args, { cwd, env: { ...process.env, ...req.env }, stdio, detached: true });
+    this.child = child;
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') reject(new AgentFailure('NotFound', `no command ${file} in the guest`));
+        else if (e.code === 'EACCES')
+          reject(new AgentFailure('FailedPrecondition', `${file} is not executable in the guest`));
+        else reject(new AgentFailure('Internal', `could not start ${file}: ${e.message}`));
+      });
+    });
+    child.on('error', () => {}); // a failed kill after the start; the exit event still comes
+    this.pump(child.stdout!, this.out);
+    this.pump(child.stderr!, this.err);
+    child.stdin?.on('error', () => {}); // EPIPE once the process stops reading; its input is dropped
+    child.once('exit', (code, signal) => {
+      this.exit = { code, signal };
+      this.maybeExit();
+    });
+    return { pid: child.pid! };
+  }
+
+  /** Bytes for the process's stdin; an empty payload closes it. False when the daemon overran its credit. */
+  stdin(payload: Buffer): boolean {
+    const sink = this.child?.stdin;
+    if (!sink || sink.destroyed) return true;
+    if (payload.length === 0) {
+      sink.end();
+      return true;
+    }
+    if (!this.stdinWindow.accept(payload.length)) return false;
+    const n = payload.length;
+    sink.write(payload, () => this.io.sendCredit(FrameKind.Stdin, this.stdinWindow.consumed(n)));
+    return true;
+  }
+
+  credit(stream: StreamKind, bytes: number): void {
+    if (stream === FrameKind.Stdout) this.out.grant(bytes);
+    else if (stream === FrameKind.Stderr) this.err.grant(bytes);
+  }
+
+  /** Sends `signal` to the process group (the pty helper forwards it into the terminal's session). */
+  signal(signal: AgentSignal): void {
+    const pid = this.child?.pid;
+    if (pid === undefined || this.exit !== null) return;
+    try {
+      process.kill(-pid, signal);
+    } catch {
+      // the group is already gone
+    }
+  }
+
+  resize(cols: number, rows: number): void {
+    const control = this.child?.stdio[3] as Writable | undefined;
+    if (control && !control.destroyed) control.write(`${rows} ${cols}\n`);
+  }
+
+  /** The connection is gone: kill the process group and send nothing more. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.out.abandon();
+    this.err.abandon();
+    if (this.exit === null) this.signal('SIGKILL');
+    this.child?.stdout?.destroy();
+    this.child?.stderr?.destroy();
+  }
+
+  private pump(from: Readable, to: OutboundWindow): void {
+    from.on('data', (chunk: Buffer) => {
+      if (!to.write(chunk, () => from.resume())) from.pause();
+    });
+    from.once('end', () => to.end());
+    from.on('error', () => to.end());
+  }
+
+  private maybeExit(): void {
+    if (this.exitSent || this.disposed || this.exit === null || !this.out.finished || !this.err.finished) return;
+    this.exitSent = true;
+    this.child?.stdio[3]?.destroy();
+    this.io.sendExit(this.exit.code, this.exit.signal);
+  }
+}

@@ -1,0 +1,80 @@
+import { accessSync, constants, createReadStream, createWriteStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { delimiter, join } from 'node:path';
+import { Duplex } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { AGENT_VIRTIO_PORT } from '../protocol/agent.js';
+import { AgentServer } from './server.js';
+
+/**
+ * `banger-agent`: started by the guest's init, serves the daemon until the guest powers off.
+ *
+ *   banger-agent [--port DEVICE]   the virtio-serial port (default /dev/virtio-ports/banger.0): reopened
+ *                                  whenever the host side goes away, so a restarted daemon reconnects
+ *   banger-agent --listen PATH     a unix socket (tests, and a vsock bridge such as socat)
+ *
+ * Runs on the guest's Node 18: no Node 20-only APIs here or in what it imports.
+ */
+
+const AGENT_VERSION = '0.1.0';
+const REOPEN_DELAY_MS = 250;
+
+function log(line: string): void {
+  process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+}
+
+function findPython(): string | null {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
+    const p = join(dir, 'python3');
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+async function servePort(server: AgentServer, device: string): Promise<never> {
+  for (;;) {
+    try {
+      const fh = await open(device, 'r+');
+      // autoClose off: the read and write streams share the descriptor; it is closed once, below.
+      const readable = createReadStream('', { fd: fh.fd, autoClose: false, highWaterMark: 64 * 1024 });
+      const writable = createWriteStream('', { fd: fh.fd, autoClose: false });
+      await server.serve(Duplex.from({ readable, writable }));
+      await finished(writable).catch(() => {}); // writes in flight land before the descriptor is reused
+      await fh.close().catch(() => {});
+    } catch (e) {
+      log(`banger-agent: ${device}: ${(e as Error).message}`);
+    }
+    // A read of a port whose host side is closed returns end-of-file at once: wait before trying again.
+    await new Promise((r) => setTimeout(r, REOPEN_DELAY_MS));
+  }
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const value = (flag: string) => {
+    const i = args.indexOf(flag);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const server = new AgentServer({ agentVersion: AGENT_VERSION, python: findPython(), log });
+  const listen = value('--listen');
+  if (listen !== undefined) {
+    const net = createServer((sock) => void server.serve(sock));
+    await new Promise<void>((resolve, reject) => net.once('error', reject).listen(listen, resolve));
+    log(`banger-agent ${AGENT_VERSION}: listening on ${listen}`);
+    return;
+  }
+  const device = value('--port') ?? AGENT_VIRTIO_PORT;
+  log(`banger-agent ${AGENT_VERSION}: serving ${device}`);
+  await servePort(server, device);
+}
+
+main().catch((e: unknown) => {
+  log(`banger-agent: ${e instanceof Error ? e.message : String(e)}`);
+  process.exitCode = 1;
+});

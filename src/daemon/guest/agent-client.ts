@@ -1,0 +1,310 @@
+import type { Duplex, Readable } from 'node:stream';
+import { BangerError, ErrorCode, type ErrorCode as Code } from '../../errors/index.js';
+import { FrameConnection, FrameError, OutboundWindow } from '../../protocol/agent-frames.js';
+import { ExecChannel, type AgentProcess, type ClientChannel } from './agent-process.js';
+
+export type { AgentExitStatus, AgentProcess } from './agent-process.js';
+import {
+  AGENT_DATA_CHUNK,
+  AGENT_PROTOCOL_VERSION,
+  AGENT_RESULT_SCHEMAS,
+  FrameKind,
+  agentMessageSchema,
+  type AgentErrorCode,
+  type AgentRequestType,
+  type ExecResult,
+  type HelloResult,
+  type SetClockResult,
+  type StatsResult,
+  type WriteFileResult,
+} from '../../protocol/agent.js';
+
+/**
+ * The daemon's end of the guest agent protocol, over any Duplex (the VM's virtio-serial unix socket, a
+ * Firecracker vsock, a socket pair in tests). The agent is untrusted: every message is validated, frames are
+ * capped, output is taken only within the credit granted (so a flooding guest waits instead of filling the
+ * daemon's memory), every request has a deadline, and a misbehaving agent loses its connection: every
+ * pending request and running process of that VM fails with Unavailable, and nothing else is affected.
+ */
+
+export interface AgentClientOptions {
+  /** Names the VM in error messages, e.g. `"dev"`. */
+  label?: string;
+  /** Deadline of a request's reply (for `writeFile`, counted from the end of the content). Default 15 s. */
+  requestTimeoutMs?: number;
+  /** Why the connection was dropped, for the daemon's log. */
+  log?: (message: string) => void;
+}
+
+export interface RequestOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+export interface AgentExecOptions extends RequestOptions {
+  /** Exactly one of `argv` and `shell` (a line for `/bin/sh -c`). */
+  argv?: string[];
+  shell?: string;
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Give the process a stdin stream (otherwise it reads /dev/null). */
+  stdin?: boolean;
+  /** Run under a terminal of this size; its output then all comes on `stdout`. */
+  pty?: { cols: number; rows: number };
+}
+
+interface Pending {
+  type: AgentRequestType;
+  resolve(result: unknown): void;
+  reject(error: BangerError): void;
+  timer?: NodeJS.Timeout;
+  cleanup(): void;
+}
+
+const DEFAULT_TIMEOUT_MS = 15_000;
+
+export class AgentClient {
+  private readonly conn: FrameConnection;
+  private readonly pending = new Map<number, Pending>();
+  private readonly channels = new Map<number, ClientChannel>();
+  private nextId = 1;
+  private nextChannel = 1;
+  private closeError: BangerError | null = null;
+  private readonly label: string;
+
+  constructor(
+    stream: Duplex,
+    private readonly opts: AgentClientOptions = {},
+  ) {
+    this.label = opts.label ? ` of VM ${opts.label}` : '';
+    this.conn = new FrameConnection(
+      stream,
+      {
+        control: (m) => this.onControl(m),
+        data: (channel, stream, payload) => {
+          if (stream === FrameKind.Stdin) throw new FrameError('the agent sent stdin data');
+          // Data for a channel given up on (its start timed out) is dropped; it is never buffered.
+          const ch = this.channels.get(channel);
+          if (ch && !ch.data(stream, payload)) throw new FrameError(`channel ${channel} overran its credit`);
+        },
+        credit: (channel, stream, bytes) => this.channels.get(channel)?.credit(stream, bytes),
+        closed: (error) => this.onClosed(error),
+      },
+      { greetFirst: true },
+    );
+  }
+
+  /** True once the connection has ended; every later call fails with Unavailable. */
+  get closed(): boolean {
+    return this.conn.closed;
+  }
+
+  /** Requests waiting for a reply (for tests and diagnostics). */
+  get pendingRequests(): number {
+    return this.pending.size;
+  }
+
+  /** Checks that the agent speaks this protocol version; returns what it says about itself. */
+  async hello(opts: RequestOptions = {}): Promise<HelloResult> {
+    const r = (await this.request('hello', { protocol: AGENT_PROTOCOL_VERSION }, opts)) as HelloResult;
+    if (r.protocol !== AGENT_PROTOCOL_VERSION)
+      throw new BangerError(
+        ErrorCode.FailedPrecondition,
+        `the guest agent${this.label} speaks protocol ${r.protocol}, this banger speaks ${AGENT_PROTOCOL_VERSION}`,
+        { hint: 'rebuild the image with `banger image build` so its agent matches this banger' },
+      );
+    return r;
+  }
+
+  async stats(opts: RequestOptions = {}): Promise<StatsResult> {
+    return (await this.request('stats', {}, opts)) as StatsResult;
+  }
+
+  async setClock(epochMs: number, opts: RequestOptions = {}): Promise<SetClockResult> {
+    return (await this.request('setClock', { epochMs: Math.round(epochMs) }, opts)) as SetClockResult;
+  }
+
+  /** Starts a process; resolves once it runs in the guest. */
+  async exec(o: AgentExecOptions): Promise<AgentProcess> {
+    if ((o.argv === undefined) === (o.shell === undefined))
+      throw new BangerError(ErrorCode.InvalidArgument, 'exec needs exactly one of argv and shell');
+    const channel = this.allocChannel();
+    const proc = new ExecChannel(channel, this.conn, o.stdin === true);
+    this.channels.set(channel, proc);
+    const command = o.argv !== undefined ? { argv: o.argv } : { shell: o.shell };
+    try {
+      const r = (await this.request(
+        'exec',
+        { channel, command, env: o.env, cwd: o.cwd, stdin: o.stdin === true, pty: o.pty },
+        o,
+      )) as ExecResult;
+      return proc.handle(r.pid);
+    } catch (e) {
+      this.channels.delete(channel);
+      proc.fail(e as BangerError);
+      throw e;
+    }
+  }
+
+  /** Writes `data` to `path` in the guest with `mode`, atomically (temporary file + rename). */
+  async writeFile(
+    path: string,
+    data: Buffer | Readable,
+    mode: number,
+    opts: RequestOptions = {},
+  ): Promise<WriteFileResult> {
+    const channel = this.allocChannel();
+    const window = new OutboundWindow((b) => this.conn.sendData(channel, FrameKind.Stdin, b));
+    let settled = false;
+    this.channels.set(channel, {
+      data: () => true,
+      credit: (stream, bytes) => stream === FrameKind.Stdin && window.grant(bytes),
+      fail: () => window.abandon(),
+    });
+    let arm = (): void => {};
+    const reply = this.request('writeFile', { channel, path, mode }, opts, (a) => (arm = a)).finally(() => {
+      settled = true;
+      window.abandon();
+      this.channels.delete(channel);
+    });
+    reply.catch(() => {}); // observed below; a failure while content is still being sent ends the loop
+    const send = (b: Buffer) => new Promise<void>((res) => (window.write(b, res) ? res() : undefined));
+    for await (const chunk of Buffer.isBuffer(data) ? chunked(data) : data) {
+      if (settled) break;
+      await send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+    }
+    if (!Buffer.isBuffer(data) && settled) data.destroy();
+    window.end();
+    arm();
+    return (await reply) as WriteFileResult;
+  }
+
+  /** Ends the connection; pending requests and processes fail with Unavailable. */
+  close(): void {
+    this.conn.close();
+  }
+
+  private allocChannel(): number {
+    const c = this.nextChannel;
+    this.nextChannel = c >= 0xffffffff ? 1 : c + 1;
+    return c;
+  }
+
+  /**
+   * Sends a request and waits for its reply. `deferTimeout` hands back a function that starts the deadline
+   * (writeFile starts it once the content is sent); otherwise it starts now.
+   */
+  private request(
+    type: AgentRequestType,
+    body: object,
+    opts: RequestOptions,
+    deferTimeout?: (arm: () => void) => void,
+  ): Promise<unknown> {
+    if (this.closeError) return Promise.reject(this.closeError);
+    if (opts.signal?.aborted) return Promise.reject(new BangerError(ErrorCode.Cancelled, `${type} cancelled`));
+    const id = this.nextId;
+    this.nextId = id >= 0x7fffffff ? 1 : id + 1;
+    const timeoutMs = opts.timeoutMs ?? this.opts.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => fail(new BangerError(ErrorCode.Cancelled, `${type} cancelled`));
+      const entry: Pending = {
+        type,
+        resolve,
+        reject,
+        cleanup: () => {
+          clearTimeout(entry.timer);
+          opts.signal?.removeEventListener('abort', onAbort);
+          this.pending.delete(id);
+        },
+      };
+      const fail = (e: BangerError) => {
+        entry.cleanup();
+        reject(e);
+      };
+      const arm = () => {
+        if (!this.pending.has(id)) return;
+        entry.timer = setTimeout(
+          () =>
+            fail(
+              new BangerError(
+                ErrorCode.DeadlineExceeded,
+                `the guest agent${this.label} did not answer ${type} within ${timeoutMs / 1000} s`,
+                {
+                  hint: 'the VM may be overloaded or its agent stuck; `banger vm restart` restarts it',
+                },
+              ),
+            ),
+          timeoutMs,
+        );
+      };
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      this.pending.set(id, entry);
+      if (deferTimeout) deferTimeout(arm);
+      else arm();
+      this.conn.sendControl({ type, id, ...body });
+    });
+  }
+
+  private onControl(raw: unknown): void {
+    const parsed = agentMessageSchema.safeParse(raw);
+    if (!parsed.success)
+      throw new FrameError(`invalid message from the agent: ${parsed.error.issues[0]?.message ?? ''}`);
+    const m = parsed.data;
+    if (m.type === 'exit') {
+      const ch = this.channels.get(m.channel);
+      this.channels.delete(m.channel);
+      ch?.exit?.({ code: m.code, signal: m.signal });
+      return;
+    }
+    const p = this.pending.get(m.id);
+    if (!p) return; // the reply to a request given up on
+    p.cleanup();
+    if (!m.ok) {
+      p.reject(new BangerError(agentCode(m.error.code), `guest agent${this.label}: ${escapeControl(m.error.message)}`));
+      return;
+    }
+    const result = AGENT_RESULT_SCHEMAS[p.type].safeParse(m.result);
+    if (!result.success) {
+      p.reject(this.unavailable(`sent an invalid ${p.type} result`));
+      throw new FrameError(`invalid ${p.type} result: ${result.error.issues[0]?.message ?? ''}`);
+    }
+    p.resolve(result.data);
+  }
+
+  private onClosed(error?: Error): void {
+    const why = error ? `: ${escapeControl(error.message)}` : '';
+    if (error) this.opts.log?.(`guest agent${this.label} connection dropped${why}`);
+    this.closeError = this.unavailable(
+      error instanceof FrameError
+        ? `broke the protocol${why}; the connection was dropped`
+        : `closed the connection${why}`,
+    );
+    for (const p of [...this.pending.values()]) {
+      p.cleanup();
+      p.reject(this.closeError);
+    }
+    for (const ch of this.channels.values()) ch.fail(this.closeError);
+    this.channels.clear();
+  }
+
+  private unavailable(what: string): BangerError {
+    return new BangerError(ErrorCode.Unavailable, `the guest agent${this.label} ${what}`, {
+      hint: 'the VM may have stopped or restarted; check it with `banger vm show`',
+    });
+  }
+}
+
+function* chunked(buf: Buffer): Generator<Buffer> {
+  for (let i = 0; i < buf.length; i += AGENT_DATA_CHUNK) yield buf.subarray(i, i + AGENT_DATA_CHUNK);
+}
+
+function agentCode(code: AgentErrorCode): Code {
+  return ErrorCode[code];
+}
+
+/** Agent-supplied text goes into messages a terminal may show: control characters become visible escapes. */
+export function escapeControl(s: string): string {
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point
+  const controls = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+  return s.replace(controls, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

@@ -1,0 +1,59 @@
+import { ErrorCode, cancelled, isBangerError } from '../../../errors/index.js';
+import { VmMethods, type VmCreateParams, type VmInfo } from '../../../protocol/vm.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { VmService } from '../../services/vm/service.js';
+import { capText, handler, type CallContext, type Handler } from '../server.js';
+
+export interface VmHandlerDeps {
+  vms: VmService;
+  log: Logger;
+}
+
+/**
+ * vm.create with `rm`: the VM belongs to the client's connection. It is deleted (forced) when that
+ * connection closes, and at once when creating or starting it fails or is cancelled, so a client that
+ * dies (killed, Ctrl-C twice, lost terminal) leaves nothing behind.
+ */
+async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext): Promise<VmInfo> {
+  const created = await d.vms.create(p, ctx.progress, ctx.signal);
+  let removal: Promise<void> | undefined;
+  const remove = () =>
+    (removal ??= d.vms.delete(created.name, { force: true }).then(
+      () => d.log.info({ vm: created.name }, 'deleted a --rm VM: its client is gone or its start failed'),
+      (e: unknown) => {
+        if (isBangerError(e) && e.code === ErrorCode.NotFound) return; // the client deleted it itself
+        d.log.warn({ vm: created.name, err: capText(String(e)) }, 'could not delete a --rm VM');
+      },
+    ));
+  const sub = ctx.connection.onClose(() => void remove());
+  try {
+    // A client gone before the listener above was added has aborted the signal: treat it as cancelled.
+    if (ctx.signal.aborted) throw cancelled();
+    return p.start ? await d.vms.start(created.name, ctx.progress, ctx.signal) : created;
+  } catch (e) {
+    sub.dispose();
+    await remove();
+    throw e;
+  }
+}
+
+/** vm.create, vm.start, vm.stop, vm.restart, vm.delete, vm.list, vm.show, vm.logs, vm.ssh-target, vm.ports. */
+export function vmHandlers(d: VmHandlerDeps): Handler[] {
+  const { vms } = d;
+  return [
+    handler(VmMethods.create, async (p, ctx) => {
+      if (p.rm) return createOwned(d, p, ctx);
+      const created = await vms.create(p, ctx.progress, ctx.signal);
+      return p.start ? vms.start(created.name, ctx.progress, ctx.signal) : created;
+    }),
+    handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal)),
+    handler(VmMethods.stop, async (p, ctx) => vms.stop(p.name, p, ctx.signal)),
+    handler(VmMethods.restart, async (p, ctx) => vms.restart(p.name, ctx.progress, ctx.signal)),
+    handler(VmMethods.delete, async (p, ctx) => vms.delete(p.name, p, ctx.signal)),
+    handler(VmMethods.list, async () => vms.list()),
+    handler(VmMethods.show, async (p) => vms.show(p.name)),
+    handler(VmMethods.logs, async (p) => ({ console: await vms.consoleLog(p.name, p.tailBytes) })),
+    handler(VmMethods.sshTarget, async (p) => vms.sshTarget(p.name)),
+    handler(VmMethods.ports, async (p, ctx) => vms.ports(p.name, ctx.signal)),
+  ];
+}

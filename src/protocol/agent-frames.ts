@@ -1,0 +1,347 @@
+import type { Duplex } from 'node:stream';
+import {
+  AGENT_DATA_CHUNK,
+  AGENT_MAX_FRAME,
+  AGENT_MAX_SYNC_SKIP,
+  AGENT_STREAM_WINDOW,
+  AGENT_SYNC,
+  FRAME_HEADER_BYTES,
+  FrameKind,
+  type StreamKind,
+} from './agent.js';
+
+/**
+ * Framing and credit flow control of the agent protocol, shared by the daemon and the agent (see `agent.ts`
+ * for the wire format). Node built-ins only: the agent runs on the guest's Node 18.
+ */
+
+export interface Frame {
+  kind: number;
+  channel: number;
+  payload: Buffer;
+}
+
+/** The peer broke the framing; the connection cannot be trusted any more and is dropped. */
+export class FrameError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FrameError';
+  }
+}
+
+export function encodeFrame(kind: number, channel: number, payload: Uint8Array = EMPTY): Buffer {
+  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
+  out.writeUInt32BE(payload.length, 0);
+  out.writeUInt8(kind, 4);
+  out.writeUInt32BE(channel, 5);
+  out.set(payload, FRAME_HEADER_BYTES);
+  return out;
+}
+
+export function encodeCredit(channel: number, stream: StreamKind, bytes: number): Buffer {
+  const p = Buffer.allocUnsafe(5);
+  p.writeUInt8(stream, 0);
+  p.writeUInt32BE(bytes, 1);
+  return encodeFrame(FrameKind.Credit, channel, p);
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Turns a byte stream into frames. Incoming chunks are kept in a list and only the bytes of the frame being
+ * completed are copied out, so a large frame arriving in small pieces costs linear time; the length in the
+ * header is checked against `maxFrame` before any of the body is kept.
+ */
+export class FrameDecoder {
+  private readonly chunks: Buffer[] = [];
+  private buffered = 0;
+  private header: { length: number; kind: number; channel: number } | null = null;
+  private syncMatched: number;
+  private scanned = 0;
+
+  /** `sync`: skip bytes until {@link AGENT_SYNC} has been seen. */
+  constructor(private readonly opts: { maxFrame?: number; sync?: boolean } = {}) {
+    this.syncMatched = opts.sync === false ? AGENT_SYNC.length : 0;
+  }
+
+  get synced(): boolean {
+    return this.syncMatched === AGENT_SYNC.length;
+  }
+
+  /** Bytes held for a frame not yet complete. */
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  /** Feeds bytes; returns the frames they complete. Throws FrameError on a framing violation. */
+  push(chunk: Buffer): Frame[] {
+    if (!this.synced) {
+      let i = 0;
+      // AGENT_SYNC's first byte does not occur again in it, so a mismatch restarts the match at this byte.
+      for (; i < chunk.length && !this.synced; i++) {
+        const b = chunk[i];
+        if (b === AGENT_SYNC[this.syncMatched]) this.syncMatched++;
+        else this.syncMatched = b === AGENT_SYNC[0] ? 1 : 0;
+      }
+      this.scanned += i;
+      if (this.scanned - this.syncMatched > AGENT_MAX_SYNC_SKIP)
+        throw new FrameError(`no protocol greeting within the first ${AGENT_MAX_SYNC_SKIP} bytes`);
+      if (!this.synced) return [];
+      chunk = chunk.subarray(i);
+    }
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+    }
+    const frames: Frame[] = [];
+    const max = this.opts.maxFrame ?? AGENT_MAX_FRAME;
+    for (;;) {
+      if (this.header === null) {
+        if (this.buffered < FRAME_HEADER_BYTES) break;
+        const h = this.take(FRAME_HEADER_BYTES);
+        const length = h.readUInt32BE(0);
+        if (length > max) throw new FrameError(`frame of ${length} bytes exceeds the ${max}-byte cap`);
+        this.header = { length, kind: h.readUInt8(4), channel: h.readUInt32BE(5) };
+      }
+      if (this.buffered < this.header.length) break;
+      frames.push({ kind: this.header.kind, channel: this.header.channel, payload: this.take(this.header.length) });
+      this.header = null;
+    }
+    return frames;
+  }
+
+  /** Removes `n` buffered bytes from the front; copies only when they span chunks. */
+  private take(n: number): Buffer {
+    if (n === 0) return EMPTY;
+    this.buffered -= n;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0];
+      const used = Math.min(c.length, n - filled);
+      c.copy(out, filled, 0, used);
+      filled += used;
+      if (used === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(used);
+    }
+    return out;
+  }
+}
+
+/**
+ * The sending half of one stream: sends while the peer has granted credit and holds back the rest (at most
+ * the one chunk its writer handed over, because the writer waits for `onDrain` before handing more).
+ */
+export class OutboundWindow {
+  private credit = AGENT_STREAM_WINDOW;
+  private pending: Buffer | null = null;
+  private ending = false;
+  private done = false;
+  private drainCb: (() => void) | null = null;
+
+  constructor(private readonly emit: (piece: Buffer) => void) {}
+
+  /** Sends what credit allows; false when part of `buf` waits for credit (then `cb` runs once it is sent). */
+  write(buf: Buffer, cb?: () => void): boolean {
+    if (this.done || this.ending) return true;
+    this.pending = buf.length > 0 ? buf : null;
+    this.flush();
+    if (this.pending === null) return true;
+    this.drainCb = cb ?? null;
+    return false;
+  }
+
+  /** Sends the end of the stream (an empty data frame) after whatever is pending. */
+  end(): void {
+    if (this.done) return;
+    this.ending = true;
+    this.flush();
+  }
+
+  grant(bytes: number): void {
+    this.credit += bytes;
+    this.flush();
+  }
+
+  /** True once the end of the stream has been sent. */
+  get finished(): boolean {
+    return this.done;
+  }
+
+  /** Stops sending (the channel or connection is gone); a waiting writer is released. */
+  abandon(): void {
+    this.done = true;
+    this.pending = null;
+    this.release();
+  }
+
+  onFinished: (() => void) | null = null;
+
+  private flush(): void {
+    while (this.pending !== null && this.credit > 0 && !this.done) {
+      const n = Math.min(this.credit, AGENT_DATA_CHUNK, this.pending.length);
+      this.emit(this.pending.subarray(0, n));
+      this.credit -= n;
+      this.pending = n === this.pending.length ? null : this.pending.subarray(n);
+    }
+    if (this.pending !== null || this.done) return;
+    this.release();
+    if (this.ending) {
+      this.done = true;
+      this.emit(EMPTY);
+      this.onFinished?.();
+    }
+  }
+
+  private release(): void {
+    const cb = this.drainCb;
+    this.drainCb = null;
+    cb?.();
+  }
+}
+
+/**
+ * The receiving half of one stream: refuses bytes beyond the credit granted, and grants credit back as the
+ * consumer takes bytes, in batches of a quarter window so credit frames stay few.
+ */
+export class InboundWindow {
+  private allowed = AGENT_STREAM_WINDOW;
+  private consumedNotGranted = 0;
+
+  /** False when the sender overran its credit: a protocol violation. */
+  accept(bytes: number): boolean {
+    if (bytes > this.allowed) return false;
+    this.allowed -= bytes;
+    return true;
+  }
+
+  /** Records consumed bytes; returns the credit to grant now (0: keep batching). */
+  consumed(bytes: number): number {
+    this.consumedNotGranted += bytes;
+    if (this.consumedNotGranted < AGENT_STREAM_WINDOW / 4) return 0;
+    const grant = this.consumedNotGranted;
+    this.consumedNotGranted = 0;
+    this.allowed += grant;
+    return grant;
+  }
+}
+
+export interface FrameHandlers {
+  /** A control message, parsed from JSON but not yet validated. */
+  control(message: unknown): void;
+  /** A data frame; an empty payload ends that stream. */
+  data(channel: number, stream: StreamKind, payload: Buffer): void;
+  credit(channel: number, stream: StreamKind, bytes: number): void;
+  /** Once, when the connection ends; `error` says why when it was a violation or a transport failure. */
+  closed(error?: Error): void;
+}
+
+/**
+ * One end of the framed protocol over a Duplex. `greetFirst`: send {@link AGENT_SYNC} at once (the daemon);
+ * otherwise after the peer's has been seen (the agent: it must not write into a port nobody has opened).
+ */
+export class FrameConnection {
+  private readonly decoder = new FrameDecoder({ sync: true });
+  private greeted = false;
+  private ended = false;
+
+  constructor(
+    private readonly stream: Duplex,
+    private readonly handlers: FrameHandlers,
+    opts: { greetFirst: boolean },
+  ) {
+    if (opts.greetFirst) this.greet();
+    stream.on('data', (chunk: Buffer) => this.onBytes(chunk));
+    stream.on('end', () => this.close());
+    stream.on('close', () => this.close());
+    stream.on('error', (e: Error) => this.close(e));
+  }
+
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  /** Bytes held for an incomplete incoming frame (bounded by the frame cap). */
+  get bufferedBytes(): number {
+    return this.decoder.bufferedBytes;
+  }
+
+  sendControl(message: object): void {
+    this.write(encodeFrame(FrameKind.Control, 0, Buffer.from(JSON.stringify(message), 'utf8')));
+  }
+
+  sendData(channel: number, stream: StreamKind, payload: Buffer): void {
+    this.write(encodeFrame(stream, channel, payload));
+  }
+
+  sendCredit(channel: number, stream: StreamKind, bytes: number): void {
+    if (bytes > 0) this.write(encodeCredit(channel, stream, bytes));
+  }
+
+  /** Ends the connection; `error` is passed on to `closed`. */
+  close(error?: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.stream.destroy();
+    this.handlers.closed(error);
+  }
+
+  private greet(): void {
+    this.greeted = true;
+    this.stream.write(AGENT_SYNC);
+  }
+
+  private write(buf: Buffer): void {
+    if (!this.ended) this.stream.write(buf);
+  }
+
+  private onBytes(chunk: Buffer): void {
+    if (this.ended) return;
+    try {
+      const frames = this.decoder.push(chunk);
+      if (!this.greeted && this.decoder.synced) this.greet();
+      for (const f of frames) {
+        if (this.ended) return;
+        this.dispatch(f);
+      }
+    } catch (e) {
+      this.close(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private dispatch(f: Frame): void {
+    switch (f.kind) {
+      case FrameKind.Control: {
+        let message: unknown;
+        try {
+          message = JSON.parse(f.payload.toString('utf8'));
+        } catch {
+          throw new FrameError('control frame is not JSON');
+        }
+        this.handlers.control(message);
+        return;
+      }
+      case FrameKind.Stdin:
+      case FrameKind.Stdout:
+      case FrameKind.Stderr:
+        this.handlers.data(f.channel, f.kind, f.payload);
+        return;
+      case FrameKind.Credit: {
+        if (f.payload.length !== 5) throw new FrameError('credit frame of the wrong size');
+        const stream = f.payload.readUInt8(0);
+        if (stream !== FrameKind.Stdin && stream !== FrameKind.Stdout && stream !== FrameKind.Stderr)
+          throw new FrameError(`credit for unknown stream ${stream}`);
+        this.handlers.credit(f.channel, stream, f.payload.readUInt32BE(1));
+        return;
+      }
+      default:
+        throw new FrameError(`unknown frame kind ${f.kind}`);
+    }
+  }
+}

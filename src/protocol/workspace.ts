@@ -1,0 +1,74 @@
+import { z } from 'zod';
+import { method, withProgress } from './common.js';
+
+/** RPC methods of `banger vm workspace`: importing a host checkout into a VM and exporting the guest's changes. */
+
+/** A host git checkout imported into a VM (`banger vm workspace prepare`). */
+export const workspaceInfoSchema = z.object({
+  /** Absolute directory of the workspace in the guest. */
+  guestPath: z.string(),
+  /** Top-level directory of the host checkout it came from. */
+  sourcePath: z.string(),
+  /** The host's HEAD commit at import time; null for a repository without commits. */
+  headCommit: z.string().nullable(),
+  /** The guest commit recording the imported state; exports diff against it. */
+  baseCommit: z.string(),
+  includeUntracked: z.boolean(),
+  preparedAt: z.string(),
+});
+export type WorkspaceInfo = z.infer<typeof workspaceInfoSchema>;
+
+export const workspacePrepareParamsSchema = z.object({
+  /** VM name. */
+  name: z.string().min(1),
+  /** Absolute path of the host checkout (or a directory inside it). */
+  sourcePath: z.string().min(1),
+  /** Absolute guest directory; default /root/<repo name>. */
+  guestPath: z.string().min(1).optional(),
+  includeUntracked: z.boolean().optional(),
+  ...withProgress,
+});
+export type WorkspacePrepareParams = z.infer<typeof workspacePrepareParamsSchema>;
+
+export const workspacePrepareResultSchema = z.object({
+  vm: z.string(),
+  workspace: workspaceInfoSchema,
+  /** Files and symlinks imported, and their bytes. */
+  files: z.number(),
+  bytes: z.number(),
+  /** Untracked files left out (no --include-untracked). */
+  skippedUntracked: z.number(),
+  /** Lines for the user: untracked files skipped, submodules, mise. */
+  notices: z.array(z.string()),
+});
+export type WorkspacePrepareResult = z.infer<typeof workspacePrepareResultSchema>;
+
+export const workspaceExportParamsSchema = z.object({
+  name: z.string().min(1),
+  /** Diff against this guest commit-ish instead of the import base. */
+  baseCommit: z.string().min(1).optional(),
+  /** Only the changed-file list, no patch. */
+  nameOnly: z.boolean().optional(),
+});
+export type WorkspaceExportParams = z.infer<typeof workspaceExportParamsSchema>;
+
+export const workspaceChangeSchema = z.object({
+  /** git's --name-status letter: A added, D deleted, M modified, T type changed. */
+  status: z.string(),
+  /** Written by the guest: escape it before a terminal sees it. */
+  path: z.string(),
+});
+export type WorkspaceChange = z.infer<typeof workspaceChangeSchema>;
+
+export const workspaceExportResultSchema = z.object({
+  guestPath: z.string(),
+  /** The patch, base64 (binary-safe; `git apply`-able at the host repo's top level). Empty with nameOnly. */
+  patch: z.string(),
+  files: z.array(workspaceChangeSchema),
+});
+export type WorkspaceExportResult = z.infer<typeof workspaceExportResultSchema>;
+
+export const WorkspaceMethods = {
+  prepare: method('vm.workspace.prepare', workspacePrepareParamsSchema, workspacePrepareResultSchema),
+  export: method('vm.workspace.export', workspaceExportParamsSchema, workspaceExportResultSchema),
+} as const;

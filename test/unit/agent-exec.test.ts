@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import { BangerError } from '../../src/errors/index.js';
+import type { AgentClient } from '../../src/daemon/guest/agent-client.js';
+import { readAll, startAgent, type AgentHarness } from '../helpers/agent-harness.js';
+
+let h: AgentHarness;
+let c: AgentClient;
+before(async () => {
+  h = await startAgent();
+  c = await h.client();
+  await c.hello();
+});
+after(async () => {
+  await h.close();
+});
+
+test('exec keeps stdout and stderr apart and reports the exit code', async () => {
+  const p = await c.exec({ argv: ['sh', '-c', 'echo out; echo err >&2; exit 7'] });
+  const [out, err, status] = await Promise.all([readAll(p.stdout), readAll(p.stderr), p.exited]);
+  assert.equal(out.toString(), 'out\n');
+  assert.equal(err.toString(), 'err\n');
+  assert.deepEqual(status, { code: 7, signal: null });
+});
+
+test('a shell line runs under /bin/sh with the given env and cwd', async () => {
+  const p = await c.exec({ shell: 'echo "$GREETING" && pwd', env: { GREETING: 'hi there' }, cwd: h.dir });
+  assert.equal((await readAll(p.stdout)).toString(), `hi there\n${h.dir}\n`);
+  assert.equal((await p.exited).code, 0);
+});
+
+test('stdin is streamed: 10 MiB through cat comes back intact', async () => {
+  const data = randomBytes(10 * 1024 * 1024);
+  const p = await c.exec({ argv: ['cat'], stdin: true });
+  const back = readAll(p.stdout);
+  p.stdin!.end(data);
+  const got = await back;
+  assert.equal(got.length, data.length);
+  assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(data).digest('hex'));
+  assert.equal((await p.exited).code, 0);
+});
+
+test('a signal is forwarded and the exit reports it', async () => {
+  const p = await c.exec({ argv: ['sleep', '30'] });
+  p.kill('SIGTERM');
+  assert.deepEqual(await p.exited, { code: null, signal: 'SIGTERM' });
+});
+
+test('a signal reaches the children of a shell line (the process group)', async () => {
+  const p = await c.exec({ shell: 'sleep 30; echo not reached' });
+  await new Promise((r) => setTimeout(r, 100));
+  p.kill('SIGTERM');
+  assert.deepEqual(await p.exited, { code: null, signal: 'SIGTERM' });
+  assert.equal((await readAll(p.stdout)).toString(), '');
+});
+
+test('100 concurrent execs over one connection each get their own output', async () => {
+  const runs = await Promise.all(
+    Array.from({ length: 100 }, async (_, i) => {
+      const p = await c.exec({ argv: ['sh', '-c', `echo ${i}; exit ${i % 50}`] });
+      const [out, st] = await Promise.all([readAll(p.stdout), p.exited]);
+      return { i, out: out.toString(), code: st.code };
+    }),
+  );
+  for (const r of runs) assert.deepEqual(r, { i: r.i, out: `${r.i}\n`, code: r.i % 50 });
+});
+
+test('a missing command or directory is NotFound with its name', async () => {
+  await assert.rejects(
+    c.exec({ argv: ['/no/such/tool'] }),
+    (e: BangerError) => e.code === 'NotFound' && /\/no\/such\/tool/.test(e.message),
+  );
+  await assert.rejects(
+    c.exec({ argv: ['true'], cwd: '/no/such/dir' }),
+    (e: BangerError) => e.code === 'NotFound' && /\/no\/such\/dir/.test(e.message),
+  );
+});
+
+test(
+  'a pty exec sees a terminal of the asked size and follows a resize',
+  { skip: !hasPython() && 'python3 is not installed' },
+  async () => {
+    const p = await c.exec({
+      shell: 'test -t 0 && stty size; read x; stty size',
+      pty: { cols: 100, rows: 30 },
+      stdin: true,
+    });
+    const out = readAll(p.stdout);
+    await new Promise((r) => setTimeout(r, 300));
+    p.resize(120, 40);
+    await new Promise((r) => setTimeout(r, 100));
+    p.stdin!.write('go\n');
+    const text = (await out).toString();
+    assert.match(text, /^30 100\r\n/);
+    assert.match(text, /40 120\r\n$/);
+    assert.equal((await p.exited).code, 0);
+  },
+);
+
+test('a pty exec reports a signal the same way', { skip: !hasPython() && 'python3 is not installed' }, async () => {
+  const p = await c.exec({ argv: ['sleep', '30'], pty: { cols: 80, rows: 24 } });
+  await new Promise((r) => setTimeout(r, 300));
+  p.kill('SIGTERM');
+  assert.equal((await p.exited).signal, 'SIGTERM');
+});
+
+function hasPython(): boolean {
+  try {
+    execFileSync('python3', ['-c', 'import pty']);
+    return true;
+  } catch {
+    return false;
+  }
+}
