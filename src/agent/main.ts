@@ -1,5 +1,5 @@
 import { accessSync, constants, createReadStream, createWriteStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { Duplex } from 'node:stream';
@@ -11,14 +11,18 @@ import { AgentServer } from './server.js';
  * `banger-agent`: started by the guest's init, serves the daemon until the guest powers off.
  *
  *   banger-agent [--port DEVICE]   the virtio-serial port (default /dev/virtio-ports/banger.0): reopened
- *                                  whenever the host side goes away, so a restarted daemon reconnects
+ *     [--ready-file PATH]          whenever the host side goes away, so a restarted daemon reconnects;
+ *                                  PATH is created once the port is open (the guest's ready marker waits)
  *   banger-agent --listen PATH     a unix socket (tests, and a vsock bridge such as socat)
+ *   --sessions DIR                 where sessions are kept (default /root/.banger/sessions, the work disk)
+ *   --session-cap BYTES            default per-stream cap on a session's kept output (default 64 MiB)
  *
  * Runs on the guest's Node 18: no Node 20-only APIs here or in what it imports.
  */
 
 const AGENT_VERSION = '0.1.0';
 const REOPEN_DELAY_MS = 250;
+const DEFAULT_SESSIONS_DIR = '/root/.banger/sessions';
 
 function log(line: string): void {
   process.stderr.write(`${new Date().toISOString()} ${line}\n`);
@@ -37,15 +41,21 @@ function findPython(): string | null {
   return null;
 }
 
-async function servePort(server: AgentServer, device: string): Promise<never> {
+async function servePort(server: AgentServer, device: string, readyFile?: string): Promise<never> {
   for (;;) {
     try {
       const fh = await open(device, 'r+');
+      // The guest's init prints its ready marker once this exists: the agent holds its channel.
+      if (readyFile !== undefined) await writeFile(readyFile, `${process.pid}\n`).catch(() => {});
       // autoClose off: the read and write streams share the descriptor; it is closed once, below.
       const readable = createReadStream('', { fd: fh.fd, autoClose: false, highWaterMark: 64 * 1024 });
       const writable = createWriteStream('', { fd: fh.fd, autoClose: false });
       await server.serve(Duplex.from({ readable, writable }));
-      await finished(writable).catch(() => {}); // writes in flight land before the descriptor is reused
+      // Writes in flight land before the descriptor is reused. The stream must be ended for `finished` to
+      // settle (an unsettled wait with nothing else pending would let the process exit), and a write to a
+      // port whose host side is gone may never complete: wait a second at most.
+      writable.end();
+      await Promise.race([finished(writable).catch(() => {}), new Promise((r) => setTimeout(r, 1000))]);
       await fh.close().catch(() => {});
     } catch (e) {
       log(`banger-agent: ${device}: ${(e as Error).message}`);
@@ -61,7 +71,16 @@ async function main(): Promise<void> {
     const i = args.indexOf(flag);
     return i >= 0 ? args[i + 1] : undefined;
   };
-  const server = new AgentServer({ agentVersion: AGENT_VERSION, python: findPython(), log });
+  const cap = value('--session-cap');
+  const server = new AgentServer({
+    agentVersion: AGENT_VERSION,
+    python: findPython(),
+    log,
+    sessions: {
+      root: value('--sessions') ?? DEFAULT_SESSIONS_DIR,
+      capBytes: cap === undefined ? undefined : Number(cap),
+    },
+  });
   const listen = value('--listen');
   if (listen !== undefined) {
     const net = createServer((sock) => void server.serve(sock));
@@ -71,7 +90,7 @@ async function main(): Promise<void> {
   }
   const device = value('--port') ?? AGENT_VIRTIO_PORT;
   log(`banger-agent ${AGENT_VERSION}: serving ${device}`);
-  await servePort(server, device);
+  await servePort(server, device, value('--ready-file'));
 }
 
 main().catch((e: unknown) => {

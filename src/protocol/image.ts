@@ -17,7 +17,13 @@ export const imageInfoSchema = z.object({
   status: z.enum(IMAGE_STATUSES),
   kernelVersion: z.string().nullable(),
   files: z.array(imageFileInfoSchema),
-  params: z.object({ suite: z.string(), mirror: z.string(), packages: z.array(z.string()) }),
+  params: z.object({
+    suite: z.string(),
+    mirror: z.string(),
+    packages: z.array(z.string()),
+    /** Protocol version of the guest agent the image carries; absent in images built before the agent. */
+    agentProtocol: z.number().optional(),
+  }),
   createdAt: z.string(),
   buildSeconds: z.number().nullable(),
   /** Names of VMs whose disks are layered on this image. */

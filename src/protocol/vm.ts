@@ -36,6 +36,8 @@ export const vmInfoSchema = z.object({
   }),
   dnsName: z.string(),
   pid: z.number().nullable(),
+  /** How `vm exec` reaches the running guest: its agent, or SSH (an image without the agent); null when stopped. */
+  channel: z.enum(['agent', 'ssh']).nullable(),
   lastError: z.string().nullable(),
   /** Set when the stored state and what the daemon observes disagree. */
   problem: z.string().nullable(),

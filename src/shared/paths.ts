@@ -123,8 +123,13 @@ export class VmPaths {
   get apiSocket(): string {
     return join(this.dir, 'fc.sock');
   }
+  /** Firecracker's vsock device (`uds_path`): the host side of the guest agent's channel. */
   get vsockSocket(): string {
     return join(this.dir, 'vsock.sock');
+  }
+  /** QEMU's virtio-serial port `banger.0` (a unix socket QEMU serves): the host side of the guest agent's channel. */
+  get agentSocket(): string {
+    return join(this.dir, 'agent.sock');
   }
   get hostKeyPrivate(): string {
     return join(this.dir, 'ssh_host_ed25519_key');

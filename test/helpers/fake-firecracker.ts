@@ -5,10 +5,11 @@
  *
  * Like Firecracker: it refuses to start when the API socket path exists, writes the guest's "serial output"
  * to serial_out_path after InstanceStart, exits when the guest "reboots" after SendCtrlAltDel, and dies on
- * SIGTERM.
+ * SIGTERM. Its vsock device answers `CONNECT <port>` for the ports in `vsockGuests` (fake-vsock.ts).
  */
 import { appendFileSync, existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { FirecrackerFake, type RecordedRequest } from './firecracker-fake.js';
+import { listenFakeVsock, type FakeVsock } from './fake-vsock.js';
 
 export interface FakeBehaviour {
   /** File rewritten after every request with a FakeRecord (JSON). */
@@ -21,6 +22,11 @@ export interface FakeBehaviour {
   ignoreSigterm?: boolean;
   /** Wait this long before listening (a slow start). */
   startDelayMs?: number;
+  /**
+   * Guest programs listening on vsock ports: port -> the unix socket standing in for the guest's listener.
+   * Like Firecracker, the fake listens on the vsock device's uds_path once `PUT /vsock` was accepted.
+   */
+  vsockGuests?: Record<string, string>;
 }
 
 export interface FakeRecord {
@@ -67,11 +73,19 @@ async function main(): Promise<void> {
     writeFileSync(`${behaviour.record}.tmp`, JSON.stringify(rec));
     renameSync(`${behaviour.record}.tmp`, behaviour.record);
   };
+  let vsock: Promise<FakeVsock> | undefined;
   const fake: FirecrackerFake = await FirecrackerFake.listen({
     socketPath,
     ...(id !== undefined ? { id } : {}),
     ...(behaviour.faults ? { faults: behaviour.faults } : {}),
-    onRequest: write,
+    onRequest: (f) => {
+      const uds = (f.config.get('/vsock') as { uds_path?: string } | undefined)?.uds_path;
+      if (uds !== undefined && vsock === undefined) {
+        vsock = listenFakeVsock(uds, (port) => behaviour.vsockGuests?.[String(port)]);
+        vsock.catch((e: unknown) => process.stderr.write(`fake firecracker: vsock ${uds}: ${String(e)}\n`));
+      }
+      write(f);
+    },
     onAction: (action) => {
       const serial = (fake.config.get('/serial') as { serial_out_path?: string } | undefined)?.serial_out_path;
       if (action === 'InstanceStart' && serial) appendFileSync(serial, 'fake guest: booting\n');

@@ -56,6 +56,7 @@ test('vm show: last error and problem text are escaped', () => {
     network: { mode: 'loopback', hostAddress: '127.77.0.2', sshPort: 22, guestAddress: '10.0.2.15', egress: false, forwardedPorts: [] },
     dnsName: 'v.vm',
     pid: null,
+    channel: null,
     lastError: 'guest said \x1b[31mno\x1b[0m',
     problem: 'console: \x9b2K',
     createdAt: new Date().toISOString(),

@@ -8,6 +8,8 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import { AgentClient } from '../../src/daemon/guest/agent-client.js';
+import { AGENT_PROTOCOL_VERSION, AGENT_VSOCK_PORT } from '../../src/protocol/agent.js';
 import type { LaunchSpec, VmHandle } from '../../src/daemon/vmm/driver.js';
 import { processStartTime } from '../../src/daemon/vmm/process.js';
 import { FirecrackerApi } from '../../src/daemon/vmm/firecracker/api.js';
@@ -21,6 +23,7 @@ import { FirecrackerDriver } from '../../src/daemon/vmm/firecracker/driver.js';
 import { detectKernelFormat, extractVmlinux } from '../../src/daemon/vmm/firecracker/vmlinux.js';
 import { FIRECRACKER_SPEC_PATH, FirecrackerFake, FirecrackerSpec } from '../helpers/firecracker-fake.js';
 import type { FakeBehaviour, FakeRecord } from '../helpers/fake-firecracker.js';
+import { startAgent } from '../helpers/agent-harness.js';
 
 const FAKE_BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'fake-firecracker.ts');
 const ELF_HEAD = Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]);
@@ -436,6 +439,41 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
     await writeFile(s.controlSocketPath, 'stale');
     const h = await driver.launch(s);
     handles.push(h);
+    await driver.kill(h, 1000);
+  });
+
+  void it('the guest agent answers through the vsock device launch configured (CONNECT to the agent port)', async () => {
+    const agent = await startAgent();
+    try {
+      const { driver, spec: s, readRecord } = await setup({ vsockGuests: { [AGENT_VSOCK_PORT]: agent.path } });
+      const uds = s.channelSocketPath!;
+      // A leftover of an earlier run: Firecracker cannot bind the vsock socket over it, so launch removes it.
+      await writeFile(uds, 'stale');
+      const h = await driver.launch(s);
+      handles.push(h);
+      const rec = await readRecord();
+      assert.deepEqual(rec.invalid, []);
+      assert.deepEqual(rec.accepted.find((r) => r.path === '/vsock')?.body, { guest_cid: 3, uds_path: uds });
+
+      const client = new AgentClient(await driver.connectAgent(uds, { timeoutMs: 5000 }));
+      try {
+        assert.equal((await client.hello({ timeoutMs: 5000 })).protocol, AGENT_PROTOCOL_VERSION);
+      } finally {
+        client.close();
+      }
+      await driver.kill(h, 1000);
+    } finally {
+      await agent.close();
+    }
+  });
+
+  void it('connectAgent is Unavailable while no agent listens in the guest', async () => {
+    const { driver, spec: s } = await setup();
+    const h = await driver.launch(s);
+    handles.push(h);
+    await assert.rejects(driver.connectAgent(s.channelSocketPath!, { timeoutMs: 5000 }), (e) =>
+      assertBangerError(e, ErrorCode.Unavailable, /vsock port 1024 .*nothing in the guest accepted on that port/),
+    );
     await driver.kill(h, 1000);
   });
 

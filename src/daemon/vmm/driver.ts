@@ -6,6 +6,7 @@
  * map built in daemon/daemon.ts.
  */
 
+import type { Duplex } from 'node:stream';
 import type { Accel, VmmName } from '../../protocol/common.js';
 
 export type { Accel, VmmName };
@@ -153,6 +154,14 @@ export interface VmmDriver {
 
   /** Ends the VMM process: SIGTERM, then SIGKILL after `graceMs`. Resolves once it is gone. */
   kill(handle: VmHandle, graceMs?: number): Promise<void>;
+
+  /**
+   * Opens a byte stream to the guest agent through the VM's channel socket (`LaunchSpec.channelSocketPath`),
+   * for drivers whose channel needs more than a unix connect (Firecracker's vsock: a `CONNECT` handshake).
+   * Where it is absent, connecting to the channel socket is the stream. Rejects with Unavailable when the
+   * guest does not accept.
+   */
+  connectAgent?(channelSocketPath: string, opts?: { signal?: AbortSignal; timeoutMs?: number }): Promise<Duplex>;
 
   /** Present when the driver can change port forwards at runtime (QEMU user networking). */
   readonly portForwarding?: PortForwarding;

@@ -35,6 +35,14 @@ export function vmDetails(v: VmInfo): string {
     ['SSH', `${v.network.hostAddress}:${v.network.sshPort} (banger vm ssh ${v.name}, or ssh ${v.dnsName})`],
     ['Ports', forwardedList(v)],
     ['PID', v.pid === null ? '-' : String(v.pid)],
+    [
+      'Channel',
+      v.channel === null
+        ? '-'
+        : v.channel === 'agent'
+          ? 'guest agent (vm exec, sessions, stats); ssh for vm ssh'
+          : 'ssh (the image has no guest agent: rebuild it for sessions and stats)',
+    ],
     ['Created', v.createdAt],
     ['Started', v.startedAt ?? '-'],
     ['Directory', v.dir],

@@ -21,8 +21,10 @@ export const SEED_DEVICE_FALLBACK = '/dev/vdc';
 /** The seed tar is padded with zeros to a multiple of this many bytes (block devices need whole sectors). */
 export const SEED_ALIGN = 4096;
 
-/** Printed on the console (ttyS0) when sshd accepts connections. */
+/** Printed on the console (ttyS0) when sshd accepts connections (and the guest agent holds its channel). */
 export const READY_MARKER = 'banger-guest: ready';
+/** Follows the ready marker on its line when the guest agent is up: the host then talks to it. */
+export const READY_AGENT_SUFFIX = ' agent';
 /** Printed by the initrd in probe mode, right before it powers off. */
 export const PROBE_MARKER = 'BANGER-PROBE-OK';
 /** Kernel command line switch of probe mode. */

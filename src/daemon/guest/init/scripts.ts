@@ -12,6 +12,7 @@ import {
   POWEROFF_COMMAND,
   PROBE_ARG,
   PROBE_MARKER,
+  READY_AGENT_SUFFIX,
   READY_MARKER,
   ROOT_DEVICE,
   ROOT_SKEL_DIR,
@@ -31,6 +32,12 @@ export const GUEST_PATHS = {
   sysinit: '/usr/lib/banger/sysinit',
   ready: '/usr/lib/banger/ready',
   runSshd: '/usr/lib/banger/run-sshd',
+  runAgent: '/usr/lib/banger/run-agent',
+  /** The guest agent (bundled for the guest's Node); images built without it fall back to SSH. */
+  agent: '/usr/lib/banger/agent.mjs',
+  /** Created by the agent once it holds its channel; `ready` waits for it. */
+  agentReady: '/run/banger-agent.ready',
+  agentLog: '/var/log/banger-agent.log',
   shutdown: '/usr/lib/banger/shutdown',
   poweroff: POWEROFF_COMMAND,
   sshdConfig: '/etc/ssh/sshd_config.d/banger.conf',
@@ -114,6 +121,7 @@ export const INITTAB = `# banger guest: BusyBox init (PID 1) reaps orphans, keep
 ::sysinit:${GUEST_PATHS.sysinit}
 ::once:${GUEST_PATHS.ready}
 ::respawn:${GUEST_PATHS.runSshd}
+::respawn:${GUEST_PATHS.runAgent}
 ::ctrlaltdel:${GUEST_PATHS.poweroff}
 ::shutdown:${GUEST_PATHS.shutdown}
 `;
@@ -240,18 +248,57 @@ done
 exit 0
 `;
 
-/** Prints the ready marker once something listens on TCP port 22 (IPv4 or IPv6). */
+/**
+ * Prints the ready marker once something listens on TCP port 22 (IPv4 or IPv6) and, in an image with the
+ * guest agent, once the agent holds its channel (at most 30 s more: a broken agent leaves SSH usable).
+ */
 export const READY = `#!/bin/sh
 i=0
 while [ "$i" -lt 1200 ]; do
   if grep -qs ':0016 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6; then
-    echo "${READY_MARKER}" >/dev/console
-    exit 0
+    break
   fi
   i=$((i + 1))
   sleep 0.05
 done
-echo "banger-guest: sshd is not listening after 60 s" >/dev/console
+[ "$i" -lt 1200 ] || echo "banger-guest: sshd is not listening after 60 s" >/dev/console
+if [ -f ${GUEST_PATHS.agent} ]; then
+  i=0
+  while [ "$i" -lt 600 ] && [ ! -e ${GUEST_PATHS.agentReady} ]; do
+    i=$((i + 1))
+    sleep 0.05
+  done
+  if [ -e ${GUEST_PATHS.agentReady} ]; then
+    echo "${READY_MARKER}${READY_AGENT_SUFFIX}" >/dev/console
+    exit 0
+  fi
+  echo "banger-guest: the guest agent did not start; see ${GUEST_PATHS.agentLog}" >/dev/console
+fi
+echo "${READY_MARKER}" >/dev/console
+`;
+
+/**
+ * Runs the guest agent in the foreground for init to respawn, on the virtio-serial port named banger.0
+ * (found by name: there is no udev to make /dev/virtio-ports/ links). Without the agent or its port it
+ * idles, so init does not respawn it in a loop.
+ */
+export const RUN_AGENT = `#!/bin/sh
+exec >>${GUEST_PATHS.agentLog} 2>&1
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+dev=
+for n in /sys/class/virtio-ports/*/name; do
+  [ -r "$n" ] || continue
+  if [ "$(cat "$n")" = banger.0 ]; then
+    p=\${n%/name}
+    dev=/dev/\${p##*/}
+  fi
+done
+if [ ! -f ${GUEST_PATHS.agent} ] || [ -z "$dev" ] || ! command -v node >/dev/null; then
+  echo "banger-agent: not started (agent, port or node missing)"
+  exec sleep 2147483647
+fi
+exec node ${GUEST_PATHS.agent} --port "$dev" --ready-file ${GUEST_PATHS.agentReady}
 `;
 
 /** Runs sshd in the foreground for init to respawn; the pause keeps a failing sshd from spinning. */
@@ -342,6 +389,7 @@ export function guestFiles(): GuestFile[] {
     { path: GUEST_PATHS.inittab, mode: 0o644, content: INITTAB },
     { path: GUEST_PATHS.sysinit, mode: 0o755, content: SYSINIT },
     { path: GUEST_PATHS.ready, mode: 0o755, content: READY },
+    { path: GUEST_PATHS.runAgent, mode: 0o755, content: RUN_AGENT },
     { path: GUEST_PATHS.runSshd, mode: 0o755, content: RUN_SSHD },
     { path: GUEST_PATHS.shutdown, mode: 0o755, content: SHUTDOWN },
     { path: GUEST_PATHS.poweroff, mode: 0o755, content: POWEROFF },

@@ -5,10 +5,11 @@
  * which is why scratch trees are removed through leftovers.ts, never by a bare rm -rf).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
@@ -40,6 +41,8 @@ export interface ImageBuildDeps {
   log: Logger;
   /** The mise binary to install; default: the `@jdxcode/mise-linux-x64` package's `bin/mise`. */
   miseBinary?: string;
+  /** The guest agent bundle to install; default: `dist/banger-agent.js` beside the running daemon. */
+  agentBundle?: string;
 }
 
 export interface ImageFile {
@@ -87,6 +90,9 @@ export const BASE_PACKAGES = [
   'kmod',
   'netbase',
   'busybox-static',
+  // The guest agent runs on the guest's Node; its terminal sessions use python3's pty module.
+  'nodejs',
+  'python3',
 ] as const;
 
 /** File names of the artifacts inside the output directory. */
@@ -158,6 +164,27 @@ export function defaultRootfsSizeMib(usedBytes: number): number {
   const usedMib = Math.ceil(usedBytes / 2 ** 20);
   const raw = Math.ceil(usedMib * 1.1) + 64 + ROOTFS_FREE_MIB;
   return Math.ceil(raw / 64) * 64;
+}
+
+/**
+ * The guest agent bundle (`npm run build` makes it): beside the running bundle (dist/bangerd.js), or in the
+ * checkout's dist/ when banger runs from source.
+ */
+export function resolveAgentBundle(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  const tried: string[] = [];
+  for (;;) {
+    for (const c of [join(dir, 'banger-agent.js'), join(dir, 'dist', 'banger-agent.js')]) {
+      tried.push(c);
+      if (existsSync(c)) return c;
+    }
+    const up = dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  throw new BangerError(ErrorCode.FailedPrecondition, 'the guest agent bundle (banger-agent.js) is missing', {
+    hint: 'run `npm run build` in the banger checkout, then build the image again',
+  });
 }
 
 /** The mise binary shipped in the `@jdxcode/mise-linux-x64` npm package. */
@@ -248,6 +275,9 @@ export async function buildImage(
     // Copied as is: a stripped mise segfaults.
     await copyFile(mise, join(rootDir, 'usr/local/bin/mise'));
     await chmod(join(rootDir, 'usr/local/bin/mise'), 0o755);
+    await mkdir(join(rootDir, dirname(GUEST_PATHS.agent)), { recursive: true });
+    await copyFile(deps.agentBundle ?? resolveAgentBundle(), join(rootDir, GUEST_PATHS.agent));
+    await chmod(join(rootDir, GUEST_PATHS.agent), 0o644);
 
     step('configure guest');
     await configureRootfs(rootDir, params, run);

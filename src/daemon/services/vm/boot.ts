@@ -2,7 +2,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { ProgressEvent } from '../../../protocol/common.js';
 import type { VmPaths } from '../../../shared/paths.js';
-import { READY_MARKER } from '../../guest/init/contract.js';
+import { READY_AGENT_SUFFIX, READY_MARKER } from '../../guest/init/contract.js';
 import { SshGuestSession } from '../../guest/ssh.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { Accel, LaunchSpec, VmmDriver } from '../../vmm/driver.js';
@@ -141,11 +141,16 @@ export const BOOT_STEPS: readonly BootStep[] = [
       const { handle } = b.live!;
       // Under user networking the host side of the forward accepts before the guest listens, and an SSH
       // attempt then hangs: wait for the guest's own "ready" line on the console first.
-      await waitForConsoleLine(b.vp.consoleLog, READY_MARKER, {
+      const rest = await waitForConsoleLine(b.vp.consoleLog, READY_MARKER, {
         deadline: b.deadline,
         signal: b.signal,
         alive: () => b.driver.isAlive(handle, b.vm.id),
       });
+      // The guest says whether its agent is up; only then (and only with a channel for it) is it used.
+      if (rest.trimEnd() === READY_AGENT_SUFFIX && b.driver.features.has('virtioSerial')) {
+        b.live!.hasAgent = true;
+        await writeHandles(b.vp.handles, { ...handle, agent: true });
+      }
       await capConsoleLog(b.vp.consoleLog);
     },
   },
@@ -159,6 +164,22 @@ export const BOOT_STEPS: readonly BootStep[] = [
         stillBooting: async () => d.live.get(b.vm.id) === live && (await b.driver.isAlive(live.handle, b.vm.id)),
       });
       d.live.useSession(live, session);
+    },
+  },
+  {
+    name: 'connect agent',
+    async run(b, d) {
+      const live = b.live!;
+      if (!live.hasAgent) return;
+      try {
+        await d.live.agent(b.vm, b.signal);
+      } catch (e) {
+        if (b.signal?.aborted) throw e;
+        // SSH works: the VM is usable, commands take the slower channel.
+        live.hasAgent = false;
+        await writeHandles(b.vp.handles, { ...live.handle, agent: false });
+        b.progress({ kind: 'notice', message: `the guest agent did not answer (${(e as Error).message}); using SSH` });
+      }
     },
   },
 ];
@@ -199,5 +220,11 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
     consoleLogPath: vp.consoleLog,
     vmmLogPath: vp.vmmLog,
     controlSocketPath: driver.controlSocketPath(vp),
+    // The guest agent's channel: a virtio-serial port where the driver has one, else its vsock device.
+    channelSocketPath: driver.features.has('virtioSerial')
+      ? vp.agentSocket
+      : driver.features.has('vsock')
+        ? vp.vsockSocket
+        : undefined,
   };
 }

@@ -3,16 +3,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 
 /**
- * Waits until `line` appears in the console log file, reading only what was appended since the last look.
+ * Waits until `line` appears in the console log file, reading only what was appended since the last look,
+ * and resolves with the rest of that console line (up to 64 characters; what follows the marker).
  * Fails early when `alive()` says the VMM has exited.
  */
 export async function waitForConsoleLine(
   path: string,
   line: string,
   opts: { deadline: number; signal?: AbortSignal; alive: () => Promise<boolean>; intervalMs?: number },
-): Promise<void> {
+): Promise<string> {
   let offset = 0;
   let carry = '';
+  let seenFor = -1; // polls since the marker was seen without the end of its line
   for (let i = 0; ; i++) {
     opts.signal?.throwIfAborted();
     try {
@@ -24,9 +26,7 @@ export async function waitForConsoleLine(
           const buf = Buffer.alloc(size - offset);
           await fh.read(buf, 0, buf.length, offset);
           offset = size;
-          const text = carry + buf.toString('utf8');
-          if (text.includes(line)) return;
-          carry = text.slice(-line.length);
+          carry += buf.toString('utf8');
         }
       } finally {
         await fh.close();
@@ -34,6 +34,15 @@ export async function waitForConsoleLine(
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
+    const at = carry.indexOf(line);
+    if (at >= 0) {
+      const rest = carry.slice(at + line.length);
+      const nl = rest.indexOf('\n');
+      // The rest of the line may not have arrived yet: wait a few polls for its end.
+      if (nl >= 0 || rest.length >= 64 || ++seenFor >= 5)
+        return (nl < 0 ? rest : rest.slice(0, nl)).slice(0, 64).replace(/\r$/, '');
+      carry = carry.slice(at);
+    } else carry = carry.slice(-line.length);
     if (i % 10 === 9 && !(await opts.alive()))
       throw new BangerError(ErrorCode.Unavailable, 'the VM stopped during boot', {
         hint: 'see the console with `banger vm logs NAME`',

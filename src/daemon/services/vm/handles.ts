@@ -5,6 +5,8 @@ import type { VmHandle } from '../../vmm/driver.js';
 export interface VmRuntime extends VmHandle {
   /** Guest ports forwarded on the VM's host address right now (loopback networking). */
   forwards?: number[];
+  /** The guest said at boot that its agent is up: talk to it (else SSH only). */
+  agent?: boolean;
 }
 
 export async function writeHandles(path: string, h: VmRuntime): Promise<void> {

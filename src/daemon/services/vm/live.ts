@@ -5,7 +5,12 @@ import type { Logger } from '../../../shared/logger.js';
 import { SshGuestSession, type SshTarget } from '../../guest/ssh.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import type { VmHandle, VmmDriver } from '../../vmm/driver.js';
-import { removeRuntimeFiles } from './handles.js';
+import { removeRuntimeFiles, type VmRuntime } from './handles.js';
+import { AgentClient } from '../../guest/agent-client.js';
+import { AgentGuestSession } from '../../guest/agent-session.js';
+import type { GuestSession } from '../../guest/session.js';
+import { connect as connectUnix } from 'node:net';
+import { BangerError, ErrorCode } from '../../../errors/index.js';
 
 /** What is true right now about a VM the daemon believes runs. */
 export interface LiveVm {
@@ -19,15 +24,29 @@ export interface LiveVm {
   watch: AbortController;
   /** Guest ports forwarded on the VM's host address. */
   forwards: Set<number>;
+  /** The guest has an agent on its channel (said at boot; kept in handles.json). */
+  hasAgent: boolean;
+  agent?: AgentClient;
+  agentConnecting?: Promise<AgentClient>;
 }
 
-export function newLiveVm(handle: VmHandle, driver: VmmDriver, forwards: Iterable<number> = []): LiveVm {
-  return { handle, driver, stopping: false, watch: new AbortController(), forwards: new Set(forwards) };
+export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
+  return {
+    handle,
+    driver,
+    stopping: false,
+    watch: new AbortController(),
+    forwards: new Set(handle.forwards ?? []),
+    hasAgent: handle.agent === true,
+  };
 }
+
+/** How long the daemon waits for the agent's hello on a fresh connection. */
+const AGENT_HELLO_TIMEOUT_MS = 10_000;
 
 /** Files that describe a running VM and mean nothing once it stopped. */
 export function runtimeFiles(vp: VmPaths): string[] {
-  return [vp.handles, vp.qmpSocket, vp.apiSocket, vp.vsockSocket, vp.pidFile, vp.seedDisk];
+  return [vp.handles, vp.qmpSocket, vp.apiSocket, vp.vsockSocket, vp.agentSocket, vp.pidFile, vp.seedDisk];
 }
 
 export interface LiveVmsDeps {
@@ -68,6 +87,7 @@ export class LiveVms {
         if (this.live.get(id) !== live || live.stopping) return;
         this.live.delete(id);
         live.session?.close();
+        live.agent?.close();
         await removeRuntimeFiles(runtimeFiles(this.d.paths.vm(id)));
         this.d.onUnexpectedExit(id);
       },
@@ -82,6 +102,7 @@ export class LiveVms {
       live.stopping = true;
       live.watch.abort();
       live.session?.close();
+      live.agent?.close();
       await live.driver.kill(live.handle, 3000).catch(() => undefined);
       this.live.delete(id);
     }
@@ -93,6 +114,7 @@ export class LiveVms {
     for (const live of this.live.values()) {
       live.watch.abort();
       live.session?.close();
+      live.agent?.close();
     }
     this.live.clear();
   }
@@ -132,5 +154,69 @@ export class LiveVms {
     const s = await live.connecting;
     this.useSession(live, s);
     return s;
+  }
+
+  /**
+   * The VM's guest agent, connecting once if there is no open connection (after a daemon restart, or after
+   * the agent dropped it). Fails with Unavailable when the image has no agent or it does not answer.
+   */
+  async agent(vm: VmRecord, signal?: AbortSignal): Promise<AgentClient> {
+    const live = this.live.get(vm.id);
+    if (!live) throw failedPrecondition(`VM '${vm.name}' is not running`, `start it with \`banger vm start ${vm.name}\``);
+    if (!live.hasAgent)
+      throw new BangerError(ErrorCode.FailedPrecondition, `VM '${vm.name}' has no guest agent (its image predates it)`, {
+        hint: 'rebuild the image with `banger image build --force NAME` and create the VM again',
+      });
+    if (live.agent && !live.agent.closed) return live.agent;
+    if (!live.agentConnecting) {
+      live.agentConnecting = this.connectAgent(vm, signal).finally(() => (live.agentConnecting = undefined));
+    }
+    const client = await live.agentConnecting;
+    live.agent = client;
+    return client;
+  }
+
+  private async connectAgent(vm: VmRecord, signal?: AbortSignal): Promise<AgentClient> {
+    const path = this.d.paths.vm(vm.id).agentSocket;
+    const sock = await new Promise<import('node:net').Socket>((resolve, reject) => {
+      const s = connectUnix(path, () => resolve(s));
+      s.once('error', (e) =>
+        reject(new BangerError(ErrorCode.Unavailable, `cannot reach the guest agent of VM '${vm.name}': ${e.message}`)),
+      );
+    });
+    const client = new AgentClient(sock, {
+      label: vm.name,
+      log: (message) => this.d.log.warn({ vm: vm.name, message }, 'guest agent connection'),
+    });
+    try {
+      await client.hello({ signal, timeoutMs: AGENT_HELLO_TIMEOUT_MS });
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+    return client;
+  }
+
+  /**
+   * The channel commands of `vm exec` use: the guest agent when the VM has one that answers, else SSH.
+   */
+  async execSession(vm: VmRecord, signal?: AbortSignal): Promise<GuestSession> {
+    const live = this.live.get(vm.id);
+    if (live?.hasAgent) {
+      try {
+        return new AgentGuestSession(await this.agent(vm, signal));
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent unavailable; using SSH');
+      }
+    }
+    return this.session(vm, signal);
+  }
+
+  /** Which channel `vm exec` uses for a running VM, as `vm show` reports it. */
+  channel(id: string): 'agent' | 'ssh' | null {
+    const live = this.live.get(id);
+    if (!live) return null;
+    return live.hasAgent ? 'agent' : 'ssh';
   }
 }

@@ -66,7 +66,7 @@ export async function reconcileVms(d: VmReconcileDeps): Promise<void> {
     const driver = d.drivers.get(vm.vmm);
     const alive = handle !== undefined && driver !== undefined && (await driver.isAlive(handle, vm.id));
     if (alive && vm.state === 'running') {
-      const live = newLiveVm(handle, driver, handle.forwards ?? []);
+      const live = newLiveVm(handle, driver);
       d.live.add(vm.id, live);
       owned.set(handle.pid, vm.id);
       d.forwarder.start(vm, live);

@@ -167,6 +167,7 @@ export class VmService {
       },
       dnsName: dnsName(v.name),
       pid: live?.handle.pid ?? null,
+      channel: this.live.channel(v.id),
       lastError: v.lastError,
       problem,
       createdAt: v.createdAt,
@@ -427,7 +428,7 @@ export class VmService {
   /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
   async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
     const vm = this.requireRunning(this.get(name));
-    const session = await this.live.session(vm, io.signal);
+    const session = await this.live.execSession(vm, io.signal);
     const r = await session.exec(execCommand(vm, argv, cwd), {
       stdin: io.stdin,
       stdout: io.stdout,

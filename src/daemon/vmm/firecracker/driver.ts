@@ -1,13 +1,17 @@
 /**
  * The Firecracker VMM driver: starts `firecracker --api-sock <sock> --id <vmId>` detached, configures the VM
- * through the API (config.ts builds the requests) and boots it with InstanceStart.
+ * through the API (config.ts builds the requests) and boots it with InstanceStart. The guest agent is reached
+ * over the VM's vsock device (`connectAgent`).
  */
 import { spawn as nodeSpawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
 import { access, open, readFile, rm, stat } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
+import { AGENT_VSOCK_PORT } from '../../../protocol/agent.js';
+import { connectVsock, type VsockConnectOptions } from '../../guest/vsock.js';
 import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { FirecrackerApi } from './api.js';
@@ -170,6 +174,14 @@ export class FirecrackerDriver implements VmmDriver {
       });
     }
     return handle;
+  }
+
+  /**
+   * The guest agent over vsock: Firecracker listens on the vsock device's `uds_path` (the channel socket) once
+   * the VM started, and forwards `CONNECT AGENT_VSOCK_PORT` to the agent's vsock listener in the guest.
+   */
+  connectAgent(channelSocketPath: string, opts: VsockConnectOptions = {}): Promise<Socket> {
+    return connectVsock(channelSocketPath, AGENT_VSOCK_PORT, opts);
   }
 
   isAlive(handle: VmHandle, vmId: string): Promise<boolean> {

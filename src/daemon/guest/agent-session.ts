@@ -1,0 +1,86 @@
+import { constants } from 'node:os';
+import { BangerError, ErrorCode } from '../../errors/index.js';
+import type { AgentClient } from './agent-client.js';
+import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
+
+/** Exit status as a shell reports it: the code, or 128+N for death by signal N. */
+export function shellStatus(code: number | null, signal: string | null): number {
+  if (code !== null) return code;
+  const n = signal ? (constants.signals as Record<string, number>)[signal] : undefined;
+  return 128 + (n ?? 1);
+}
+
+/**
+ * A guest session over the guest agent: the same contract as the SSH session (a shell command line run by
+ * /bin/sh as root, streamed output, exit status verbatim), so every caller can use either channel.
+ * Collected output (no stream given) is capped like the SSH session's.
+ */
+export class AgentGuestSession implements GuestSession {
+  constructor(
+    private readonly agent: AgentClient,
+    private readonly maxCollectedBytes = 16 * 1024 * 1024,
+  ) {}
+
+  get isClosed(): boolean {
+    return this.agent.closed;
+  }
+
+  async exec(command: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+    opts.signal?.throwIfAborted();
+    const proc = await this.agent.exec({
+      shell: command,
+      env: opts.env,
+      stdin: opts.stdin !== undefined,
+      pty: opts.pty ? { cols: opts.pty.cols, rows: opts.pty.rows } : undefined,
+      signal: opts.signal,
+    });
+    const out: Buffer[] = [];
+    const errOut: Buffer[] = [];
+    let collected = 0;
+    let overflow = false;
+    const collect = (into: Buffer[]) => (d: Buffer) => {
+      collected += d.length;
+      if (collected > this.maxCollectedBytes) {
+        if (!overflow) proc.kill('SIGKILL');
+        overflow = true;
+        return;
+      }
+      into.push(d);
+    };
+    if (opts.stdout) proc.stdout.pipe(opts.stdout, { end: false });
+    else proc.stdout.on('data', collect(out));
+    if (opts.stderr) proc.stderr.pipe(opts.stderr, { end: false });
+    else proc.stderr.on('data', collect(errOut));
+    if (proc.stdin) {
+      const stdin = proc.stdin;
+      if (opts.stdin) {
+        opts.stdin.pipe(stdin);
+        opts.stdin.on('error', () => stdin.end());
+      } else stdin.end();
+    }
+    opts.onStart?.({ resize: (rows, cols) => proc.resize(cols, rows) });
+    const onAbort = () => proc.kill('SIGKILL');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const status = await proc.exited;
+      if (opts.signal?.aborted) {
+        const timedOut = (opts.signal.reason as Error | undefined)?.name === 'TimeoutError';
+        throw timedOut
+          ? new BangerError(ErrorCode.DeadlineExceeded, 'the guest command did not finish in time')
+          : new BangerError(ErrorCode.Cancelled, 'cancelled');
+      }
+      if (overflow)
+        throw new BangerError(
+          ErrorCode.ResourceExhausted,
+          `the guest command wrote more than ${this.maxCollectedBytes} bytes of output; it was stopped`,
+        );
+      return {
+        code: shellStatus(status.code, status.signal),
+        stdout: Buffer.concat(out),
+        stderr: Buffer.concat(errOut),
+      };
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+}
