@@ -72,6 +72,8 @@ async function main(): Promise<void> {
     return i >= 0 ? args[i + 1] : undefined;
   };
   const cap = value('--session-cap');
+  if (cap !== undefined && !(Number.isSafeInteger(Number(cap)) && Number(cap) > 0))
+    throw new Error(`--session-cap takes a number of bytes, not ${JSON.stringify(cap)}`);
   const server = new AgentServer({
     agentVersion: AGENT_VERSION,
     python: findPython(),

@@ -1,13 +1,14 @@
 /**
  * Node has no pseudo-terminal without a native module, so a `pty` exec runs its command under this python3
  * program (the standard library's `pty`). argv: ROWS COLS COMMAND... It copies stdin to the terminal and the
- * terminal to stdout, reads "ROWS COLS" lines on fd 3 to resize (the kernel then sends SIGWINCH), forwards
+ * terminal to stdout, reads "ROWS COLS" lines on fd 3 (or $BANGER_PTY_CONTROL_FD) to resize (the kernel then sends SIGWINCH), forwards
  * the signals it gets to the terminal's process group, and ends the way the command ended: the same exit
  * code, or killed by the same signal.
  */
 export const PTY_HELPER_SOURCE = String.raw`
 import os, sys, pty, select, signal, struct, fcntl, termios
 rows, cols, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+control = int(os.environ.pop("BANGER_PTY_CONTROL_FD", "3"))
 pid, fd = pty.fork()
 if pid == 0:
     try:
@@ -28,7 +29,7 @@ def forward(n, _f):
         pass
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT):
     signal.signal(s, forward)
-inputs = [fd, 0, 3]
+inputs = [fd, 0, control]
 ctl = b""
 while fd in inputs:
     ready, _, _ = select.select(inputs, [], [])
@@ -49,7 +50,7 @@ while fd in inputs:
                 put(fd, data)
         else:
             if not data:
-                inputs.remove(3)
+                inputs.remove(control)
             ctl += data
             while b"\n" in ctl:
                 line, ctl = ctl.split(b"\n", 1)

@@ -14,6 +14,13 @@ import { AgentFailure, type ChannelIo } from './channel.js';
 import { ExecChannel } from './exec.js';
 import { runCommand, setClockArgv, WriteFileChannel, type CommandRunner } from './files.js';
 import { StatsSampler } from './stats.js';
+import { SessionStore } from './sessions.js';
+import {
+  SessionAttachChannel,
+  SessionLogsChannel,
+  SessionSendChannel,
+  type SessionChannelIo,
+} from './sessions-channels.js';
 
 export interface AgentServerOptions {
   agentVersion: string;
@@ -23,6 +30,8 @@ export interface AgentServerOptions {
   runCommand?: CommandRunner;
   /** Diagnostics (the guest's console or journal). */
   log?: (line: string) => void;
+  /** Where sessions are kept (`--sessions`), and the default per-stream cap on their output. */
+  sessions?: { root: string; capBytes?: number };
 }
 
 /** Open channels one connection may hold; past it `exec` and `writeFile` fail with ResourceExhausted. */
@@ -31,6 +40,9 @@ export const MAX_CHANNELS = 1024;
 interface Channel {
   stdin(payload: Buffer): boolean;
   credit?(stream: StreamKind, bytes: number): void;
+  /** `sessionDetach`: end an attach or logs channel early, or abandon a send. */
+  detach?(): void;
+  resize?(cols: number, rows: number): void;
   dispose(): void;
 }
 
@@ -41,13 +53,17 @@ interface Channel {
  */
 export class AgentServer {
   private readonly stats = new StatsSampler();
+  /** Shared by every connection: sessions belong to the agent, not to whoever started them. */
+  private readonly sessions: SessionStore | null;
 
-  constructor(private readonly opts: AgentServerOptions) {}
+  constructor(private readonly opts: AgentServerOptions) {
+    this.sessions = opts.sessions ? new SessionStore({ ...opts.sessions, python: opts.python, log: opts.log }) : null;
+  }
 
   /** Serves `stream` until it ends or breaks the protocol. Never rejects. */
   serve(stream: Duplex): Promise<void> {
     return new Promise((resolve) => {
-      new AgentSession(stream, this.opts, this.stats, resolve);
+      new AgentSession(stream, this.opts, this.stats, this.sessions, resolve);
     });
   }
 }
@@ -61,9 +77,12 @@ class AgentSession {
     stream: Duplex,
     private readonly opts: AgentServerOptions,
     private readonly stats: StatsSampler,
+    private readonly sessions: SessionStore | null,
     onClosed: () => void,
   ) {
-    this.features = AGENT_FEATURES.filter((f) => f !== 'pty' || opts.python !== null);
+    this.features = AGENT_FEATURES.filter(
+      (f) => (f !== 'pty' || opts.python !== null) && (f !== 'sessions' || sessions?.available === true),
+    );
     this.conn = new FrameConnection(
       stream,
       {
@@ -155,8 +174,117 @@ class AgentSession {
       case 'signal':
         return this.execChannel(m.channel)?.signal(m.signal);
       case 'resize':
-        return this.execChannel(m.channel)?.resize(m.cols, m.rows);
+        return this.channels.get(m.channel)?.resize?.(m.cols, m.rows);
+      case 'sessionDetach':
+        return this.channels.get(m.channel)?.detach?.();
+      case 'sessionStart':
+        return this.reply(m.id, () => this.store().start(m));
+      case 'sessionList':
+        return this.reply(m.id, () => this.store().list());
+      case 'sessionShow':
+        return this.reply(m.id, async () => (await this.store().get(m.name)).info());
+      case 'sessionStop':
+        return this.reply(m.id, () => this.store().stop(m.name, m.signal ?? 'SIGTERM'));
+      case 'sessionRm':
+        return this.reply(m.id, () => this.store().rm(m.name));
+      case 'sessionAttach':
+      case 'sessionLogs':
+        return this.openSessionStream(m);
+      case 'sessionSend':
+        return this.openSessionSend(m);
     }
+  }
+
+  private store(): SessionStore {
+    if (this.sessions === null || !this.sessions.available)
+      throw new AgentFailure(
+        'Unimplemented',
+        'this agent keeps no sessions (it needs python3 and a sessions directory)',
+      );
+    return this.sessions;
+  }
+
+  /**
+   * Attach and logs: the channel is claimed at once (frames for it may follow the request), the reply says
+   * where reading starts, and only then does output flow, ended by a `sessionEnd` event.
+   */
+  private openSessionStream(m: Extract<HostMessage, { type: 'sessionAttach' | 'sessionLogs' }>): void {
+    if (!this.claim(m.id, m.channel)) return;
+    // A detach that arrives before the reply (the daemon gave up waiting) ends the stream as soon as it opens.
+    let detachEarly = false;
+    const placeholder: Channel = { stdin: () => true, detach: () => (detachEarly = true), dispose: () => {} };
+    this.channels.set(m.channel, placeholder);
+    const forget = () => {
+      if (this.channels.get(m.channel) === ch || this.channels.get(m.channel) === placeholder)
+        this.channels.delete(m.channel);
+    };
+    let ch: SessionAttachChannel | SessionLogsChannel | null = null;
+    void (async () => {
+      try {
+        const session = await this.store().get(m.name);
+        const io = this.sessionIo(m.channel);
+        const c =
+          m.type === 'sessionAttach' ? new SessionAttachChannel(session, io) : new SessionLogsChannel(session, io);
+        ch = c;
+        if (this.conn.closed || this.channels.get(m.channel) !== placeholder)
+          throw new AgentFailure('Internal', 'gone');
+        const result =
+          m.type === 'sessionAttach'
+            ? await (c as SessionAttachChannel).open(m)
+            : await (c as SessionLogsChannel).open(m);
+        if (this.conn.closed || this.channels.get(m.channel) !== placeholder) {
+          c.dispose();
+          return;
+        }
+        this.channels.set(m.channel, c);
+        this.conn.sendControl({ type: 'reply', id: m.id, ok: true, result });
+        if (detachEarly) c.detach();
+        if (c instanceof SessionAttachChannel) await c.run();
+        else await c.run(m as Extract<HostMessage, { type: 'sessionLogs' }>);
+      } catch (e) {
+        forget();
+        this.replyFailure(m.id, e);
+      }
+    })();
+  }
+
+  private openSessionSend(m: Extract<HostMessage, { type: 'sessionSend' }>): void {
+    if (!this.claim(m.id, m.channel)) return;
+    let ch: SessionSendChannel | null = null;
+    // Frames may arrive before the session is looked up; they wait in the channel (within the stream window).
+    const early: Buffer[] = [];
+    const placeholder: Channel = {
+      stdin: (b) => (early.push(b), true),
+      detach: () => ch?.detach(),
+      dispose: () => ch?.dispose(),
+    };
+    this.channels.set(m.channel, placeholder);
+    this.reply(m.id, async () => {
+      try {
+        const session = await this.store().get(m.name);
+        ch = new SessionSendChannel(session, m, {
+          sendCredit: (stream, bytes) => this.conn.sendCredit(m.channel, stream, bytes),
+        });
+        if (this.channels.get(m.channel) !== placeholder) ch.dispose();
+        else this.channels.set(m.channel, ch);
+        for (const b of early.splice(0)) if (!ch.stdin(b)) throw new FrameError('send overran its credit');
+        return await ch.run();
+      } finally {
+        if (this.channels.get(m.channel) === ch || this.channels.get(m.channel) === placeholder)
+          this.channels.delete(m.channel);
+      }
+    });
+  }
+
+  private sessionIo(channel: number): SessionChannelIo {
+    return {
+      sendData: (stream, payload) => this.conn.sendData(channel, stream, payload),
+      sendCredit: (stream, bytes) => this.conn.sendCredit(channel, stream, bytes),
+      end: (event) => {
+        this.channels.delete(channel);
+        this.conn.sendControl({ type: 'sessionEnd', channel, ...event });
+      },
+    };
   }
 
   private execChannel(channel: number): ExecChannel | undefined {
@@ -193,11 +321,13 @@ class AgentSession {
       .then(work)
       .then(
         (result) => this.conn.sendControl({ type: 'reply', id, ok: true, result }),
-        (e: unknown) => {
-          if (e instanceof AgentFailure) this.replyError(id, e.code, e.message);
-          else this.replyError(id, 'Internal', e instanceof Error ? e.message : String(e));
-        },
+        (e: unknown) => this.replyFailure(id, e),
       );
+  }
+
+  private replyFailure(id: number, e: unknown): void {
+    if (e instanceof AgentFailure) this.replyError(id, e.code, e.message);
+    else this.replyError(id, 'Internal', e instanceof Error ? e.message : String(e));
   }
 
   private replyError(id: number, code: AgentErrorCode, message: string): void {

@@ -143,7 +143,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     images,
     drivers,
     accel,
-    kernelCmdline: () => guestKernelArgs({ tscKhz }).join(' '),
+    kernelCmdline: (vm) => guestKernelArgs({ tscKhz, noAgent: !vm.agent }).join(' '),
     run: runCommand,
     log,
     clientKey,

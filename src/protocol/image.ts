@@ -21,8 +21,8 @@ export const imageInfoSchema = z.object({
     suite: z.string(),
     mirror: z.string(),
     packages: z.array(z.string()),
-    /** Protocol version of the guest agent the image carries; absent in images built before the agent. */
-    agentProtocol: z.number().optional(),
+    /** Version of banger's guest contract (init, agent) the image was built with; absent in early images. */
+    guestContract: z.number().optional(),
   }),
   createdAt: z.string(),
   buildSeconds: z.number().nullable(),

@@ -4,6 +4,7 @@ import { ImageMethods } from './image.js';
 import { NetworkMethods } from './network.js';
 import { VmMethods } from './vm.js';
 import { WorkspaceMethods } from './workspace.js';
+import { StatsMethods } from './session.js';
 import type { RpcMethod } from './common.js';
 
 /** Every RPC method of the daemon; the daemon serves exactly these (one handler each). */
@@ -15,4 +16,5 @@ export const ALL_METHODS: readonly RpcMethod<any, any>[] = [ // eslint-disable-l
   ...Object.values(WorkspaceMethods),
   ...Object.values(NetworkMethods),
   ...Object.values(DnsMethods),
+  ...Object.values(StatsMethods),
 ];

@@ -71,6 +71,8 @@ export const vmCreateParamsSchema = z.object({
    * connection closes, and at once when creating or starting it fails or is cancelled.
    */
   rm: z.boolean().optional(),
+  /** false: do not start the guest agent (commands, no sessions or stats, go over SSH). Default true. */
+  agent: z.boolean().optional(),
   ...withProgress,
 });
 export type VmCreateParams = z.infer<typeof vmCreateParamsSchema>;

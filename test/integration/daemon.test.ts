@@ -2,7 +2,7 @@
  * The daemon in-process on a temporary BANGER_HOME with real SQLite, reached through the real client over
  * its unix socket. Image builds are faked (they take minutes); everything else is real.
  */
-import { AGENT_PROTOCOL_VERSION } from '../../src/protocol/agent.js';
+import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -44,7 +44,7 @@ const fakeBuild: ImageBuilder = async (req, outDir, progress, signal) => {
     writeFileSync(path, role);
     return { role, path, sizeBytes: role.length, sha256: '0'.repeat(64) };
   });
-  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: req.packages, agentProtocol: AGENT_PROTOCOL_VERSION } };
+  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: req.packages, guestContract: GUEST_CONTRACT_VERSION } };
 };
 
 const code = async (p: Promise<unknown>): Promise<BangerError> => {

@@ -25,7 +25,7 @@ test('the wire names of every method are the ones clients already use', () => {
       'daemon.status', 'daemon.stop', 'dns.install', 'dns.status', 'dns.uninstall', 'doctor.run',
       'image.build', 'image.delete', 'image.list', 'image.show', 'network.down', 'network.status',
       'vm.create', 'vm.delete', 'vm.exec', 'vm.list', 'vm.logs', 'vm.ports', 'vm.restart', 'vm.show',
-      'vm.ssh-target', 'vm.start', 'vm.stop', 'vm.workspace.export', 'vm.workspace.prepare',
+      'vm.ssh-target', 'vm.start', 'vm.stats', 'vm.stop', 'vm.workspace.export', 'vm.workspace.prepare',
     ],
   );
 });

@@ -1,9 +1,22 @@
 import type { Duplex, Readable } from 'node:stream';
 import { BangerError, ErrorCode, type ErrorCode as Code } from '../../errors/index.js';
 import { FrameConnection, FrameError, OutboundWindow } from '../../protocol/agent-frames.js';
-import { ExecChannel, type AgentProcess, type ClientChannel } from './agent-process.js';
+import {
+  ExecChannel,
+  SessionStreamChannel,
+  type AgentProcess,
+  type AgentSessionEnd,
+  type ClientChannel,
+  type SessionOutputHandler,
+} from './agent-process.js';
 
-export type { AgentExitStatus, AgentProcess } from './agent-process.js';
+export type {
+  AgentExitStatus,
+  AgentProcess,
+  AgentSessionEnd,
+  SessionOutputChunk,
+  SessionOutputHandler,
+} from './agent-process.js';
 import {
   AGENT_DATA_CHUNK,
   AGENT_PROTOCOL_VERSION,
@@ -11,7 +24,11 @@ import {
   FrameKind,
   agentMessageSchema,
   type AgentErrorCode,
+  type AgentOutputStream,
   type AgentRequestType,
+  type AgentSessionInfo,
+  type AgentSignal,
+  type SessionStreamResult,
   type ExecResult,
   type HelloResult,
   type SetClockResult,
@@ -51,6 +68,49 @@ export interface AgentExecOptions extends RequestOptions {
   stdin?: boolean;
   /** Run under a terminal of this size; its output then all comes on `stdout`. */
   pty?: { cols: number; rows: number };
+}
+
+export interface AgentSessionStartOptions extends RequestOptions {
+  /** Default: the agent picks `sN`. */
+  name?: string;
+  argv: string[];
+  tty?: boolean;
+  size?: { cols: number; rows: number };
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Per-stream cap on kept output; default: the agent's. */
+  capBytes?: number;
+}
+
+/** Where reading starts: the first byte, the current end, or a byte offset. */
+export type SessionReadFrom = 'start' | 'end' | number;
+
+export interface AgentSessionStreamOptions {
+  name: string;
+  from?: SessionReadFrom;
+  onOutput: SessionOutputHandler;
+  /** Aborting detaches: the stream ends (reason `detached`) and the session keeps running. */
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+/** An open attach or logs stream. */
+export interface AgentSessionStream {
+  /** Where reading started, and the session as it was then. */
+  start: SessionStreamResult;
+  /** Resolves after the last chunk was handled; rejects with Unavailable if the connection is lost. */
+  ended: Promise<AgentSessionEnd>;
+  /** Ends the stream early; `ended` then resolves with reason `detached`. */
+  detach(): void;
+}
+
+/** An exclusive attach: a stream of both outputs plus the session's stdin and terminal size. */
+export interface AgentSessionAttachment extends AgentSessionStream {
+  /** One whole write to the session's stdin; resolves once the agent has taken it (within credit). */
+  write(data: Buffer): Promise<void>;
+  /** Closes the session's stdin (after what was written). */
+  closeStdin(): void;
+  resize(cols: number, rows: number): void;
 }
 
 interface Pending {
@@ -179,6 +239,130 @@ export class AgentClient {
     return (await reply) as WriteFileResult;
   }
 
+  /** Starts a session; resolves with its info once its process exists. It outlives this connection. */
+  async sessionStart(o: AgentSessionStartOptions): Promise<AgentSessionInfo> {
+    const { signal: _s, timeoutMs: _t, ...body } = o;
+    return (await this.request('sessionStart', body, o)) as AgentSessionInfo;
+  }
+
+  async sessionList(opts: RequestOptions = {}): Promise<AgentSessionInfo[]> {
+    return (await this.request('sessionList', {}, opts)) as AgentSessionInfo[];
+  }
+
+  async sessionShow(name: string, opts: RequestOptions = {}): Promise<AgentSessionInfo> {
+    return (await this.request('sessionShow', { name }, opts)) as AgentSessionInfo;
+  }
+
+  /** Signals the session's process group (default SIGTERM); returns the session as it is right after. */
+  async sessionStop(name: string, signal?: AgentSignal, opts: RequestOptions = {}): Promise<AgentSessionInfo> {
+    return (await this.request('sessionStop', { name, signal }, opts)) as AgentSessionInfo;
+  }
+
+  async sessionRm(name: string, opts: RequestOptions = {}): Promise<{ removed: string }> {
+    return (await this.request('sessionRm', { name }, opts)) as { removed: string };
+  }
+
+  /** Reads one stream (default stdout) from `from` (default start); `follow` keeps reading until it ends. */
+  sessionLogs(
+    o: AgentSessionStreamOptions & { stream?: AgentOutputStream; follow?: boolean },
+  ): Promise<AgentSessionStream> {
+    return this.openSessionStream('sessionLogs', { stream: o.stream, follow: o.follow }, o);
+  }
+
+  /**
+   * Attaches exclusively (a second attach fails with Conflict naming `client`), from `from` (default end).
+   * The stream ends once the session has ended and all its output was handled, or on detach.
+   */
+  async sessionAttach(o: AgentSessionStreamOptions & { client?: string }): Promise<AgentSessionAttachment> {
+    const { stream, ch } = await this.openSessionStreamChannel('sessionAttach', { client: o.client }, o);
+    const win = ch.stdinWindow;
+    return {
+      ...stream,
+      write: (data) => new Promise<void>((res) => (win.write(data, res) ? res() : undefined)),
+      closeStdin: () => win.end(),
+      resize: (cols, rows) => {
+        if (!this.conn.closed) this.conn.sendControl({ type: 'resize', channel: ch.channel, cols, rows });
+      },
+    };
+  }
+
+  /**
+   * One send to a session's stdin, delivered whole (other sends wait for it); `data` streams within credit,
+   * so a large send never sits in memory. Resolves once every byte is in the process's stdin pipe. No
+   * deadline (it may wait behind another send or a process that reads slowly): `signal` abandons it.
+   */
+  async sessionSend(
+    name: string,
+    data: Buffer | AsyncIterable<Buffer | Uint8Array>,
+    opts: { closeStdin?: boolean; signal?: AbortSignal } = {},
+  ): Promise<{ bytes: number }> {
+    const channel = this.allocChannel();
+    const window = new OutboundWindow((b) => this.conn.sendData(channel, FrameKind.Stdin, b));
+    let settled = false;
+    this.channels.set(channel, {
+      data: () => true,
+      credit: (stream, bytes) => stream === FrameKind.Stdin && window.grant(bytes),
+      fail: () => window.abandon(),
+    });
+    const onAbort = () => {
+      if (!this.conn.closed) this.conn.sendControl({ type: 'sessionDetach', channel });
+    };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const reply = this.request('sessionSend', { channel, name, closeStdin: opts.closeStdin }, opts, () => {}).finally(
+      () => {
+        settled = true;
+        window.abandon();
+        this.channels.delete(channel);
+        opts.signal?.removeEventListener('abort', onAbort);
+      },
+    );
+    reply.catch(() => {});
+    const send = (b: Buffer) => new Promise<void>((res) => (window.write(b, res) ? res() : undefined));
+    for await (const chunk of Buffer.isBuffer(data) ? chunked(data) : data) {
+      if (settled) break;
+      await send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
+    }
+    window.end();
+    return (await reply) as { bytes: number };
+  }
+
+  private async openSessionStream(
+    type: 'sessionAttach' | 'sessionLogs',
+    extra: object,
+    o: AgentSessionStreamOptions,
+  ): Promise<AgentSessionStream> {
+    return (await this.openSessionStreamChannel(type, extra, o)).stream;
+  }
+
+  private async openSessionStreamChannel(
+    type: 'sessionAttach' | 'sessionLogs',
+    extra: object,
+    o: AgentSessionStreamOptions,
+  ): Promise<{ stream: AgentSessionStream; ch: SessionStreamChannel }> {
+    const channel = this.allocChannel();
+    const ch = new SessionStreamChannel(channel, this.conn, o.onOutput);
+    this.channels.set(channel, ch);
+    let start: SessionStreamResult;
+    try {
+      start = (await this.request(
+        type,
+        { channel, name: o.name, from: o.from, ...extra },
+        { timeoutMs: o.timeoutMs, signal: o.signal },
+      )) as SessionStreamResult;
+    } catch (e) {
+      // Cancelled while the agent may still open the stream: tell it to end it at once.
+      if ((e as BangerError).code === ErrorCode.Cancelled) ch.detach();
+      this.channels.delete(channel);
+      ch.fail(e as BangerError);
+      throw e;
+    }
+    ch.started(start.stdoutOffset, start.stderrOffset);
+    const onAbort = () => ch.detach();
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+    void ch.ended.finally(() => o.signal?.removeEventListener('abort', onAbort)).catch(() => {});
+    return { stream: { start, ended: ch.ended, detach: () => ch.detach() }, ch };
+  }
+
   /** Ends the connection; pending requests and processes fail with Unavailable. */
   close(): void {
     this.conn.close();
@@ -254,6 +438,12 @@ export class AgentClient {
       const ch = this.channels.get(m.channel);
       this.channels.delete(m.channel);
       ch?.exit?.({ code: m.code, signal: m.signal });
+      return;
+    }
+    if (m.type === 'sessionEnd') {
+      const ch = this.channels.get(m.channel);
+      this.channels.delete(m.channel);
+      ch?.sessionEnd?.(m);
       return;
     }
     const p = this.pending.get(m.id);

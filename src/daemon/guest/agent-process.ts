@@ -1,7 +1,14 @@
 import { Readable, Writable } from 'node:stream';
 import type { BangerError } from '../../errors/index.js';
 import { InboundWindow, OutboundWindow, type FrameConnection } from '../../protocol/agent-frames.js';
-import { AGENT_DATA_CHUNK, FrameKind, type AgentSignal, type StreamKind } from '../../protocol/agent.js';
+import {
+  AGENT_DATA_CHUNK,
+  FrameKind,
+  type AgentOutputStream,
+  type AgentSignal,
+  type SessionEndEvent,
+  type StreamKind,
+} from '../../protocol/agent.js';
 
 /** A guest process as the daemon sees it through the agent (see `agent-client.ts`). */
 
@@ -33,6 +40,8 @@ export interface ClientChannel {
   data(stream: StreamKind, payload: Buffer): boolean;
   credit(stream: StreamKind, bytes: number): void;
   exit?(status: AgentExitStatus): void;
+  /** An attach or logs channel ended (after its last data frame). */
+  sessionEnd?(event: SessionEndEvent): void;
   fail(error: BangerError): void;
 }
 
@@ -149,5 +158,97 @@ class ConsumerStream {
     this.owed = 0;
     if (n > 0 && !this.ended && !this.ch.conn.closed)
       this.ch.conn.sendCredit(this.ch.channel, this.stream, this.window.consumed(n));
+  }
+}
+
+/** A chunk of a session's output and its byte offset in that stream (where a later read can resume). */
+export interface SessionOutputChunk {
+  stream: AgentOutputStream;
+  offset: number;
+  data: Buffer;
+}
+/** Takes one chunk; the agent is granted more output once the returned promise (if any) settles. */
+export type SessionOutputHandler = (chunk: SessionOutputChunk) => void | Promise<void>;
+
+/** The end of an attach or logs stream: why, and where each stream's reading stopped (resume from there). */
+export type AgentSessionEnd = Omit<SessionEndEvent, 'type' | 'channel'>;
+
+/**
+ * The daemon's end of a `sessionAttach` or `sessionLogs` channel. Chunks go to the handler one at a time, in
+ * order, each with its offset; credit goes back only after the handler is done with it, so a slow consumer
+ * slows the reading in the guest and nothing piles up in the daemon.
+ */
+export class SessionStreamChannel implements ClientChannel {
+  private readonly windows = { stdout: new InboundWindow(), stderr: new InboundWindow() };
+  private readonly offsets = { stdout: 0, stderr: 0 };
+  private chain: Promise<void>;
+  private begin!: () => void;
+  private failed = false;
+  readonly stdinWindow: OutboundWindow;
+  private resolveEnd!: (e: AgentSessionEnd) => void;
+  private rejectEnd!: (e: BangerError) => void;
+  readonly ended = new Promise<AgentSessionEnd>((res, rej) => {
+    this.resolveEnd = res;
+    this.rejectEnd = rej;
+  });
+
+  constructor(
+    readonly channel: number,
+    readonly conn: FrameConnection,
+    private readonly onOutput: SessionOutputHandler,
+  ) {
+    this.ended.catch(() => {});
+    this.chain = new Promise<void>((res) => (this.begin = res));
+    this.stdinWindow = new OutboundWindow((b) => conn.sendData(channel, FrameKind.Stdin, b));
+  }
+
+  /** The reply arrived: output counts from these offsets. Chunks that came with the reply wait until now. */
+  started(stdoutOffset: number, stderrOffset: number): void {
+    this.offsets.stdout = stdoutOffset;
+    this.offsets.stderr = stderrOffset;
+    this.begin();
+  }
+
+  data(kind: StreamKind, payload: Buffer): boolean {
+    if (kind === FrameKind.Stdin || payload.length === 0) return true;
+    const stream: AgentOutputStream = kind === FrameKind.Stdout ? 'stdout' : 'stderr';
+    if (!this.windows[stream].accept(payload.length)) return false;
+    this.chain = this.chain.then(async () => {
+      const offset = this.offsets[stream];
+      this.offsets[stream] += payload.length;
+      try {
+        if (!this.failed) await this.onOutput({ stream, offset, data: payload });
+      } finally {
+        if (!this.conn.closed) this.conn.sendCredit(this.channel, kind, this.windows[stream].consumed(payload.length));
+      }
+    });
+    this.chain = this.chain.catch((e: unknown) => {
+      // A handler that throws ends the stream for this consumer: the guest is told to stop sending.
+      this.failed = true;
+      this.detach();
+      this.rejectEnd(e as BangerError);
+    });
+    return true;
+  }
+
+  credit(stream: StreamKind, bytes: number): void {
+    if (stream === FrameKind.Stdin) this.stdinWindow.grant(bytes);
+  }
+
+  sessionEnd(e: SessionEndEvent): void {
+    this.stdinWindow.abandon();
+    const { type: _t, channel: _c, ...end } = e;
+    void this.chain.then(() => this.resolveEnd(end));
+  }
+
+  detach(): void {
+    if (!this.conn.closed) this.conn.sendControl({ type: 'sessionDetach', channel: this.channel });
+  }
+
+  fail(error: BangerError): void {
+    this.failed = true;
+    this.stdinWindow.abandon();
+    this.begin();
+    this.rejectEnd(error);
   }
 }

@@ -22,6 +22,8 @@ export interface MachineFlags {
   accel?: AccelChoice;
   egress?: boolean;
   network?: NetworkMode;
+  /** commander's negation of --no-agent: false when given. */
+  agent?: boolean;
 }
 
 /** The flags vm create and vm run share. */
@@ -37,6 +39,7 @@ export function addMachineFlags(cmd: Command): Command {
       new Option('--network <mode>', 'loopback: a 127.77.x.y address per VM (default); tap: an address on banger\'s bridge (root)').choices([...NETWORK_MODES]),
     )
     .option('--egress', 'let the guest reach the network outside the VM (off by default: it reaches nothing)')
+    .option('--no-agent', 'do not start the guest agent: commands go over SSH; no sessions or stats')
     .addOption(
       new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices([...ACCEL_CHOICES]).default('auto'),
     );
@@ -53,6 +56,7 @@ export function machineParams(o: MachineFlags): VmCreateParams {
     accel: o.accel,
     egress: o.egress,
     network: o.network,
+    ...(o.agent === false ? { agent: false } : {}),
   };
 }
 

@@ -1,4 +1,4 @@
-import { PROBE_ARG, ROOT_DEVICE } from './contract.js';
+import { NO_AGENT_ARG, PROBE_ARG, ROOT_DEVICE } from './contract.js';
 
 /** CONFIG_HZ of Debian's cloud kernel (bookworm, 6.1: CONFIG_HZ_250=y). */
 export const GUEST_KERNEL_HZ = 250;
@@ -8,6 +8,8 @@ export interface GuestKernelArgsOptions {
   tscKhz?: number | undefined;
   /** Probe mode: the initrd prints the probe marker and powers off at once. */
   probe?: boolean;
+  /** Keep the guest agent from starting: the guest then reports itself ready without it. */
+  noAgent?: boolean;
 }
 
 /**
@@ -22,6 +24,7 @@ export function guestKernelArgs(opts: GuestKernelArgsOptions = {}): string[] {
     args.push(`tsc_early_khz=${opts.tscKhz}`, `lpj=${lpj}`, 'tsc=reliable');
   }
   if (opts.probe) args.push(PROBE_ARG);
+  if (opts.noAgent) args.push(NO_AGENT_ARG);
   return args;
 }
 

@@ -21,12 +21,20 @@ export const SEED_DEVICE_FALLBACK = '/dev/vdc';
 /** The seed tar is padded with zeros to a multiple of this many bytes (block devices need whole sectors). */
 export const SEED_ALIGN = 4096;
 
+/**
+ * Version of what an image carries for banger: init scripts, the guest agent and this contract. Bumped on any
+ * change to them; banger rebuilds its `default` image when the recorded version differs (see ImageService).
+ */
+export const GUEST_CONTRACT_VERSION = 2;
+
 /** Printed on the console (ttyS0) when sshd accepts connections (and the guest agent holds its channel). */
 export const READY_MARKER = 'banger-guest: ready';
 /** Follows the ready marker on its line when the guest agent is up: the host then talks to it. */
 export const READY_AGENT_SUFFIX = ' agent';
 /** Printed by the initrd in probe mode, right before it powers off. */
 export const PROBE_MARKER = 'BANGER-PROBE-OK';
+/** Kernel command line switch that keeps the guest agent from starting (`vm create --no-agent`). */
+export const NO_AGENT_ARG = 'banger.agent=0';
 /** Kernel command line switch of probe mode. */
 export const PROBE_ARG = 'banger.probe=1';
 

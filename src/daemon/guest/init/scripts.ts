@@ -12,6 +12,7 @@ import {
   POWEROFF_COMMAND,
   PROBE_ARG,
   PROBE_MARKER,
+  NO_AGENT_ARG,
   READY_AGENT_SUFFIX,
   READY_MARKER,
   ROOT_DEVICE,
@@ -262,7 +263,7 @@ while [ "$i" -lt 1200 ]; do
   sleep 0.05
 done
 [ "$i" -lt 1200 ] || echo "banger-guest: sshd is not listening after 60 s" >/dev/console
-if [ -f ${GUEST_PATHS.agent} ]; then
+if [ -f ${GUEST_PATHS.agent} ] && ! grep -qw ${NO_AGENT_ARG} /proc/cmdline; then
   i=0
   while [ "$i" -lt 600 ] && [ ! -e ${GUEST_PATHS.agentReady} ]; do
     i=$((i + 1))
@@ -298,6 +299,10 @@ if [ ! -f ${GUEST_PATHS.agent} ] || [ -z "$dev" ] || ! command -v node >/dev/nul
   echo "banger-agent: not started (agent, port or node missing)"
   exec sleep 2147483647
 fi
+case " $(cat /proc/cmdline) " in *" ${NO_AGENT_ARG} "*)
+  echo "banger-agent: not started (${NO_AGENT_ARG})"
+  exec sleep 2147483647
+esac
 exec node ${GUEST_PATHS.agent} --port "$dev" --ready-file ${GUEST_PATHS.agentReady}
 `;
 

@@ -15,6 +15,7 @@ import { dnsHandlers } from './dns.js';
 import { ExecRegistry, execHandlers } from './exec.js';
 import { imageHandlers } from './image.js';
 import { networkHandlers } from './network.js';
+import { statsHandlers } from './stats.js';
 import { vmHandlers } from './vm.js';
 import { workspaceHandlers } from './workspace.js';
 
@@ -46,6 +47,7 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry): Handler[] {
     ...imageHandlers(d.images),
     ...vmHandlers({ vms: d.vms, log: d.log }),
     ...execHandlers(d.vms, execs),
+    ...statsHandlers(d.vms),
     ...workspaceHandlers(d.workspaces),
     ...networkHandlers({ tap: d.tap, vms: d.vms, defaultMode: d.defaultNetwork, listVms: d.vmRecords }),
     ...dnsHandlers({ dnsHost: d.dnsHost, listVms: d.dnsVms }),

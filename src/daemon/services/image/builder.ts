@@ -2,7 +2,7 @@ import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { buildImage, readHostMirror } from './build.js';
-import { AGENT_PROTOCOL_VERSION } from '../../../protocol/agent.js';
+import { GUEST_CONTRACT_VERSION } from '../../guest/init/contract.js';
 import type { ImageBuilder } from './service.js';
 
 /** The ImageBuilder the daemon uses: Debian bookworm from the host's own apt mirror. */
@@ -21,7 +21,7 @@ export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths 
     return {
       kernelVersion: art.kernelVersion,
       files: art.files,
-      params: { suite: params.suite, mirror, packages: req.packages, agentProtocol: AGENT_PROTOCOL_VERSION },
+      params: { suite: params.suite, mirror, packages: req.packages, guestContract: GUEST_CONTRACT_VERSION },
     };
   };
 }

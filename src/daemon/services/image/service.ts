@@ -9,7 +9,7 @@ import type { Logger } from '../../../shared/logger.js';
 import type { ImageRecord, ImageRepo } from '../../store/repos/images.js';
 import type { VmRepo } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
-import { AGENT_PROTOCOL_VERSION } from '../../../protocol/agent.js';
+import { GUEST_CONTRACT_VERSION } from '../../guest/init/contract.js';
 import { runCommand } from '../../../shared/command.js';
 import { procHost, removeBuildLeftovers, type LeftoverHost } from './leftovers.js';
 
@@ -187,17 +187,17 @@ export class ImageService {
   /** The named image, ready to boot; the default image is built on first use (with progress). */
   async ensureReady(name: string, progress: (ev: ProgressEvent) => void, signal?: AbortSignal): Promise<ReadyImage> {
     const img = this.d.images.byName(name);
-    if (img?.status === 'ready' && name === DEFAULT_IMAGE && img.params.agentProtocol !== AGENT_PROTOCOL_VERSION) {
-      // banger owns `default`: one made for another guest agent is rebuilt while no VM is layered on it.
+    if (img?.status === 'ready' && name === DEFAULT_IMAGE && img.params.guestContract !== GUEST_CONTRACT_VERSION) {
+      // banger owns `default`: one built for another guest contract is rebuilt while no VM is layered on it.
       const users = this.d.vms.namesUsingImage(img.id);
       if (users.length > 0) {
         progress({
           kind: 'notice',
-          message: `the '${DEFAULT_IMAGE}' image was built for another guest agent: its VMs use SSH for commands; once ${users.join(', ')} ${users.length === 1 ? 'is' : 'are'} deleted, the next VM rebuilds it`,
+          message: `the '${DEFAULT_IMAGE}' image was built by another banger (guest contract ${img.params.guestContract ?? 1}, this one is ${GUEST_CONTRACT_VERSION}); once ${users.join(', ')} ${users.length === 1 ? 'is' : 'are'} deleted, the next VM rebuilds it`,
         });
         return this.ready(img);
       }
-      progress({ kind: 'notice', message: `rebuilding the '${DEFAULT_IMAGE}' image for this banger's guest agent` });
+      progress({ kind: 'notice', message: `rebuilding the '${DEFAULT_IMAGE}' image: it was built by another banger (guest contract ${img.params.guestContract ?? 1}, this one is ${GUEST_CONTRACT_VERSION})` });
       const built = await this.build({ name, packages: img.params.packages, force: true }, progress, signal);
       return this.ready(this.d.images.byId(built.id)!);
     }

@@ -13,6 +13,7 @@ import {
 } from '../../../errors/index.js';
 import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/common.js';
 import type { VmCreateParams, VmInfo, VmPorts } from '../../../protocol/vm.js';
+import type { VmStats } from '../../../protocol/session.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
@@ -259,6 +260,7 @@ export class VmService {
         startedAt: null,
         updatedAt: now,
         workspace: null,
+        agent: opts.agent ?? true,
       };
       this.d.vms.insert(rec);
       return rec;
@@ -438,6 +440,30 @@ export class VmService {
       signal: io.signal,
     });
     return r.code;
+  }
+
+  /** The guest agent of a running VM (sessions, stats); FailedPrecondition for an image without one. */
+  async agent(name: string, signal?: AbortSignal) {
+    const vm = this.requireRunning(this.get(name));
+    return { vm, agent: await this.live.agent(vm, signal) };
+  }
+
+  /** A running VM's resource use, as its guest agent measures it. */
+  async stats(name: string, signal?: AbortSignal): Promise<VmStats> {
+    const { vm, agent } = await this.agent(name, signal);
+    const s = await agent.stats({ signal, timeoutMs: 10_000 });
+    const sessions = await agent.sessionList?.({ signal }).catch(() => []) ?? [];
+    return {
+      name: vm.name,
+      cpuPercent: s.cpu.percent,
+      vcpus: s.cpu.cores,
+      memory: s.memory,
+      load: s.load,
+      disks: s.disks.map((d) => ({ mount: d.path, usedBytes: d.usedBytes, freeBytes: d.freeBytes, totalBytes: d.totalBytes })),
+      network: s.network,
+      uptimeSeconds: s.uptimeSec,
+      sessions: { running: sessions.filter((x) => x.state === 'running').length, total: sessions.length },
+    };
   }
 
   /** The open guest session of a running VM (for the workspace service). */

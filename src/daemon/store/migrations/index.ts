@@ -69,4 +69,11 @@ export const MIGRATIONS: readonly Migration[] = [
       UPDATE vms SET network_mode = 'loopback' WHERE network_mode = 'user';
     `,
   },
+  {
+    version: 4,
+    name: 'guest agent per VM',
+    sql: `
+      ALTER TABLE vms ADD COLUMN agent INTEGER NOT NULL DEFAULT 1;
+    `,
+  },
 ];

@@ -29,6 +29,8 @@ export interface VmRecord {
   updatedAt: string;
   /** The last workspace imported into the VM; null before the first `vm workspace prepare`. */
   workspace: WorkspaceInfo | null;
+  /** Start the guest agent at boot (`--no-agent` turns it off: commands then go over SSH). */
+  agent: boolean;
 }
 
 interface Row {
@@ -59,6 +61,7 @@ interface Row {
   base_commit: string | null;
   include_untracked: number;
   prepared_at: string | null;
+  agent: number;
 }
 
 const fromRow = (r: Row): VmRecord => ({
@@ -94,6 +97,7 @@ const fromRow = (r: Row): VmRecord => ({
           includeUntracked: r.include_untracked === 1,
           preparedAt: r.prepared_at ?? '',
         },
+  agent: r.agent !== 0,
 });
 
 const toParams = (v: VmRecord) => ({
@@ -124,6 +128,7 @@ const toParams = (v: VmRecord) => ({
   base_commit: v.workspace?.baseCommit ?? null,
   include_untracked: v.workspace?.includeUntracked ? 1 : 0,
   prepared_at: v.workspace?.preparedAt ?? null,
+  agent: v.agent ? 1 : 0,
 });
 
 const COLUMNS = Object.keys(toParams({ workspace: null } as VmRecord));

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { AgentClient } from '../../src/daemon/guest/agent-client.js';
+import { raw } from '../helpers/agent-harness.js';
+import { readLogs, sessionRoot, startSessionAgent, waitEnded } from '../helpers/agent-sessions.js';
+
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** The agent as its own process (`banger-agent --listen`), so the test can kill -9 it. */
+async function agentProcess(root: string, sock: string): Promise<{ proc: ChildProcess; client: AgentClient }> {
+  const proc = spawn(
+    process.execPath,
+    ['--import', 'tsx', join(REPO, 'src/agent/main.ts'), '--listen', sock, '--sessions', root],
+    { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    let err = '';
+    proc.stderr!.on('data', (b: Buffer) => {
+      err += b.toString();
+      if (err.includes('listening on')) resolve();
+    });
+    proc.once('exit', () => reject(new Error(`agent exited: ${err}`)));
+  });
+  const client = new AgentClient(await raw(sock));
+  await client.hello();
+  return { proc, client };
+}
+
+test('a session survives its agent being killed: a new agent re-adopts it and no byte is lost', async () => {
+  const root = await sessionRoot();
+  const sock = join(dirname(root), 'agent.sock');
+  const first = await agentProcess(root, sock);
+  const script = 'i=0; while [ $i -lt 600 ]; do echo "line $i"; i=$((i+1)); sleep 0.01; done';
+  const started = await first.client.sessionStart({ name: 'counter', argv: ['sh', '-c', script] });
+  await new Promise((r) => setTimeout(r, 300));
+  first.proc.kill('SIGKILL');
+  await new Promise((r) => first.proc.once('exit', r));
+  const second = await agentProcess(root, `${sock}2`);
+  try {
+    const adopted = await second.client.sessionShow('counter');
+    assert.equal(adopted.state, 'running', 'the process kept running with no agent');
+    assert.equal(adopted.pid, started.pid);
+    const info = await waitEnded(second.client, 'counter');
+    assert.deepEqual([info.state, info.exitCode], ['exited', 0]);
+    const want = Array.from({ length: 600 }, (_, i) => `line ${i}\n`).join('');
+    assert.equal((await readLogs(second.client, 'counter')).data.toString(), want);
+  } finally {
+    second.client.close();
+    second.proc.kill('SIGKILL');
+  }
+});
+
+test('a session whose supervisor vanished (the guest stopped under it) is recorded as ended', async () => {
+  const root = await sessionRoot();
+  const h = await startSessionAgent(root);
+  try {
+    const c = await h.client();
+    await c.sessionStart({ name: 'victim', argv: ['sleep', '30'] });
+    // run.json names the session's process; its supervisor is its parent. Both die at once, as at a poweroff.
+    const { pid } = JSON.parse(await readFile(join(root, 'victim', 'run.json'), 'utf8')) as { pid: number };
+    const supervisor = Number((await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ')[1]);
+    process.kill(supervisor, 'SIGKILL');
+    process.kill(-pid, 'SIGKILL');
+    const info = await waitEnded(c, 'victim');
+    assert.deepEqual([info.state, info.exitCode, info.signal], ['ended', null, null]);
+    // A new agent on the same directory sees the same.
+    const h2 = await startSessionAgent(root);
+    try {
+      assert.equal((await (await h2.client()).sessionShow('victim')).state, 'ended');
+    } finally {
+      await h2.close();
+    }
+  } finally {
+    await h.close();
+  }
+});
+
+test('a reader that disconnects mid-stream loses nothing: logs from 0 afterwards has every byte', async () => {
+  const root = await sessionRoot();
+  const h = await startSessionAgent(root);
+  try {
+    const data = randomBytes(4 * 1024 * 1024);
+    const file = join(dirname(root), 'payload');
+    await writeFile(file, data);
+    const c1 = await h.client();
+    await c1.sessionStart({ name: 'stream', argv: ['sh', '-c', `cat ${file}; sleep 0.3; cat ${file}`] });
+    let got = 0;
+    let cut = (): void => {};
+    const cutAt = new Promise<void>((r) => (cut = r));
+    const s = await c1.sessionLogs({
+      name: 'stream',
+      follow: true,
+      onOutput: (ch) => {
+        got += ch.data.length;
+        if (got > 1024 * 1024) cut();
+        return new Promise((r) => setTimeout(r, 1)); // a slow reader
+      },
+    });
+    await cutAt;
+    c1.close();
+    await assert.rejects(s.ended);
+    const c2 = await h.client();
+    const info = await waitEnded(c2, 'stream');
+    assert.equal(info.stdoutBytes, 2 * data.length);
+    const all = await readLogs(c2, 'stream', { from: 0 });
+    assert.equal(sha(all.data), sha(Buffer.concat([data, data])));
+  } finally {
+    await h.close();
+  }
+});
+
+test('a 64 MiB send streams through with bounded agent memory', async () => {
+  const root = await sessionRoot();
+  const h = await startSessionAgent(root);
+  try {
+    const c = await h.client();
+    await c.sessionStart({ name: 'sink', argv: ['wc', '-c'] });
+    const total = 64 * 1024 * 1024;
+    const piece = randomBytes(256 * 1024);
+    const rss0 = process.memoryUsage().rss;
+    let peak = rss0;
+    const sample = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+    async function* content() {
+      for (let sent = 0; sent < total; sent += piece.length) yield piece;
+    }
+    const r = await c.sessionSend('sink', content(), { closeStdin: true });
+    clearInterval(sample);
+    assert.equal(r.bytes, total);
+    const info = await waitEnded(c, 'sink');
+    assert.equal(info.exitCode, 0);
+    assert.equal((await readLogs(c, 'sink')).data.toString().trim(), String(total));
+    assert.ok(peak - rss0 < 32 * 1024 * 1024, `memory grew by ${((peak - rss0) / 1048576).toFixed(1)} MiB`);
+  } finally {
+    await h.close();
+  }
+});
