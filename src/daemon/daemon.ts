@@ -31,7 +31,8 @@ import type { DriverRegistry, VmmDriver, VmmName } from './vmm/driver.js';
 import { guestKernelArgs, hostTscKhz } from './guest/init/cmdline.js';
 import { generateEd25519 } from './guest/keys.js';
 import { RpcServer } from './rpc/server.js';
-import { ExecRegistry, buildHandlers } from './rpc/handlers/index.js';
+import { AttachRegistry, ExecRegistry, buildHandlers } from './rpc/handlers/index.js';
+import { SessionService } from './services/session/service.js';
 
 function ensureStateDir(paths: Paths): void {
   mkdirSync(paths.root, { recursive: true, mode: 0o700 });
@@ -164,6 +165,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     run: runCommand,
     log: log.child({ service: 'workspace' }),
   });
+  const sessions = new SessionService({ vms, log: log.child({ service: 'session' }) });
   const doctor = new DoctorService({
     paths,
     drivers,
@@ -181,6 +183,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   await hostViews.sync();
 
   const execs = new ExecRegistry();
+  const attaches = new AttachRegistry();
   const server = new RpcServer({
     socketPath: paths.socket,
     log,
@@ -188,6 +191,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       {
         vms,
         workspaces,
+        sessions,
         images,
         doctor,
         dnsHost,
@@ -208,8 +212,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
         log,
       },
       execs,
+      attaches,
     ),
-    onConnection: (c) => execs.attach(c),
+    onConnection: (c) => {
+      execs.attach(c);
+      attaches.attach(c);
+    },
   });
   await server.listen();
   writeFileSync(paths.daemonPidFile, `${process.pid}\n`, { mode: 0o600 });

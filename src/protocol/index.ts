@@ -4,7 +4,7 @@ import { ImageMethods } from './image.js';
 import { NetworkMethods } from './network.js';
 import { VmMethods } from './vm.js';
 import { WorkspaceMethods } from './workspace.js';
-import { StatsMethods } from './session.js';
+import { SessionMethods, StatsMethods } from './session.js';
 import type { RpcMethod } from './common.js';
 
 /** Every RPC method of the daemon; the daemon serves exactly these (one handler each). */
@@ -17,4 +17,5 @@ export const ALL_METHODS: readonly RpcMethod<any, any>[] = [ // eslint-disable-l
   ...Object.values(NetworkMethods),
   ...Object.values(DnsMethods),
   ...Object.values(StatsMethods),
+  ...Object.values(SessionMethods),
 ];

@@ -163,9 +163,13 @@ export const execResizeSchema = z.object({
   cols: z.number().int().positive(),
 });
 export type ExecResize = z.infer<typeof execResizeSchema>;
+/** Client -> daemon: deliver a signal to a running exec (the CLI sends SIGINT on the first Ctrl-C). */
+export const EXEC_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
+export const execSignalSchema = z.object({ execId: z.string(), signal: z.enum(EXEC_SIGNALS) });
 
 export const ExecNotifications = {
   output: new RpcNotification('exec/output', execOutputSchema),
   stdin: new RpcNotification('exec/stdin', execInputSchema),
   resize: new RpcNotification('exec/resize', execResizeSchema),
+  signal: new RpcNotification('exec/signal', execSignalSchema),
 } as const;

@@ -1,6 +1,7 @@
 import { constants } from 'node:os';
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import type { AgentClient } from './agent-client.js';
+import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent.js';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
 
 /** Exit status as a shell reports it: the code, or 128+N for death by signal N. */
@@ -58,7 +59,12 @@ export class AgentGuestSession implements GuestSession {
         opts.stdin.on('error', () => stdin.end());
       } else stdin.end();
     }
-    opts.onStart?.({ resize: (rows, cols) => proc.resize(cols, rows) });
+    opts.onStart?.({
+      resize: (rows, cols) => proc.resize(cols, rows),
+      signal: (name) => {
+        if ((AGENT_SIGNALS as readonly string[]).includes(name)) proc.kill(name as AgentSignal);
+      },
+    });
     const onAbort = () => proc.kill('SIGKILL');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {

@@ -12,7 +12,14 @@ export interface GuestExecOptions {
   env?: Record<string, string>;
   signal?: AbortSignal;
   /** Called once the command started, with controls for it (window size changes of a pty). */
-  onStart?: (control: { resize(rows: number, cols: number): void }) => void;
+  onStart?: (control: GuestExecControl) => void;
+}
+
+/** Controls of a running guest command. */
+export interface GuestExecControl {
+  resize(rows: number, cols: number): void;
+  /** Delivers a signal (`SIGINT`...) to the command. */
+  signal(name: string): void;
 }
 
 export interface GuestExecResult {

@@ -198,7 +198,10 @@ export class SshGuestSession implements GuestSession {
           }
           resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(errOut) });
         });
-        opts.onStart?.({ resize: (rows, cols) => channel.setWindow(rows, cols, 0, 0) });
+        opts.onStart?.({
+          resize: (rows, cols) => channel.setWindow(rows, cols, 0, 0),
+          signal: (name) => channel.signal(name.replace(/^SIG/, '')),
+        });
         wireStdin(channel, opts);
       });
     });

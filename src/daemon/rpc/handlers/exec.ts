@@ -19,6 +19,10 @@ export class ExecRegistry {
       if (msg.data.data) e.stdin.write(Buffer.from(msg.data.data, 'base64'));
       if (msg.data.eof) e.stdin.end();
     });
+    connection.onNotification(ExecNotifications.signal, (raw: unknown) => {
+      const msg = ExecNotifications.signal.params.safeParse(raw);
+      if (msg.success) entries.get(msg.data.execId)?.signal?.(msg.data.signal);
+    });
     connection.onNotification(ExecNotifications.resize, (raw: unknown) => {
       const msg = ExecNotifications.resize.params.safeParse(raw);
       if (msg.success) entries.get(msg.data.execId)?.resize?.(msg.data.rows, msg.data.cols);
@@ -39,6 +43,7 @@ export class ExecRegistry {
 interface ExecEntry {
   stdin: PassThrough;
   resize?: (rows: number, cols: number) => void;
+  signal?: (name: string) => void;
 }
 
 /** A stream that forwards each chunk to the client as an exec/output notification. */
@@ -57,7 +62,7 @@ function outputTo(connection: MessageConnection, execId: string, stream: 'stdout
   });
 }
 
-/** vm.exec: runs a command over the VM's SSH connection, streaming its output as notifications. */
+/** vm.exec: runs a command over the VM's guest agent (or SSH), streaming its output as notifications. */
 export function execHandlers(vms: VmService, execs: ExecRegistry): Handler[] {
   return [
     handler(VmMethods.exec, async (p, ctx) => {
@@ -68,7 +73,10 @@ export function execHandlers(vms: VmService, execs: ExecRegistry): Handler[] {
           stdout: outputTo(ctx.connection, p.execId, 'stdout'),
           stderr: outputTo(ctx.connection, p.execId, 'stderr'),
           pty: p.tty,
-          onStart: (c) => (entry.resize = c.resize),
+          onStart: (c) => {
+            entry.resize = c.resize;
+            entry.signal = c.signal;
+          },
           signal: ctx.signal,
         });
         return { exitCode };

@@ -16,14 +16,17 @@ import { ExecRegistry, execHandlers } from './exec.js';
 import { imageHandlers } from './image.js';
 import { networkHandlers } from './network.js';
 import { statsHandlers } from './stats.js';
+import { AttachRegistry, sessionHandlers } from './session.js';
+import type { SessionService } from '../../services/session/service.js';
 import { vmHandlers } from './vm.js';
 import { workspaceHandlers } from './workspace.js';
 
-export { ExecRegistry };
+export { AttachRegistry, ExecRegistry };
 
 export interface HandlerDeps {
   vms: VmService;
   workspaces: WorkspaceService;
+  sessions: SessionService;
   images: ImageService;
   doctor: DoctorService;
   dnsHost: DnsHostIntegration;
@@ -41,13 +44,14 @@ export interface HandlerDeps {
 }
 
 /** The daemon's handler table: one handler per method of src/protocol. */
-export function buildHandlers(d: HandlerDeps, execs: ExecRegistry): Handler[] {
+export function buildHandlers(d: HandlerDeps, execs: ExecRegistry, attaches = new AttachRegistry()): Handler[] {
   return [
     ...daemonHandlers(d),
     ...imageHandlers(d.images),
     ...vmHandlers({ vms: d.vms, log: d.log }),
     ...execHandlers(d.vms, execs),
     ...statsHandlers(d.vms),
+    ...sessionHandlers(d.sessions, attaches),
     ...workspaceHandlers(d.workspaces),
     ...networkHandlers({ tap: d.tap, vms: d.vms, defaultMode: d.defaultNetwork, listVms: d.vmRecords }),
     ...dnsHandlers({ dnsHost: d.dnsHost, listVms: d.dnsVms }),

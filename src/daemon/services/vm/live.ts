@@ -28,6 +28,8 @@ export interface LiveVm {
   hasAgent: boolean;
   agent?: AgentClient;
   agentConnecting?: Promise<AgentClient>;
+  /** What the connected agent said it can do (its hello). */
+  agentFeatures: ReadonlySet<string>;
 }
 
 export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
@@ -38,6 +40,7 @@ export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
     watch: new AbortController(),
     forwards: new Set(handle.forwards ?? []),
     hasAgent: handle.agent === true,
+    agentFeatures: new Set(),
   };
 }
 
@@ -169,14 +172,19 @@ export class LiveVms {
       });
     if (live.agent && !live.agent.closed) return live.agent;
     if (!live.agentConnecting) {
-      live.agentConnecting = this.connectAgent(vm, signal).finally(() => (live.agentConnecting = undefined));
+      live.agentConnecting = this.connectAgent(vm, live, signal).finally(() => (live.agentConnecting = undefined));
     }
     const client = await live.agentConnecting;
     live.agent = client;
     return client;
   }
 
-  private async connectAgent(vm: VmRecord, signal?: AbortSignal): Promise<AgentClient> {
+  /** What the VM's agent can do (empty until it connected). */
+  agentFeatures(id: string): ReadonlySet<string> {
+    return this.live.get(id)?.agentFeatures ?? new Set();
+  }
+
+  private async connectAgent(vm: VmRecord, live: LiveVm, signal?: AbortSignal): Promise<AgentClient> {
     const path = this.d.paths.vm(vm.id).agentSocket;
     const sock = await new Promise<import('node:net').Socket>((resolve, reject) => {
       const s = connectUnix(path, () => resolve(s));
@@ -189,7 +197,8 @@ export class LiveVms {
       log: (message) => this.d.log.warn({ vm: vm.name, message }, 'guest agent connection'),
     });
     try {
-      await client.hello({ signal, timeoutMs: AGENT_HELLO_TIMEOUT_MS });
+      const hello = await client.hello({ signal, timeoutMs: AGENT_HELLO_TIMEOUT_MS });
+      live.agentFeatures = new Set(hello.features);
     } catch (e) {
       client.close();
       throw e;

@@ -445,7 +445,8 @@ export class VmService {
   /** The guest agent of a running VM (sessions, stats); FailedPrecondition for an image without one. */
   async agent(name: string, signal?: AbortSignal) {
     const vm = this.requireRunning(this.get(name));
-    return { vm, agent: await this.live.agent(vm, signal) };
+    const agent = await this.live.agent(vm, signal);
+    return { vm, agent, features: this.live.agentFeatures(vm.id) };
   }
 
   /** A running VM's resource use, as its guest agent measures it. */

@@ -1,0 +1,206 @@
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import type { OutputStream, SessionInfo } from '../../../protocol/session.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { AgentClient, AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-client.js';
+import type { VmRecord } from '../../store/repos/vms.js';
+
+/** What the session service needs of the VM service: a running VM's guest agent. */
+export interface AgentSource {
+  agent(vmName: string, signal?: AbortSignal): Promise<{ vm: VmRecord; agent: AgentClient; features: ReadonlySet<string> }>;
+}
+
+/** One chunk of session output for a client, at its byte offset in its stream. */
+export interface OutputChunk {
+  stream: OutputStream;
+  offset: number;
+  data: Buffer;
+}
+
+export interface SessionEnd {
+  stdoutOffset: number;
+  stderrOffset: number;
+  session: SessionInfo;
+}
+
+/** A send spanning several requests (same sendId), open until its final part. */
+interface OpenSend {
+  push(data: Buffer): Promise<void>;
+  finish(): Promise<{ bytes: number }>;
+  abort(): void;
+}
+
+/**
+ * Sessions of a VM: processes the guest agent owns (see src/agent/sessions.ts), driven through it. Holds no
+ * state of its own beyond sends in progress: a session is whatever the agent reports, so a daemon restart
+ * loses nothing.
+ */
+export class SessionService {
+  private readonly sends = new Map<string, OpenSend>();
+
+  constructor(private readonly d: { vms: AgentSource; log: Logger }) {}
+
+  async start(
+    p: { vm: string; name?: string; argv: string[]; tty?: boolean; cwd?: string; env?: Record<string, string> },
+    signal?: AbortSignal,
+  ): Promise<SessionInfo> {
+    const agent = await this.agentOf(p.vm, signal);
+    return agent.sessionStart({
+      name: p.name,
+      argv: p.argv,
+      tty: p.tty,
+      cwd: p.cwd,
+      env: p.env,
+      signal,
+      timeoutMs: 30_000,
+    });
+  }
+
+  async list(vm: string, signal?: AbortSignal): Promise<SessionInfo[]> {
+    return (await this.agentOf(vm, signal)).sessionList({ signal });
+  }
+
+  async show(vm: string, session: string, signal?: AbortSignal): Promise<SessionInfo> {
+    return (await this.agentOf(vm, signal)).sessionShow(session, { signal });
+  }
+
+  async stop(vm: string, session: string, sig: string | undefined, signal?: AbortSignal): Promise<SessionInfo> {
+    return (await this.agentOf(vm, signal)).sessionStop(session, sig as Parameters<AgentClient['sessionStop']>[1], {
+      signal,
+    });
+  }
+
+  async rm(vm: string, session: string, signal?: AbortSignal): Promise<{ removed: string }> {
+    return (await this.agentOf(vm, signal)).sessionRm(session, { signal });
+  }
+
+  /** Streams one output stream from `from`; with `follow` until the session ends. Aborting stops reading. */
+  async logs(
+    p: { vm: string; session: string; from?: SessionReadFrom; stream?: OutputStream; follow?: boolean },
+    onOutput: (c: OutputChunk) => Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<SessionEnd> {
+    const agent = await this.agentOf(p.vm, signal);
+    const s = await agent.sessionLogs({
+      name: p.session,
+      from: p.from,
+      stream: p.stream,
+      follow: p.follow,
+      onOutput: (c) => onOutput(c),
+      signal,
+    });
+    const end = await s.ended;
+    return { stdoutOffset: end.stdoutOffset, stderrOffset: end.stderrOffset, session: end.session };
+  }
+
+  /**
+   * Attaches exclusively and streams both outputs until the session ends or `signal` aborts (detach: the
+   * session keeps running). `onAttached` gets the attachment for stdin and resizes.
+   */
+  async attach(
+    p: { vm: string; session: string; from?: SessionReadFrom; client?: string },
+    onOutput: (c: OutputChunk) => Promise<void>,
+    onAttached: (a: AgentSessionAttachment) => void,
+    signal?: AbortSignal,
+  ): Promise<SessionEnd> {
+    const agent = await this.agentOf(p.vm, signal);
+    const a = await agent.sessionAttach({
+      name: p.session,
+      from: p.from,
+      client: p.client,
+      onOutput: (c) => onOutput(c),
+      signal,
+    });
+    onAttached(a);
+    const end = await a.ended;
+    return { stdoutOffset: end.stdoutOffset, stderrOffset: end.stderrOffset, session: end.session };
+  }
+
+  /**
+   * One part of a send. Parts with the same sendId form one send, delivered whole to the session's stdin
+   * (other senders wait); the agent takes each part within its credit, so nothing piles up here.
+   */
+  async send(
+    p: { vm: string; session: string; sendId: string; data: Buffer; final: boolean },
+    signal?: AbortSignal,
+  ): Promise<{ bytes: number }> {
+    const key = `${p.vm}\u0000${p.session}\u0000${p.sendId}`;
+    let open = this.sends.get(key);
+    if (!open) {
+      open = this.openSend(await this.agentOf(p.vm, signal), p.session);
+      this.sends.set(key, open);
+    }
+    const current = open;
+    const onAbort = () => {
+      current.abort();
+      this.sends.delete(key);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await current.push(p.data);
+      if (!p.final) return { bytes: p.data.length };
+      this.sends.delete(key);
+      return await current.finish();
+    } catch (e) {
+      this.sends.delete(key);
+      current.abort();
+      throw e;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private openSend(agent: AgentClient, session: string): OpenSend {
+    // The parts flow through an async iterable into one agent send; `push` resolves once the agent took it.
+    const queue: { data: Buffer; taken: () => void }[] = [];
+    let wake: (() => void) | undefined;
+    let done = false;
+    const abort = new AbortController();
+    async function* parts(): AsyncGenerator<Buffer> {
+      for (;;) {
+        const next = queue.shift();
+        if (next) {
+          yield next.data;
+          next.taken();
+          continue;
+        }
+        if (done) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    }
+    const result = agent.sessionSend(session, parts(), { signal: abort.signal });
+    result.catch(() => {});
+    // A send whose client vanished between parts is abandoned after a minute.
+    let idle = setTimeout(() => abort.abort(), 60_000);
+    return {
+      push: (data) =>
+        new Promise<void>((resolve, reject) => {
+          clearTimeout(idle);
+          idle = setTimeout(() => abort.abort(), 60_000);
+          result.catch(reject);
+          queue.push({ data, taken: resolve });
+          wake?.();
+        }),
+      finish: async () => {
+        clearTimeout(idle);
+        done = true;
+        wake?.();
+        return result;
+      },
+      abort: () => {
+        clearTimeout(idle);
+        abort.abort();
+        done = true;
+        wake?.();
+      },
+    };
+  }
+
+  private async agentOf(vmName: string, signal?: AbortSignal): Promise<AgentClient> {
+    const { vm, agent, features } = await this.d.vms.agent(vmName, signal);
+    if (!features.has('sessions'))
+      throw new BangerError(ErrorCode.FailedPrecondition, `the guest agent of VM '${vm.name}' cannot run sessions`, {
+        hint: 'rebuild the image with `banger image build --force NAME` (sessions need python3 in the guest)',
+      });
+    return agent;
+  }
+}
