@@ -104,8 +104,15 @@ export const BOOT_STEPS: readonly BootStep[] = [
   {
     name: 'write seed',
     async run(b, d) {
-      const hostPrivateKey = await readFile(b.vp.hostKeyPrivate, 'utf8');
-      b.hostPublicKey = (await readFile(b.vp.hostKeyPublic, 'utf8')).trim();
+      const read = (path: string) =>
+        readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT') throw e;
+          throw new BangerError(ErrorCode.FailedPrecondition, `VM '${b.vm.name}' is missing ${path} and cannot boot`, {
+            hint: `delete it with \`banger vm delete --force ${b.vm.name}\` and create it again`,
+          });
+        });
+      const hostPrivateKey = await read(b.vp.hostKeyPrivate);
+      b.hostPublicKey = (await read(b.vp.hostKeyPublic)).trim();
       const net = b.net!;
       const seed = await buildSeedTar({
         hostname: b.vm.name,

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { setInterval as every } from 'node:timers/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -417,8 +417,15 @@ export class VmService {
         await this.stopLocked(vm.id, { force: true }, signal);
       }
       if (vm.networkMode === 'tap') await this.d.tap.detach(vm.id, signal);
-      await rm(vm.dir, { recursive: true, force: true });
+      // The directory goes out of the way in one rename before the record goes, and is removed after: a
+      // daemon killed at any point leaves either the whole VM or a directory without a record, which
+      // reconcile removes; never a record over half a directory.
+      const doomed = `${vm.dir}.deleting`;
+      await rename(vm.dir, doomed).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      });
       this.d.vms.delete(vm.id);
+      await rm(doomed, { recursive: true, force: true });
       this.d.log.info({ vm: name }, 'vm deleted');
       this.d.onVmsChanged?.();
       return { deleted: name };
