@@ -1,7 +1,6 @@
 import { InvalidArgumentError } from 'commander';
 import type { RequestType } from 'vscode-jsonrpc';
-import { BangerClient } from '../client/client.js';
-import { connectOrStart } from '../client/launcher.js';
+import type { BangerClient } from '../client/client.js';
 import { Paths } from '../shared/paths.js';
 import { ProgressRenderer, progressMode, out } from './output.js';
 
@@ -11,16 +10,26 @@ export class CliContext {
   private clientP: Promise<BangerClient> | undefined;
   /** Exit code a command asks for (vm exec/run: the guest command's). */
   exitCode = 0;
+  /**
+   * Set while a guest command runs without a terminal: the first Ctrl-C goes to it as SIGINT (the
+   * command decides what it means); the next one cancels.
+   */
+  onInterrupt: (() => void) | undefined;
 
   constructor(readonly signal: AbortSignal) {}
 
+  // The client (JSON-RPC, protocol schemas) is imported on first use: --version, help and host-only
+  // commands never pay for it.
   client(): Promise<BangerClient> {
-    this.clientP ??= connectOrStart(this.paths, () => out.info('starting bangerd...'));
+    this.clientP ??= import('../client/launcher.js').then(({ connectOrStart }) =>
+      connectOrStart(this.paths, () => out.info('starting bangerd...')),
+    );
     return this.clientP;
   }
 
   /** Connects only if a daemon is running already; undefined otherwise. */
   async existingClient(): Promise<BangerClient | undefined> {
+    const { BangerClient } = await import('../client/client.js');
     try {
       return await BangerClient.connect(this.paths.socket);
     } catch {

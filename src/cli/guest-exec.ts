@@ -1,5 +1,4 @@
-import { randomUUID } from 'node:crypto';
-import { ExecNotifications, VmMethods } from '../protocol/vm.js';
+import { startExec } from '../client/exec.js';
 import type { CliContext } from './context.js';
 import { out } from './output.js';
 
@@ -13,31 +12,31 @@ export interface GuestExecRequest {
 
 /**
  * Runs a command in a VM through the daemon's SSH connection: guest stdout/stderr stream to ours,
- * our stdin streams to the guest. Returns the guest command's exit code.
+ * our stdin streams to the guest. Returns the guest command's exit code. The streaming is the API's
+ * (`startExec`); this adds the terminal: raw mode, resize, and stdin left alone when it is a terminal
+ * nobody asked for.
  */
 export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promise<number> {
   const client = await ctx.client();
-  const conn = client.connection;
-  const execId = randomUUID();
-  const subOut = conn.onNotification(ExecNotifications.output, (msg) => {
-    if (msg.execId !== execId) return;
-    const data = Buffer.from(msg.data, 'base64');
-    if (msg.stream === 'stdout') out.raw(data);
-    else out.errRaw(data);
-  });
-
   const stdin = process.stdin;
   const rawMode = req.tty && stdin.isTTY;
-  const onData = (d: Buffer) => void conn.sendNotification(ExecNotifications.stdin, { execId, data: d.toString('base64') });
-  const onEnd = () => void conn.sendNotification(ExecNotifications.stdin, { execId, eof: true });
-  const onResize = () =>
-    void conn.sendNotification(ExecNotifications.resize, {
-      execId,
-      rows: process.stdout.rows ?? 24,
-      cols: process.stdout.columns ?? 80,
-    });
   // Pass stdin through unless it is a terminal we were not asked to take over: then the guest sees EOF.
   const passStdin = req.tty || !stdin.isTTY;
+  const h = startExec(client, {
+    vm: req.vm,
+    argv: req.argv,
+    cwd: req.cwd,
+    tty: req.tty
+      ? { rows: process.stdout.rows ?? 24, cols: process.stdout.columns ?? 80, term: process.env.TERM ?? 'xterm-256color' }
+      : undefined,
+    stdin: passStdin,
+    onStdout: (d) => out.raw(d),
+    onStderr: (d) => out.errRaw(d),
+    signal: ctx.signal,
+  });
+  const onData = (d: Buffer) => h.write(d);
+  const onEnd = () => h.end();
+  const onResize = () => h.resize(process.stdout.rows ?? 24, process.stdout.columns ?? 80);
   if (passStdin) {
     if (rawMode) stdin.setRawMode(true);
     stdin.on('data', onData);
@@ -45,18 +44,12 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
     stdin.resume();
   }
   if (req.tty) process.stdout.on('resize', onResize);
+  // In raw mode Ctrl-C is a byte the guest's terminal turns into SIGINT; otherwise forward it.
+  if (!rawMode) ctx.onInterrupt = () => h.signal('SIGINT');
   try {
-    const tty = req.tty
-      ? { rows: process.stdout.rows ?? 24, cols: process.stdout.columns ?? 80, term: process.env.TERM ?? 'xterm-256color' }
-      : undefined;
-    const { exitCode } = await client.call(
-      VmMethods.exec,
-      { name: req.vm, execId, argv: req.argv, cwd: req.cwd, tty, stdin: passStdin },
-      { signal: ctx.signal },
-    );
-    return exitCode;
+    return await h.exitCode;
   } finally {
-    subOut.dispose();
+    ctx.onInterrupt = undefined;
     if (passStdin) {
       stdin.off('data', onData);
       stdin.off('end', onEnd);

@@ -3,13 +3,30 @@ import { EXIT_CODES, ErrorCode, isBangerError } from '../errors/index.js';
 import { VERSION } from '../shared/version.js';
 import { CliContext } from './context.js';
 import { out } from './output.js';
-import * as daemon from './commands/daemon/index.js';
-import * as dns from './commands/dns.js';
-import * as network from './commands/network.js';
-import * as doctor from './commands/doctor.js';
-import * as image from './commands/image/index.js';
-import * as sshConfig from './commands/ssh-config.js';
-import * as vm from './commands/vm/index.js';
+
+type CommandModule = { register(program: Command, ctx: CliContext): void };
+
+/**
+ * Each top-level command's module, imported only when the command line names it (all of them for help or
+ * an unknown command), so a command pays start-up time only for what it uses. Order = order in --help.
+ */
+const COMMANDS: [names: string[], load: () => Promise<CommandModule>][] = [
+  [['vm', 'ps'], () => import('./commands/vm/index.js')],
+  [['image'], () => import('./commands/image/index.js')],
+  [['daemon'], () => import('./commands/daemon/index.js')],
+  [['doctor'], () => import('./commands/doctor.js')],
+  [['dns'], () => import('./commands/dns.js')],
+  [['network'], () => import('./commands/network.js')],
+  [['ssh-config'], () => import('./commands/ssh-config.js')],
+];
+
+/** The command modules a command line needs: its first word's, none for --version, all otherwise. */
+function commandsFor(args: readonly string[]): (() => Promise<CommandModule>)[] {
+  const first = args.find((a) => !a.startsWith('-'));
+  if (first === undefined && (args.includes('--version') || args.includes('-V'))) return [];
+  const named = COMMANDS.find(([names]) => first !== undefined && names.includes(first));
+  return named ? [named[1]] : COMMANDS.map(([, load]) => load);
+}
 
 const EXIT_HELP = `
 Exit codes:
@@ -28,12 +45,14 @@ Start here:
 async function main(argv: string[]): Promise<number> {
   const ac = new AbortController();
   let interrupted = 0;
+  const ctx = new CliContext(ac.signal);
   process.on('SIGINT', () => {
     interrupted++;
-    if (interrupted > 1) process.exit(EXIT_CODES.Cancelled);
+    const forward = ctx.onInterrupt;
+    if (forward && interrupted === 1) return forward();
+    if (interrupted > (forward ? 2 : 1)) process.exit(EXIT_CODES.Cancelled);
     ac.abort();
   });
-  const ctx = new CliContext(ac.signal);
   const program = new Command('banger')
     .description('local microVM sandboxes for developers and coding agents')
     .version(VERSION)
@@ -41,13 +60,7 @@ async function main(argv: string[]): Promise<number> {
     .enablePositionalOptions()
     .exitOverride()
     .addHelpText('after', EXIT_HELP);
-  vm.register(program, ctx);
-  image.register(program, ctx);
-  daemon.register(program, ctx);
-  doctor.register(program, ctx);
-  dns.register(program, ctx);
-  network.register(program, ctx);
-  sshConfig.register(program, ctx);
+  for (const m of await Promise.all(commandsFor(argv.slice(2)).map((load) => load()))) m.register(program, ctx);
   for (const c of program.commands) c.enablePositionalOptions?.();
 
   try {

@@ -43,7 +43,10 @@ export function register(program: Command, ctx: CliContext): void {
     .action(async () => {
       const client = await ctx.existingClient();
       if (!client) return out.info('bangerd is not running');
-      await client.call(DaemonMethods.stop, undefined);
+      // The daemon may close the connection before its answer is read: the socket check below decides.
+      await client.call(DaemonMethods.stop, undefined).catch((e: unknown) => {
+        if (!(e instanceof BangerError && e.code === ErrorCode.Unavailable)) throw e;
+      });
       client.close();
       for (let i = 0; i < 100; i++) {
         try {

@@ -5,6 +5,8 @@ import * as create from './create.js';
 import * as inspect from './inspect.js';
 import * as lifecycle from './lifecycle.js';
 import * as run from './run.js';
+import * as session from './session.js';
+import * as stats from './stats.js';
 import * as workspace from './workspace.js';
 
 export function register(program: Command, ctx: CliContext): void {
@@ -15,5 +17,7 @@ export function register(program: Command, ctx: CliContext): void {
   inspect.register(vm, ctx);
   access.register(vm, ctx);
   workspace.register(vm, ctx);
+  session.register(vm, ctx);
+  stats.register(vm, ctx);
   inspect.registerList(program.command('ps').description('list VMs (same as `banger vm list`)'), ctx);
 }

@@ -1,0 +1,231 @@
+/**
+ * The guest agent on real VMs: `vm exec` behaves the same over the agent and over SSH (a VM booted with
+ * --no-agent), durable sessions driven like a JSONL coding agent, stats that agree with the guest's /proc.
+ * Two VMs are shared by the steps; each step leaves them running and clean for the next.
+ */
+import { after, before, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CLI, E2E_HOME, REPO_ROOT, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
+
+const AGENT_VM = 'e2e-agent';
+const SSH_VM = 'e2e-agent-ssh';
+const { step, printConsolesIfFailed } = e2eSteps();
+
+interface Session {
+  name: string;
+  state: string;
+  exitCode: number | null;
+  stdoutBytes: number;
+  attachedBy: string | null;
+}
+
+const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+
+function daemonPid(): number {
+  return Number(readFileSync(join(E2E_HOME, 'bangerd.pid'), 'utf8').trim());
+}
+
+async function sessions(vm: string): Promise<Session[]> {
+  return JSON.parse((await bangerOk(['vm', 'session', 'list', vm, '--json'])).stdout) as Session[];
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(300);
+  }
+}
+
+void describe('guest agent: exec on both channels, sessions, stats (real VMs)', { timeout: 1_500_000 }, () => {
+  before(async () => {
+    await banger(['vm', 'delete', '--force', AGENT_VM, SSH_VM]);
+    await bangerOk(['vm', 'create', '--name', AGENT_VM, '--start', '--cpus', '1', '--memory', '768M'], 0, { timeoutMs: 900_000 });
+    await bangerOk(['vm', 'create', '--name', SSH_VM, '--start', '--no-agent', '--cpus', '1', '--memory', '512M'], 0, {
+      timeoutMs: 900_000,
+    });
+    // The JSONL fixture, as a coding agent's RPC program would be installed in the guest.
+    await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'cat > /root/jsonl-echo.mjs'], 0, {
+      input: readFileSync(join(REPO_ROOT, 'test/fixtures/jsonl-echo.mjs'), 'utf8'),
+    });
+  });
+
+  after(async () => {
+    printConsolesIfFailed();
+    await banger(['vm', 'delete', '--force', AGENT_VM, SSH_VM]);
+  });
+
+  step('vm show names the channel: the agent where it runs, SSH where the guest has none', async () => {
+    const a = JSON.parse((await bangerOk(['vm', 'show', AGENT_VM, '--json'])).stdout) as { channel: string };
+    const s = JSON.parse((await bangerOk(['vm', 'show', SSH_VM, '--json'])).stdout) as { channel: string };
+    assert.equal(a.channel, 'agent');
+    assert.equal(s.channel, 'ssh');
+    assert.match((await bangerOk(['vm', 'show', AGENT_VM])).stdout, /Channel:\s+guest agent/);
+  });
+
+  for (const vm of [AGENT_VM, SSH_VM]) {
+    step(`exec over ${vm === AGENT_VM ? 'the agent' : 'SSH'}: exit code verbatim, streams apart, stdin, quoting, cwd`, async () => {
+      const r = await banger(['vm', 'exec', vm, '--', 'sh', '-c', 'echo out; echo err >&2; exit 7']);
+      assert.equal(r.code, 7);
+      assert.equal(r.stdout, 'out\n');
+      assert.match(r.stderr, /^err$/m);
+      assert.doesNotMatch(r.stdout, /err/);
+      const cat = await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', 'cat | sha256sum'], 0, { input: 'x'.repeat(300_000) });
+      assert.equal(cat.stdout.split(' ')[0], sha('x'.repeat(300_000)));
+      const q = await bangerOk(['vm', 'exec', vm, '--', 'printf', '[%s]', "it's", 'a b', '$HOME']);
+      assert.equal(q.stdout, "[it's][a b][$HOME]");
+      assert.equal((await bangerOk(['vm', 'exec', vm, '--', 'pwd'])).stdout.trim(), '/root');
+      const killed = await banger(['vm', 'exec', vm, '--', 'sh', '-c', 'kill -TERM $$']);
+      assert.equal(killed.code, 143, 'death by SIGTERM is 128+15, as a shell reports it');
+    });
+  }
+
+  step('Ctrl-C (SIGINT to the CLI) reaches the guest command as SIGINT over the agent', async () => {
+    const child = spawn(process.execPath, [CLI, 'vm', 'exec', AGENT_VM, '--', 'sh', '-c', "trap 'echo got-int; exit 42' INT; echo armed; sleep 60 & wait"], {
+      env: { ...process.env, BANGER_HOME: E2E_HOME },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    await waitFor('the trap to be armed', async () => (out.includes('armed') ? true : undefined), 30_000);
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+    assert.match(out, /got-int/);
+    assert.equal(code, 42);
+  });
+
+  step('stats agree with the guest /proc', async () => {
+    const s = JSON.parse((await bangerOk(['vm', 'stats', AGENT_VM, '--json'])).stdout) as {
+      vcpus: number;
+      memory: { totalBytes: number; availableBytes: number };
+      uptimeSeconds: number;
+      disks: { mount: string; totalBytes: number }[];
+    };
+    const proc = (await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'nproc; grep MemTotal /proc/meminfo; cut -d" " -f1 /proc/uptime; df -B1 --output=size /root | tail -1'])).stdout.trim().split('\n');
+    assert.equal(s.vcpus, Number(proc[0]));
+    assert.equal(s.memory.totalBytes, Number(/(\d+)/.exec(proc[1]!)![1]) * 1024);
+    assert.ok(Math.abs(s.uptimeSeconds - Number(proc[2])) < 30, `uptime ${s.uptimeSeconds} vs ${proc[2]}`);
+    assert.equal(s.disks.find((d) => d.mount === '/root')?.totalBytes, Number(proc[3]));
+    assert.equal((await banger(['vm', 'stats', SSH_VM])).code, 67, 'a VM without an agent has no stats: precondition');
+  });
+
+  step('a JSONL agent session: two concurrent senders of 1,000 lines each get 2,000 intact replies', async () => {
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'echo', '--', 'node', '/root/jsonl-echo.mjs']);
+    const lines = (who: string) => Array.from({ length: 1000 }, (_, i) => JSON.stringify({ id: `${who}-${i}`, pad: 'p'.repeat(200) })).join('\n') + '\n';
+    const [a, b] = await Promise.all([
+      banger(['vm', 'session', 'send', AGENT_VM, 'echo', '-'], { input: lines('a') }),
+      banger(['vm', 'session', 'send', AGENT_VM, 'echo', '-'], { input: lines('b') }),
+    ]);
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(b.code, 0, b.stderr);
+    const out = await waitFor('2,000 replies', async () => {
+      const r = await bangerOk(['vm', 'session', 'logs', AGENT_VM, 'echo', '--from', '0']);
+      return r.stdout.split('\n').filter(Boolean).length >= 2000 ? r.stdout : undefined;
+    }, 180_000);
+    const replies = out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { echo: { id: string; pad: string }; seq: number });
+    assert.equal(replies.length, 2000);
+    assert.equal(new Set(replies.map((r) => r.echo.id)).size, 2000, 'every line arrived once, none torn');
+    assert.ok(replies.every((r) => r.echo.pad.length === 200));
+    // One send is delivered whole: each sender's 1,000 lines are contiguous in the reply order.
+    const firstB = replies.findIndex((r) => r.echo.id.startsWith('b-'));
+    const firstA = replies.findIndex((r) => r.echo.id.startsWith('a-'));
+    const start = Math.min(firstA, firstB);
+    assert.ok(replies.slice(start, start + 1000).every((r) => r.echo.id[0] === replies[start]!.echo.id[0]));
+  });
+
+  step('every byte survives kill -9 of bangerd while a session streams: logs --from 0 has it all', async () => {
+    const gen = 'i=0; while [ $i -lt 30000 ]; do echo "line $i of the durable output test"; i=$((i+1)); done';
+    let expected = '';
+    for (let i = 0; i < 30000; i++) expected += `line ${i} of the durable output test\n`;
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'durable', '--', 'sh', '-c', `sleep 2; ${gen}`]);
+    const follower = spawn(process.execPath, [CLI, 'vm', 'session', 'logs', AGENT_VM, 'durable', '--follow'], {
+      env: { ...process.env, BANGER_HOME: E2E_HOME },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let seen = 0;
+    follower.stdout.on('data', (d: Buffer) => (seen += d.length));
+    await waitFor('output to stream', async () => (seen > 0 ? true : undefined), 60_000);
+    process.kill(daemonPid(), 'SIGKILL');
+    await new Promise((r) => follower.on('close', r));
+    const done = await waitFor('the session to exit', async () => {
+      const s = (await sessions(AGENT_VM)).find((x) => x.name === 'durable');
+      return s?.state === 'exited' ? s : undefined;
+    }, 180_000);
+    assert.equal(done.exitCode, 0);
+    const all = await bangerOk(['vm', 'session', 'logs', AGENT_VM, 'durable', '--from', '0']);
+    assert.equal(sha(all.stdout), sha(expected), `got ${all.stdout.length} bytes, expected ${expected.length}`);
+    const tail = await bangerOk(['vm', 'session', 'logs', AGENT_VM, 'durable', '--from', '1000']);
+    assert.equal(tail.stdout, expected.slice(1000), 'from an offset: exactly the bytes from there');
+  });
+
+  step('attach is exclusive, send works while attached, and the session outlives the attached CLI', async () => {
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'cat', '--', 'cat']);
+    const holder = spawn(process.execPath, [CLI, 'vm', 'session', 'attach', AGENT_VM, 'cat'], {
+      env: { ...process.env, BANGER_HOME: E2E_HOME },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let held = '';
+    holder.stdout.on('data', (d: Buffer) => (held += d.toString()));
+    await waitFor('the attach to hold the session', async () =>
+      (await sessions(AGENT_VM)).find((s) => s.name === 'cat')?.attachedBy ? true : undefined,
+    );
+    const second = await banger(['vm', 'session', 'attach', AGENT_VM, 'cat']);
+    assert.equal(second.code, 68, second.stderr);
+    assert.match(second.stderr, /attached/i);
+    await bangerOk(['vm', 'session', 'send', AGENT_VM, 'cat', 'sent while attached']);
+    holder.stdin.write('typed into the attach\n');
+    await waitFor('both lines to reach the attached terminal', async () =>
+      held.includes('sent while attached') && held.includes('typed into the attach') ? true : undefined,
+    );
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.on('close', r));
+    const after = await waitFor('the attach to be released', async () => {
+      const s = (await sessions(AGENT_VM)).find((x) => x.name === 'cat');
+      return s && s.attachedBy === null ? s : undefined;
+    });
+    assert.equal(after.state, 'running', 'the CLI died; the session did not');
+    await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'cat']);
+  });
+
+  step('bad session input: a bad name 64, an unknown session 65, a send to an exited session 67', async () => {
+    assert.equal((await banger(['vm', 'session', 'start', AGENT_VM, '--name', 'bad/name', '--', 'true'])).code, 64);
+    assert.equal((await banger(['vm', 'session', 'logs', AGENT_VM, 'no-such-session'])).code, 65);
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'brief', '--', 'true']);
+    await waitFor('it to exit', async () => ((await sessions(AGENT_VM)).find((s) => s.name === 'brief')?.state === 'exited' ? true : undefined));
+    assert.equal((await banger(['vm', 'session', 'send', AGENT_VM, 'brief', 'hello'])).code, 67);
+    await bangerOk(['vm', 'session', 'rm', AGENT_VM, 'brief']);
+  });
+
+  step('a hostile agent (an oversized frame, then endless output) costs its VM only: the daemon keeps serving', async () => {
+    const hostile = [
+      'import glob, os, struct',
+      "dev = ['/dev/' + p.split('/')[-2] for p in glob.glob('/sys/class/virtio-ports/*/name') if open(p).read().strip() == 'banger.0'][0]",
+      'fd = os.open(dev, os.O_RDWR)',
+      "os.write(fd, bytes([0xB4, 0x42, 0x41, 0x4E, 0x47, 0x45, 0x52, 0x01]) + struct.pack('>IBI', 0x7FFFFFFF, 0, 0) + b'x' * 65536)",
+      'while True:',
+      "    os.write(fd, b'y' * 65536)",
+    ].join('\n');
+    // Keep init from restarting the real agent while the hostile one holds the port.
+    await bangerOk(['vm', 'exec', SSH_VM, '--', 'true']);
+    await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c',
+      `printf '#!/bin/sh\\nexec sleep 100000\\n' > /run/idle-agent && chmod +x /run/idle-agent && mount --bind /run/idle-agent /usr/lib/banger/run-agent && pkill -f agent.mjs; sleep 1; cat > /run/hostile.py && (setsid python3 /run/hostile.py >/dev/null 2>&1 &)`,
+    ], 0, { input: hostile });
+    await sleep(3000);
+    const t0 = Date.now();
+    const list = await bangerOk(['vm', 'list', '--json']);
+    assert.ok(Date.now() - t0 < 10_000, 'the daemon answers at once');
+    assert.ok((JSON.parse(list.stdout) as { name: string }[]).some((v) => v.name === AGENT_VM));
+    assert.equal((await bangerOk(['vm', 'exec', SSH_VM, '--', 'echo', 'other vm fine'])).stdout, 'other vm fine\n');
+    // The VM itself still answers: exec falls back to SSH when its agent misbehaves.
+    assert.equal((await bangerOk(['vm', 'exec', AGENT_VM, '--', 'echo', 'still here'], 0, { timeoutMs: 120_000 })).stdout, 'still here\n');
+    const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${daemonPid()}/status`, 'utf8'))![1]) * 1024;
+    assert.ok(rss < 400 * 1024 * 1024, `bangerd RSS ${rss} stays bounded`);
+  });
+});
