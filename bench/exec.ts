@@ -1,11 +1,16 @@
 /**
- * `banger vm exec VM -- true` against OpenSSH with a ControlMaster connection into the same guest.
+ * Against OpenSSH with a ControlMaster connection into the same guest (`ssh ... true`), in one run:
+ * - the CLI: `banger vm exec VM -- true`;
+ * - the API: `vm.exec(VM, ['true'])` on an open client;
+ * - a session: send a 1 KiB JSONL line to the JSONL echo program and wait for its reply line.
  * Usage: npm run build && node --import tsx bench/exec.ts [runs]
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HOME, banger, report, sh, timeIt } from './common.js';
+import { readFileSync } from 'node:fs';
+import { HOME, REPO, banger, report, sh, timeIt } from './common.js';
+import { connect } from '../src/client/index.js';
 
 const runs = Number(process.argv[2] ?? 15);
 const name = 'bench-exec';
@@ -38,7 +43,57 @@ try {
     b.push(timeIt(() => banger(['vm', 'exec', name, '--', 'true'])));
     base.push(timeIt(() => sh('ssh', [...sshArgs, 'true'])));
   }
-  report('vm exec -- true', b, base, 'ssh -o ControlMaster=auto true');
+  report('vm exec -- true (CLI)', b, base, 'ssh -o ControlMaster=auto true');
+
+  const api = await connect({ home: HOME });
+  await api.vm.exec(name, ['true']); // warm: the daemon's agent connection
+  const a: number[] = [];
+  const base2: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    let t0 = performance.now();
+    await api.vm.exec(name, ['true']);
+    a.push(performance.now() - t0);
+    t0 = performance.now();
+    sh('ssh', [...sshArgs, 'true']);
+    base2.push(performance.now() - t0);
+  }
+  report("API vm.exec(VM, ['true']) on an open client", a, base2, 'ssh -o ControlMaster=auto true');
+
+  await api.vm.exec(name, ['sh', '-c', 'cat > /root/jsonl-echo.mjs'], {
+    stdin: readFileSync(join(REPO, 'test/fixtures/jsonl-echo.mjs')),
+  });
+  await api.session.start(name, { name: 'echo', argv: ['node', '/root/jsonl-echo.mjs'] });
+  const line = JSON.stringify({ id: 0, pad: 'x'.repeat(1000) }) + '\n';
+  const replies = api.session.logs(name, 'echo', { from: 'end', follow: true })[Symbol.asyncIterator]();
+  let buffered = '';
+  const nextReply = async () => {
+    for (;;) {
+      const nl = buffered.indexOf('\n');
+      if (nl >= 0) {
+        buffered = buffered.slice(nl + 1);
+        return;
+      }
+      const r = await replies.next();
+      if (r.done) throw new Error('the echo session ended');
+      buffered += r.value.data.toString('utf8');
+    }
+  };
+  await api.session.send(name, 'echo', line); // warm: the program starts
+  await nextReply();
+  const s: number[] = [];
+  const base3: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    let t0 = performance.now();
+    await api.session.send(name, 'echo', line);
+    await nextReply();
+    s.push(performance.now() - t0);
+    t0 = performance.now();
+    sh('ssh', [...sshArgs, 'true']);
+    base3.push(performance.now() - t0);
+  }
+  report('session send -> reply, 1 KiB JSONL line (API)', s, base3, 'ssh -o ControlMaster=auto true');
+  await replies.return?.();
+  await api.close();
 } finally {
   try {
     sh('ssh', ['-o', `ControlPath=${ctl}/cm`, '-O', 'exit', 'x']);

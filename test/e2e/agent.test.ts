@@ -88,7 +88,7 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
   }
 
   step('Ctrl-C (SIGINT to the CLI) reaches the guest command as SIGINT over the agent', async () => {
-    const child = spawn(process.execPath, [CLI, 'vm', 'exec', AGENT_VM, '--', 'sh', '-c', "trap 'echo got-int; exit 42' INT; echo armed; sleep 60 & wait"], {
+    const child = spawn(process.execPath, [CLI, 'vm', 'exec', AGENT_VM, '--', 'sh', '-c', "trap 'echo got-int; exit 42' INT; echo armed; sleep 60 >/dev/null 2>&1 & wait"], {
       env: { ...process.env, BANGER_HOME: E2E_HOME },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -212,12 +212,14 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
       'while True:',
       "    os.write(fd, b'y' * 65536)",
     ].join('\n');
-    // Keep init from restarting the real agent while the hostile one holds the port.
-    await bangerOk(['vm', 'exec', SSH_VM, '--', 'true']);
+    // Keep init from restarting the real agent while the hostile one holds the port. The swap runs in its own
+    // session a second after this command returns, so the command itself does not go down with the agent.
+    await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'cat > /run/hostile.py'], 0, { input: hostile });
     await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c',
-      `printf '#!/bin/sh\\nexec sleep 100000\\n' > /run/idle-agent && chmod +x /run/idle-agent && mount --bind /run/idle-agent /usr/lib/banger/run-agent && pkill -f agent.mjs; sleep 1; cat > /run/hostile.py && (setsid python3 /run/hostile.py >/dev/null 2>&1 &)`,
-    ], 0, { input: hostile });
-    await sleep(3000);
+      `printf '#!/bin/sh\\nexec sleep 100000\\n' > /run/idle-agent && chmod +x /run/idle-agent && mount --bind /run/idle-agent /usr/lib/banger/run-agent && (setsid sh -c 'sleep 1; pkill -f agent.mjs; sleep 1; exec python3 /run/hostile.py' </dev/null >/dev/null 2>&1 &)`,
+    ]);
+    await bangerOk(['vm', 'exec', SSH_VM, '--', 'true']);
+    await sleep(5000);
     const t0 = Date.now();
     const list = await bangerOk(['vm', 'list', '--json']);
     assert.ok(Date.now() - t0 < 10_000, 'the daemon answers at once');

@@ -2,6 +2,7 @@ import { constants } from 'node:os';
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import type { AgentClient } from './agent-client.js';
 import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent.js';
+import { GUEST_ENVIRONMENT } from './init/scripts.js';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
 
 /** Exit status as a shell reports it: the code, or 128+N for death by signal N. */
@@ -10,6 +11,17 @@ export function shellStatus(code: number | null, signal: string | null): number 
   const n = signal ? (constants.signals as Record<string, number>)[signal] : undefined;
   return 128 + (n ?? 1);
 }
+
+/** The environment of a root login in a banger guest (sshd + pam_env give SSH sessions the same). */
+const LOGIN_ENV: Readonly<Record<string, string>> = {
+  HOME: '/root',
+  USER: 'root',
+  LOGNAME: 'root',
+  SHELL: '/bin/bash',
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  LANG: 'C.UTF-8',
+  ...GUEST_ENVIRONMENT,
+};
 
 /**
  * A guest session over the guest agent: the same contract as the SSH session (a shell command line run by
@@ -30,7 +42,9 @@ export class AgentGuestSession implements GuestSession {
     opts.signal?.throwIfAborted();
     const proc = await this.agent.exec({
       shell: command,
-      env: opts.env,
+      // What an SSH login as root gives a command: its home as the working directory and the usual variables.
+      cwd: '/root',
+      env: { ...LOGIN_ENV, ...opts.env },
       stdin: opts.stdin !== undefined,
       pty: opts.pty ? { cols: opts.pty.cols, rows: opts.pty.rows } : undefined,
       signal: opts.signal,

@@ -4,6 +4,7 @@ type Client = InstanceType<typeof Client>;
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
+import { shellStatus } from './agent-session.js';
 
 export interface SshTarget {
   host: string;
@@ -24,7 +25,6 @@ export function publicKeyBlob(openSshLine: string): Buffer {
 /** The most output collected from one guest command that no stream consumes (stdout and stderr together). */
 export const MAX_COLLECTED_BYTES = 16 * 1024 * 1024;
 
-const SIGNALS: Record<string, number> = { HUP: 1, INT: 2, QUIT: 3, ABRT: 6, KILL: 9, SEGV: 11, PIPE: 13, ALRM: 14, TERM: 15 };
 
 /**
  * One ssh2 connection to a guest, kept open while the VM runs; every exec is a channel on it.
@@ -161,7 +161,7 @@ export class SshGuestSession implements GuestSession {
         };
         let code: number | undefined;
         channel.on('exit', (c: number | null, sig?: string) => {
-          code = c ?? 128 + (sig ? (SIGNALS[sig] ?? 1) : 1);
+          code = c ?? shellStatus(null, sig ? (sig.startsWith('SIG') ? sig : `SIG${sig}`) : 'SIGHUP');
         });
         if (opts.stdout) channel.pipe(opts.stdout, { end: false });
         else channel.on('data', collect(out));

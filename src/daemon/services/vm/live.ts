@@ -46,6 +46,12 @@ export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
 
 /** How long the daemon waits for the agent's hello on a fresh connection. */
 const AGENT_HELLO_TIMEOUT_MS = 10_000;
+/**
+ * The agent is asked for a hello this often, and dropped when it does not answer within the hello timeout:
+ * over virtio-serial the host socket stays open when the guest's agent dies, so silence is the only sign, and
+ * without this a command running through a dead agent would wait forever.
+ */
+const AGENT_PING_MS = 5_000;
 
 /** Files that describe a running VM and mean nothing once it stopped. */
 export function runtimeFiles(vp: VmPaths): string[] {
@@ -184,7 +190,23 @@ export class LiveVms {
     return this.live.get(id)?.agentFeatures ?? new Set();
   }
 
+  /**
+   * Connects and checks hello, up to three times: the guest end of a virtio-serial port outlives the host's
+   * connection, so the first exchange after a daemon restart can meet what the agent was in the middle of
+   * (a write blocked since the old daemon went); the agent drops that connection and serves the next.
+   */
   private async connectAgent(vm: VmRecord, live: LiveVm, signal?: AbortSignal): Promise<AgentClient> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.connectAgentOnce(vm, live, attempt === 1 ? AGENT_HELLO_TIMEOUT_MS : 5_000, signal);
+      } catch (e) {
+        if (signal?.aborted || attempt >= 3) throw e;
+        this.d.log.warn({ vm: vm.name, attempt, err: (e as Error).message }, 'guest agent hello failed; reconnecting');
+      }
+    }
+  }
+
+  private async connectAgentOnce(vm: VmRecord, live: LiveVm, helloMs: number, signal?: AbortSignal): Promise<AgentClient> {
     const path = this.d.paths.vm(vm.id).agentSocket;
     const sock = await new Promise<import('node:net').Socket>((resolve, reject) => {
       const s = connectUnix(path, () => resolve(s));
@@ -197,8 +219,17 @@ export class LiveVms {
       log: (message) => this.d.log.warn({ vm: vm.name, message }, 'guest agent connection'),
     });
     try {
-      const hello = await client.hello({ signal, timeoutMs: AGENT_HELLO_TIMEOUT_MS });
+      const hello = await client.hello({ signal, timeoutMs: helloMs });
       live.agentFeatures = new Set(hello.features);
+      const ping = setInterval(() => {
+        if (client.closed || live.watch.signal.aborted) return clearInterval(ping);
+        client.hello({ timeoutMs: AGENT_HELLO_TIMEOUT_MS }).catch(() => {
+          if (client.closed) return;
+          this.d.log.warn({ vm: vm.name }, 'the guest agent stopped answering; dropping its connection');
+          client.close();
+        });
+      }, AGENT_PING_MS);
+      ping.unref();
     } catch (e) {
       client.close();
       throw e;

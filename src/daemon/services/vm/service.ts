@@ -20,7 +20,8 @@ import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
-import type { GuestExecOptions } from '../../guest/session.js';
+import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
+import { AgentGuestSession } from '../../guest/agent-session.js';
 import { generateEd25519 } from '../../guest/keys.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { DriverRegistry, VmmDriver, VmmName } from '../../vmm/driver.js';
@@ -437,16 +438,31 @@ export class VmService {
   /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
   async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
     const vm = this.requireRunning(this.get(name));
+    const command = execCommand(vm, argv, cwd);
+    let started = false;
+    const run = (session: GuestSession) =>
+      session.exec(command, {
+        stdin: io.stdin,
+        stdout: io.stdout,
+        stderr: io.stderr,
+        pty: io.pty,
+        onStart: (c) => {
+          started = true;
+          io.onStart?.(c);
+        },
+        signal: io.signal,
+      });
     const session = await this.live.execSession(vm, io.signal);
-    const r = await session.exec(execCommand(vm, argv, cwd), {
-      stdin: io.stdin,
-      stdout: io.stdout,
-      stderr: io.stderr,
-      pty: io.pty,
-      onStart: io.onStart,
-      signal: io.signal,
-    });
-    return r.code;
+    try {
+      return (await run(session)).code;
+    } catch (e) {
+      // The agent failed before the command started (a dropped or misbehaving agent): nothing ran, so the
+      // command goes over SSH instead. Once it started, its failure is the caller's to see.
+      if (started || io.signal?.aborted || !(session instanceof AgentGuestSession)) throw e;
+      if (toBangerError(e).code !== ErrorCode.Unavailable) throw e;
+      this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent failed before the command started; using SSH');
+      return (await run(await this.live.session(vm, io.signal))).code;
+    }
   }
 
   /** The guest agent of a running VM (sessions, stats); FailedPrecondition for an image without one. */
