@@ -1,4 +1,5 @@
 import { BangerError, ErrorCode, invalidArgument } from '../errors/index.js';
+import { dnsName } from '../protocol/names.js';
 
 /**
  * `banger ssh-config`: the block banger adds to a user's ~/.ssh/config, and the file that block Includes.
@@ -188,10 +189,10 @@ export function renderVmSshInclude(opts: VmSshIncludeOptions): string {
     if (!Number.isInteger(vm.sshPort) || vm.sshPort <= 0 || vm.sshPort > 65535)
       throw invalidArgument(`VM '${vm.name}': bad SSH port ${vm.sshPort}`);
     out.push(
-      `Host ${vm.name}.vm`,
+      `Host ${dnsName(vm.name)}`,
       `  HostName ${vm.hostAddress}`,
       `  Port ${vm.sshPort}`,
-      `  HostKeyAlias ${vm.name}.vm`,
+      `  HostKeyAlias ${dnsName(vm.name)}`,
       '',
     );
   }

@@ -26,6 +26,7 @@ import type { CommandRunner } from '../../../shared/command.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { DnsMechanism, DnsStatus, DnsVmEntry } from '../../../protocol/dns.js';
 import { durableWrite, recoverInterrupted } from './durable-file.js';
+import { dnsName } from '../../../protocol/names.js';
 
 export const BLOCK_BEGIN = '# >>> banger >>> managed by bangerd; remove with `banger dns uninstall`';
 export const BLOCK_END = '# <<< banger <<<';
@@ -88,7 +89,7 @@ export function blockLines(vms: readonly DnsVmEntry[]): string[] {
     .filter((v) => v.address !== undefined && v.address !== null && isIPv4(v.address) && isDnsLabel(v.name))
     .map((v) => ({ name: v.name.toLowerCase(), address: v.address! }))
     .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-    .map((v) => `${v.address} ${v.name}.vm`);
+    .map((v) => `${v.address} ${dnsName(v.name)}`);
 }
 
 function renderBlock(lines: readonly string[]): string {

@@ -32,6 +32,7 @@ import { access, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises
 import { dirname } from 'node:path';
 import { BangerError, ErrorCode, failedPrecondition, invalidArgument } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
+import { IFNAME_RE, MAC_RE } from '../../../protocol/names.js';
 
 // ---------------------------------------------------------------------------------------------------
 // Pure pieces
@@ -49,8 +50,6 @@ export interface TapConfig {
   subnet: string;
 }
 
-const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
-const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 export interface Subnet {
   /** Network address as a 32-bit unsigned number. */

@@ -5,6 +5,7 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { DiskSpec, LaunchSpec } from '../driver.js';
 import type { FirecrackerRequest } from './api.js';
+import { MAC_RE } from '../../../protocol/names.js';
 
 /** The guest's vsock context id. 0-2 are reserved; each Firecracker VM has its own vsock device, so 3 always. */
 export const FIRECRACKER_GUEST_CID = 3;
@@ -34,7 +35,6 @@ export const FIRECRACKER_REQUIRED_BOOT_ARGS: readonly string[] = ['console=ttyS0
 
 /** Firecracker's `--id`: 1 to 64 characters, alphanumeric or '-'. */
 const INSTANCE_ID = /^[A-Za-z0-9-]{1,64}$/;
-const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 /** Linux interface names: at most 15 bytes (IFNAMSIZ - 1). */
 const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 const DISK_ORDER: readonly DiskSpec['id'][] = ['root', 'work', 'seed'];
@@ -128,7 +128,7 @@ export function firecrackerRequests(spec: LaunchSpec): FirecrackerRequest[] {
       ErrorCode.InvalidArgument,
       `'${net.tapName}' is not a valid tap device name (at most 15 characters)`,
     );
-  if (!MAC.test(net.mac)) throw new BangerError(ErrorCode.InvalidArgument, `'${net.mac}' is not a MAC address`);
+  if (!MAC_RE.test(net.mac)) throw new BangerError(ErrorCode.InvalidArgument, `'${net.mac}' is not a MAC address`);
   reqs.push({
     method: 'PUT',
     path: `/network-interfaces/${FIRECRACKER_IFACE_ID}`,

@@ -1,5 +1,6 @@
 import { invalidArgument } from '../../../errors/index.js';
 import type { Accel, DiskSpec, LaunchSpec, NetworkSpec } from '../driver.js';
+import { IFNAME_RE, MAC_RE } from '../../../protocol/names.js';
 
 /**
  * QEMU command lines as pure functions, pinned by test/unit/qemu-argv.test.ts.
@@ -44,8 +45,6 @@ export function qemuMachineArgs(accel: Accel): string[] {
   ];
 }
 
-const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
-const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 
 function diskArgs(disk: DiskSpec): string[] {
   const drive = [
