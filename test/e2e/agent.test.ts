@@ -51,6 +51,8 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     await bangerOk(['vm', 'create', '--name', SSH_VM, '--start', '--no-agent', '--cpus', '1', '--memory', '512M'], 0, {
       timeoutMs: 900_000,
     });
+    // The agent starts a few seconds after sshd (Node under TCG); stats need it, so they tell when it answers.
+    await waitFor('the guest agent to answer', async () => ((await banger(['vm', 'stats', AGENT_VM])).code === 0 ? true : undefined), 120_000);
     // The JSONL fixture, as a coding agent's RPC program would be installed in the guest.
     await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'cat > /root/jsonl-echo.mjs'], 0, {
       input: readFileSync(join(REPO_ROOT, 'test/fixtures/jsonl-echo.mjs'), 'utf8'),

@@ -25,11 +25,11 @@ export const SEED_ALIGN = 4096;
  * Version of what an image carries for banger: init scripts, the guest agent and this contract. Bumped on any
  * change to them; banger rebuilds its `default` image when the recorded version differs (see ImageService).
  */
-export const GUEST_CONTRACT_VERSION = 2;
+export const GUEST_CONTRACT_VERSION = 3;
 
 /** Printed on the console (ttyS0) when sshd accepts connections (and the guest agent holds its channel). */
 export const READY_MARKER = 'banger-guest: ready';
-/** Follows the ready marker on its line when the guest agent is up: the host then talks to it. */
+/** Follows the ready marker on its line when init is starting the guest agent: the host connects to it. */
 export const READY_AGENT_SUFFIX = ' agent';
 /** Printed by the initrd in probe mode, right before it powers off. */
 export const PROBE_MARKER = 'BANGER-PROBE-OK';

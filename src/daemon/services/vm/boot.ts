@@ -173,22 +173,6 @@ export const BOOT_STEPS: readonly BootStep[] = [
       d.live.useSession(live, session);
     },
   },
-  {
-    name: 'connect agent',
-    async run(b, d) {
-      const live = b.live!;
-      if (!live.hasAgent) return;
-      try {
-        await d.live.agent(b.vm, b.signal);
-      } catch (e) {
-        if (b.signal?.aborted) throw e;
-        // SSH works: the VM is usable, commands take the slower channel.
-        live.hasAgent = false;
-        await writeHandles(b.vp.handles, { ...live.handle, agent: false });
-        b.progress({ kind: 'notice', message: `the guest agent did not answer (${(e as Error).message}); using SSH` });
-      }
-    },
-  },
 ];
 
 /** Runs the steps in order, reporting each as a progress step. */

@@ -200,7 +200,7 @@ export class LiveVms {
       try {
         return await this.connectAgentOnce(vm, live, attempt === 1 ? AGENT_HELLO_TIMEOUT_MS : 5_000, signal);
       } catch (e) {
-        if (signal?.aborted || attempt >= 3) throw e;
+        if (signal?.aborted || attempt >= 6) throw e;
         this.d.log.warn({ vm: vm.name, attempt, err: (e as Error).message }, 'guest agent hello failed; reconnecting');
       }
     }
@@ -238,19 +238,24 @@ export class LiveVms {
   }
 
   /**
-   * The channel commands of `vm exec` use: the guest agent when the VM has one that answers, else SSH.
+   * The channel commands of `vm exec` use: the guest agent when it is connected, else SSH right away (a
+   * connection to the agent is then made in the background for the next command).
    */
   async execSession(vm: VmRecord, signal?: AbortSignal): Promise<GuestSession> {
     const live = this.live.get(vm.id);
-    if (live?.hasAgent) {
-      try {
-        return new AgentGuestSession(await this.agent(vm, signal));
-      } catch (e) {
-        if (signal?.aborted) throw e;
-        this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent unavailable; using SSH');
-      }
-    }
+    if (live?.agent && !live.agent.closed) return new AgentGuestSession(live.agent);
+    this.connectAgentInBackground(vm);
     return this.session(vm, signal);
+  }
+
+  /** Starts connecting to the VM's agent if it has one and no connection is open or being made. */
+  connectAgentInBackground(vm: VmRecord): void {
+    const live = this.live.get(vm.id);
+    if (!live?.hasAgent || live.agentConnecting || (live.agent && !live.agent.closed)) return;
+    this.agent(vm, live.watch.signal).catch((e: unknown) => {
+      if (!live.watch.signal.aborted)
+        this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent not reachable; commands use SSH');
+    });
   }
 
   /** Which channel `vm exec` uses for a running VM, as `vm show` reports it. */

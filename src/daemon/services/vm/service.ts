@@ -337,6 +337,8 @@ export class VmService {
       vm = this.d.vms.update(id, { state: 'running' });
       const live = this.live.get(id)!;
       this.forwarder.start(vm, live);
+      // The agent comes up a few seconds after sshd under TCG; commands use SSH until it answers.
+      this.live.connectAgentInBackground(vm);
       this.capConsole(id, live.watch.signal);
       this.d.log.info({ vm: vm.name, pid: live.handle.pid, accel: vm.accel }, 'vm running');
       this.d.onVmsChanged?.();
