@@ -3,7 +3,13 @@ import { BangerError, ErrorCode } from '../../errors/index.js';
 import type { AgentClient } from './agent-client.js';
 import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent.js';
 import { GUEST_ENVIRONMENT } from './init/scripts.js';
-import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
+import {
+  MAX_COLLECTED_BYTES,
+  OutputCollector,
+  type GuestExecOptions,
+  type GuestExecResult,
+  type GuestSession,
+} from './session.js';
 
 /** Exit status as a shell reports it: the code, or 128+N for death by signal N. */
 export function shellStatus(code: number | null, signal: string | null): number {
@@ -31,7 +37,7 @@ const LOGIN_ENV: Readonly<Record<string, string>> = {
 export class AgentGuestSession implements GuestSession {
   constructor(
     private readonly agent: AgentClient,
-    private readonly maxCollectedBytes = 16 * 1024 * 1024,
+    private readonly maxCollectedBytes = MAX_COLLECTED_BYTES,
   ) {}
 
   get isClosed(): boolean {
@@ -49,23 +55,11 @@ export class AgentGuestSession implements GuestSession {
       pty: opts.pty ? { cols: opts.pty.cols, rows: opts.pty.rows } : undefined,
       signal: opts.signal,
     });
-    const out: Buffer[] = [];
-    const errOut: Buffer[] = [];
-    let collected = 0;
-    let overflow = false;
-    const collect = (into: Buffer[]) => (d: Buffer) => {
-      collected += d.length;
-      if (collected > this.maxCollectedBytes) {
-        if (!overflow) proc.kill('SIGKILL');
-        overflow = true;
-        return;
-      }
-      into.push(d);
-    };
+    const collected = new OutputCollector(() => proc.kill('SIGKILL'), this.maxCollectedBytes);
     if (opts.stdout) proc.stdout.pipe(opts.stdout, { end: false });
-    else proc.stdout.on('data', collect(out));
+    else proc.stdout.on('data', collected.sink('stdout'));
     if (opts.stderr) proc.stderr.pipe(opts.stderr, { end: false });
-    else proc.stderr.on('data', collect(errOut));
+    else proc.stderr.on('data', collected.sink('stderr'));
     if (proc.stdin) {
       const stdin = proc.stdin;
       if (opts.stdin) {
@@ -89,15 +83,15 @@ export class AgentGuestSession implements GuestSession {
           ? new BangerError(ErrorCode.DeadlineExceeded, 'the guest command did not finish in time')
           : new BangerError(ErrorCode.Cancelled, 'cancelled');
       }
-      if (overflow)
+      if (collected.overflowed)
         throw new BangerError(
           ErrorCode.ResourceExhausted,
           `the guest command wrote more than ${this.maxCollectedBytes} bytes of output; it was stopped`,
         );
       return {
         code: shellStatus(status.code, status.signal),
-        stdout: Buffer.concat(out),
-        stderr: Buffer.concat(errOut),
+        stdout: Buffer.concat(collected.stdout),
+        stderr: Buffer.concat(collected.stderr),
       };
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);

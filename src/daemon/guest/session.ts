@@ -37,3 +37,34 @@ export interface GuestExecResult {
 export interface GuestSession {
   exec(command: string, opts?: GuestExecOptions): Promise<GuestExecResult>;
 }
+
+/** The most output collected from one guest command that no stream consumes (stdout and stderr together). */
+export const MAX_COLLECTED_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Collects the output of a guest command nobody streams, up to `max` bytes over both streams: the guest
+ * decides how much it writes. Past the cap `stop` is called once and the rest is dropped.
+ */
+export class OutputCollector {
+  readonly stdout: Buffer[] = [];
+  readonly stderr: Buffer[] = [];
+  private total = 0;
+  overflowed = false;
+
+  constructor(
+    private readonly stop: () => void,
+    readonly max = MAX_COLLECTED_BYTES,
+  ) {}
+
+  sink(into: 'stdout' | 'stderr'): (d: Buffer) => void {
+    return (d) => {
+      this.total += d.length;
+      if (this.total > this.max) {
+        if (!this.overflowed) this.stop();
+        this.overflowed = true;
+        return;
+      }
+      this[into].push(d);
+    };
+  }
+}

@@ -3,7 +3,13 @@ const { Client } = ssh2;
 type Client = InstanceType<typeof Client>;
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../errors/index.js';
-import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.js';
+import {
+  MAX_COLLECTED_BYTES,
+  OutputCollector,
+  type GuestExecOptions,
+  type GuestExecResult,
+  type GuestSession,
+} from './session.js';
 import { shellStatus } from './agent-session.js';
 
 export interface SshTarget {
@@ -21,10 +27,6 @@ export function publicKeyBlob(openSshLine: string): Buffer {
   if (!b64) throw new BangerError(ErrorCode.Internal, 'malformed pinned host key');
   return Buffer.from(b64, 'base64');
 }
-
-/** The most output collected from one guest command that no stream consumes (stdout and stderr together). */
-export const MAX_COLLECTED_BYTES = 16 * 1024 * 1024;
-
 
 /**
  * One ssh2 connection to a guest, kept open while the VM runs; every exec is a channel on it.
@@ -114,7 +116,11 @@ export class SshGuestSession implements GuestSession {
     for (;;) {
       opts.signal?.throwIfAborted();
       try {
-        return await SshGuestSession.connect(target, opts.signal, Math.max(2000, Math.min(opts.attemptTimeoutMs ?? 5000, end - Date.now())));
+        return await SshGuestSession.connect(
+          target,
+          opts.signal,
+          Math.max(2000, Math.min(opts.attemptTimeoutMs ?? 5000, end - Date.now())),
+        );
       } catch (e) {
         if (e instanceof BangerError) throw e;
         lastErr = e;
@@ -145,28 +151,15 @@ export class SshGuestSession implements GuestSession {
           reject(new BangerError(ErrorCode.Unavailable, `could not run a command in the guest: ${err.message}`));
           return;
         }
-        const out: Buffer[] = [];
-        const errOut: Buffer[] = [];
-        let collected = 0;
-        let overflow = false;
-        // Output nobody streams is collected, up to a cap: the guest decides how much it writes.
-        const collect = (into: Buffer[]) => (d: Buffer) => {
-          collected += d.length;
-          if (collected > MAX_COLLECTED_BYTES) {
-            if (!overflow) channel.close();
-            overflow = true;
-            return;
-          }
-          into.push(d);
-        };
+        const collected = new OutputCollector(() => channel.close());
         let code: number | undefined;
         channel.on('exit', (c: number | null, sig?: string) => {
           code = c ?? shellStatus(null, sig ? (sig.startsWith('SIG') ? sig : `SIG${sig}`) : 'SIGHUP');
         });
         if (opts.stdout) channel.pipe(opts.stdout, { end: false });
-        else channel.on('data', collect(out));
+        else channel.on('data', collected.sink('stdout'));
         if (opts.stderr) channel.stderr.pipe(opts.stderr, { end: false });
-        else channel.stderr.on('data', collect(errOut));
+        else channel.stderr.on('data', collected.sink('stderr'));
         const onAbort = () => {
           channel.signal('KILL');
           channel.close();
@@ -183,7 +176,7 @@ export class SshGuestSession implements GuestSession {
             );
             return;
           }
-          if (overflow) {
+          if (collected.overflowed) {
             reject(
               new BangerError(
                 ErrorCode.ResourceExhausted,
@@ -196,7 +189,7 @@ export class SshGuestSession implements GuestSession {
             reject(new BangerError(ErrorCode.Unavailable, 'the guest closed the session without an exit status'));
             return;
           }
-          resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(errOut) });
+          resolve({ code, stdout: Buffer.concat(collected.stdout), stderr: Buffer.concat(collected.stderr) });
         });
         opts.onStart?.({
           resize: (rows, cols) => channel.setWindow(rows, cols, 0, 0),
