@@ -110,8 +110,11 @@ void describe('bangerd in-process', () => {
 
   void it('cancelling a request stops its work and leaves nothing half-made', async () => {
     const ac = new AbortController();
-    const p = client.call(ImageMethods.build, { name: 'slow' }, { signal: ac.signal, onProgress: () => undefined });
-    await sleep(200);
+    // Cancel once the build is under way (its first progress event), not at a guessed moment.
+    let begun!: () => void;
+    const started = new Promise<void>((r) => (begun = r));
+    const p = client.call(ImageMethods.build, { name: 'slow' }, { signal: ac.signal, onProgress: () => begun() });
+    await started;
     ac.abort();
     const err = await code(p);
     assert.equal(err.code, ErrorCode.Cancelled);

@@ -256,6 +256,8 @@ export class ImageService {
       try {
         await this.removeLeftovers(buildDir);
         await mkdir(buildDir, { recursive: true, mode: 0o700 });
+        // A cancel that came while the scratch directory was being cleared must not start the build.
+        if (signal?.aborted) throw new BangerError(ErrorCode.Cancelled, 'image build cancelled');
         const built = await this.d.build({ name: req.name, packages }, buildDir, progress, signal);
         await rename(buildDir, finalDir);
         const files = built.files.map((f) => ({ ...f, path: f.path.replace(buildDir, finalDir) }));
