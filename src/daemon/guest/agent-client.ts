@@ -213,28 +213,11 @@ export class AgentClient {
     mode: number,
     opts: RequestOptions = {},
   ): Promise<WriteFileResult> {
-    const channel = this.allocChannel();
-    const window = new OutboundWindow((b) => this.conn.sendData(channel, FrameKind.Stdin, b));
-    let settled = false;
-    this.channels.set(channel, {
-      data: () => true,
-      credit: (stream, bytes) => stream === FrameKind.Stdin && window.grant(bytes),
-      fail: () => window.abandon(),
-    });
+    const up = this.upload();
     let arm = (): void => {};
-    const reply = this.request('writeFile', { channel, path, mode }, opts, (a) => (arm = a)).finally(() => {
-      settled = true;
-      window.abandon();
-      this.channels.delete(channel);
-    });
-    reply.catch(() => {}); // observed below; a failure while content is still being sent ends the loop
-    const send = (b: Buffer) => new Promise<void>((res) => (window.write(b, res) ? res() : undefined));
-    for await (const chunk of Buffer.isBuffer(data) ? chunked(data) : data) {
-      if (settled) break;
-      await send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
-    }
-    if (!Buffer.isBuffer(data) && settled) data.destroy();
-    window.end();
+    const reply = up.settleWith(this.request('writeFile', { channel: up.channel, path, mode }, opts, (a) => (arm = a)));
+    const abandoned = await up.pump(data);
+    if (abandoned && !Buffer.isBuffer(data)) (data as Readable).destroy();
     arm();
     return (await reply) as WriteFileResult;
   }
@@ -296,33 +279,17 @@ export class AgentClient {
     data: Buffer | AsyncIterable<Buffer | Uint8Array>,
     opts: { closeStdin?: boolean; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number }> {
-    const channel = this.allocChannel();
-    const window = new OutboundWindow((b) => this.conn.sendData(channel, FrameKind.Stdin, b));
-    let settled = false;
-    this.channels.set(channel, {
-      data: () => true,
-      credit: (stream, bytes) => stream === FrameKind.Stdin && window.grant(bytes),
-      fail: () => window.abandon(),
-    });
+    const up = this.upload();
     const onAbort = () => {
-      if (!this.conn.closed) this.conn.sendControl({ type: 'sessionDetach', channel });
+      if (!this.conn.closed) this.conn.sendControl({ type: 'sessionDetach', channel: up.channel });
     };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const reply = this.request('sessionSend', { channel, name, closeStdin: opts.closeStdin }, opts, () => {}).finally(
-      () => {
-        settled = true;
-        window.abandon();
-        this.channels.delete(channel);
-        opts.signal?.removeEventListener('abort', onAbort);
-      },
+    const reply = up.settleWith(
+      this.request('sessionSend', { channel: up.channel, name, closeStdin: opts.closeStdin }, opts, () => {}).finally(() =>
+        opts.signal?.removeEventListener('abort', onAbort),
+      ),
     );
-    reply.catch(() => {});
-    const send = (b: Buffer) => new Promise<void>((res) => (window.write(b, res) ? res() : undefined));
-    for await (const chunk of Buffer.isBuffer(data) ? chunked(data) : data) {
-      if (settled) break;
-      await send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
-    }
-    window.end();
+    await up.pump(data);
     return (await reply) as { bytes: number };
   }
 
@@ -366,6 +333,43 @@ export class AgentClient {
   /** Ends the connection; pending requests and processes fail with Unavailable. */
   close(): void {
     this.conn.close();
+  }
+
+  /**
+   * A channel whose stdin stream carries bytes to the agent within its credit (writeFile, sessionSend).
+   * `settleWith` ties the channel's life to the request's reply; `pump` streams the data and ends the stream,
+   * stopping early (and returning true) once the reply has come.
+   */
+  private upload() {
+    const channel = this.allocChannel();
+    const window = new OutboundWindow((b) => this.conn.sendData(channel, FrameKind.Stdin, b));
+    let settled = false;
+    this.channels.set(channel, {
+      data: () => true,
+      credit: (stream, bytes) => stream === FrameKind.Stdin && window.grant(bytes),
+      fail: () => window.abandon(),
+    });
+    return {
+      channel,
+      settleWith: <T>(reply: Promise<T>): Promise<T> => {
+        const done = reply.finally(() => {
+          settled = true;
+          window.abandon();
+          this.channels.delete(channel);
+        });
+        done.catch(() => {}); // observed by the caller; a failure while content is still being sent ends the pump
+        return done;
+      },
+      pump: async (data: Buffer | AsyncIterable<Buffer | Uint8Array | string>): Promise<boolean> => {
+        const send = (b: Buffer) => new Promise<void>((res) => (window.write(b, res) ? res() : undefined));
+        for await (const chunk of Buffer.isBuffer(data) ? chunked(data) : data) {
+          if (settled) break;
+          await send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
+        }
+        window.end();
+        return settled;
+      },
+    };
   }
 
   private allocChannel(): number {
