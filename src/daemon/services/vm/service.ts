@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import { setInterval as every } from 'node:timers/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -22,7 +22,6 @@ import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import { generateEd25519 } from '../../guest/keys.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { DriverRegistry, VmmDriver, VmmName } from '../../vmm/driver.js';
 import type { ImageService, ReadyImage } from '../image/service.js';
@@ -32,6 +31,7 @@ import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } f
 import { capConsoleLog, readConsoleTail } from './console.js';
 import { GuestPortForwarder } from './forwards.js';
 import { listGuestPorts } from './guest-ports.js';
+import { makeVmFiles } from './files.js';
 import { LiveVms } from './live.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
@@ -270,25 +270,10 @@ export class VmService {
     return this.lifecycle.run(record.id, async () => {
       const vp = this.d.paths.vm(record.id);
       try {
-        const total = 3;
-        progress({ kind: 'step', step: 'create root disk', index: 1, total });
-        await mkdir(vp.dir, { recursive: true, mode: 0o700 });
-        const rootfs = image.rootfsPath;
-        if (driver.features.has('qcow2')) {
-          // Copy-on-write overlay: creating it never copies the image.
-          await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', rootfs, '-F', 'raw', vp.rootDisk], { signal });
-        } else {
-          await this.d.run('cp', ['--sparse=always', '--reflink=auto', rootfs, vp.rootDiskRaw], { signal });
-        }
-        progress({ kind: 'step', step: 'create work disk', index: 2, total });
-        await this.d.run('truncate', ['-s', `${diskSizeMib}M`, vp.workDisk], { signal });
-        await this.d.run('mkfs.ext4', ['-q', '-F', '-L', 'work', '-E', 'root_owner=0:0', vp.workDisk], { signal });
-        progress({ kind: 'step', step: 'generate host key', index: 3, total });
-        const hostKey = generateEd25519(dnsName(record.name));
-        await writeFile(vp.hostKeyPrivate, hostKey.privateKey, { mode: 0o600 });
-        await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
-        // Written last: reconcile takes a VM without it for a create that never finished.
-        await writeFile(vp.knownHosts, `${dnsName(record.name)} ${hostKey.publicKey}\n`, { mode: 0o644 });
+        await makeVmFiles(
+          { vp, name: record.name, rootfsPath: image.rootfsPath, diskSizeMib, driver, run: this.d.run, progress },
+          signal,
+        );
         this.d.log.info({ vm: record.name, id: record.id, image: image.name, vmm: vmmName }, 'vm created');
         this.d.onVmsChanged?.();
         return this.info(this.d.vms.byId(record.id)!);
