@@ -133,8 +133,10 @@ export class Session {
     const recorded = await readJson<ExitRecord>(this.file('exit.json'));
     if (recorded !== null) this.exit = recorded;
     else {
-      this.exit = { state: 'ended', exitCode: null, signal: null, endedAt: new Date().toISOString() };
-      await writeJsonAtomic(this.file('exit.json'), this.exit).catch(() => {});
+      // On disk before anyone is told: an agent started next (after a guest reboot) reads the same end.
+      const ended: ExitRecord = { state: 'ended', exitCode: null, signal: null, endedAt: new Date().toISOString() };
+      await writeJsonAtomic(this.file('exit.json'), ended).catch(() => {});
+      this.exit = ended;
     }
     this.notify();
   }

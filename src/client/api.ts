@@ -1,8 +1,9 @@
+import { homedir } from 'node:os';
 import type { Readable } from 'node:stream';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import type { ProgressEvent } from '../protocol/common.js';
 import { SessionMethods, StatsMethods, type OutputStream, type SessionInfo, type VmStats } from '../protocol/session.js';
-import { VmMethods, type VmCreateParams, type VmInfo } from '../protocol/vm.js';
+import { VmMethods, type VmCreateParams, type VmInfo, type VmSyncInfo } from '../protocol/vm.js';
 import {
   WorkspaceMethods,
   type WorkspaceExportResult,
@@ -87,8 +88,16 @@ export class Banger {
   readonly vm = {
     /** Creates a VM (building the default image on first use); it stays stopped. */
     create: (params: VmCreateOptions = {}, o?: WithProgressEvents): Promise<VmInfo> =>
-      this.client.call(VmMethods.create, { ...params }, callOpts(o)),
-    start: (name: string, o?: WithProgressEvents): Promise<VmInfo> => this.client.call(VmMethods.start, { name }, callOpts(o)),
+      this.client.call(VmMethods.create, { home: homedir(), ...params }, callOpts(o)),
+    /** Boots a stopped VM; syncs your identity into it (see `sync`) unless `sync: false`. */
+    start: (name: string, o?: WithProgressEvents & { sync?: boolean }): Promise<VmInfo> =>
+      this.client.call(VmMethods.start, { name, ...(o?.sync === false ? { sync: false } : { home: homedir() }) }, callOpts(o)),
+    /**
+     * Copies your git identity, SSH public keys and config.json's `sync` files into a running VM again (every
+     * start does it too). Says what was copied: paths and names, never contents.
+     */
+    sync: (name: string, o?: Signalled): Promise<VmSyncInfo> =>
+      this.client.call(VmMethods.sync, { name, home: homedir() }, { signal: o?.signal }),
     /** Guest poweroff first, forced after `timeoutSeconds` (or at once with `force`). */
     stop: (name: string, o: Signalled & { force?: boolean; timeoutSeconds?: number } = {}): Promise<VmInfo> =>
       this.client.call(VmMethods.stop, { name, force: o.force, timeoutSeconds: o.timeoutSeconds }, o),
@@ -103,7 +112,7 @@ export class Banger {
      */
     run: async (params: VmRunOptions = {}, o?: WithProgressEvents): Promise<VmRunResult> => {
       const { argv, exec, ...create } = params;
-      const vm = await this.client.call(VmMethods.create, { ...create, start: true }, callOpts(o));
+      const vm = await this.client.call(VmMethods.create, { home: homedir(), ...create, start: true }, callOpts(o));
       if (!argv) return { vm };
       try {
         return { vm, exec: await execCollect(this.client, vm.name, argv, { ...exec, signal: o?.signal }) };

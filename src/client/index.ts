@@ -25,5 +25,5 @@ export type { SessionEnd } from './session.js';
 export { BangerError, ErrorCode, EXIT_CODES, isBangerError } from '../errors/index.js';
 export type { ProgressEvent } from '../protocol/common.js';
 export type { SessionInfo, VmStats, OutputStream } from '../protocol/session.js';
-export type { VmInfo, VmCreateParams } from '../protocol/vm.js';
+export type { VmInfo, VmCreateParams, VmSyncInfo } from '../protocol/vm.js';
 export type { WorkspaceInfo, WorkspacePrepareResult } from '../protocol/workspace.js';

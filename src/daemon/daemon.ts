@@ -3,6 +3,7 @@
  * serves RPC on the unix socket. VMs outlive the daemon. main.ts runs it as a process; integration tests
  * run it in-process on a temporary BANGER_HOME.
  */
+import { homedir } from 'node:os';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Paths } from '../shared/paths.js';
@@ -33,6 +34,7 @@ import { generateEd25519 } from './guest/keys.js';
 import { RpcServer } from './rpc/server.js';
 import { AttachRegistry, ExecRegistry, buildHandlers } from './rpc/handlers/index.js';
 import { SessionService } from './services/session/service.js';
+import { IdentitySync } from './services/sync/service.js';
 
 function ensureStateDir(paths: Paths): void {
   mkdirSync(paths.root, { recursive: true, mode: 0o700 });
@@ -158,6 +160,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       await dnsServer.listen([{ host: gateway, port: config.dns.port }]);
       dnsOnBridge.add(gateway);
     },
+    identity: new IdentitySync({
+      run: runCommand,
+      entries: () => loadConfig(paths.config).sync,
+      defaultHome: homedir(),
+      now: () => new Date(),
+    }),
   });
   const workspaces = new WorkspaceService({
     vms,

@@ -14,6 +14,29 @@ import { workspaceInfoSchema } from './workspace.js';
 
 /** RPC methods of `banger vm`, and the exec/* notifications that carry a running command's streams. */
 
+/** What the last identity sync put into a VM (paths and names, never contents). */
+export const vmSyncInfoSchema = z.object({
+  at: z.string(),
+  /** The git config keys set in the guest's global config (user.name, user.email). */
+  git: z.array(z.string()),
+  /** Host public key files whose keys were added to the guest's /root/.ssh/authorized_keys. */
+  sshKeys: z.array(z.string()),
+  /** Configured files copied into the guest. */
+  files: z.array(z.object({ host: z.string(), guest: z.string(), mode: z.string() })),
+  /** What was skipped and why (a configured file missing on the host, say). */
+  warnings: z.array(z.string()),
+});
+export type VmSyncInfo = z.infer<typeof vmSyncInfoSchema>;
+
+/**
+ * Whose identity a start syncs into the guest: `home` is the invoking user's home directory (the CLI and
+ * the API send theirs; default: the daemon's). `sync: false` skips the sync (`--no-sync`).
+ */
+const syncOptions = {
+  sync: z.boolean().optional(),
+  home: z.string().startsWith('/').optional(),
+};
+
 export const vmInfoSchema = z.object({
   id: z.string(),
   name: z.string(),
@@ -46,6 +69,8 @@ export const vmInfoSchema = z.object({
   dir: z.string(),
   /** The workspace imported into the VM, if any. */
   workspace: workspaceInfoSchema.nullable(),
+  /** The last identity sync (at start or `vm sync`); null if none happened. */
+  synced: vmSyncInfoSchema.nullable(),
 });
 export type VmInfo = z.infer<typeof vmInfoSchema>;
 
@@ -73,9 +98,16 @@ export const vmCreateParamsSchema = z.object({
   rm: z.boolean().optional(),
   /** false: do not start the guest agent (commands, no sessions or stats, go over SSH). Default true. */
   agent: z.boolean().optional(),
+  ...syncOptions,
   ...withProgress,
 });
 export type VmCreateParams = z.infer<typeof vmCreateParamsSchema>;
+
+export const vmStartParamsSchema = vmRefSchema.extend({ ...syncOptions, ...withProgress });
+export type VmStartParams = z.infer<typeof vmStartParamsSchema>;
+
+export const vmSyncParamsSchema = vmRefSchema.extend({ home: syncOptions.home });
+export type VmSyncParams = z.infer<typeof vmSyncParamsSchema>;
 
 export const vmStopParamsSchema = vmRefSchema.extend({
   force: z.boolean().optional(),
@@ -138,9 +170,10 @@ const deleted = z.object({ deleted: z.string() });
 
 export const VmMethods = {
   create: method('vm.create', vmCreateParamsSchema, vmInfoSchema),
-  start: method('vm.start', vmRefSchema.extend(withProgress), vmInfoSchema),
+  start: method('vm.start', vmStartParamsSchema, vmInfoSchema),
   stop: method('vm.stop', vmStopParamsSchema, vmInfoSchema),
-  restart: method('vm.restart', vmRefSchema.extend(withProgress), vmInfoSchema),
+  restart: method('vm.restart', vmStartParamsSchema, vmInfoSchema),
+  sync: method('vm.sync', vmSyncParamsSchema, vmSyncInfoSchema),
   delete: method('vm.delete', vmDeleteParamsSchema, deleted),
   list: method('vm.list', null, z.array(vmInfoSchema)),
   show: method('vm.show', vmRefSchema, vmInfoSchema),

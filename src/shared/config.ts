@@ -34,10 +34,34 @@ const schema = z
       })
       .strict()
       .default({}),
+    /**
+     * Files copied into every VM at start and by `banger vm sync` (credentials a coding agent needs, say).
+     * `host` may start with `~/` (the invoking user's home); a link that leads out of that home is refused
+     * unless `followLinks` is set. `guest` is absolute; the copy is root-owned with `mode`.
+     */
+    sync: z
+      .array(
+        z
+          .object({
+            host: z.string().min(1),
+            guest: z
+              .string()
+              .regex(/^\/[^\0]*$/, 'an absolute guest path, e.g. /root/.config/gh/hosts.yml')
+              .refine((p) => !p.split('/').includes('..'), 'a guest path without ".."'),
+            mode: z
+              .string()
+              .regex(/^0?[0-7]{3}$/, 'an octal mode, e.g. "0600"')
+              .default('0600'),
+            followLinks: z.boolean().default(false),
+          })
+          .strict(),
+      )
+      .default([]),
   })
   .strict();
 
 export type BangerConfig = z.infer<typeof schema>;
+export type SyncEntry = BangerConfig['sync'][number];
 
 export const DEFAULT_CONFIG: BangerConfig = schema.parse({});
 

@@ -63,6 +63,7 @@ test('vm show: last error and problem text are escaped', () => {
     startedAt: null,
     dir: '/x',
     workspace: null,
+    synced: null,
   };
   const text = vmDetails(v);
   assert.doesNotMatch(text, CONTROL);

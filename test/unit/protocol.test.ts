@@ -54,6 +54,7 @@ test('the wire names of every method are the ones clients already use', () => {
       'vm.start',
       'vm.stats',
       'vm.stop',
+      'vm.sync',
       'vm.workspace.export',
       'vm.workspace.prepare',
     ],

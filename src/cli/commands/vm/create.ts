@@ -1,3 +1,4 @@
+import { homedir } from 'node:os';
 import { Option, type Command } from 'commander';
 import {
   ACCEL_CHOICES,
@@ -24,7 +25,16 @@ export interface MachineFlags {
   network?: NetworkMode;
   /** commander's negation of --no-agent: false when given. */
   agent?: boolean;
+  /** commander's negation of --no-sync: false when given. */
+  sync?: boolean;
 }
+
+/** What a start syncs: the invoking user's identity from their home directory, unless --no-sync. */
+export function syncParams(o: { sync?: boolean }): { sync: false } | { home: string } {
+  return o.sync === false ? { sync: false } : { home: homedir() };
+}
+
+export const NO_SYNC_HELP = 'do not copy your git identity, SSH public keys and config.json "sync" files into the guest at start';
 
 /** The flags vm create and vm run share. */
 export function addMachineFlags(cmd: Command): Command {
@@ -40,6 +50,7 @@ export function addMachineFlags(cmd: Command): Command {
     )
     .option('--egress', 'let the guest reach the network outside the VM (off by default: it reaches nothing)')
     .option('--no-agent', 'do not start the guest agent: commands go over SSH; no sessions or stats')
+    .option('--no-sync', NO_SYNC_HELP)
     .addOption(
       new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices([...ACCEL_CHOICES]).default('auto'),
     );
@@ -57,6 +68,7 @@ export function machineParams(o: MachineFlags): VmCreateParams {
     egress: o.egress,
     network: o.network,
     ...(o.agent === false ? { agent: false } : {}),
+    ...syncParams(o),
   };
 }
 

@@ -1,4 +1,4 @@
-import type { VmInfo, VmPorts } from '../../../protocol/vm.js';
+import type { VmInfo, VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
 import { escapeForTerminal, table } from '../../output.js';
 
 export function vmTable(vms: VmInfo[]): string {
@@ -55,11 +55,22 @@ export function vmDetails(v: VmInfo): string {
       `${w.preparedAt}, host HEAD ${w.headCommit ?? '(no commits)'}${w.includeUntracked ? ', untracked files included' : ''}`,
     ]);
   } else rows.push(['Workspace', '-']);
+  rows.push(['Synced', v.synced ? `${v.synced.at}: ${syncSummary(v.synced)}` : '-']);
   // Both can quote what the guest printed or reported.
   if (v.lastError) rows.push(['Last error', escapeForTerminal(v.lastError)]);
   if (v.problem) rows.push(['Problem', escapeForTerminal(v.problem)]);
   const w = Math.max(...rows.map((r) => r[0].length));
   return rows.map(([k, val]) => `${(k + ':').padEnd(w + 1)} ${val}`).join('\n');
+}
+
+/** What an identity sync copied, in one line: names and paths, never contents. */
+export function syncSummary(s: VmSyncInfo): string {
+  const parts: string[] = [];
+  if (s.git.length > 0) parts.push(`git ${s.git.join(', ')}`);
+  if (s.sshKeys.length > 0) parts.push(`ssh keys ${s.sshKeys.join(', ')}`);
+  for (const f of s.files) parts.push(`${f.host} -> ${f.guest} (${f.mode})`);
+  if (s.warnings.length > 0) parts.push(`${s.warnings.length} warning${s.warnings.length === 1 ? '' : 's'}`);
+  return escapeForTerminal(parts.length > 0 ? parts.join('; ') : 'nothing (no git identity, keys or configured files found)');
 }
 
 /** `vm ports` for a person; the guest reports addresses and process names, so they are escaped. */

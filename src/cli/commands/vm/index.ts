@@ -7,6 +7,7 @@ import * as lifecycle from './lifecycle.js';
 import * as run from './run.js';
 import * as session from './session.js';
 import * as stats from './stats.js';
+import * as sync from './sync.js';
 import * as workspace from './workspace.js';
 
 export function register(program: Command, ctx: CliContext): void {
@@ -19,5 +20,6 @@ export function register(program: Command, ctx: CliContext): void {
   workspace.register(vm, ctx);
   session.register(vm, ctx);
   stats.register(vm, ctx);
+  sync.register(vm, ctx);
   inspect.registerList(program.command('ps').description('list VMs (same as `banger vm list`)'), ctx);
 }

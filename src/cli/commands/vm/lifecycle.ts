@@ -2,14 +2,16 @@ import type { Command } from 'commander';
 import { VmMethods } from '../../../protocol/vm.js';
 import { parseIntFlag, type CliContext } from '../../context.js';
 import { out } from '../../output.js';
+import { NO_SYNC_HELP, syncParams } from './create.js';
 
 export function register(vm: Command, ctx: CliContext): void {
   vm.command('start')
     .description('boot a stopped VM and wait until SSH answers')
     .argument('<name>')
+    .option('--no-sync', NO_SYNC_HELP)
     .option('--json', 'print the VM as JSON')
-    .action(async (name: string, o: { json?: boolean }) => {
-      const v = await ctx.call(VmMethods.start, { name }, { json: o.json, progress: true });
+    .action(async (name: string, o: { json?: boolean; sync?: boolean }) => {
+      const v = await ctx.call(VmMethods.start, { name, ...syncParams(o) }, { json: o.json, progress: true });
       if (o.json) out.json(v);
       else out.info(`${v.name} is running (ssh: banger vm ssh ${v.name})`);
     });
@@ -33,9 +35,10 @@ export function register(vm: Command, ctx: CliContext): void {
   vm.command('restart')
     .description('stop and start a VM')
     .argument('<name>')
+    .option('--no-sync', NO_SYNC_HELP)
     .option('--json', 'print the VM as JSON')
-    .action(async (name: string, o: { json?: boolean }) => {
-      const v = await ctx.call(VmMethods.restart, { name }, { json: o.json, progress: true });
+    .action(async (name: string, o: { json?: boolean; sync?: boolean }) => {
+      const v = await ctx.call(VmMethods.restart, { name, ...syncParams(o) }, { json: o.json, progress: true });
       if (o.json) out.json(v);
       else out.info(`${v.name} is running`);
     });

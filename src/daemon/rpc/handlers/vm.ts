@@ -29,7 +29,7 @@ async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext
   try {
     // A client gone before the listener above was added has aborted the signal: treat it as cancelled.
     if (ctx.signal.aborted) throw cancelled();
-    return p.start ? await d.vms.start(created.name, ctx.progress, ctx.signal) : created;
+    return p.start ? await d.vms.start(created.name, ctx.progress, ctx.signal, p) : created;
   } catch (e) {
     sub.dispose();
     await remove();
@@ -37,18 +37,19 @@ async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext
   }
 }
 
-/** vm.create, vm.start, vm.stop, vm.restart, vm.delete, vm.list, vm.show, vm.logs, vm.ssh-target, vm.ports. */
+/** vm.create, vm.start, vm.stop, vm.restart, vm.sync, vm.delete, vm.list, vm.show, vm.logs, vm.ssh-target, vm.ports. */
 export function vmHandlers(d: VmHandlerDeps): Handler[] {
   const { vms } = d;
   return [
     handler(VmMethods.create, async (p, ctx) => {
       if (p.rm) return createOwned(d, p, ctx);
       const created = await vms.create(p, ctx.progress, ctx.signal);
-      return p.start ? vms.start(created.name, ctx.progress, ctx.signal) : created;
+      return p.start ? vms.start(created.name, ctx.progress, ctx.signal, p) : created;
     }),
-    handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal)),
+    handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal, p)),
     handler(VmMethods.stop, async (p, ctx) => vms.stop(p.name, p, ctx.signal)),
-    handler(VmMethods.restart, async (p, ctx) => vms.restart(p.name, ctx.progress, ctx.signal)),
+    handler(VmMethods.restart, async (p, ctx) => vms.restart(p.name, ctx.progress, ctx.signal, p)),
+    handler(VmMethods.sync, async (p, ctx) => vms.syncIdentity(p.name, p.home, ctx.signal)),
     handler(VmMethods.delete, async (p, ctx) => vms.delete(p.name, p, ctx.signal)),
     handler(VmMethods.list, async () => vms.list()),
     handler(VmMethods.show, async (p) => vms.show(p.name)),

@@ -14,6 +14,7 @@ import { capConsoleLog, waitForConsoleLine } from './console.js';
 import { writeHandles } from './handles.js';
 import { newLiveVm, type LiveVm, type LiveVms } from './live.js';
 import { buildSeedTar } from './seed.js';
+import type { IdentitySync } from '../sync/service.js';
 
 /** Decides the accelerator for a boot of `image`'s kernel: a real probe, cached. */
 export interface AccelResolver {
@@ -49,6 +50,8 @@ export interface BootDeps {
   now: () => Date;
   /** How long a boot may take until SSH answers. */
   bootTimeoutMs: number;
+  /** Syncs the invoking user's identity into the guest once it answers; omitted: no sync step does anything. */
+  identity?: IdentitySync;
 }
 
 /** One boot in progress: what the steps read and fill in, in order. */
@@ -64,6 +67,8 @@ export interface Boot {
   net?: { ipCidr: string; gateway: string; dns: string; tapName?: string };
   live?: LiveVm;
   hostPublicKey?: string;
+  /** Sync the invoking user's identity (read from `home`, else the daemon's user's); undefined: `--no-sync`. */
+  sync?: { home?: string };
 }
 
 /** A named step of a boot; the names are the progress labels, in this order. */
@@ -171,6 +176,23 @@ export const BOOT_STEPS: readonly BootStep[] = [
         stillBooting: async () => d.live.get(b.vm.id) === live && (await b.driver.isAlive(live.handle, b.vm.id)),
       });
       d.live.useSession(live, session);
+    },
+  },
+  {
+    name: 'sync identity',
+    async run(b, d) {
+      const session = b.live?.session;
+      if (!b.sync || !d.identity || !session) return;
+      try {
+        const info = await d.identity.sync(session, b.sync.home, b.signal);
+        for (const w of info.warnings) b.progress({ kind: 'notice', message: `sync: ${w}` });
+        b.vm = d.vms.update(b.vm.id, { synced: info });
+      } catch (e) {
+        // The VM is up and usable: a sync that fails is reported, and `banger vm sync` retries it.
+        if (b.signal?.aborted) throw e;
+        const why = e instanceof Error ? e.message : String(e);
+        b.progress({ kind: 'notice', message: `identity sync failed: ${why} (retry with \`banger vm sync ${b.vm.name}\`)` });
+      }
     },
   },
 ];

@@ -12,7 +12,7 @@ import {
   toBangerError,
 } from '../../../errors/index.js';
 import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/common.js';
-import type { VmCreateParams, VmInfo, VmPorts } from '../../../protocol/vm.js';
+import type { VmCreateParams, VmInfo, VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
 import type { VmStats } from '../../../protocol/session.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { Paths } from '../../../shared/paths.js';
@@ -36,6 +36,7 @@ import { LiveVms } from './live.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
 import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
+import type { IdentitySync } from '../sync/service.js';
 
 /**
  * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
@@ -78,10 +79,18 @@ export interface VmServiceDeps {
   processes?: () => Promise<HostProcess[]>;
   /** How often a running VM's console log is checked against its cap. */
   consoleCapIntervalMs?: number;
+  /** Puts the invoking user's identity into a guest at start and on `vm sync`; omitted: no sync. */
+  identity?: IdentitySync;
+}
+
+/** Per start: whether to sync the invoking user's identity, and whose (their home directory). */
+export interface StartOptions {
+  sync?: boolean;
+  home?: string;
 }
 
 /** What vm.create takes, minus the RPC plumbing. */
-export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start'>;
+export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home'>;
 
 export interface VmExecStreams {
   stdin?: Readable;
@@ -176,6 +185,7 @@ export class VmService {
       startedAt: v.startedAt,
       dir: v.dir,
       workspace: v.workspace,
+      synced: v.synced,
     };
   }
 
@@ -262,6 +272,7 @@ export class VmService {
         updatedAt: now,
         workspace: null,
         agent: opts.agent ?? true,
+        synced: null,
       };
       this.d.vms.insert(rec);
       return rec;
@@ -287,12 +298,12 @@ export class VmService {
     }, signal);
   }
 
-  async start(name: string, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+  async start(name: string, progress: Progress, signal?: AbortSignal, opts: StartOptions = {}): Promise<VmInfo> {
     const vm = this.get(name);
-    return this.lifecycle.run(vm.id, () => this.startLocked(vm.id, progress, signal), signal);
+    return this.lifecycle.run(vm.id, () => this.startLocked(vm.id, progress, signal, opts), signal);
   }
 
-  private async startLocked(id: string, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+  private async startLocked(id: string, progress: Progress, signal?: AbortSignal, opts: StartOptions = {}): Promise<VmInfo> {
     let vm = this.d.vms.byId(id)!;
     if (vm.state === 'running' && this.live.has(id)) return this.info(vm);
     const image = this.d.images.byIdReady(vm.imageId);
@@ -306,6 +317,7 @@ export class VmService {
       signal,
       progress,
       deadline: Date.now() + (this.d.bootTimeoutMs ?? 180_000),
+      sync: opts.sync === false ? undefined : { home: opts.home },
     };
     try {
       await runBoot(boot, {
@@ -318,6 +330,7 @@ export class VmService {
         onTapAttached: this.d.onTapAttached,
         now: this.now,
         bootTimeoutMs: this.d.bootTimeoutMs ?? 180_000,
+        identity: this.d.identity,
       });
       vm = this.d.vms.update(id, { state: 'running' });
       const live = this.live.get(id)!;
@@ -386,12 +399,24 @@ export class VmService {
     }
   }
 
-  async restart(name: string, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
+  async restart(name: string, progress: Progress, signal?: AbortSignal, opts: StartOptions = {}): Promise<VmInfo> {
     const vm = this.get(name);
     return this.lifecycle.run(vm.id, async () => {
       await this.stopLocked(vm.id, {}, signal);
-      return this.startLocked(vm.id, progress, signal);
+      return this.startLocked(vm.id, progress, signal, opts);
     }, signal);
+  }
+
+  /**
+   * `banger vm sync`: the invoking user's identity into a running guest again (after editing config.json
+   * or a credential). Not under the lifecycle lock: it is guest I/O; a VM stopped meanwhile fails it.
+   */
+  async syncIdentity(name: string, home: string | undefined, signal?: AbortSignal): Promise<VmSyncInfo> {
+    if (!this.d.identity) throw failedPrecondition('identity sync is not configured in this daemon');
+    const vm = await this.runningUnderLock(name, signal);
+    const info = await this.d.identity.sync(await this.live.session(vm, signal), home, signal);
+    this.d.vms.update(vm.id, { synced: info });
+    return info;
   }
 
   async delete(name: string, opts: { force?: boolean } = {}, signal?: AbortSignal): Promise<{ deleted: string }> {

@@ -76,4 +76,11 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE vms ADD COLUMN agent INTEGER NOT NULL DEFAULT 1;
     `,
   },
+  {
+    version: 5,
+    name: 'identity sync per VM',
+    sql: `
+      ALTER TABLE vms ADD COLUMN synced TEXT;
+    `,
+  },
 ];

@@ -1,6 +1,7 @@
 import type { Db } from '../db.js';
 import type { Accel, AccelChoice, NetworkMode, VmmName, VmState } from '../../../protocol/common.js';
 import type { WorkspaceInfo } from '../../../protocol/workspace.js';
+import { vmSyncInfoSchema, type VmSyncInfo } from '../../../protocol/vm.js';
 
 /** What a VM is: identity and intent. What is true right now about its process lives in handles.json. */
 export interface VmRecord {
@@ -31,6 +32,8 @@ export interface VmRecord {
   workspace: WorkspaceInfo | null;
   /** Start the guest agent at boot (`--no-agent` turns it off: commands then go over SSH). */
   agent: boolean;
+  /** What the last identity sync put into the guest (paths, never contents). */
+  synced: VmSyncInfo | null;
 }
 
 interface Row {
@@ -62,6 +65,18 @@ interface Row {
   include_untracked: number;
   prepared_at: string | null;
   agent: number;
+  synced: string | null;
+}
+
+/** A stored sync record; one that no longer parses is shown as none rather than failing every listing. */
+function parseSynced(text: string | null): VmSyncInfo | null {
+  if (text === null) return null;
+  try {
+    const r = vmSyncInfoSchema.safeParse(JSON.parse(text));
+    return r.success ? r.data : null;
+  } catch {
+    return null;
+  }
 }
 
 const fromRow = (r: Row): VmRecord => ({
@@ -98,6 +113,7 @@ const fromRow = (r: Row): VmRecord => ({
           preparedAt: r.prepared_at ?? '',
         },
   agent: r.agent !== 0,
+  synced: parseSynced(r.synced),
 });
 
 const toParams = (v: VmRecord) => ({
@@ -129,6 +145,7 @@ const toParams = (v: VmRecord) => ({
   include_untracked: v.workspace?.includeUntracked ? 1 : 0,
   prepared_at: v.workspace?.preparedAt ?? null,
   agent: v.agent ? 1 : 0,
+  synced: v.synced ? JSON.stringify(v.synced) : null,
 });
 
 const COLUMNS = Object.keys(toParams({ workspace: null } as VmRecord));
