@@ -80,6 +80,8 @@ export function progressMode(opts: { json?: boolean; quiet?: boolean }): Progres
 export class ProgressRenderer {
   private spinner: Ora | undefined;
   private lastBytesLine = 0;
+  /** When the current step began: each step's time is shown when it ends (image builds take minutes). */
+  private stepStarted: number | undefined;
 
   private constructor(
     private readonly mode: ProgressMode,
@@ -105,8 +107,22 @@ export class ProgressRenderer {
     }
   };
 
+  /** How long the step that just ended took ("12.3 s"), or undefined for one under a second. */
+  private endStep(): string | undefined {
+    const started = this.stepStarted;
+    this.stepStarted = undefined;
+    if (started === undefined) return undefined;
+    const s = (Date.now() - started) / 1000;
+    return s >= 1 ? `${s.toFixed(1)} s` : undefined;
+  }
+
   private plain(ev: ProgressEvent): void {
-    if (ev.kind === 'step') out.info(`==> [${ev.index}/${ev.total}] ${ev.step}${ev.detail ? `: ${ev.detail}` : ''}`);
+    if (ev.kind === 'step') {
+      const took = this.endStep();
+      if (took) out.info(`    took ${took}`);
+      this.stepStarted = Date.now();
+      out.info(`==> [${ev.index}/${ev.total}] ${ev.step}${ev.detail ? `: ${ev.detail}` : ''}`);
+    }
     else if (ev.kind === 'notice') out.info(`note: ${ev.message}`);
     else if (ev.kind === 'bytes') {
       const now = Date.now();
@@ -132,15 +148,25 @@ export class ProgressRenderer {
     if (!ora) return;
     if (!this.spinner) this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
     else if (ev.kind === 'step' && !this.spinner.text.startsWith(`[${ev.index}/`)) {
-      this.spinner.succeed();
+      this.succeed();
       this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
     } else this.spinner.text = text;
+    if (ev.kind === 'step') this.stepStarted ??= Date.now();
   }
 
-  /** Ends the display: the last step is marked done, or failed. */
+  private succeed(): void {
+    const took = this.endStep();
+    this.spinner?.succeed(took ? `${this.spinner.text} ${dim(`(${took})`)}` : undefined);
+  }
+
+  /** Ends the display: the last step is marked done (with its time), or failed. */
   finish(ok: boolean): void {
+    if (this.mode === 'plain' && ok) {
+      const took = this.endStep();
+      if (took) out.info(`    took ${took}`);
+    }
     if (!this.spinner) return;
-    if (ok) this.spinner.succeed();
+    if (ok) this.succeed();
     else this.spinner.fail();
     this.spinner = undefined;
   }

@@ -23,6 +23,12 @@ export const imageInfoSchema = z.object({
     packages: z.array(z.string()),
     /** Version of banger's guest contract (init, agent) the image was built with; absent in early images. */
     guestContract: z.number().optional(),
+    /** Built with `--minimal`: without the developer packages (Docker, build-essential...). */
+    minimal: z.boolean().optional(),
+    /** What it holds: versions of notable packages (docker.io, gcc, nodejs...) and of mise. */
+    contents: z.object({ versions: z.record(z.string()), mise: z.string().nullable() }).optional(),
+    /** Seconds each build step took. */
+    stepSeconds: z.array(z.object({ step: z.string(), seconds: z.number() })).optional(),
   }),
   createdAt: z.string(),
   buildSeconds: z.number().nullable(),
@@ -35,6 +41,8 @@ export type ImageInfo = z.infer<typeof imageInfoSchema>;
 export const imageBuildParamsSchema = z.object({
   name: z.string().min(1),
   packages: z.array(z.string()).optional(),
+  /** Only the base set (sshd, git, mise, the agent's runtime) plus `packages`: no Docker or toolchain. */
+  minimal: z.boolean().optional(),
   /** Rebuild even when an image of that name exists (refused while VMs use it). */
   force: z.boolean().optional(),
   ...withProgress,

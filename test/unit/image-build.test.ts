@@ -32,6 +32,7 @@ import {
   kernelVersions,
   mkfsArgs,
   mmdebstrapArgs,
+  DEVELOPER_PACKAGES,
   mountsUnder,
   validateBuildParams,
 } from '../../src/daemon/services/image/build.js';
@@ -46,6 +47,7 @@ void describe('mmdebstrapArgs', () => {
       mirror: 'http://deb.debian.org/debian',
       packages: ['build-essential', 'git'],
       targetDir: '/x/rootfs.d',
+      minimal: true,
     });
     assert.equal(args[0], '--variant=minbase');
     assert.equal(args[1], `--include=${[...BASE_PACKAGES, 'build-essential'].join(',')}`);
@@ -58,6 +60,32 @@ void describe('mmdebstrapArgs', () => {
     assert.deepEqual(args.slice(-3), ['bookworm', '/x/rootfs.d', 'http://deb.debian.org/debian']);
     for (const p of ['linux-image-cloud-amd64', 'openssh-server', 'busybox-static', 'kmod', 'iproute2'])
       assert.ok(BASE_PACKAGES.includes(p as (typeof BASE_PACKAGES)[number]), p);
+  });
+});
+
+void describe('mmdebstrapArgs: the developer set and the package cache', () => {
+  const base = { suite: 'bookworm', mirror: 'http://deb.debian.org/debian', packages: ['sl'], targetDir: '/x/r' };
+  void it('adds Docker, the toolchain and everyday tools unless minimal, each once', () => {
+    const include = mmdebstrapArgs(base)[1]!.replace('--include=', '').split(',');
+    for (const p of ['docker.io', 'build-essential', 'curl', 'jq', 'ripgrep', 'tmux', 'sl', 'openssh-server'])
+      assert.ok(include.includes(p), p);
+    assert.equal(new Set(include).size, include.length);
+    assert.deepEqual(include, [...new Set([...BASE_PACKAGES, ...DEVELOPER_PACKAGES, 'sl'])]);
+  });
+  void it('fills the archive from the cache before apt runs, keeps essential debs and copies it back', () => {
+    const args = mmdebstrapArgs({ ...base, aptCacheDir: '/h/cache/apt-archives' });
+    for (const a of [
+      '--skip=download/empty',
+      '--skip=essential/unlink',
+      '--setup-hook=sync-in /h/cache/apt-archives /var/cache/apt/archives/',
+      '--customize-hook=sync-out /var/cache/apt/archives /h/cache/apt-archives',
+    ])
+      assert.ok(args.includes(a), a);
+    assert.ok(
+      args.indexOf('--setup-hook=mkdir -p "$1"/var/cache/apt/archives/') <
+        args.indexOf('--setup-hook=sync-in /h/cache/apt-archives /var/cache/apt/archives/'),
+    );
+    assert.ok(!mmdebstrapArgs(base).some((a) => a.includes('sync-')));
   });
 });
 

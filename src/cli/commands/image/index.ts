@@ -10,8 +10,13 @@ function details(i: ImageInfo): string {
     `Status:   ${i.status}${i.error ? ` (${i.error})` : ''}`,
     `Kernel:   ${i.kernelVersion ?? '-'}`,
     `Built:    ${i.createdAt}${i.buildSeconds ? ` in ${Math.round(i.buildSeconds)} s` : ''}`,
+    ...(i.params.stepSeconds?.length
+      ? [`Steps:    ${i.params.stepSeconds.map((st) => `${st.step} ${st.seconds} s`).join(', ')}`]
+      : []),
     `Suite:    ${i.params.suite} from ${i.params.mirror || '-'}`,
-    `Packages: ${i.params.packages.length ? i.params.packages.join(' ') : '(base set only)'}`,
+    `Set:      ${i.params.minimal ? 'minimal (sshd, git, mise, the guest agent)' : 'developer (Docker, build-essential, curl, jq, ripgrep, tmux... on the base set)'}`,
+    `Added:    ${i.params.packages.length ? i.params.packages.join(' ') : '-'}`,
+    ...contents(i),
     `Used by:  ${i.usedBy.length ? i.usedBy.join(', ') : '-'}`,
     'Files:',
     ...i.files.map((f) => `  ${f.role.padEnd(7)} ${formatBytes(f.sizeBytes).padStart(10)}  sha256:${f.sha256}  ${f.path}`),
@@ -19,19 +24,45 @@ function details(i: ImageInfo): string {
   return lines.join('\n');
 }
 
+/** `Versions:` lines: mise and the notable packages the image has (Docker, Node, git, gcc...). */
+function contents(i: ImageInfo): string[] {
+  const c = i.params.contents;
+  if (!c) return [];
+  const v = [...(c.mise ? [`mise ${c.mise}`] : []), ...Object.entries(c.versions).map(([p, ver]) => `${p} ${ver}`)];
+  return v.length ? [`Versions: ${v.join(', ')}`] : [];
+}
+
 export function register(program: Command, ctx: CliContext): void {
   const image = program.command('image').description('build and manage guest images');
 
   image
     .command('build')
-    .description('build a bootable image from Debian packages (kernel, initrd, ext4 root with ssh, git, mise)')
+    .description('build a bootable image from Debian packages (kernel, initrd, ext4 root with ssh, git, mise, Docker)')
     .argument('[name]', 'image name', 'default')
     .option('--packages <list>', 'extra Debian packages, comma or space separated', '')
+    .option('--minimal', 'only sshd, git, mise and the guest agent: no Docker, build-essential or other tools')
     .option('--force', 'rebuild even if it exists (refused while VMs use it)')
     .option('--json', 'print the image as JSON; progress as JSON lines on stderr')
-    .action(async (name: string, o: { packages: string; force?: boolean; json?: boolean }) => {
+    .addHelpText(
+      'after',
+      `
+Every image has sshd, git, mise, Node (for the guest agent) and python3. Unless --minimal it also has
+Docker (docker.io; dockerd starts on first use of \`docker\`, its data on the VM's work disk), build-essential,
+curl, jq, ripgrep, unzip, xz-utils, less, vim-tiny and tmux. Downloaded packages are cached in
+$BANGER_HOME/cache/apt-archives, so a rebuild fetches only what is new (delete that folder to reclaim space).
+
+Examples:
+  banger image build                              the default image (built on first use anyway)
+  banger image build py --packages python3-venv   the default set plus python3-venv
+  banger image build small --minimal              the small image (faster to build)`,
+    )
+    .action(async (name: string, o: { packages: string; minimal?: boolean; force?: boolean; json?: boolean }) => {
       const packages = o.packages.split(/[\s,]+/).filter(Boolean);
-      const i = await ctx.call(ImageMethods.build, { name, packages, force: o.force }, { json: o.json, progress: true });
+      const i = await ctx.call(
+        ImageMethods.build,
+        { name, packages, minimal: o.minimal, force: o.force },
+        { json: o.json, progress: true },
+      );
       if (o.json) out.json(i);
       else out.line(details(i));
     });

@@ -5,7 +5,7 @@
  * which is why scratch trees are removed through leftovers.ts, never by a bare rm -rf).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -15,6 +15,7 @@ import type { CommandRunner } from '../../../shared/command.js';
 import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
 import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';
+import { dockerGuestFiles } from '../../guest/init/docker.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
 import type { Logger } from '../../../shared/logger.js';
 
@@ -33,6 +34,10 @@ export interface ImageBuildParams {
   mirror: string;
   /** Size of rootfs.ext4; 0 or absent: the tree's size plus {@link ROOTFS_FREE_MIB} free. */
   sizeMib?: number | undefined;
+  /** Only {@link BASE_PACKAGES} (plus `packages`), without {@link DEVELOPER_PACKAGES}. */
+  minimal?: boolean;
+  /** Where downloaded .debs are kept between builds (a rebuild downloads only what is new). */
+  aptCacheDir?: string;
 }
 
 export interface ImageBuildDeps {
@@ -59,6 +64,17 @@ export interface ImageArtifacts {
   /** `uname -r` of the guest kernel, e.g. `6.1.0-50-cloud-amd64`. */
   kernelVersion: string;
   files: ImageFile[];
+  /** What the image holds, for `image show`. */
+  contents: ImageContents;
+  /** Seconds each build step took, in order. */
+  stepSeconds: { step: string; seconds: number }[];
+}
+
+export interface ImageContents {
+  /** Versions of the notable packages it has (docker.io, nodejs, git, gcc...), by package name. */
+  versions: Record<string, string>;
+  /** `mise --version`'s first word. */
+  mise: string | null;
 }
 
 export interface BuildStep {
@@ -95,6 +111,27 @@ export const BASE_PACKAGES = [
   'python3',
 ] as const;
 
+/**
+ * What a developer expects on a fresh Debian box, in every image but `--minimal` ones: Docker (Debian's
+ * docker.io with containerd and runc; dockerd starts on first use), a C toolchain and everyday tools.
+ */
+export const DEVELOPER_PACKAGES = [
+  'docker.io',
+  'iptables',
+  'build-essential',
+  'curl',
+  'jq',
+  'ripgrep',
+  'unzip',
+  'xz-utils',
+  'less',
+  'vim-tiny',
+  'tmux',
+] as const;
+
+/** Packages whose versions `image show` lists, when the image has them. */
+const NOTABLE_PACKAGES = ['docker.io', 'containerd', 'runc', 'nodejs', 'git', 'gcc', 'python3', 'openssh-server'];
+
 /** File names of the artifacts inside the output directory. */
 export const ARTIFACT_NAMES = { kernel: 'vmlinuz', initrd: 'initrd.img', rootfs: 'rootfs.ext4' } as const;
 
@@ -122,11 +159,25 @@ export function mmdebstrapArgs(p: {
   mirror: string;
   packages: readonly string[];
   targetDir: string;
+  minimal?: boolean;
+  aptCacheDir?: string;
 }): string[] {
-  const include = [...new Set([...BASE_PACKAGES, ...p.packages])].join(',');
+  const include = [...new Set([...BASE_PACKAGES, ...(p.minimal ? [] : DEVELOPER_PACKAGES), ...p.packages])].join(',');
+  // mmdebstrap's own recipe for a package cache: fill the chroot's archive from it before apt runs (so only
+  // new .debs are downloaded), keep the essential ones, and copy the archive back before it is cleaned.
+  const cache = p.aptCacheDir
+    ? [
+        '--skip=download/empty',
+        '--skip=essential/unlink',
+        `--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
+        `--setup-hook=sync-in ${p.aptCacheDir} /var/cache/apt/archives/`,
+        `--customize-hook=sync-out /var/cache/apt/archives ${p.aptCacheDir}`,
+      ]
+    : [];
   return [
     '--variant=minbase',
     `--include=${include}`,
+    ...cache,
     '--dpkgopt=path-exclude=/usr/share/man/*',
     '--dpkgopt=path-exclude=/usr/share/doc/*',
     // Licences stay: dpkg applies the last matching path filter.
@@ -244,8 +295,16 @@ export async function buildImage(
   const initrdPath = join(outDir, ARTIFACT_NAMES.initrd);
   const rootfsPath = join(outDir, ARTIFACT_NAMES.rootfs);
   let stepIndex = 0;
+  const stepSeconds: ImageArtifacts['stepSeconds'] = [];
+  let stepStarted = Date.now();
+  const endStep = () => {
+    const last = BUILD_STEPS[stepIndex - 1];
+    if (last) stepSeconds.push({ step: last, seconds: Math.round((Date.now() - stepStarted) / 100) / 10 });
+    stepStarted = Date.now();
+  };
   const step = (name: (typeof BUILD_STEPS)[number], detail?: string) => {
     if (signal?.aborted) throw cancelled('image build cancelled');
+    endStep();
     stepIndex += 1;
     deps.log.info({ step: name, index: stepIndex, total: BUILD_STEPS.length, detail }, 'image build step');
     onStep({ name, index: stepIndex, total: BUILD_STEPS.length, ...(detail ? { detail } : {}) });
@@ -268,7 +327,9 @@ export async function buildImage(
     await removeTree(initrdDir);
 
     step('bootstrap rootfs', `${params.suite} from ${params.mirror}`);
-    await run('mmdebstrap', mmdebstrapArgs({ ...params, targetDir: rootDir }), { onOutput: logLines });
+    const aptCacheDir = params.aptCacheDir && !/\s/.test(params.aptCacheDir) ? params.aptCacheDir : undefined;
+    if (aptCacheDir) await mkdir(aptCacheDir, { recursive: true, mode: 0o700 });
+    await run('mmdebstrap', mmdebstrapArgs({ ...params, aptCacheDir, targetDir: rootDir }), { onOutput: logLines });
 
     step('install mise');
     const mise = deps.miseBinary ?? resolveMiseBinary();
@@ -281,6 +342,7 @@ export async function buildImage(
 
     step('configure guest');
     await configureRootfs(rootDir, params, run);
+    const contents = await imageContents(rootDir, mise, run);
 
     const versions = kernelVersions(await readdir(join(rootDir, 'boot')));
     const kernelVersion = versions[versions.length - 1];
@@ -317,8 +379,9 @@ export async function buildImage(
     ] as const) {
       files.push({ role, path, sizeBytes: (await stat(path)).size, sha256: await sha256File(path, signal) });
     }
+    endStep();
     await cleanup();
-    return { kernelPath, initrdPath, rootfsPath, kernelVersion, files };
+    return { kernelPath, initrdPath, rootfsPath, kernelVersion, files, contents, stepSeconds };
   } catch (e) {
     await cleanup().catch((c: unknown) => deps.log.warn({ err: String(c) }, 'cleanup after a failed build failed'));
     if (signal?.aborted) throw cancelled('image build cancelled');
@@ -336,6 +399,12 @@ async function configureRootfs(rootDir: string, params: ImageBuildParams, run: C
     await writeFile(at(f.path), f.content, { mode: f.mode });
     await chmod(at(f.path), f.mode);
   }
+  if (await exists(at('usr/sbin/dockerd')))
+    for (const f of dockerGuestFiles()) {
+      await mkdir(dirname(at(f.path)), { recursive: true });
+      await writeFile(at(f.path), f.content, { mode: f.mode });
+      await chmod(at(f.path), f.mode);
+    }
   await rm(at(GUEST_PATHS.init), { force: true });
   await symlink('/bin/busybox', at(GUEST_PATHS.init));
   await writeFile(at('etc/banger-image'), `${params.name}\n`);
@@ -359,6 +428,31 @@ async function configureRootfs(rootDir: string, params: ImageBuildParams, run: C
   await mkdir(at(ROOT_SKEL_DIR), { recursive: true });
   await run('cp', ['-a', `${at('etc/skel')}/.`, `${at(ROOT_SKEL_DIR)}/`]);
   await run('cp', ['-a', `${at('root')}/.`, `${at(ROOT_SKEL_DIR)}/`]);
+}
+
+/** The versions `image show` lists: notable packages from the tree's dpkg database, and mise's own. */
+async function imageContents(rootDir: string, mise: string, run: CommandRunner): Promise<ImageContents> {
+  const q = await run(
+    'dpkg-query',
+    [`--admindir=${join(rootDir, 'var/lib/dpkg')}`, '-W', '-f', '${db:Status-Abbrev}\t${Package}\t${Version}\n', ...NOTABLE_PACKAGES],
+    { allowFailure: true },
+  );
+  const versions: Record<string, string> = {};
+  for (const line of q.stdout.split('\n')) {
+    const [status, pkg, version] = line.split('\t');
+    if (status?.startsWith('ii') && pkg && version) versions[pkg] = version;
+  }
+  return { versions, mise: mise === resolveMiseBinary() ? miseVersion() : null };
+}
+
+/** The version of the mise npm package banger ships (read, not run: running it may look for updates). */
+function miseVersion(): string | null {
+  try {
+    const pkg = createRequire(import.meta.url).resolve('@jdxcode/mise-linux-x64/package.json');
+    return (JSON.parse(readFileSync(pkg, 'utf8')) as { version?: string }).version ?? null;
+  } catch {
+    return null;
+  }
 }
 
 async function buildInitrd(

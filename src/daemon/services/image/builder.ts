@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
@@ -9,7 +10,14 @@ import type { ImageBuilder } from './service.js';
 export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths }): ImageBuilder {
   return async (req, outDir, progress, signal) => {
     const mirror = await readHostMirror();
-    const params = { name: req.name, packages: req.packages, suite: 'bookworm', mirror };
+    const params = {
+      name: req.name,
+      packages: req.packages,
+      minimal: req.minimal,
+      suite: 'bookworm',
+      mirror,
+      aptCacheDir: join(d.paths.cacheDir, 'apt-archives'),
+    };
     const log = d.log.child({ image: req.name });
     const art = await buildImage(
       params,
@@ -21,7 +29,15 @@ export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths 
     return {
       kernelVersion: art.kernelVersion,
       files: art.files,
-      params: { suite: params.suite, mirror, packages: req.packages, guestContract: GUEST_CONTRACT_VERSION },
+      params: {
+        suite: params.suite,
+        mirror,
+        packages: req.packages,
+        minimal: req.minimal,
+        guestContract: GUEST_CONTRACT_VERSION,
+        contents: art.contents,
+        stepSeconds: art.stepSeconds,
+      },
     };
   };
 }

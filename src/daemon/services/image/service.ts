@@ -32,7 +32,7 @@ export interface BuiltImage {
 
 /** Builds an image's files into `outDir` (which exists and is empty), reporting progress. */
 export type ImageBuilder = (
-  req: { name: string; packages: string[] },
+  req: { name: string; packages: string[]; minimal: boolean },
   outDir: string,
   progress: (ev: ProgressEvent) => void,
   signal?: AbortSignal,
@@ -198,7 +198,11 @@ export class ImageService {
         return this.ready(img);
       }
       progress({ kind: 'notice', message: `rebuilding the '${DEFAULT_IMAGE}' image: it was built by another banger (guest contract ${img.params.guestContract ?? 1}, this one is ${GUEST_CONTRACT_VERSION})` });
-      const built = await this.build({ name, packages: img.params.packages, force: true }, progress, signal);
+      const built = await this.build(
+        { name, packages: img.params.packages, minimal: img.params.minimal, force: true },
+        progress,
+        signal,
+      );
       return this.ready(this.d.images.byId(built.id)!);
     }
     if (img?.status === 'ready') return this.ready(img);
@@ -212,7 +216,7 @@ export class ImageService {
   }
 
   async build(
-    req: { name: string; packages?: string[]; force?: boolean },
+    req: { name: string; packages?: string[]; minimal?: boolean; force?: boolean },
     progress: (ev: ProgressEvent) => void,
     signal?: AbortSignal,
   ): Promise<ImageInfo> {
@@ -244,7 +248,7 @@ export class ImageService {
         status: 'building',
         kernelVersion: null,
         files: [],
-        params: { suite: 'bookworm', mirror: '', packages },
+        params: { suite: 'bookworm', mirror: '', packages, minimal: !!req.minimal },
         buildSeconds: null,
         error: null,
         createdAt: this.now().toISOString(),
@@ -258,7 +262,7 @@ export class ImageService {
         await mkdir(buildDir, { recursive: true, mode: 0o700 });
         // A cancel that came while the scratch directory was being cleared must not start the build.
         if (signal?.aborted) throw new BangerError(ErrorCode.Cancelled, 'image build cancelled');
-        const built = await this.d.build({ name: req.name, packages }, buildDir, progress, signal);
+        const built = await this.d.build({ name: req.name, packages, minimal: !!req.minimal }, buildDir, progress, signal);
         await rename(buildDir, finalDir);
         const files = built.files.map((f) => ({ ...f, path: f.path.replace(buildDir, finalDir) }));
         this.d.images.update(id, {
