@@ -51,7 +51,8 @@ export async function connectOrStart(paths: Paths, onStart?: () => void, timeout
     } catch (e) {
       if (!isNotRunning(e)) throw e;
     }
-    if (exited !== null || Date.now() > end)
+    // Exit 0: another daemon, started at the same moment, holds the state directory; it answers shortly.
+    if ((exited !== null && exited !== 0) || Date.now() > end)
       throw new BangerError(ErrorCode.Unavailable, `bangerd did not start${exited !== null ? ` (exit ${exited})` : ''}`, {
         hint: `see ${join(paths.logsDir, 'bangerd.stderr.log')} and \`banger daemon logs\``,
       });

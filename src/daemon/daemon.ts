@@ -23,7 +23,8 @@ import { KvmAccelResolver } from './services/accel.js';
 import { HostViews } from './services/host-views.js';
 import { TapNetwork } from './services/network/tap.js';
 import { VmDnsServer, type ListenAddress } from './services/dns/server.js';
-import { loadConfig } from '../shared/config.js';
+import { loadConfig, type BangerConfig } from '../shared/config.js';
+import { acquireDaemonLock, type DaemonLock } from './store/daemon-lock.js';
 import { DnsHostIntegration } from './services/dns/host-integration.js';
 import { KvmProbeCache } from './vmm/accel.js';
 import { QemuDriver } from './vmm/qemu/driver.js';
@@ -73,9 +74,21 @@ export interface RunningDaemon {
 }
 
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
-  const { paths, log } = opts;
+  const { paths } = opts;
   const config = loadConfig(paths.config);
   ensureStateDir(paths);
+  // Before anything touches state: a second daemon started at the same moment stops here.
+  const lock = acquireDaemonLock(paths.daemonLock);
+  try {
+    return await serve(opts, config, lock);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
+async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock): Promise<RunningDaemon> {
+  const { paths, log } = opts;
 
   const startedAt = new Date();
   log.info({ version: VERSION, home: paths.root }, 'bangerd starting');
@@ -241,6 +254,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       vms.detachAll();
       db.close();
       rmSync(paths.daemonPidFile, { force: true });
+      lock.release();
     },
   };
 }

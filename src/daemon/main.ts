@@ -3,6 +3,7 @@ import net from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { Paths } from '../shared/paths.js';
 import { fileLogger } from '../shared/logger.js';
+import { ErrorCode, isBangerError } from '../errors/index.js';
 import { startDaemon, type RunningDaemon } from './daemon.js';
 
 /** True when another daemon already answers on the socket. */
@@ -39,7 +40,17 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  running.daemon = await startDaemon({ paths, log, onStopRequest: () => stop('daemon.stop') });
+  try {
+    running.daemon = await startDaemon({ paths, log, onStopRequest: () => stop('daemon.stop') });
+  } catch (e) {
+    // Started at the same moment as another daemon, which won: the client that started us connects to it.
+    if (isBangerError(e) && e.code === ErrorCode.Conflict) {
+      process.stderr.write(`bangerd is already running: ${e.message}\n`);
+      log.flush();
+      process.exit(0);
+    }
+    throw e;
+  }
 }
 
 main().catch((e: unknown) => {

@@ -22,6 +22,10 @@ export class Paths {
   get socket(): string {
     return join(this.root, 'bangerd.sock');
   }
+  /** Held by the running daemon (an SQLite exclusive lock): one daemon per state directory. */
+  get daemonLock(): string {
+    return join(this.root, 'bangerd.lock');
+  }
   get daemonPidFile(): string {
     return join(this.root, 'bangerd.pid');
   }

@@ -155,6 +155,13 @@ void describe('bangerd in-process', () => {
     }
   });
 
+  void it('a second daemon on the same state directory refuses to start, and the first keeps serving', async () => {
+    const err = await code(startDaemon({ paths, log: silentLogger(), build: fakeBuild, dns, onStopRequest: () => undefined }));
+    assert.equal(err.code, ErrorCode.Conflict);
+    assert.match(err.message, /another bangerd is running on this state directory/);
+    assert.deepEqual(await client.call(VmMethods.list, undefined), []);
+  });
+
   void it('keeps its records across a restart', async () => {
     client.close();
     await daemon.stop();

@@ -1,0 +1,49 @@
+/**
+ * One daemon per state directory, as a user meets it: several CLI commands started at the same moment on a
+ * fresh BANGER_HOME (no daemon yet) all succeed, and exactly one bangerd serves them.
+ * Runs the built CLI (dist/banger.js).
+ */
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { CLI } from '../helpers/cli.js';
+
+const run = promisify(execFile);
+
+/** Processes whose command line is bangerd's with this BANGER_HOME in their environment. */
+function daemonsOf(home: string): number[] {
+  const pids: number[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number))
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      if (cmd.includes('bangerd') && env.includes(`BANGER_HOME=${home}`)) pids.push(pid);
+    } catch {
+      /* gone meanwhile */
+    }
+  return pids;
+}
+
+void describe('one daemon per state directory', () => {
+  const home = mkdtempSync(join(tmpdir(), 'banger-single-'));
+  // Its own DNS port: the default (127.77.0.1:53) may belong to another daemon on this host.
+  writeFileSync(join(home, 'config.json'), JSON.stringify({ dns: { address: '127.0.0.1', port: 0 } }));
+  const env = { ...process.env, BANGER_HOME: home, NO_COLOR: '1' };
+
+  after(async () => {
+    await run('node', [CLI, 'daemon', 'stop'], { env }).catch(() => undefined);
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  void it('four CLIs started at once on a fresh home all succeed, served by one bangerd', async () => {
+    const results = await Promise.all([1, 2, 3, 4].map(() => run('node', [CLI, 'vm', 'list', '--json'], { env, timeout: 60_000 })));
+    for (const r of results) assert.deepEqual(JSON.parse(r.stdout), []);
+    const pids = daemonsOf(home);
+    assert.equal(pids.length, 1, `one bangerd, got pids ${pids.join(', ')}`);
+    assert.equal(Number(readFileSync(join(home, 'bangerd.pid'), 'utf8').trim()), pids[0]);
+  });
+});
