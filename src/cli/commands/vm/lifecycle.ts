@@ -6,7 +6,7 @@ import { out } from '../../output.js';
 export function register(vm: Command, ctx: CliContext): void {
   vm.command('start')
     .description('boot a stopped VM and wait until SSH answers')
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--json', 'print the VM as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
       const v = await ctx.call(VmMethods.start, { name }, { json: o.json, progress: true });
@@ -16,7 +16,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('stop')
     .description('shut a VM down: guest poweroff first, forced after --timeout')
-    .argument('<name...>')
+    .argument('<vm...>', 'VM names')
     .option('-f, --force', 'kill the VMM without asking the guest')
     .option('--timeout <seconds>', 'wait this long for a graceful shutdown (default 20)', (v) => parseIntFlag('--timeout', v))
     .option('--json', 'print the VMs as JSON')
@@ -32,7 +32,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('restart')
     .description('stop and start a VM')
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--json', 'print the VM as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
       const v = await ctx.call(VmMethods.restart, { name }, { json: o.json, progress: true });
@@ -43,7 +43,7 @@ export function register(vm: Command, ctx: CliContext): void {
   vm.command('delete')
     .alias('rm')
     .description('delete VMs: their processes, disks and keys')
-    .argument('<name...>')
+    .argument('<vm...>', 'VM names')
     .option('-f, --force', 'stop running VMs first')
     .action(async (names: string[], o: { force?: boolean }) => {
       for (const name of names) {
