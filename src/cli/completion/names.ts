@@ -53,17 +53,22 @@ export async function completeNames(args: readonly string[], socketPath: string,
   const timer = setTimeout(() => ac.abort(), timeoutMs);
   const timedOut = new Promise<string[]>((resolve) => ac.signal.addEventListener('abort', () => resolve([]), { once: true }));
   let client: BangerClient | undefined;
-  const work = (async () => {
-    client = await BangerClient.connect(socketPath);
-    return await fetchNames(client, args, ac.signal);
-  })().catch(() => []);
+  const work = BangerClient.connect(socketPath)
+    .then((c) => {
+      client = c;
+      // Connected after the time ran out: nobody waits for the answer.
+      if (ac.signal.aborted) return [];
+      return fetchNames(c, args, ac.signal);
+    })
+    .catch(() => []);
   try {
     const names = await Promise.race([work, timedOut]);
     return names.filter((n) => OFFERABLE.test(n));
   } finally {
     clearTimeout(timer);
     ac.abort();
-    // A connect still under way when the time ran out: close it once it lands.
+    client?.close();
+    // A connect still under way: close it once it lands.
     void work.then(() => client?.close());
   }
 }
