@@ -29,7 +29,8 @@ Start here:
 
 /**
  * `banger __complete KIND [ARG]` (hidden; what the completion scripts run at TAB time): names from a daemon
- * that is already running, nothing otherwise, always exit 0. It skips commander and every command module.
+ * that is already running, nothing otherwise, always exit 0. It builds no commander program and loads no
+ * command module.
  */
 async function complete(args: string[]): Promise<number> {
   const { completeNames } = await import('./completion/names.js');
