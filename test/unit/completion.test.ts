@@ -3,10 +3,10 @@
  * names each argument asks for; the VM filters; the bash and fish walks (with a stub `banger` standing in
  * for the daemon); and the fast path giving up silently when no daemon answers.
  */
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ import { CliContext } from '../../src/cli/context.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(join(tmpdir(), 'banger-completion-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const program = await fullProgram(new CliContext(new AbortController().signal));
 const nodes = completionNodes(program);
 const node = (path: string) => {
