@@ -1,24 +1,9 @@
-import { Command, CommanderError } from 'commander';
+import { CommanderError } from 'commander';
 import { EXIT_CODES, ErrorCode, isBangerError } from '../errors/index.js';
-import { VERSION } from '../shared/version.js';
+import { Paths } from '../shared/paths.js';
 import { CliContext } from './context.js';
 import { out } from './output.js';
-
-type CommandModule = { register(program: Command, ctx: CliContext): void };
-
-/**
- * Each top-level command's module, imported only when the command line names it (all of them for help or
- * an unknown command), so a command pays start-up time only for what it uses. Order = order in --help.
- */
-const COMMANDS: [names: string[], load: () => Promise<CommandModule>][] = [
-  [['vm', 'ps'], () => import('./commands/vm/index.js')],
-  [['image'], () => import('./commands/image/index.js')],
-  [['daemon'], () => import('./commands/daemon/index.js')],
-  [['doctor'], () => import('./commands/doctor.js')],
-  [['dns'], () => import('./commands/dns.js')],
-  [['network'], () => import('./commands/network.js')],
-  [['ssh-config'], () => import('./commands/ssh-config.js')],
-];
+import { COMMANDS, rootCommand, type CommandModule } from './commands/table.js';
 
 /** The command modules a command line needs: its first word's, none for --version, all otherwise. */
 function commandsFor(args: readonly string[]): (() => Promise<CommandModule>)[] {
@@ -42,7 +27,20 @@ Start here:
   banger vm run -- uname -a     boot a microVM (building the default image on first use) and run a command
   banger doctor                 check what this host supports`;
 
+/**
+ * `banger __complete KIND [ARG]` (hidden; what the completion scripts run at TAB time): names from a daemon
+ * that is already running, nothing otherwise, always exit 0. It builds no commander program and loads no
+ * command module.
+ */
+async function complete(args: string[]): Promise<number> {
+  const { completeNames } = await import('./completion/names.js');
+  const names = await completeNames(args, Paths.fromEnv().socket).catch(() => []);
+  out.raw(names.map((n) => `${n}\n`).join(''));
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
+  if (argv[2] === '__complete') return complete(argv.slice(3));
   const ac = new AbortController();
   let interrupted = 0;
   const ctx = new CliContext(ac.signal);
@@ -53,9 +51,7 @@ async function main(argv: string[]): Promise<number> {
     if (interrupted > (forward ? 2 : 1)) process.exit(EXIT_CODES.Cancelled);
     ac.abort();
   });
-  const program = new Command('banger')
-    .description('local microVM sandboxes for developers and coding agents')
-    .version(VERSION)
+  const program = rootCommand()
     .showSuggestionAfterError()
     .enablePositionalOptions()
     .exitOverride()

@@ -88,7 +88,7 @@ Examples:
   image
     .command('show')
     .description("show an image's files, checksums and build parameters")
-    .argument('<name>')
+    .argument('<image>', 'image name')
     .option('--json', 'print as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
       const i = await ctx.call(ImageMethods.show, { name });
@@ -100,7 +100,7 @@ Examples:
     .command('delete')
     .alias('rm')
     .description('delete an image (refused while a VM uses it)')
-    .argument('<name>')
+    .argument('<image>', 'image name')
     .action(async (name: string) => {
       await ctx.call(ImageMethods.delete, { name });
       out.info(`deleted image ${name}`);

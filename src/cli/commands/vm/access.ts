@@ -55,7 +55,7 @@ async function checkWorkspaceFresh(ctx: CliContext, name: string, autoPrepare: b
 export function register(vm: Command, ctx: CliContext): void {
   vm.command('exec')
     .description("run a command in a running VM; exits with the command's exit code")
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .argument('<command...>', 'the command and its arguments (put them after --)')
     .option('-t, --tty', 'allocate a terminal (for interactive programs)')
     .option('-w, --workdir <dir>', "directory in the guest to run in (default: the VM's workspace, if it has one)")
@@ -73,7 +73,7 @@ guest has mise. When the host repo's HEAD differs from the imported commit, a wa
 
   vm.command('ssh')
     .description('open an interactive shell in a VM with the system OpenSSH client')
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .argument('[command...]', 'run this instead of a shell')
     .action(async (name: string, command: string[]) => {
       const t = await ctx.call(VmMethods.sshTarget, { name });

@@ -18,7 +18,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('show')
     .description("show a VM's details")
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--json', 'print as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
       const v = await ctx.call(VmMethods.show, { name });
@@ -28,7 +28,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('ports')
     .description("list the TCP ports a running VM listens on, and where the host reaches them")
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--json', 'print as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
       const r = await ctx.call(VmMethods.ports, { name });
@@ -39,7 +39,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('logs')
     .description("print the tail of a VM's serial console")
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--bytes <n>', 'how much of the end to print', (v) => Number(v), 65536)
     .action(async (name: string, o: { bytes: number }) => {
       const r = await ctx.call(VmMethods.logs, { name, tailBytes: o.bytes });

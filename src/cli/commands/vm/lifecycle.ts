@@ -7,7 +7,7 @@ import { NO_SYNC_HELP, syncParams } from './create.js';
 export function register(vm: Command, ctx: CliContext): void {
   vm.command('start')
     .description('boot a stopped VM and wait until SSH answers')
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--no-sync', NO_SYNC_HELP)
     .option('--json', 'print the VM as JSON')
     .action(async (name: string, o: { json?: boolean; sync?: boolean }) => {
@@ -18,7 +18,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('stop')
     .description('shut a VM down: guest poweroff first, forced after --timeout')
-    .argument('<name...>')
+    .argument('<vm...>', 'VM names')
     .option('-f, --force', 'kill the VMM without asking the guest')
     .option('--timeout <seconds>', 'wait this long for a graceful shutdown (default 20)', (v) => parseIntFlag('--timeout', v))
     .option('--json', 'print the VMs as JSON')
@@ -34,7 +34,7 @@ export function register(vm: Command, ctx: CliContext): void {
 
   vm.command('restart')
     .description('stop and start a VM')
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--no-sync', NO_SYNC_HELP)
     .option('--json', 'print the VM as JSON')
     .action(async (name: string, o: { json?: boolean; sync?: boolean }) => {
@@ -46,7 +46,7 @@ export function register(vm: Command, ctx: CliContext): void {
   vm.command('delete')
     .alias('rm')
     .description('delete VMs: their processes, disks and keys')
-    .argument('<name...>')
+    .argument('<vm...>', 'VM names')
     .option('-f, --force', 'stop running VMs first')
     .action(async (names: string[], o: { force?: boolean }) => {
       for (const name of names) {

@@ -48,7 +48,7 @@ Examples:
     .description('start a command as a session and return at once')
     .argument('<vm>', 'VM name')
     .argument('<command...>', 'the command and its arguments (put them after --)')
-    .option('--name <session>', 'session name (default: generated)')
+    .option('--name <name>', 'session name (default: generated)')
     .option('--tty', 'give it a terminal (for interactive programs; stdout and stderr merge)')
     .option('--cwd <dir>', 'directory in the guest to run in')
     .option('--env <NAME=VALUE>', 'environment variable (repeatable)', collectEnv)

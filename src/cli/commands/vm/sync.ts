@@ -8,7 +8,7 @@ import { syncSummary } from './format.js';
 export function register(vm: Command, ctx: CliContext): void {
   vm.command('sync')
     .description('copy your git identity, SSH public keys and configured files into a running VM again')
-    .argument('<name>')
+    .argument('<vm>', 'VM name')
     .option('--json', 'print what was synced as JSON')
     .addHelpText(
       'after',

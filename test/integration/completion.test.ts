@@ -1,0 +1,99 @@
+/**
+ * Shell completion against the daemon in-process (temp BANGER_HOME, fake image builds): the bash script made
+ * by the built CLI, sourced in bash, asks the running daemon for names through `banger __complete`. VMs here
+ * are created but never booted (a running VM needs a real guest: test/e2e/completion.test.ts covers that).
+ * Without a daemon, completing a name prints nothing, returns at once and starts no daemon.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BangerClient } from '../../src/client/client.js';
+import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon.js';
+import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
+import type { ImageBuilder } from '../../src/daemon/services/image/service.js';
+import { ImageMethods } from '../../src/protocol/image.js';
+import { VmMethods } from '../../src/protocol/vm.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { Paths } from '../../src/shared/paths.js';
+import { bangerOk } from '../helpers/cli.js';
+import { bangerOnPath, bashComplete } from '../helpers/completion.js';
+
+const home = mkdtempSync(join(tmpdir(), 'banger-completion-int-'));
+const paths = new Paths(home);
+const binDir = bangerOnPath();
+const script = join(binDir, 'banger.bash');
+const env = { BANGER_HOME: home, PATH: `${binDir}:${process.env.PATH}` };
+let daemon: RunningDaemon;
+let client: BangerClient;
+
+const fakeBuild: ImageBuilder = async (req, outDir) => {
+  const files = (['kernel', 'initrd', 'rootfs'] as const).map((role) => {
+    const path = join(outDir, role);
+    writeFileSync(path, role);
+    return { role, path, sizeBytes: role.length, sha256: '0'.repeat(64) };
+  });
+  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: req.packages, guestContract: GUEST_CONTRACT_VERSION } };
+};
+
+void describe('shell completion with the daemon in-process', () => {
+  before(async () => {
+    daemon = await startDaemon({
+      paths,
+      log: silentLogger(),
+      build: fakeBuild,
+      dns: { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') },
+      onStopRequest: () => undefined,
+    });
+    client = await BangerClient.connect(paths.socket);
+    await client.call(ImageMethods.build, { name: 'tiny', packages: [] });
+    for (const name of ['cmp-one', 'cmp-two']) await client.call(VmMethods.create, { name, image: 'tiny', vmm: 'qemu', accel: 'tcg' });
+    writeFileSync(script, (await bangerOk(['completion', 'bash'], 0, { home })).stdout);
+  });
+  after(async () => {
+    client.close();
+    await daemon.stop();
+    rmSync(home, { recursive: true, force: true });
+    rmSync(binDir, { recursive: true, force: true });
+  });
+
+  void it('completes command words from the script alone', async () => {
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'ex'], env), ['exec']);
+    assert.deepEqual(await bashComplete(script, ['banger', 'ima'], env), ['image']);
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'create', '--acc'], env), ['--accel']);
+  });
+
+  void it("offers the daemon's VMs where a command takes any VM or a stopped one", async () => {
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'show', ''], env), ['cmp-one', 'cmp-two']);
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'rm', 'cmp-one', 'cmp-t'], env), ['cmp-two']);
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'start', 'cmp-'], env), ['cmp-one', 'cmp-two']);
+  });
+
+  void it('offers no stopped VM to vm exec and vm stop', async () => {
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'exec', ''], env), []);
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'stop', ''], env), []);
+  });
+
+  void it('offers image names for image commands and --image', async () => {
+    assert.deepEqual(await bashComplete(script, ['banger', 'image', 'rm', ''], env), ['tiny']);
+    assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'run', '--image', 't'], env), ['tiny']);
+  });
+
+  void it('without a daemon: no names, no daemon started, no waiting', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'banger-completion-none-'));
+    try {
+      const started = Date.now();
+      assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'exec', ''], { ...env, BANGER_HOME: empty }), []);
+      assert.deepEqual(await bashComplete(script, ['banger', 'image', 'show', ''], { ...env, BANGER_HOME: empty }), []);
+      // Generous for a loaded machine: this guards against a hang or a daemon start, not against slowness.
+      assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+      await sleep(300);
+      assert.deepEqual(readdirSync(empty), [], 'nothing made in BANGER_HOME: no socket, pid file or log');
+      assert.equal(existsSync(join(empty, 'bangerd.sock')), false);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+});
