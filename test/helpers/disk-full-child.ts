@@ -3,7 +3,8 @@
  * tmpfs mounted there: starts the daemon in-process, makes a VM, fills the filesystem to leave `leaveMib` free,
  * then tries create, start and a disk grow. Prints what it saw as one JSON object on stdout.
  */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readdirSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BangerClient } from '../../src/client/client.js';
@@ -28,6 +29,17 @@ const fakeBuild: ImageBuilder = async (_req, outDir) => {
   });
   return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: [], guestContract: GUEST_CONTRACT_VERSION } };
 };
+
+const CLI = join(import.meta.dirname, '..', '..', 'dist', 'banger.js');
+
+/** Runs the CLI without blocking this process's event loop (the daemon it talks to runs here). */
+function runCli(args: string[]): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, BANGER_HOME: home, NO_COLOR: '1' } }, (err, _out, stderr) =>
+      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stderr }),
+    );
+  });
+}
 
 const failure = async (p: Promise<unknown>) => {
   try {
@@ -58,6 +70,8 @@ try {
   const start = await failure(client.call(VmMethods.start, { name: 'a' }));
   const grow = await failure(client.call(VmMethods.set, { name: 'a', diskSizeMib: 131072 }));
   const after = await client.call(VmMethods.show, { name: 'a' });
+  // The built CLI (when there is one), as a person would run it: its exit code and message.
+  const cli = existsSync(CLI) ? await runCli(['vm', 'start', 'a']) : null;
   const result = {
     made: { dir: made.dir, disks: made.disks },
     create,
@@ -66,6 +80,7 @@ try {
     names: (await client.call(VmMethods.list, undefined)).map((v) => v.name),
     vmDirs: readdirSync(paths.vmsDir),
     aFiles: readdirSync(made.dir).sort(),
+    cli,
     after: { state: after.state, diskSizeMib: after.diskSizeMib, workBytes: statSync(join(made.dir, 'work.ext4')).size },
   };
   process.stdout.write(JSON.stringify(result) + '\n');

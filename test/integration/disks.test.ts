@@ -112,6 +112,7 @@ interface DiskFullResult {
   start: { code: string; message: string; hint: string | null } | null;
   grow: { code: string; message: string; hint: string | null } | null;
   names: string[];
+  cli: { code: number; stderr: string } | null;
   vmDirs: string[];
   aFiles: string[];
   after: { state: string; diskSizeMib: number; workBytes: number };
@@ -141,6 +142,11 @@ void describe('a full host disk (tmpfs BANGER_HOME in a test mount namespace)', 
       assert.match(got.start.message, new RegExp(`not enough disk space in ${got.made.dir} to start VM 'a': it needs 32 MiB free`));
       assert.equal(got.after.state, 'created', 'the VM is as it was');
       assert.ok(!got.aFiles.includes('console.log') && !got.aFiles.includes('handles.json'), `no boot files: ${got.aFiles.join(' ')}`);
+
+      if (got.cli) {
+        assert.equal(got.cli.code, 71, got.cli.stderr);
+        assert.match(got.cli.stderr, /not enough disk space in .* to start VM 'a': it needs 32 MiB free/);
+      } else process.stderr.write('dist/banger.js is missing (run `npm run build`): the CLI exit code was not checked\n');
 
       assert.equal(got.grow?.code, ErrorCode.ResourceExhausted);
       assert.match(got.grow.message, /to grow the work disk of VM 'a': it needs 24 MiB free/);
