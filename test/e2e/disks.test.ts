@@ -6,8 +6,11 @@
  */
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { banger, bangerOk, e2eSteps } from '../helpers/cli.js';
+import { git, isolateGitConfig, tmp, write } from '../helpers/workspace-repo.js';
 
 const VM = 'e2e-disks';
 const BIG = 'e2e-disks-64g';
@@ -40,6 +43,7 @@ async function guestCpus(): Promise<number> {
 
 void describe('work disks and vm set on real VMs', { timeout: 1_200_000 }, () => {
   before(async () => {
+    isolateGitConfig();
     await banger(['vm', 'delete', '--force', VM, BIG]);
   });
 
@@ -87,6 +91,27 @@ void describe('work disks and vm set on real VMs', { timeout: 1_200_000 }, () =>
     const size = await guestRootMib();
     assert.ok(size > 1900 && size <= 2048, `df /root says ${size}M after growing to 2G`);
     assert.equal((await bangerOk(['vm', 'exec', VM, '--', 'cat', '/root/keep.txt'])).stdout, 'kept\n');
+  });
+
+  step('a workspace import that fills the guest disk fails clearly and records nothing', async () => {
+    const repo = join(tmp('banger-disks-full-'), 'repo');
+    mkdirSync(repo);
+    git(repo, 'init', '-q', '-b', 'main');
+    write(repo, 'big.bin', randomBytes(8 * MIB)); // incompressible: 8 MiB land on the guest disk
+    git(repo, 'add', '-A');
+    git(repo, 'commit', '-q', '-m', 'big');
+    // Leave ~3 MiB usable on /root: free blocks (root may use the reserved ones) minus 20 MiB, of which ext4
+    // keeps up to 16 MiB back for its own metadata (measured on a loop-mounted 2G work disk).
+    const fill = "set -- $(stat -f -c '%f %S' /root) && fallocate -l $(( $1 * $2 - 20971520 )) /root/fill && sync";
+    await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', fill]);
+    try {
+      const r = await banger(['vm', 'workspace', 'prepare', VM, repo, '--guest-path', '/root/full']);
+      assert.notEqual(r.code, 0, 'the import does not claim success');
+      assert.match(r.stderr, /No space left on device|disk is full|not enough disk space/i);
+      assert.equal(((await show(VM)) as Vm & { workspace: unknown }).workspace, null, 'no workspace recorded');
+    } finally {
+      await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', 'rm -rf /root/fill /root/full && sync']);
+    }
   });
 
   step('shrinking the work disk is refused with exit 64 and changes nothing', async () => {
