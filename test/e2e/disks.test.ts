@@ -106,8 +106,9 @@ void describe('work disks and vm set on real VMs', { timeout: 1_200_000 }, () =>
     await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', fill]);
     try {
       const r = await banger(['vm', 'workspace', 'prepare', VM, repo, '--guest-path', '/root/full']);
-      assert.notEqual(r.code, 0, 'the import does not claim success');
-      assert.match(r.stderr, /No space left on device|disk is full|not enough disk space/i);
+      assert.equal(r.code, 71, r.stderr);
+      assert.match(r.stderr, /the guest's disk is full/);
+      assert.match(r.stderr, /banger vm set NAME --disk-size/);
       assert.equal(((await show(VM)) as Vm & { workspace: unknown }).workspace, null, 'no workspace recorded');
     } finally {
       await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', 'rm -rf /root/fill /root/full && sync']);
