@@ -93,8 +93,9 @@ export function fileUse(path: string): { sizeBytes: number; hostBytes: number } 
 /**
  * Free space the host must have before each step that writes under BANGER_HOME, in bytes. Explicit estimates,
  * not measurements: what banger itself writes plus headroom for the first writes of the guest.
- * - create: the root overlay (a qcow2 header, ~200 KiB) or a sparse root copy, the work disk's ext4 metadata
- *   (~0.7 MiB at 1 GiB, ~5 MiB at 64 GiB: 1 MiB per 8 GiB is generous), the host key; plus 8 MiB.
+ * - create: the root overlay (a qcow2 header, ~200 KiB), the work disk's ext4 metadata (~0.7 MiB at 1 GiB,
+ *   ~5 MiB at 64 GiB: 1 MiB per 8 GiB is generous), the host key; plus 8 MiB. A driver without qcow2 adds the
+ *   image's allocated bytes (its root disk is a sparse copy; files.ts adds it).
  * - start: the seed (<1 MiB), the console log (capped at 2 MiB with its rotation), the VMM's log, and the
  *   guest's first writes to the overlay and the work disk while it boots: 32 MiB.
  */

@@ -4,7 +4,7 @@ import { dnsName } from '../../../protocol/names.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { generateEd25519 } from '../../guest/keys.js';
-import { SPACE_NEEDED, asNoSpace, ensureFreeSpace, makeWorkDisk, type FreeSpace } from './disks.js';
+import { SPACE_NEEDED, asNoSpace, ensureFreeSpace, fileUse, makeWorkDisk, type FreeSpace } from './disks.js';
 import type { VmmDriver } from '../../vmm/driver.js';
 
 export interface VmFilesOptions {
@@ -29,7 +29,9 @@ export interface VmFilesOptions {
 export async function makeVmFiles(o: VmFilesOptions, signal?: AbortSignal): Promise<void> {
   const { vp } = o;
   const what = `create VM '${o.name}'`;
-  const needed = SPACE_NEEDED.create(o.diskSizeMib);
+  // Without qcow2 the root disk is a sparse copy of the image: it costs what the image's blocks cost.
+  const rootCopy = o.driver.features.has('qcow2') ? 0 : (fileUse(o.rootfsPath)?.hostBytes ?? 0);
+  const needed = SPACE_NEEDED.create(o.diskSizeMib) + rootCopy;
   try {
     await mkdir(vp.dir, { recursive: true, mode: 0o700 });
     await ensureFreeSpace(vp.dir, needed, what, o.freeSpace);
