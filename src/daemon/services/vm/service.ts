@@ -331,11 +331,11 @@ export class VmService {
     } catch (e) {
       await this.live.teardown(id);
       // A Ctrl-C (or a client gone) during any step is a cancelled start: the VM is stopped, not broken.
-      const err = signal?.aborted
-        ? new BangerError(ErrorCode.Cancelled, `starting VM '${vm.name}' was cancelled`)
-        : toBangerError(asNoSpace(e, vm.dir, `start VM '${vm.name}'`));
+      // A full host disk met on the way is said as such; the VM is stopped, not broken, once there is room.
+      const full = asNoSpace(e, vm.dir, `start VM '${vm.name}'`);
+      const err = signal?.aborted ? new BangerError(ErrorCode.Cancelled, `starting VM '${vm.name}' was cancelled`) : toBangerError(full);
       if (err.code === ErrorCode.Cancelled) this.d.vms.update(id, { state: 'stopped', lastError: 'start cancelled' });
-      else if (err.code === ErrorCode.ResourceExhausted) this.d.vms.update(id, { state: 'stopped', lastError: err.message });
+      else if (full !== e) this.d.vms.update(id, { state: 'stopped', lastError: err.message });
       else this.d.vms.update(id, { state: 'error', lastError: err.message });
       throw err;
     }
