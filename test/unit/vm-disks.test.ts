@@ -139,6 +139,15 @@ test('vm set: a grow that fails records nothing and leaves the old filesystem us
     diskSizeMib: 256,
   });
   assert.equal(fsBytes(vp.workDisk), 256 * MIB);
+
+  // A grow that finished on disk but was never recorded (daemon killed): a smaller ask never cuts the file
+  // under its filesystem (resize2fs moves the data and shortens the file itself), and the disk stays clean.
+  assert.deepEqual(await applyVmSettings(record(), { diskSizeMib: 128 }, { running: false, vp, run: runCommand }), {
+    diskSizeMib: 128,
+  });
+  assert.equal(fsBytes(vp.workDisk), 128 * MIB);
+  assert.equal(statSync(vp.workDisk).size, 128 * MIB);
+  sh('e2fsck', ['-f', '-n', vp.workDisk]);
 });
 
 test('host disk full: the preflight and a full disk met on the way both say ResourceExhausted with the path', async () => {

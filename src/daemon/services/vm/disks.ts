@@ -58,8 +58,8 @@ export async function growWorkDisk(
       `the work disk cannot shrink (it is ${fromMib} MiB; asked for ${toMib} MiB)`,
       `give --disk-size ${fromMib}M or more`,
     );
-  // truncate only ever lengthens here: the file is at least fromMib long.
-  await run('truncate', ['-s', `${toMib}M`, path], { signal });
+  // Only ever lengthen the file: one left longer by an interrupted grow may hold a filesystem that big already.
+  if (statSync(path).size < toMib * MIB) await run('truncate', ['-s', `${toMib}M`, path], { signal });
   // resize2fs insists on a freshly checked filesystem; -p repairs what is safe (exit 1: repaired, fine).
   const fsck = await run('e2fsck', ['-f', '-p', path], { signal, allowFailure: true });
   if (fsck.code > 1)
