@@ -67,6 +67,10 @@ export const vmInfoSchema = z.object({
   createdAt: z.string(),
   startedAt: z.string().nullable(),
   dir: z.string(),
+  /** The VM's disks on the host: the size the guest sees and what each costs the host (allocated blocks). */
+  disks: z.array(
+    z.object({ id: z.enum(['root', 'work']), path: z.string(), virtualBytes: z.number(), hostBytes: z.number() }),
+  ),
   /** The workspace imported into the VM, if any. */
   workspace: workspaceInfoSchema.nullable(),
   /** The last identity sync (at start or `vm sync`); null if none happened. */
@@ -121,6 +125,14 @@ export const vmDeleteParamsSchema = vmRefSchema.extend({
   force: z.boolean().optional(),
 });
 export type VmDeleteParams = z.infer<typeof vmDeleteParamsSchema>;
+
+/** vm.set: what to change; sizes apply at the VM's next start, the work disk only grows and only while stopped. */
+export const vmSetParamsSchema = vmRefSchema.extend({
+  cpus: z.number().int().positive().optional(),
+  memoryMib: z.number().int().positive().optional(),
+  diskSizeMib: z.number().int().positive().optional(),
+});
+export type VmSetParams = z.infer<typeof vmSetParamsSchema>;
 
 export const vmLogsParamsSchema = vmRefSchema.extend({ tailBytes: z.number().int().positive().optional() });
 
@@ -177,6 +189,7 @@ export const VmMethods = {
   delete: method('vm.delete', vmDeleteParamsSchema, deleted),
   list: method('vm.list', null, z.array(vmInfoSchema)),
   show: method('vm.show', vmRefSchema, vmInfoSchema),
+  set: method('vm.set', vmSetParamsSchema, vmInfoSchema),
   logs: method('vm.logs', vmLogsParamsSchema, z.object({ console: z.string() })),
   exec: method('vm.exec', vmExecParamsSchema, z.object({ exitCode: z.number() })),
   sshTarget: method('vm.ssh-target', vmRefSchema, vmSshTargetSchema),

@@ -62,6 +62,7 @@ test('vm show: last error and problem text are escaped', () => {
     createdAt: new Date().toISOString(),
     startedAt: null,
     dir: '/x',
+    disks: [],
     workspace: null,
     synced: null,
   };

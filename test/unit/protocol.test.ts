@@ -49,6 +49,7 @@ test('the wire names of every method are the ones clients already use', () => {
       'vm.logs',
       'vm.ports',
       'vm.restart',
+      'vm.set',
       'vm.show',
       'vm.ssh-target',
       'vm.start',

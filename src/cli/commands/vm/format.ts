@@ -29,6 +29,10 @@ export function vmDetails(v: VmInfo): string {
     ['CPUs', String(v.vcpus)],
     ['Memory', `${v.memoryMib} MiB`],
     ['Work disk', `${v.diskSizeMib} MiB (mounted at /root)`],
+    ...v.disks.map((d): [string, string] => [
+      `Disk ${d.id}`,
+      `${mib(d.virtualBytes)} virtual, ${mib(d.hostBytes)} used on the host (${d.path})`,
+    ]),
     ['Network', `${v.network.mode}, guest ${v.network.guestAddress}, egress ${v.network.egress ? 'allowed' : 'off'}`],
     ['Address', v.network.hostAddress],
     ['DNS name', `${v.dnsName} (banger dns install makes it resolve on the host)`],
@@ -90,6 +94,11 @@ export function portsTable(r: VmPorts): string {
 function forwardedList(v: VmInfo): string {
   const ports = [`${v.network.sshPort}->22`, ...v.network.forwardedPorts.map(String)];
   return v.state === 'running' ? ports.join(',') : '-';
+}
+
+function mib(bytes: number): string {
+  const m = bytes / (1024 * 1024);
+  return `${m < 10 ? m.toFixed(1) : Math.round(m)} MiB`;
 }
 
 function age(iso: string): string {

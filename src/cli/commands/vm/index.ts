@@ -6,6 +6,7 @@ import * as inspect from './inspect.js';
 import * as lifecycle from './lifecycle.js';
 import * as run from './run.js';
 import * as session from './session.js';
+import * as set from './set.js';
 import * as stats from './stats.js';
 import * as sync from './sync.js';
 import * as workspace from './workspace.js';
@@ -15,6 +16,7 @@ export function register(program: Command, ctx: CliContext): void {
   run.register(vm, ctx);
   create.register(vm, ctx);
   lifecycle.register(vm, ctx);
+  set.register(vm, ctx);
   inspect.register(vm, ctx);
   access.register(vm, ctx);
   workspace.register(vm, ctx);

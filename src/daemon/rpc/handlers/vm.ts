@@ -37,7 +37,7 @@ async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext
   }
 }
 
-/** vm.create, vm.start, vm.stop, vm.restart, vm.sync, vm.delete, vm.list, vm.show, vm.logs, vm.ssh-target, vm.ports. */
+/** vm.create, vm.start, vm.stop, vm.restart, vm.sync, vm.delete, vm.list, vm.show, vm.set, vm.logs, vm.ssh-target, vm.ports. */
 export function vmHandlers(d: VmHandlerDeps): Handler[] {
   const { vms } = d;
   return [
@@ -53,6 +53,7 @@ export function vmHandlers(d: VmHandlerDeps): Handler[] {
     handler(VmMethods.delete, async (p, ctx) => vms.delete(p.name, p, ctx.signal)),
     handler(VmMethods.list, async () => vms.list()),
     handler(VmMethods.show, async (p) => vms.show(p.name)),
+    handler(VmMethods.set, async (p, ctx) => vms.set(p.name, { cpus: p.cpus, memoryMib: p.memoryMib, diskSizeMib: p.diskSizeMib }, ctx.signal)),
     handler(VmMethods.logs, async (p) => ({ console: await vms.consoleLog(p.name, p.tailBytes) })),
     handler(VmMethods.sshTarget, async (p) => vms.sshTarget(p.name)),
     handler(VmMethods.ports, async (p, ctx) => vms.ports(p.name, ctx.signal)),

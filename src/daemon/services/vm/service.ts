@@ -7,7 +7,6 @@ import {
   ErrorCode,
   alreadyExists,
   failedPrecondition,
-  invalidArgument,
   notFound,
   toBangerError,
 } from '../../../errors/index.js';
@@ -32,6 +31,8 @@ import { capConsoleLog, readConsoleTail } from './console.js';
 import { GuestPortForwarder } from './forwards.js';
 import { listGuestPorts } from './guest-ports.js';
 import { makeVmFiles } from './files.js';
+import { SPACE_NEEDED, asNoSpace, checkMachineSizes, ensureFreeSpace } from './disks.js';
+import { applyVmSettings, vmDisks, type VmSettingsChange } from './settings.js';
 import { LiveVms } from './live.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
@@ -184,6 +185,7 @@ export class VmService {
       createdAt: v.createdAt,
       startedAt: v.startedAt,
       dir: v.dir,
+      disks: vmDisks(this.d.paths.vm(v.id), this.d.drivers.get(v.vmm)?.features.has('qcow2') ?? true),
       workspace: v.workspace,
       synced: v.synced,
     };
@@ -213,11 +215,7 @@ export class VmService {
     const cpus = opts.cpus ?? VM_DEFAULTS.cpus;
     const memoryMib = opts.memoryMib ?? VM_DEFAULTS.memoryMib;
     const diskSizeMib = opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw invalidArgument(`--cpus must be 1..64, got ${cpus}`);
-    if (!Number.isInteger(memoryMib) || memoryMib < 128)
-      throw invalidArgument(`--memory must be at least 128 MiB, got ${memoryMib}`);
-    if (!Number.isInteger(diskSizeMib) || diskSizeMib < 64)
-      throw invalidArgument(`--disk-size must be at least 64 MiB, got ${diskSizeMib}`);
+    checkMachineSizes({ cpus, memoryMib, diskSizeMib });
 
     const networkMode = opts.network ?? this.d.defaultNetwork;
     if (networkMode === 'tap') {
@@ -308,6 +306,8 @@ export class VmService {
     if (vm.state === 'running' && this.live.has(id)) return this.info(vm);
     const image = this.d.images.byIdReady(vm.imageId);
     const driver = this.driver(vm.vmm);
+    // A full host disk is said before anything changes: the VM stays as it was.
+    await ensureFreeSpace(vm.dir, SPACE_NEEDED.start, `start VM '${vm.name}'`);
     vm = this.d.vms.update(id, { state: 'starting', lastError: null });
     const boot = {
       vm,
@@ -344,8 +344,11 @@ export class VmService {
     } catch (e) {
       await this.live.teardown(id);
       // A Ctrl-C (or a client gone) during any step is a cancelled start: the VM is stopped, not broken.
-      const err = signal?.aborted ? new BangerError(ErrorCode.Cancelled, `starting VM '${vm.name}' was cancelled`) : toBangerError(e);
+      // A full host disk met on the way is said as such; the VM is stopped, not broken, once there is room.
+      const full = asNoSpace(e, vm.dir, `start VM '${vm.name}'`);
+      const err = signal?.aborted ? new BangerError(ErrorCode.Cancelled, `starting VM '${vm.name}' was cancelled`) : toBangerError(full);
       if (err.code === ErrorCode.Cancelled) this.d.vms.update(id, { state: 'stopped', lastError: 'start cancelled' });
+      else if (full !== e) this.d.vms.update(id, { state: 'stopped', lastError: err.message });
       else this.d.vms.update(id, { state: 'error', lastError: err.message });
       throw err;
     }
@@ -397,6 +400,18 @@ export class VmService {
     } catch {
       return false;
     }
+  }
+
+  /** Changes a VM's CPUs, memory or work disk size (settings.ts), under its lifecycle lock. */
+  async set(name: string, changes: VmSettingsChange, signal?: AbortSignal): Promise<VmInfo> {
+    const vm = this.get(name);
+    return this.lifecycle.run(vm.id, async () => {
+      const cur = this.d.vms.byId(vm.id);
+      if (!cur) throw notFound(`no VM named '${name}'`, 'list VMs with `banger vm list`');
+      const next = await applyVmSettings(cur, changes, { running: this.live.has(vm.id), vp: this.d.paths.vm(vm.id), run: this.d.run }, signal);
+      this.d.log.info({ vm: name, ...changes }, 'vm settings changed');
+      return this.info(this.d.vms.update(vm.id, next));
+    }, signal);
   }
 
   async restart(name: string, progress: Progress, signal?: AbortSignal, opts: StartOptions = {}): Promise<VmInfo> {

@@ -289,6 +289,11 @@ function scriptError(what: 'import' | 'export', code: number, stderr: string, gu
       .filter((l) => l.trim() !== '')
       .slice(-3)
       .join(' ');
+  // Whatever step met it, a full guest disk is the cause to name (tar's own line says so; the script's may not).
+  if (/No space left on device/.test(stderr))
+    return new BangerError(ErrorCode.ResourceExhausted, `the workspace ${what} into ${guestPath} failed: the guest's disk is full`, {
+      hint: 'make room in the guest, or stop the VM and grow its work disk with `banger vm set NAME --disk-size SIZE`',
+    });
   switch (code) {
     case WorkspaceScriptExit.PathInUse:
       return new BangerError(ErrorCode.FailedPrecondition, detail, {
