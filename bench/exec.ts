@@ -36,6 +36,9 @@ const sshArgs = [
 ];
 try {
   sh('ssh', [...sshArgs, 'true']); // opens the master connection, like banger's daemon already holds one
+  // `vm exec` uses SSH until the guest agent answers (Node takes seconds to start under TCG); `vm stats`
+  // waits for the agent, so what follows measures the agent path.
+  banger(['vm', 'stats', name]);
   banger(['vm', 'exec', name, '--', 'true']); // warm
   const b: number[] = [];
   const base: number[] = [];

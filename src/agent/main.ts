@@ -1,4 +1,5 @@
-import { accessSync, constants, createReadStream, createWriteStream } from 'node:fs';
+import { setPriority } from 'node:os';
+import { accessSync, constants, readdirSync, createReadStream, createWriteStream } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -16,6 +17,11 @@ import { AgentServer } from './server.js';
  *   banger-agent --listen PATH     a unix socket (tests, and a vsock bridge such as socat)
  *   --sessions DIR                 where sessions are kept (default /root/.banger/sessions, the work disk)
  *   --session-cap BYTES            default per-stream cap on a session's kept output (default 64 MiB)
+ *   --priority N                   the scheduling priority (nice value) to take once started: run-agent
+ *                                  starts Node niced, and the commands the agent runs inherit this one
+ *
+ * MALLOC_ARENA_MAX and MALLOC_TRIM_THRESHOLD_ (run-agent's tuning of the agent's own malloc) are not passed
+ * on to commands.
  *
  * Runs on the guest's Node 18: no Node 20-only APIs here or in what it imports.
  */
@@ -65,12 +71,36 @@ async function servePort(server: AgentServer, device: string, readyFile?: string
   }
 }
 
+/** Linux keeps a nice value per thread: every thread already started (I/O pool, V8 workers) is set. */
+function takePriority(priority: number): void {
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    tids = ['0'];
+  }
+  for (const tid of tids) {
+    try {
+      setPriority(Number(tid), priority);
+    } catch (e) {
+      log(`banger-agent: cannot take priority ${priority} for thread ${tid}: ${(e as Error).message}`);
+    }
+  }
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const value = (flag: string) => {
     const i = args.indexOf(flag);
     return i >= 0 ? args[i + 1] : undefined;
   };
+  const priority = value('--priority');
+  if (priority !== undefined) {
+    if (!/^-?\d+$/.test(priority)) throw new Error(`--priority takes a nice value, not ${JSON.stringify(priority)}`);
+    takePriority(Number(priority));
+  }
+  delete process.env.MALLOC_ARENA_MAX;
+  delete process.env.MALLOC_TRIM_THRESHOLD_;
   const cap = value('--session-cap');
   if (cap !== undefined && !(Number.isSafeInteger(Number(cap)) && Number(cap) > 0))
     throw new Error(`--session-cap takes a number of bytes, not ${JSON.stringify(cap)}`);

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
 import type { AgentClient } from '../../src/daemon/guest/agent-client.js';
+import { AgentGuestSession } from '../../src/daemon/guest/agent-session.js';
 import { readAll, startAgent, type AgentHarness } from '../helpers/agent-harness.js';
 
 let h: AgentHarness;
@@ -114,3 +116,16 @@ function hasPython(): boolean {
     return false;
   }
 }
+
+test('an argv exec runs without a shell in its directory; one that cannot start gets the shell line instead', async () => {
+  const session = new AgentGuestSession(c);
+  const ok = await session.execArgv(['sh', '-c', 'echo "$PWD"; echo err >&2; exit 4'], h.dir, 'exit 99');
+  assert.deepEqual([ok.code, ok.stdout.toString(), ok.stderr.toString()], [4, `${h.dir}\n`, 'err\n']);
+  // What SSH would show: the shell's own message and status.
+  const missing = await session.execArgv(['no-such-command-here'], h.dir, 'exec no-such-command-here');
+  assert.equal(missing.code, 127);
+  assert.match(missing.stderr.toString(), /no-such-command-here: not found/);
+  const noDir = await session.execArgv(['true'], join(h.dir, 'gone'), `cd ${join(h.dir, 'gone')} && exec true`);
+  assert.equal(noDir.code, 2);
+  assert.match(noDir.stderr.toString(), /can't cd/);
+});

@@ -18,6 +18,7 @@ import {
   INITTAB,
   POWEROFF,
   PROFILE,
+  RUN_AGENT,
   SHUTDOWN,
   SSHD_CONFIG,
   SYSINIT,
@@ -364,6 +365,12 @@ void describe('guest scripts', () => {
       assert.match(SSHD_CONFIG, new RegExp(`^${l}$`, 'm'));
     assert.match(PROFILE, /export MISE_OFFLINE=1/);
     assert.equal(withGuestEnvironment('FOO=1\nMISE_OFFLINE=0\n'), 'FOO=1\nMISE_OFFLINE=1\n');
+  });
+  void it('run-agent starts the agent once sshd listens, niced, taking the normal priority back', () => {
+    const wait = RUN_AGENT.indexOf(':0016 [0-9A-F]*:0000 0A');
+    const start = RUN_AGENT.indexOf('exec nice -n 19 node');
+    assert.ok(wait > 0 && start > wait);
+    assert.match(RUN_AGENT.slice(start), /--priority 0\n$/);
   });
   void it('every script parses as POSIX sh', (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'banger-sh-'));

@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { splitRepo } from '../../src/cli/commands/vm/run.js';
-import { execCommand } from '../../src/daemon/services/vm/service.js';
+import { execArgv, execCommand } from '../../src/daemon/services/vm/service.js';
 
 const argv = (...rest: string[]) => ['node', 'banger.js', 'vm', 'run', ...rest];
 
@@ -30,4 +30,13 @@ test('vm exec runs in the workspace (mise exec when present) unless a workdir is
   assert.match(execCommand(ws, ['ls'], undefined), /^cd '\/root\/it'\\''s' && if command -v mise .* exec mise exec -- ls; else exec ls; fi$/);
   assert.equal(execCommand(ws, [], undefined), `cd '/root/it'\\''s' && exec bash -l`);
   assert.equal(execCommand(ws, ['ls'], '/srv'), 'cd /srv && exec ls');
+});
+
+test('vm exec over the agent starts argv without a shell, except for a login shell or in a workspace', () => {
+  const ws = { workspace: { guestPath: '/root/w', sourcePath: '/h', headCommit: null, baseCommit: 'b', includeUntracked: false, preparedAt: 't' } };
+  assert.deepEqual(execArgv({ workspace: null }, ['ls', 'a b'], undefined), { argv: ['ls', 'a b'], cwd: '/root' });
+  assert.deepEqual(execArgv(ws, ['ls'], '/srv'), { argv: ['ls'], cwd: '/srv' });
+  // The workspace's command may need `mise exec`, which only the shell line decides.
+  assert.equal(execArgv(ws, ['ls'], undefined), null);
+  assert.equal(execArgv({ workspace: null }, [], undefined), null);
 });

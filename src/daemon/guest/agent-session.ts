@@ -1,6 +1,6 @@
 import { constants } from 'node:os';
 import { BangerError, ErrorCode } from '../../errors/index.js';
-import type { AgentClient } from './agent-client.js';
+import type { AgentClient, AgentProcess } from './agent-client.js';
 import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent.js';
 import { GUEST_ENVIRONMENT } from './init/scripts.js';
 import {
@@ -31,7 +31,8 @@ const LOGIN_ENV: Readonly<Record<string, string>> = {
 
 /**
  * A guest session over the guest agent: the same contract as the SSH session (a shell command line run by
- * /bin/sh as root, streamed output, exit status verbatim), so every caller can use either channel.
+ * /bin/sh as root, streamed output, exit status verbatim), so every caller can use either channel; plus
+ * {@link AgentGuestSession.execArgv}, which skips the shell.
  * Collected output (no stream given) is capped like the SSH session's.
  */
 export class AgentGuestSession implements GuestSession {
@@ -46,15 +47,42 @@ export class AgentGuestSession implements GuestSession {
 
   async exec(command: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
     opts.signal?.throwIfAborted();
-    const proc = await this.agent.exec({
-      shell: command,
-      // What an SSH login as root gives a command: its home as the working directory and the usual variables.
-      cwd: '/root',
+    // What an SSH login as root gives a command: its home as the working directory and the usual variables.
+    return this.run(await this.start({ shell: command }, '/root', opts), opts);
+  }
+
+  /**
+   * Runs `argv` itself in `cwd`, with no shell in between: one process start fewer, which is most of what
+   * a short command costs in an emulated guest. When the agent cannot start it (no such command or
+   * directory, not executable), `shellLine` (the same command as a shell line) runs instead, so the
+   * caller gets the shell's message and status (127, 126, 2) exactly as over SSH.
+   */
+  async execArgv(argv: string[], cwd: string, shellLine: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+    opts.signal?.throwIfAborted();
+    let proc: AgentProcess;
+    try {
+      // PWD as a shell's `cd` would leave it, not the agent's own.
+      proc = await this.start({ argv }, cwd, { ...opts, env: { PWD: cwd, ...opts.env } });
+    } catch (e) {
+      const code = e instanceof BangerError ? e.code : null;
+      if (code !== ErrorCode.NotFound && code !== ErrorCode.FailedPrecondition) throw e;
+      return this.exec(shellLine, opts);
+    }
+    return this.run(proc, opts);
+  }
+
+  private start(command: { shell: string } | { argv: string[] }, cwd: string, opts: GuestExecOptions): Promise<AgentProcess> {
+    return this.agent.exec({
+      ...command,
+      cwd,
       env: { ...LOGIN_ENV, ...opts.env },
       stdin: opts.stdin !== undefined,
       pty: opts.pty ? { cols: opts.pty.cols, rows: opts.pty.rows } : undefined,
       signal: opts.signal,
     });
+  }
+
+  private async run(proc: AgentProcess, opts: GuestExecOptions): Promise<GuestExecResult> {
     const collected = new OutputCollector(() => proc.kill('SIGKILL'), this.maxCollectedBytes);
     if (opts.stdout) proc.stdout.pipe(opts.stdout, { end: false });
     else proc.stdout.on('data', collected.sink('stdout'));

@@ -52,6 +52,19 @@ export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly stri
   return cwd ? `cd ${shq(cwd)} && ${inner}` : inner;
 }
 
+/**
+ * The same command for a channel that can start argv without a shell (the guest agent): argv and its
+ * directory, or null when the command needs the shell line (a login shell, the workspace's `mise exec`).
+ */
+export function execArgv(
+  vm: Pick<VmRecord, 'workspace'>,
+  argv: readonly string[],
+  cwd: string | undefined,
+): { argv: string[]; cwd: string } | null {
+  if (argv.length === 0 || (cwd === undefined && vm.workspace)) return null;
+  return { argv: [...argv], cwd: cwd ?? '/root' };
+}
+
 export interface VmServiceDeps {
   paths: Paths;
   vms: VmRepo;
@@ -466,9 +479,10 @@ export class VmService {
   async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
     const vm = this.requireRunning(this.get(name));
     const command = execCommand(vm, argv, cwd);
+    const direct = execArgv(vm, argv, cwd);
     let started = false;
-    const run = (session: GuestSession) =>
-      session.exec(command, {
+    const run = (session: GuestSession) => {
+      const opts: GuestExecOptions = {
         stdin: io.stdin,
         stdout: io.stdout,
         stderr: io.stderr,
@@ -478,7 +492,11 @@ export class VmService {
           io.onStart?.(c);
         },
         signal: io.signal,
-      });
+      };
+      return direct && session instanceof AgentGuestSession
+        ? session.execArgv(direct.argv, direct.cwd, command, opts)
+        : session.exec(command, opts);
+    };
     const session = await this.live.execSession(vm, io.signal);
     try {
       return (await run(session)).code;
