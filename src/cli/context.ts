@@ -22,7 +22,7 @@ export class CliContext {
   // commands never pay for it.
   client(): Promise<BangerClient> {
     this.clientP ??= import('../client/launcher.js').then(({ connectOrStart }) =>
-      connectOrStart(this.paths, () => out.info('starting bangerd...')),
+      connectOrStart(this.paths, () => out.info('starting bangerd...'), undefined, (m) => out.info(`note: ${m}`)),
     );
     return this.clientP;
   }

@@ -4,7 +4,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../errors/index.js';
+import { DaemonMethods } from '../protocol/daemon.js';
 import { Paths } from '../shared/paths.js';
+import { BUILD_ID } from '../shared/version.js';
 import { BangerClient } from './client.js';
 
 /** How to start bangerd: the bundled dist/bangerd.js next to dist/banger.js, or the TS source under tsx. */
@@ -21,13 +23,59 @@ function isNotRunning(e: unknown): boolean {
   return code === 'ENOENT' || code === 'ECONNREFUSED';
 }
 
+/** Waits until process `pid` is gone (a stopped daemon exits once its requests are done). */
+async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    if (Date.now() > end)
+      throw new BangerError(ErrorCode.Unavailable, `bangerd (pid ${pid}) of another build did not stop`, {
+        hint: 'stop it with `banger daemon stop` (VMs keep running), then try again',
+      });
+    await sleep(50);
+  }
+}
+
 /**
- * Connects to bangerd, starting it (detached, logging to its log file) when it is not running.
- * `onStart` is told when a daemon had to be started.
+ * A daemon of another build of banger (an upgrade, a rebuilt checkout) speaks an older protocol: when it
+ * serves nobody else it is restarted (VMs outlive it); when it is busy, `onNotice` says so and it is used.
+ * True when it was stopped.
  */
-export async function connectOrStart(paths: Paths, onStart?: () => void, timeoutMs = 15_000): Promise<BangerClient> {
+async function retireOtherBuild(client: BangerClient, timeoutMs: number, onNotice?: (message: string) => void): Promise<boolean> {
+  if (BUILD_ID === 'source') return false;
+  const s = await client.call(DaemonMethods.status, undefined).catch(() => undefined);
+  if (!s || s.build === BUILD_ID) return false;
+  if ((s.connections ?? 1) > 1) {
+    onNotice?.(
+      `bangerd (pid ${s.pid}) runs another build of banger and is busy; once its work is done, restart it with \`banger daemon stop\` (VMs keep running)`,
+    );
+    return false;
+  }
+  onNotice?.(`restarting bangerd: it runs another build of banger (VMs keep running)`);
+  // A stopping daemon may close the connection before its reply arrives; its exit is what counts.
+  await client.call(DaemonMethods.stop, undefined).catch(() => undefined);
+  client.close();
+  await waitForExit(s.pid, timeoutMs);
+  return true;
+}
+
+/**
+ * Connects to bangerd, starting it (detached, logging to its log file) when it is not running, and
+ * restarting an idle one of another build. `onStart` is told when a daemon had to be started.
+ */
+export async function connectOrStart(
+  paths: Paths,
+  onStart?: () => void,
+  timeoutMs = 15_000,
+  onNotice?: (message: string) => void,
+): Promise<BangerClient> {
   try {
-    return await BangerClient.connect(paths.socket);
+    const client = await BangerClient.connect(paths.socket);
+    if (!(await retireOtherBuild(client, timeoutMs, onNotice))) return client;
   } catch (e) {
     if (!isNotRunning(e)) throw e;
   }

@@ -8,7 +8,7 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync }
 import { readFile } from 'node:fs/promises';
 import { Paths } from '../shared/paths.js';
 import type { Logger } from '../shared/logger.js';
-import { VERSION } from '../shared/version.js';
+import { BUILD_ID, VERSION } from '../shared/version.js';
 import { runCommand } from '../shared/command.js';
 import { openDatabase } from './store/db.js';
 import { ImageRepo } from './store/repos/images.js';
@@ -205,7 +205,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
 
   const execs = new ExecRegistry();
   const attaches = new AttachRegistry();
-  const server = new RpcServer({
+  const server: RpcServer = new RpcServer({
     socketPath: paths.socket,
     log,
     handlers: buildHandlers(
@@ -223,6 +223,8 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
         status: () => ({
           pid: process.pid,
           version: VERSION,
+          build: BUILD_ID,
+          connections: server.connectionCount,
           home: paths.root,
           socket: paths.socket,
           logFile: paths.daemonLog,

@@ -6,6 +6,10 @@ import { method } from './common.js';
 export const daemonStatusSchema = z.object({
   pid: z.number(),
   version: z.string(),
+  /** The build of banger the daemon runs (see BUILD_ID). Optional: daemons before it did not say. */
+  build: z.string().optional(),
+  /** Clients connected right now, the caller included. */
+  connections: z.number().optional(),
   home: z.string(),
   socket: z.string(),
   logFile: z.string(),

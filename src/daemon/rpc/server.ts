@@ -99,6 +99,11 @@ export class RpcServer {
     chmodSync(path, 0o600);
   }
 
+  /** Clients connected now. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
   async close(): Promise<void> {
     for (const c of this.connections) c.dispose();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
