@@ -1,6 +1,8 @@
 /**
  * `banger vm run --rm -- true` against the same work done by hand: qcow2 overlay + work disk + seed,
- * qemu with the same kernel/initrd/image, wait until `ssh true` succeeds, kill qemu.
+ * qemu with the same kernel/initrd/image, wait until `ssh true` succeeds, kill qemu. In the same run: the
+ * default image against a `--minimal` one (the developer tools' cost at boot), and with the guest agent
+ * against `--no-agent` (the agent's cost at boot).
  * Usage: npm run build && node --import tsx bench/boot.ts [runs]
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -75,9 +77,22 @@ async function handRun(): Promise<number> {
 
 const b: number[] = [];
 const base: number[] = [];
+const minimal: number[] = [];
+const noAgent: number[] = [];
+// The small image, for the golden image's cost at boot (built once; its packages come from the apt cache).
+const MINIMAL = 'bench-minimal';
+try {
+  banger(['image', 'show', MINIMAL]);
+} catch {
+  banger(['image', 'build', MINIMAL, '--minimal']);
+}
 banger(['vm', 'run', '--rm', '--', 'true']); // warm: probe cached, daemon up
 for (let i = 0; i < runs; i++) {
   b.push(timeIt(() => banger(['vm', 'run', '--rm', '--', 'true'])));
   base.push(await handRun());
+  minimal.push(timeIt(() => banger(['vm', 'run', '--rm', '--image', MINIMAL, '--', 'true'])));
+  noAgent.push(timeIt(() => banger(['vm', 'run', '--rm', '--no-agent', '--', 'true'])));
 }
 report('vm run --rm -- true (boot to first command, delete)', b, base, 'hand-run qemu + wait for ssh + ssh true');
+report('boot: the default (developer) image against --minimal', b, minimal, `vm run --rm --image ${MINIMAL} -- true`);
+report('boot: with the guest agent against --no-agent', b, noAgent, 'vm run --rm --no-agent -- true');

@@ -27,7 +27,7 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
     argv: req.argv,
     cwd: req.cwd,
     tty: req.tty
-      ? { rows: process.stdout.rows ?? 24, cols: process.stdout.columns ?? 80, term: process.env.TERM ?? 'xterm-256color' }
+      ? { ...terminalSize(), term: process.env.TERM ?? 'xterm-256color' }
       : undefined,
     stdin: passStdin,
     onStdout: (d) => out.raw(d),
@@ -36,7 +36,10 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
   });
   const onData = (d: Buffer) => h.write(d);
   const onEnd = () => h.end();
-  const onResize = () => h.resize(process.stdout.rows ?? 24, process.stdout.columns ?? 80);
+  const onResize = () => {
+    const { rows, cols } = terminalSize();
+    h.resize(rows, cols);
+  };
   if (passStdin) {
     if (rawMode) stdin.setRawMode(true);
     stdin.on('data', onData);
@@ -59,4 +62,9 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
     }
     if (req.tty) process.stdout.off('resize', onResize);
   }
+}
+
+/** The terminal's size; 24x80 when it has none or reports 0 (a `script` or CI terminal that was never sized). */
+export function terminalSize(): { rows: number; cols: number } {
+  return { rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 };
 }

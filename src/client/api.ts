@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import type { ProgressEvent } from '../protocol/common.js';
 import { SessionMethods, StatsMethods, type OutputStream, type SessionInfo, type VmStats } from '../protocol/session.js';
-import { VmMethods, type VmCreateParams, type VmInfo, type VmSyncInfo } from '../protocol/vm.js';
+import { VmMethods, type VmCreateParams, type VmInfo, type VmSetParams, type VmSyncInfo } from '../protocol/vm.js';
 import {
   WorkspaceMethods,
   type WorkspaceExportResult,
@@ -120,6 +120,12 @@ export class Banger {
         if (params.rm) await this.deleteIfPresent(vm.name);
       }
     },
+    /**
+     * Changes a VM's CPUs, memory (applied at its next start) or work disk size (grown on a stopped VM only;
+     * never shrunk).
+     */
+    set: (name: string, changes: Omit<VmSetParams, 'name'>, o?: Signalled): Promise<VmInfo> =>
+      this.client.call(VmMethods.set, { name, ...changes }, { signal: o?.signal }),
     /** Runs a command in a running VM: `{ code, stdout, stderr }`; a non-zero code is a result, not an error. */
     exec: (name: string, argv: string[], o: ExecOptions = {}): Promise<ExecResult> => execCollect(this.client, name, argv, o),
   };

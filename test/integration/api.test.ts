@@ -99,6 +99,14 @@ void describe('the TypeScript API against bangerd in-process', () => {
     assert.deepEqual((await b.vm.list()).map((x) => x.name), ['api-a']);
   });
 
+  void it('vm.set changes a stopped VM; shrinking its disk is InvalidArgument; sync needs it running', async () => {
+    const v = await b.vm.set('api-a', { cpus: 3, memoryMib: 1536 });
+    assert.deepEqual([v.vcpus, v.memoryMib], [3, 1536]);
+    const err = await failure(b.vm.set('api-a', { diskSizeMib: 64 }));
+    assert.equal(err.code, ErrorCode.InvalidArgument);
+    assert.equal((await failure(b.vm.sync('api-a'))).code, ErrorCode.FailedPrecondition);
+  });
+
   void it('maps daemon errors to BangerError codes with hints', async () => {
     const nf = await failure(b.vm.show('nope'));
     assert.equal(nf.code, ErrorCode.NotFound);
