@@ -5,30 +5,18 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdirSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import { readdirSync, statSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BangerClient } from '../../src/client/client.js';
-import { startDaemon } from '../../src/daemon/daemon.js';
-import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
-import type { ImageBuilder } from '../../src/daemon/services/image/service.js';
 import type { BangerError } from '../../src/errors/index.js';
 import { ImageMethods } from '../../src/protocol/image.js';
 import { VmMethods } from '../../src/protocol/vm.js';
-import { silentLogger } from '../../src/shared/logger.js';
 import { Paths } from '../../src/shared/paths.js';
+import { startTestDaemon } from './daemon-fixtures.js';
 
 const home = process.argv[2]!;
 const leaveMib = Number(process.argv[3] ?? 12);
 const paths = new Paths(home);
-
-const fakeBuild: ImageBuilder = async (_req, outDir) => {
-  const files = (['kernel', 'initrd', 'rootfs'] as const).map((role) => {
-    const path = join(outDir, role);
-    writeFileSync(path, role);
-    return { role, path, sizeBytes: role.length, sha256: '0'.repeat(64) };
-  });
-  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: [], guestContract: GUEST_CONTRACT_VERSION } };
-};
 
 const CLI = join(import.meta.dirname, '..', '..', 'dist', 'banger.js');
 
@@ -51,13 +39,7 @@ const failure = async (p: Promise<unknown>) => {
   }
 };
 
-const daemon = await startDaemon({
-  paths,
-  log: silentLogger(),
-  build: fakeBuild,
-  dns: { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') },
-  onStopRequest: () => undefined,
-});
+const daemon = await startTestDaemon(paths);
 const client = await BangerClient.connect(paths.socket);
 try {
   await client.call(ImageMethods.build, { name: 'tiny' });

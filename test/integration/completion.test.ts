@@ -11,15 +11,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerClient } from '../../src/client/client.js';
-import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon.js';
-import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
-import type { ImageBuilder } from '../../src/daemon/services/image/service.js';
 import { ImageMethods } from '../../src/protocol/image.js';
 import { VmMethods } from '../../src/protocol/vm.js';
-import { silentLogger } from '../../src/shared/logger.js';
 import { Paths } from '../../src/shared/paths.js';
 import { bangerOk } from '../helpers/cli.js';
 import { bangerOnPath, bashComplete } from '../helpers/completion.js';
+import type { RunningDaemon } from '../../src/daemon/daemon.js';
+import { startTestDaemon } from '../helpers/daemon-fixtures.js';
 
 const home = mkdtempSync(join(tmpdir(), 'banger-completion-int-'));
 const paths = new Paths(home);
@@ -29,24 +27,9 @@ const env = { BANGER_HOME: home, PATH: `${binDir}:${process.env.PATH}` };
 let daemon: RunningDaemon;
 let client: BangerClient;
 
-const fakeBuild: ImageBuilder = async (req, outDir) => {
-  const files = (['kernel', 'initrd', 'rootfs'] as const).map((role) => {
-    const path = join(outDir, role);
-    writeFileSync(path, role);
-    return { role, path, sizeBytes: role.length, sha256: '0'.repeat(64) };
-  });
-  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: req.packages, guestContract: GUEST_CONTRACT_VERSION } };
-};
-
 void describe('shell completion with the daemon in-process', () => {
   before(async () => {
-    daemon = await startDaemon({
-      paths,
-      log: silentLogger(),
-      build: fakeBuild,
-      dns: { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') },
-      onStopRequest: () => undefined,
-    });
+    daemon = await startTestDaemon(paths);
     client = await BangerClient.connect(paths.socket);
     await client.call(ImageMethods.build, { name: 'tiny', packages: [] });
     for (const name of ['cmp-one', 'cmp-two']) await client.call(VmMethods.create, { name, image: 'tiny', vmm: 'qemu', accel: 'tcg' });

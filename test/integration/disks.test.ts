@@ -6,47 +6,21 @@
  * reason printed, when not root or without unshare.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { BangerClient } from '../../src/client/client.js';
-import { startDaemon, type RunningDaemon } from '../../src/daemon/daemon.js';
-import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
-import type { ImageBuilder } from '../../src/daemon/services/image/service.js';
-import { ErrorCode, type BangerError } from '../../src/errors/index.js';
+import { ErrorCode } from '../../src/errors/index.js';
 import { ImageMethods } from '../../src/protocol/image.js';
 import { VmMethods } from '../../src/protocol/vm.js';
-import { silentLogger } from '../../src/shared/logger.js';
 import { Paths } from '../../src/shared/paths.js';
 import { REPO_ROOT } from '../helpers/cli.js';
+import type { RunningDaemon } from '../../src/daemon/daemon.js';
+import { ext4Bytes, failureOf, startTestDaemon } from '../helpers/daemon-fixtures.js';
 
 const MIB = 1024 * 1024;
-
-const fakeBuild: ImageBuilder = async (_req, outDir) => {
-  const files = (['kernel', 'initrd', 'rootfs'] as const).map((role) => {
-    const path = join(outDir, role);
-    writeFileSync(path, role);
-    return { role, path, sizeBytes: role.length, sha256: '0'.repeat(64) };
-  });
-  return { kernelVersion: 'test', files, params: { suite: 'bookworm', mirror: 'test', packages: [], guestContract: GUEST_CONTRACT_VERSION } };
-};
-
-const fails = async (p: Promise<unknown>): Promise<BangerError> => {
-  try {
-    await p;
-  } catch (e) {
-    return e as BangerError;
-  }
-  throw new Error('expected a failure');
-};
-
-/** The filesystem's size in bytes, as its superblock says. */
-function fsBytes(path: string): number {
-  const o = execFileSync('dumpe2fs', ['-h', path], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  return Number(/^Block count:\s+(\d+)/m.exec(o)![1]) * Number(/^Block size:\s+(\d+)/m.exec(o)![1]);
-}
 
 void describe('vm.set and vm.show disks, daemon in-process', () => {
   const home = mkdtempSync(join(tmpdir(), 'banger-disks-'));
@@ -55,13 +29,7 @@ void describe('vm.set and vm.show disks, daemon in-process', () => {
   let client: BangerClient;
 
   before(async () => {
-    daemon = await startDaemon({
-      paths,
-      log: silentLogger(),
-      build: fakeBuild,
-      dns: { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') },
-      onStopRequest: () => undefined,
-    });
+    daemon = await startTestDaemon(paths);
     client = await BangerClient.connect(paths.socket);
     await client.call(ImageMethods.build, { name: 'tiny' });
   });
@@ -82,17 +50,17 @@ void describe('vm.set and vm.show disks, daemon in-process', () => {
     const set = await client.call(VmMethods.set, { name: 'grow', cpus: 2, memoryMib: 2048, diskSizeMib: 1024 });
     assert.deepEqual([set.vcpus, set.memoryMib, set.diskSizeMib], [2, 2048, 1024]);
     assert.equal(set.disks.find((d) => d.id === 'work')!.virtualBytes, 1024 * MIB);
-    assert.equal(fsBytes(work), 1024 * MIB, 'the filesystem fills the grown disk');
+    assert.equal(ext4Bytes(work), 1024 * MIB, 'the filesystem fills the grown disk');
     execFileSync('e2fsck', ['-f', '-n', work], { stdio: 'ignore' });
 
-    const shrink = await fails(client.call(VmMethods.set, { name: 'grow', diskSizeMib: 512 }));
+    const shrink = await failureOf(client.call(VmMethods.set, { name: 'grow', diskSizeMib: 512 }));
     assert.equal(shrink.code, ErrorCode.InvalidArgument);
     assert.match(shrink.message, /cannot shrink/);
     const shown = await client.call(VmMethods.show, { name: 'grow' });
     assert.equal(shown.diskSizeMib, 1024);
     assert.equal(statSync(work).size, 1024 * MIB);
-    assert.equal((await fails(client.call(VmMethods.set, { name: 'nope', cpus: 2 }))).code, ErrorCode.NotFound);
-    assert.equal((await fails(client.call(VmMethods.set, { name: 'grow' }))).code, ErrorCode.InvalidArgument);
+    assert.equal((await failureOf(client.call(VmMethods.set, { name: 'nope', cpus: 2 }))).code, ErrorCode.NotFound);
+    assert.equal((await failureOf(client.call(VmMethods.set, { name: 'grow' }))).code, ErrorCode.InvalidArgument);
     await client.call(VmMethods.delete, { name: 'grow' });
   });
 });

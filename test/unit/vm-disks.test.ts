@@ -23,6 +23,7 @@ import type { VmInfo } from '../../src/protocol/vm.js';
 import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { VmPaths } from '../../src/shared/paths.js';
 import { vmDetails } from '../../src/cli/commands/vm/format.js';
+import { ext4Bytes, failureOf } from '../helpers/daemon-fixtures.js';
 
 const MIB = 1024 * 1024;
 const dir = mkdtempSync(join(tmpdir(), 'banger-disks-'));
@@ -32,21 +33,6 @@ const sh = (cmd: string, args: string[]) => {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
-};
-/** The filesystem's size in bytes, as its superblock says. */
-const fsBytes = (path: string) => {
-  const o = sh('dumpe2fs', ['-h', path]);
-  const count = Number(/^Block count:\s+(\d+)/m.exec(o)![1]);
-  const size = Number(/^Block size:\s+(\d+)/m.exec(o)![1]);
-  return count * size;
-};
-const fails = async (p: Promise<unknown>): Promise<BangerError> => {
-  try {
-    await p;
-  } catch (e) {
-    return e as BangerError;
-  }
-  throw new Error('expected a failure');
 };
 
 test('mkfs.ext4 flags of a work disk are pinned: lazy journal, inode tables cleared by punching holes', () => {
@@ -71,7 +57,7 @@ test('a new 64G work disk costs the host at most 64 MiB, a 1G one a few MiB; bot
     const st = statSync(path);
     assert.equal(st.size, sizeMib * MIB);
     assert.ok(st.blocks * 512 <= maxHostMib * MIB, `${sizeMib} MiB disk uses ${(st.blocks * 512) / MIB} MiB on the host`);
-    assert.equal(fsBytes(path), sizeMib * MIB);
+    assert.equal(ext4Bytes(path), sizeMib * MIB);
     sh('e2fsck', ['-f', '-n', path]);
     rmSync(path);
   }
@@ -83,12 +69,12 @@ test('growing a work disk keeps its files and makes the filesystem as big as the
   sh('debugfs', ['-w', '-R', `write ${process.execPath} node-binary`, path]);
   await growWorkDisk(runCommand, path, 64, 256);
   assert.equal(statSync(path).size, 256 * MIB);
-  assert.equal(fsBytes(path), 256 * MIB);
+  assert.equal(ext4Bytes(path), 256 * MIB);
   sh('e2fsck', ['-f', '-n', path]);
   const kept = join(dir, 'kept');
   sh('debugfs', ['-R', `dump node-binary ${kept}`, path]);
   assert.equal(statSync(kept).size, statSync(process.execPath).size);
-  const shrink = await fails(growWorkDisk(runCommand, path, 256, 128));
+  const shrink = await failureOf(growWorkDisk(runCommand, path, 256, 128));
   assert.equal(shrink.code, ErrorCode.InvalidArgument);
   assert.equal(statSync(path).size, 256 * MIB, 'a refused shrink changes nothing');
 });
@@ -107,19 +93,19 @@ test('vm set: cpus and memory recorded (running or not); disk grows only while s
     vcpus: 2,
     memoryMib: 2048,
   });
-  const running = await fails(applyVmSettings(record({ state: 'running' }), { diskSizeMib: 128 }, { ...d, running: true }));
+  const running = await failureOf(applyVmSettings(record({ state: 'running' }), { diskSizeMib: 128 }, { ...d, running: true }));
   assert.equal(running.code, ErrorCode.FailedPrecondition);
   assert.match(running.hint ?? '', /banger vm stop box/);
   assert.equal(statSync(vp.workDisk).size, 64 * MIB, 'a running VM disk is left alone');
 
-  const shrink = await fails(applyVmSettings(record({ diskSizeMib: 128 }), { diskSizeMib: 64 }, d));
+  const shrink = await failureOf(applyVmSettings(record({ diskSizeMib: 128 }), { diskSizeMib: 64 }, d));
   assert.equal(shrink.code, ErrorCode.InvalidArgument);
   assert.match(shrink.message, /cannot shrink/);
-  assert.equal((await fails(applyVmSettings(record(), {}, d))).code, ErrorCode.InvalidArgument);
-  assert.equal((await fails(applyVmSettings(record(), { cpus: 65 }, d))).code, ErrorCode.InvalidArgument);
+  assert.equal((await failureOf(applyVmSettings(record(), {}, d))).code, ErrorCode.InvalidArgument);
+  assert.equal((await failureOf(applyVmSettings(record(), { cpus: 65 }, d))).code, ErrorCode.InvalidArgument);
 
   assert.deepEqual(await applyVmSettings(record(), { cpus: 2, diskSizeMib: 2048 }, d), { vcpus: 2, diskSizeMib: 2048 });
-  assert.equal(fsBytes(vp.workDisk), 2048 * MIB);
+  assert.equal(ext4Bytes(vp.workDisk), 2048 * MIB);
 });
 
 test('vm set: a grow that fails records nothing and leaves the old filesystem usable', async () => {
@@ -130,28 +116,28 @@ test('vm set: a grow that fails records nothing and leaves the old filesystem us
     if (cmd === 'resize2fs') throw new BangerError(ErrorCode.Internal, 'resize2fs: killed');
     return runCommand(cmd, args, opts);
   };
-  const err = await fails(applyVmSettings(record(), { diskSizeMib: 256 }, { running: false, vp, run: failingResize }));
+  const err = await failureOf(applyVmSettings(record(), { diskSizeMib: 256 }, { running: false, vp, run: failingResize }));
   assert.match(err.message, /resize2fs/);
-  assert.equal(fsBytes(vp.workDisk), 64 * MIB, 'the old filesystem, intact');
+  assert.equal(ext4Bytes(vp.workDisk), 64 * MIB, 'the old filesystem, intact');
   sh('e2fsck', ['-f', '-n', vp.workDisk]);
   // Asking again finishes the job.
   assert.deepEqual(await applyVmSettings(record(), { diskSizeMib: 256 }, { running: false, vp, run: runCommand }), {
     diskSizeMib: 256,
   });
-  assert.equal(fsBytes(vp.workDisk), 256 * MIB);
+  assert.equal(ext4Bytes(vp.workDisk), 256 * MIB);
 
   // A grow that finished on disk but was never recorded (daemon killed): a smaller ask never cuts the file
   // under its filesystem (resize2fs moves the data and shortens the file itself), and the disk stays clean.
   assert.deepEqual(await applyVmSettings(record(), { diskSizeMib: 128 }, { running: false, vp, run: runCommand }), {
     diskSizeMib: 128,
   });
-  assert.equal(fsBytes(vp.workDisk), 128 * MIB);
+  assert.equal(ext4Bytes(vp.workDisk), 128 * MIB);
   assert.equal(statSync(vp.workDisk).size, 128 * MIB);
   sh('e2fsck', ['-f', '-n', vp.workDisk]);
 });
 
 test('host disk full: the preflight and a full disk met on the way both say ResourceExhausted with the path', async () => {
-  const err = await fails(ensureFreeSpace('/srv/banger/vms/x', SPACE_NEEDED.create(4096), "create VM 'x'", async () => 3 * MIB));
+  const err = await failureOf(ensureFreeSpace('/srv/banger/vms/x', SPACE_NEEDED.create(4096), "create VM 'x'", async () => 3 * MIB));
   assert.equal(err.code, ErrorCode.ResourceExhausted);
   assert.match(err.message, /not enough disk space in \/srv\/banger\/vms\/x to create VM 'x': it needs 9\.0 MiB free, has 3\.0 MiB/);
   await ensureFreeSpace('/x', MIB, 'x', async () => 2 * MIB);
