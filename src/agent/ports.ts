@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENT_MAX_PORTS, type AgentPortList, type ListeningPort } from '../protocol/agent.js';
 
@@ -127,17 +127,19 @@ export class PortWatcher {
 
   private async readOnce(): Promise<void> {
     const dir = this.opts.procNetDir ?? '/proc/net';
-    const [v4, v6] = await Promise.all(
-      ['tcp', 'tcp6'].map((f) =>
-        readFile(join(dir, f), 'utf8').catch((e: Error) => {
-          // tcp6 is absent where IPv6 is off; say a missing tcp once.
-          if (f === 'tcp' && !this.readFailed) this.opts.log?.(`banger-agent: cannot read ${dir}/tcp: ${e.message}`);
-          if (f === 'tcp') this.readFailed = true;
-          return '';
-        }),
-      ),
-    );
-    const list = portList([...parseProcNetTcp(v4!), ...parseProcNetTcp(v6!)]);
+    // Read synchronously: /proc answers from memory, and a read costs far less than the thread-pool round trips
+    // of an asynchronous one (which add up under TCG, once a second for the guest's whole life).
+    const read = (f: string) => {
+      try {
+        return readFileSync(join(dir, f), 'latin1');
+      } catch (e) {
+        // tcp6 is absent where IPv6 is off; say a missing tcp once.
+        if (f === 'tcp' && !this.readFailed) this.opts.log?.(`banger-agent: cannot read ${dir}/tcp: ${(e as Error).message}`);
+        if (f === 'tcp') this.readFailed = true;
+        return '';
+      }
+    };
+    const list = portList([...parseProcNetTcp(read('tcp')), ...parseProcNetTcp(read('tcp6'))]);
     const key = JSON.stringify(list);
     if (key === this.key) return;
     this.key = key;
