@@ -51,12 +51,15 @@ class FakeSsh implements GuestSession {
 /** One agent connection: answers watchPorts with `list`, pushes on `push`, ends on `close`. */
 class FakeAgent implements PortsAgent {
   watches = 0;
+  /** Fail every watchPorts (an agent that claims the feature but breaks it). */
+  failWatch = false;
   private onChange: ((l: AgentPortList) => void) | null = null;
   private readonly closers = new Set<() => void>();
   closed = false;
   constructor(private list: ListeningPort[]) {}
   async watchPorts(onChange: (l: AgentPortList) => void): Promise<AgentPortList> {
     this.watches++;
+    if (this.failWatch) throw new Error('guest agent: Internal: cannot read /proc/net/tcp');
     this.onChange = onChange;
     return { ports: this.list, truncated: false };
   }
@@ -204,4 +207,23 @@ test('a VM without an agent, or with an agent too old to watch ports, keeps poll
   assert.equal(old.ssh.running, 1, 'the SSH watch was not interrupted');
   old.ssh.ports = [8080, 8081];
   await until('a later change over SSH', () => sorted(old.forwards) === '8080,8081');
+});
+
+test('an agent whose watchPorts fails is not asked again on that connection: SSH keeps the forwards right', async () => {
+  const agents = new FakeAgents();
+  const { forwards, live, ssh } = setup(agents);
+  ssh.ports = [8080];
+  await until('8080 over SSH', () => sorted(forwards) === '8080');
+  const broken = new FakeAgent([]);
+  broken.failWatch = true;
+  agents.connect(broken);
+  await until('the failed watch', () => broken.watches === 1);
+  await sleep(200);
+  assert.equal(broken.watches, 1, 'asked once, not in a loop');
+  assert.equal(live.portWatch, 'ssh');
+  ssh.ports = [8080, 8081];
+  await until('a change over SSH', () => sorted(forwards) === '8080,8081');
+  // The next connection is tried again.
+  agents.connect(new FakeAgent([{ port: 7000, address: '0.0.0.0' }]));
+  await until('the new connection to be used', () => live.portWatch === 'agent' && sorted(forwards) === '7000');
 });

@@ -54,7 +54,16 @@ const WATCH_PORTS_TIMEOUT_MS = 15_000;
  * from SSH at once; a dropped one hands back to SSH and is connected again in the background.
  */
 export class GuestPortForwarder {
+  /** Agent connections whose `watchPorts` failed: SSH watches instead until the VM's next connection. */
+  private readonly refused = new WeakSet<PortsAgent>();
+
   constructor(private readonly d: GuestPortForwarderDeps) {}
+
+  /** The VM's agent connection, if it can watch ports and has not failed to. */
+  private usableAgent(vmId: string): PortsAgent | undefined {
+    const agent = this.d.agents?.portsAgent(vmId);
+    return agent && !this.refused.has(agent) ? agent : undefined;
+  }
 
   start(vm: VmRecord, live: LiveVm): void {
     const pf = live.driver.portForwarding;
@@ -90,7 +99,7 @@ export class GuestPortForwarder {
       while (!signal.aborted) {
         let handedOver = false;
         try {
-          const agent = this.d.agents?.portsAgent(vm.id);
+          const agent = this.usableAgent(vm.id);
           if (agent) await this.watchAgent(vm, live, agent, apply, signal);
           else handedOver = await this.watchSsh(vm, live, apply, signal);
         } catch (e) {
@@ -131,7 +140,11 @@ export class GuestPortForwarder {
       if (started) take(list);
     };
     try {
-      const first = await agent.watchPorts(onChange, { signal: both, timeoutMs: WATCH_PORTS_TIMEOUT_MS });
+      const first = await agent.watchPorts(onChange, { signal: both, timeoutMs: WATCH_PORTS_TIMEOUT_MS }).catch((e: unknown) => {
+        // An agent that says it can watch ports but does not answer well is not asked again on this connection.
+        if (!both.aborted) this.refused.add(agent);
+        throw e;
+      });
       started = true;
       live.portWatch = 'agent';
       this.d.log.info({ vm: vm.name }, 'guest ports: pushed by the guest agent');
@@ -160,7 +173,7 @@ export class GuestPortForwarder {
     const handOver = new AbortController();
     const both = AbortSignal.any([signal, handOver.signal]);
     const off = agents?.onAgentConnected(vm.id, () => {
-      if (agents.portsAgent(vm.id)) handOver.abort();
+      if (this.usableAgent(vm.id)) handOver.abort();
     });
     const retry = agents
       ? setInterval(() => agents.connectInBackground(vm), this.d.agentRetryMs ?? 60_000).unref()
