@@ -117,6 +117,7 @@ function setup(agents?: FakeAgents) {
   } as unknown as VmmDriver;
   const handles = join(dir, `handles-${Math.random()}.json`);
   const live: LiveVm = newLiveVm({ pid: 1, startTime: 1, controlSocket: '' } as never, driver);
+  live.hasAgent = agents !== undefined; // as boot sets it: the handle itself does not say
   const ssh = new FakeSsh();
   const fwd = new GuestPortForwarder({
     log: silentLogger(),
@@ -160,7 +161,9 @@ test('SSH until the agent connects, then the agent pushes; SSH again while it is
   assert.equal(a1.watches, 1);
   await until('handles.json to keep the set', () => {
     try {
-      return JSON.stringify(JSON.parse(readFileSync(handles, 'utf8')).forwards) === '[3000]';
+      const h = JSON.parse(readFileSync(handles, 'utf8')) as { forwards: number[]; agent?: boolean };
+      // `agent` is kept too: a restarted daemon reads it to know the VM has an agent.
+      return JSON.stringify(h.forwards) === '[3000]' && h.agent === true;
     } catch {
       return false; // being written
     }

@@ -89,6 +89,8 @@ export class GuestPortForwarder {
           if (!signal.aborted)
             await writeHandles(this.d.handlesPath(vm.id), {
               ...live.handle,
+              // Said at boot and needed by a restarted daemon, which otherwise would never talk to the agent.
+              ...(live.hasAgent ? { agent: true } : {}),
               forwards: [...live.forwards].sort((a, b) => a - b),
             });
           this.d.log.info({ vm: vm.name, ports: [...live.forwards], source: live.portWatch }, 'guest port forwards');
