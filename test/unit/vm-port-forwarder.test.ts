@@ -19,7 +19,12 @@ import type { AgentPortList, ListeningPort } from '../../src/protocol/agent.js';
 import { silentLogger } from '../../src/shared/logger.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'banger-fwd-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const lives: LiveVm[] = [];
+after(async () => {
+  for (const l of lives) l.watch.abort();
+  await sleep(50); // a handles.json write in flight lands before the directory goes
+  rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
+});
 
 const vm = {
   id: 'vm1',
@@ -127,7 +132,7 @@ function setup(agents?: FakeAgents) {
     retryMs: 10,
   });
   fwd.start(vm, live);
-  after(() => live.watch.abort());
+  lives.push(live);
   return { forwards, live, ssh, handles };
 }
 
