@@ -7,6 +7,7 @@ import {
   hostMessageSchema,
   type AgentErrorCode,
   type AgentFeature,
+  type AgentPortList,
   type HostMessage,
   type StreamKind,
 } from '../protocol/agent.js';
@@ -14,6 +15,7 @@ import { AgentFailure, type ChannelIo } from './channel.js';
 import { ExecChannel } from './exec.js';
 import { runCommand, setClockArgv, WriteFileChannel, type CommandRunner } from './files.js';
 import { StatsSampler } from './stats.js';
+import { PortWatcher, type PortWatcherOptions } from './ports.js';
 import { SessionStore } from './sessions.js';
 import {
   SessionAttachChannel,
@@ -32,6 +34,8 @@ export interface AgentServerOptions {
   log?: (line: string) => void;
   /** Where sessions are kept (`--sessions`), and the default per-stream cap on their output. */
   sessions?: { root: string; capBytes?: number };
+  /** Where and how often `watchPorts` reads the listening sockets (default /proc/net, once a second). */
+  ports?: Omit<PortWatcherOptions, 'log'>;
 }
 
 /** Open channels one connection may hold; past it `exec` and `writeFile` fail with ResourceExhausted. */
@@ -53,17 +57,19 @@ interface Channel {
  */
 export class AgentServer {
   private readonly stats = new StatsSampler();
+  private readonly ports: PortWatcher;
   /** Shared by every connection: sessions belong to the agent, not to whoever started them. */
   private readonly sessions: SessionStore | null;
 
   constructor(private readonly opts: AgentServerOptions) {
     this.sessions = opts.sessions ? new SessionStore({ ...opts.sessions, python: opts.python, log: opts.log }) : null;
+    this.ports = new PortWatcher({ ...opts.ports, log: opts.log });
   }
 
   /** Serves `stream` until it ends or breaks the protocol. Never rejects. */
   serve(stream: Duplex): Promise<void> {
     return new Promise((resolve) => {
-      new AgentSession(stream, this.opts, this.stats, this.sessions, resolve);
+      new AgentSession(stream, this.opts, this.stats, this.ports, this.sessions, resolve);
     });
   }
 }
@@ -72,11 +78,14 @@ class AgentSession {
   private readonly conn: FrameConnection;
   private readonly channels = new Map<number, Channel>();
   private readonly features: AgentFeature[];
+  /** Set while this connection watches the listening ports. */
+  private portsListener: ((list: AgentPortList) => void) | null = null;
 
   constructor(
     stream: Duplex,
     private readonly opts: AgentServerOptions,
     private readonly stats: StatsSampler,
+    private readonly ports: PortWatcher,
     private readonly sessions: SessionStore | null,
     onClosed: () => void,
   ) {
@@ -98,6 +107,8 @@ class AgentSession {
           if (error) opts.log?.(`banger-agent: connection dropped: ${error.message}`);
           for (const ch of this.channels.values()) ch.dispose();
           this.channels.clear();
+          if (this.portsListener) ports.unwatch(this.portsListener);
+          this.portsListener = null;
           onClosed();
         },
       },
@@ -147,6 +158,8 @@ class AgentSession {
           await (this.opts.runCommand ?? runCommand)(setClockArgv(m.epochMs));
           return { epochMs: Date.now() };
         });
+      case 'watchPorts':
+        return this.reply(m.id, () => this.watchPorts());
       case 'exec': {
         if (!this.claim(m.id, m.channel)) return;
         const ch = new ExecChannel(m, this.io(m.channel), this.opts.python);
@@ -193,6 +206,21 @@ class AgentSession {
       case 'sessionSend':
         return this.openSessionSend(m);
     }
+  }
+
+  /** Subscribes this connection (once) to changes of the listening sockets; returns the list as it is now. */
+  private async watchPorts(): Promise<AgentPortList> {
+    if (this.portsListener === null) {
+      const listener = (list: AgentPortList) => {
+        if (!this.conn.closed) this.conn.sendControl({ type: 'ports', ...list });
+      };
+      this.portsListener = listener;
+      const list = await this.ports.watch(listener);
+      // The connection may have ended during the first read.
+      if (this.conn.closed) this.ports.unwatch(listener);
+      return list;
+    }
+    return this.ports.watch(this.portsListener);
   }
 
   private store(): SessionStore {

@@ -68,7 +68,7 @@ export const AGENT_ERROR_CODES = [
 export type AgentErrorCode = (typeof AGENT_ERROR_CODES)[number];
 
 /** What an agent can do; the daemon asks for a feature, never for an agent version. */
-export const AGENT_FEATURES = ['exec', 'pty', 'stats', 'writeFile', 'setClock', 'sessions'] as const;
+export const AGENT_FEATURES = ['exec', 'pty', 'stats', 'writeFile', 'setClock', 'sessions', 'ports'] as const;
 export type AgentFeature = (typeof AGENT_FEATURES)[number];
 
 const requestId = z.number().int().min(0).max(0x7fffffff);
@@ -138,6 +138,14 @@ export const setClockRequestSchema = z.object({
   id: requestId,
   epochMs: z.number().int().min(0),
 });
+
+/**
+ * Subscribes the connection to the guest's listening TCP sockets: the reply is the current list, then a
+ * `ports` event follows each time the list changes (the agent reads /proc/net/tcp{,6} about once a second).
+ * A second request on the same connection answers with the current list and keeps the one subscription.
+ * The subscription ends with the connection.
+ */
+export const watchPortsRequestSchema = z.object({ type: z.literal('watchPorts'), id: requestId });
 
 // ---- sessions (daemon -> agent) -------------------------------------------------------------------------
 // A session is a process the agent keeps under a name, independent of any connection: see `src/agent/sessions.ts`.
@@ -257,6 +265,7 @@ export const hostMessageSchema = z.discriminatedUnion('type', [
   statsRequestSchema,
   writeFileRequestSchema,
   setClockRequestSchema,
+  watchPortsRequestSchema,
   ...sessionMessageSchemas,
 ]);
 export type HostMessage = z.infer<typeof hostMessageSchema>;
@@ -264,7 +273,14 @@ export type HelloRequest = z.infer<typeof helloRequestSchema>;
 export type ExecRequest = z.infer<typeof execRequestSchema>;
 export type WriteFileRequest = z.infer<typeof writeFileRequestSchema>;
 /** The message types that get a reply. */
-export type AgentRequestType = 'hello' | 'exec' | 'stats' | 'writeFile' | 'setClock' | SessionRequestType;
+export type AgentRequestType =
+  | 'hello'
+  | 'exec'
+  | 'stats'
+  | 'writeFile'
+  | 'setClock'
+  | 'watchPorts'
+  | SessionRequestType;
 
 // ---- agent -> daemon ------------------------------------------------------------------------------------
 
@@ -305,6 +321,24 @@ export const writeFileResultSchema = z.object({ bytes: byteCount });
 export type WriteFileResult = z.infer<typeof writeFileResultSchema>;
 export const setClockResultSchema = z.object({ epochMs: z.number().int() });
 export type SetClockResult = z.infer<typeof setClockResultSchema>;
+
+/** Entries a port list carries at most; an agent that sees more sends the first ones (by port) and says so. */
+export const AGENT_MAX_PORTS = 1024;
+/** One listening TCP socket: its port and the address it is bound to (`0.0.0.0`, `::`, `10.0.2.15`, `::1`...). */
+export const listeningPortSchema = z.object({
+  port: z.number().int().min(1).max(65535),
+  address: z
+    .string()
+    .max(45)
+    .regex(/^[0-9a-f.:]+$/, 'an address is an IPv4 or IPv6 address in lowercase text'),
+});
+export type ListeningPort = z.infer<typeof listeningPortSchema>;
+/** The guest's listening TCP sockets, sorted by port then address; `truncated`: there were more than the cap. */
+export const portListSchema = z.object({
+  ports: z.array(listeningPortSchema).max(AGENT_MAX_PORTS),
+  truncated: z.boolean(),
+});
+export type AgentPortList = z.infer<typeof portListSchema>;
 
 /** The same fields as `sessionInfoSchema` in `session.ts`, so the daemon passes it on as it is. */
 export const agentSessionInfoSchema = z.object({
@@ -370,6 +404,7 @@ export const AGENT_RESULT_SCHEMAS = {
   stats: statsResultSchema,
   writeFile: writeFileResultSchema,
   setClock: setClockResultSchema,
+  watchPorts: portListSchema,
   ...SESSION_RESULT_SCHEMAS,
 } as const satisfies Record<AgentRequestType, z.ZodTypeAny>;
 
@@ -392,6 +427,10 @@ export const exitEventSchema = z.object({
 });
 export type ExitEvent = z.infer<typeof exitEventSchema>;
 
-export const agentMessageSchema = z.union([replySchema, exitEventSchema, sessionEndEventSchema]);
+/** The listening sockets changed (after a `watchPorts`): the whole new list. */
+export const portsEventSchema = portListSchema.extend({ type: z.literal('ports') });
+export type PortsEvent = z.infer<typeof portsEventSchema>;
+
+export const agentMessageSchema = z.union([replySchema, exitEventSchema, sessionEndEventSchema, portsEventSchema]);
 export type AgentMessage = z.infer<typeof agentMessageSchema>;
 export type AgentReply = z.infer<typeof replySchema>;

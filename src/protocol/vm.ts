@@ -56,6 +56,11 @@ export const vmInfoSchema = z.object({
     egress: z.boolean(),
     /** Guest ports currently forwarded on hostAddress (loopback mode, while running). */
     forwardedPorts: z.array(z.number()),
+    /**
+     * How the daemon learns which ports the guest listens on: pushed by its guest agent, or polled over SSH
+     * (no agent, or until it answers); null when not watched (stopped, tap networking).
+     */
+    portWatch: z.enum(['agent', 'ssh']).nullable(),
   }),
   dnsName: z.string(),
   pid: z.number().nullable(),

@@ -1,6 +1,7 @@
 /**
  * The guest agent on real VMs: `vm exec` behaves the same over the agent and over SSH (a VM booted with
- * --no-agent), durable sessions driven like a JSONL coding agent, stats that agree with the guest's /proc.
+ * --no-agent), durable sessions driven like a JSONL coding agent, stats that agree with the guest's /proc,
+ * guest ports forwarded from what the agent pushes (polled over SSH without an agent).
  * Two VMs are shared by the steps; each step leaves them running and clean for the next.
  */
 import { after, before, describe } from 'node:test';
@@ -203,6 +204,34 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     await waitFor('it to exit', async () => ((await sessions(AGENT_VM)).find((s) => s.name === 'brief')?.state === 'exited' ? true : undefined));
     assert.equal((await banger(['vm', 'session', 'send', AGENT_VM, 'brief', 'hello'])).code, 67);
     await bangerOk(['vm', 'session', 'rm', AGENT_VM, 'brief']);
+  });
+
+  step('a guest server is forwarded within seconds and unforwarded after it exits: pushed by the agent, polled over SSH without one', async () => {
+    interface Net { hostAddress: string; forwardedPorts: number[]; portWatch: string | null }
+    const net = async (vm: string) =>
+      (JSON.parse((await bangerOk(['vm', 'show', vm, '--json'])).stdout) as { network: Net }).network;
+    const get = async (url: string) => {
+      try {
+        return (await fetch(url, { signal: AbortSignal.timeout(2000) })).status;
+      } catch {
+        return null;
+      }
+    };
+    for (const [vm, source] of [[AGENT_VM, 'agent'], [SSH_VM, 'ssh']] as const) {
+      assert.equal((await net(vm)).portWatch, source, `${vm}: ports come from the ${source}`);
+      await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c',
+        'mkdir -p /tmp/www && cd /tmp/www && (setsid nohup python3 -m http.server 8123 --bind 0.0.0.0 </dev/null >/dev/null 2>&1 &)']);
+      const { hostAddress } = await net(vm);
+      const t0 = Date.now();
+      await waitFor(`${vm}: ${hostAddress}:8123 from the host`, async () => ((await get(`http://${hostAddress}:8123/`)) === 200 ? true : undefined), 30_000);
+      // python3 itself takes seconds to start under TCG; the forward follows within a second or two of it listening.
+      process.stderr.write(`${vm}: reachable ${Date.now() - t0} ms after the start command returned (${source})\n`);
+      assert.deepEqual((await net(vm)).forwardedPorts, [8123]);
+      await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', 'pkill -f "http.serve[r] 8123"; true']);
+      await waitFor(`${vm}: the forward of 8123 to go`, async () => ((await net(vm)).forwardedPorts.length === 0 ? true : undefined), 15_000);
+      assert.equal(await get(`http://${hostAddress}:8123/`), null, 'nothing answers on the host any more');
+      assert.equal((await net(vm)).portWatch, source, 'still the same source');
+    }
   });
 
   step('a hostile agent (an oversized frame, then endless output) costs its VM only: the daemon keeps serving', async () => {

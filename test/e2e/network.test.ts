@@ -15,7 +15,7 @@ import { banger, bangerOk, e2eSteps } from '../helpers/cli.js';
 interface Vm {
   name: string;
   state: string;
-  network: { hostAddress: string; sshPort: number; forwardedPorts: number[]; egress: boolean };
+  network: { hostAddress: string; sshPort: number; forwardedPorts: number[]; egress: boolean; portWatch: string | null };
 }
 
 const A = 'e2e-net-a';
@@ -100,6 +100,7 @@ void describe('loopback networking on real VMs', { timeout: 900_000 }, () => {
     const body = await waitFor('the forward of port 8080', () => httpGet(`http://${A}.vm:8080/`), (v) => v === 'hello-from-a\n');
     assert.equal(body, 'hello-from-a\n');
     assert.deepEqual((await show(A)).network.forwardedPorts, [8080]);
+    await waitFor('the guest agent to push the port list', async () => (await show(A)).network.portWatch, (v) => v === 'agent', 60_000);
     const ports = JSON.parse((await bangerOk(['vm', 'ports', A, '--json'])).stdout) as {
       ports: { port: number; process: string | null; url: string | null }[];
     };

@@ -53,7 +53,7 @@ test('vm show: last error and problem text are escaped', () => {
     diskSizeMib: 1024,
     vmm: 'qemu',
     accel: null,
-    network: { mode: 'loopback', hostAddress: '127.77.0.2', sshPort: 22, guestAddress: '10.0.2.15', egress: false, forwardedPorts: [] },
+    network: { mode: 'loopback', hostAddress: '127.77.0.2', sshPort: 22, guestAddress: '10.0.2.15', egress: false, forwardedPorts: [], portWatch: null },
     dnsName: 'v.vm',
     pid: null,
     channel: null,

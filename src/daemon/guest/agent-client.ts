@@ -25,6 +25,7 @@ import {
   agentMessageSchema,
   type AgentErrorCode,
   type AgentOutputStream,
+  type AgentPortList,
   type AgentRequestType,
   type AgentSessionInfo,
   type AgentSignal,
@@ -131,6 +132,8 @@ export class AgentClient {
   private nextChannel = 1;
   private closeError: BangerError | null = null;
   private readonly label: string;
+  private portsListener: ((list: AgentPortList) => void) | null = null;
+  private readonly closeListeners = new Set<(error: BangerError) => void>();
 
   constructor(
     stream: Duplex,
@@ -182,6 +185,41 @@ export class AgentClient {
 
   async setClock(epochMs: number, opts: RequestOptions = {}): Promise<SetClockResult> {
     return (await this.request('setClock', { epochMs: Math.round(epochMs) }, opts)) as SetClockResult;
+  }
+
+  /**
+   * Watches the guest's listening TCP sockets: resolves with the current list, then `onChange` gets the whole
+   * new list each time it changes, until the connection ends or `signal` (if given) aborts. One watch per
+   * connection: a second call replaces the first one's `onChange`.
+   */
+  async watchPorts(
+    onChange: (list: AgentPortList) => void,
+    opts: RequestOptions = {},
+  ): Promise<AgentPortList> {
+    this.portsListener = onChange;
+    opts.signal?.addEventListener(
+      'abort',
+      () => {
+        if (this.portsListener === onChange) this.portsListener = null;
+      },
+      { once: true },
+    );
+    try {
+      return (await this.request('watchPorts', {}, opts)) as AgentPortList;
+    } catch (e) {
+      if (this.portsListener === onChange) this.portsListener = null;
+      throw e;
+    }
+  }
+
+  /** Calls `cb` once when the connection ends (at once if it has), with the error later calls fail with. */
+  onClose(cb: (error: BangerError) => void): () => void {
+    if (this.closeError) {
+      cb(this.closeError);
+      return () => {};
+    }
+    this.closeListeners.add(cb);
+    return () => this.closeListeners.delete(cb);
   }
 
   /** Starts a process; resolves once it runs in the guest. */
@@ -450,6 +488,11 @@ export class AgentClient {
       ch?.sessionEnd?.(m);
       return;
     }
+    if (m.type === 'ports') {
+      // A change that races with the end of a watch is dropped.
+      this.portsListener?.({ ports: m.ports, truncated: m.truncated });
+      return;
+    }
     const p = this.pending.get(m.id);
     if (!p) return; // the reply to a request given up on
     p.cleanup();
@@ -479,6 +522,10 @@ export class AgentClient {
     }
     for (const ch of this.channels.values()) ch.fail(this.closeError);
     this.channels.clear();
+    this.portsListener = null;
+    const listeners = [...this.closeListeners];
+    this.closeListeners.clear();
+    for (const cb of listeners) cb(this.closeError);
   }
 
   private unavailable(what: string): BangerError {

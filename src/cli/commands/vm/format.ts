@@ -37,7 +37,16 @@ export function vmDetails(v: VmInfo): string {
     ['Address', v.network.hostAddress],
     ['DNS name', `${v.dnsName} (banger dns install makes it resolve on the host)`],
     ['SSH', `${v.network.hostAddress}:${v.network.sshPort} (banger vm ssh ${v.name}, or ssh ${v.dnsName})`],
-    ['Ports', forwardedList(v)],
+    [
+      'Ports',
+      `${forwardedList(v)}${
+        v.network.portWatch === 'agent'
+          ? ' (new guest ports pushed by the guest agent)'
+          : v.network.portWatch === 'ssh'
+            ? ' (new guest ports polled over SSH)'
+            : ''
+      }`,
+    ],
     ['PID', v.pid === null ? '-' : String(v.pid)],
     [
       'Channel',

@@ -3,6 +3,7 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { GuestSession } from '../../guest/session.js';
 import { capturedExec } from '../../guest/capped.js';
 import type { VmPorts } from '../../../protocol/vm.js';
+import type { ListeningPort } from '../../../protocol/agent.js';
 import { dnsName } from '../../../protocol/names.js';
 
 /** The guest command that reports its TCP sockets once a second, frames separated by a line "@@". */
@@ -36,6 +37,15 @@ export function listeningPorts(procNetTcp: string, guestIp: string): Set<number>
     if (port > 0 && port !== 22) ports.add(port);
   }
   return ports;
+}
+
+/**
+ * The ports of an agent's list that a forward can reach, by the same rule as {@link listeningPorts}: bound to
+ * any address or to `guestIp` (also as an IPv4-mapped IPv6 address), and not port 22.
+ */
+export function forwardablePorts(list: readonly ListeningPort[], guestIp: string): Set<number> {
+  const reachable = new Set(['0.0.0.0', '::', guestIp, `::ffff:${guestIp}`]);
+  return new Set(list.filter((l) => l.port !== 22 && reachable.has(l.address)).map((l) => l.port));
 }
 
 /** Largest frame (one listing of /proc/net/tcp{,6}) accepted from a guest: ~25,000 sockets. */

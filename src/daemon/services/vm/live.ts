@@ -30,6 +30,10 @@ export interface LiveVm {
   agentConnecting?: Promise<AgentClient>;
   /** What the connected agent said it can do (its hello). */
   agentFeatures: ReadonlySet<string>;
+  /** Told each time a connection to the agent is made (its hello answered). */
+  agentListeners: Set<(client: AgentClient) => void>;
+  /** Where the port forwarder learns the guest's listening ports right now (loopback networking). */
+  portWatch?: 'agent' | 'ssh';
 }
 
 export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
@@ -41,6 +45,7 @@ export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
     forwards: new Set(handle.forwards ?? []),
     hasAgent: handle.agent === true,
     agentFeatures: new Set(),
+    agentListeners: new Set(),
   };
 }
 
@@ -178,11 +183,30 @@ export class LiveVms {
       });
     if (live.agent && !live.agent.closed) return live.agent;
     if (!live.agentConnecting) {
-      live.agentConnecting = this.connectAgent(vm, live, signal).finally(() => (live.agentConnecting = undefined));
+      live.agentConnecting = this.connectAgent(vm, live, signal)
+        .then((client) => {
+          live.agent = client;
+          for (const cb of [...live.agentListeners]) cb(client);
+          return client;
+        })
+        .finally(() => (live.agentConnecting = undefined));
     }
-    const client = await live.agentConnecting;
-    live.agent = client;
-    return client;
+    return live.agentConnecting;
+  }
+
+  /** Calls `cb` each time a connection to the VM's agent is made; returns the function that stops that. */
+  onAgentConnected(id: string, cb: (client: AgentClient) => void): () => void {
+    const live = this.live.get(id);
+    if (!live) return () => {};
+    live.agentListeners.add(cb);
+    return () => live.agentListeners.delete(cb);
+  }
+
+  /** The VM's open agent connection when its agent can watch ports (images older than that cannot). */
+  portsAgent(id: string): AgentClient | undefined {
+    const live = this.live.get(id);
+    if (!live?.agent || live.agent.closed || !live.agentFeatures.has('ports')) return undefined;
+    return live.agent;
   }
 
   /** What the VM's agent can do (empty until it connected). */

@@ -145,6 +145,11 @@ export class VmService {
     this.forwarder = new GuestPortForwarder({
       log: d.log,
       session: (vm, signal) => this.live.session(vm, signal),
+      agents: {
+        portsAgent: (id) => this.live.portsAgent(id),
+        onAgentConnected: (id, cb) => this.live.onAgentConnected(id, cb),
+        connectInBackground: (vm) => this.live.connectAgentInBackground(vm),
+      },
       handlesPath: (id) => d.paths.vm(id).handles,
     });
   }
@@ -189,6 +194,7 @@ export class VmService {
         guestAddress: v.guestAddress,
         egress: v.egress,
         forwardedPorts: live ? [...live.forwards].sort((a, b) => a - b) : [],
+        portWatch: live?.portWatch ?? null,
       },
       dnsName: dnsName(v.name),
       pid: live?.handle.pid ?? null,
