@@ -159,13 +159,15 @@ export class LiveVms {
     if (live.session && !live.session.isClosed) return live.session;
     if (!live.connecting) {
       const hostPublicKey = (await readFile(this.d.paths.vm(vm.id).hostKeyPublic, 'utf8')).trim();
+      // Shared by every caller that comes while it connects, so it ends only with the VM (its watch signal),
+      // never with the first caller's: a port watch that stops must not cancel an exec waiting on it too.
       live.connecting = SshGuestSession.waitFor(this.sshTarget(vm, hostPublicKey), {
         deadlineMs: 30_000,
-        signal,
+        signal: live.watch.signal,
         stillBooting: () => live.driver.isAlive(live.handle, vm.id),
       }).finally(() => (live.connecting = undefined));
     }
-    const s = await live.connecting;
+    const s = await untilAborted(live.connecting, signal, 'cancelled while connecting to the guest');
     this.useSession(live, s);
     return s;
   }
@@ -288,4 +290,24 @@ export class LiveVms {
     if (!live) return null;
     return live.hasAgent ? 'agent' : 'ssh';
   }
+}
+
+/** `p`, or a Cancelled error as soon as `signal` aborts (`p` itself goes on for its other waiters). */
+export function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined, message: string): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(new BangerError(ErrorCode.Cancelled, message));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new BangerError(ErrorCode.Cancelled, message));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
 }
