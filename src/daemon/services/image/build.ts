@@ -5,17 +5,18 @@
  * which is why scratch trees are removed through leftovers.ts, never by a bare rm -rf).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
 import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';
 import { dockerGuestFiles } from '../../guest/init/docker.js';
+import { imageContents, resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
+
+export { resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
 import type { Logger } from '../../../shared/logger.js';
 
@@ -70,13 +71,6 @@ export interface ImageArtifacts {
   stepSeconds: { step: string; seconds: number }[];
 }
 
-export interface ImageContents {
-  /** Versions of the notable packages it has (docker.io, nodejs, git, gcc...), by package name. */
-  versions: Record<string, string>;
-  /** `mise --version`'s first word. */
-  mise: string | null;
-}
-
 export interface BuildStep {
   /** Progress label, one of {@link BUILD_STEPS}. */
   name: string;
@@ -128,9 +122,6 @@ export const DEVELOPER_PACKAGES = [
   'vim-tiny',
   'tmux',
 ] as const;
-
-/** Packages whose versions `image show` lists, when the image has them. */
-const NOTABLE_PACKAGES = ['docker.io', 'containerd', 'runc', 'nodejs', 'git', 'gcc', 'python3', 'openssh-server'];
 
 /** File names of the artifacts inside the output directory. */
 export const ARTIFACT_NAMES = { kernel: 'vmlinuz', initrd: 'initrd.img', rootfs: 'rootfs.ext4' } as const;
@@ -215,33 +206,6 @@ export function defaultRootfsSizeMib(usedBytes: number): number {
   const usedMib = Math.ceil(usedBytes / 2 ** 20);
   const raw = Math.ceil(usedMib * 1.1) + 64 + ROOTFS_FREE_MIB;
   return Math.ceil(raw / 64) * 64;
-}
-
-/**
- * The guest agent bundle (`npm run build` makes it): beside the running bundle (dist/bangerd.js), or in the
- * checkout's dist/ when banger runs from source.
- */
-export function resolveAgentBundle(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  const tried: string[] = [];
-  for (;;) {
-    for (const c of [join(dir, 'banger-agent.js'), join(dir, 'dist', 'banger-agent.js')]) {
-      tried.push(c);
-      if (existsSync(c)) return c;
-    }
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  throw new BangerError(ErrorCode.FailedPrecondition, 'the guest agent bundle (banger-agent.js) is missing', {
-    hint: 'run `npm run build` in the banger checkout, then build the image again',
-  });
-}
-
-/** The mise binary shipped in the `@jdxcode/mise-linux-x64` npm package. */
-export function resolveMiseBinary(): string {
-  const pkg = createRequire(import.meta.url).resolve('@jdxcode/mise-linux-x64/package.json');
-  return join(dirname(pkg), 'bin', 'mise');
 }
 
 /** Debian kernel versions from /boot file names (`vmlinuz-<version>`), newest last. */
@@ -428,31 +392,6 @@ async function configureRootfs(rootDir: string, params: ImageBuildParams, run: C
   await mkdir(at(ROOT_SKEL_DIR), { recursive: true });
   await run('cp', ['-a', `${at('etc/skel')}/.`, `${at(ROOT_SKEL_DIR)}/`]);
   await run('cp', ['-a', `${at('root')}/.`, `${at(ROOT_SKEL_DIR)}/`]);
-}
-
-/** The versions `image show` lists: notable packages from the tree's dpkg database, and mise's own. */
-async function imageContents(rootDir: string, mise: string, run: CommandRunner): Promise<ImageContents> {
-  const q = await run(
-    'dpkg-query',
-    [`--admindir=${join(rootDir, 'var/lib/dpkg')}`, '-W', '-f', '${db:Status-Abbrev}\t${Package}\t${Version}\n', ...NOTABLE_PACKAGES],
-    { allowFailure: true },
-  );
-  const versions: Record<string, string> = {};
-  for (const line of q.stdout.split('\n')) {
-    const [status, pkg, version] = line.split('\t');
-    if (status?.startsWith('ii') && pkg && version) versions[pkg] = version;
-  }
-  return { versions, mise: mise === resolveMiseBinary() ? miseVersion() : null };
-}
-
-/** The version of the mise npm package banger ships (read, not run: running it may look for updates). */
-function miseVersion(): string | null {
-  try {
-    const pkg = createRequire(import.meta.url).resolve('@jdxcode/mise-linux-x64/package.json');
-    return (JSON.parse(readFileSync(pkg, 'utf8')) as { version?: string }).version ?? null;
-  } catch {
-    return null;
-  }
 }
 
 async function buildInitrd(
