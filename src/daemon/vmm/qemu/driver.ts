@@ -118,7 +118,9 @@ export class QemuDriver implements VmmDriver {
           ? `${this.deps.binary} is not an executable file: fix the configured QEMU path or ${INSTALL_HINT}`
           : `${QEMU_BINARY} is not installed (not on PATH): ${INSTALL_HINT}`,
       };
-    const timeout = AbortSignal.timeout(5000);
+    // A guard against a hung binary, not a speed check: a cold start (page cache reclaimed, a busy host)
+    // was seen to take over 5 s here.
+    const timeout = AbortSignal.timeout(30_000);
     const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
     try {
       const res = await this.deps.run(binary, ['-version'], { signal: combined, allowFailure: true });
