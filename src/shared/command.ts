@@ -42,10 +42,16 @@ export type CommandRunner = (cmd: string, args: readonly string[], opts?: RunOpt
 /** Output kept per stream by default: plenty for every message and listing, bounded for a chatty command. */
 export const DEFAULT_MAX_OUTPUT_BYTES = 16 << 20;
 
-/** 128 + the signal's number, as a shell reports a command killed by a signal. */
-export function exitCodeOfSignal(signal: NodeJS.Signals | string): number {
+/**
+ * A process's exit status as a shell reports it: its exit code, or 128 + N for death by signal N (a signal
+ * this host does not know counts as SIGHUP's 1: the process is gone, and 128 alone would read as "signal 0").
+ * Neither (never seen from a real process) is a plain failure, 1.
+ */
+export function shellStatus(code: number | null, signal: string | null): number {
+  if (code !== null) return code;
+  if (signal === null) return 1;
   const n = (constants.signals as Record<string, number | undefined>)[signal];
-  return 128 + (n ?? 0);
+  return 128 + (n ?? 1);
 }
 
 /** Keeps the last `max` bytes pushed into it (memory stays near `max` whatever the input). */
@@ -113,7 +119,7 @@ export const runCommand: CommandRunner = (cmd, args, opts = {}) =>
       if (opts.signal?.aborted) return reject(new BangerError(ErrorCode.Cancelled, `${cmd}: cancelled`));
       const stdout = out.text();
       const stderr = err.text();
-      const result: RunResult = { code: code ?? (sig ? exitCodeOfSignal(sig) : 1), stdout, stderr };
+      const result: RunResult = { code: shellStatus(code, sig), stdout, stderr };
       if (out.truncated || err.truncated) result.truncated = { stdout: out.truncated, stderr: err.truncated };
       if (result.code !== 0 && !opts.allowFailure) {
         const tail = (stderr || stdout).trim().split('\n').slice(-15).join('\n');

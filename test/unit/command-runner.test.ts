@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { runCommand } from '../../src/shared/command.js';
+import { runCommand, shellStatus } from '../../src/shared/command.js';
 import { headCommitOf } from '../../src/shared/workspace-files.js';
 import { BangerError } from '../../src/errors/index.js';
 
@@ -14,6 +14,20 @@ void describe('the one command runner', () => {
     const kill = await runCommand('sh', ['-c', 'kill -KILL $$'], { allowFailure: true });
     assert.equal(kill.code, 137);
     await assert.rejects(runCommand('sh', ['-c', 'kill -TERM $$']), isCode('Internal', /exit 143/));
+  });
+
+  void it('gives guest exits (agent and SSH) the same status rule as host commands', () => {
+    // One function for every channel: a code as it is, a known signal 128+N, an unknown one as a hang-up.
+    assert.deepEqual(
+      [
+        shellStatus(0, null),
+        shellStatus(7, null),
+        shellStatus(null, 'SIGINT'),
+        shellStatus(null, 'SIGNOPE'),
+        shellStatus(null, null),
+      ],
+      [0, 7, 130, 129, 1],
+    );
   });
 
   void it('passes exit codes, stdin and output through', async () => {

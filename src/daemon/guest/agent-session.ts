@@ -1,5 +1,5 @@
-import { constants } from 'node:os';
 import { BangerError, ErrorCode } from '../../errors/index.js';
+import { shellStatus } from '../../shared/command.js';
 import type { AgentClient, AgentProcess } from './agent-client.js';
 import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent.js';
 import { GUEST_ENVIRONMENT } from './init/scripts.js';
@@ -10,13 +10,6 @@ import {
   type GuestExecResult,
   type GuestSession,
 } from './session.js';
-
-/** Exit status as a shell reports it: the code, or 128+N for death by signal N. */
-export function shellStatus(code: number | null, signal: string | null): number {
-  if (code !== null) return code;
-  const n = signal ? (constants.signals as Record<string, number>)[signal] : undefined;
-  return 128 + (n ?? 1);
-}
 
 /** The environment of a root login in a banger guest (sshd + pam_env give SSH sessions the same). */
 const LOGIN_ENV: Readonly<Record<string, string>> = {

@@ -10,7 +10,7 @@ import {
   type GuestExecResult,
   type GuestSession,
 } from './session.js';
-import { shellStatus } from './agent-session.js';
+import { shellStatus } from '../../shared/command.js';
 
 export interface SshTarget {
   host: string;
