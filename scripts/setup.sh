@@ -4,8 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage() {
+  cat <<'USAGE'
+Usage: scripts/setup.sh [--test]
+
+Installs what banger needs on Debian 12, as root: the host packages (QEMU, qemu-utils, mmdebstrap,
+e2fsprogs, OpenSSH client, nftables, ...), the npm dependencies, the build, and `banger` / `bangerd`
+on PATH (npm link). Safe to run again: it installs only what is missing.
+
+  --test    also what the test suite needs (git), for `npm test`
+  -h, --help  this text
+USAGE
+}
+
 want_tests=0
-[ "${1:-}" = "--test" ] && want_tests=1
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_tests=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg'" >&2; usage >&2; exit 64 ;;
+  esac
+done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup.sh: run as root (it installs Debian packages)" >&2
