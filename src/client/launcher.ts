@@ -7,6 +7,7 @@ import { BangerError, ErrorCode } from '../errors/index.js';
 import { DaemonMethods } from '../protocol/daemon.js';
 import { Paths } from '../shared/paths.js';
 import { BUILD_ID } from '../shared/version.js';
+import { stateAccessError } from './state-access.js';
 import { BangerClient } from './client.js';
 
 /** How to start bangerd: the bundled dist/bangerd.js next to dist/banger.js, or the TS source under tsx. */
@@ -72,6 +73,19 @@ export async function connectOrStart(
   onStart?: () => void,
   timeoutMs = 15_000,
   onNotice?: (message: string) => void,
+): Promise<BangerClient> {
+  try {
+    return await connectOrStartDaemon(paths, onStart, timeoutMs, onNotice);
+  } catch (e) {
+    throw stateAccessError(e, paths.socket) ?? e;
+  }
+}
+
+async function connectOrStartDaemon(
+  paths: Paths,
+  onStart: (() => void) | undefined,
+  timeoutMs: number,
+  onNotice: ((message: string) => void) | undefined,
 ): Promise<BangerClient> {
   try {
     const client = await BangerClient.connect(paths.socket);

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { E2E_HOME, banger, bangerOk, pidsMatching, e2eSteps } from '../helpers/cli.js';
+import { E2E_HOME, banger, bangerChild, bangerOk, pidsMatching, e2eSteps } from '../helpers/cli.js';
 
 interface Vm {
   id: string;
@@ -22,6 +22,7 @@ interface Vm {
 
 const A = 'e2e-spine-a';
 const B = 'e2e-spine-b';
+const C = 'e2e-spine-rm';
 const { step, printConsolesIfFailed } = e2eSteps();
 
 async function show(name: string): Promise<Vm> {
@@ -35,18 +36,20 @@ function daemonPid(): number {
 void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
   before(async () => {
     // Leftovers of an interrupted earlier run.
-    await banger(['vm', 'delete', '--force', A, B]);
+    await banger(['vm', 'delete', '--force', A, B, C]);
   });
 
   after(async () => {
     printConsolesIfFailed();
-    await banger(['vm', 'delete', '--force', A, B]);
+    await banger(['vm', 'delete', '--force', A, B, C]);
   });
-
 
   step('the default image exists or is built, with files, sizes and checksums recorded', async () => {
     const r = await bangerOk(['image', 'build', 'default', '--json'], 0, { timeoutMs: 900_000 });
-    const img = JSON.parse(r.stdout) as { status: string; files: { role: string; sizeBytes: number; sha256: string; path: string }[] };
+    const img = JSON.parse(r.stdout) as {
+      status: string;
+      files: { role: string; sizeBytes: number; sha256: string; path: string }[];
+    };
     assert.equal(img.status, 'ready');
     assert.deepEqual(img.files.map((f) => f.role).sort(), ['initrd', 'kernel', 'rootfs']);
     for (const f of img.files) {
@@ -69,7 +72,9 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
   });
 
   step('vm exec passes stdin through, keeps arguments intact and returns the exit code', async () => {
-    const r = await banger(['vm', 'exec', A, '--', 'sh', '-c', 'cat; echo "$1"; exit 3', 'sh', "it's a b"], { input: 'from-stdin\n' });
+    const r = await banger(['vm', 'exec', A, '--', 'sh', '-c', 'cat; echo "$1"; exit 3', 'sh', "it's a b"], {
+      input: 'from-stdin\n',
+    });
     assert.equal(r.code, 3, r.stderr);
     assert.equal(r.stdout, "from-stdin\nit's a b\n");
     const mise = await bangerOk(['vm', 'exec', A, '--', 'sh', '-c', 'echo $MISE_OFFLINE; mise --version']);
@@ -84,6 +89,49 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
     await bangerOk(['vm', 'start', A]);
     const r = await bangerOk(['vm', 'exec', A, '--', 'cat', '/root/keep.txt']);
     assert.equal(r.stdout, 'persisted\n');
+  });
+
+  step(
+    'Ctrl-C while a start waits for the guest: exit 130, the VM stopped with no VMM process, and it starts again',
+    async () => {
+      await bangerOk(['vm', 'stop', A]);
+      const { id } = await show(A);
+      const { child, result } = bangerChild(['vm', 'start', A]);
+      // Interrupt once the VMM runs: the boot is then waiting on the guest, the case a user hits most.
+      for (let i = 0; i < 600 && pidsMatching(id).length === 0; i++) await sleep(100);
+      assert.notDeepEqual(pidsMatching(id), [], 'the VMM process appeared');
+      await sleep(1000);
+      child.kill('SIGINT');
+      const r = await result;
+      assert.equal(r.code, 130, r.stderr);
+      const vm = (await show(A)) as Vm & { lastError: string | null };
+      assert.equal(vm.state, 'stopped');
+      assert.match(vm.lastError ?? '', /cancelled/);
+      assert.deepEqual(pidsMatching(id), [], 'no VMM process left');
+      await bangerOk(['vm', 'start', A]);
+      assert.equal((await bangerOk(['vm', 'exec', A, '--', 'cat', '/root/keep.txt'])).stdout, 'persisted\n');
+    },
+  );
+
+  step("vm run --rm is the daemon's to clean up: a CLI killed mid-command still leaves no VM behind", async () => {
+    const { child, result } = bangerChild(['vm', 'run', '--rm', '--name', C, '--', 'sleep', '600']);
+    let id = '';
+    for (let i = 0; i < 1800 && !id; i++) {
+      const r = await banger(['vm', 'show', C, '--json']);
+      if (r.code === 0 && (JSON.parse(r.stdout) as Vm).state === 'running') id = (JSON.parse(r.stdout) as Vm).id;
+      else await sleep(100);
+    }
+    assert.ok(id, 'the --rm VM came up');
+    child.kill('SIGKILL');
+    await result;
+    let gone = false;
+    for (let i = 0; i < 600 && !gone; i++) {
+      gone = (await banger(['vm', 'show', C])).code === 65;
+      if (!gone) await sleep(100);
+    }
+    assert.ok(gone, 'the VM was deleted once its client was gone');
+    assert.deepEqual(pidsMatching(id), [], 'no VMM process left');
+    assert.equal(existsSync(join(E2E_HOME, 'vms', id)), false, 'no VM directory left');
   });
 
   step('kill -9 of bangerd loses nothing: the next command re-adopts the running VM', async () => {
@@ -155,7 +203,8 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
     const report = JSON.parse(r.stdout) as { ok: boolean; checks: { name: string; status: string; fix?: string }[] };
     assert.equal(r.code, report.ok ? 0 : 67);
     const names = report.checks.map((c) => c.name);
-    for (const n of ['qemu', 'mmdebstrap', 'kvm', 'firecracker', 'disk space', 'daemon socket']) assert.ok(names.includes(n), n);
+    for (const n of ['qemu', 'mmdebstrap', 'kvm', 'firecracker', 'disk space', 'daemon socket'])
+      assert.ok(names.includes(n), n);
     for (const c of report.checks) if (c.status !== 'ok') assert.ok(c.fix, `${c.name} has a fix`);
     const sock = report.checks.find((c) => c.name === 'daemon socket');
     assert.equal(sock?.status, 'ok');

@@ -3,7 +3,8 @@
  * e2e tests share one BANGER_HOME under the test cache so the guest image is built once per machine;
  * every VM a test makes is deleted by the test (and stale ones by `resetVms`).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { it, type TestContext } from 'node:test';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -23,31 +24,42 @@ export function banger(
   args: string[],
   opts: { home?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<CliResult> {
+  return bangerChild(args, opts).result;
+}
+
+/** banger as a child the test can signal while it runs (Ctrl-C, kill -9), and its result. */
+export function bangerChild(
+  args: string[],
+  opts: { home?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): { child: ChildProcess; result: Promise<CliResult> } {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      env: { ...process.env, ...opts.env, BANGER_HOME: opts.home ?? E2E_HOME, NO_COLOR: '1' },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...process.env, ...opts.env, BANGER_HOME: opts.home ?? E2E_HOME, NO_COLOR: '1' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const result = new Promise<CliResult>((resolvePromise, reject) => {
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 600_000);
     child.on('error', reject);
     child.on('close', (code, sig) => {
       clearTimeout(timer);
-      resolvePromise({ code: code ?? (sig ? 128 + 9 : 1), stdout, stderr });
+      resolvePromise({ code: code ?? (sig ? 128 + (osConstants.signals[sig] ?? 9) : 1), stdout, stderr });
     });
-    child.stdin.end(opts.input ?? '');
+    child.stdin!.end(opts.input ?? '');
   });
+  return { child, result };
 }
 
 /** Runs banger and fails with its output when the exit code is not `want`. */
 export async function bangerOk(args: string[], want = 0, opts: Parameters<typeof banger>[1] = {}): Promise<CliResult> {
   const r = await banger(args, opts);
   if (r.code !== want)
-    throw new Error(`banger ${args.join(' ')} exited ${r.code}, expected ${want}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
+    throw new Error(
+      `banger ${args.join(' ')} exited ${r.code}, expected ${want}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`,
+    );
   return r;
 }
 
