@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { E2E_HOME, banger, bangerChild, bangerOk, pidsMatching, e2eSteps } from '../helpers/cli.js';
+import { E2E_HOME, banger, bangerChild, bangerOk, pidsMatching, e2eSteps, type CliResult } from '../helpers/cli.js';
 
 interface Vm {
   id: string;
@@ -115,13 +115,15 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
 
   step("vm run --rm is the daemon's to clean up: a CLI killed mid-command still leaves no VM behind", async () => {
     const { child, result } = bangerChild(['vm', 'run', '--rm', '--name', C, '--', 'sleep', '600']);
+    let exited: CliResult | null = null;
+    void result.then((r) => (exited = r));
     let id = '';
-    for (let i = 0; i < 1800 && !id; i++) {
+    while (!id && !exited) {
       const r = await banger(['vm', 'show', C, '--json']);
       if (r.code === 0 && (JSON.parse(r.stdout) as Vm).state === 'running') id = (JSON.parse(r.stdout) as Vm).id;
-      else await sleep(100);
+      else await sleep(200);
     }
-    assert.ok(id, 'the --rm VM came up');
+    assert.ok(id, `the --rm VM came up (vm run ended first: ${JSON.stringify(exited)})`);
     child.kill('SIGKILL');
     await result;
     let gone = false;
