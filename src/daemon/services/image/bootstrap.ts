@@ -48,6 +48,9 @@ export const DEVELOPER_PACKAGES = [
 /** The build steps of this part, in the order they can run. */
 export type BootstrapStep = 'restore base layer' | 'bootstrap rootfs' | 'install extra packages' | 'save base layer';
 
+/** mmdebstrap's variant for a full bootstrap (part of a layer's identity). */
+export const BOOTSTRAP_VARIANT = 'minbase';
+
 /** mmdebstrap's options that shape the tree: docs/man/locales trimmed (part of a layer's identity). */
 export const BOOTSTRAP_OPTIONS = [
   '--dpkgopt=path-exclude=/usr/share/man/*',
@@ -91,7 +94,7 @@ export function mmdebstrapArgs(p: {
   aptCacheDir?: string;
 }): string[] {
   return [
-    '--variant=minbase',
+    `--variant=${BOOTSTRAP_VARIANT}`,
     `--include=${includedPackages(p).join(',')}`,
     ...cacheArgs(p.aptCacheDir),
     ...BOOTSTRAP_OPTIONS,

@@ -14,7 +14,7 @@ import { GUEST_PATHS } from '../../guest/init/scripts.js';
 import { imageContents, resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
 import type { Logger } from '../../../shared/logger.js';
-import { BOOTSTRAP_OPTIONS, bootstrapRootfs, includedPackages, planBootstrap } from './bootstrap.js';
+import { BOOTSTRAP_OPTIONS, BOOTSTRAP_VARIANT, bootstrapRootfs, includedPackages, planBootstrap } from './bootstrap.js';
 import type { LayerBase, LayerCache } from './layers.js';
 import { buildInitrd, configureRootfs } from './tree.js';
 
@@ -221,7 +221,7 @@ export async function buildImage(
     const base: LayerBase = {
       suite: params.suite,
       mirror: params.mirror,
-      variant: 'minbase',
+      variant: BOOTSTRAP_VARIANT,
       architecture: (await run('dpkg', ['--print-architecture'])).stdout.trim(),
       options: BOOTSTRAP_OPTIONS,
     };
