@@ -1,6 +1,7 @@
 /**
- * The apt package cache: in a fresh state directory, the default image's first build (nothing cached)
- * against a rebuild with one more package (what the first build downloaded is reused). Also prints each
+ * The build caches: in a fresh state directory, the default image's first build (nothing cached: it
+ * downloads every package, bootstraps and saves a base layer) against a rebuild with one more package
+ * (it restores that base layer and installs only the new package, downloading only it). Also prints each
  * build's per-step seconds as `image show` records them.
  * Usage: npm run build && node --import tsx bench/image-cache.ts [extra-package]
  * Needs the Debian mirror (the host's apt sources) and root, like any image build. Leaves nothing behind.

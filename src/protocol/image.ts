@@ -45,6 +45,8 @@ export const imageBuildParamsSchema = z.object({
   minimal: z.boolean().optional(),
   /** Rebuild even when an image of that name exists (refused while VMs use it). */
   force: z.boolean().optional(),
+  /** Bootstrap from nothing instead of from a cached base layer (a fresh layer is saved). */
+  noCache: z.boolean().optional(),
   ...withProgress,
 });
 export type ImageBuildParams = z.infer<typeof imageBuildParamsSchema>;

@@ -42,6 +42,7 @@ export function register(program: Command, ctx: CliContext): void {
     .option('--packages <list>', 'extra Debian packages, comma or space separated', '')
     .option('--minimal', 'only sshd, git, mise and the guest agent: no Docker, build-essential or other tools')
     .option('--force', 'rebuild even if it exists (refused while VMs use it)')
+    .option('--no-cache', 'bootstrap from nothing, not from a cached base layer (a fresh layer is saved)')
     .option('--json', 'print the image as JSON; progress as JSON lines on stderr')
     .addHelpText(
       'after',
@@ -50,17 +51,20 @@ Every image has sshd, git, mise, Node (for the guest agent) and python3. Unless 
 Docker (docker.io; dockerd starts on first use of \`docker\`, its data on the VM's work disk), build-essential,
 curl, jq, ripgrep, unzip, xz-utils, less, vim-tiny and tmux. Downloaded packages are cached in
 $BANGER_HOME/cache/apt-archives, so a rebuild fetches only what is new (delete that folder to reclaim space).
+A build keeps its bootstrapped Debian tree as a base layer in $BANGER_HOME/cache/layers (the 3 most recently
+used, at most 7 days old): a later build whose packages include a layer's starts from it and installs only
+the rest (steps "restore base layer", "install extra packages"). --no-cache bootstraps from nothing.
 
 Examples:
   banger image build                              the default image (built on first use anyway)
   banger image build py --packages python3-venv   the default set plus python3-venv
   banger image build small --minimal              the small image (faster to build)`,
     )
-    .action(async (name: string, o: { packages: string; minimal?: boolean; force?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { packages: string; minimal?: boolean; force?: boolean; cache: boolean; json?: boolean }) => {
       const packages = o.packages.split(/[\s,]+/).filter(Boolean);
       const i = await ctx.call(
         ImageMethods.build,
-        { name, packages, minimal: o.minimal, force: o.force },
+        { name, packages, minimal: o.minimal, force: o.force, ...(o.cache ? {} : { noCache: true }) },
         { json: o.json, progress: true },
       );
       if (o.json) out.json(i);

@@ -6,23 +6,24 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
-import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
-import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
-import { INITRD_MODULES, resolveModules } from './modules.js';
-import { dockerGuestFiles } from '../../guest/init/docker.js';
+import { GUEST_PATHS } from '../../guest/init/scripts.js';
 import { imageContents, resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
-
-export { resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
 import type { Logger } from '../../../shared/logger.js';
+import { BOOTSTRAP_OPTIONS, BOOTSTRAP_VARIANT, bootstrapRootfs, includedPackages, planBootstrap } from './bootstrap.js';
+import type { LayerBase, LayerCache } from './layers.js';
+import { buildInitrd, configureRootfs } from './tree.js';
 
+export { resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 export { guestKernelArgs, hostTscKhz } from '../../guest/init/cmdline.js';
 export { DEFAULT_DEBIAN_MIRROR, hostMirror, readHostMirror } from './mirror.js';
 export { mountsUnder } from './leftovers.js';
+export { BASE_PACKAGES, DEVELOPER_PACKAGES, layeredMmdebstrapArgs, mmdebstrapArgs } from './bootstrap.js';
+export { cpioArgs } from './tree.js';
 
 export interface ImageBuildParams {
   /** Image name, recorded in the guest at /etc/banger-image. */
@@ -39,6 +40,8 @@ export interface ImageBuildParams {
   minimal?: boolean;
   /** Where downloaded .debs are kept between builds (a rebuild downloads only what is new). */
   aptCacheDir?: string;
+  /** Bootstrap from nothing even when a cached base layer fits (a fresh layer is still saved). */
+  noCache?: boolean;
 }
 
 export interface ImageBuildDeps {
@@ -49,6 +52,8 @@ export interface ImageBuildDeps {
   miseBinary?: string;
   /** The guest agent bundle to install; default: `dist/banger-agent.js` beside the running daemon. */
   agentBundle?: string;
+  /** Cached base layers (bootstrapped trees); without it every build bootstraps from nothing. */
+  layers?: LayerCache;
 }
 
 export interface ImageFile {
@@ -80,48 +85,25 @@ export interface BuildStep {
   detail?: string;
 }
 
+/**
+ * Every step name, in the order they can run. A build runs `bootstrap rootfs` then `save base layer`, or,
+ * from a cached layer, `restore base layer` then (when it lacks packages) `install extra packages`.
+ */
 export const BUILD_STEPS = [
+  'restore base layer',
   'bootstrap rootfs',
+  'install extra packages',
+  'save base layer',
   'install mise',
   'configure guest',
   'build initrd',
   'make ext4',
   'checksum',
 ] as const;
+type BuildStepName = (typeof BUILD_STEPS)[number];
 
-/** Packages every image has. The kernel comes from the guest's own package, not the host. */
-export const BASE_PACKAGES = [
-  'linux-image-cloud-amd64',
-  'openssh-server',
-  'git',
-  'ca-certificates',
-  'iproute2',
-  'procps',
-  'kmod',
-  'netbase',
-  'busybox-static',
-  // The guest agent runs on the guest's Node; its terminal sessions use python3's pty module.
-  'nodejs',
-  'python3',
-] as const;
-
-/**
- * What a developer expects on a fresh Debian box, in every image but `--minimal` ones: Docker (Debian's
- * docker.io with containerd and runc; dockerd starts on first use), a C toolchain and everyday tools.
- */
-export const DEVELOPER_PACKAGES = [
-  'docker.io',
-  'iptables',
-  'build-essential',
-  'curl',
-  'jq',
-  'ripgrep',
-  'unzip',
-  'xz-utils',
-  'less',
-  'vim-tiny',
-  'tmux',
-] as const;
+/** The steps after the bootstrap, the same in every build. */
+const IMAGE_STEPS = ['install mise', 'configure guest', 'build initrd', 'make ext4', 'checksum'] as const;
 
 /** File names of the artifacts inside the output directory. */
 export const ARTIFACT_NAMES = { kernel: 'vmlinuz', initrd: 'initrd.img', rootfs: 'rootfs.ext4' } as const;
@@ -142,55 +124,6 @@ export function validateBuildParams(p: ImageBuildParams): void {
       throw invalidArgument(`${JSON.stringify(pkg)} is not a Debian package name`, 'e.g. `--package build-essential`');
   if (p.sizeMib !== undefined && (!Number.isInteger(p.sizeMib) || p.sizeMib < 0))
     throw invalidArgument(`size ${p.sizeMib} MiB is not a whole number of MiB`);
-}
-
-/** mmdebstrap's argv (without the command): minbase plus packages, docs/man/locales trimmed. */
-export function mmdebstrapArgs(p: {
-  suite: string;
-  mirror: string;
-  packages: readonly string[];
-  targetDir: string;
-  minimal?: boolean;
-  aptCacheDir?: string;
-}): string[] {
-  const include = [...new Set([...BASE_PACKAGES, ...(p.minimal ? [] : DEVELOPER_PACKAGES), ...p.packages])].join(',');
-  // mmdebstrap's own recipe for a package cache: fill the chroot's archive from it before apt runs (so only
-  // new .debs are downloaded), keep the essential ones, and copy the archive back before it is cleaned.
-  const cache = p.aptCacheDir
-    ? [
-        '--skip=download/empty',
-        '--skip=essential/unlink',
-        `--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
-        `--setup-hook=sync-in ${p.aptCacheDir} /var/cache/apt/archives/`,
-        `--customize-hook=sync-out /var/cache/apt/archives ${p.aptCacheDir}`,
-      ]
-    : [];
-  return [
-    '--variant=minbase',
-    `--include=${include}`,
-    ...cache,
-    '--dpkgopt=path-exclude=/usr/share/man/*',
-    '--dpkgopt=path-exclude=/usr/share/doc/*',
-    // Licences stay: dpkg applies the last matching path filter.
-    '--dpkgopt=path-include=/usr/share/doc/*/copyright',
-    '--dpkgopt=path-exclude=/usr/share/locale/*',
-    '--dpkgopt=path-exclude=/usr/share/info/*',
-    '--aptopt=Acquire::Retries "3"',
-    p.suite,
-    p.targetDir,
-    p.mirror,
-  ];
-}
-
-/** `bash -c` argv writing a gzipped newc cpio of `dir` (owned by root, sorted, reproducible) to `out`. */
-export function cpioArgs(dir: string, out: string): string[] {
-  return [
-    '-c',
-    'set -euo pipefail; cd "$1"; find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --reproducible --quiet | gzip -9n > "$2"',
-    'banger-cpio',
-    dir,
-    out,
-  ];
 }
 
 /** mkfs.ext4's argv: the tree `dir` becomes the filesystem, owned by root. */
@@ -224,17 +157,8 @@ function withSbin(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 
 async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { signal })) hash.update(chunk as Buffer);
+  for await (const chunk of createReadStream(path, { signal, highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
   return hash.digest('hex');
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -258,20 +182,22 @@ export async function buildImage(
   const kernelPath = join(outDir, ARTIFACT_NAMES.kernel);
   const initrdPath = join(outDir, ARTIFACT_NAMES.initrd);
   const rootfsPath = join(outDir, ARTIFACT_NAMES.rootfs);
+  let plan: BuildStepName[] = [];
   let stepIndex = 0;
+  let current: BuildStepName | undefined;
   const stepSeconds: ImageArtifacts['stepSeconds'] = [];
   let stepStarted = Date.now();
   const endStep = () => {
-    const last = BUILD_STEPS[stepIndex - 1];
-    if (last) stepSeconds.push({ step: last, seconds: Math.round((Date.now() - stepStarted) / 100) / 10 });
+    if (current) stepSeconds.push({ step: current, seconds: Math.round((Date.now() - stepStarted) / 100) / 10 });
     stepStarted = Date.now();
   };
-  const step = (name: (typeof BUILD_STEPS)[number], detail?: string) => {
+  const step = (name: BuildStepName, detail?: string) => {
     if (signal?.aborted) throw cancelled('image build cancelled');
     endStep();
+    current = name;
     stepIndex += 1;
-    deps.log.info({ step: name, index: stepIndex, total: BUILD_STEPS.length, detail }, 'image build step');
-    onStep({ name, index: stepIndex, total: BUILD_STEPS.length, ...(detail ? { detail } : {}) });
+    deps.log.info({ step: name, index: stepIndex, total: plan.length, detail }, 'image build step');
+    onStep({ name, index: stepIndex, total: plan.length, ...(detail ? { detail } : {}) });
   };
   const logLines = (chunk: string) => {
     for (const l of chunk.split('\n')) if (l.trim()) deps.log.debug(l.trimEnd());
@@ -290,10 +216,35 @@ export async function buildImage(
     await removeTree(rootDir);
     await removeTree(initrdDir);
 
-    step('bootstrap rootfs', `${params.suite} from ${params.mirror}`);
     const aptCacheDir = params.aptCacheDir && !/\s/.test(params.aptCacheDir) ? params.aptCacheDir : undefined;
     if (aptCacheDir) await mkdir(aptCacheDir, { recursive: true, mode: 0o700 });
-    await run('mmdebstrap', mmdebstrapArgs({ ...params, aptCacheDir, targetDir: rootDir }), { onOutput: logLines });
+    const base: LayerBase = {
+      suite: params.suite,
+      mirror: params.mirror,
+      variant: BOOTSTRAP_VARIANT,
+      architecture: (await run('dpkg', ['--print-architecture'])).stdout.trim(),
+      options: BOOTSTRAP_OPTIONS,
+    };
+    const packages = includedPackages(params);
+    const layers = deps.layers;
+    const bootstrap = await planBootstrap(layers, base, packages, deps.log, { noCache: params.noCache });
+    plan = [...bootstrap.steps, ...IMAGE_STEPS];
+    await bootstrapRootfs(bootstrap, {
+      params,
+      base,
+      rootDir,
+      aptCacheDir,
+      layers,
+      run,
+      log: deps.log,
+      logLines,
+      step,
+      replan: (next) => {
+        plan = [...plan.slice(0, stepIndex), ...next, ...IMAGE_STEPS];
+      },
+      removeTree,
+      signal,
+    });
 
     step('install mise');
     const mise = deps.miseBinary ?? resolveMiseBinary();
@@ -351,86 +302,4 @@ export async function buildImage(
     if (signal?.aborted) throw cancelled('image build cancelled');
     throw toBangerError(e);
   }
-}
-
-/** Writes banger's init, sshd and shell configuration into the tree and trims what guests never use. */
-async function configureRootfs(rootDir: string, params: ImageBuildParams, run: CommandRunner): Promise<void> {
-  const at = (p: string) => join(rootDir, p);
-  await rm(at('etc/resolv.conf'), { force: true });
-  for (const f of guestFiles()) {
-    await mkdir(dirname(at(f.path)), { recursive: true });
-    await rm(at(f.path), { force: true });
-    await writeFile(at(f.path), f.content, { mode: f.mode });
-    await chmod(at(f.path), f.mode);
-  }
-  if (await exists(at('usr/sbin/dockerd')))
-    for (const f of dockerGuestFiles()) {
-      await mkdir(dirname(at(f.path)), { recursive: true });
-      await writeFile(at(f.path), f.content, { mode: f.mode });
-      await chmod(at(f.path), f.mode);
-    }
-  await rm(at(GUEST_PATHS.init), { force: true });
-  await symlink('/bin/busybox', at(GUEST_PATHS.init));
-  await writeFile(at('etc/banger-image'), `${params.name}\n`);
-
-  // Each VM gets its own host key through the seed disk.
-  for (const n of await readdir(at('etc/ssh')))
-    if (n.startsWith('ssh_host_')) await rm(at(`etc/ssh/${n}`), { force: true });
-  // A client's LANG/LC_* would name locales the image does not have.
-  const sshdConfig = at('etc/ssh/sshd_config');
-  if (await exists(sshdConfig)) {
-    const text = await readFile(sshdConfig, 'utf8');
-    await writeFile(sshdConfig, text.replace(/^AcceptEnv\b.*$/gm, '# AcceptEnv: disabled by banger'));
-  }
-  const envFile = at('etc/environment');
-  const envText = (await exists(envFile)) ? await readFile(envFile, 'utf8') : '';
-  await writeFile(envFile, withGuestEnvironment(envText));
-  await rm(at('etc/machine-id'), { force: true });
-  await writeFile(at('etc/machine-id'), '');
-
-  // The image's /root dotfiles over /etc/skel, for the first boot of an empty work disk.
-  await mkdir(at(ROOT_SKEL_DIR), { recursive: true });
-  await run('cp', ['-a', `${at('etc/skel')}/.`, `${at(ROOT_SKEL_DIR)}/`]);
-  await run('cp', ['-a', `${at('root')}/.`, `${at(ROOT_SKEL_DIR)}/`]);
-}
-
-async function buildInitrd(
-  imageName: string,
-  rootDir: string,
-  initrdDir: string,
-  initrdPath: string,
-  kernelVersion: string,
-  run: CommandRunner,
-): Promise<void> {
-  const modDir = join(rootDir, 'lib/modules', kernelVersion);
-  const readOr = async (p: string) => ((await exists(p)) ? readFile(p, 'utf8') : '');
-  const modules = resolveModules(
-    await readFile(join(modDir, 'modules.dep'), 'utf8'),
-    await readOr(join(modDir, 'modules.builtin')),
-    INITRD_MODULES,
-    { image: imageName, kernelVersion },
-  );
-  for (const d of ['bin', 'dev', 'proc', 'sys', 'newroot', 'lib/modules'])
-    await mkdir(join(initrdDir, d), { recursive: true });
-  await copyFile(join(rootDir, 'bin/busybox'), join(initrdDir, 'bin/busybox'));
-  await chmod(join(initrdDir, 'bin/busybox'), 0o755);
-  const files: string[] = [];
-  for (const m of modules) {
-    const src = join(modDir, m.path);
-    const dst = join(initrdDir, 'lib/modules', `${m.name}.ko`);
-    const decompressor = m.path.endsWith('.xz')
-      ? 'xz'
-      : m.path.endsWith('.zst')
-        ? 'zstd'
-        : m.path.endsWith('.gz')
-          ? 'gzip'
-          : undefined;
-    if (decompressor) await run('sh', ['-c', `${decompressor} -dc "$1" > "$2"`, 'sh', src, dst]);
-    else await copyFile(src, dst);
-    files.push(`${m.name}.ko`);
-  }
-  await writeFile(join(initrdDir, 'init'), initrdInit(files), { mode: 0o755 });
-  await chmod(join(initrdDir, 'init'), 0o755);
-  await rm(initrdPath, { force: true });
-  await run('bash', cpioArgs(initrdDir, initrdPath));
 }

@@ -3,6 +3,7 @@ import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { buildImage, readHostMirror } from './build.js';
+import { LayerCache } from './layers.js';
 import { GUEST_CONTRACT_VERSION } from '../../guest/init/contract.js';
 import type { ImageBuilder } from './service.js';
 
@@ -17,12 +18,14 @@ export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths 
       suite: 'bookworm',
       mirror,
       aptCacheDir: join(d.paths.cacheDir, 'apt-archives'),
+      noCache: req.noCache,
     };
     const log = d.log.child({ image: req.name });
+    const layers = new LayerCache({ dir: join(d.paths.cacheDir, 'layers'), run: d.run, log });
     const art = await buildImage(
       params,
       outDir,
-      { run: d.run, log },
+      { run: d.run, log, layers },
       (s) => progress({ kind: 'step', step: s.name, index: s.index, total: s.total, detail: s.detail }),
       signal,
     );

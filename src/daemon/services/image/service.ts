@@ -32,7 +32,7 @@ export interface BuiltImage {
 
 /** Builds an image's files into `outDir` (which exists and is empty), reporting progress. */
 export type ImageBuilder = (
-  req: { name: string; packages: string[]; minimal: boolean },
+  req: { name: string; packages: string[]; minimal: boolean; noCache?: boolean },
   outDir: string,
   progress: (ev: ProgressEvent) => void,
   signal?: AbortSignal,
@@ -216,7 +216,7 @@ export class ImageService {
   }
 
   async build(
-    req: { name: string; packages?: string[]; minimal?: boolean; force?: boolean },
+    req: { name: string; packages?: string[]; minimal?: boolean; force?: boolean; noCache?: boolean },
     progress: (ev: ProgressEvent) => void,
     signal?: AbortSignal,
   ): Promise<ImageInfo> {
@@ -262,7 +262,9 @@ export class ImageService {
         await mkdir(buildDir, { recursive: true, mode: 0o700 });
         // A cancel that came while the scratch directory was being cleared must not start the build.
         if (signal?.aborted) throw new BangerError(ErrorCode.Cancelled, 'image build cancelled');
-        const built = await this.d.build({ name: req.name, packages, minimal: !!req.minimal }, buildDir, progress, signal);
+        const built = await this.d.build(
+          { name: req.name, packages, minimal: !!req.minimal, ...(req.noCache ? { noCache: true } : {}) },
+          buildDir, progress, signal);
         await rename(buildDir, finalDir);
         const files = built.files.map((f) => ({ ...f, path: f.path.replace(buildDir, finalDir) }));
         this.d.images.update(id, {
