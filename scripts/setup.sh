@@ -31,7 +31,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(qemu-system-x86 qemu-utils mmdebstrap busybox-static cpio e2fsprogs openssh-client ca-certificates util-linux iproute2 nftables)
+packages=(qemu-system-x86 qemu-utils mmdebstrap busybox-static cpio zstd e2fsprogs openssh-client ca-certificates util-linux iproute2 nftables)
 if [ "$want_tests" = 1 ]; then
   packages+=(git)
 fi
