@@ -84,19 +84,27 @@ test(
   'a pty exec sees a terminal of the asked size and follows a resize',
   { skip: !hasPython() && 'python3 is not installed' },
   async () => {
+    // No fixed sleeps: under load the terminal may take seconds to exist. Wait for what the program says.
     const p = await c.exec({
-      shell: 'test -t 0 && stty size; read x; stty size',
+      shell: 'test -t 0 && stty size; while read x; do [ "$x" = q ] && exit 0; stty size; done',
       pty: { cols: 100, rows: 30 },
       stdin: true,
     });
-    const out = readAll(p.stdout);
-    await new Promise((r) => setTimeout(r, 300));
-    p.resize(120, 40);
-    await new Promise((r) => setTimeout(r, 100));
-    p.stdin!.write('go\n');
-    const text = (await out).toString();
+    let text = '';
+    p.stdout.on('data', (b: Buffer) => (text += b.toString()));
+    const until = async (what: RegExp, poke?: () => void) => {
+      for (const end = Date.now() + 20_000; !what.test(text);) {
+        assert.ok(Date.now() < end, `waited 20 s for ${what} in ${JSON.stringify(text)}`);
+        poke?.();
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    await until(/30 100\r\n/);
     assert.match(text, /^30 100\r\n/);
-    assert.match(text, /40 120\r\n$/);
+    p.resize(120, 40);
+    // The resize and the input travel separately; ask again until the program sees the new size.
+    await until(/40 120\r\n/, () => p.stdin!.write('go\n'));
+    p.stdin!.write('q\n');
     assert.equal((await p.exited).code, 0);
   },
 );
