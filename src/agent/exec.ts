@@ -1,10 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { InboundWindow, OutboundWindow } from '../protocol/agent-frames.js';
 import { FrameKind, type AgentSignal, type ExecRequest, type StreamKind } from '../protocol/agent.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
+import { SpawnerUnavailable, type Spawner, type StartedChild } from './spawner.js';
 
 /**
  * One `exec` channel in the guest: a child process whose stdout and stderr go out within the daemon's
@@ -12,7 +13,7 @@ import { PTY_HELPER_SOURCE } from './pty-helper.js';
  * stdin comes in within the credit the agent grants as the child's pipe takes it.
  */
 export class ExecChannel {
-  private child: ChildProcess | null = null;
+  private child: StartedChild | null = null;
   private readonly stdinWindow = new InboundWindow();
   private readonly out: OutboundWindow;
   private readonly err: OutboundWindow;
@@ -25,6 +26,8 @@ export class ExecChannel {
     private readonly io: ChannelIo,
     /** python3's path when a pty can be offered, else null. */
     private readonly python: string | null,
+    /** Starts commands without forking the agent, when the image has it (not for ptys). */
+    private readonly spawner: Spawner | null = null,
   ) {
     this.out = new OutboundWindow((b) => io.sendData(FrameKind.Stdout, b));
     this.err = new OutboundWindow((b) => io.sendData(FrameKind.Stderr, b));
@@ -36,10 +39,36 @@ export class ExecChannel {
   async start(): Promise<{ pid: number }> {
     const { req } = this;
     const cwd = req.cwd ?? process.env.HOME ?? '/';
+    const argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
+    const env = { ...process.env, ...req.env };
+    const child = (await this.spawnerSpawn(argv, cwd, env)) ?? (await this.nodeSpawn(argv, cwd, env));
+    this.child = child;
+    this.pump(child.stdout, this.out);
+    this.pump(child.stderr, this.err);
+    child.stdin?.on('error', () => {}); // EPIPE once the process stops reading; its input is dropped
+    child.onExit((code, signal) => {
+      this.exit = { code, signal };
+      this.maybeExit();
+    });
+    return { pid: child.pid };
+  }
+
+  /** Through banger-spawner when there is one (not for a pty); null when it cannot start anything. */
+  private async spawnerSpawn(argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<StartedChild | null> {
+    if (this.req.pty || !this.spawner?.available) return null;
+    try {
+      return await this.spawner.spawn({ file: argv[0]!, args: argv.slice(1), cwd, env, stdin: this.req.stdin === true });
+    } catch (e) {
+      if (e instanceof SpawnerUnavailable) return null;
+      throw e;
+    }
+  }
+
+  private async nodeSpawn(argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<StartedChild> {
+    const { req } = this;
     const dir = await stat(cwd).catch(() => null);
     if (!dir?.isDirectory()) throw new AgentFailure('NotFound', `no directory ${cwd} in the guest`);
-    const argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
-    let file = argv[0];
+    let file = argv[0]!;
     let args = argv.slice(1);
     const stdio: ('pipe' | 'ignore')[] = [req.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'];
     if (req.pty) {
@@ -52,8 +81,7 @@ export class ExecChannel {
       args = ['-c', PTY_HELPER_SOURCE, String(req.pty.rows), String(req.pty.cols), ...argv];
       stdio.push('pipe');
     }
-    const child = spawn(file, args, { cwd, env: { ...process.env, ...req.env }, stdio, detached: true });
-    this.child = child;
+    const child = spawn(file, args, { cwd, env, stdio, detached: true });
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', (e: NodeJS.ErrnoException) => {
@@ -64,14 +92,14 @@ export class ExecChannel {
       });
     });
     child.on('error', () => {}); // a failed kill after the start; the exit event still comes
-    this.pump(child.stdout!, this.out);
-    this.pump(child.stderr!, this.err);
-    child.stdin?.on('error', () => {}); // EPIPE once the process stops reading; its input is dropped
-    child.once('exit', (code, signal) => {
-      this.exit = { code, signal };
-      this.maybeExit();
-    });
-    return { pid: child.pid! };
+    return {
+      pid: child.pid!,
+      stdin: child.stdin,
+      stdout: child.stdout!,
+      stderr: child.stderr!,
+      control: (child.stdio[3] as Writable | undefined) ?? null,
+      onExit: (cb) => child.once('exit', cb),
+    };
   }
 
   /** Bytes for the process's stdin; an empty payload closes it. False when the daemon overran its credit. */
@@ -105,7 +133,7 @@ export class ExecChannel {
   }
 
   resize(cols: number, rows: number): void {
-    const control = this.child?.stdio[3] as Writable | undefined;
+    const control = this.child?.control;
     if (control && !control.destroyed) control.write(`${rows} ${cols}\n`);
   }
 
@@ -121,6 +149,11 @@ export class ExecChannel {
   }
 
   private pump(from: Readable, to: OutboundWindow): void {
+    // A spawner's stream of a command that has already ended, with nothing written, has ended already.
+    if (from.readableEnded || from.destroyed) {
+      to.end();
+      return;
+    }
     from.on('data', (chunk: Buffer) => {
       if (!to.write(chunk, () => from.resume())) from.pause();
     });
@@ -131,7 +164,7 @@ export class ExecChannel {
   private maybeExit(): void {
     if (this.exitSent || this.disposed || this.exit === null || !this.out.finished || !this.err.finished) return;
     this.exitSent = true;
-    this.child?.stdio[3]?.destroy();
+    this.child?.control?.destroy();
     this.io.sendExit(this.exit.code, this.exit.signal);
   }
 }

@@ -2,11 +2,13 @@ import { setPriority } from 'node:os';
 import { accessSync, constants, readdirSync, createReadStream, createWriteStream } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { AGENT_VIRTIO_PORT } from '../protocol/agent.js';
 import { AgentServer } from './server.js';
+import { Spawner } from './spawner.js';
 
 /**
  * `banger-agent`: started by the guest's init, serves the daemon until the guest powers off.
@@ -19,6 +21,9 @@ import { AgentServer } from './server.js';
  *   --session-cap BYTES            default per-stream cap on a session's kept output (default 64 MiB)
  *   --priority N                   the scheduling priority (nice value) to take once started: run-agent
  *                                  starts Node niced, and the commands the agent runs inherit this one
+ *   --spawner PATH                 banger-spawner (default: beside this script, when it is there): exec
+ *                                  commands start through it, so this process never forks; without it
+ *                                  they start with Node's spawn
  *
  * MALLOC_ARENA_MAX and MALLOC_TRIM_THRESHOLD_ (run-agent's tuning of the agent's own malloc) are not passed
  * on to commands.
@@ -29,9 +34,19 @@ import { AgentServer } from './server.js';
 const AGENT_VERSION = '0.1.0';
 const REOPEN_DELAY_MS = 250;
 const DEFAULT_SESSIONS_DIR = '/root/.banger/sessions';
+const SPAWNER_SOCKET = '/run/banger-spawner.sock';
 
 function log(line: string): void {
   process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function findPython(): string | null {
@@ -104,7 +119,13 @@ async function main(): Promise<void> {
   const cap = value('--session-cap');
   if (cap !== undefined && !(Number.isSafeInteger(Number(cap)) && Number(cap) > 0))
     throw new Error(`--session-cap takes a number of bytes, not ${JSON.stringify(cap)}`);
+  // Started in the background: the agent serves at once, with Node's spawn until the spawner is ready.
+  let spawner: Spawner | null = null;
+  const spawnerPath = value('--spawner') ?? join(dirname(fileURLToPath(import.meta.url)), 'banger-spawner');
+  if (isExecutable(spawnerPath))
+    void Spawner.start(spawnerPath, value('--spawner-socket') ?? SPAWNER_SOCKET, log).then((s) => (spawner = s));
   const server = new AgentServer({
+    spawner: () => spawner,
     agentVersion: AGENT_VERSION,
     python: findPython(),
     log,

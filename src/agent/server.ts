@@ -13,6 +13,7 @@ import {
 } from '../protocol/agent.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { ExecChannel } from './exec.js';
+import type { Spawner } from './spawner.js';
 import { runCommand, setClockArgv, WriteFileChannel, type CommandRunner } from './files.js';
 import { StatsSampler } from './stats.js';
 import { PortWatcher, type PortWatcherOptions } from './ports.js';
@@ -36,6 +37,8 @@ export interface AgentServerOptions {
   sessions?: { root: string; capBytes?: number };
   /** Where and how often `watchPorts` reads the listening sockets (default /proc/net, once a second). */
   ports?: Omit<PortWatcherOptions, 'log'>;
+  /** The banger-spawner exec commands start through, once it runs (null: Node's spawn). */
+  spawner?: () => Spawner | null;
 }
 
 /** Open channels one connection may hold; past it `exec` and `writeFile` fail with ResourceExhausted. */
@@ -162,7 +165,7 @@ class AgentSession {
         return this.reply(m.id, () => this.watchPorts());
       case 'exec': {
         if (!this.claim(m.id, m.channel)) return;
-        const ch = new ExecChannel(m, this.io(m.channel), this.opts.python);
+        const ch = new ExecChannel(m, this.io(m.channel), this.opts.python, this.opts.spawner?.() ?? null);
         this.channels.set(m.channel, ch);
         return this.reply(m.id, async () => {
           try {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, existsSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -41,12 +41,30 @@ async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
 }
 
 /**
+ * True when the daemon's build file names this build and the daemon's pid (a daemon of an older build
+ * writes no build file, but does write its pid file): then no daemon.status round trip is needed.
+ */
+function servedByThisBuild(paths: Paths): boolean {
+  try {
+    const [pid, build] = readFileSync(paths.daemonBuildFile, 'utf8').trim().split(' ');
+    return build === BUILD_ID && pid === readFileSync(paths.daemonPidFile, 'utf8').trim();
+  } catch {
+    return false;
+  }
+}
+
+/**
  * A daemon of another build of banger (an upgrade, a rebuilt checkout) speaks an older protocol: when it
  * serves nobody else it is restarted (VMs outlive it); when it is busy, `onNotice` says so and it is used.
  * True when it was stopped.
  */
-async function retireOtherBuild(client: BangerClient, timeoutMs: number, onNotice?: (message: string) => void): Promise<boolean> {
-  if (BUILD_ID === 'source') return false;
+async function retireOtherBuild(
+  client: BangerClient,
+  paths: Paths,
+  timeoutMs: number,
+  onNotice?: (message: string) => void,
+): Promise<boolean> {
+  if (BUILD_ID === 'source' || servedByThisBuild(paths)) return false;
   const s = await client.call(DaemonMethods.status, undefined).catch(() => undefined);
   if (!s || s.build === BUILD_ID) return false;
   if ((s.connections ?? 1) > 1) {
@@ -75,7 +93,7 @@ export async function connectOrStart(
 ): Promise<BangerClient> {
   try {
     const client = await BangerClient.connect(paths.socket);
-    if (!(await retireOtherBuild(client, timeoutMs, onNotice))) return client;
+    if (!(await retireOtherBuild(client, paths, timeoutMs, onNotice))) return client;
   } catch (e) {
     if (!isNotRunning(e)) throw e;
   }

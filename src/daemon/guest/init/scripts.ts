@@ -36,6 +36,8 @@ export const GUEST_PATHS = {
   runAgent: '/usr/lib/banger/run-agent',
   /** The guest agent (bundled for the guest's Node); images built without it fall back to SSH. */
   agent: '/usr/lib/banger/agent.mjs',
+  /** Starts the agent's exec commands (the agent finds it beside itself); images may lack it. */
+  spawner: '/usr/lib/banger/banger-spawner',
   /** Created by the agent once it holds its channel; `ready` waits for it. */
   agentReady: '/run/banger-agent.ready',
   agentLog: '/var/log/banger-agent.log',

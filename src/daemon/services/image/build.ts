@@ -14,6 +14,7 @@ import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
 import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';
 import { dockerGuestFiles } from '../../guest/init/docker.js';
+import { compileSpawner } from './spawner.js';
 import { imageContents, resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 
 export { resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
@@ -303,6 +304,8 @@ export async function buildImage(
     await mkdir(join(rootDir, dirname(GUEST_PATHS.agent)), { recursive: true });
     await copyFile(deps.agentBundle ?? resolveAgentBundle(), join(rootDir, GUEST_PATHS.agent));
     await chmod(join(rootDir, GUEST_PATHS.agent), 0o644);
+    const spawner = await compileSpawner(join(rootDir, GUEST_PATHS.spawner), run);
+    if (!spawner.ok) deps.log.warn({ reason: spawner.reason }, 'no banger-spawner in the image (the agent spawns with Node)');
 
     step('configure guest');
     await configureRootfs(rootDir, params, run);
