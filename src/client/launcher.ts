@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, existsSync, readFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -8,6 +8,7 @@ import { DaemonMethods } from '../protocol/daemon.js';
 import { Paths } from '../shared/paths.js';
 import { BUILD_ID } from '../shared/version.js';
 import { BangerClient } from './client.js';
+import { servedByThisBuild } from './daemon-build.js';
 
 /** How to start bangerd: the bundled dist/bangerd.js next to dist/banger.js, or the TS source under tsx. */
 export function daemonCommand(): { cmd: string; args: string[] } {
@@ -37,19 +38,6 @@ async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
         hint: 'stop it with `banger daemon stop` (VMs keep running), then try again',
       });
     await sleep(50);
-  }
-}
-
-/**
- * True when the daemon's build file names this build and the daemon's pid (a daemon of an older build
- * writes no build file, but does write its pid file): then no daemon.status round trip is needed.
- */
-function servedByThisBuild(paths: Paths): boolean {
-  try {
-    const [pid, build] = readFileSync(paths.daemonBuildFile, 'utf8').trim().split(' ');
-    return build === BUILD_ID && pid === readFileSync(paths.daemonPidFile, 'utf8').trim();
-  } catch {
-    return false;
   }
 }
 
