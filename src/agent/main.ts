@@ -62,12 +62,13 @@ function findPython(): string | null {
   return null;
 }
 
-async function servePort(server: AgentServer, device: string, readyFile?: string): Promise<never> {
+async function servePort(server: AgentServer, device: string, readyFile: string | undefined, onReady: () => void): Promise<never> {
   for (;;) {
     try {
       const fh = await open(device, 'r+');
       // The guest's init prints its ready marker once this exists: the agent holds its channel.
       if (readyFile !== undefined) await writeFile(readyFile, `${process.pid}\n`).catch(() => {});
+      onReady();
       // autoClose off: the read and write streams share the descriptor; it is closed once, below.
       const readable = createReadStream('', { fd: fh.fd, autoClose: false, highWaterMark: 64 * 1024 });
       const writable = createWriteStream('', { fd: fh.fd, autoClose: false });
@@ -119,11 +120,16 @@ async function main(): Promise<void> {
   const cap = value('--session-cap');
   if (cap !== undefined && !(Number.isSafeInteger(Number(cap)) && Number(cap) > 0))
     throw new Error(`--session-cap takes a number of bytes, not ${JSON.stringify(cap)}`);
-  // Started in the background: the agent serves at once, with Node's spawn until the spawner is ready.
+  // Started once the agent is ready (Node's spawn blocks for a fork, which would delay the guest's ready
+  // marker), in the background: until it answers, commands start with Node's spawn.
   let spawner: Spawner | null = null;
+  let spawnerStarted = false;
   const spawnerPath = value('--spawner') ?? join(dirname(fileURLToPath(import.meta.url)), 'banger-spawner');
-  if (isExecutable(spawnerPath))
+  const startSpawner = () => {
+    if (spawnerStarted || !isExecutable(spawnerPath)) return;
+    spawnerStarted = true;
     void Spawner.start(spawnerPath, value('--spawner-socket') ?? SPAWNER_SOCKET, log).then((s) => (spawner = s));
+  };
   const server = new AgentServer({
     spawner: () => spawner,
     agentVersion: AGENT_VERSION,
@@ -139,11 +145,12 @@ async function main(): Promise<void> {
     const net = createServer((sock) => void server.serve(sock));
     await new Promise<void>((resolve, reject) => net.once('error', reject).listen(listen, resolve));
     log(`banger-agent ${AGENT_VERSION}: listening on ${listen}`);
+    startSpawner();
     return;
   }
   const device = value('--port') ?? AGENT_VIRTIO_PORT;
   log(`banger-agent ${AGENT_VERSION}: serving ${device}`);
-  await servePort(server, device, value('--ready-file'));
+  await servePort(server, device, value('--ready-file'), startSpawner);
 }
 
 main().catch((e: unknown) => {
