@@ -9,6 +9,7 @@ import { Paths } from '../shared/paths.js';
 import { BUILD_ID } from '../shared/version.js';
 import { stateAccessError } from './state-access.js';
 import { BangerClient } from './client.js';
+import { servedByThisBuild } from './daemon-build.js';
 
 /** How to start bangerd: the bundled dist/bangerd.js next to dist/banger.js, or the TS source under tsx. */
 export function daemonCommand(): { cmd: string; args: string[] } {
@@ -46,8 +47,13 @@ async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
  * serves nobody else it is restarted (VMs outlive it); when it is busy, `onNotice` says so and it is used.
  * True when it was stopped.
  */
-async function retireOtherBuild(client: BangerClient, timeoutMs: number, onNotice?: (message: string) => void): Promise<boolean> {
-  if (BUILD_ID === 'source') return false;
+async function retireOtherBuild(
+  client: BangerClient,
+  paths: Paths,
+  timeoutMs: number,
+  onNotice?: (message: string) => void,
+): Promise<boolean> {
+  if (BUILD_ID === 'source' || servedByThisBuild(paths)) return false;
   const s = await client.call(DaemonMethods.status, undefined).catch(() => undefined);
   if (!s || s.build === BUILD_ID) return false;
   if ((s.connections ?? 1) > 1) {
@@ -89,7 +95,7 @@ async function connectOrStartDaemon(
 ): Promise<BangerClient> {
   try {
     const client = await BangerClient.connect(paths.socket);
-    if (!(await retireOtherBuild(client, timeoutMs, onNotice))) return client;
+    if (!(await retireOtherBuild(client, paths, timeoutMs, onNotice))) return client;
   } catch (e) {
     if (!isNotRunning(e)) throw e;
   }

@@ -244,6 +244,8 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
   });
   await server.listen();
   writeFileSync(paths.daemonPidFile, `${process.pid}\n`, { mode: 0o600 });
+  // Read by the CLI instead of asking daemon.status which build serves (one round trip fewer a command).
+  writeFileSync(paths.daemonBuildFile, `${process.pid} ${BUILD_ID}\n`, { mode: 0o600 });
   log.info({ socket: paths.socket }, 'bangerd ready');
   let stopped = false;
   return {
@@ -256,6 +258,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
       vms.detachAll();
       db.close();
       rmSync(paths.daemonPidFile, { force: true });
+      rmSync(paths.daemonBuildFile, { force: true });
       lock.release();
     },
   };

@@ -29,6 +29,10 @@ export class Paths {
   get daemonPidFile(): string {
     return join(this.root, 'bangerd.pid');
   }
+  /** "PID BUILD" of the running daemon (the CLI checks the build without a round trip). */
+  get daemonBuildFile(): string {
+    return join(this.root, 'bangerd.build');
+  }
   get daemonLog(): string {
     return join(this.root, 'logs', 'bangerd.log');
   }

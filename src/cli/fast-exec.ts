@@ -1,0 +1,205 @@
+/**
+ * `banger vm exec VM -- COMMAND...` without commander, zod or vscode-jsonrpc: those take longer to load than
+ * a short guest command takes to run. Plain JSON-RPC 2.0 (Content-Length framing) over the daemon's socket,
+ * the same vm.show + vm.exec calls and exec/* notifications as the full path (`runInGuest`), the same
+ * output, errors and exit codes. Anything it does not handle (other flags, --help, no daemon of this build
+ * running, a VM with a workspace whose host repo is there to check) returns null: the full CLI runs instead.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { BangerError, ErrorCode, EXIT_CODES } from '../errors/index.js';
+import { fromWire } from '../errors/wire.js';
+import { servedByThisBuild } from '../client/daemon-build.js';
+import { Paths } from '../shared/paths.js';
+import { out } from './output.js';
+
+interface FastExecArgs {
+  vm: string;
+  argv: string[];
+  cwd?: string;
+  tty: boolean;
+}
+
+/** `vm exec [-t|--tty] [-w DIR|--workdir DIR|--workdir=DIR] VM -- COMMAND...`, or null. */
+export function parseFastExec(args: readonly string[]): FastExecArgs | null {
+  if (args[0] !== 'vm' || args[1] !== 'exec') return null;
+  const dd = args.indexOf('--');
+  if (dd < 0 || dd === args.length - 1) return null;
+  let vm: string | undefined;
+  let cwd: string | undefined;
+  let tty = false;
+  for (let i = 2; i < dd; i++) {
+    const a = args[i]!;
+    if (a === '-t' || a === '--tty') tty = true;
+    else if ((a === '-w' || a === '--workdir') && i + 1 < dd && !args[i + 1]!.startsWith('-')) cwd = args[++i];
+    else if (a.startsWith('--workdir=') && a.length > 10) cwd = a.slice(10);
+    else if (!a.startsWith('-') && vm === undefined) vm = a;
+    else return null;
+  }
+  return vm === undefined ? null : { vm, argv: args.slice(dd + 1), cwd, tty };
+}
+
+/** A minimal JSON-RPC client: requests, their replies, notifications by method. */
+class Rpc {
+  private buf: Buffer = Buffer.alloc(0);
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (r: unknown) => void; reject: (e: BangerError) => void }>();
+  onNotification: (method: string, params: unknown) => void = () => {};
+
+  constructor(private readonly sock: Socket) {
+    sock.on('data', (d: Buffer) => this.receive(d));
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      for (const p of this.pending.values())
+        p.reject(new BangerError(ErrorCode.Unavailable, 'bangerd closed the connection', { hint: 'see `banger daemon logs`' }));
+      this.pending.clear();
+    });
+  }
+
+  request(method: string, params: unknown): { id: number; reply: Promise<unknown> } {
+    const id = this.nextId++;
+    const reply = new Promise<unknown>((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    this.send({ jsonrpc: '2.0', id, method, params });
+    return { id, reply };
+  }
+
+  notify(method: string, params: unknown): void {
+    if (!this.sock.destroyed) this.send({ jsonrpc: '2.0', method, params });
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+
+  private send(msg: object): void {
+    const body = Buffer.from(JSON.stringify(msg), 'utf8');
+    this.sock.write(Buffer.concat([Buffer.from(`Content-Length: ${body.length}\r\n\r\n`, 'ascii'), body]));
+  }
+
+  private receive(d: Buffer): void {
+    this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+    for (;;) {
+      const end = this.buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const m = /content-length:\s*(\d+)/i.exec(this.buf.subarray(0, end).toString('ascii'));
+      if (!m) {
+        this.sock.destroy();
+        return;
+      }
+      const len = Number(m[1]);
+      if (this.buf.length < end + 4 + len) return;
+      const msg = JSON.parse(this.buf.subarray(end + 4, end + 4 + len).toString('utf8')) as {
+        id?: number;
+        method?: string;
+        params?: unknown;
+        result?: unknown;
+        error?: { code: number; message: string; data?: unknown };
+      };
+      this.buf = this.buf.subarray(end + 4 + len);
+      if (msg.method !== undefined) this.onNotification(msg.method, msg.params);
+      else if (typeof msg.id === 'number') {
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        if (msg.error) p?.reject(fromWire(msg.error));
+        else p?.resolve(msg.result);
+      }
+    }
+  }
+}
+
+function connectTo(path: string): Promise<Socket | null> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('error', () => resolve(null));
+    s.once('connect', () => resolve(s));
+  });
+}
+
+/** Runs the command and returns the exit code to leave with, or null when the full CLI must run it. */
+export async function tryFastExec(args: readonly string[]): Promise<number | null> {
+  const req = parseFastExec(args);
+  if (req === null) return null;
+  const paths = Paths.fromEnv();
+  if (!servedByThisBuild(paths)) return null;
+  const sock = await connectTo(paths.socket);
+  if (sock === null) return null;
+  const rpc = new Rpc(sock);
+  try {
+    const vm = (await rpc.request('vm.show', { name: req.vm }).reply) as { workspace?: { sourcePath: string } | null };
+    // A workspace whose host repo is here: the full CLI checks whether its HEAD moved since the import.
+    if (vm.workspace && existsSync(vm.workspace.sourcePath)) return null;
+    return await run(rpc, req);
+  } catch (e) {
+    const err = e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e));
+    if (err.code === ErrorCode.Cancelled) {
+      out.error('cancelled');
+      return EXIT_CODES.Cancelled;
+    }
+    out.error(err.message);
+    if (err.hint) out.info(`hint: ${err.hint}`);
+    return EXIT_CODES[err.code];
+  } finally {
+    rpc.close();
+  }
+}
+
+/** What `runInGuest` does: stream output, pass stdin (unless an unasked-for terminal), raw mode, resize, Ctrl-C. */
+async function run(rpc: Rpc, req: FastExecArgs): Promise<number> {
+  const execId = randomUUID();
+  rpc.onNotification = (method, params) => {
+    const p = params as { execId?: string; stream?: string; data?: string };
+    if (method !== 'exec/output' || p.execId !== execId || typeof p.data !== 'string') return;
+    const data = Buffer.from(p.data, 'base64');
+    if (p.stream === 'stdout') out.raw(data);
+    else out.errRaw(data);
+  };
+  const stdin = process.stdin;
+  const rawMode = req.tty && stdin.isTTY;
+  const passStdin = req.tty || !stdin.isTTY;
+  const size = () => ({ rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 });
+  const tty = req.tty ? { ...size(), term: process.env.TERM ?? 'xterm-256color' } : undefined;
+  const call = rpc.request('vm.exec', { name: req.vm, execId, argv: req.argv, cwd: req.cwd, tty, stdin: passStdin });
+  const onData = (d: Buffer) => {
+    if (d.length > 0) rpc.notify('exec/stdin', { execId, data: d.toString('base64') });
+  };
+  const onEnd = () => rpc.notify('exec/stdin', { execId, eof: true });
+  const onResize = () => rpc.notify('exec/resize', { execId, ...size() });
+  // As the full CLI: in raw mode Ctrl-C is a byte for the guest's terminal; otherwise the first goes to the
+  // command as SIGINT, the next cancels, a third leaves at once.
+  let interrupts = 0;
+  let cancelled = false;
+  const onSigint = () => {
+    interrupts++;
+    const forward = !rawMode;
+    if (forward && interrupts === 1) return rpc.notify('exec/signal', { execId, signal: 'SIGINT' });
+    if (interrupts > (forward ? 2 : 1)) process.exit(EXIT_CODES.Cancelled);
+    cancelled = true;
+    rpc.notify('$/cancelRequest', { id: call.id });
+  };
+  process.on('SIGINT', onSigint);
+  if (passStdin) {
+    if (rawMode) stdin.setRawMode(true);
+    stdin.on('data', onData);
+    stdin.once('end', onEnd);
+    stdin.resume();
+  }
+  if (req.tty) process.stdout.on('resize', onResize);
+  try {
+    const r = (await call.reply) as { exitCode: number };
+    return r.exitCode;
+  } catch (e) {
+    if (cancelled) throw new BangerError(ErrorCode.Cancelled, 'cancelled');
+    throw e;
+  } finally {
+    process.off('SIGINT', onSigint);
+    if (passStdin) {
+      stdin.off('data', onData);
+      stdin.off('end', onEnd);
+      if (rawMode) stdin.setRawMode(false);
+      stdin.pause();
+      stdin.unref?.();
+    }
+    if (req.tty) process.stdout.off('resize', onResize);
+  }
+}
