@@ -12,7 +12,7 @@ Installs what banger needs on Debian 12, as root: the host packages (QEMU, qemu-
 e2fsprogs, OpenSSH client, nftables, ...), the npm dependencies, the build, and `banger` / `bangerd`
 on PATH (npm link). Safe to run again: it installs only what is missing.
 
-  --test    also what the test suite needs (git), for `npm test`
+  --test    also what the test suite needs (git, dig, fish), for `npm test`
   -h, --help  this text
 USAGE
 }
@@ -33,7 +33,7 @@ fi
 
 packages=(qemu-system-x86 qemu-utils mmdebstrap busybox-static cpio zstd e2fsprogs openssh-client ca-certificates util-linux iproute2 nftables)
 if [ "$want_tests" = 1 ]; then
-  packages+=(git)
+  packages+=(git dnsutils fish)
 fi
 
 missing=()

@@ -2,7 +2,8 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +21,8 @@ import {
 } from '../../src/daemon/services/dns/host-integration.js';
 import type { CommandRunner, RunResult } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
+
+const execFileP = promisify(execFile);
 
 const VMS: Record<string, string> = { 'fix-42': '172.30.0.5', web: '172.30.0.6' };
 const lookup = (n: string) => VMS[n];
@@ -170,11 +173,15 @@ describe('VmDnsServer', () => {
   test(
     'dig resolves NAME.vm against it',
     { skip: hasCommand('dig') ? false : 'dig is not installed (apt package dnsutils)' },
-    () => {
-      const r = spawnSync('dig', ['@127.0.0.1', '-p', String(port), '+short', '+tries=1', '+time=2', 'fix-42.vm'], {
-        encoding: 'utf8',
-      });
-      assert.equal(r.status, 0, r.stderr);
+    async () => {
+      // Asynchronously: the server answers from this process's event loop, which spawnSync would block.
+      const r = await execFileP(
+        'dig',
+        ['@127.0.0.1', '-p', String(port), '+short', '+tries=1', '+time=2', 'fix-42.vm'],
+        {
+          encoding: 'utf8',
+        },
+      );
       assert.equal(r.stdout.trim(), '172.30.0.5');
     },
   );
