@@ -23,6 +23,7 @@ import {
 } from '../../src/daemon/services/workspace/manifest.js';
 import type { VmRecord, VmRepo } from '../../src/daemon/store/repos/vms.js';
 import type { VmService } from '../../src/daemon/services/vm/service.js';
+import { mayBeMiseConfig } from '../../src/daemon/services/workspace/resync-script.js';
 import { LocalShellSession } from '../helpers/local-session.js';
 import { git, isolateGitConfig, makeFixtureRepo, tmp, worktreeTree, write } from '../helpers/workspace-repo.js';
 
@@ -46,6 +47,12 @@ void describe('manifest diff', () => {
     ]);
     assert.deepEqual(diffManifests(from, to), { write: ['chmod', 'edited', 'new/file', 'to-link'], delete: ['gone'] });
     assert.deepEqual(diffManifests(to, to), { write: [], delete: [] });
+  });
+
+  void it('runs mise trust again only for paths that may be mise config files', () => {
+    for (const p of ['mise.toml', '.mise.toml', 'sub/mise.local.toml', '.mise/config.toml', '.config/mise/config.toml', '.tool-versions'])
+      assert.equal(mayBeMiseConfig(p), true, p);
+    for (const p of ['README.md', 'src/promise.ts', 'tool-versions']) assert.equal(mayBeMiseConfig(p), false, p);
   });
 
   void it('parses git ls-files -s -z, names with tabs, newlines and spaces included', () => {

@@ -25,6 +25,16 @@ export interface ResyncScriptOptions {
   /** The host's branch now; null when HEAD is detached. */
   branch: string | null;
   identity: GitIdentity;
+  /** Run `mise trust --all` (a re-sync writes a mise config file; see mayBeMiseConfig). */
+  trustMise: boolean;
+}
+
+/**
+ * Whether a path may be a mise config file (mise.toml, .mise.toml, mise.local.toml, .mise/..., .config/mise/...,
+ * .tool-versions): only then does a re-sync run `mise trust --all` again, which takes seconds in a TCG guest.
+ */
+export function mayBeMiseConfig(path: string): boolean {
+  return path.split('/').some((c) => /^\.?mise/.test(c) || c === '.tool-versions');
 }
 
 const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
@@ -116,8 +126,11 @@ fi
 xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
 xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
 # Changed paths: whatever is there now (a file, a symlink, a directory) is replaced.
-( cd -- "$stage/${TAR_TREE_DIR}" && find . -mindepth 1 ! -type d -print0 ) | ( cd -- "$dest" && xargs -0 -r rm -rf -- )
+( cd -- "$stage/${TAR_TREE_DIR}" && find . -mindepth 1 ! -type d -printf '%P\\0' ) > "$tmp/written"
+xargs -0 -r rm -rf -- < "$tmp/written"
 cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
+stage_deleted="$tmp/deleted"
+mv -- "$stage/${TAR_DELETED}" "$stage_deleted"
 rm -rf -- "$stage"
 stage=
 
@@ -128,9 +141,9 @@ fi
 if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 
-rm -f -- "$tmp/index"
-if [ -f .git/index ]; then cp -- .git/index "$tmp/index"; fi
-GIT_INDEX_FILE="$tmp/index" git add -A
+# The import base: the check's index (the old imported state) updated for the paths written and deleted.
+cat -- "$stage_deleted" >> "$tmp/written"
+GIT_LITERAL_PATHSPECS=1 GIT_INDEX_FILE="$tmp/index" xargs -0 -r git add -A -- < "$tmp/written"
 tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
 if [ -n "$new_head" ]; then set -- -p "$new_head"; else set --; fi
 base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
@@ -138,6 +151,6 @@ base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NA
 git update-ref ${IMPORT_BASE_REF} "$base"
 printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
 
-${MISE_TRUST}printf '%s\\n' "$base"
+${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
 `;
 }

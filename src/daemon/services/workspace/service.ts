@@ -28,7 +28,7 @@ import {
 import { createImportTar } from './pack.js';
 import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
 import { conflictError, planResync, type ResyncPlan } from './resync.js';
-import { buildResyncScript } from './resync-script.js';
+import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
 import {
   TREE_LINE_PREFIX,
   WorkspaceScriptExit,
@@ -189,6 +189,7 @@ export class WorkspaceService {
       newHead: repo.headCommit,
       branch: repo.branch,
       identity: repo.identity,
+      trustMise: plan.diff.write.some(mayBeMiseConfig),
     });
     const r = await this.send(vm.name, session, script, tar, signal);
     if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
