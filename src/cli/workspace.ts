@@ -21,6 +21,10 @@ export interface PrepareRequest {
   guestPath?: string;
   includeUntracked?: boolean;
   json?: boolean;
+  /** Replace the workspace even when the guest has changes (a full import). */
+  force?: boolean;
+  /** A full import even when a re-sync is possible. */
+  full?: boolean;
 }
 
 /**
@@ -54,10 +58,19 @@ export async function prepareWorkspace(ctx: CliContext, req: PrepareRequest): Pr
       sourcePath: resolve(req.repo),
       guestPath: req.guestPath,
       includeUntracked: req.includeUntracked,
+      force: req.force,
+      full: req.full,
     },
     { json: req.json, progress: true },
   );
   for (const n of r.notices) out.info(n);
+  if (r.mode === 'resync') {
+    out.info(
+      `re-synced ${r.workspace.sourcePath} into ${r.vm}:${r.workspace.guestPath} (${r.files} files written, ${formatBytes(r.bytes)}, ${r.deleted ?? 0} deleted` +
+        `${r.workspace.headCommit ? `, at ${r.workspace.headCommit.slice(0, 12)}` : ''})`,
+    );
+    return r;
+  }
   out.info(
     `imported ${r.workspace.sourcePath} into ${r.vm}:${r.workspace.guestPath} (${r.files} files, ${formatBytes(r.bytes)}` +
       `${r.workspace.headCommit ? `, at ${r.workspace.headCommit.slice(0, 12)}` : ''})`,

@@ -26,6 +26,13 @@ export const workspacePrepareParamsSchema = z.object({
   /** Absolute guest directory; default /root/<repo name>. */
   guestPath: z.string().min(1).optional(),
   includeUntracked: z.boolean().optional(),
+  /**
+   * Replace the workspace with a full import even when the guest has changes a re-sync would refuse
+   * to overwrite (guest edits, commits, staged files).
+   */
+  force: z.boolean().optional(),
+  /** A full import even when a re-sync (only what changed since the last import) is possible. */
+  full: z.boolean().optional(),
   ...withProgress,
 });
 export type WorkspacePrepareParams = z.infer<typeof workspacePrepareParamsSchema>;
@@ -33,9 +40,16 @@ export type WorkspacePrepareParams = z.infer<typeof workspacePrepareParamsSchema
 export const workspacePrepareResultSchema = z.object({
   vm: z.string(),
   workspace: workspaceInfoSchema,
-  /** Files and symlinks imported, and their bytes. */
+  /** Files and symlinks imported (a re-sync: written), and their bytes. */
   files: z.number(),
   bytes: z.number(),
+  /**
+   * 'full': the workspace was replaced with a full import; 'resync': only what changed since the
+   * last import was sent (`files` written, `deleted` removed). Absent from older daemons: 'full'.
+   */
+  mode: z.enum(['full', 'resync']).optional(),
+  /** Re-sync: paths removed from the workspace. */
+  deleted: z.number().optional(),
   /** Untracked files left out (no --include-untracked). */
   skippedUntracked: z.number(),
   /** Lines for the user: untracked files skipped, submodules, mise. */

@@ -42,13 +42,13 @@ async function checkWorkspaceFresh(ctx: CliContext, name: string, autoPrepare: b
   if (head === ws.headCommit) return;
   const short = (c: string | null) => (c ? c.slice(0, 12) : '(no commit)');
   if (autoPrepare) {
-    out.info(`host repo ${ws.sourcePath} moved from ${short(ws.headCommit)} to ${short(head)}: importing it again`);
+    out.info(`host repo ${ws.sourcePath} moved from ${short(ws.headCommit)} to ${short(head)}: updating the workspace (only what changed is sent)`);
     await prepareWorkspace(ctx, { vm: name, repo: ws.sourcePath, guestPath: ws.guestPath, includeUntracked: ws.includeUntracked });
     return;
   }
   out.warn(
     `the workspace in ${name} was imported at ${short(ws.headCommit)}, but ${ws.sourcePath} is now at ${short(head)}: ` +
-      `pass --auto-prepare, or run \`banger vm workspace prepare ${name} ${ws.sourcePath}\` (it replaces the guest's copy)`,
+      `pass --auto-prepare, or run \`banger vm workspace prepare ${name} ${ws.sourcePath}\` (it sends only what changed)`,
   );
 }
 

@@ -14,6 +14,8 @@ export const IMPORT_BASE_REF = 'refs/banger/import-base';
 
 /** Every line the scripts write to stderr about their own work starts with this. */
 export const SCRIPT_STDERR_PREFIX = 'banger-workspace: ';
+/** The import's (and re-sync's) stderr line naming the tree it recorded as the import base. */
+export const TREE_LINE_PREFIX = `${SCRIPT_STDERR_PREFIX}imported tree `;
 /** The import's stderr line about `mise trust` (not installed, or failed) starts with this. */
 export const MISE_NOTICE_PREFIX = `${SCRIPT_STDERR_PREFIX}mise: `;
 
@@ -30,6 +32,10 @@ export const WorkspaceScriptExit = {
   NoWorkspace: 82,
   /** Export: the --base-commit does not name a commit in the guest repo. */
   BadBase: 83,
+  /** Re-sync: the guest has changes the re-sync would overwrite (their paths on stdout, NUL-terminated). */
+  Conflict: 84,
+  /** Re-sync: the workspace is not what the last import left (no base, another import): import in full. */
+  Stale: 85,
 } as const;
 
 /** Checks a guest workspace path: absolute, normalized, not "/". */
@@ -53,13 +59,25 @@ export const HEARTBEAT_SECONDS = 5;
  * can tell a slow step (`git add -A` of a large tree) from a hung guest; `unbeat` (in the EXIT trap)
  * stops it. `sleep` gets no stdout or stderr, so nothing holds the channel open once the script has exited.
  */
-const PRELUDE = `set -eu
+export const PRELUDE = `set -eu
 umask 022
 say() { printf '${SCRIPT_STDERR_PREFIX}%s\\n' "$*" >&2; }
 fail() { rc=$1; shift; say "$*"; exit "$rc"; }
 hb=
 beat() { ( while sleep ${HEARTBEAT_SECONDS} </dev/null >/dev/null 2>&1; do printf '\\n' >&2 || exit 0; done ) & hb=$!; }
 unbeat() { if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; hb=; fi; }
+`;
+
+/** `mise trust --all` in the current directory ($dest), best effort (see buildImportScript). */
+export const MISE_TRUST = `mise_bin=$(command -v mise 2>/dev/null || true)
+if [ -z "$mise_bin" ] && [ -x /usr/local/bin/mise ]; then mise_bin=/usr/local/bin/mise; fi
+if [ -z "$mise_bin" ]; then
+  say "mise: not installed, skipped \\\`mise trust\\\`"
+elif "$mise_bin" trust --quiet --all >/dev/null 2>&1; then
+  :
+else
+  say "mise: \\\`mise trust --all\\\` failed (exit $?): run it in $dest to see why"
+fi
 `;
 
 export interface ImportScriptOptions {
@@ -161,6 +179,7 @@ if [ -n "$head" ]; then set -- -p "$head"; else set --; fi
 base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
   git commit-tree "$tree" "$@" -m 'banger import base')
 git update-ref ${IMPORT_BASE_REF} "$base"
+printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
 
 # Replace the workspace contents with the new tree.
 cd /
@@ -170,16 +189,7 @@ rm -rf -- "$stage"
 stage=
 
 cd -- "$dest"
-mise_bin=$(command -v mise 2>/dev/null || true)
-if [ -z "$mise_bin" ] && [ -x /usr/local/bin/mise ]; then mise_bin=/usr/local/bin/mise; fi
-if [ -z "$mise_bin" ]; then
-  say "mise: not installed, skipped \\\`mise trust\\\`"
-elif "$mise_bin" trust --quiet --all >/dev/null 2>&1; then
-  :
-else
-  say "mise: \\\`mise trust --all\\\` failed (exit $?): run it in $dest to see why"
-fi
-printf '%s\\n' "$base"
+${MISE_TRUST}printf '%s\\n' "$base"
 `;
 }
 

@@ -19,6 +19,8 @@ export const TAR_META_DIR = 'meta';
 export const TAR_HISTORY_PACK = `${TAR_META_DIR}/history.pack`;
 /** Commits whose parents are not in the pack, one hex id a line: becomes the guest's `.git/shallow`. */
 export const TAR_SHALLOW = `${TAR_META_DIR}/shallow`;
+/** Re-sync only: the paths to delete in the workspace, each followed by a NUL. */
+export const TAR_DELETED = `${TAR_META_DIR}/deleted`;
 
 export interface ImportTarSource {
   /** Top-level directory of the host checkout. */
@@ -32,6 +34,13 @@ export interface ImportTarSource {
    * HEAD's history. Default DEFAULT_HISTORY_DEPTH.
    */
   historyDepth?: number;
+  /**
+   * Re-sync: the guest has this commit (and what it needs); only commits after it are sent, as a thin
+   * pack (`git index-pack --fix-thin`), and no shallow list. Equal to headCommit: no history is sent.
+   */
+  historySince?: string;
+  /** Re-sync: paths the guest deletes, sent as TAR_DELETED. */
+  deleted?: readonly string[];
 }
 
 export interface ImportTarProgress {
@@ -95,11 +104,12 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
   const produce = async () => {
     const run = opts.run ?? runCommand;
     let history: Promise<HistoryPack> | null = null;
-    if (source.headCommit !== null) {
+    if (source.headCommit !== null && source.historySince !== source.headCommit) {
       tmp = await mkdtemp(join(tmpdir(), 'banger-import-'));
       history = buildHistoryPack(
         source.root,
         source.headCommit,
+        source.historySince ?? null,
         source.historyDepth ?? DEFAULT_HISTORY_DEPTH,
         tmp,
         run,
@@ -143,9 +153,15 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       progress.files++;
       opts.onProgress?.({ ...progress });
     }
+    if (history !== null || source.deleted !== undefined)
+      await addBuffer(pack, { name: `${TAR_META_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+    if (source.deleted !== undefined) {
+      for (const p of source.deleted) validateEntryPath(p);
+      const list = Buffer.from(source.deleted.map((p) => `${p}\0`).join(''));
+      await addBuffer(pack, { name: TAR_DELETED, type: 'file', mode: 0o644, mtime }, list);
+    }
     if (history !== null) {
       const h = await history;
-      await addBuffer(pack, { name: `${TAR_META_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
       await addBuffer(
         pack,
         { name: TAR_SHALLOW, type: 'file', mode: 0o644, mtime },
@@ -287,10 +303,14 @@ interface HistoryPack {
   shallow: string[];
 }
 
-/** Writes a pack of HEAD's history (all of it, or `depth` commits) to `dir`. */
+/**
+ * Writes a pack of HEAD's history (all of it, or `depth` commits) to `dir`; with `since`, a thin pack
+ * of the commits after it (the guest has `since`), without a shallow list.
+ */
 async function buildHistoryPack(
   root: string,
   head: string,
+  since: string | null,
   depth: number,
   dir: string,
   run: CommandRunner,
@@ -300,6 +320,16 @@ async function buildHistoryPack(
   delete env.GIT_DIR;
   delete env.GIT_WORK_TREE;
   delete env.GIT_INDEX_FILE;
+  const list = join(dir, 'objects');
+  const path = join(dir, 'history.pack');
+  if (since !== null) {
+    await run(
+      'sh',
+      ['-c', 'printf "%s\\n^%s\\n" "$2" "$3" | git pack-objects -q --revs --thin --stdout > "$1"', 'sh', path, head, since],
+      { cwd: root, env, signal },
+    );
+    return { path, size: (await stat(path)).size, shallow: [] };
+  }
   const limit = depth > 0 ? [`--max-count=${depth}`] : [];
   let shallow: string[] = [];
   if (depth > 0) {
@@ -312,8 +342,6 @@ async function buildHistoryPack(
     const sent = new Set(rows.map((row) => row[0]));
     shallow = rows.filter((row) => row.slice(1).some((p) => !sent.has(p))).map((row) => row[0] as string);
   }
-  const list = join(dir, 'objects');
-  const path = join(dir, 'history.pack');
   await run(
     'sh',
     [

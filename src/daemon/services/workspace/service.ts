@@ -13,25 +13,32 @@ import type { CommandRunner } from '../../../shared/command.js';
 import type { VmRepo } from '../../store/repos/vms.js';
 import type { VmService } from '../vm/service.js';
 import { KeyedMutex } from '../locks.js';
+import type { Readable } from 'node:stream';
+import type { VmRecord } from '../../store/repos/vms.js';
+import type { GuestSession } from '../../guest/session.js';
+
+/** The VM's guest session, as VmService hands it out. */
+type Session = GuestSession & { isClosed: boolean };
 import {
   formatBytes,
   inspectRepo,
   listImportFiles,
-  specialFileNotice,
-  submoduleNotice,
-  untrackedNotice,
+  type HostRepo,
 } from './host-repo.js';
 import { createImportTar } from './pack.js';
+import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
+import { conflictError, planResync, type ResyncPlan } from './resync.js';
+import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
 import {
-  MISE_NOTICE_PREFIX,
-  SCRIPT_STDERR_PREFIX,
+  TREE_LINE_PREFIX,
   WorkspaceScriptExit,
   buildExportScript,
   buildImportScript,
   parseNameStatus,
   validateGuestPath,
 } from './guest-scripts.js';
-import { runGuestScript, type GuestOutputLimits } from './guest-output.js';
+import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
+import { runGuestScript, type GuestOutput, type GuestOutputLimits } from './guest-output.js';
 import { parsePatchFiles } from './patch.js';
 
 export interface WorkspaceServiceDeps {
@@ -82,6 +89,11 @@ export class WorkspaceService {
     this.limits = { ...WORKSPACE_LIMITS, ...d.limits };
   }
 
+  /**
+   * Imports a host checkout. When the same checkout went to the same guest path last time (and its
+   * manifest is recorded), only what changed since is sent (a re-sync, resync.ts); guest changes it
+   * would overwrite are refused unless `force` (which imports in full). Anything else is a full import.
+   */
   async prepare(p: WorkspacePrepareParams, progress: Progress, signal?: AbortSignal): Promise<WorkspacePrepareResult> {
     const vm0 = this.d.vms.get(p.name);
     const repo = await inspectRepo(p.sourcePath, this.d.run, signal);
@@ -93,94 +105,177 @@ export class WorkspaceService {
       vm0.id,
       async () => {
         const vm = await this.d.vms.runningUnderLock(p.name, signal);
-        const list = await listImportFiles(repo.root, { includeUntracked }, this.d.run, signal);
         const session = await this.d.vms.session(vm, signal);
-        let tarError: unknown;
-        let lastProgress = 0;
+        const manifestFile = manifestPath(vm.dir);
+        const listFiles = () => listImportFiles(repo.root, { includeUntracked }, this.d.run, signal);
+        const notices: string[] = [];
+        if (!p.full && !p.force) {
+          const plan = await planResync({
+            workspace: vm.workspace,
+            manifestFile,
+            repo,
+            guestPath,
+            includeUntracked,
+            run: this.d.run,
+            listFiles,
+            signal,
+          });
+          if ('reason' in plan) {
+            if (vm.workspace) this.d.log.info({ vm: vm.name, why: plan.reason }, 'workspace: full import, no re-sync');
+          } else {
+            const changed = plan.diff.write.length + plan.diff.delete.length;
+            progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
+            const done = await this.resync(vm, session, repo, guestPath, includeUntracked, plan, manifestFile, progress, signal);
+            if (done.ok) return done.result;
+            notices.push(`re-sync not possible (${done.reason}): imported in full`);
+          }
+        }
+        await removeManifest(manifestFile);
+        const list = await listFiles();
+        const manifest = await hostManifest(repo.root, includeUntracked, this.d.run, signal);
         const special = new Set(list.skippedSpecial);
         const tar = createImportTar(
           { root: repo.root, entries: list.entries, headCommit: repo.headCommit },
-          {
-            run: this.d.run,
-            signal,
-            onSkipped: (path) => special.add(path),
-            onProgress: (t) => {
-              // One event per file would be one JSON-RPC notification per file: a few a second is plenty.
-              const now = Date.now();
-              if (now - lastProgress < PROGRESS_INTERVAL_MS && t.files !== list.entries.length) return;
-              lastProgress = now;
-              progress({ kind: 'bytes', step: 'import', done: t.bytes, total: list.totalBytes, files: t.files });
-            },
-          },
+          { run: this.d.run, signal, onSkipped: (path) => special.add(path), onProgress: byteProgress(progress, list) },
         );
-        tar.on('error', (e) => (tarError ??= e));
-        const script = buildImportScript({
-          guestPath,
-          headCommit: repo.headCommit,
-          branch: repo.branch,
-          identity: repo.identity,
-        });
-        let r;
-        try {
-          r = await runGuestScript(
-            session,
-            script,
-            this.scriptLimits('the workspace import', MAX_IMPORT_STDOUT, () =>
-              new BangerError(ErrorCode.Internal, `the workspace import in VM '${vm.name}' printed more than expected`),
-            ),
-            { stdin: tar, signal },
-          );
-        } catch (e) {
-          throw (await this.interrupted(vm.name, session, 'import', signal)) ?? e;
-        } finally {
-          // The channel is gone: stop reading files and packing history, and remove the temporary pack.
-          if (!tar.readableEnded) tar.destroy();
-        }
-        if (tarError !== undefined) throw toBangerError(tarError);
-        const stderr = r.stderr;
+        const script = buildImportScript({ guestPath, headCommit: repo.headCommit, branch: repo.branch, identity: repo.identity });
+        const r = await this.send(vm.name, session, script, tar, signal);
         if (r.code !== 0)
           throw (
             (await this.interrupted(vm.name, session, 'import', signal)) ??
-            scriptError('import', r.code, stderr, guestPath)
+            scriptError('import', r.code, r.stderr, guestPath)
           );
-        const baseCommit = r.stdout.toString('utf8').trim().split('\n').pop() ?? '';
-
-        const notices: string[] = [];
-        const u = untrackedNotice(list.skippedUntracked);
-        if (u) notices.push(u);
-        const s = submoduleNotice(list.skippedSubmodules);
-        if (s) notices.push(s);
-        const sp = specialFileNotice([...special].sort());
-        if (sp) notices.push(sp);
-        for (const line of stderr.split('\n')) {
-          if (line.startsWith(MISE_NOTICE_PREFIX)) notices.push(line.slice(SCRIPT_STDERR_PREFIX.length));
-        }
-
-        const workspace: WorkspaceInfo = {
-          guestPath,
-          sourcePath: repo.root,
-          headCommit: repo.headCommit,
-          baseCommit,
-          includeUntracked,
-          preparedAt: this.now().toISOString(),
-        };
-        this.d.repo.update(vm.id, { workspace });
+        notices.push(...listNotices(list, [...special].sort()), ...miseNotices(r.stderr));
         const files = list.entries.filter((e) => e.kind !== 'dir').length;
-        this.d.log.info(
-          { vm: vm.name, guestPath, source: repo.root, files, bytes: list.totalBytes },
-          'workspace prepared',
-        );
-        return {
-          vm: vm.name,
-          workspace,
+        return this.record(vm, repo, guestPath, includeUntracked, r, manifest, manifestFile, notices, {
           files,
           bytes: list.totalBytes,
           skippedUntracked: list.skippedUntracked,
-          notices,
-        };
+          mode: 'full',
+        });
       },
       signal,
     );
+  }
+
+  /** Runs a re-sync planned by planResync; not ok when the guest is not in the recorded state (Stale). */
+  private async resync(
+    vm: VmRecord,
+    session: Session,
+    repo: HostRepo,
+    guestPath: string,
+    includeUntracked: boolean,
+    plan: ResyncPlan,
+    manifestFile: string,
+    progress: Progress,
+    signal?: AbortSignal,
+  ): Promise<{ ok: true; result: WorkspacePrepareResult } | { ok: false; reason: string }> {
+    const ws = vm.workspace as WorkspaceInfo;
+    const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
+    const tar = createImportTar(
+      {
+        root: repo.root,
+        entries: plan.entries,
+        headCommit: repo.headCommit,
+        historySince: plan.oldHead ?? undefined,
+        deleted: plan.diff.delete,
+      },
+      { run: this.d.run, signal, onProgress: byteProgress(progress, { entries: plan.entries, totalBytes: bytes }) },
+    );
+    const script = buildResyncScript({
+      guestPath,
+      baseCommit: ws.baseCommit,
+      oldHead: plan.oldHead,
+      newHead: repo.headCommit,
+      branch: repo.branch,
+      identity: repo.identity,
+      trustMise: plan.diff.write.some(mayBeMiseConfig),
+    });
+    const r = await this.send(vm.name, session, script, tar, signal);
+    if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
+    if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
+    if (r.code !== 0)
+      throw (
+        (await this.interrupted(vm.name, session, 'import', signal)) ??
+        scriptError('import', r.code, r.stderr, guestPath)
+      );
+    const notices = [...listNotices(plan.list, plan.list.skippedSpecial), ...miseNotices(r.stderr)];
+    const result = await this.record(vm, repo, guestPath, includeUntracked, r, plan.manifest, manifestFile, notices, {
+      files: plan.entries.filter((e) => e.kind !== 'dir').length,
+      bytes,
+      skippedUntracked: plan.list.skippedUntracked,
+      mode: 'resync',
+      deleted: plan.diff.delete.length,
+    });
+    return { ok: true, result };
+  }
+
+  /** Streams an import tar into a guest script; errors of the tar or the transfer are thrown. */
+  private async send(vmName: string, session: Session, script: string, tar: Readable, signal?: AbortSignal) {
+    let tarError: unknown;
+    tar.on('error', (e) => (tarError ??= e));
+    let r;
+    try {
+      r = await runGuestScript(
+        session,
+        script,
+        this.scriptLimits('the workspace import', MAX_IMPORT_STDOUT, () =>
+          new BangerError(ErrorCode.Internal, `the workspace import in VM '${vmName}' printed more than expected`),
+        ),
+        { stdin: tar, signal },
+      );
+    } catch (e) {
+      throw (await this.interrupted(vmName, session, 'import', signal)) ?? e;
+    } finally {
+      // The channel is gone: stop reading files and packing history, and remove the temporary pack.
+      if (!tar.readableEnded) tar.destroy();
+    }
+    if (tarError !== undefined) throw toBangerError(tarError);
+    return r;
+  }
+
+  /**
+   * Records a finished import or re-sync: the workspace on the VM, and the manifest when the guest's
+   * imported tree is the one the host listed (else the next prepare imports in full).
+   */
+  private async record(
+    vm: VmRecord,
+    repo: HostRepo,
+    guestPath: string,
+    includeUntracked: boolean,
+    r: GuestOutput,
+    manifest: Manifest | null,
+    manifestFile: string,
+    notices: string[],
+    counts: Pick<WorkspacePrepareResult, 'files' | 'bytes' | 'skippedUntracked' | 'mode' | 'deleted'>,
+  ): Promise<WorkspacePrepareResult> {
+    const baseCommit = r.stdout.toString('utf8').trim().split('\n').pop() ?? '';
+    const guestTree = r.stderr
+      .split('\n')
+      .find((l) => l.startsWith(TREE_LINE_PREFIX))
+      ?.slice(TREE_LINE_PREFIX.length)
+      .trim();
+    const workspace: WorkspaceInfo = {
+      guestPath,
+      sourcePath: repo.root,
+      headCommit: repo.headCommit,
+      baseCommit,
+      includeUntracked,
+      preparedAt: this.now().toISOString(),
+    };
+    this.d.repo.update(vm.id, { workspace });
+    if (manifest && guestTree === manifest.tree) {
+      const { headCommit } = repo;
+      await writeManifest(manifestFile, { guestPath, sourcePath: repo.root, includeUntracked, headCommit, baseCommit, tree: guestTree }, manifest.entries);
+    } else {
+      await removeManifest(manifestFile);
+      this.d.log.info({ vm: vm.name, guestTree, hostTree: manifest?.tree }, 'workspace: no manifest kept');
+    }
+    this.d.log.info(
+      { vm: vm.name, guestPath, source: repo.root, mode: counts.mode, files: counts.files, bytes: counts.bytes },
+      'workspace prepared',
+    );
+    return { vm: vm.name, workspace, ...counts, notices };
   }
 
   /**
@@ -274,41 +369,3 @@ export class WorkspaceService {
   }
 }
 
-const PROGRESS_INTERVAL_MS = 200;
-
-/** Maps a failed guest script to an error the user can act on. */
-function scriptError(what: 'import' | 'export', code: number, stderr: string, guestPath: string): BangerError {
-  const own = stderr
-    .split('\n')
-    .filter((l) => l.startsWith(SCRIPT_STDERR_PREFIX) && !l.startsWith(MISE_NOTICE_PREFIX))
-    .map((l) => l.slice(SCRIPT_STDERR_PREFIX.length));
-  const detail =
-    own.at(-1) ??
-    stderr
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .slice(-3)
-      .join(' ');
-  // Whatever step met it, a full guest disk is the cause to name (tar's own line says so; the script's may not).
-  if (/No space left on device/.test(stderr))
-    return new BangerError(ErrorCode.ResourceExhausted, `the workspace ${what} into ${guestPath} failed: the guest's disk is full`, {
-      hint: 'make room in the guest, or stop the VM and grow its work disk with `banger vm set NAME --disk-size SIZE`',
-    });
-  switch (code) {
-    case WorkspaceScriptExit.PathInUse:
-      return new BangerError(ErrorCode.FailedPrecondition, detail, {
-        hint: 'pass --guest-path with another directory',
-      });
-    case WorkspaceScriptExit.NoWorkspace:
-      return new BangerError(ErrorCode.FailedPrecondition, detail, {
-        hint: 'import the repo again with `banger vm workspace prepare`',
-      });
-    case WorkspaceScriptExit.BadBase:
-      return new BangerError(ErrorCode.InvalidArgument, detail);
-    default:
-      return new BangerError(
-        ErrorCode.Internal,
-        `the workspace ${what} into ${guestPath} failed in the guest (exit ${code}): ${detail || '(no output)'}`,
-      );
-  }
-}

@@ -1,0 +1,127 @@
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import type { CommandRunner } from '../../../shared/command.js';
+import type { WorkspaceInfo } from '../../../protocol/workspace.js';
+import type { HostRepo, ImportEntry, ImportFileList } from './host-repo.js';
+import { diffManifests, hostManifest, readManifest, type Manifest, type ManifestDiff } from './manifest.js';
+
+/**
+ * Host side of a re-sync (`vm workspace prepare` of the same checkout into the same guest path
+ * again): decides whether one is possible and what it sends. The guest side is resync-script.ts.
+ */
+
+export interface ResyncPlan {
+  /** The host's state now; recorded as the new manifest when the guest ends up with the same tree. */
+  manifest: Manifest;
+  diff: ManifestDiff;
+  /** Entries (from listImportFiles) of the paths to write. */
+  entries: ImportEntry[];
+  /** The list the entries came from (for notices and totals). */
+  list: ImportFileList;
+  /** The HEAD of the last import (the guest has it); null without commits. */
+  oldHead: string | null;
+}
+
+export interface ResyncInput {
+  workspace: WorkspaceInfo | null;
+  manifestFile: string;
+  repo: HostRepo;
+  guestPath: string;
+  includeUntracked: boolean;
+  run: CommandRunner;
+  listFiles: () => Promise<ImportFileList>;
+  signal?: AbortSignal;
+}
+
+/** A re-sync plan, or why there is none (then the import is a full one). */
+export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason: string }> {
+  const ws = i.workspace;
+  if (!ws) return { reason: 'no earlier import' };
+  if (ws.guestPath !== i.guestPath) return { reason: `the last import went to ${ws.guestPath}` };
+  if (ws.sourcePath !== i.repo.root) return { reason: `the last import came from ${ws.sourcePath}` };
+  if (ws.includeUntracked !== i.includeUntracked) return { reason: 'the untracked-files choice changed' };
+  const rec = await readManifest(i.manifestFile);
+  if (
+    !rec ||
+    rec.header.baseCommit !== ws.baseCommit ||
+    rec.header.guestPath !== ws.guestPath ||
+    rec.header.sourcePath !== ws.sourcePath ||
+    rec.header.headCommit !== ws.headCommit
+  )
+    return { reason: 'no record of what the last import wrote' };
+  const oldHead = ws.headCommit;
+  const newHead = i.repo.headCommit;
+  if ((oldHead === null) !== (newHead === null)) return { reason: 'the history changed' };
+  if (oldHead !== null && newHead !== null && oldHead !== newHead) {
+    const why = await historyReason(i.repo.root, oldHead, newHead, i.run, i.signal);
+    if (why) return { reason: why };
+  }
+  const manifest = await hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal);
+  if (!manifest) return { reason: "git could not list the checkout's state" };
+  const diff = diffManifests(rec.entries, manifest.entries);
+  const list = await i.listFiles();
+  const byPath = new Map(list.entries.map((e) => [e.path, e]));
+  const entries: ImportEntry[] = [];
+  for (const p of diff.write) {
+    const e = byPath.get(p);
+    // A path git lists but the import would not carry (a nested repository): only a full import is exact.
+    if (!e) return { reason: `${p} cannot be re-synced` };
+    entries.push(e);
+  }
+  return { manifest, diff, entries, list, oldHead };
+}
+
+/**
+ * Why the new commits cannot be sent as a thin pack on top of what the guest has, or null when they
+ * can: every parent of every new commit must be a new commit or the old HEAD (so the guest's shallow
+ * history stays complete), and there must be new commits (a HEAD moved back may be beyond the guest's
+ * shallow history).
+ */
+async function historyReason(
+  root: string,
+  oldHead: string,
+  newHead: string,
+  run: CommandRunner,
+  signal?: AbortSignal,
+): Promise<string | null> {
+  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0' };
+  delete env.GIT_DIR;
+  delete env.GIT_WORK_TREE;
+  const r = await run('git', ['rev-list', '--parents', newHead, `^${oldHead}`], {
+    cwd: root,
+    env,
+    signal,
+    allowFailure: true,
+    maxOutputBytes: 16 << 20,
+  });
+  if (r.code !== 0 || r.truncated?.stdout) return 'the last imported commit is not in the host repository';
+  const rows = r.stdout
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => l.split(' '));
+  if (rows.length === 0) return 'HEAD moved back';
+  const known = new Set([oldHead, ...rows.map((row) => row[0])]);
+  if (rows.some((row) => row.slice(1).some((p) => !known.has(p))))
+    return 'HEAD did not move forward from the last imported commit';
+  return null;
+}
+
+/** The error of a re-sync refused because the guest has changes (exit Conflict, paths on stdout). */
+export function conflictError(vmName: string, guestPath: string, stdout: Buffer, stderr: string): BangerError {
+  const paths = stdout
+    .toString('utf8')
+    .split('\0')
+    .filter((p) => p !== '');
+  const count = /(\d+) changes made in the guest/.exec(stderr)?.[1];
+  const n = count ? Number(count) : paths.length;
+  const shown = paths.map((p) => `  ${JSON.stringify(p).slice(1, -1)}`).join('\n');
+  const more = n > paths.length ? `\n  ... and ${n - paths.length} more` : '';
+  return new BangerError(
+    ErrorCode.Conflict,
+    `the workspace ${vmName}:${guestPath} has changes made in the guest that a re-sync would overwrite:\n${shown}${more}`,
+    {
+      hint:
+        `keep them with \`banger vm workspace export ${vmName} -o FILE\` (then \`git apply FILE\` on the host), ` +
+        `or replace the workspace anyway with \`banger vm workspace prepare --force\``,
+    },
+  );
+}

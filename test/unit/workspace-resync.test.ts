@@ -1,0 +1,230 @@
+/**
+ * Re-sync of a workspace (a second `prepare` of the same checkout into the same guest path): the
+ * manifest diff, and the whole service against a "guest" that is a local directory (LocalShellSession):
+ * what a re-sync sends, that it leaves the same workspace a full import does, and that guest changes
+ * are refused (named) unless --force.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { before, describe, it } from 'node:test';
+import { runCommand } from '../../src/shared/command.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { BangerError } from '../../src/errors/index.js';
+import type { ProgressEvent } from '../../src/protocol/common.js';
+import type { WorkspaceInfo, WorkspacePrepareParams } from '../../src/protocol/workspace.js';
+import { WorkspaceService } from '../../src/daemon/services/workspace/service.js';
+import {
+  diffManifests,
+  hostManifest,
+  manifestPath,
+  parseLsFilesStage,
+} from '../../src/daemon/services/workspace/manifest.js';
+import type { VmRecord, VmRepo } from '../../src/daemon/store/repos/vms.js';
+import type { VmService } from '../../src/daemon/services/vm/service.js';
+import { mayBeMiseConfig } from '../../src/daemon/services/workspace/resync-script.js';
+import { LocalShellSession } from '../helpers/local-session.js';
+import { git, isolateGitConfig, makeFixtureRepo, tmp, worktreeTree, write } from '../helpers/workspace-repo.js';
+
+before(isolateGitConfig);
+
+void describe('manifest diff', () => {
+  void it('names new, changed (content, mode, type) and deleted paths, not unchanged ones', () => {
+    const from = new Map([
+      ['same', '100644 aa'],
+      ['edited', '100644 bb'],
+      ['chmod', '100644 cc'],
+      ['to-link', '100644 dd'],
+      ['gone', '100644 ee'],
+    ]);
+    const to = new Map([
+      ['same', '100644 aa'],
+      ['edited', '100644 b2'],
+      ['chmod', '100755 cc'],
+      ['to-link', '120000 dd'],
+      ['new/file', '100644 ff'],
+    ]);
+    assert.deepEqual(diffManifests(from, to), { write: ['chmod', 'edited', 'new/file', 'to-link'], delete: ['gone'] });
+    assert.deepEqual(diffManifests(to, to), { write: [], delete: [] });
+  });
+
+  void it('runs mise trust again only for paths that may be mise config files', () => {
+    for (const p of ['mise.toml', '.mise.toml', 'sub/mise.local.toml', '.mise/config.toml', '.config/mise/config.toml', '.tool-versions'])
+      assert.equal(mayBeMiseConfig(p), true, p);
+    for (const p of ['README.md', 'src/promise.ts', 'tool-versions']) assert.equal(mayBeMiseConfig(p), false, p);
+  });
+
+  void it('parses git ls-files -s -z, names with tabs, newlines and spaces included', () => {
+    const m = parseLsFilesStage(`100644 ${'a'.repeat(40)} 0\tx y\x00120000 ${'b'.repeat(40)} 0\tt\tab\nnl\0`);
+    assert.deepEqual([...m], [
+      ['x y', `100644 ${'a'.repeat(40)}`],
+      ['t\tab\nnl', `120000 ${'b'.repeat(40)}`],
+    ]);
+  });
+
+  void it("computes the host's state without touching the checkout's index or object store", async () => {
+    const repo = makeFixtureRepo();
+    const status = git(repo, 'status', '--porcelain');
+    const objects = execFileSync('sh', ['-c', 'find .git/objects -type f | sort'], { cwd: repo, encoding: 'utf8' });
+    const m = await hostManifest(repo, true, runCommand);
+    const tracked = await hostManifest(repo, false, runCommand);
+    assert.equal(git(repo, 'status', '--porcelain'), status);
+    assert.equal(execFileSync('sh', ['-c', 'find .git/objects -type f | sort'], { cwd: repo, encoding: 'utf8' }), objects);
+    assert.ok(m);
+    assert.equal(m.tree, worktreeTree(repo), 'the tree of tracked + untracked, not ignored files');
+    assert.ok(m.entries.get('README.md')?.startsWith('100644 '));
+    assert.equal(m.entries.has('a/b/c/d.txt'), false, 'a deleted file is not listed');
+    assert.ok(m.entries.has('.env'));
+    assert.equal(m.entries.has('debug.log'), false);
+    assert.equal(tracked?.entries.has('.env'), false, 'untracked files only with includeUntracked');
+  });
+});
+
+/** A WorkspaceService whose one VM's "guest" is this host's shell; the VM record lives in memory. */
+function harness() {
+  const dir = tmp('banger-vmdir-');
+  const vm = { id: 'vm1', name: 'vm', dir, workspace: null as WorkspaceInfo | null } as VmRecord;
+  const session = Object.assign(new LocalShellSession(), { isClosed: false });
+  const vms = {
+    get: () => vm,
+    runningUnderLock: () => Promise.resolve({ ...vm }),
+    session: () => Promise.resolve(session),
+  } as unknown as VmService;
+  const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
+  const svc = new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger() });
+  const notices: string[] = [];
+  const prepare = (p: Omit<WorkspacePrepareParams, 'name'>) =>
+    svc.prepare({ name: 'vm', ...p }, (ev: ProgressEvent) => {
+      if (ev.kind === 'notice') notices.push(ev.message);
+    });
+  return { vm, prepare, notices, manifest: manifestPath(dir) };
+}
+
+function sh(cwd: string, script: string): string {
+  return execFileSync('sh', ['-c', script], { cwd, encoding: 'utf8' });
+}
+
+/** What a user compares between two workspaces: index, worktree tree, status, HEAD and branch, bytes and modes. */
+function state(dir: string): Record<string, string> {
+  return {
+    index: sh(dir, 'git ls-files -s'),
+    tree: worktreeTree(dir),
+    status: sh(dir, 'git status --porcelain'),
+    head: sh(dir, 'git rev-parse HEAD; git symbolic-ref -q HEAD || echo detached'),
+    log: sh(dir, 'git log --format=%H:%P'),
+    files: sh(dir, "find . -path ./.git -prune -o -printf '%p %y %m %l\\n' | sort; find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha256sum"),
+  };
+}
+
+void describe('re-sync through the workspace service', () => {
+  void it('sends only what changed and leaves what a full import leaves; guest changes are refused unless --force', async () => {
+    const repo = makeFixtureRepo();
+    const guestRoot = tmp('banger-guest-');
+    const a = join(guestRoot, 'a');
+    const b = join(guestRoot, 'b');
+    const h = harness();
+
+    const first = await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true });
+    assert.equal(first.mode, 'full');
+    assert.ok(existsSync(h.manifest), 'the manifest of the import is recorded');
+
+    const again = await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true });
+    assert.equal(again.mode, 'resync');
+    assert.equal(again.files, 0);
+    assert.equal(again.deleted, 0);
+    assert.equal(h.notices.at(-1), 're-sync: 0 files changed');
+
+    // Edit, add, delete, chmod, a file that becomes a directory and one that becomes a symlink, a new commit.
+    write(repo, 'README.md', 'edited on the host\n');
+    write(repo, 'new dir/new file.txt', 'new\n');
+    rmSync(join(repo, 'data/blob.bin'));
+    chmodSync(join(repo, 'bin/run.sh'), 0o644);
+    unlinkSync(join(repo, 'link-to-readme'));
+    symlinkSync('bin/run.sh', join(repo, 'link-to-readme'));
+    rmSync(join(repo, 'notes'), { recursive: true });
+    write(repo, 'notes', 'notes is a file now\n');
+    write(repo, 'committed.txt', 'committed\n');
+    git(repo, 'add', 'committed.txt');
+    git(repo, 'commit', '-q', '-m', 'third');
+    // Ignored build output in the guest stays (a full import would remove it).
+    mkdirSync(join(a, 'node_modules'));
+    write(a, 'node_modules/x.js', 'built in the guest\n');
+
+    const resync = await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true });
+    assert.equal(resync.mode, 'resync');
+    assert.equal(resync.deleted, 2, 'data/blob.bin, notes/todo.txt');
+    assert.equal(resync.files, 6, 'README.md, new file, run.sh (mode), link (target), notes, committed.txt');
+    assert.equal(h.notices.at(-1), 're-sync: 8 files changed');
+    assert.equal(resync.workspace.headCommit, git(repo, 'rev-parse', 'HEAD').trim());
+    assert.equal(readFileSync(join(a, 'node_modules/x.js'), 'utf8'), 'built in the guest\n');
+    rmSync(join(a, 'node_modules'), { recursive: true });
+
+    const full = harness();
+    await full.prepare({ sourcePath: repo, guestPath: b, includeUntracked: true });
+    const sa = state(a);
+    const sb = state(b);
+    assert.deepEqual(sa, sb, 're-synced workspace == fresh full import');
+    assert.equal(sa.tree, worktreeTree(repo));
+    assert.equal(
+      sh(a, `git rev-parse refs/banger/import-base^{tree}`),
+      sh(b, `git rev-parse refs/banger/import-base^{tree}`),
+      'the same import base',
+    );
+
+    // A guest edit, a guest-staged file and a guest commit are refused, named; nothing changes.
+    write(repo, 'README.md', 'edited again\n');
+    write(a, 'new dir/new file.txt', 'edited in the guest\n');
+    write(a, 'guest-only.txt', 'guest\n');
+    sh(a, 'git add guest-only.txt');
+    const before = state(a);
+    await assert.rejects(
+      h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true }),
+      (e: unknown) =>
+        e instanceof BangerError &&
+        e.code === 'Conflict' &&
+        e.message.includes('new dir/new file.txt') &&
+        e.message.includes('guest-only.txt') &&
+        /--force/.test(e.hint ?? '') &&
+        /export/.test(e.hint ?? ''),
+    );
+    assert.deepEqual(state(a), before, 'a refused re-sync changes nothing');
+    sh(a, 'git reset -q; rm guest-only.txt; git checkout -q -- . 2>/dev/null || true');
+    write(a, 'new dir/new file.txt', 'new\n');
+    sh(a, "git -c user.name=g -c user.email=g@g commit -q --allow-empty -m 'made in the guest'");
+    await assert.rejects(h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true }), /commits or a checkout made in the guest/);
+
+    // --force replaces the workspace with a full import.
+    const forced = await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true, force: true });
+    assert.equal(forced.mode, 'full');
+    await full.prepare({ sourcePath: repo, guestPath: b, includeUntracked: true });
+    assert.deepEqual(state(a), state(b));
+    // And the next prepare re-syncs again.
+    write(repo, 'README.md', 'once more\n');
+    const next = await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true });
+    assert.equal(next.mode, 'resync');
+    assert.equal(next.files, 1);
+  });
+
+  void it('imports in full when the guest is not what the last import left, or with --full', async () => {
+    const repo = makeFixtureRepo();
+    const a = join(tmp('banger-guest-'), 'a');
+    const h = harness();
+    await h.prepare({ sourcePath: repo, guestPath: a });
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a, full: true })).mode, 'full');
+    // Another import base (someone imported into it by other means): a full import, with a notice.
+    sh(a, 'git update-ref refs/banger/import-base HEAD');
+    const r = await h.prepare({ sourcePath: repo, guestPath: a });
+    assert.equal(r.mode, 'full');
+    assert.match(r.notices.join('\n'), /re-sync not possible \(.*imported again since.*\): imported in full/);
+    // Another untracked choice or another guest path: a full import.
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true })).mode, 'full');
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: `${a}2`, includeUntracked: true })).mode, 'full');
+    // HEAD moved back: the guest's shallow history may not have it.
+    git(repo, 'stash', '-q', '-u');
+    git(repo, 'reset', '-q', '--hard', 'HEAD~1');
+    const back = await h.prepare({ sourcePath: repo, guestPath: `${a}2`, includeUntracked: true });
+    assert.equal(back.mode, 'full');
+    assert.equal(sh(`${a}2`, 'git rev-parse HEAD').trim(), git(repo, 'rev-parse', 'HEAD').trim());
+  });
+});
