@@ -19,11 +19,14 @@ interface ImageJson {
 }
 
 void describe('golden image: developer tools and Docker (real VM)', { timeout: 1_500_000 }, () => {
-  const guest = (script: string, timeoutMs = 600_000) => bangerOk(['vm', 'exec', VM, '--', 'bash', '-c', script], 0, { timeoutMs });
+  const guest = (script: string, timeoutMs = 600_000) =>
+    bangerOk(['vm', 'exec', VM, '--', 'bash', '-c', script], 0, { timeoutMs });
 
   before(async () => {
     await banger(['vm', 'delete', '--force', VM]);
-    await bangerOk(['vm', 'create', '--name', VM, '--start', '--cpus', '2', '--memory', '1G'], 0, { timeoutMs: 1_200_000 });
+    await bangerOk(['vm', 'create', '--name', VM, '--start', '--cpus', '2', '--memory', '1G'], 0, {
+      timeoutMs: 1_200_000,
+    });
   });
 
   after(async () => {
@@ -34,15 +37,20 @@ void describe('golden image: developer tools and Docker (real VM)', { timeout: 1
   step('image show lists what the default image holds and how long each build step took', async () => {
     const img = JSON.parse((await bangerOk(['image', 'show', 'default', '--json'])).stdout) as ImageJson;
     assert.equal(img.params.minimal, false);
-    for (const p of ['docker.io', 'containerd', 'runc', 'gcc', 'git', 'nodejs']) assert.match(img.params.contents?.versions[p] ?? '', /\d/, p);
+    for (const p of ['docker.io', 'containerd', 'runc', 'gcc', 'git', 'nodejs'])
+      assert.match(img.params.contents?.versions[p] ?? '', /\d/, p);
     assert.match(img.params.contents?.mise ?? '', /^\d{4}\.\d+\.\d+/);
-    // From nothing (then saved as a base layer), or from a cached base layer.
+    // From nothing (then saved as a base layer), or from a cached base layer; an image in a shared test cache
+    // built before base layers existed bootstrapped without saving one.
     const steps = img.params.stepSeconds?.map((s) => s.step) ?? [];
     assert.deepEqual(steps.slice(-5), ['install mise', 'configure guest', 'build initrd', 'make ext4', 'checksum']);
     assert.ok(
-      ['bootstrap rootfs,save base layer', 'restore base layer', 'restore base layer,install extra packages'].includes(
-        steps.slice(0, -5).join(','),
-      ),
+      [
+        'bootstrap rootfs,save base layer',
+        'restore base layer',
+        'restore base layer,install extra packages',
+        'bootstrap rootfs',
+      ].includes(steps.slice(0, -5).join(',')),
       steps.join(', '),
     );
     const text = (await bangerOk(['image', 'show', 'default'])).stdout;
