@@ -13,6 +13,7 @@ import { fromWire } from '../errors/wire.js';
 import { servedByThisBuild } from '../client/daemon-build.js';
 import { Paths } from '../shared/paths.js';
 import { out } from './output.js';
+import { attachTerminal } from './terminal-io.js';
 
 interface FastExecArgs {
   vm: string;
@@ -178,13 +179,7 @@ async function run(rpc: Rpc, req: FastExecArgs): Promise<number> {
     rpc.notify('$/cancelRequest', { id: call.id });
   };
   process.on('SIGINT', onSigint);
-  if (passStdin) {
-    if (rawMode) stdin.setRawMode(true);
-    stdin.on('data', onData);
-    stdin.once('end', onEnd);
-    stdin.resume();
-  }
-  if (req.tty) process.stdout.on('resize', onResize);
+  const detach = attachTerminal({ passStdin, rawMode, tty: req.tty, onData, onEnd, onResize });
   try {
     const r = (await call.reply) as { exitCode: number };
     return r.exitCode;
@@ -193,13 +188,6 @@ async function run(rpc: Rpc, req: FastExecArgs): Promise<number> {
     throw e;
   } finally {
     process.off('SIGINT', onSigint);
-    if (passStdin) {
-      stdin.off('data', onData);
-      stdin.off('end', onEnd);
-      if (rawMode) stdin.setRawMode(false);
-      stdin.pause();
-      stdin.unref?.();
-    }
-    if (req.tty) process.stdout.off('resize', onResize);
+    detach();
   }
 }

@@ -1,6 +1,7 @@
 import { startExec } from '../client/exec.js';
 import type { CliContext } from './context.js';
 import { out } from './output.js';
+import { attachTerminal } from './terminal-io.js';
 
 export interface GuestExecRequest {
   vm: string;
@@ -40,27 +41,14 @@ export async function runInGuest(ctx: CliContext, req: GuestExecRequest): Promis
     const { rows, cols } = terminalSize();
     h.resize(rows, cols);
   };
-  if (passStdin) {
-    if (rawMode) stdin.setRawMode(true);
-    stdin.on('data', onData);
-    stdin.once('end', onEnd);
-    stdin.resume();
-  }
-  if (req.tty) process.stdout.on('resize', onResize);
+  const detach = attachTerminal({ passStdin, rawMode, tty: req.tty, onData, onEnd, onResize });
   // In raw mode Ctrl-C is a byte the guest's terminal turns into SIGINT; otherwise forward it.
   if (!rawMode) ctx.onInterrupt = () => h.signal('SIGINT');
   try {
     return await h.exitCode;
   } finally {
     ctx.onInterrupt = undefined;
-    if (passStdin) {
-      stdin.off('data', onData);
-      stdin.off('end', onEnd);
-      if (rawMode) stdin.setRawMode(false);
-      stdin.pause();
-      stdin.unref?.();
-    }
-    if (req.tty) process.stdout.off('resize', onResize);
+    detach();
   }
 }
 

@@ -92,6 +92,19 @@ export interface ImportScriptOptions {
 }
 
 /**
+ * Shell that records `$tree` as the import base: a commit (parent: the shell variable `headVar`, when set)
+ * under IMPORT_BASE_REF, and the tree id on stderr for the host. Full imports and re-syncs record it alike.
+ */
+export function recordImportBase(headVar: string): string {
+  return `if [ -n "$${headVar}" ]; then set -- -p "$${headVar}"; else set --; fi
+base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
+  git commit-tree "$tree" "$@" -m 'banger import base')
+git update-ref ${IMPORT_BASE_REF} "$base"
+printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
+`;
+}
+
+/**
  * The import script. Its stdin is the tar from createImportTar. On success it prints the import
  * base commit id on stdout.
  *
@@ -175,12 +188,7 @@ idx="$stage/base-index"
 if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
 GIT_INDEX_FILE="$idx" git add -A
 tree=$(GIT_INDEX_FILE="$idx" git write-tree)
-if [ -n "$head" ]; then set -- -p "$head"; else set --; fi
-base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
-  git commit-tree "$tree" "$@" -m 'banger import base')
-git update-ref ${IMPORT_BASE_REF} "$base"
-printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
-
+${recordImportBase('head')}
 # Replace the workspace contents with the new tree.
 cd /
 find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" -exec rm -rf -- {} +

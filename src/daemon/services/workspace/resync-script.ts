@@ -5,7 +5,7 @@ import {
   IMPORT_BASE_REF,
   MISE_TRUST,
   PRELUDE,
-  TREE_LINE_PREFIX,
+  recordImportBase,
   WorkspaceScriptExit,
   validateGuestPath,
 } from './guest-scripts.js';
@@ -145,12 +145,7 @@ if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 cat -- "$stage_deleted" >> "$tmp/written"
 GIT_LITERAL_PATHSPECS=1 GIT_INDEX_FILE="$tmp/index" xargs -0 -r git add -A -- < "$tmp/written"
 tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
-if [ -n "$new_head" ]; then set -- -p "$new_head"; else set --; fi
-base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
-  git commit-tree "$tree" "$@" -m 'banger import base')
-git update-ref ${IMPORT_BASE_REF} "$base"
-printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
-
+${recordImportBase('new_head')}
 ${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
 `;
 }
