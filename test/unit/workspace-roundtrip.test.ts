@@ -369,6 +369,50 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     assert.equal((await importRepo(root, empty)).code, 0);
   });
 
+  void it('an import killed at any point of replacing a workspace leaves a path the next import takes', async () => {
+    // `mv` and `rm` shims that, on their Nth call, do part of the job (one source of a multi-source mv) or all
+    // of it, then kill -9 the import script and its children, the way a crashed guest or daemon would.
+    const bin = tmp('banger-killbin-');
+    const counter = join(bin, 'count');
+    const shim = (tool: string) => `#!/bin/sh
+n=$(($(cat '${counter}' 2>/dev/null || echo 0) + 1)); echo $n > '${counter}'
+if [ "$n" -ne "$KILL_AT" ]; then exec /bin/${tool} "$@"; fi
+if [ ${tool} = mv ] && [ "$1" = -t ]; then /bin/mv -t "$2" -- "$4"; else /bin/${tool} "$@"; fi
+ppid() { awk '/^PPid:/ { print $2 }' "/proc/$1/status"; }
+top=$$
+while [ "$(cat /proc/$(ppid $top)/comm)" != node ]; do top=$(ppid $top); done
+killtree() { for c in $(pgrep -P "$1"); do killtree "$c"; done; [ "$1" = $$ ] || kill -9 "$1" 2>/dev/null; }
+killtree "$top"
+exit 137
+`;
+    write(bin, 'mv', shim('mv'), 0o755);
+    write(bin, 'rm', shim('rm'), 0o755);
+    const root = makeFixtureRepo();
+    const want = snapshot(root, ['.env', '.envrc.private', '.env.local', 'notes/todo.txt']);
+    let killedAt = 0;
+    for (let k = 1; k < 20; k++) {
+      const guest = join(tmp('banger-guest-'), 'ws');
+      assert.equal((await importRepo(root, guest)).code, 0);
+      changeGuest(guest);
+      writeFileSync(counter, '0');
+      const killer = new LocalShellSession({ env: { PATH: `${bin}:${process.env.PATH ?? ''}`, KILL_AT: String(k) } });
+      const killed = await importRepo(root, guest, { session: killer });
+      if (killed.code === 0) break; // the Nth call never came: every step was covered
+      killedAt = k;
+      const again = await importRepo(root, guest);
+      assert.equal(again.code, 0, `after a kill at call ${k}: ${again.stderr}`);
+      assert.deepEqual(snapshot(guest), want, `after a kill at call ${k}`);
+      assert.deepEqual(
+        execFileSync('ls', ['-A', guest], { encoding: 'utf8' })
+          .split('\n')
+          .filter((n) => n.startsWith('.banger-import')),
+        [],
+        'no staging directory left behind',
+      );
+    }
+    assert.ok(killedAt >= 3, `kills at ${killedAt} points`);
+  });
+
   void it('export says what to do when there is no workspace', async () => {
     const r = await exportPatch(join(tmp('banger-none-'), 'nothing here'));
     assert.equal(r.code, WorkspaceScriptExit.NoWorkspace);

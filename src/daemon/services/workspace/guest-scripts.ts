@@ -126,7 +126,9 @@ printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
  * (guest commits, edits, ignored build outputs) are deleted only after the new tree is unpacked and
  * its repo is set up, then the new tree is moved in with renames (same filesystem, so it is quick
  * and also works when the guest path is a mount point). Callers that want to keep guest changes
- * export them first.
+ * export them first. An import killed at any point (a crashed daemon, a lost connection) leaves a path
+ * the next import accepts: at every moment it holds either a .git with an import base or nothing but
+ * staging directories, which the next import removes.
  *
  * Last, `mise trust --all` runs in the workspace, best effort: a missing mise or a failure is
  * reported on stderr in a line starting with MISE_NOTICE_PREFIX and does not fail the import.
@@ -189,9 +191,13 @@ if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
 GIT_INDEX_FILE="$idx" git add -A
 tree=$(GIT_INDEX_FILE="$idx" git write-tree)
 ${recordImportBase('head')}
-# Replace the workspace contents with the new tree.
+# Replace the workspace contents with the new tree. The order keeps the path importable again if this is
+# killed at any point: the old files go while the old .git (with its import base) stays; the two .git
+# directories are swapped by renames; only then do the new files move in.
 cd /
-find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" -exec rm -rf -- {} +
+find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" ! -name .git -exec rm -rf -- {} +
+if [ -e "$dest/.git" ] || [ -L "$dest/.git" ]; then mv -- "$dest/.git" "$stage/old.git"; fi
+mv -- "$stage/${TAR_TREE_DIR}/.git" "$dest/.git"
 find "$stage/${TAR_TREE_DIR}" -mindepth 1 -maxdepth 1 -exec mv -t "$dest" -- {} +
 rm -rf -- "$stage"
 stage=
