@@ -167,6 +167,8 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     onVmsChanged: () => void hostViews.sync(),
     tap: tapNetworking,
     defaultNetwork: config.network.defaultMode,
+    bootTimeoutMs: config.boot.timeoutSeconds * 1000,
+    silentConsoleMs: config.boot.silentSeconds * 1000,
     onTapAttached: async (gateway) => {
       // Guests on the bridge reach banger's DNS, and nothing else of the host, at the bridge address.
       if (dnsOnBridge.has(gateway)) return;

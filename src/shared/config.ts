@@ -34,6 +34,16 @@ const schema = z
       })
       .strict()
       .default({}),
+    /** How long a boot may take; raise it on a slow or heavily loaded host (software emulation). */
+    boot: z
+      .object({
+        /** Until the guest answers SSH. */
+        timeoutSeconds: z.number().positive().max(3600).default(180),
+        /** A guest that prints nothing on its console for this long is started again, once. */
+        silentSeconds: z.number().positive().max(3600).default(45),
+      })
+      .strict()
+      .default({}),
     /**
      * Files copied into every VM at start and by `banger vm sync` (credentials a coding agent needs, say).
      * `host` may start with `~/` (the invoking user's home); a link that leads out of that home is refused

@@ -5,7 +5,7 @@
  */
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { E2E_HOME, banger, bangerChild, bangerOk, pidsMatching, e2eSteps, type CliResult } from '../helpers/cli.js';
@@ -134,6 +134,27 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
     assert.ok(gone, 'the VM was deleted once its client was gone');
     assert.deepEqual(pidsMatching(id), [], 'no VMM process left');
     assert.equal(existsSync(join(E2E_HOME, 'vms', id)), false, 'no VM directory left');
+  });
+
+  step('a guest that prints nothing is started again once, with a notice, and then boots', async () => {
+    // boot.silentSeconds this short makes every boot look stalled before the kernel's first line: the
+    // relaunch path (VMM ended, seed written again, VMM started) then runs on a real VM.
+    const configPath = join(E2E_HOME, 'config.json');
+    const configBefore = existsSync(configPath) ? readFileSync(configPath, 'utf8') : undefined;
+    const config = configBefore ? (JSON.parse(configBefore) as Record<string, unknown>) : {};
+    try {
+      writeFileSync(configPath, JSON.stringify({ ...config, boot: { silentSeconds: 0.001 } }));
+      await bangerOk(['daemon', 'stop']);
+      const r = await bangerOk(['vm', 'run', '--rm', '--name', C, '--cpus', '1', '--memory', '512M', '--', 'hostname']);
+      assert.match(r.stderr, /note: the guest printed nothing for 0 s \(an early-boot stall\); starting its VMM again, once/);
+      assert.equal(r.stdout, `${C}\n`);
+      assert.equal((await banger(['vm', 'show', C])).code, 65, 'the --rm VM is gone');
+    } finally {
+      if (configBefore === undefined) rmSync(configPath, { force: true });
+      else writeFileSync(configPath, configBefore);
+      await banger(['daemon', 'stop']);
+    }
+    assert.equal((await show(A)).state, 'running', 'A kept running across the daemon restarts');
   });
 
   step('kill -9 of bangerd loses nothing: the next command re-adopts the running VM', async () => {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { escapeForTerminal } from '../../src/cli/output.js';
+import { escapeForTerminal } from '../../src/shared/terminal-text.js';
 import { changedFileLines } from '../../src/cli/commands/vm/workspace.js';
 import { portsTable, vmDetails } from '../../src/cli/commands/vm/format.js';
 import type { VmInfo } from '../../src/protocol/vm.js';

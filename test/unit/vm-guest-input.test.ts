@@ -5,10 +5,10 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, appendFileSync, statS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FrameSplitter, watchGuestPorts } from '../../src/daemon/services/vm/guest-ports.js';
-import { capConsoleLog, readConsoleTail } from '../../src/daemon/services/vm/console.js';
+import { capConsoleLog, readConsoleTail, withConsoleTail } from '../../src/daemon/services/vm/console.js';
 import { capturedExec } from '../../src/daemon/guest/capped.js';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from '../../src/daemon/guest/session.js';
-import type { BangerError } from '../../src/errors/index.js';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
 
 /** A guest that writes `chunks` to stdout (honouring abort) and then exits 0. */
 function fakeGuest(chunks: () => Iterable<Buffer>, opts: { hangAfter?: boolean } = {}): GuestSession {
@@ -112,6 +112,33 @@ test('the console log is rotated past its cap and `vm logs` still reads its end 
     assert.doesNotMatch(tail, /line 0\n/);
     assert.equal(await capConsoleLog(log, 4096), false, 'under the cap: left alone');
     assert.equal(readFileSync(log, 'utf8'), 'after rotation\n');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a boot that fails shows the last console lines, escaped, so a --rm VM still says where it stopped', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'banger-console-'));
+  try {
+    const log = join(dir, 'console.log');
+    const lines = Array.from({ length: 20 }, (_, i) => `line ${i}`);
+    writeFileSync(log, `${lines.join('\r\n')}\r\n\x1b]0;pwned\x07stuck here\n`);
+    const timeout = new BangerError(ErrorCode.DeadlineExceeded, 'the guest did not finish booting', { hint: 'h' });
+    const e = (await withConsoleTail(timeout, log)) as BangerError;
+    assert.equal(e.code, ErrorCode.DeadlineExceeded);
+    assert.equal(e.hint, 'h');
+    assert.deepEqual(e.message.split('\n'), [
+      'the guest did not finish booting; its console ended with:',
+      ...lines.slice(-7).map((l) => `  | ${l}`),
+      '  | \\e]0;pwned\\x07stuck here',
+    ]);
+
+    writeFileSync(log, '');
+    const empty = (await withConsoleTail(timeout, log)) as BangerError;
+    assert.match(empty.message, /its console is empty \(the guest printed nothing\)$/);
+
+    const other = new BangerError(ErrorCode.InvalidArgument, 'x');
+    assert.equal(await withConsoleTail(other, log), other, 'other errors pass through untouched');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

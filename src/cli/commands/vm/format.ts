@@ -1,5 +1,6 @@
 import type { VmInfo, VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
-import { escapeForTerminal, table } from '../../output.js';
+import { table } from '../../output.js';
+import { escapeForTerminal } from '../../../shared/terminal-text.js';
 
 export function vmTable(vms: VmInfo[]): string {
   return table(

@@ -2,7 +2,8 @@ import { constants } from 'node:os';
 import { InvalidArgumentError } from 'commander';
 import type { SessionFrom } from '../../../client/session.js';
 import type { SessionInfo, VmStats } from '../../../protocol/session.js';
-import { escapeForTerminal, formatBytes, table } from '../../output.js';
+import { formatBytes, table } from '../../output.js';
+import { escapeForTerminal } from '../../../shared/terminal-text.js';
 
 /** The pieces of `vm session` and `vm stats` that are pure: flag parsing and the human tables. */
 

@@ -4,7 +4,8 @@ import type { SessionFrom } from '../../../client/session.js';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { SessionInfo } from '../../../protocol/session.js';
 import type { CliContext } from '../../context.js';
-import { escapeForTerminal, out } from '../../output.js';
+import { out } from '../../output.js';
+import { escapeForTerminal } from '../../../shared/terminal-text.js';
 import {
   collectEnv,
   exitCodeOf,

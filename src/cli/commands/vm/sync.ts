@@ -2,7 +2,8 @@ import { homedir } from 'node:os';
 import type { Command } from 'commander';
 import { VmMethods } from '../../../protocol/vm.js';
 import type { CliContext } from '../../context.js';
-import { escapeForTerminal, out } from '../../output.js';
+import { out } from '../../output.js';
+import { escapeForTerminal } from '../../../shared/terminal-text.js';
 import { syncSummary } from './format.js';
 
 export function register(vm: Command, ctx: CliContext): void {

@@ -2,7 +2,8 @@ import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { WorkspaceMethods, type WorkspaceChange } from '../../../protocol/workspace.js';
 import type { CliContext } from '../../context.js';
-import { escapeForTerminal, out } from '../../output.js';
+import { out } from '../../output.js';
+import { escapeForTerminal } from '../../../shared/terminal-text.js';
 import { dryRunImport, prepareWorkspace } from '../../workspace.js';
 
 /**

@@ -1,6 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { ProgressEvent } from '../../../protocol/common.js';
+import type { Logger } from '../../../shared/logger.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import { READY_AGENT_SUFFIX, READY_MARKER } from '../../guest/init/contract.js';
 import { SshGuestSession } from '../../guest/ssh.js';
@@ -10,7 +11,7 @@ import type { ReadyImage } from '../image/service.js';
 import type { TapAttachment } from '../network/tap.js';
 import type { AccelChoice } from '../../../protocol/common.js';
 import { USER_NET, isPortFree, pickFreePort } from './addresses.js';
-import { capConsoleLog, waitForConsoleLine } from './console.js';
+import { ConsoleSilent, capConsoleLog, waitForConsoleLine, withConsoleTail } from './console.js';
 import { writeHandles } from './handles.js';
 import { newLiveVm, type LiveVm, type LiveVms } from './live.js';
 import { buildSeedTar } from './seed.js';
@@ -50,6 +51,9 @@ export interface BootDeps {
   now: () => Date;
   /** How long a boot may take until SSH answers. */
   bootTimeoutMs: number;
+  /** How long a guest may print nothing before its VMM is started again (default SILENT_CONSOLE_MS). */
+  silentConsoleMs?: number;
+  log?: Logger;
   /** Syncs the invoking user's identity into the guest once it answers; omitted: no sync step does anything. */
   identity?: IdentitySync;
 }
@@ -96,6 +100,85 @@ const network: BootStep = {
   },
 };
 
+/** The seed disk (hostname, network, keys) and an empty console log; written again for a relaunch. */
+const writeSeed: BootStep = {
+  name: 'write seed',
+  async run(b, d) {
+    const read = (path: string) =>
+      readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+        throw new BangerError(ErrorCode.FailedPrecondition, `VM '${b.vm.name}' is missing ${path} and cannot boot`, {
+          hint: `delete it with \`banger vm delete --force ${b.vm.name}\` and create it again`,
+        });
+      });
+    const hostPrivateKey = await read(b.vp.hostKeyPrivate);
+    b.hostPublicKey = (await read(b.vp.hostKeyPublic)).trim();
+    const net = b.net!;
+    const seed = await buildSeedTar({
+      hostname: b.vm.name,
+      ipCidr: net.ipCidr,
+      gateway: net.gateway,
+      dns: net.dns,
+      hostPrivateKey,
+      hostPublicKey: b.hostPublicKey,
+      authorizedKeys: d.authorizedKey,
+    });
+    await writeFile(b.vp.seedDisk, seed, { mode: 0o600 });
+    await writeFile(b.vp.consoleLog, '', { mode: 0o600 });
+  },
+};
+
+/** Starts the VMM for `b` and records it: the launch step, and the relaunch of a guest that stalled. */
+async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
+  const spec = launchSpec(b, d.kernelCmdline(b.vm));
+  // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
+  // during the wait leaves a handle that the next start adopts or ends, never an unknown QEMU.
+  const handle = await b.driver.launch(spec, b.signal, {
+    onSpawned: (h) => writeHandles(b.vp.handles, h),
+  });
+  await writeHandles(b.vp.handles, handle);
+  b.live = newLiveVm(handle, b.driver);
+  d.live.add(b.vm.id, b.live);
+  b.vm = d.vms.update(b.vm.id, { accel: b.accel!, startedAt: d.now().toISOString() });
+}
+
+/** How long a guest may print nothing at all before its VMM is started again (once). */
+export const SILENT_CONSOLE_MS = 45_000;
+
+/**
+ * Waits for the guest's ready line and resolves with the rest of it. Under user networking the host side of
+ * the forward accepts before the guest listens, and an SSH attempt then hangs: the guest's own line on the
+ * console is the signal. A guest that prints nothing at all for `silentMs` has stalled before its kernel's
+ * first line (seen now and then under software emulation: an early-boot hang that a fresh start of the same
+ * VM does not repeat): its VMM is started again once, with a notice; the boot deadline stays the same.
+ * Failures carry the console's last lines.
+ */
+export async function waitForGuestReady(
+  b: Pick<Boot, 'vm' | 'vp' | 'driver' | 'live' | 'deadline' | 'signal' | 'progress'>,
+  opts: { silentMs: number; relaunch: () => Promise<void> },
+): Promise<string> {
+  const wait = (silentMs?: number) =>
+    waitForConsoleLine(b.vp.consoleLog, READY_MARKER, {
+      deadline: b.deadline,
+      signal: b.signal,
+      alive: () => b.driver.isAlive(b.live!.handle, b.vm.id),
+      silentMs,
+    });
+  try {
+    return await wait(opts.silentMs);
+  } catch (e) {
+    if (!(e instanceof ConsoleSilent)) throw await withConsoleTail(e, b.vp.consoleLog);
+    b.progress({
+      kind: 'notice',
+      message: `${e.message} (an early-boot stall); starting its VMM again, once`,
+    });
+  }
+  await opts.relaunch();
+  return wait().catch(async (e: unknown) => {
+    throw await withConsoleTail(e, b.vp.consoleLog);
+  });
+}
+
 export const BOOT_STEPS: readonly BootStep[] = [
   {
     name: 'choose accelerator',
@@ -106,62 +189,24 @@ export const BOOT_STEPS: readonly BootStep[] = [
     },
   },
   network,
-  {
-    name: 'write seed',
-    async run(b, d) {
-      const read = (path: string) =>
-        readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
-          if (e.code !== 'ENOENT') throw e;
-          throw new BangerError(ErrorCode.FailedPrecondition, `VM '${b.vm.name}' is missing ${path} and cannot boot`, {
-            hint: `delete it with \`banger vm delete --force ${b.vm.name}\` and create it again`,
-          });
-        });
-      const hostPrivateKey = await read(b.vp.hostKeyPrivate);
-      b.hostPublicKey = (await read(b.vp.hostKeyPublic)).trim();
-      const net = b.net!;
-      const seed = await buildSeedTar({
-        hostname: b.vm.name,
-        ipCidr: net.ipCidr,
-        gateway: net.gateway,
-        dns: net.dns,
-        hostPrivateKey,
-        hostPublicKey: b.hostPublicKey,
-        authorizedKeys: d.authorizedKey,
-      });
-      await writeFile(b.vp.seedDisk, seed, { mode: 0o600 });
-      await writeFile(b.vp.consoleLog, '', { mode: 0o600 });
-    },
-  },
-  {
-    name: 'launch',
-    async run(b, d) {
-      const spec = launchSpec(b, d.kernelCmdline(b.vm));
-      // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
-      // during the wait leaves a handle that the next start adopts or ends, never an unknown QEMU.
-      const handle = await b.driver.launch(spec, b.signal, {
-        onSpawned: (h) => writeHandles(b.vp.handles, h),
-      });
-      await writeHandles(b.vp.handles, handle);
-      b.live = newLiveVm(handle, b.driver);
-      d.live.add(b.vm.id, b.live);
-      b.vm = d.vms.update(b.vm.id, { accel: b.accel!, startedAt: d.now().toISOString() });
-    },
-  },
+  writeSeed,
+  { name: 'launch', run: launchVmm },
   {
     name: 'wait for the guest',
-    async run(b) {
-      const { handle } = b.live!;
-      // Under user networking the host side of the forward accepts before the guest listens, and an SSH
-      // attempt then hangs: wait for the guest's own "ready" line on the console first.
-      const rest = await waitForConsoleLine(b.vp.consoleLog, READY_MARKER, {
-        deadline: b.deadline,
-        signal: b.signal,
-        alive: () => b.driver.isAlive(handle, b.vm.id),
+    async run(b, d) {
+      const rest = await waitForGuestReady(b, {
+        silentMs: d.silentConsoleMs ?? SILENT_CONSOLE_MS,
+        relaunch: async () => {
+          d.log?.warn({ vm: b.vm.name, accel: b.accel }, 'the guest printed nothing: starting its VMM again');
+          await d.live.teardown(b.vm.id);
+          await writeSeed.run(b, d);
+          await launchVmm(b, d);
+        },
       });
       // The guest says whether its agent is up; only then (and only with a channel for it) is it used.
       if (rest.trimEnd() === READY_AGENT_SUFFIX && b.driver.features.has('virtioSerial')) {
         b.live!.hasAgent = true;
-        await writeHandles(b.vp.handles, { ...handle, agent: true });
+        await writeHandles(b.vp.handles, { ...b.live!.handle, agent: true });
       }
       await capConsoleLog(b.vp.consoleLog);
     },

@@ -1,17 +1,33 @@
 import { open, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { BangerError, ErrorCode, isBangerError } from '../../../errors/index.js';
+import { escapeForTerminal } from '../../../shared/terminal-text.js';
 
 /**
  * Waits until `line` appears in the console log file, reading only what was appended since the last look,
  * and resolves with the rest of that console line (up to 64 characters; what follows the marker).
  * Fails early when `alive()` says the VMM has exited.
  */
+/** Thrown by waitForConsoleLine when the console stayed empty for `silentMs` (see there). */
+export class ConsoleSilent extends Error {
+  constructor(readonly silentMs: number) {
+    super(`the guest printed nothing for ${Math.round(silentMs / 1000)} s`);
+  }
+}
+
 export async function waitForConsoleLine(
   path: string,
   line: string,
-  opts: { deadline: number; signal?: AbortSignal; alive: () => Promise<boolean>; intervalMs?: number },
+  opts: {
+    deadline: number;
+    signal?: AbortSignal;
+    alive: () => Promise<boolean>;
+    intervalMs?: number;
+    /** Throw ConsoleSilent when not one byte arrived in this long (a guest stalled before its first line). */
+    silentMs?: number;
+  },
 ): Promise<string> {
+  const started = Date.now();
   let offset = 0;
   let carry = '';
   let seenFor = -1; // polls since the marker was seen without the end of its line
@@ -47,6 +63,8 @@ export async function waitForConsoleLine(
       throw new BangerError(ErrorCode.Unavailable, 'the VM stopped during boot', {
         hint: 'see the console with `banger vm logs NAME`',
       });
+    if (offset === 0 && opts.silentMs !== undefined && Date.now() - started > opts.silentMs)
+      throw new ConsoleSilent(opts.silentMs);
     if (Date.now() > opts.deadline)
       throw new BangerError(ErrorCode.DeadlineExceeded, `the guest did not finish booting (no "${line}" on its console)`, {
         hint: 'see the console with `banger vm logs NAME`',
@@ -114,4 +132,21 @@ export async function readConsoleTail(path: string, tailBytes: number): Promise<
     }
   }
   return Buffer.concat(parts).toString('utf8');
+}
+
+/**
+ * A boot failure with the console's last lines added to its message, escaped (they come from the guest):
+ * the error is then enough to see where the boot stopped, even for a `--rm` VM whose log is deleted with it.
+ */
+export async function withConsoleTail(e: unknown, path: string, lines = 8): Promise<unknown> {
+  if (!isBangerError(e) || (e.code !== ErrorCode.DeadlineExceeded && e.code !== ErrorCode.Unavailable)) return e;
+  const tail = (await readConsoleTail(path, 4096))
+    .split('\n')
+    .map((l) => l.replace(/\r$/, ''))
+    .filter((l) => l.trim() !== '')
+    .slice(-lines);
+  const shown = tail.length
+    ? `; its console ended with:\n${tail.map((l) => `  | ${escapeForTerminal(l).slice(0, 200)}`).join('\n')}`
+    : '; its console is empty (the guest printed nothing)';
+  return new BangerError(e.code, `${e.message}${shown}`, { hint: e.hint });
 }

@@ -89,6 +89,8 @@ export interface VmServiceDeps {
   uid: () => number;
   /** How long a boot may take until SSH answers. */
   bootTimeoutMs?: number;
+  /** A guest silent on its console this long is started again once (boot.ts SILENT_CONSOLE_MS by default). */
+  silentConsoleMs?: number;
   /** The host's processes, for reconcile (injected for tests). */
   processes?: () => Promise<HostProcess[]>;
   /** How often a running VM's console log is checked against its cap. */
@@ -349,7 +351,9 @@ export class VmService {
         onTapAttached: this.d.onTapAttached,
         now: this.now,
         bootTimeoutMs: this.d.bootTimeoutMs ?? 180_000,
+        silentConsoleMs: this.d.silentConsoleMs,
         identity: this.d.identity,
+        log: this.d.log,
       });
       vm = this.d.vms.update(id, { state: 'running' });
       const live = this.live.get(id)!;

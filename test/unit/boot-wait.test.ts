@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import type { ProgressEvent } from '../../src/protocol/common.js';
+import { waitForGuestReady } from '../../src/daemon/services/vm/boot.js';
+import { READY_MARKER } from '../../src/daemon/guest/init/contract.js';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
+
+function fakeBoot(consoleLog: string, deadlineMs: number) {
+  const events: ProgressEvent[] = [];
+  const boot = {
+    vm: { id: 'vm1', name: 'v' },
+    vp: { consoleLog },
+    driver: { isAlive: () => Promise.resolve(true) },
+    live: { handle: { pid: 1 } },
+    deadline: Date.now() + deadlineMs,
+    progress: (ev: ProgressEvent) => events.push(ev),
+  } as unknown as Parameters<typeof waitForGuestReady>[0];
+  return { boot, events };
+}
+
+void test('a guest that prints nothing is started again once, with a notice, and then boots', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'banger-bootwait-'));
+  try {
+    const log = join(dir, 'console.log');
+    writeFileSync(log, '');
+    const { boot, events } = fakeBoot(log, 10_000);
+    let relaunches = 0;
+    const rest = await waitForGuestReady(boot, {
+      silentMs: 300,
+      relaunch: () => {
+        relaunches++;
+        setTimeout(() => appendFileSync(log, `[0.6] kernel\n${READY_MARKER} agent\n`), 200);
+        return Promise.resolve();
+      },
+    });
+    assert.equal(rest, ' agent');
+    assert.equal(relaunches, 1);
+    assert.deepEqual(
+      events.map((e) => e.kind === 'notice' && e.message),
+      ['the guest printed nothing for 0 s (an early-boot stall); starting its VMM again, once'],
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+void test('a guest that has printed something is never restarted; a second silence ends the boot clearly', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'banger-bootwait-'));
+  try {
+    const log = join(dir, 'console.log');
+    writeFileSync(log, 'Linux booting\nstuck in sysinit\n');
+    const slow = fakeBoot(log, 1000);
+    let relaunches = 0;
+    const relaunch = () => {
+      relaunches++;
+      return Promise.resolve();
+    };
+    const e1 = (await waitForGuestReady(slow.boot, { silentMs: 100, relaunch }).catch((e: unknown) => e)) as BangerError;
+    assert.equal(relaunches, 0, 'output arrived, so no relaunch');
+    assert.equal(e1.code, ErrorCode.DeadlineExceeded);
+    assert.match(e1.message, /did not finish booting .*its console ended with:\n {2}\| Linux booting\n {2}\| stuck in sysinit$/);
+
+    writeFileSync(log, '');
+    const silent = fakeBoot(log, 1500);
+    const e2 = (await waitForGuestReady(silent.boot, { silentMs: 100, relaunch }).catch((e: unknown) => e)) as BangerError;
+    assert.ok(e2 instanceof BangerError);
+    assert.equal(relaunches, 1, 'one relaunch, not a loop');
+    assert.equal(e2.code, ErrorCode.DeadlineExceeded);
+    assert.match(e2.message, /its console is empty \(the guest printed nothing\)$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
