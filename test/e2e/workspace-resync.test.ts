@@ -86,12 +86,17 @@ void describe('workspace re-sync on a real VM', { timeout: 900_000 }, () => {
     write(repo, 'README.md', 'edited again on the host\n');
     const refused = await banger(['vm', 'workspace', 'prepare', VM, repo, '--guest-path', '/root/rs-b', '--include-untracked']);
     assert.equal(refused.code, 68, refused.stderr);
-    assert.match(refused.stderr, /changes made in the guest that a re-sync would overwrite/);
+    assert.match(refused.stderr, /changes made in the guest that this prepare would overwrite/);
     assert.match(refused.stderr, /^ {2}guest\.txt$/m);
     assert.match(refused.stderr, /^ {2}new dir\/new file\.txt$/m);
     assert.match(refused.stderr, /banger vm workspace export/);
     assert.match(refused.stderr, /--force/);
     assert.equal(await guest('/root/rs-b', "cat 'new dir/new file.txt' guest.txt README.md"), 'guest work\nmade-in-guest\nedited on the host\n');
+    // A full import (here --full; also any prepare that cannot re-sync) refuses the same way.
+    const full = await banger(['vm', 'workspace', 'prepare', VM, repo, '--guest-path', '/root/rs-b', '--include-untracked', '--full']);
+    assert.equal(full.code, 68, full.stderr);
+    assert.match(full.stderr, /^ {2}guest\.txt$/m);
+    assert.equal(await guest('/root/rs-b', 'cat guest.txt'), 'made-in-guest\n', 'nothing was overwritten');
     const forced = await prepare('/root/rs-b', '--force');
     assert.match(forced.stderr, /^imported /m);
     assert.equal(await guest('/root/rs-b', "cat 'new dir/new file.txt' README.md; test -e guest.txt || echo gone"), 'new\nedited again on the host\ngone\n');

@@ -212,11 +212,17 @@ void describe('re-sync through the workspace service', () => {
     const h = harness();
     await h.prepare({ sourcePath: repo, guestPath: a });
     assert.equal((await h.prepare({ sourcePath: repo, guestPath: a, full: true })).mode, 'full');
-    // Another import base (someone imported into it by other means): a full import, with a notice.
-    sh(a, 'git update-ref refs/banger/import-base HEAD');
+    // Another import base of the same state (imported again by other means): a full import, with a notice.
+    sh(a, 'git update-ref refs/banger/import-base $(git commit-tree -p HEAD -m again "refs/banger/import-base^{tree}")');
     const r = await h.prepare({ sourcePath: repo, guestPath: a });
     assert.equal(r.mode, 'full');
     assert.match(r.notices.join('\n'), /re-sync not possible \(.*imported again since.*\): imported in full/);
+    // A guest that is not in any imported state: the full import refuses to overwrite it, unless forced.
+    sh(a, 'git update-ref refs/banger/import-base HEAD');
+    await assert.rejects(h.prepare({ sourcePath: repo, guestPath: a }), (e: Error) =>
+      /changes made in the guest that this prepare would overwrite:\n {2}\(HEAD: commits/.test(e.message),
+    );
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a, force: true })).mode, 'full');
     // Another untracked choice or another guest path: a full import.
     assert.equal((await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true })).mode, 'full');
     assert.equal((await h.prepare({ sourcePath: repo, guestPath: `${a}2`, includeUntracked: true })).mode, 'full');

@@ -59,7 +59,7 @@ interface Imported {
 async function importRepo(
   root: string,
   guest: string,
-  opts: { includeUntracked?: boolean; historyDepth?: number; session?: LocalShellSession } = {},
+  opts: { includeUntracked?: boolean; historyDepth?: number; session?: LocalShellSession; force?: boolean } = {},
 ): Promise<Imported> {
   const repo = await inspectRepo(root, runCommand);
   const list = await listImportFiles(root, { includeUntracked: opts.includeUntracked ?? false }, runCommand);
@@ -73,6 +73,7 @@ async function importRepo(
     headCommit: repo.headCommit,
     branch: repo.branch,
     identity: repo.identity,
+    force: opts.force,
   });
   const r = await (opts.session ?? session).exec(script, { stdin });
   return {
@@ -336,14 +337,26 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     assert.deepEqual(parseNameStatus(names.stdout), [{ status: 'A', path: 'x.txt' }]);
   });
 
-  void it('re-import replaces a workspace, and refuses a directory that is not one', async () => {
+  void it('re-import replaces a workspace only with force when the guest changed it, and refuses a directory that is not one', async () => {
     const root = makeFixtureRepo();
     const guest = join(tmp('banger-guest-'), 'ws');
     assert.equal((await importRepo(root, guest)).code, 0);
+    const unchanged = await importRepo(root, guest);
+    assert.equal(unchanged.code, 0, `a workspace without guest changes is replaced: ${unchanged.stderr}`);
     const firstBase = git(guest, 'rev-parse', IMPORT_BASE_REF);
     changeGuest(guest);
+    const guestHead = git(guest, 'rev-parse', 'HEAD');
     write(root, 'README.md', 'host moved on\n');
-    const again = await importRepo(root, guest);
+    const conflict = await importRepo(root, guest);
+    assert.equal(conflict.code, WorkspaceScriptExit.Conflict, conflict.stderr);
+    assert.match(conflict.stderr, /^banger-workspace: \d+ changes made in the guest would be overwritten$/m);
+    const named = conflict.stdout.split('\0').filter(Boolean);
+    for (const p of ['(HEAD: commits or a checkout made in the guest)', 'README.md', 'src/new.ts', 'bin/run.sh', 'new-link'])
+      assert.ok(named.includes(p), `${p} is named: ${JSON.stringify(named)}`);
+    assert.ok(!named.includes('build.log'), 'ignored files are not guest changes');
+    assert.equal(git(guest, 'rev-parse', 'HEAD'), guestHead, 'the refused import changed nothing');
+    assert.equal(readFileSync(join(guest, 'src/new.ts'), 'utf8'), 'export const x = 1;\n');
+    const again = await importRepo(root, guest, { force: true });
     assert.equal(again.code, 0, again.stderr);
     assert.equal(git(guest, 'rev-parse', 'HEAD'), git(root, 'rev-parse', 'HEAD'), 'the guest commit is gone');
     assert.notEqual(git(guest, 'rev-parse', IMPORT_BASE_REF), firstBase);
@@ -388,12 +401,11 @@ exit 137
     write(bin, 'mv', shim('mv'), 0o755);
     write(bin, 'rm', shim('rm'), 0o755);
     const root = makeFixtureRepo();
-    const want = snapshot(root, ['.env', '.envrc.private', '.env.local', 'notes/todo.txt']);
     let killedAt = 0;
     for (let k = 1; k < 20; k++) {
       const guest = join(tmp('banger-guest-'), 'ws');
       assert.equal((await importRepo(root, guest)).code, 0);
-      changeGuest(guest);
+      write(root, 'README.md', `host edit ${k}\n`);
       writeFileSync(counter, '0');
       const killer = new LocalShellSession({ env: { PATH: `${bin}:${process.env.PATH ?? ''}`, KILL_AT: String(k) } });
       const killed = await importRepo(root, guest, { session: killer });
@@ -401,7 +413,11 @@ exit 137
       killedAt = k;
       const again = await importRepo(root, guest);
       assert.equal(again.code, 0, `after a kill at call ${k}: ${again.stderr}`);
-      assert.deepEqual(snapshot(guest), want, `after a kill at call ${k}`);
+      assert.deepEqual(
+        snapshot(guest),
+        snapshot(root, ['.env', '.envrc.private', '.env.local', 'notes/todo.txt']),
+        `after a kill at call ${k}`,
+      );
       assert.deepEqual(
         execFileSync('ls', ['-A', guest], { encoding: 'utf8' })
           .split('\n')

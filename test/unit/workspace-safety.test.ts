@@ -97,6 +97,8 @@ void describe('import extraction safety', () => {
         headCommit: repo.headCommit,
         branch: repo.branch,
         identity: repo.identity,
+        // The planted links are guest changes: replace them (the case where they could do harm).
+        force: true,
       });
       return session.exec(script, {
         stdin: createImportTar({ root, entries: list.entries, headCommit: repo.headCommit }),

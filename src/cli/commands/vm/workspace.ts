@@ -36,16 +36,17 @@ export function register(vm: Command, ctx: CliContext): void {
     .option('--include-untracked', 'import untracked files too (ignored files are never imported)')
     .option('--dry-run', 'list what would be imported, with modes and sizes; needs no VM or daemon')
     .option('--json', 'print the result as JSON')
-    .option('--force', 'replace the workspace even when the guest has changes a re-sync would overwrite')
+    .option('--force', 'replace the workspace even when it has changes made in the guest (they are lost)')
     .option('--full', 'import everything again, even when only what changed could be sent')
     .addHelpText(
       'after',
       `
 The guest workspace is a git repository at the host's HEAD with the host's uncommitted edits on top.
 A second prepare of the same checkout into the same guest path sends only what changed since the last
-one (a re-sync: changed and deleted files, new commits). It refuses, naming the files, when the guest
-has changes it would overwrite (edits, staged files, commits): export them first, or pass --force to
-replace the workspace with a full import. Otherwise a second prepare replaces the workspace.
+one (a re-sync: changed and deleted files, new commits). A prepare that cannot re-sync (another
+checkout or branch, --full) replaces the workspace with a full import. Either way it refuses, naming
+the files, when the workspace has changes made in the guest (edits, staged files, commits): export
+them first, or pass --force to replace them.
 Export the guest's changes with \`banger vm workspace export\`.`,
     )
     .action(async (name: string, repo: string, o: PrepareFlags) => {

@@ -69,6 +69,32 @@ unbeat() { if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; hb=; fi; }
 `;
 
 /** `mise trust --all` in the current directory ($dest), best effort (see buildImportScript). */
+/** At most this many changed paths are named when guest changes refuse an import or a re-sync. */
+export const MAX_CONFLICT_PATHS = 50;
+
+/**
+ * Shell function `guest_changes DIR BASE HEAD`, run in a workspace: prints (NUL-separated) what was changed
+ * in the guest since the import recorded as commit BASE of HEAD (empty: no commits): a pseudo-path when
+ * HEAD moved (commits or a checkout), then the working-tree paths (tracked and untracked, not ignored) that
+ * differ from BASE's tree, then staged paths. Staging directories an interrupted import left are not changes. It leaves DIR/index holding the working tree's state.
+ * A full import moves every file into place (a rename changes its ctime), so the stat data git keeps would
+ * name every file changed and git would hash the whole tree, twice: it compares without ctime (mode, size,
+ * mtime and inode still count); the user's own git config is unchanged.
+ */
+export const GUEST_CHANGES_FN = `guest_changes() {
+  gc_cur=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
+  if [ "$gc_cur" != "$3" ]; then printf '%s\\0' '(HEAD: commits or a checkout made in the guest)'; fi
+  if [ -f .git/index ]; then cp -- .git/index "$1/index"; else rm -f -- "$1/index"; fi
+  GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false GIT_INDEX_FILE="$1/index" \\
+    git add -A -- ':(top)' ':(top,exclude).banger-import.*'
+  gc_tree=$(GIT_INDEX_FILE="$1/index" git write-tree)
+  git diff-tree -r -z --name-only --no-renames "$2^{tree}" "$gc_tree"
+  if [ -n "$gc_cur" ]; then
+    GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false git diff-index -z --cached --name-only --no-renames HEAD
+  else git ls-files -z; fi
+}
+`;
+
 export const MISE_TRUST = `mise_bin=$(command -v mise 2>/dev/null || true)
 if [ -z "$mise_bin" ] && [ -x /usr/local/bin/mise ]; then mise_bin=/usr/local/bin/mise; fi
 if [ -z "$mise_bin" ]; then
@@ -89,7 +115,12 @@ export interface ImportScriptOptions {
   branch: string | null;
   /** Written to the guest repo's local config when set. */
   identity: GitIdentity;
+  /** Replace a workspace that has changes made in the guest (else: exit Conflict naming them). */
+  force?: boolean;
 }
+
+/** Marks a workspace whose import was interrupted while its files moved in: not guest changes. */
+const INCOMPLETE_MARK = '.git/banger-import-incomplete';
 
 /**
  * Shell that records `$tree` as the import base: a commit (parent: the shell variable `headVar`, when set)
@@ -122,7 +153,9 @@ printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
  * so the user's HEAD, branch and index are what a plain checkout with those edits gives.
  *
  * Re-import replaces the workspace: the guest path must be missing, empty, or a banger workspace
- * (it has IMPORT_BASE_REF); anything else is refused with exit PathInUse. The previous contents
+ * (it has IMPORT_BASE_REF); anything else is refused with exit PathInUse. A workspace with changes
+ * made in the guest since its import (guest_changes) is refused with exit Conflict, naming them on
+ * stdout (NUL-terminated), unless `force`. The previous contents
  * (guest commits, edits, ignored build outputs) are deleted only after the new tree is unpacked and
  * its repo is set up, then the new tree is moved in with renames (same filesystem, so it is quick
  * and also works when the guest path is a mount point). Callers that want to keep guest changes
@@ -143,12 +176,14 @@ head=${shq(o.headCommit ?? '')}
 branch=${shq(o.branch ?? '')}
 user_name=${shq(o.identity.name ?? '')}
 user_email=${shq(o.identity.email ?? '')}
+force=${o.force ? 1 : 0}
 stage=
-cleanup() { unbeat; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
+gc=
+cleanup() { unbeat; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; if [ -n "$gc" ]; then rm -rf -- "$gc"; fi; }
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
 beat
-
+${GUEST_CHANGES_FN}
 if [ -L "$dest" ] || { [ -e "$dest" ] && [ ! -d "$dest" ]; }; then
   fail ${WorkspaceScriptExit.PathInUse} "$dest exists and is not a directory: pick another workspace path"
 fi
@@ -159,6 +194,19 @@ if [ -d "$dest" ]; then
   fi
 else
   mkdir -p -- "$dest"
+fi
+if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
+   old_base=$(git --git-dir="$dest/.git" rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}" 2>/dev/null); then
+  old_head=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^1" 2>/dev/null || true)
+  gc=$(mktemp -d)
+  ( cd -- "$dest" && guest_changes "$gc" "$old_base" "$old_head" ) > "$gc/changed"
+  if [ -s "$gc/changed" ]; then
+    n=$(tr -cd '\\000' < "$gc/changed" | wc -c)
+    sort -zu "$gc/changed" | head -z -n ${MAX_CONFLICT_PATHS}
+    fail ${WorkspaceScriptExit.Conflict} "$n changes made in the guest would be overwritten"
+  fi
+  rm -rf -- "$gc"
+  gc=
 fi
 
 stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
@@ -193,12 +241,16 @@ tree=$(GIT_INDEX_FILE="$idx" git write-tree)
 ${recordImportBase('head')}
 # Replace the workspace contents with the new tree. The order keeps the path importable again if this is
 # killed at any point: the old files go while the old .git (with its import base) stays; the two .git
-# directories are swapped by renames; only then do the new files move in.
+# directories are swapped by renames; only then do the new files move in. Both .git directories carry
+# INCOMPLETE_MARK meanwhile, so the files missing then are not taken for changes made in the guest.
 cd /
+if [ -d "$dest/.git" ] && [ ! -L "$dest/.git" ]; then : > "$dest/${INCOMPLETE_MARK}"; fi
 find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" ! -name .git -exec rm -rf -- {} +
 if [ -e "$dest/.git" ] || [ -L "$dest/.git" ]; then mv -- "$dest/.git" "$stage/old.git"; fi
+: > "$stage/${TAR_TREE_DIR}/${INCOMPLETE_MARK}"
 mv -- "$stage/${TAR_TREE_DIR}/.git" "$dest/.git"
 find "$stage/${TAR_TREE_DIR}" -mindepth 1 -maxdepth 1 -exec mv -t "$dest" -- {} +
+rm -f -- "$dest/${INCOMPLETE_MARK}"
 rm -rf -- "$stage"
 stage=
 

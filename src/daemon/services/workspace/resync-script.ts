@@ -2,7 +2,9 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { shq } from '../../guest/shell.js';
 import type { GitIdentity } from './host-repo.js';
 import {
+  GUEST_CHANGES_FN,
   IMPORT_BASE_REF,
+  MAX_CONFLICT_PATHS,
   MISE_TRUST,
   PRELUDE,
   recordImportBase,
@@ -10,9 +12,6 @@ import {
   validateGuestPath,
 } from './guest-scripts.js';
 import { TAR_DELETED, TAR_HISTORY_PACK, TAR_TREE_DIR } from './pack.js';
-
-/** Paths of guest changes a refused re-sync prints at most. */
-export const MAX_CONFLICT_PATHS = 50;
 
 export interface ResyncScriptOptions {
   guestPath: string;
@@ -87,7 +86,7 @@ beat
 # would name every file changed and git would hash the whole tree, twice: compare without ctime (mode,
 # size, mtime and inode still count) in this script's git commands; the user's own git is unchanged.
 export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false
-# Read the rest of the archive, then stop.
+${GUEST_CHANGES_FN}# Read the rest of the archive, then stop.
 stop() { rc=$1; shift; cat >/dev/null; fail "$rc" "$*"; }
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
@@ -95,14 +94,7 @@ cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") || stop ${X.Stale} "$dest has no import base"
 [ "$base" = "$old_base" ] || stop ${X.Stale} "$dest was imported again since the recorded import"
 tmp=$(mktemp -d)
-cur=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
-: > "$tmp/changed"
-if [ "$cur" != "$old_head" ]; then printf '%s\\0' '(HEAD: commits or a checkout made in the guest)' >> "$tmp/changed"; fi
-if [ -f .git/index ]; then cp -- .git/index "$tmp/index"; fi
-GIT_INDEX_FILE="$tmp/index" git add -A
-tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
-git diff-tree -r -z --name-only --no-renames "$base^{tree}" "$tree" >> "$tmp/changed"
-if [ -n "$cur" ]; then git diff-index -z --cached --name-only --no-renames HEAD >> "$tmp/changed"; else git ls-files -z >> "$tmp/changed"; fi
+guest_changes "$tmp" "$base" "$old_head" > "$tmp/changed"
 if [ -s "$tmp/changed" ]; then
   n=$(tr -cd '\\000' < "$tmp/changed" | wc -c)
   sort -zu "$tmp/changed" | head -z -n ${MAX_CONFLICT_PATHS}

@@ -105,7 +105,7 @@ async function historyReason(
   return null;
 }
 
-/** The error of a re-sync refused because the guest has changes (exit Conflict, paths on stdout). */
+/** The error of an import or re-sync refused because the guest has changes (exit Conflict, paths on stdout). */
 export function conflictError(vmName: string, guestPath: string, stdout: Buffer, stderr: string): BangerError {
   const paths = stdout
     .toString('utf8')
@@ -117,7 +117,7 @@ export function conflictError(vmName: string, guestPath: string, stdout: Buffer,
   const more = n > paths.length ? `\n  ... and ${n - paths.length} more` : '';
   return new BangerError(
     ErrorCode.Conflict,
-    `the workspace ${vmName}:${guestPath} has changes made in the guest that a re-sync would overwrite:\n${shown}${more}`,
+    `the workspace ${vmName}:${guestPath} has changes made in the guest that this prepare would overwrite:\n${shown}${more}`,
     {
       hint:
         `keep them with \`banger vm workspace export ${vmName} -o FILE\` (then \`git apply FILE\` on the host), ` +

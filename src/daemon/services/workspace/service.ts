@@ -138,8 +138,15 @@ export class WorkspaceService {
           { root: repo.root, entries: list.entries, headCommit: repo.headCommit },
           { run: this.d.run, signal, onSkipped: (path) => special.add(path), onProgress: byteProgress(progress, list) },
         );
-        const script = buildImportScript({ guestPath, headCommit: repo.headCommit, branch: repo.branch, identity: repo.identity });
+        const script = buildImportScript({
+          guestPath,
+          headCommit: repo.headCommit,
+          branch: repo.branch,
+          identity: repo.identity,
+          force: p.force ?? false,
+        });
         const r = await this.send(vm.name, session, script, tar, signal);
+        if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
         if (r.code !== 0)
           throw (
             (await this.interrupted(vm.name, session, 'import', signal)) ??
