@@ -2,13 +2,15 @@
  * Against OpenSSH with a ControlMaster connection into the same guest (`ssh ... true`), in one run:
  * - the CLI: `banger vm exec VM -- true`;
  * - the API: `vm.exec(VM, ['true'])` on an open client;
- * - a session: send a 1 KiB JSONL line to the JSONL echo program and wait for its reply line.
+ * - a session: send a 1 KiB JSONL line to the JSONL echo program and wait for its reply line;
+ * - session output streaming of a 256 MiB file (BENCH_STREAM_MIB) against `ssh VM cat FILE`.
  * Usage: npm run build && node --import tsx bench/exec.ts [runs]
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HOME, REPO, banger, report, sh, timeIt } from './common.js';
+import { spawnSync } from 'node:child_process';
+import { HOME, REPO, banger, median, report, sh, timeIt } from './common.js';
 import { connect } from '../src/client/index.js';
 
 const runs = Number(process.argv[2] ?? 15);
@@ -104,6 +106,29 @@ try {
   }
   report('session send -> reply, 1 KiB JSONL line (API)', s, base3, 'ssh -o ControlMaster=auto true');
   await replies.return?.();
+
+  // Session output streaming: a session that cats a file, read from offset 0 until it ends, against
+  // `ssh VM cat FILE` to /dev/null. Both read the file from the guest's page cache after a first cat.
+  const mib = Number(process.env.BENCH_STREAM_MIB ?? 256);
+  await api.vm.exec(name, ['sh', '-c', `head -c ${mib}M /dev/urandom > /root/stream.bin && cat /root/stream.bin > /dev/null`]);
+  const st: number[] = [];
+  const base4: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    let t0 = performance.now();
+    const sname = `stream${i}`;
+    await api.session.start(name, { name: sname, argv: ['cat', '/root/stream.bin'], maxOutputBytes: (mib + 1) * 1024 * 1024 });
+    let got = 0;
+    for await (const chunk of api.session.logs(name, sname, { from: 0, follow: true })) got += chunk.data.length;
+    st.push(performance.now() - t0);
+    if (got !== mib * 1024 * 1024) throw new Error(`the session streamed ${got} bytes, not ${mib} MiB`);
+    await api.session.rm(name, sname);
+    t0 = performance.now();
+    const r = spawnSync('ssh', [...sshArgs, 'cat /root/stream.bin'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    if (r.status !== 0) throw new Error(`ssh cat failed: ${r.stderr.toString()}`);
+    base4.push(performance.now() - t0);
+  }
+  report(`session output streaming, ${mib} MiB, start to last byte (API)`, st, base4, 'ssh cat FILE > /dev/null');
+  process.stdout.write(`  throughput: banger ${(mib / (median(st) / 1000)).toFixed(1)} MiB/s, ssh ${(mib / (median(base4) / 1000)).toFixed(1)} MiB/s\n`);
   await api.close();
 } finally {
   try {

@@ -72,6 +72,8 @@ export interface SessionStartOptions extends Signalled {
   tty?: boolean;
   cwd?: string;
   env?: Record<string, string>;
+  /** Per-stream cap on the output kept in the guest (default 64 MiB); later output is dropped and `capped` says so. */
+  maxOutputBytes?: number;
 }
 
 function callOpts(o: WithProgressEvents | undefined): CallOptions {
@@ -154,7 +156,7 @@ export class Banger {
     start: (vm: string, o: SessionStartOptions): Promise<SessionInfo> =>
       this.client.call(
         SessionMethods.start,
-        { vm, name: o.name, argv: o.argv, tty: o.tty, cwd: o.cwd, env: o.env },
+        { vm, name: o.name, argv: o.argv, tty: o.tty, cwd: o.cwd, env: o.env, maxOutputBytes: o.maxOutputBytes },
         { signal: o.signal },
       ),
     list: (vm: string, o?: Signalled): Promise<SessionInfo[]> => this.client.call(SessionMethods.list, { vm }, { signal: o?.signal }),

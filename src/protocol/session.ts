@@ -51,6 +51,8 @@ export const sessionStartParamsSchema = z.object({
   tty: z.boolean().optional(),
   cwd: z.string().optional(),
   env: z.record(z.string()).optional(),
+  /** Per-stream cap on the output kept on the guest's work disk (default 64 MiB); later output is dropped. */
+  maxOutputBytes: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
 });
 
 export const sessionAttachParamsSchema = sessionRef.extend({

@@ -197,6 +197,26 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'cat']);
   });
 
+  step('--max-output caps what a session keeps, and show says the cap was reached', async () => {
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'capped', '--max-output', '1M', '--', 'head', '-c', '3000000', '/dev/zero']);
+    const done = await waitFor('the capped session to exit', async () => {
+      const s = (await sessions(AGENT_VM)).find((x) => x.name === 'capped');
+      return s?.state === 'exited' ? s : undefined;
+    }, 120_000);
+    assert.equal(done.exitCode, 0);
+    const shown = JSON.parse((await bangerOk(['vm', 'session', 'show', AGENT_VM, 'capped', '--json'])).stdout) as {
+      capBytes: number;
+      capped: boolean;
+      stdoutBytes: number;
+    };
+    assert.equal(shown.capBytes, 1024 * 1024);
+    assert.equal(shown.capped, true);
+    assert.match((await bangerOk(['vm', 'session', 'show', AGENT_VM, 'capped'])).stdout, /up to 1\.0 MiB per stream \(reached/);
+    const kept = await banger(['vm', 'session', 'logs', AGENT_VM, 'capped', '--from', '0']);
+    assert.equal(kept.stdout.length, 1024 * 1024, 'exactly the cap is kept');
+    await bangerOk(['vm', 'session', 'rm', AGENT_VM, 'capped']);
+  });
+
   step('bad session input: a bad name 64, an unknown session 65, a send to an exited session 67', async () => {
     assert.equal((await banger(['vm', 'session', 'start', AGENT_VM, '--name', 'bad/name', '--', 'true'])).code, 64);
     assert.equal((await banger(['vm', 'session', 'logs', AGENT_VM, 'no-such-session'])).code, 65);

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { SessionFrom } from '../../../client/session.js';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { SessionInfo } from '../../../protocol/session.js';
-import type { CliContext } from '../../context.js';
+import { parseMib, type CliContext } from '../../context.js';
 import { out } from '../../output.js';
 import { escapeForTerminal } from '../../../shared/terminal-text.js';
 import {
@@ -53,12 +53,20 @@ Examples:
     .option('--tty', 'give it a terminal (for interactive programs; stdout and stderr merge)')
     .option('--cwd <dir>', 'directory in the guest to run in')
     .option('--env <NAME=VALUE>', 'environment variable (repeatable)', collectEnv)
+    .option('--max-output <size>', 'output kept per stream on the work disk, e.g. 512M or 2G (default 64M); later output is dropped', (v) =>
+      parseMib('--max-output', v),
+    )
     .option('--json', 'print the session as JSON')
     .addHelpText('after', '\nPrints the session name on stdout.\n\nExample:\n  banger vm session start dev --name agent --env DEBUG=1 -- pi --mode rpc')
     .action(
-      async (vmName: string, argv: string[], o: { name?: string; tty?: boolean; cwd?: string; env?: Record<string, string>; json?: boolean }) => {
+      async (
+        vmName: string,
+        argv: string[],
+        o: { name?: string; tty?: boolean; cwd?: string; env?: Record<string, string>; maxOutput?: number; json?: boolean },
+      ) => {
         const { SessionMethods } = await sessions();
-        const s = await ctx.call(SessionMethods.start, { vm: vmName, name: o.name, argv, tty: o.tty, cwd: o.cwd, env: o.env });
+        const maxOutputBytes = o.maxOutput === undefined ? undefined : o.maxOutput * 1024 * 1024;
+        const s = await ctx.call(SessionMethods.start, { vm: vmName, name: o.name, argv, tty: o.tty, cwd: o.cwd, env: o.env, maxOutputBytes });
         if (o.json) return out.json(s);
         out.line(s.name);
         out.info(

@@ -40,7 +40,15 @@ export class SessionService {
   constructor(private readonly d: { vms: AgentSource; log: Logger }) {}
 
   async start(
-    p: { vm: string; name?: string; argv: string[]; tty?: boolean; cwd?: string; env?: Record<string, string> },
+    p: {
+      vm: string;
+      name?: string;
+      argv: string[];
+      tty?: boolean;
+      cwd?: string;
+      env?: Record<string, string>;
+      maxOutputBytes?: number;
+    },
     signal?: AbortSignal,
   ): Promise<SessionInfo> {
     const agent = await this.agentOf(p.vm, signal);
@@ -50,6 +58,7 @@ export class SessionService {
       tty: p.tty,
       cwd: p.cwd,
       env: p.env,
+      capBytes: p.maxOutputBytes,
       signal,
       timeoutMs: 30_000,
     });
