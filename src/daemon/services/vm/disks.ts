@@ -1,4 +1,4 @@
-import { statSync } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { BangerError, ErrorCode, invalidArgument, isBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
@@ -32,6 +32,24 @@ export function checkMachineSizes(s: { cpus?: number; memoryMib?: number; diskSi
  */
 export function workDiskMkfsArgs(path: string): string[] {
   return ['-q', '-F', '-L', 'work', '-E', 'root_owner=0:0,lazy_itable_init=0,lazy_journal_init=1', path];
+}
+
+/**
+ * The format of a disk file by its first bytes: a snapshot turns a VM's raw work disk into a qcow2 overlay over
+ * the frozen file (see services/snapshot), so the format is read from the file, not assumed.
+ */
+export function diskFormat(path: string): 'qcow2' | 'raw' {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const magic = Buffer.alloc(4);
+    readSync(fd, magic, 0, 4, 0);
+    return magic.equals(Buffer.from([0x51, 0x46, 0x49, 0xfb])) ? 'qcow2' : 'raw';
+  } catch {
+    return 'raw';
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 /** Makes a sparse ext4 work disk of `sizeMib` at `path`. */

@@ -1,0 +1,42 @@
+import { z } from 'zod';
+import { VMM_NAMES, method } from './common.js';
+
+/** RPC methods of `banger vm snapshot` and `banger snapshot`: saved running VMs that new VMs start from. */
+
+export const snapshotInfoSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  /** The VM it was taken of (its name then; the VM may be gone since). */
+  sourceVm: z.string(),
+  vmm: z.enum(VMM_NAMES),
+  image: z.string(),
+  vcpus: z.number(),
+  memoryMib: z.number(),
+  diskSizeMib: z.number(),
+  createdAt: z.string(),
+  /** How long the source VM's CPUs were stopped while it was taken. */
+  pausedMs: z.number(),
+  /** Bytes the snapshot's own files take on the host (allocated blocks: device state and memory, frozen disk layers). */
+  hostBytes: z.number(),
+  dir: z.string(),
+  /** VMs whose disks are layered on this snapshot (the source VM and VMs restored from it). */
+  dependents: z.array(z.string()),
+});
+export type SnapshotInfo = z.infer<typeof snapshotInfoSchema>;
+
+export const snapshotRefSchema = z.object({ name: z.string().min(1) });
+
+export const snapshotCreateParamsSchema = z.object({
+  /** The running VM to snapshot. */
+  vm: z.string().min(1),
+  name: z.string().optional(),
+});
+export type SnapshotCreateParams = z.infer<typeof snapshotCreateParamsSchema>;
+
+export const SnapshotMethods = {
+  create: method('snapshot.create', snapshotCreateParamsSchema, snapshotInfoSchema),
+  list: method('snapshot.list', null, z.array(snapshotInfoSchema)),
+  show: method('snapshot.show', snapshotRefSchema, snapshotInfoSchema),
+  /** Refused (FailedPrecondition) while a VM's disks are layered on it. */
+  delete: method('snapshot.delete', snapshotRefSchema, z.object({ deleted: z.string() })),
+} as const;
