@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect as connectUnix } from 'node:net';
 import { join } from 'node:path';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { dnsName } from '../../../protocol/names.js';
@@ -89,6 +90,26 @@ export function identityScript(o: { name: string; machineId: string; seedHex: st
 }
 
 /**
+ * The resumed guest's agent is still in the saved connection (synced, between frames), so a new greeting would
+ * be read as a frame header and the daemon's hello would go unanswered for the hello timeout. A header whose
+ * length is over any cap makes the agent drop that connection and open its port afresh, as after a daemon
+ * restart; then the usual connect (with its retries) finds it ready.
+ */
+export async function resetAgentChannel(path: string, holdMs = 1000): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const s = connectUnix(path);
+    s.once('connect', () => {
+      s.write(Buffer.alloc(16, 0xff));
+      setTimeout(() => {
+        s.destroy();
+        resolve();
+      }, holdMs);
+    });
+    s.once('error', () => resolve());
+  });
+}
+
+/**
  * The steps of a restored VM's first start, in place of a boot: the saved accelerator, its network and seed,
  * the VMM resuming the saved state, then a new identity through the guest agent, then SSH with the new key.
  */
@@ -123,6 +144,7 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
       async run(b, d) {
         if (!b.live!.hasAgent)
           throw new BangerError(ErrorCode.FailedPrecondition, `the snapshot's guest has no agent: banger cannot give the restored VM its own identity`);
+        await resetAgentChannel(b.vp.agentSocket);
         const agent = await d.live.agent(b.vm, b.signal);
         const opts = { signal: b.signal, timeoutMs: 30_000 };
         await agent.setClock(Date.now(), opts);
