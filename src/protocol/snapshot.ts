@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { VMM_NAMES, method } from './common.js';
+import { VMM_NAMES, method, withProgress } from './common.js';
+import { vmInfoSchema } from './vm.js';
 
 /** RPC methods of `banger vm snapshot` and `banger snapshot`: saved running VMs that new VMs start from. */
 
@@ -33,10 +34,22 @@ export const snapshotCreateParamsSchema = z.object({
 });
 export type SnapshotCreateParams = z.infer<typeof snapshotCreateParamsSchema>;
 
+export const vmForkParamsSchema = z.object({
+  /** The running VM to copy. */
+  vm: z.string().min(1),
+  count: z.number().int().positive().max(16),
+  /** Forks are named PREFIX-1..N (default: the VM's name + '-fork'). */
+  name: z.string().optional(),
+  ...withProgress,
+});
+export type VmForkParams = z.infer<typeof vmForkParamsSchema>;
+
 export const SnapshotMethods = {
   create: method('snapshot.create', snapshotCreateParamsSchema, snapshotInfoSchema),
   list: method('snapshot.list', null, z.array(snapshotInfoSchema)),
   show: method('snapshot.show', snapshotRefSchema, snapshotInfoSchema),
   /** Refused (FailedPrecondition) while a VM's disks are layered on it. */
   delete: method('snapshot.delete', snapshotRefSchema, z.object({ deleted: z.string() })),
+  /** A snapshot of a running VM, then that many VMs restored from it, started. */
+  fork: method('vm.fork', vmForkParamsSchema, z.object({ snapshot: snapshotInfoSchema, vms: z.array(vmInfoSchema) })),
 } as const;

@@ -14,6 +14,7 @@ const SRC = 'e2e-snap-src';
 const A = 'e2e-snap-a';
 const B = 'e2e-snap-b';
 const SNAP = 'e2e-snap';
+const FORKS = ['e2e-fk-1', 'e2e-fk-2'];
 const { step, printConsolesIfFailed } = e2eSteps();
 
 interface VmJson {
@@ -49,9 +50,16 @@ async function probe(vm: string) {
 void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_700_000 }, () => {
   let snap: SnapJson;
 
-  before(async () => {
-    await banger(['vm', 'delete', '--force', A, B, SRC]);
+  /** Every VM and snapshot this suite makes, gone (each on its own: one missing must not stop the rest). */
+  const cleanup = async () => {
+    for (const vm of [A, B, ...FORKS, SRC]) await banger(['vm', 'delete', '--force', vm]);
+    const snaps = JSON.parse((await banger(['snapshot', 'list', '--json'])).stdout || '[]') as SnapJson[];
+    for (const s of snaps.filter((x) => x.name.startsWith('e2e-fk-'))) await banger(['snapshot', 'delete', s.name]);
     await banger(['snapshot', 'delete', SNAP]);
+  };
+
+  before(async () => {
+    await cleanup();
     await bangerOk(['vm', 'create', '--name', SRC, '--start', '--cpus', '1', '--memory', '768M'], 0, { timeoutMs: 900_000 });
     // Snapshots need the guest agent (it gives a restored VM its identity): wait until it answers.
     const deadline = Date.now() + 120_000;
@@ -64,8 +72,7 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
 
   after(async () => {
     printConsolesIfFailed();
-    await banger(['vm', 'delete', '--force', A, B, SRC]);
-    await banger(['snapshot', 'delete', SNAP]);
+    await cleanup();
   });
 
   step('vm snapshot saves a running VM; it keeps running with its file and process', async () => {
@@ -110,6 +117,25 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.deepEqual([...shown.dependents].sort(), [A, B, SRC].sort());
   });
 
+  step('vm fork: a second snapshot of the same VM, and two running copies of it now', async () => {
+    await guest(SRC, 'echo forked > /root/fork-marker && sync');
+    const r = JSON.parse((await bangerOk(['vm', 'fork', SRC, '--count', '2', '--name', 'e2e-fk', '--json'], 0, { timeoutMs: 900_000 })).stdout) as {
+      snapshot: SnapJson;
+      vms: VmJson[];
+    };
+    assert.deepEqual(r.vms.map((v) => v.name).sort(), FORKS);
+    for (const f of FORKS) {
+      const p = await probe(f);
+      assert.equal(p.hostname, f);
+      assert.equal(p.proc, 'proc-yes');
+      assert.equal(await guest(f, 'cat /root/fork-marker'), 'forked\n');
+    }
+    // The source ran on through both snapshots.
+    assert.equal(await guest(SRC, 'cat /root/fork-marker /root/after-snapshot'), 'forked\nlater\n');
+    const forkSnap = r.snapshot.name;
+    assert.equal((await banger(['snapshot', 'delete', forkSnap])).code, 67);
+  });
+
   step('vm run --from runs a command in a fresh restored VM and --rm removes it', async () => {
     const r = await bangerOk(['vm', 'run', '--from', SNAP, '--rm', '--', 'cat', '/root/marker'], 0, { timeoutMs: 600_000 });
     assert.equal(r.stdout, 'snapshot-me\n');
@@ -121,8 +147,12 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.match(refused.stderr, /in use/);
     assert.match(refused.stderr, /hint: .*banger vm delete/);
     assert.ok(existsSync(snap.dir));
-    const ids = await Promise.all([SRC, A, B].map(async (n) => (await show(n)).id));
-    await bangerOk(['vm', 'delete', '--force', A, B, SRC]);
+    const ids = await Promise.all([SRC, A, B, ...FORKS].map(async (n) => (await show(n)).id));
+    for (const vm of [A, B, ...FORKS, SRC]) await bangerOk(['vm', 'delete', '--force', vm]);
+    // The fork's snapshot is layered on the first (it was taken of a VM running on it): it goes first.
+    assert.equal((await banger(['snapshot', 'delete', SNAP])).code, 67);
+    const snaps = JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[];
+    for (const s of snaps.filter((x) => x.name.startsWith('e2e-fk-'))) await bangerOk(['snapshot', 'delete', s.name]);
     await bangerOk(['snapshot', 'delete', SNAP]);
     assert.equal(existsSync(snap.dir), false, 'the snapshot directory is gone');
     assert.deepEqual(readdirSync(join(E2E_HOME, 'snapshots')).filter((n) => n.includes(snap.id)), []);

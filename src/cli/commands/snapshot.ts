@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { SnapshotMethods, type SnapshotInfo } from '../../protocol/snapshot.js';
-import type { CliContext } from '../context.js';
+import { parseIntFlag, type CliContext } from '../context.js';
 import { out, table } from '../output.js';
 
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
@@ -36,6 +36,26 @@ export function registerVmSnapshot(vm: Command, ctx: CliContext): void {
       const s = await ctx.call(SnapshotMethods.create, { vm: name, ...(o.name ? { name: o.name } : {}) });
       if (o.json) out.json(s);
       else out.line(snapshotDetails(s));
+    });
+}
+
+/** `banger vm fork VM --count N`: registered under `vm`. */
+export function registerVmFork(vm: Command, ctx: CliContext): void {
+  vm.command('fork')
+    .description('start N running copies of a running VM now (a snapshot, then N VMs restored from it)')
+    .argument('<vm>', 'the running VM')
+    .requiredOption('--count <n>', 'how many copies (1-16)', (v) => parseIntFlag('--count', v))
+    .option('--name <prefix>', 'copies are named PREFIX-1..N (default: VM-fork)')
+    .option('--json', 'print the snapshot and the VMs as JSON')
+    .action(async (name: string, o: { count: number; name?: string; json?: boolean }) => {
+      const r = await ctx.call(
+        SnapshotMethods.fork,
+        { vm: name, count: o.count, ...(o.name ? { name: o.name } : {}) },
+        { json: o.json, progress: true },
+      );
+      if (o.json) return out.json(r);
+      out.line(`snapshot ${r.snapshot.name} (the VM was paused ${r.snapshot.pausedMs} ms)`);
+      for (const v of r.vms) out.line(`${v.name}  ${v.state}  ${v.network.hostAddress}:${v.network.sshPort}`);
     });
 }
 

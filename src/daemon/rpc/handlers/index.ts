@@ -52,7 +52,7 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry, attaches = ne
     ...daemonHandlers(d),
     ...imageHandlers(d.images),
     ...vmHandlers({ vms: d.vms, log: d.log, snapshotSource: (ref) => d.snapshots.source(ref) }),
-    ...snapshotHandlers(d.snapshots),
+    ...snapshotHandlers(d.snapshots, d.vms),
     ...execHandlers(d.vms, execs),
     ...statsHandlers(d.vms),
     ...sessionHandlers(d.sessions, attaches),

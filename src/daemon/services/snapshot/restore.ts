@@ -9,7 +9,8 @@ import type { VmPaths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import { generateEd25519 } from '../../guest/keys.js';
 import { shq } from '../../guest/shell.js';
-import { BOOT_STEPS, launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
+import { SshGuestSession } from '../../guest/ssh.js';
+import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
 import { writeHandles } from '../vm/handles.js';
 import { qcow2VirtualSize } from '../vm/settings.js';
@@ -114,7 +115,6 @@ export async function resetAgentChannel(path: string, holdMs = 1000): Promise<vo
  * the VMM resuming the saved state, then a new identity through the guest agent, then SSH with the new key.
  */
 export function restoreSteps(marker: RestoreMarker): BootStep[] {
-  const connectSsh = BOOT_STEPS.find((s) => s.name === 'connect ssh')!;
   return [
     {
       name: 'choose accelerator',
@@ -161,6 +161,21 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
         await rm(join(b.vp.dir, VM_RESTORE_FILE), { force: true });
       },
     },
-    connectSsh,
+    {
+      name: 'connect ssh',
+      async run(b, d) {
+        // As the boot's step, but each attempt may take longer: a resumed guest under a loaded host was seen to
+        // take more than the boot's 5 s per handshake, and every attempt that gives up just before it completes
+        // starts over.
+        const live = b.live!;
+        const session = await SshGuestSession.waitFor(d.live.sshTarget(b.vm, b.hostPublicKey!), {
+          deadlineMs: Math.max(10_000, b.deadline - Date.now()),
+          attemptTimeoutMs: 30_000,
+          signal: b.signal,
+          stillBooting: async () => d.live.get(b.vm.id) === live && (await b.driver.isAlive(live.handle, b.vm.id)),
+        });
+        d.live.useSession(live, session);
+      },
+    },
   ];
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { BangerError, ErrorCode, alreadyExists, failedPrecondition, notFound } from '../../../errors/index.js';
 import type { SnapshotInfo } from '../../../protocol/snapshot.js';
 import type { CommandRunner } from '../../../shared/command.js';
@@ -9,7 +9,7 @@ import type { Paths } from '../../../shared/paths.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import type { ImageService, ReadyImage } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
-import { asNoSpace, diskFormat, ensureFreeSpace, fileUse } from '../vm/disks.js';
+import { ACTIVE_DISKS_FILE, activeDisks, asNoSpace, diskFormat, ensureFreeSpace, fileUse } from '../vm/disks.js';
 import { validateVmName } from '../vm/names.js';
 import type { RunningVm } from '../vm/service.js';
 import type { RestoreSource } from './restore.js';
@@ -97,17 +97,19 @@ export class SnapshotService {
     // Memory in full, plus headroom: the state stream is at most the guest's RAM and its devices.
     const needed = (vm.memoryMib + 64) * MIB;
     const what = `snapshot VM '${vm.name}'`;
-    const next = { root: join(vp.dir, 'root.next.qcow2'), work: join(vp.dir, 'work.next.qcow2') };
-    const workFormat = diskFormat(vp.workDisk);
+    // New names, never a path used before: QEMU reopens the frozen files by the names it opened them with.
+    const cur = activeDisks(vp);
+    const next = { root: join(vp.dir, `root-${id}.qcow2`), work: join(vp.dir, `work-${id}.qcow2`) };
+    const workFormat = diskFormat(cur.work);
     let switched = false;
     try {
       await mkdir(partial, { recursive: true, mode: 0o700 });
       await ensureFreeSpace(partial, needed, what);
       // The disks' current files become the snapshot's (hard links: no copy); the VM moves onto new overlays.
-      await link(vp.rootDisk, join(partial, SNAPSHOT_FILES.root));
-      await link(vp.workDisk, join(partial, SNAPSHOT_FILES.work));
-      const rootSize = virtualSize(vp.rootDisk, (await stat(vp.rootDisk)).size);
-      const workSize = virtualSize(vp.workDisk, (await stat(vp.workDisk)).size);
+      await link(cur.root, join(partial, SNAPSHOT_FILES.root));
+      await link(cur.work, join(partial, SNAPSHOT_FILES.work));
+      const rootSize = virtualSize(cur.root, (await stat(cur.root)).size);
+      const workSize = virtualSize(cur.work, (await stat(cur.work)).size);
       // -u: the backing path is where the snapshot will be once whole (it is .partial until then).
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.root), '-F', 'qcow2', next.root, String(rootSize)], { signal });
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.work), '-F', workFormat, next.work, String(workSize)], { signal });
@@ -138,12 +140,11 @@ export class SnapshotService {
         createdAt: (this.d.now ?? (() => new Date()))().toISOString(),
         pausedMs,
       };
+      // The VM's disks are now the overlays (its next start opens them); the old files are the snapshot's too.
+      await writeJson(join(vp.dir, ACTIVE_DISKS_FILE), { root: basename(next.root), work: basename(next.work) });
       await writeJson(join(partial, SNAPSHOT_FILES.record), rec);
       await rename(partial, final);
-      // The VM's disks are now the overlays; its old files live on only as the snapshot's.
       await addVmSnapshotIds(vp.dir, [id]);
-      await rename(next.root, vp.rootDisk);
-      await rename(next.work, vp.workDisk);
       this.d.log.info({ vm: vm.name, snapshot: name, pausedMs }, 'snapshot taken');
       return rec;
     } catch (e) {

@@ -12,7 +12,7 @@ import type { TapAttachment } from '../network/tap.js';
 import type { AccelChoice } from '../../../protocol/common.js';
 import { USER_NET, isPortFree, pickFreePort } from './addresses.js';
 import { ConsoleSilent, capConsoleLog, waitForConsoleLine, withConsoleTail } from './console.js';
-import { diskFormat } from './disks.js';
+import { activeDisks, diskFormat } from './disks.js';
 import { writeHandles } from './handles.js';
 import { newLiveVm, type LiveVm, type LiveVms } from './live.js';
 import { buildSeedTar } from './seed.js';
@@ -260,6 +260,7 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
   const { vm, vp, image, driver } = b;
   const qcow2 = driver.features.has('qcow2');
   const tapName = b.net?.tapName;
+  const disks = activeDisks(vp);
   if (!b.accel) throw new BangerError(ErrorCode.Internal, 'launch before the accelerator was chosen');
   return {
     vmId: vm.id,
@@ -271,8 +272,8 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
     initrdPath: image.initrdPath,
     kernelCmdline,
     disks: [
-      { id: 'root', path: qcow2 ? vp.rootDisk : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
-      { id: 'work', path: vp.workDisk, format: diskFormat(vp.workDisk), readOnly: false },
+      { id: 'root', path: qcow2 ? disks.root : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
+      { id: 'work', path: disks.work, format: diskFormat(disks.work), readOnly: false },
       { id: 'seed', path: vp.seedDisk, format: 'raw', readOnly: true },
     ],
     network: tapName
