@@ -17,6 +17,7 @@ import { ImageService } from './services/image/service.js';
 import { imageBuilder } from './services/image/builder.js';
 import type { ImageBuilder } from './services/image/service.js';
 import { VmService } from './services/vm/service.js';
+import { SnapshotService } from './services/snapshot/service.js';
 import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
@@ -189,6 +190,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     log: log.child({ service: 'workspace' }),
   });
   const sessions = new SessionService({ vms, log: log.child({ service: 'session' }) });
+  const snapshots = new SnapshotService({ paths, vms, images, run: runCommand, log: log.child({ service: 'snapshot' }) });
   const doctor = new DoctorService({
     paths,
     drivers,
@@ -203,6 +205,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
 
   await images.reconcile();
   await vms.reconcile();
+  await snapshots.reconcile();
   await hostViews.sync();
 
   const execs = new ExecRegistry();
@@ -213,6 +216,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     handlers: buildHandlers(
       {
         vms,
+        snapshots,
         workspaces,
         sessions,
         images,

@@ -5,6 +5,7 @@ import { NetworkMethods } from './network.js';
 import { VmMethods } from './vm.js';
 import { WorkspaceMethods } from './workspace.js';
 import { SessionMethods, StatsMethods } from './session.js';
+import { SnapshotMethods } from './snapshot.js';
 import type { RpcMethod } from './common.js';
 
 /** Every RPC method of the daemon; the daemon serves exactly these (one handler each). */
@@ -18,4 +19,5 @@ export const ALL_METHODS: readonly RpcMethod<any, any>[] = [ // eslint-disable-l
   ...Object.values(DnsMethods),
   ...Object.values(StatsMethods),
   ...Object.values(SessionMethods),
+  ...Object.values(SnapshotMethods),
 ];

@@ -107,6 +107,8 @@ export const vmCreateParamsSchema = z.object({
   rm: z.boolean().optional(),
   /** false: do not start the guest agent (commands, no sessions or stats, go over SSH). Default true. */
   agent: z.boolean().optional(),
+  /** Restore a snapshot (name or id): its memory, processes and disks, with the new VM's own identity. */
+  from: z.string().min(1).optional(),
   ...syncOptions,
   ...withProgress,
 });

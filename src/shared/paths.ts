@@ -88,6 +88,13 @@ export class Paths {
   get cacheDir(): string {
     return join(this.root, 'cache');
   }
+  /** Saved running VMs (`banger vm snapshot`): one directory each, named by id. */
+  get snapshotsDir(): string {
+    return join(this.root, 'snapshots');
+  }
+  snapshotDir(snapshotId: string): string {
+    return join(this.snapshotsDir, snapshotId);
+  }
   get vmsDir(): string {
     return join(this.root, 'vms');
   }

@@ -14,6 +14,7 @@ export const COMMANDS: readonly [names: string[], load: () => Promise<CommandMod
   [['daemon'], () => import('./daemon/index.js')],
   [['doctor'], () => import('./doctor.js')],
   [['dns'], () => import('./dns.js')],
+  [['snapshot'], () => import('./snapshot.js')],
   [['network'], () => import('./network.js')],
   [['ssh-config'], () => import('./ssh-config.js')],
   [['completion'], () => import('./completion.js')],

@@ -72,6 +72,11 @@ export interface LaunchSpec {
   controlSocketPath: string;
   /** Optional host<->guest channel (virtio-serial or vsock), a unix socket path on the host. */
   channelSocketPath?: string;
+  /**
+   * Resume a saved guest instead of booting the kernel: the device state and memory written by
+   * `snapshots.save`. The spec's machine (vCPUs, memory, disks, devices) must be the saved one's.
+   */
+  incomingStatePath?: string;
 }
 
 /**
@@ -106,6 +111,23 @@ export interface PortForward {
 export interface PortForwarding {
   addForward(handle: VmHandle, f: PortForward, signal?: AbortSignal): Promise<void>;
   removeForward(handle: VmHandle, f: PortForward, signal?: AbortSignal): Promise<void>;
+}
+
+/** Capability: saving a running guest (memory, device state, a point-in-time of its disks) and resuming it. */
+export interface VmmSnapshots {
+  /**
+   * Stops the guest's CPUs; switches each listed disk onto `overlayPath` (an existing qcow2 file whose backing
+   * is the disk's current file, which from then on is never written again); writes device state and memory to
+   * `statePath`; resumes the guest. Resolves with how long the CPUs were stopped. On failure the guest is
+   * resumed where it can be.
+   */
+  save(
+    handle: VmHandle,
+    o: { disks: { id: string; overlayPath: string }[]; statePath: string },
+    signal?: AbortSignal,
+  ): Promise<{ pausedMs: number }>;
+  /** Resolves once a VM launched with `incomingStatePath` has loaded it and its CPUs run. */
+  waitRestored(handle: VmHandle, deadline: number, signal?: AbortSignal): Promise<void>;
 }
 
 /** Calls a driver makes while it launches a VM. */
@@ -165,6 +187,9 @@ export interface VmmDriver {
 
   /** Present when the driver can change port forwards at runtime (QEMU user networking). */
   readonly portForwarding?: PortForwarding;
+
+  /** Present when the driver can save a running guest and resume it in a new VM (QEMU). */
+  readonly snapshots?: VmmSnapshots;
 }
 
 /** Drivers by name, built once in daemon/daemon.ts. */

@@ -10,6 +10,7 @@ import * as set from './set.js';
 import * as stats from './stats.js';
 import * as sync from './sync.js';
 import * as workspace from './workspace.js';
+import { registerVmFork, registerVmSnapshot } from '../snapshot.js';
 
 export function register(program: Command, ctx: CliContext): void {
   const vm = program.command('vm').description('create, run and manage microVMs');
@@ -23,5 +24,7 @@ export function register(program: Command, ctx: CliContext): void {
   session.register(vm, ctx);
   stats.register(vm, ctx);
   sync.register(vm, ctx);
+  registerVmSnapshot(vm, ctx);
+  registerVmFork(vm, ctx);
   inspect.registerList(program.command('ps').description('list VMs (same as `banger vm list`)'), ctx);
 }

@@ -55,7 +55,8 @@ Examples:
   banger vm run -- uname -a                 boot a VM from the default image and run uname
   banger vm run --name dev --cpus 2         boot 'dev' and open a shell in it
   banger vm run --rm -- make test           run, then delete the VM
-  banger vm run ./myproject -- make test    import ./myproject into /root/myproject and run make there`,
+  banger vm run ./myproject -- make test    import ./myproject into /root/myproject and run make there
+  banger vm run --from warm -- make test    resume snapshot 'warm' (banger vm snapshot) in a new VM, run there`,
     )
     .action(async (operands: string[], o: RunFlags) => {
       const { repo, command } = splitRepo(operands, process.argv);

@@ -19,12 +19,15 @@ import { statsHandlers } from './stats.js';
 import { AttachRegistry, sessionHandlers } from './session.js';
 import type { SessionService } from '../../services/session/service.js';
 import { vmHandlers } from './vm.js';
+import { snapshotHandlers } from './snapshot.js';
+import type { SnapshotService } from '../../services/snapshot/service.js';
 import { workspaceHandlers } from './workspace.js';
 
 export { AttachRegistry, ExecRegistry };
 
 export interface HandlerDeps {
   vms: VmService;
+  snapshots: SnapshotService;
   workspaces: WorkspaceService;
   sessions: SessionService;
   images: ImageService;
@@ -48,7 +51,8 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry, attaches = ne
   return [
     ...daemonHandlers(d),
     ...imageHandlers(d.images),
-    ...vmHandlers({ vms: d.vms, log: d.log }),
+    ...vmHandlers({ vms: d.vms, log: d.log, snapshotSource: (ref) => d.snapshots.source(ref) }),
+    ...snapshotHandlers(d.snapshots, d.vms),
     ...execHandlers(d.vms, execs),
     ...statsHandlers(d.vms),
     ...sessionHandlers(d.sessions, attaches),

@@ -1,12 +1,23 @@
-import { ErrorCode, cancelled, isBangerError } from '../../../errors/index.js';
+import { ErrorCode, cancelled, failedPrecondition, isBangerError } from '../../../errors/index.js';
 import { VmMethods, type VmCreateParams, type VmInfo } from '../../../protocol/vm.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { VmService } from '../../services/vm/service.js';
+import type { VmCreateOptions, VmService } from '../../services/vm/service.js';
+import type { RestoreSource } from '../../services/snapshot/restore.js';
 import { capText, handler, type CallContext, type Handler } from '../server.js';
 
 export interface VmHandlerDeps {
   vms: VmService;
   log: Logger;
+  /** Resolves `vm.create`'s `from` (a snapshot name or id) into what the VM is restored from. */
+  snapshotSource?: (ref: string) => Promise<RestoreSource>;
+}
+
+/** vm.create's params with `from` resolved to the snapshot it names. */
+async function createOptions(d: VmHandlerDeps, p: VmCreateParams): Promise<VmCreateOptions> {
+  const { from, ...rest } = p;
+  if (from === undefined) return rest;
+  if (!d.snapshotSource) throw failedPrecondition('snapshots are not available in this daemon');
+  return { ...rest, restore: await d.snapshotSource(from) };
 }
 
 /**
@@ -15,7 +26,7 @@ export interface VmHandlerDeps {
  * dies (killed, Ctrl-C twice, lost terminal) leaves nothing behind.
  */
 async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext): Promise<VmInfo> {
-  const created = await d.vms.create(p, ctx.progress, ctx.signal);
+  const created = await d.vms.create(await createOptions(d, p), ctx.progress, ctx.signal);
   let removal: Promise<void> | undefined;
   const remove = () =>
     (removal ??= d.vms.delete(created.name, { force: true }).then(
@@ -43,7 +54,7 @@ export function vmHandlers(d: VmHandlerDeps): Handler[] {
   return [
     handler(VmMethods.create, async (p, ctx) => {
       if (p.rm) return createOwned(d, p, ctx);
-      const created = await vms.create(p, ctx.progress, ctx.signal);
+      const created = await vms.create(await createOptions(d, p), ctx.progress, ctx.signal);
       return p.start ? vms.start(created.name, ctx.progress, ctx.signal, p) : created;
     }),
     handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal, p)),

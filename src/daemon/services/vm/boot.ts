@@ -12,6 +12,7 @@ import type { TapAttachment } from '../network/tap.js';
 import type { AccelChoice } from '../../../protocol/common.js';
 import { USER_NET, isPortFree, pickFreePort } from './addresses.js';
 import { ConsoleSilent, capConsoleLog, waitForConsoleLine, withConsoleTail } from './console.js';
+import { activeDisks, diskFormat } from './disks.js';
 import { writeHandles } from './handles.js';
 import { newLiveVm, type LiveVm, type LiveVms } from './live.js';
 import { buildSeedTar } from './seed.js';
@@ -73,6 +74,8 @@ export interface Boot {
   hostPublicKey?: string;
   /** Sync the invoking user's identity (read from `home`, else the daemon's user's); undefined: `--no-sync`. */
   sync?: { home?: string };
+  /** Resume this saved state instead of booting (a VM restored from a snapshot). */
+  incomingStatePath?: string;
 }
 
 /** A named step of a boot; the names are the progress labels, in this order. */
@@ -82,7 +85,7 @@ export interface BootStep {
 }
 
 /** The guest's network as the seed tells it: user networking's fixed addresses, or the VM's tap. */
-const network: BootStep = {
+export const network: BootStep = {
   name: 'network',
   async run(b, d) {
     if (b.vm.networkMode === 'tap') {
@@ -101,7 +104,7 @@ const network: BootStep = {
 };
 
 /** The seed disk (hostname, network, keys) and an empty console log; written again for a relaunch. */
-const writeSeed: BootStep = {
+export const writeSeed: BootStep = {
   name: 'write seed',
   async run(b, d) {
     const read = (path: string) =>
@@ -129,7 +132,7 @@ const writeSeed: BootStep = {
 };
 
 /** Starts the VMM for `b` and records it: the launch step, and the relaunch of a guest that stalled. */
-async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
+export async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
   const spec = launchSpec(b, d.kernelCmdline(b.vm));
   // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
   // during the wait leaves a handle that the next start adopts or ends, never an unknown QEMU.
@@ -257,6 +260,7 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
   const { vm, vp, image, driver } = b;
   const qcow2 = driver.features.has('qcow2');
   const tapName = b.net?.tapName;
+  const disks = activeDisks(vp);
   if (!b.accel) throw new BangerError(ErrorCode.Internal, 'launch before the accelerator was chosen');
   return {
     vmId: vm.id,
@@ -268,8 +272,8 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
     initrdPath: image.initrdPath,
     kernelCmdline,
     disks: [
-      { id: 'root', path: qcow2 ? vp.rootDisk : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
-      { id: 'work', path: vp.workDisk, format: 'raw', readOnly: false },
+      { id: 'root', path: qcow2 ? disks.root : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
+      { id: 'work', path: disks.work, format: diskFormat(disks.work), readOnly: false },
       { id: 'seed', path: vp.seedDisk, format: 'raw', readOnly: true },
     ],
     network: tapName
@@ -284,5 +288,6 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
       : driver.features.has('vsock')
         ? vp.vsockSocket
         : undefined,
+    ...(b.incomingStatePath !== undefined ? { incomingStatePath: b.incomingStatePath } : {}),
   };
 }

@@ -1,4 +1,5 @@
-import { statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { statfs } from 'node:fs/promises';
 import { BangerError, ErrorCode, invalidArgument, isBangerError } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
@@ -32,6 +33,44 @@ export function checkMachineSizes(s: { cpus?: number; memoryMib?: number; diskSi
  */
 export function workDiskMkfsArgs(path: string): string[] {
   return ['-q', '-F', '-L', 'work', '-E', 'root_owner=0:0,lazy_itable_init=0,lazy_journal_init=1', path];
+}
+
+/** The file in a VM's directory naming its current root and work disk files, once a snapshot moved them. */
+export const ACTIVE_DISKS_FILE = 'disks.json';
+
+/**
+ * The files a VM's root and work disks are now: `root.qcow2` and `work.ext4` until a snapshot puts the VM onto
+ * new overlays (`root-<snapshot>.qcow2`...), named in disks.json. A disk file's path is never reused for another
+ * file: QEMU reopens a backing file by the name it opened it with.
+ */
+export function activeDisks(vp: { dir: string; rootDisk: string; workDisk: string }): { root: string; work: string } {
+  try {
+    const j = JSON.parse(readFileSync(join(vp.dir, ACTIVE_DISKS_FILE), 'utf8')) as { root?: string; work?: string };
+    return {
+      root: j.root ? join(vp.dir, j.root) : vp.rootDisk,
+      work: j.work ? join(vp.dir, j.work) : vp.workDisk,
+    };
+  } catch {
+    return { root: vp.rootDisk, work: vp.workDisk };
+  }
+}
+
+/**
+ * The format of a disk file by its first bytes: a snapshot turns a VM's raw work disk into a qcow2 overlay over
+ * the frozen file (see services/snapshot), so the format is read from the file, not assumed.
+ */
+export function diskFormat(path: string): 'qcow2' | 'raw' {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const magic = Buffer.alloc(4);
+    readSync(fd, magic, 0, 4, 0);
+    return magic.equals(Buffer.from([0x51, 0x46, 0x49, 0xfb])) ? 'qcow2' : 'raw';
+  } catch {
+    return 'raw';
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 /** Makes a sparse ext4 work disk of `sizeMib` at `path`. */

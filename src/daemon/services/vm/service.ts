@@ -7,6 +7,7 @@ import {
   ErrorCode,
   alreadyExists,
   failedPrecondition,
+  invalidArgument,
   notFound,
   toBangerError,
 } from '../../../errors/index.js';
@@ -14,7 +15,7 @@ import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/co
 import type { VmCreateParams, VmInfo, VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
 import type { VmStats } from '../../../protocol/session.js';
 import { dnsName } from '../../../protocol/names.js';
-import type { Paths } from '../../../shared/paths.js';
+import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { shJoin, shq } from '../../guest/shell.js';
@@ -22,7 +23,10 @@ import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
-import type { DriverRegistry, VmmDriver, VmmName } from '../../vmm/driver.js';
+import type { DriverRegistry, VmHandle, VmmDriver, VmmName } from '../../vmm/driver.js';
+import { makeRestoredFiles, restoreSteps, type RestoreSource } from '../snapshot/restore.js';
+import { VM_RESTORE_FILE, readJson, type RestoreMarker } from '../snapshot/store.js';
+import { join } from 'node:path';
 import type { ImageService, ReadyImage } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
 import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
@@ -105,8 +109,19 @@ export interface StartOptions {
   home?: string;
 }
 
-/** What vm.create takes, minus the RPC plumbing. */
-export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home'>;
+/** What vm.create takes, minus the RPC plumbing; `restore`: the snapshot `from` names, resolved. */
+export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home' | 'from'> & {
+  restore?: RestoreSource;
+};
+
+/** A running VM as the snapshot service sees it, under its lifecycle lock. */
+export interface RunningVm {
+  vm: VmRecord;
+  vp: VmPaths;
+  handle: VmHandle;
+  driver: VmmDriver;
+  hasAgent: boolean;
+}
 
 export interface VmExecStreams {
   stdin?: Readable;
@@ -233,18 +248,24 @@ export class VmService {
 
   async create(opts: VmCreateOptions, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
     if (opts.name !== undefined) validateVmName(opts.name);
-    const cpus = opts.cpus ?? VM_DEFAULTS.cpus;
-    const memoryMib = opts.memoryMib ?? VM_DEFAULTS.memoryMib;
-    const diskSizeMib = opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
+    const snap = opts.restore?.snapshot;
+    if (snap && (opts.cpus !== undefined || opts.memoryMib !== undefined || opts.diskSizeMib !== undefined || opts.image !== undefined))
+      throw invalidArgument('a VM made from a snapshot has the snapshot\'s image, CPUs, memory and disk size', 'drop --image, --cpus, --memory and --disk-size');
+    if (snap && opts.network === 'tap') throw invalidArgument('a VM made from a snapshot uses loopback networking', 'drop --network tap');
+    const cpus = snap?.vcpus ?? opts.cpus ?? VM_DEFAULTS.cpus;
+    const memoryMib = snap?.memoryMib ?? opts.memoryMib ?? VM_DEFAULTS.memoryMib;
+    const diskSizeMib = snap?.diskSizeMib ?? opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
     checkMachineSizes({ cpus, memoryMib, diskSizeMib });
 
-    const networkMode = opts.network ?? this.d.defaultNetwork;
+    const networkMode = snap ? 'loopback' : (opts.network ?? this.d.defaultNetwork);
     if (networkMode === 'tap') {
       const sup = await this.d.tap.supported(signal);
       if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
     }
-    const image = await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
-    const vmmName = await this.chooseVmm(opts.vmm ?? 'auto', image, signal);
+    const image = snap ? this.d.images.byIdReady(snap.imageId) : await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
+    if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
+      throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
+    const vmmName = snap ? snap.vmm : await this.chooseVmm(opts.vmm ?? 'auto', image, signal);
     const driver = this.driver(vmmName);
 
     const record = await this.createLock.run('names', async () => {
@@ -253,7 +274,8 @@ export class VmService {
         throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
       const id = randomBytes(6).toString('hex');
       const now = this.now().toISOString();
-      const mac = randomMac();
+      // A restored guest's NIC keeps the snapshot's MAC (its saved device state carries it).
+      const mac = snap?.mac ?? randomMac();
       let endpoint: { hostAddress: string; sshPort: number; guestAddress: string };
       if (networkMode === 'tap') {
         // The tap and the guest's address exist from create on: the address is the VM's, like a name.
@@ -278,19 +300,19 @@ export class VmService {
         memoryMib,
         diskSizeMib,
         vmm: vmmName,
-        accelChoice: opts.accel ?? 'auto',
+        accelChoice: snap ? snap.accel : (opts.accel ?? 'auto'),
         accel: null,
         networkMode,
         ...endpoint,
-        egress: opts.egress ?? false,
+        egress: snap?.egress ?? opts.egress ?? false,
         mac,
         dir: this.d.paths.vmDir(id),
         lastError: null,
         createdAt: now,
         startedAt: null,
         updatedAt: now,
-        workspace: null,
-        agent: opts.agent ?? true,
+        workspace: snap?.workspace ?? null,
+        agent: snap?.agent ?? opts.agent ?? true,
         synced: null,
       };
       this.d.vms.insert(rec);
@@ -300,10 +322,12 @@ export class VmService {
     return this.lifecycle.run(record.id, async () => {
       const vp = this.d.paths.vm(record.id);
       try {
-        await makeVmFiles(
-          { vp, name: record.name, rootfsPath: image.rootfsPath, diskSizeMib, driver, run: this.d.run, progress },
-          signal,
-        );
+        if (opts.restore) await makeRestoredFiles(vp, opts.restore, this.d.run, record.name, signal);
+        else
+          await makeVmFiles(
+            { vp, name: record.name, rootfsPath: image.rootfsPath, diskSizeMib, driver, run: this.d.run, progress },
+            signal,
+          );
         this.d.log.info({ vm: record.name, id: record.id, image: image.name, vmm: vmmName }, 'vm created');
         this.d.onVmsChanged?.();
         return this.info(this.d.vms.byId(record.id)!);
@@ -329,6 +353,8 @@ export class VmService {
     const driver = this.driver(vm.vmm);
     // A full host disk is said before anything changes: the VM stays as it was.
     await ensureFreeSpace(vm.dir, SPACE_NEEDED.start, `start VM '${vm.name}'`);
+    // A VM made from a snapshot resumes the saved state at its first start instead of booting.
+    const restore = await readJson<RestoreMarker>(join(this.d.paths.vm(id).dir, VM_RESTORE_FILE));
     vm = this.d.vms.update(id, { state: 'starting', lastError: null });
     const boot = {
       vm,
@@ -338,7 +364,7 @@ export class VmService {
       signal,
       progress,
       deadline: Date.now() + (this.d.bootTimeoutMs ?? 180_000),
-      sync: opts.sync === false ? undefined : { home: opts.home },
+      sync: opts.sync === false || restore ? undefined : { home: opts.home },
     };
     try {
       await runBoot(boot, {
@@ -354,7 +380,7 @@ export class VmService {
         silentConsoleMs: this.d.silentConsoleMs,
         identity: this.d.identity,
         log: this.d.log,
-      });
+      }, restore ? restoreSteps(restore) : undefined);
       vm = this.d.vms.update(id, { state: 'running' });
       const live = this.live.get(id)!;
       this.forwarder.start(vm, live);
@@ -557,6 +583,20 @@ export class VmService {
   async runningUnderLock(name: string, signal?: AbortSignal): Promise<VmRecord> {
     const vm = this.get(name);
     return this.lifecycle.run(vm.id, async () => this.requireRunning(this.d.vms.byId(vm.id) ?? vm), signal);
+  }
+
+  /** Runs `fn` on the running VM `name` under its lifecycle lock (the snapshot service's way in). */
+  async withRunning<T>(name: string, fn: (r: RunningVm) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const vm0 = this.get(name);
+    return this.lifecycle.run(vm0.id, async () => {
+      const vm = this.requireRunning(this.d.vms.byId(vm0.id) ?? vm0);
+      const live = this.live.get(vm.id)!;
+      return fn({ vm, vp: this.d.paths.vm(vm.id), handle: live.handle, driver: live.driver, hasAgent: live.hasAgent });
+    }, signal);
+  }
+
+  records(): VmRecord[] {
+    return this.d.vms.list();
   }
 
   private requireRunning(vm: VmRecord): VmRecord {

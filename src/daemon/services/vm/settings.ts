@@ -4,7 +4,7 @@ import type { VmInfo } from '../../../protocol/vm.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import type { VmRecord } from '../../store/repos/vms.js';
-import { SPACE_NEEDED, asNoSpace, checkMachineSizes, ensureFreeSpace, fileUse, growWorkDisk, type FreeSpace } from './disks.js';
+import { SPACE_NEEDED, activeDisks, asNoSpace, checkMachineSizes, ensureFreeSpace, diskFormat, fileUse, growWorkDisk, type FreeSpace } from './disks.js';
 
 /** What `vm set` may change. */
 export interface VmSettingsChange {
@@ -43,6 +43,11 @@ export async function applyVmSettings(
         `the work disk of VM '${vm.name}' can only grow while the VM is stopped`,
         `stop it first: \`banger vm stop ${vm.name}\`, then \`banger vm set ${vm.name} --disk-size ${disk}M\` and start it again`,
       );
+    if (diskFormat(activeDisks(d.vp).work) === 'qcow2')
+      throw failedPrecondition(
+        `the work disk of VM '${vm.name}' is layered on a snapshot and cannot grow`,
+        `make a VM with a larger --disk-size and move the data, or keep its size`,
+      );
     const what = `grow the work disk of VM '${vm.name}'`;
     // Growing writes filesystem metadata (block group descriptors, bitmaps): about what creating does.
     const needed = SPACE_NEEDED.create(disk);
@@ -60,11 +65,19 @@ export async function applyVmSettings(
 /** The VM's disks as `vm show` reports them: the size the guest sees and what each costs the host. */
 export function vmDisks(vp: VmPaths, qcow2: boolean): VmInfo['disks'] {
   const disks: VmInfo['disks'] = [];
-  const rootPath = qcow2 ? vp.rootDisk : vp.rootDiskRaw;
+  const active = activeDisks(vp);
+  const rootPath = qcow2 ? active.root : vp.rootDiskRaw;
   const root = fileUse(rootPath);
   if (root) disks.push({ id: 'root', path: rootPath, virtualBytes: (qcow2 ? qcow2VirtualSize(rootPath) : null) ?? root.sizeBytes, hostBytes: root.hostBytes });
-  const work = fileUse(vp.workDisk);
-  if (work) disks.push({ id: 'work', path: vp.workDisk, virtualBytes: work.sizeBytes, hostBytes: work.hostBytes });
+  const work = fileUse(active.work);
+  const workQcow2 = diskFormat(active.work) === 'qcow2';
+  if (work)
+    disks.push({
+      id: 'work',
+      path: active.work,
+      virtualBytes: (workQcow2 ? qcow2VirtualSize(active.work) : null) ?? work.sizeBytes,
+      hostBytes: work.hostBytes,
+    });
   return disks;
 }
 

@@ -18,6 +18,20 @@ export interface QemuArgvOptions {
   incoming?: string;
 }
 
+/** The `-incoming` value that loads a saved state file (QEMU 7.2 has no `file:` transport: `exec:` runs sh). */
+export function incomingFromFile(path: string): string {
+  return `exec:cat ${shellQuote(path)}`;
+}
+
+/** The `migrate` URI that writes a state file. */
+export function outgoingToFile(path: string): string {
+  return `exec:cat > ${shellQuote(path)}`;
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
 /** The `-name` value; it carries the VM id so a process can be told apart from a reused pid by its argv. */
 export function qemuNameOption(vmId: string): string {
   return `guest=banger-${vmId},process=banger-${vmId}`;
@@ -147,6 +161,7 @@ export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[]
       'virtserialport,chardev=ch0,name=banger.0',
     );
   }
-  if (opts.incoming !== undefined) argv.push('-incoming', opts.incoming);
+  const incoming = opts.incoming ?? (spec.incomingStatePath !== undefined ? incomingFromFile(spec.incomingStatePath) : undefined);
+  if (incoming !== undefined) argv.push('-incoming', incoming);
   return argv;
 }

@@ -17,6 +17,7 @@ import type {
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { qemuArgv, qemuNameOption } from './argv.js';
 import { QmpClient } from './qmp.js';
+import { qemuSnapshots } from './snapshots.js';
 
 /** The slice of a pino logger the driver uses. */
 export interface VmmLog {
@@ -308,6 +309,8 @@ export class QemuDriver implements VmmDriver {
     addForward: (h, f, signal) => this.hmp(h, `hostfwd_add n0 tcp:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`, signal),
     removeForward: (h, f, signal) => this.hmp(h, `hostfwd_remove n0 tcp:${f.hostAddress}:${f.hostPort}`, signal),
   };
+
+  readonly snapshots = qemuSnapshots();
 
   /** Runs a human-monitor command; HMP reports failures as text, which becomes an error here. */
   private async hmp(handle: VmHandle, commandLine: string, signal?: AbortSignal): Promise<void> {

@@ -1,0 +1,98 @@
+import type { Command } from 'commander';
+import { SnapshotMethods, type SnapshotInfo } from '../../protocol/snapshot.js';
+import { parseIntFlag, type CliContext } from '../context.js';
+import { out, table } from '../output.js';
+
+const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+
+export function snapshotDetails(s: SnapshotInfo): string {
+  return [
+    `Name:       ${s.name}`,
+    `ID:         ${s.id}`,
+    `Source VM:  ${s.sourceVm}`,
+    `Image:      ${s.image} (${s.vmm})`,
+    `Machine:    ${s.vcpus} vCPU, ${s.memoryMib} MiB memory, ${s.diskSizeMib} MiB work disk`,
+    `Created:    ${s.createdAt} (the VM was paused ${s.pausedMs} ms)`,
+    `Host disk:  ${mib(s.hostBytes)} (device state, memory, frozen disk layers)`,
+    `Used by:    ${s.dependents.length > 0 ? s.dependents.join(', ') : '-'}`,
+    `Directory:  ${s.dir}`,
+  ].join('\n');
+}
+
+/** `banger vm snapshot VM`: registered under `vm`. */
+export function registerVmSnapshot(vm: Command, ctx: CliContext): void {
+  vm.command('snapshot')
+    .description('save a running VM (memory, processes, disks) as a snapshot; the VM keeps running')
+    .argument('<vm>', 'the running VM')
+    .option('--name <name>', 'snapshot name (default: VM-N)')
+    .option('--json', 'print the snapshot as JSON')
+    .addHelpText(
+      'after',
+      '\nThe VM is paused while its memory is written (about a second per few hundred MiB in use), then resumes.\n' +
+        'Its disks are not copied: their current files are frozen and the VM continues on copy-on-write layers.\n' +
+        'Start copies with `banger vm run --from SNAP` or `banger vm create --from SNAP`.',
+    )
+    .action(async (name: string, o: { name?: string; json?: boolean }) => {
+      const s = await ctx.call(SnapshotMethods.create, { vm: name, ...(o.name ? { name: o.name } : {}) });
+      if (o.json) out.json(s);
+      else out.line(snapshotDetails(s));
+    });
+}
+
+/** `banger vm fork VM --count N`: registered under `vm`. */
+export function registerVmFork(vm: Command, ctx: CliContext): void {
+  vm.command('fork')
+    .description('start N running copies of a running VM now (a snapshot, then N VMs restored from it)')
+    .argument('<vm>', 'the running VM')
+    .requiredOption('--count <n>', 'how many copies (1-16)', (v) => parseIntFlag('--count', v))
+    .option('--name <prefix>', 'copies are named PREFIX-1..N (default: VM-fork)')
+    .option('--json', 'print the snapshot and the VMs as JSON')
+    .action(async (name: string, o: { count: number; name?: string; json?: boolean }) => {
+      const r = await ctx.call(
+        SnapshotMethods.fork,
+        { vm: name, count: o.count, ...(o.name ? { name: o.name } : {}) },
+        { json: o.json, progress: true },
+      );
+      if (o.json) return out.json(r);
+      out.line(`snapshot ${r.snapshot.name} (the VM was paused ${r.snapshot.pausedMs} ms)`);
+      for (const v of r.vms) out.line(`${v.name}  ${v.state}  ${v.network.hostAddress}:${v.network.sshPort}`);
+    });
+}
+
+export function register(program: Command, ctx: CliContext): void {
+  const snap = program.command('snapshot').description('saved running VMs (`banger vm snapshot`): list, show, delete');
+  snap
+    .command('list')
+    .description('list snapshots')
+    .option('--json', 'print as JSON')
+    .action(async (o: { json?: boolean }) => {
+      const all = await ctx.call(SnapshotMethods.list, undefined);
+      if (o.json) return out.json(all);
+      if (all.length === 0) return out.info('no snapshots (take one with `banger vm snapshot VM`)');
+      out.line(
+        table(
+          ['NAME', 'SOURCE VM', 'MEMORY', 'HOST DISK', 'USED BY', 'CREATED'],
+          all.map((s) => [s.name, s.sourceVm, `${s.memoryMib}M`, mib(s.hostBytes), s.dependents.join(',') || '-', s.createdAt]),
+        ),
+      );
+    });
+  snap
+    .command('show')
+    .description('show one snapshot')
+    .argument('<snapshot>', 'name or id')
+    .option('--json', 'print as JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const s = await ctx.call(SnapshotMethods.show, { name });
+      if (o.json) out.json(s);
+      else out.line(snapshotDetails(s));
+    });
+  snap
+    .command('delete')
+    .alias('rm')
+    .description('delete a snapshot (refused while a VM\'s disks are layered on it: its source VM, VMs made from it)')
+    .argument('<snapshot>', 'name or id')
+    .action(async (name: string) => {
+      const r = await ctx.call(SnapshotMethods.delete, { name });
+      out.info(`deleted snapshot '${r.deleted}'`);
+    });
+}

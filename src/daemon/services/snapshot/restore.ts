@@ -1,0 +1,181 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect as connectUnix } from 'node:net';
+import { join } from 'node:path';
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { dnsName } from '../../../protocol/names.js';
+import type { CommandRunner } from '../../../shared/command.js';
+import type { VmPaths } from '../../../shared/paths.js';
+import { AgentGuestSession } from '../../guest/agent-session.js';
+import { generateEd25519 } from '../../guest/keys.js';
+import { shq } from '../../guest/shell.js';
+import { SshGuestSession } from '../../guest/ssh.js';
+import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
+import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
+import { writeHandles } from '../vm/handles.js';
+import { qcow2VirtualSize } from '../vm/settings.js';
+import {
+  SNAPSHOT_FILES,
+  VM_RESTORE_FILE,
+  addVmSnapshotIds,
+  writeJson,
+  type RestoreMarker,
+  type SnapshotRecord,
+} from './store.js';
+
+/** What a VM restored from a snapshot is made from: the snapshot and where its files are. */
+export interface RestoreSource {
+  snapshot: SnapshotRecord;
+  dir: string;
+}
+
+/**
+ * A restored VM's files: qcow2 overlays over the snapshot's frozen root and work disks (nothing is copied),
+ * its own SSH host key, the marker that makes its first start resume the saved state, and the snapshot named
+ * as one its disks depend on. The caller removes the directory when this fails.
+ */
+export async function makeRestoredFiles(vp: VmPaths, src: RestoreSource, run: CommandRunner, name: string, signal?: AbortSignal): Promise<void> {
+  const what = `create VM '${name}' from snapshot '${src.snapshot.name}'`;
+  const needed = SPACE_NEEDED.create(0);
+  try {
+    await mkdir(vp.dir, { recursive: true, mode: 0o700 });
+    await ensureFreeSpace(vp.dir, needed, what);
+    const s = src.snapshot;
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(src.dir, SNAPSHOT_FILES.root), '-F', 'qcow2', vp.rootDisk], { signal });
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(src.dir, SNAPSHOT_FILES.work), '-F', s.workFormat, vp.workDisk], {
+      signal,
+    });
+    await addVmSnapshotIds(vp.dir, [s.id]);
+    const marker: RestoreMarker = {
+      snapshotId: s.id,
+      statePath: join(src.dir, SNAPSHOT_FILES.state),
+      accel: s.accel,
+      agent: s.agent,
+      sourceVmName: s.sourceVmName,
+      mac: s.mac,
+    };
+    await writeJson(join(vp.dir, VM_RESTORE_FILE), marker);
+    const hostKey = generateEd25519(dnsName(name));
+    await writeFile(vp.hostKeyPrivate, hostKey.privateKey, { mode: 0o600 });
+    await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
+    await writeFile(vp.knownHosts, `${dnsName(name)} ${hostKey.publicKey}\n`, { mode: 0o644 });
+  } catch (e) {
+    throw asNoSpace(e, vp.dir, what, needed);
+  }
+}
+
+/** The virtual size of a disk file (qcow2 header, else the file's length). */
+export function virtualSize(path: string, size: number): number {
+  return qcow2VirtualSize(path) ?? size;
+}
+
+/**
+ * The shell that gives a resumed guest its own identity: the RNG reseeded from fresh host bytes (written to
+ * /dev/urandom, then RNDRESEEDCRNG so the next read uses them), hostname, machine-id, and sshd re-read
+ * (SIGHUP: it re-executes itself and loads the new host key the agent wrote just before). The MAC stays the
+ * snapshot's (the NIC's saved state carries it; a guest-side change broke the restored guest's network in a
+ * test here, and under loopback networking no one outside the VM sees it).
+ */
+export function identityScript(o: { name: string; machineId: string; seedHex: string }): string {
+  return [
+    'set -u',
+    `python3 -c 'import fcntl, os, sys; fd = os.open("/dev/urandom", os.O_WRONLY); os.write(fd, bytes.fromhex(sys.argv[1])); fcntl.ioctl(fd, 0x5207); os.close(fd)' ${o.seedHex}`,
+    `echo ${shq(o.name)} >/proc/sys/kernel/hostname`,
+    `echo ${shq(o.name)} >/etc/hostname`,
+    `sed -i '/# banger$/d' /etc/hosts`,
+    `echo ${shq(`127.0.1.1 ${o.name} # banger`)} >>/etc/hosts`,
+    `echo ${o.machineId} >/etc/machine-id`,
+    '[ -s /run/sshd.pid ] && kill -HUP "$(cat /run/sshd.pid)"',
+    'true',
+  ].join('\n');
+}
+
+/**
+ * The resumed guest's agent is still in the saved connection (synced, between frames), so a new greeting would
+ * be read as a frame header and the daemon's hello would go unanswered for the hello timeout. A header whose
+ * length is over any cap makes the agent drop that connection and open its port afresh, as after a daemon
+ * restart; then the usual connect (with its retries) finds it ready.
+ */
+export async function resetAgentChannel(path: string, holdMs = 1000): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const s = connectUnix(path);
+    s.once('connect', () => {
+      s.write(Buffer.alloc(16, 0xff));
+      setTimeout(() => {
+        s.destroy();
+        resolve();
+      }, holdMs);
+    });
+    s.once('error', () => resolve());
+  });
+}
+
+/**
+ * The steps of a restored VM's first start, in place of a boot: the saved accelerator, its network and seed,
+ * the VMM resuming the saved state, then a new identity through the guest agent, then SSH with the new key.
+ */
+export function restoreSteps(marker: RestoreMarker): BootStep[] {
+  return [
+    {
+      name: 'choose accelerator',
+      async run(b) {
+        // The saved CPU state is of this accelerator's CPU model; another one would not load it.
+        b.accel = marker.accel;
+        b.incomingStatePath = marker.statePath;
+      },
+    },
+    network,
+    writeSeed,
+    { name: 'launch', run: launchVmm },
+    {
+      name: 'load saved state',
+      async run(b) {
+        const snaps = b.driver.snapshots;
+        if (!snaps) throw new BangerError(ErrorCode.FailedPrecondition, `the ${b.driver.name} driver cannot restore snapshots`);
+        await snaps.waitRestored(b.live!.handle, b.deadline, b.signal);
+        if (marker.agent && b.driver.features.has('virtioSerial')) {
+          b.live!.hasAgent = true;
+          await writeHandles(b.vp.handles, { ...b.live!.handle, agent: true });
+        }
+      },
+    },
+    {
+      name: 'new identity',
+      async run(b, d) {
+        if (!b.live!.hasAgent)
+          throw new BangerError(ErrorCode.FailedPrecondition, `the snapshot's guest has no agent: banger cannot give the restored VM its own identity`);
+        await resetAgentChannel(b.vp.agentSocket);
+        const agent = await d.live.agent(b.vm, b.signal);
+        const opts = { signal: b.signal, timeoutMs: 30_000 };
+        await agent.setClock(Date.now(), opts);
+        await agent.writeFile('/etc/ssh/ssh_host_ed25519_key', Buffer.from(await readFile(b.vp.hostKeyPrivate)), 0o600, opts);
+        await agent.writeFile('/etc/ssh/ssh_host_ed25519_key.pub', Buffer.from(await readFile(b.vp.hostKeyPublic)), 0o644, opts);
+        const script = identityScript({
+          name: b.vm.name,
+          machineId: randomBytes(16).toString('hex'),
+          seedHex: randomBytes(64).toString('hex'),
+        });
+        const r = await new AgentGuestSession(agent).exec(script, { signal: b.signal });
+        if (r.code !== 0)
+          throw new BangerError(ErrorCode.Internal, `giving the restored guest its identity failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
+        await rm(join(b.vp.dir, VM_RESTORE_FILE), { force: true });
+      },
+    },
+    {
+      name: 'connect ssh',
+      async run(b, d) {
+        // As the boot's step, but each attempt may take longer: a resumed guest under a loaded host was seen to
+        // take more than the boot's 5 s per handshake, and every attempt that gives up just before it completes
+        // starts over.
+        const live = b.live!;
+        const session = await SshGuestSession.waitFor(d.live.sshTarget(b.vm, b.hostPublicKey!), {
+          deadlineMs: Math.max(10_000, b.deadline - Date.now()),
+          attemptTimeoutMs: 30_000,
+          signal: b.signal,
+          stillBooting: async () => d.live.get(b.vm.id) === live && (await b.driver.isAlive(live.handle, b.vm.id)),
+        });
+        d.live.useSession(live, session);
+      },
+    },
+  ];
+}

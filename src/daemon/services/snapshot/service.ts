@@ -1,0 +1,234 @@
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { BangerError, ErrorCode, alreadyExists, failedPrecondition, notFound } from '../../../errors/index.js';
+import type { SnapshotInfo } from '../../../protocol/snapshot.js';
+import type { CommandRunner } from '../../../shared/command.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { Paths } from '../../../shared/paths.js';
+import type { VmRecord } from '../../store/repos/vms.js';
+import type { ImageService, ReadyImage } from '../image/service.js';
+import { KeyedMutex } from '../locks.js';
+import { ACTIVE_DISKS_FILE, activeDisks, asNoSpace, diskFormat, ensureFreeSpace, fileUse } from '../vm/disks.js';
+import { validateVmName } from '../vm/names.js';
+import type { RunningVm } from '../vm/service.js';
+import type { RestoreSource } from './restore.js';
+import { virtualSize } from './restore.js';
+import { SNAPSHOT_FILES, addVmSnapshotIds, readSnapshots, vmSnapshotIds, writeJson, type SnapshotRecord } from './store.js';
+
+const MIB = 1024 * 1024;
+
+/** What the snapshot service needs of the VM service. */
+export interface SnapshotVms {
+  /** Runs `fn` on a running VM under its lifecycle lock (no start, stop or delete meanwhile). */
+  withRunning<T>(name: string, fn: (r: RunningVm) => Promise<T>, signal?: AbortSignal): Promise<T>;
+  records(): VmRecord[];
+}
+
+export interface SnapshotServiceDeps {
+  paths: Paths;
+  vms: SnapshotVms;
+  images: Pick<ImageService, 'byIdReady'>;
+  run: CommandRunner;
+  log: Logger;
+  now?: () => Date;
+}
+
+/** What identifies an image's contents well enough to refuse restoring onto a rebuilt one. */
+export async function imageKey(image: ReadyImage): Promise<string> {
+  const st = await stat(image.rootfsPath);
+  return `${image.kernelSha256}:${st.size}:${Math.round(st.mtimeMs)}`;
+}
+
+/**
+ * `banger vm snapshot` and `banger snapshot`: saves a running VM (memory, device state, a point in time of
+ * its disks, copy-on-write) and resolves snapshots for `vm create --from`. Layout and records: store.ts.
+ */
+export class SnapshotService {
+  private readonly names = new KeyedMutex();
+
+  constructor(private readonly d: SnapshotServiceDeps) {}
+
+  async list(): Promise<SnapshotInfo[]> {
+    const all = await readSnapshots(this.d.paths.snapshotsDir);
+    const deps = await this.dependents(all);
+    return all.map((s) => this.info(s, deps.get(s.id) ?? []));
+  }
+
+  async show(ref: string): Promise<SnapshotInfo> {
+    const s = await this.get(ref);
+    return this.info(s, (await this.dependents([s])).get(s.id) ?? []);
+  }
+
+  /** The snapshot called `ref` (name or id), checked restorable on this host: same VMM, unchanged image. */
+  async source(ref: string): Promise<RestoreSource> {
+    const s = await this.get(ref);
+    const image = this.d.images.byIdReady(s.imageId);
+    if ((await imageKey(image)) !== s.imageKey)
+      throw failedPrecondition(
+        `snapshot '${s.name}' was taken on image '${image.name}' as it was then; that image has changed since`,
+        'a snapshot resumes only on the exact image it was taken on: take a new snapshot of a VM on the current image',
+      );
+    return { snapshot: s, dir: this.d.paths.snapshotDir(s.id) };
+  }
+
+  async create(p: { vm: string; name?: string }, signal?: AbortSignal): Promise<SnapshotInfo> {
+    if (p.name !== undefined) validateVmName(p.name);
+    return this.names.run('names', async () => {
+      const all = await readSnapshots(this.d.paths.snapshotsDir);
+      const name = p.name ?? `${p.vm}-${all.filter((s) => s.sourceVmName === p.vm).length + 1}`;
+      if (all.some((s) => s.name === name))
+        throw alreadyExists(`a snapshot named '${name}' already exists`, `pick another --name, or \`banger snapshot delete ${name}\``);
+      const rec = await this.d.vms.withRunning(p.vm, (r) => this.take(r, name, signal), signal);
+      return this.info(rec, [p.vm]);
+    }, signal);
+  }
+
+  private async take(r: RunningVm, name: string, signal?: AbortSignal): Promise<SnapshotRecord> {
+    const { vm, vp, handle, driver } = r;
+    const snaps = driver.snapshots;
+    if (!snaps) throw failedPrecondition(`VM '${vm.name}' runs under ${driver.name}, which cannot take snapshots`, 'use a VM created with --vmm qemu');
+    if (vm.networkMode !== 'loopback')
+      throw failedPrecondition(`VM '${vm.name}' uses tap networking; snapshots are of loopback VMs only`, 'snapshot a VM created with --network loopback');
+    const image = this.d.images.byIdReady(vm.imageId);
+    const id = randomBytes(6).toString('hex');
+    const final = this.d.paths.snapshotDir(id);
+    const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
+    // Memory in full, plus headroom: the state stream is at most the guest's RAM and its devices.
+    const needed = (vm.memoryMib + 64) * MIB;
+    const what = `snapshot VM '${vm.name}'`;
+    // New names, never a path used before: QEMU reopens the frozen files by the names it opened them with.
+    const cur = activeDisks(vp);
+    const next = { root: join(vp.dir, `root-${id}.qcow2`), work: join(vp.dir, `work-${id}.qcow2`) };
+    const workFormat = diskFormat(cur.work);
+    let switched = false;
+    try {
+      await mkdir(partial, { recursive: true, mode: 0o700 });
+      await ensureFreeSpace(partial, needed, what);
+      // The disks' current files become the snapshot's (hard links: no copy); the VM moves onto new overlays.
+      await link(cur.root, join(partial, SNAPSHOT_FILES.root));
+      await link(cur.work, join(partial, SNAPSHOT_FILES.work));
+      const rootSize = virtualSize(cur.root, (await stat(cur.root)).size);
+      const workSize = virtualSize(cur.work, (await stat(cur.work)).size);
+      // -u: the backing path is where the snapshot will be once whole (it is .partial until then).
+      await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.root), '-F', 'qcow2', next.root, String(rootSize)], { signal });
+      await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.work), '-F', workFormat, next.work, String(workSize)], { signal });
+      switched = true;
+      const { pausedMs } = await snaps.save(
+        handle,
+        { disks: [{ id: 'root', overlayPath: next.root }, { id: 'work', overlayPath: next.work }], statePath: join(partial, SNAPSHOT_FILES.state) },
+        signal,
+      );
+      const rec: SnapshotRecord = {
+        id,
+        name,
+        sourceVmId: vm.id,
+        sourceVmName: vm.name,
+        vmm: driver.name,
+        accel: handle.accel,
+        imageId: vm.imageId,
+        imageKey: await imageKey(image),
+        vcpus: vm.vcpus,
+        memoryMib: vm.memoryMib,
+        diskSizeMib: vm.diskSizeMib,
+        agent: r.hasAgent,
+        egress: vm.egress,
+        mac: vm.mac,
+        workspace: vm.workspace,
+        workFormat,
+        dependsOn: await vmSnapshotIds(vp.dir),
+        createdAt: (this.d.now ?? (() => new Date()))().toISOString(),
+        pausedMs,
+      };
+      // The VM's disks are now the overlays (its next start opens them); the old files are the snapshot's too.
+      await writeJson(join(vp.dir, ACTIVE_DISKS_FILE), { root: basename(next.root), work: basename(next.work) });
+      await writeJson(join(partial, SNAPSHOT_FILES.record), rec);
+      await rename(partial, final);
+      await addVmSnapshotIds(vp.dir, [id]);
+      this.d.log.info({ vm: vm.name, snapshot: name, pausedMs }, 'snapshot taken');
+      return rec;
+    } catch (e) {
+      if (!switched) {
+        await rm(partial, { recursive: true, force: true });
+        await rm(next.root, { force: true });
+        await rm(next.work, { force: true });
+      }
+      throw e instanceof BangerError ? e : asNoSpace(e, this.d.paths.snapshotsDir, what, needed);
+    }
+  }
+
+  async delete(ref: string): Promise<{ deleted: string }> {
+    return this.names.run('names', async () => {
+      const s = await this.get(ref);
+      const all = await readSnapshots(this.d.paths.snapshotsDir);
+      const users = (await this.dependents(all)).get(s.id) ?? [];
+      const layered = all.filter((o) => o.dependsOn.includes(s.id)).map((o) => `snapshot '${o.name}'`);
+      if (users.length + layered.length > 0) {
+        const who = [...users.map((n) => `VM '${n}'`), ...layered];
+        throw new BangerError(ErrorCode.FailedPrecondition, `snapshot '${s.name}' is in use: ${who.join(', ')} ${who.length === 1 ? 'has its' : 'have their'} disks layered on it`, {
+          hint: `delete ${users.length > 0 ? `those VMs first (\`banger vm delete --force ${users.join(' ')}\`)` : 'those snapshots first'}`,
+        });
+      }
+      const dir = this.d.paths.snapshotDir(s.id);
+      const doomed = join(this.d.paths.snapshotsDir, `.deleting-${s.id}`);
+      await rename(dir, doomed);
+      await rm(doomed, { recursive: true, force: true });
+      this.d.log.info({ snapshot: s.name }, 'snapshot deleted');
+      return { deleted: s.name };
+    });
+  }
+
+  /** Leftovers of snapshots a killed daemon did not finish or delete: removed. */
+  async reconcile(): Promise<void> {
+    const { readdir } = await import('node:fs/promises');
+    const names = await readdir(this.d.paths.snapshotsDir).catch(() => [] as string[]);
+    for (const n of names)
+      if (n.startsWith('.partial-') || n.startsWith('.deleting-')) await rm(join(this.d.paths.snapshotsDir, n), { recursive: true, force: true });
+  }
+
+  private async get(ref: string): Promise<SnapshotRecord> {
+    const all = await readSnapshots(this.d.paths.snapshotsDir);
+    const s = all.find((x) => x.name === ref) ?? all.find((x) => x.id === ref);
+    if (!s) throw notFound(`no snapshot named '${ref}'`, 'list snapshots with `banger snapshot list`');
+    return s;
+  }
+
+  /** Snapshot id -> names of the VMs whose disks are layered on it. */
+  private async dependents(snaps: SnapshotRecord[]): Promise<Map<string, string[]>> {
+    const ids = new Set(snaps.map((s) => s.id));
+    const out = new Map<string, string[]>();
+    for (const vm of this.d.vms.records()) {
+      for (const id of await vmSnapshotIds(vm.dir)) {
+        if (!ids.has(id)) continue;
+        out.set(id, [...(out.get(id) ?? []), vm.name]);
+      }
+    }
+    return out;
+  }
+
+  private info(s: SnapshotRecord, dependents: string[]): SnapshotInfo {
+    const dir = this.d.paths.snapshotDir(s.id);
+    const bytes = Object.values(SNAPSHOT_FILES).reduce((n, f) => n + (fileUse(join(dir, f))?.hostBytes ?? 0), 0);
+    let image = s.imageId;
+    try {
+      image = this.d.images.byIdReady(s.imageId).name;
+    } catch {
+      /* the image is gone: its id says which it was */
+    }
+    return {
+      id: s.id,
+      name: s.name,
+      sourceVm: s.sourceVmName,
+      vmm: s.vmm,
+      image,
+      vcpus: s.vcpus,
+      memoryMib: s.memoryMib,
+      diskSizeMib: s.diskSizeMib,
+      createdAt: s.createdAt,
+      pausedMs: s.pausedMs,
+      hostBytes: bytes,
+      dir,
+      dependents,
+    };
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * Snapshots on real VMs: a running VM with a file and a background process is snapshotted and keeps running;
+ * two VMs restored from it have the file and the process, and each its own hostname, pinned SSH host key,
+ * machine-id and RNG, with a sane clock; the snapshot cannot be deleted while they exist; cleanup leaves no
+ * process and no file. The VMs are shared by the steps, in order.
+ */
+import { after, before, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { E2E_HOME, banger, bangerOk, e2eSteps, pidsMatching } from '../helpers/cli.js';
+
+const SRC = 'e2e-snap-src';
+const A = 'e2e-snap-a';
+const B = 'e2e-snap-b';
+const SNAP = 'e2e-snap';
+const FORKS = ['e2e-fk-1', 'e2e-fk-2'];
+const { step, printConsolesIfFailed } = e2eSteps();
+
+interface VmJson {
+  id: string;
+  name: string;
+  dir: string;
+  network: { hostAddress: string };
+}
+interface SnapJson {
+  id: string;
+  name: string;
+  pausedMs: number;
+  hostBytes: number;
+  memoryMib: number;
+  dir: string;
+  dependents: string[];
+}
+
+const show = async (vm: string) => JSON.parse((await bangerOk(['vm', 'show', vm, '--json'])).stdout) as VmJson;
+const guest = async (vm: string, script: string) => (await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', script])).stdout;
+
+/** What a guest says about itself, in one exec. */
+async function probe(vm: string) {
+  const out = await guest(
+    vm,
+    'hostname; cat /root/marker; pgrep -f "sleep 1000" >/dev/null && echo proc-yes || echo proc-no; cat /etc/machine-id; ' +
+      'head -c 16 /dev/urandom | od -An -x | tr -d " \\n"; echo; date +%s; cut -d" " -f2 /etc/ssh/ssh_host_ed25519_key.pub',
+  );
+  const [hostname, marker, proc, machineId, random, epoch, hostKey] = out.trim().split('\n');
+  return { hostname, marker, proc, machineId, random, epoch: Number(epoch), hostKey };
+}
+
+void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_700_000 }, () => {
+  let snap: SnapJson;
+
+  /** Every VM and snapshot this suite makes, gone (each on its own: one missing must not stop the rest). */
+  const cleanup = async () => {
+    for (const vm of [A, B, ...FORKS, SRC]) await banger(['vm', 'delete', '--force', vm]);
+    const snaps = JSON.parse((await banger(['snapshot', 'list', '--json'])).stdout || '[]') as SnapJson[];
+    for (const s of snaps.filter((x) => x.name.startsWith('e2e-fk-'))) await banger(['snapshot', 'delete', s.name]);
+    await banger(['snapshot', 'delete', SNAP]);
+  };
+
+  before(async () => {
+    await cleanup();
+    await bangerOk(['vm', 'create', '--name', SRC, '--start', '--cpus', '1', '--memory', '768M'], 0, { timeoutMs: 900_000 });
+    // Snapshots need the guest agent (it gives a restored VM its identity): wait until it answers.
+    const deadline = Date.now() + 120_000;
+    while ((await banger(['vm', 'stats', SRC])).code !== 0) {
+      if (Date.now() > deadline) throw new Error('the guest agent did not answer');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    await guest(SRC, 'echo snapshot-me > /root/marker && sync; (nohup sleep 1000 >/dev/null 2>&1 &)');
+  });
+
+  after(async () => {
+    printConsolesIfFailed();
+    await cleanup();
+  });
+
+  step('vm snapshot saves a running VM; it keeps running with its file and process', async () => {
+    snap = JSON.parse((await bangerOk(['vm', 'snapshot', SRC, '--name', SNAP, '--json'], 0, { timeoutMs: 300_000 })).stdout) as SnapJson;
+    assert.equal(snap.name, SNAP);
+    assert.ok(snap.pausedMs > 0, 'the pause is measured');
+    assert.deepEqual(snap.dependents, [SRC], 'the source VM now runs on layers over the snapshot');
+    // No full copy of a disk: the snapshot costs its memory stream and the overlays' used blocks.
+    assert.ok(snap.hostBytes < snap.memoryMib * 1024 * 1024 + 64 * 1024 * 1024, `snapshot takes ${snap.hostBytes} bytes`);
+    const p = await probe(SRC);
+    assert.equal(p.hostname, SRC);
+    assert.equal(p.marker, 'snapshot-me');
+    assert.equal(p.proc, 'proc-yes');
+    // The source keeps writing, on its new layer, and it is not seen by VMs restored from the snapshot.
+    await guest(SRC, 'echo later > /root/after-snapshot && sync');
+    const list = JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[];
+    assert.ok(list.some((s) => s.name === SNAP));
+  });
+
+  step('two VMs restored from it: the files and processes, each its own identity, a sane clock', async () => {
+    await bangerOk(['vm', 'create', '--from', SNAP, '--name', A, '--start'], 0, { timeoutMs: 600_000 });
+    await bangerOk(['vm', 'create', '--from', SNAP, '--name', B, '--start'], 0, { timeoutMs: 600_000 });
+    const src = await probe(SRC);
+    const a = await probe(A);
+    const b = await probe(B);
+    for (const [name, p] of [[A, a], [B, b]] as const) {
+      assert.equal(p.hostname, name);
+      assert.equal(p.marker, 'snapshot-me', 'the file written before the snapshot');
+      assert.equal(p.proc, 'proc-yes', 'the process started before the snapshot still runs');
+      assert.ok(Math.abs(p.epoch - Date.now() / 1000) < 120, `clock ${p.epoch} vs host ${Date.now() / 1000}`);
+      // The key the guest serves is the one banger pinned for this VM (exec above went over the agent; ssh checks it).
+      const pinned = readFileSync(join((await show(name)).dir, 'ssh_host_ed25519_key.pub'), 'utf8').split(' ')[1];
+      assert.equal(p.hostKey, pinned);
+      assert.equal((await bangerOk(['vm', 'ssh', name, '--', 'hostname'])).stdout.trim(), name, 'SSH with the pinned key');
+      assert.equal((await banger(['vm', 'exec', name, '--', 'test', '-e', '/root/after-snapshot'])).code, 1);
+    }
+    assert.equal(new Set([src.hostKey, a.hostKey, b.hostKey]).size, 3, 'three SSH host keys');
+    assert.equal(new Set([src.machineId, a.machineId, b.machineId]).size, 3, 'three machine-ids');
+    assert.equal(new Set([src.random, a.random, b.random]).size, 3, 'three different /dev/urandom reads');
+    assert.notEqual((await show(A)).network.hostAddress, (await show(B)).network.hostAddress);
+    const shown = JSON.parse((await bangerOk(['snapshot', 'show', SNAP, '--json'])).stdout) as SnapJson;
+    assert.deepEqual([...shown.dependents].sort(), [A, B, SRC].sort());
+  });
+
+  step('vm fork: a second snapshot of the same VM, and two running copies of it now', async () => {
+    await guest(SRC, 'echo forked > /root/fork-marker && sync');
+    const r = JSON.parse((await bangerOk(['vm', 'fork', SRC, '--count', '2', '--name', 'e2e-fk', '--json'], 0, { timeoutMs: 900_000 })).stdout) as {
+      snapshot: SnapJson;
+      vms: VmJson[];
+    };
+    assert.deepEqual(r.vms.map((v) => v.name).sort(), FORKS);
+    for (const f of FORKS) {
+      const p = await probe(f);
+      assert.equal(p.hostname, f);
+      assert.equal(p.proc, 'proc-yes');
+      assert.equal(await guest(f, 'cat /root/fork-marker'), 'forked\n');
+    }
+    // The source ran on through both snapshots.
+    assert.equal(await guest(SRC, 'cat /root/fork-marker /root/after-snapshot'), 'forked\nlater\n');
+    const forkSnap = r.snapshot.name;
+    assert.equal((await banger(['snapshot', 'delete', forkSnap])).code, 67);
+  });
+
+  step('vm run --from runs a command in a fresh restored VM and --rm removes it', async () => {
+    const r = await bangerOk(['vm', 'run', '--from', SNAP, '--rm', '--', 'cat', '/root/marker'], 0, { timeoutMs: 600_000 });
+    assert.equal(r.stdout, 'snapshot-me\n');
+  });
+
+  step('a snapshot VMs depend on is not deleted (67); once they are gone it is, leaving nothing', async () => {
+    const refused = await banger(['snapshot', 'delete', SNAP]);
+    assert.equal(refused.code, 67);
+    assert.match(refused.stderr, /in use/);
+    assert.match(refused.stderr, /hint: .*banger vm delete/);
+    assert.ok(existsSync(snap.dir));
+    const ids = await Promise.all([SRC, A, B, ...FORKS].map(async (n) => (await show(n)).id));
+    for (const vm of [A, B, ...FORKS, SRC]) await bangerOk(['vm', 'delete', '--force', vm]);
+    // The fork's snapshot is layered on the first (it was taken of a VM running on it): it goes first.
+    assert.equal((await banger(['snapshot', 'delete', SNAP])).code, 67);
+    const snaps = JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[];
+    for (const s of snaps.filter((x) => x.name.startsWith('e2e-fk-'))) await bangerOk(['snapshot', 'delete', s.name]);
+    await bangerOk(['snapshot', 'delete', SNAP]);
+    assert.equal(existsSync(snap.dir), false, 'the snapshot directory is gone');
+    assert.deepEqual(readdirSync(join(E2E_HOME, 'snapshots')).filter((n) => n.includes(snap.id)), []);
+    for (const id of ids) {
+      assert.deepEqual(pidsMatching(`banger-${id}`), [], `no QEMU of VM ${id}`);
+      assert.equal(existsSync(join(E2E_HOME, 'vms', id)), false);
+    }
+    assert.equal((await banger(['snapshot', 'show', SNAP])).code, 65);
+  });
+});

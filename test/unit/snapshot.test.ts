@@ -1,0 +1,110 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import { Paths } from '../../src/shared/paths.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { diskFormat } from '../../src/daemon/services/vm/disks.js';
+import { incomingFromFile, outgoingToFile, qemuArgv } from '../../src/daemon/vmm/qemu/argv.js';
+import { identityScript } from '../../src/daemon/services/snapshot/restore.js';
+import { SnapshotService } from '../../src/daemon/services/snapshot/service.js';
+import type { SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
+import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
+import type { LaunchSpec } from '../../src/daemon/vmm/driver.js';
+
+const tmp = () => mkdtempSync(join(tmpdir(), 'banger-snap-'));
+
+test('diskFormat reads the qcow2 magic; anything else (or nothing) is raw', () => {
+  const dir = tmp();
+  writeFileSync(join(dir, 'q'), Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb]), Buffer.alloc(60)]));
+  writeFileSync(join(dir, 'r'), Buffer.alloc(64));
+  assert.equal(diskFormat(join(dir, 'q')), 'qcow2');
+  assert.equal(diskFormat(join(dir, 'r')), 'raw');
+  assert.equal(diskFormat(join(dir, 'missing')), 'raw');
+});
+
+test('state file transports quote the path for the shell QEMU runs them with', () => {
+  assert.equal(incomingFromFile("/a b/it's"), `exec:cat '/a b/it'\\''s'`);
+  assert.equal(outgoingToFile('/s/state.bin'), `exec:cat > '/s/state.bin'`);
+  const spec: LaunchSpec = {
+    vmId: 'v1',
+    name: 'n',
+    vcpus: 1,
+    memoryMib: 256,
+    accel: 'tcg',
+    kernelPath: '/k',
+    initrdPath: '/i',
+    kernelCmdline: 'console=ttyS0',
+    disks: [{ id: 'root', path: '/r.qcow2', format: 'qcow2', readOnly: false }],
+    network: { mode: 'user', hostAddress: '127.0.0.1', sshHostPort: 2222, egress: false, mac: '52:54:00:12:34:56' },
+    consoleLogPath: '/c',
+    vmmLogPath: '/l',
+    controlSocketPath: '/q',
+    incomingStatePath: '/s/state.bin',
+  };
+  const argv = qemuArgv(spec);
+  assert.deepEqual(argv.slice(-2), ['-incoming', `exec:cat '/s/state.bin'`]);
+  assert.equal(qemuArgv({ ...spec, incomingStatePath: undefined }).includes('-incoming'), false);
+});
+
+test('the identity script quotes the name and reseeds the RNG from the given bytes', () => {
+  const s = identityScript({ name: "x'y", machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64) });
+  assert.match(s, /0x5207/);
+  assert.ok(s.includes('cd'.repeat(64)));
+  assert.ok(s.includes(`echo 'x'\\''y' >/etc/hostname`));
+  assert.ok(s.includes(`echo ${'ab'.repeat(16)} >/etc/machine-id`));
+});
+
+function fakeSnapshot(id: string, name: string, dependsOn: string[] = []): SnapshotRecord {
+  return {
+    id,
+    name,
+    sourceVmId: 'src',
+    sourceVmName: 'src',
+    vmm: 'qemu',
+    accel: 'tcg',
+    imageId: 'img',
+    imageKey: 'k',
+    vcpus: 1,
+    memoryMib: 256,
+    diskSizeMib: 64,
+    agent: true,
+    egress: false,
+    mac: '52:54:00:12:34:56',
+    workspace: null,
+    workFormat: 'raw',
+    dependsOn,
+    createdAt: `2026-01-01T00:00:0${id.length}Z`,
+    pausedMs: 5,
+  };
+}
+
+test('snapshot delete is refused (FailedPrecondition) while a VM or a snapshot is layered on it', async () => {
+  const root = tmp();
+  const paths = new Paths(root);
+  const vmDir = join(root, 'vms', 'v1');
+  mkdirSync(vmDir, { recursive: true });
+  for (const s of [fakeSnapshot('s1', 'base'), fakeSnapshot('s22', 'child', ['s1'])]) {
+    mkdirSync(paths.snapshotDir(s.id), { recursive: true });
+    writeFileSync(join(paths.snapshotDir(s.id), 'snapshot.json'), JSON.stringify(s));
+  }
+  let vms: Pick<VmRecord, 'name' | 'dir'>[] = [{ name: 'dev', dir: vmDir }];
+  writeFileSync(join(vmDir, 'snapshots.json'), JSON.stringify(['s22']));
+  const svc = new SnapshotService({
+    paths,
+    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => vms as VmRecord[] },
+    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
+    run: () => Promise.reject(new Error('unused')),
+    log: silentLogger(),
+  });
+  assert.deepEqual((await svc.list()).map((s) => [s.name, s.dependents]), [['base', []], ['child', ['dev']]]);
+  await assert.rejects(svc.delete('base'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /snapshot 'child'/.test(e.message));
+  await assert.rejects(svc.delete('child'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /VM 'dev'/.test(e.message) && /banger vm delete --force dev/.test(e.hint ?? ''));
+  vms = [];
+  assert.deepEqual(await svc.delete('child'), { deleted: 'child' });
+  assert.deepEqual(await svc.delete('base'), { deleted: 'base' });
+  assert.equal(existsSync(paths.snapshotDir('s1')), false);
+  await assert.rejects(svc.delete('base'), (e: BangerError) => e.code === ErrorCode.NotFound);
+});
