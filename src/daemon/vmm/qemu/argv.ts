@@ -1,6 +1,7 @@
 import { invalidArgument } from '../../../errors/index.js';
 import type { Accel, DiskSpec, LaunchSpec, NetworkSpec } from '../driver.js';
 import { IFNAME_RE, MAC_RE } from '../../../protocol/names.js';
+import { shq } from '../../guest/shell.js';
 
 /**
  * QEMU command lines as pure functions, pinned by test/unit/qemu-argv.test.ts.
@@ -20,16 +21,12 @@ export interface QemuArgvOptions {
 
 /** The `-incoming` value that loads a saved state file (QEMU 7.2 has no `file:` transport: `exec:` runs sh). */
 export function incomingFromFile(path: string): string {
-  return `exec:cat ${shellQuote(path)}`;
+  return `exec:cat ${shq(path)}`;
 }
 
 /** The `migrate` URI that writes a state file. */
 export function outgoingToFile(path: string): string {
-  return `exec:cat > ${shellQuote(path)}`;
-}
-
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
+  return `exec:cat > ${shq(path)}`;
 }
 
 /** The `-name` value; it carries the VM id so a process can be told apart from a reused pid by its argv. */
