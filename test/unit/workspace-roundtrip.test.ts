@@ -382,7 +382,7 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     assert.equal((await importRepo(root, empty)).code, 0);
   });
 
-  void it('an import killed at any point of replacing a workspace leaves a path the next import takes', async () => {
+  void it('an import killed at any point of replacing a workspace leaves a path the next import takes', { timeout: 300_000 }, async () => {
     // `mv` and `rm` shims that, on their Nth call, do part of the job (one source of a multi-source mv) or all
     // of it, then kill -9 the import script and its children, the way a crashed guest or daemon would.
     const bin = tmp('banger-killbin-');
@@ -393,7 +393,7 @@ if [ "$n" -ne "$KILL_AT" ]; then exec /bin/${tool} "$@"; fi
 if [ ${tool} = mv ] && [ "$1" = -t ]; then /bin/mv -t "$2" -- "$4"; else /bin/${tool} "$@"; fi
 ppid() { awk '/^PPid:/ { print $2 }' "/proc/$1/status"; }
 top=$$
-while [ "$(cat /proc/$(ppid $top)/comm)" != node ]; do top=$(ppid $top); done
+while pp=$(ppid $top) && [ -n "$pp" ] && [ "$pp" -gt 1 ] && [ "$(cat /proc/$pp/comm)" != node ]; do top=$pp; done
 killtree() { for c in $(pgrep -P "$1"); do killtree "$c"; done; [ "$1" = $$ ] || kill -9 "$1" 2>/dev/null; }
 killtree "$top"
 exit 137
