@@ -12,6 +12,8 @@ export interface DoctorDeps {
   kvm: (signal?: AbortSignal) => Promise<{ usable: boolean; reason: string } | undefined>;
   /** Whether tap networking can work here. */
   tapSupported: (signal?: AbortSignal) => Promise<{ ok: boolean; reason?: string }>;
+  /** What a normal user's image builds need (image/rootless-checks.ts); undefined for a root daemon. */
+  rootless?: ((signal?: AbortSignal) => Promise<DoctorCheck[]>) | undefined;
 }
 
 /** Checks the host for what banger needs; each failing check says how to fix it. */
@@ -36,6 +38,8 @@ export class DoctorService {
     await tool('mmdebstrap', 'mmdebstrap', ['--version'], 'mmdebstrap', true);
     await tool('mkfs.ext4', 'mkfs.ext4', ['-V'], 'e2fsprogs', true);
     await tool('openssh client', 'ssh', ['-V'], 'openssh-client', false);
+
+    if (this.d.rootless) checks.push(...(await this.d.rootless(signal)));
 
     const kvm = await this.d.kvm(signal);
     if (kvm === undefined)
