@@ -18,6 +18,7 @@ import { imageBuilder } from './services/image/builder.js';
 import { procHost } from './services/image/leftovers.js';
 import { rootlessRemove, userNsRunner } from './services/image/rootless.js';
 import { rootlessChecks } from './services/image/rootless-checks.js';
+import { describeRange, userNetworkDefaults } from '../shared/user-network.js';
 import type { ImageBuilder } from './services/image/service.js';
 import { VmService } from './services/vm/service.js';
 import { WorkspaceService } from './services/workspace/service.js';
@@ -78,7 +79,7 @@ export interface RunningDaemon {
 
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const { paths } = opts;
-  const config = loadConfig(paths.config);
+  const config = loadConfig(paths.config, process.getuid?.() ?? 0);
   ensureStateDir(paths);
   // Before anything touches state: a second daemon started at the same moment stops here.
   const lock = acquireDaemonLock(paths.daemonLock);
@@ -184,7 +185,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     },
     identity: new IdentitySync({
       run: runCommand,
-      entries: () => loadConfig(paths.config).sync,
+      entries: () => loadConfig(paths.config, process.getuid?.() ?? 0).sync,
       defaultHome: homedir(),
       now: () => new Date(),
     }),
@@ -201,6 +202,10 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     drivers,
     run: runCommand,
     tapSupported: (signal) => TapNetwork.supported(runCommand, signal),
+    loopback: {
+      range: describeRange(userNetworkDefaults(process.getuid?.() ?? 0).range),
+      dns: `${config.dns.address}:${config.dns.port}`,
+    },
     rootless:
       userNs &&
       ((signal) =>
