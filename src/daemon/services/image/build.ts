@@ -10,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
-import type { CommandRunner } from '../../../shared/command.js';
+import { withSbinPath, type CommandRunner } from '../../../shared/command.js';
 import { GUEST_PATHS } from '../../guest/init/scripts.js';
 import { imageContents, resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
@@ -157,11 +157,6 @@ export function kernelVersions(bootEntries: readonly string[]): string[] {
     .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
 }
 
-function withSbin(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const parts = (env.PATH ?? '/usr/bin:/bin').split(':');
-  for (const p of ['/usr/local/sbin', '/usr/sbin', '/sbin']) if (!parts.includes(p)) parts.push(p);
-  return { ...env, PATH: parts.join(':') };
-}
 
 async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
   const hash = createHash('sha256');
@@ -183,7 +178,7 @@ export async function buildImage(
   signal?: AbortSignal,
 ): Promise<ImageArtifacts> {
   validateBuildParams(params);
-  const env = withSbin(process.env);
+  const env = withSbinPath(process.env);
   const run: CommandRunner = (cmd, args, opts = {}) => deps.run(cmd, args, { env, signal, ...opts });
   const rootDir = join(outDir, 'rootfs.d');
   const initrdDir = join(outDir, 'initrd.d');
