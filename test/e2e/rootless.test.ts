@@ -113,6 +113,13 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
       assert.equal(m.status, 0, m.stderr);
       spawnSync('chmod', ['700', `/home/${u}`]);
       uid[u] = Number(spawnSync('id', ['-u', u], { encoding: 'utf8' }).stdout.trim());
+      // A loaded host under TCG boots slowly: the same boot allowance for both users' daemons.
+      const cfg = spawnSync(
+        'runuser',
+        ['-u', u, '--', 'sh', '-c', `umask 077 && mkdir -p "$HOME/.local/share/banger" && echo '{"boot":{"timeoutSeconds":600}}' > "$HOME/.local/share/banger/config.json"`],
+        { encoding: 'utf8', env: { ...process.env, HOME: `/home/${u}` } },
+      );
+      assert.equal(cfg.status, 0, cfg.stderr);
       start += 65536;
     }
   });
