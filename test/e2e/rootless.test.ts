@@ -9,7 +9,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import dnsPacket from 'dns-packet';
 import { CLI } from '../helpers/cli.js';
 import { userNetworkDefaults } from '../../src/shared/user-network.js';
@@ -130,7 +131,11 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
       if (list?.code === 0)
         for (const v of JSON.parse(list.stdout) as VmJson[]) await bang(u, ['vm', 'delete', '--force', v.name]);
       await bang(u, ['daemon', 'stop']);
+      // `daemon stop` can return before bangerd has exited: wait for the user's last process, so that nothing
+      // writes into the home directory while it is removed.
+      for (let i = 0; i < 100 && spawnSync('pgrep', ['-u', u]).status === 0; i++) await sleep(100);
       spawnSync('userdel', ['-r', '-f', u]);
+      rmSync(`/home/${u}`, { recursive: true, force: true });
     }
   });
 
