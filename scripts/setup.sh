@@ -9,7 +9,7 @@ usage() {
 Usage: scripts/setup.sh [--test]
 
 Installs what banger needs on Debian 12, as root: the host packages (QEMU, qemu-utils, mmdebstrap,
-e2fsprogs, OpenSSH client, nftables, ...), the npm dependencies, the build, and `banger` / `bangerd`
+e2fsprogs, OpenSSH client, nftables, uidmap for image builds as a normal user, ...), the npm dependencies, the build, and `banger` / `bangerd`
 on PATH (npm link). Safe to run again: it installs only what is missing.
 
   --test    also what the test suite needs (git, dig, fish), for `npm test`
@@ -31,7 +31,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(qemu-system-x86 qemu-utils mmdebstrap busybox-static cpio zstd e2fsprogs openssh-client ca-certificates util-linux iproute2 nftables)
+packages=(qemu-system-x86 qemu-utils mmdebstrap busybox-static cpio zstd e2fsprogs openssh-client ca-certificates util-linux uidmap iproute2 nftables)
 if [ "$want_tests" = 1 ]; then
   packages+=(git dnsutils fish)
 fi

@@ -3,9 +3,9 @@
  * serves RPC on the unix socket. VMs outlive the daemon. main.ts runs it as a process; integration tests
  * run it in-process on a temporary BANGER_HOME.
  */
-import { homedir } from 'node:os';
+import { homedir, userInfo } from 'node:os';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { Paths } from '../shared/paths.js';
 import type { Logger } from '../shared/logger.js';
 import { BUILD_ID, VERSION } from '../shared/version.js';
@@ -15,6 +15,10 @@ import { ImageRepo } from './store/repos/images.js';
 import { VmRepo } from './store/repos/vms.js';
 import { ImageService } from './services/image/service.js';
 import { imageBuilder } from './services/image/builder.js';
+import { procHost } from './services/image/leftovers.js';
+import { rootlessRemove, userNsRunner } from './services/image/rootless.js';
+import { rootlessChecks } from './services/image/rootless-checks.js';
+import { describeRange, userNetworkDefaults } from '../shared/user-network.js';
 import type { ImageBuilder } from './services/image/service.js';
 import { VmService } from './services/vm/service.js';
 import { SnapshotService } from './services/snapshot/service.js';
@@ -76,7 +80,7 @@ export interface RunningDaemon {
 
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const { paths } = opts;
-  const config = loadConfig(paths.config);
+  const config = loadConfig(paths.config, process.getuid?.() ?? 0);
   ensureStateDir(paths);
   // Before anything touches state: a second daemon started at the same moment stops here.
   const lock = acquireDaemonLock(paths.daemonLock);
@@ -125,6 +129,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     dnsPort: config.dns.port,
     run: runCommand,
     log,
+    uid: process.getuid?.() ?? 0,
   });
   await dnsHost.reapply(dnsVms()).catch((err: unknown) => log.warn({ err }, 'DNS host integration not re-applied'));
   const tap = new TapNetwork({
@@ -147,12 +152,15 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     log,
     listeners: [async (list) => dnsHost.sync(list)],
   });
+  // A normal user's builds (and their leftovers) go through a user namespace: see image/rootless.ts.
+  const userNs = (process.getuid?.() ?? 0) !== 0 ? userNsRunner(runCommand) : undefined;
   const images = new ImageService({
     paths,
     images: imageRepo,
     vms: vmRepo,
-    build: opts.build ?? imageBuilder({ run: runCommand, log, paths }),
+    build: opts.build ?? imageBuilder({ run: runCommand, log, paths, userNs }),
     log,
+    ...(userNs ? { leftovers: procHost(runCommand, rootlessRemove(userNs)) } : {}),
   });
   const vms = new VmService({
     paths,
@@ -178,7 +186,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     },
     identity: new IdentitySync({
       run: runCommand,
-      entries: () => loadConfig(paths.config).sync,
+      entries: () => loadConfig(paths.config, process.getuid?.() ?? 0).sync,
       defaultHome: homedir(),
       now: () => new Date(),
     }),
@@ -196,6 +204,22 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     drivers,
     run: runCommand,
     tapSupported: (signal) => TapNetwork.supported(runCommand, signal),
+    loopback: {
+      range: describeRange(userNetworkDefaults(process.getuid?.() ?? 0).range),
+      dns: `${config.dns.address}:${config.dns.port}`,
+    },
+    rootless:
+      userNs &&
+      ((signal) =>
+        rootlessChecks(
+          {
+            read: (p) => readFile(p, 'utf8').catch(() => undefined),
+            stat: (p) => stat(p).then((s) => ({ mode: s.mode, uid: s.uid }), () => undefined),
+            user: { name: userInfo().username, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
+            userNs,
+          },
+          signal,
+        )),
     kvm: async (signal) => {
       const ready = imageRepo.list().find((i) => i.status === 'ready');
       if (!ready) return accel.lastVerdict();

@@ -3,6 +3,7 @@ import net from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { Paths } from '../shared/paths.js';
 import { fileLogger } from '../shared/logger.js';
+import { withSbinPath } from '../shared/command.js';
 import { ErrorCode, isBangerError } from '../errors/index.js';
 import { startDaemon, type RunningDaemon } from './daemon.js';
 
@@ -19,6 +20,8 @@ function socketAnswers(path: string): Promise<boolean> {
 }
 
 async function main(): Promise<void> {
+  // Every tool the daemon runs (mkfs.ext4 for work disks, doctor's checks...) is found with a normal user's PATH too.
+  process.env.PATH = withSbinPath(process.env).PATH;
   const paths = Paths.fromEnv();
   mkdirSync(paths.root, { recursive: true, mode: 0o700 });
   if (await socketAnswers(paths.socket)) {

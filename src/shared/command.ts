@@ -132,3 +132,13 @@ export const runCommand: CommandRunner = (cmd, args, opts = {}) =>
       child.stdin.end(opts.input);
     }
   });
+
+/**
+ * `env` with the sbin directories on PATH: mkfs.ext4, mmdebstrap's helpers and others live there, and a normal
+ * user's PATH on Debian has none of them.
+ */
+export function withSbinPath(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const parts = (env.PATH ?? '/usr/bin:/bin').split(':');
+  for (const p of ['/usr/local/sbin', '/usr/sbin', '/sbin']) if (!parts.includes(p)) parts.push(p);
+  return { ...env, PATH: parts.join(':') };
+}

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import { NETWORK_MODES } from '../protocol/common.js';
 import { interfaceNameSchema } from '../protocol/names.js';
+import { userNetworkDefaults } from './user-network.js';
 
 /**
  * The daemon's configuration: `$BANGER_HOME/config.json`, every key optional. Defaults are applied here
@@ -75,9 +76,12 @@ export type SyncEntry = BangerConfig['sync'][number];
 
 export const DEFAULT_CONFIG: BangerConfig = schema.parse({});
 
-/** Validates a parsed config object; the error names the first bad key. */
-export function parseConfig(raw: unknown, source = 'config.json'): BangerConfig {
-  const r = schema.safeParse(raw ?? {});
+/**
+ * Validates a parsed config object; the error names the first bad key. `uid`: the daemon's; a normal
+ * user's DNS defaults are its own address and a high port (user-network.ts), root's 127.77.0.1:53.
+ */
+export function parseConfig(raw: unknown, source = 'config.json', uid = 0): BangerConfig {
+  const r = schema.safeParse(withUserDefaults(raw ?? {}, uid));
   if (r.success) return r.data;
   const issue = r.error.issues[0]!;
   const key = issue.path.join('.') || '(top level)';
@@ -86,13 +90,23 @@ export function parseConfig(raw: unknown, source = 'config.json'): BangerConfig 
   });
 }
 
-/** Reads the config file; a missing file means all defaults. */
-export function loadConfig(path: string): BangerConfig {
+/** `raw` with the DNS defaults of `uid` filled in where it gives none (root's are the schema's own). */
+function withUserDefaults(raw: unknown, uid: number): unknown {
+  if (uid === 0 || typeof raw !== 'object' || raw === null || Array.isArray(raw)) return raw;
+  const r = raw as Record<string, unknown>;
+  const dns = r.dns ?? {};
+  if (typeof dns !== 'object' || dns === null || Array.isArray(dns)) return raw;
+  const d = userNetworkDefaults(uid);
+  return { ...r, dns: { address: d.dnsAddress, port: d.dnsPort, ...dns } };
+}
+
+/** Reads the config file; a missing file means all defaults (for `uid`, see parseConfig). */
+export function loadConfig(path: string, uid = 0): BangerConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return DEFAULT_CONFIG;
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return parseConfig({}, path, uid);
     throw e;
   }
   let raw: unknown;
@@ -103,5 +117,5 @@ export function loadConfig(path: string): BangerConfig {
       hint: `fix it, or remove it to use the defaults`,
     });
   }
-  return parseConfig(raw, path);
+  return parseConfig(raw, path, uid);
 }

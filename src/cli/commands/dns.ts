@@ -11,7 +11,7 @@ export function register(program: Command, ctx: CliContext): void {
 
   dns
     .command('install')
-    .description('make <name>.vm resolve for every program on this host (idempotent)')
+    .description('make <name>.vm resolve for every program on this host (idempotent); edits system files, so a normal user\'s daemon changes nothing and prints the root command instead')
     .option('--json', 'print the resulting status as JSON')
     .action(async (o: { json?: boolean }) => {
       const s = await ctx.call(DnsMethods.install, undefined);

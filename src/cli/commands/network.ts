@@ -5,7 +5,7 @@ import { out, table } from '../output.js';
 
 function print(s: NetworkStatus): void {
   out.line(`default mode: ${s.defaultMode}`);
-  out.line('loopback:     supported (a 127.77.x.y address per VM, user networking)');
+  out.line('loopback:     supported (a 127.x.y.z address per VM from this user\'s range, user networking)');
   if (!s.tap.supported) {
     out.line(`tap:          not available: ${s.tap.reason ?? 'unknown'}`);
     return;

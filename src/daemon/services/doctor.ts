@@ -12,6 +12,10 @@ export interface DoctorDeps {
   kvm: (signal?: AbortSignal) => Promise<{ usable: boolean; reason: string } | undefined>;
   /** Whether tap networking can work here. */
   tapSupported: (signal?: AbortSignal) => Promise<{ ok: boolean; reason?: string }>;
+  /** What a normal user's image builds need (image/rootless-checks.ts); undefined for a root daemon. */
+  rootless?: ((signal?: AbortSignal) => Promise<DoctorCheck[]>) | undefined;
+  /** Where this daemon's loopback VMs and DNS server live (user-network.ts), for the loopback check. */
+  loopback?: { range: string; dns: string };
 }
 
 /** Checks the host for what banger needs; each failing check says how to fix it. */
@@ -36,6 +40,8 @@ export class DoctorService {
     await tool('mmdebstrap', 'mmdebstrap', ['--version'], 'mmdebstrap', true);
     await tool('mkfs.ext4', 'mkfs.ext4', ['-V'], 'e2fsprogs', true);
     await tool('openssh client', 'ssh', ['-V'], 'openssh-client', false);
+
+    if (this.d.rootless) checks.push(...(await this.d.rootless(signal)));
 
     const kvm = await this.d.kvm(signal);
     if (kvm === undefined)
@@ -72,7 +78,9 @@ export class DoctorService {
     checks.push({
       name: 'network: loopback',
       status: 'ok',
-      detail: 'a 127.77.x.y address per VM, QEMU user networking (restrict=on unless --egress)',
+      detail: this.d.loopback
+        ? `an address per VM from ${this.d.loopback.range}, DNS on ${this.d.loopback.dns}, QEMU user networking (restrict=on unless --egress)`
+        : 'a 127.77.x.y address per VM, QEMU user networking (restrict=on unless --egress)',
     });
     const tap = await this.d.tapSupported(signal);
     checks.push(

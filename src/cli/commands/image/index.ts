@@ -54,6 +54,8 @@ $BANGER_HOME/cache/apt-archives, so a rebuild fetches only what is new (delete t
 A build keeps its bootstrapped Debian tree as a base layer in $BANGER_HOME/cache/layers (the 3 most recently
 used, at most 7 days old): a later build whose packages include a layer's starts from it and installs only
 the rest (steps "restore base layer", "install extra packages"). --no-cache bootstraps from nothing.
+Without root (a normal user's daemon) mmdebstrap runs in its unshare mode: that needs the uidmap package and
+subordinate ids for the user (\`banger doctor\` checks both and prints the fix); base layers are not used then.
 
 Examples:
   banger image build                              the default image (built on first use anyway)

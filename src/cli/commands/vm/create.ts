@@ -47,7 +47,7 @@ export function addMachineFlags(cmd: Command): Command {
     .option('--disk-size <size>', 'size of the work disk mounted at /root, e.g. 4G (default 4G)', (v) => parseMib('--disk-size', v))
     .addOption(new Option('--vmm <vmm>', 'virtual machine monitor').choices([...VMM_CHOICES]).default('auto'))
     .addOption(
-      new Option('--network <mode>', 'loopback: a 127.77.x.y address per VM (default); tap: an address on banger\'s bridge (root)').choices([...NETWORK_MODES]),
+      new Option('--network <mode>', 'loopback: a 127.x.y.z address per VM, per-user ranges (default); tap: an address on banger\'s bridge (root)').choices([...NETWORK_MODES]),
     )
     .option('--egress', 'let the guest reach the network outside the VM (off by default: it reaches nothing)')
     .option('--no-agent', 'do not start the guest agent: commands go over SSH; no sessions or stats')

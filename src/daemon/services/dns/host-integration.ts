@@ -26,6 +26,7 @@ import type { CommandRunner } from '../../../shared/command.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { DnsMechanism, DnsStatus, DnsVmEntry } from '../../../protocol/dns.js';
 import { durableWrite, recoverInterrupted } from './durable-file.js';
+import { userDnsInstallRefused } from './user-install.js';
 import { dnsName } from '../../../protocol/names.js';
 
 export const BLOCK_BEGIN = '# >>> banger >>> managed by bangerd; remove with `banger dns uninstall`';
@@ -174,6 +175,8 @@ export interface DnsHostIntegrationDeps {
   link?: string;
   /** Forces a mechanism instead of detecting systemd-resolved (tests). */
   forceMechanism?: DnsMechanism;
+  /** The daemon's uid; default 0. Not root: install refuses before changing anything (user-install.ts). */
+  uid?: number;
 }
 
 export class DnsHostIntegration {
@@ -190,6 +193,8 @@ export class DnsHostIntegration {
 
   /** Hooks `.vm` into the host's name resolution. Idempotent: a second install only refreshes. */
   async install(vms: readonly DnsVmEntry[], signal?: AbortSignal): Promise<DnsStatus> {
+    const uid = this.deps.uid ?? 0;
+    if (uid !== 0) throw userDnsInstallRefused({ address: this.deps.dnsAddress, port: this.deps.dnsPort ?? 53, uid });
     const existing = this.readState();
     if (existing) {
       await this.apply(existing, vms, signal);

@@ -8,7 +8,9 @@
 import type { CommandRunner } from '../../../shared/command.js';
 import type { Logger } from '../../../shared/logger.js';
 import { cancelled } from '../../../errors/index.js';
+import { mkdir, rm } from 'node:fs/promises';
 import { shJoin } from '../../guest/shell.js';
+import { rootlessUnpackArgs } from './rootless.js';
 import { normalizePackages, type LayerBase, type LayerCache, type LayerManifest } from './layers.js';
 
 /** Packages every image has. The kernel comes from the guest's own package, not the host. */
@@ -92,8 +94,11 @@ export function mmdebstrapArgs(p: {
   targetDir: string;
   minimal?: boolean;
   aptCacheDir?: string;
+  /** mmdebstrap's unshare mode (a normal user's build; `targetDir` is then a tarball). */
+  unshare?: boolean;
 }): string[] {
   return [
+    ...(p.unshare ? ['--mode=unshare'] : []),
     `--variant=${BOOTSTRAP_VARIANT}`,
     `--include=${includedPackages(p).join(',')}`,
     ...cacheArgs(p.aptCacheDir),
@@ -177,6 +182,11 @@ export interface BootstrapContext {
   /** The plan changed (a layer could not be restored): these steps follow the current one. */
   replan: (next: BootstrapStep[]) => void;
   removeTree: (dir: string) => Promise<void>;
+  /**
+   * A normal user's build: mmdebstrap (unshare mode) writes `tarball`, which `nsRun` (a runner inside the
+   * user namespace of rootless.ts) unpacks into `rootDir`. Layers are not used then.
+   */
+  rootless?: { nsRun: CommandRunner; tarball: string };
   signal?: AbortSignal;
 }
 
@@ -201,7 +211,16 @@ export async function bootstrapRootfs(plan: BootstrapPlan, ctx: BootstrapContext
     await run('mmdebstrap', args, { onOutput: ctx.logLines });
     return;
   }
-  ctx.step('bootstrap rootfs', `${params.suite} from ${params.mirror}`);
+  ctx.step('bootstrap rootfs', `${params.suite} from ${params.mirror}${ctx.rootless ? ' (unshare mode)' : ''}`);
+  if (ctx.rootless) {
+    const { nsRun, tarball } = ctx.rootless;
+    const args = mmdebstrapArgs({ ...params, aptCacheDir: ctx.aptCacheDir, targetDir: tarball, unshare: true });
+    await run('mmdebstrap', args, { onOutput: ctx.logLines });
+    await mkdir(rootDir, { recursive: true });
+    await nsRun('tar', rootlessUnpackArgs(tarball, rootDir));
+    await rm(tarball, { force: true });
+    return;
+  }
   await run('mmdebstrap', mmdebstrapArgs({ ...params, aptCacheDir: ctx.aptCacheDir, targetDir: rootDir }), {
     onOutput: ctx.logLines,
   });

@@ -1,6 +1,7 @@
 /**
  * Builds a guest image from Debian packages: kernel, a tiny BusyBox initrd and an ext4 root filesystem.
- * Needs root (mmdebstrap's root mode) and mmdebstrap, cpio, gzip, mkfs.ext4 and du on the host; no
+ * As root: mmdebstrap's root mode; as a normal user: its unshare mode and a user namespace (rootless.ts).
+ * Needs mmdebstrap, cpio, gzip, mkfs.ext4 and du on the host (and uidmap's newuidmap as a user); no
  * filesystem is mounted by banger itself (mmdebstrap mounts /proc etc. inside its chroot while it runs,
  * which is why scratch trees are removed through leftovers.ts, never by a bare rm -rf).
  */
@@ -9,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { BangerError, ErrorCode, cancelled, invalidArgument, toBangerError } from '../../../errors/index.js';
-import type { CommandRunner } from '../../../shared/command.js';
+import { withSbinPath, type CommandRunner } from '../../../shared/command.js';
 import { GUEST_PATHS } from '../../guest/init/scripts.js';
 import { imageContents, resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 import { procHost, removeBuildLeftovers } from './leftovers.js';
@@ -17,6 +18,7 @@ import type { Logger } from '../../../shared/logger.js';
 import { BOOTSTRAP_OPTIONS, BOOTSTRAP_VARIANT, bootstrapRootfs, includedPackages, planBootstrap } from './bootstrap.js';
 import type { LayerBase, LayerCache } from './layers.js';
 import { buildInitrd, configureRootfs } from './tree.js';
+import { rootlessRemove } from './rootless.js';
 
 export { resolveAgentBundle, resolveMiseBinary, type ImageContents } from './inputs.js';
 export { guestKernelArgs, hostTscKhz } from '../../guest/init/cmdline.js';
@@ -54,6 +56,12 @@ export interface ImageBuildDeps {
   agentBundle?: string;
   /** Cached base layers (bootstrapped trees); without it every build bootstraps from nothing. */
   layers?: LayerCache;
+  /**
+   * Set when the daemon is not root: runs a command in a user namespace where the user is root and the
+   * subordinate ids follow (rootless.ts). The bootstrap then uses mmdebstrap's unshare mode, and `du`,
+   * `mkfs.ext4` and removal of the tree run through it; `layers` is ignored.
+   */
+  userNs?: CommandRunner;
 }
 
 export interface ImageFile {
@@ -149,11 +157,6 @@ export function kernelVersions(bootEntries: readonly string[]): string[] {
     .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
 }
 
-function withSbin(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const parts = (env.PATH ?? '/usr/bin:/bin').split(':');
-  for (const p of ['/usr/local/sbin', '/usr/sbin', '/sbin']) if (!parts.includes(p)) parts.push(p);
-  return { ...env, PATH: parts.join(':') };
-}
 
 async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
   const hash = createHash('sha256');
@@ -175,7 +178,7 @@ export async function buildImage(
   signal?: AbortSignal,
 ): Promise<ImageArtifacts> {
   validateBuildParams(params);
-  const env = withSbin(process.env);
+  const env = withSbinPath(process.env);
   const run: CommandRunner = (cmd, args, opts = {}) => deps.run(cmd, args, { env, signal, ...opts });
   const rootDir = join(outDir, 'rootfs.d');
   const initrdDir = join(outDir, 'initrd.d');
@@ -202,7 +205,10 @@ export async function buildImage(
   const logLines = (chunk: string) => {
     for (const l of chunk.split('\n')) if (l.trim()) deps.log.debug(l.trimEnd());
   };
-  const host = procHost((cmd, args, opts = {}) => deps.run(cmd, args, { env, ...opts }));
+  const hostRun: CommandRunner = (cmd, args, opts = {}) => deps.run(cmd, args, { env, ...opts });
+  const userNs = deps.userNs;
+  const nsRun: CommandRunner | undefined = userNs && ((cmd, args, opts = {}) => userNs(cmd, args, { env, signal, ...opts }));
+  const host = procHost(hostRun, userNs && rootlessRemove((cmd, args, opts = {}) => userNs(cmd, args, { env, ...opts })));
   // Not tied to `signal`: a cancelled build must still be cleaned up.
   const removeTree = (dir: string) => removeBuildLeftovers(dir, host, deps.log);
 
@@ -226,7 +232,7 @@ export async function buildImage(
       options: BOOTSTRAP_OPTIONS,
     };
     const packages = includedPackages(params);
-    const layers = deps.layers;
+    const layers = nsRun ? undefined : deps.layers;
     const bootstrap = await planBootstrap(layers, base, packages, deps.log, { noCache: params.noCache });
     plan = [...bootstrap.steps, ...IMAGE_STEPS];
     await bootstrapRootfs(bootstrap, {
@@ -243,6 +249,7 @@ export async function buildImage(
         plan = [...plan.slice(0, stepIndex), ...next, ...IMAGE_STEPS];
       },
       removeTree,
+      ...(nsRun ? { rootless: { nsRun, tarball: join(outDir, 'rootfs.tar') } } : {}),
       signal,
     });
 
@@ -272,7 +279,7 @@ export async function buildImage(
     for (const n of await readdir(join(rootDir, 'boot')))
       if (n.startsWith('initrd.img-')) await rm(join(rootDir, 'boot', n), { force: true });
 
-    const du = await run('du', ['-s', '-x', '-B1', rootDir]);
+    const du = await (nsRun ?? run)('du', ['-s', '-x', '-B1', rootDir]);
     const usedBytes = Number(du.stdout.split(/\s/)[0]);
     const minMib = defaultRootfsSizeMib(usedBytes) - ROOTFS_FREE_MIB;
     const sizeMib = params.sizeMib ? params.sizeMib : defaultRootfsSizeMib(usedBytes);
@@ -283,7 +290,7 @@ export async function buildImage(
       );
     step('make ext4', `${sizeMib} MiB`);
     await rm(rootfsPath, { force: true });
-    await run('mkfs.ext4', mkfsArgs(rootDir, rootfsPath, sizeMib), { onOutput: logLines });
+    await (nsRun ?? run)('mkfs.ext4', mkfsArgs(rootDir, rootfsPath, sizeMib), { onOutput: logLines });
 
     step('checksum');
     const files: ImageFile[] = [];

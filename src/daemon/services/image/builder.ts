@@ -7,8 +7,11 @@ import { LayerCache } from './layers.js';
 import { GUEST_CONTRACT_VERSION } from '../../guest/init/contract.js';
 import type { ImageBuilder } from './service.js';
 
-/** The ImageBuilder the daemon uses: Debian bookworm from the host's own apt mirror. */
-export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths }): ImageBuilder {
+/**
+ * The ImageBuilder the daemon uses: Debian bookworm from the host's own apt mirror. `userNs`: set when the
+ * daemon is not root (a rootless build, see rootless.ts; base layers are not used then).
+ */
+export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths; userNs?: CommandRunner | undefined }): ImageBuilder {
   return async (req, outDir, progress, signal) => {
     const mirror = await readHostMirror();
     const params = {
@@ -25,7 +28,7 @@ export function imageBuilder(d: { run: CommandRunner; log: Logger; paths: Paths 
     const art = await buildImage(
       params,
       outDir,
-      { run: d.run, log, layers },
+      { run: d.run, log, ...(d.userNs ? { userNs: d.userNs } : { layers }) },
       (s) => progress({ kind: 'step', step: s.name, index: s.index, total: s.total, detail: s.detail }),
       signal,
     );

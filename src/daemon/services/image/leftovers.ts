@@ -123,8 +123,11 @@ export async function removeBuildLeftovers(
   await host.remove(base);
 }
 
-/** The real host: /proc, process.kill, `umount` through `run`. */
-export function procHost(run: CommandRunner): LeftoverHost {
+/**
+ * The real host: /proc, process.kill, `umount` through `run`. `remove`: how a tree is removed (default a
+ * recursive rm; a normal user's builds pass rootless.ts's, which can remove subordinate owners' files).
+ */
+export function procHost(run: CommandRunner, remove?: (dir: string) => Promise<void>): LeftoverHost {
   return {
     mountinfo: () => readFile('/proc/self/mountinfo', 'utf8'),
     processes: readProcesses,
@@ -136,7 +139,7 @@ export function procHost(run: CommandRunner): LeftoverHost {
       }
     },
     run,
-    remove: (dir) => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }),
+    remove: remove ?? ((dir) => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 })),
     sleep: (ms) => sleep(ms),
   };
 }

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { describeRange, userNetworkDefaults, type LoopbackRange } from '../../../shared/user-network.js';
 
 /**
  * Where the host reaches a VM in loopback mode: its own 127.77.x.y address (all of 127/8 is local on Linux,
@@ -9,17 +10,17 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 /** The guest address under QEMU user networking (slirp's defaults). */
 export const USER_NET = { ip: '10.0.2.15', cidr: '10.0.2.15/24', gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
 
-/** Loopback addresses of VMs: 127.77.0.1 is banger's DNS server; VMs get .0.2 upwards. */
-const LOOPBACK_PREFIX = [127, 77];
+/** Root's VM addresses: 127.77.0.1 is banger's DNS server; VMs get .0.2 upwards (other users: user-network.ts). */
+const ROOT_RANGE = userNetworkDefaults(0).range;
 
-/** The lowest free per-VM loopback address. */
-export function allocateLoopbackAddress(used: ReadonlySet<string>): string {
-  for (let n = 2; n < 65535; n++) {
+/** The lowest free per-VM loopback address in `range` (default root's). */
+export function allocateLoopbackAddress(used: ReadonlySet<string>, range: LoopbackRange = ROOT_RANGE): string {
+  for (let n = range.first; n <= range.last; n++) {
     if (n % 256 === 0 || n % 256 === 255) continue;
-    const addr = `${LOOPBACK_PREFIX.join('.')}.${n >> 8}.${n & 255}`;
+    const addr = `127.${range.second}.${n >> 8}.${n & 255}`;
     if (!used.has(addr)) return addr;
   }
-  throw new BangerError(ErrorCode.ResourceExhausted, 'no free loopback address left for another VM', {
+  throw new BangerError(ErrorCode.ResourceExhausted, `no free loopback address left for another VM (${describeRange(range)})`, {
     hint: 'delete VMs you no longer need',
   });
 }
@@ -33,12 +34,13 @@ export async function allocateLoopbackEndpoint(
   usedAddresses: ReadonlySet<string>,
   usedPorts: ReadonlySet<number>,
   isRoot: boolean,
+  range: LoopbackRange = ROOT_RANGE,
 ): Promise<{ hostAddress: string; sshPort: number }> {
   const used = new Set(usedAddresses);
-  let hostAddress = allocateLoopbackAddress(used);
+  let hostAddress = allocateLoopbackAddress(used, range);
   while (isRoot && !(await isPortFree(hostAddress, 22))) {
     used.add(hostAddress);
-    hostAddress = allocateLoopbackAddress(used);
+    hostAddress = allocateLoopbackAddress(used, range);
   }
   const sshPort = isRoot ? 22 : await pickFreePort(hostAddress, usedPorts);
   return { hostAddress, sshPort };

@@ -30,6 +30,7 @@ import { join } from 'node:path';
 import type { ImageService, ReadyImage } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
 import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
+import { userNetworkDefaults } from '../../../shared/user-network.js';
 import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } from './boot.js';
 import { capConsoleLog, readConsoleTail } from './console.js';
 import { GuestPortForwarder } from './forwards.js';
@@ -288,6 +289,7 @@ export class VmService {
           new Set(all.map((v) => v.hostAddress)),
           this.d.vms.usedSshPorts(),
           this.d.uid() === 0,
+          userNetworkDefaults(this.d.uid()).range,
         );
         endpoint = { ...e, guestAddress: USER_NET.ip };
       }
