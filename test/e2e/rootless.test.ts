@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import dnsPacket from 'dns-packet';
 import { CLI } from '../helpers/cli.js';
@@ -95,6 +95,7 @@ function queryA(server: string, port: number, name: string): Promise<string[]> {
 }
 
 interface VmJson {
+  id: string;
   name: string;
   network: { hostAddress: string; sshPort: number };
 }
@@ -198,7 +199,10 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
     assert.match(exec.stderr, /no VM|not found/i);
     const other = await as(B, ['env', `BANGER_HOME=/home/${A}/.local/share/banger`, process.execPath, CLI, 'ps']);
     assert.equal(other.code, 67, other.stderr);
-    // B's key does not open A's VM.
+    // B's key does not open A's VM (B checks the VM's pinned host key, copied from A's state by the test).
+    const pinned = `/home/${B}/a1_known_hosts`;
+    writeFileSync(pinned, readFileSync(`/home/${A}/.local/share/banger/vms/${a1.id}/known_hosts`));
+    spawnSync('chown', [B, pinned]);
     const ssh = await as(B, [
       'ssh',
       '-i',
@@ -208,9 +212,11 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
       '-o',
       'BatchMode=yes',
       '-o',
-      'StrictHostKeyChecking=no',
+      'StrictHostKeyChecking=yes',
       '-o',
-      'UserKnownHostsFile=/dev/null',
+      `UserKnownHostsFile=${pinned}`,
+      '-o',
+      'HostKeyAlias=a1.vm',
       '-o',
       'ConnectTimeout=20',
       `root@${a1.network.hostAddress}`,

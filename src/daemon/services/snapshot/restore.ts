@@ -1,18 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { connect as connectUnix } from 'node:net';
 import { join } from 'node:path';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import { dnsName } from '../../../protocol/names.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import { generateEd25519 } from '../../guest/keys.js';
 import { shq } from '../../guest/shell.js';
 import { SshGuestSession } from '../../guest/ssh.js';
 import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
 import { writeHandles } from '../vm/handles.js';
+import { writeHostKey } from '../vm/files.js';
 import { qcow2VirtualSize } from '../vm/settings.js';
 import {
   SNAPSHOT_FILES,
@@ -55,10 +54,7 @@ export async function makeRestoredFiles(vp: VmPaths, src: RestoreSource, run: Co
       mac: s.mac,
     };
     await writeJson(join(vp.dir, VM_RESTORE_FILE), marker);
-    const hostKey = generateEd25519(dnsName(name));
-    await writeFile(vp.hostKeyPrivate, hostKey.privateKey, { mode: 0o600 });
-    await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
-    await writeFile(vp.knownHosts, `${dnsName(name)} ${hostKey.publicKey}\n`, { mode: 0o644 });
+    await writeHostKey(vp, name);
   } catch (e) {
     throw asNoSpace(e, vp.dir, what, needed);
   }

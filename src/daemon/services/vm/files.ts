@@ -54,8 +54,19 @@ async function makeFiles(o: VmFilesOptions, signal?: AbortSignal): Promise<void>
   step('create work disk', 2);
   await makeWorkDisk(run, vp.workDisk, o.diskSizeMib, signal);
   step('generate host key', 3);
-  const hostKey = generateEd25519(dnsName(o.name));
+  await writeHostKey(vp, o.name);
+}
+
+/**
+ * A new SSH host key for VM `name` and the known_hosts line that pins it (written last: reconcile takes a
+ * VM without it for a create that never finished).
+ */
+export async function writeHostKey(
+  vp: { hostKeyPrivate: string; hostKeyPublic: string; knownHosts: string },
+  name: string,
+): Promise<void> {
+  const hostKey = generateEd25519(dnsName(name));
   await writeFile(vp.hostKeyPrivate, hostKey.privateKey, { mode: 0o600 });
   await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
-  await writeFile(vp.knownHosts, `${dnsName(o.name)} ${hostKey.publicKey}\n`, { mode: 0o644 });
+  await writeFile(vp.knownHosts, `${dnsName(name)} ${hostKey.publicKey}\n`, { mode: 0o644 });
 }
