@@ -61,6 +61,8 @@ export function progressMode(opts: { json?: boolean; quiet?: boolean }): Progres
 export class ProgressRenderer {
   private spinner: Ora | undefined;
   private lastBytesLine = 0;
+  /** Rate and time left of the byte transfer in progress. */
+  private readonly rate = new TransferRate();
   /** When the current step began: each step's time is shown when it ends (image builds take minutes). */
   private stepStarted: number | undefined;
 
@@ -109,7 +111,7 @@ export class ProgressRenderer {
       const now = Date.now();
       if (now - this.lastBytesLine < 2000 && ev.done !== ev.total) return;
       this.lastBytesLine = now;
-      out.info(`    ${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}${ev.files !== undefined ? `, ${ev.files} files` : ''}`);
+      out.info(`    ${this.bytesText(ev)}`);
     }
   }
 
@@ -124,7 +126,7 @@ export class ProgressRenderer {
     const text =
       ev.kind === 'step'
         ? `[${ev.index}/${ev.total}] ${ev.step}${ev.detail ? ` ${dim(ev.detail)}` : ''}`
-        : `${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}${ev.files !== undefined ? `, ${ev.files} files` : ''}`;
+        : this.bytesText(ev);
     const ora = this.ora;
     if (!ora) return;
     if (!this.spinner) this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
@@ -133,6 +135,19 @@ export class ProgressRenderer {
       this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
     } else this.spinner.text = text;
     if (ev.kind === 'step') this.stepStarted ??= Date.now();
+  }
+
+  /** `import: 12.0 MiB / 200.0 MiB, 1200 files, 4.1 MiB/s, about 46 s left`. */
+  private bytesText(ev: Extract<ProgressEvent, { kind: 'bytes' }>): string {
+    const { perSecond, secondsLeft } = this.rate.update(ev.step, ev.done, ev.total);
+    return [
+      `${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}`,
+      ev.files !== undefined ? `${ev.files} files` : undefined,
+      perSecond !== undefined ? `${formatBytes(perSecond)}/s` : undefined,
+      secondsLeft !== undefined ? `about ${formatSeconds(secondsLeft)} left` : undefined,
+    ]
+      .filter((x) => x !== undefined)
+      .join(', ');
   }
 
   private succeed(): void {
@@ -155,6 +170,37 @@ export class ProgressRenderer {
 
 function dim(s: string): string {
   return `\x1b[2m${s}\x1b[0m`;
+}
+
+/**
+ * Rate of a byte transfer from its progress events: bytes since the first event over the time since,
+ * shown once a second has passed; the time left from that rate and the total (none without a total).
+ */
+export class TransferRate {
+  private step: string | undefined;
+  private first = { at: 0, done: 0 };
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  update(step: string, done: number, total?: number): { perSecond?: number; secondsLeft?: number } {
+    const now = this.now();
+    if (step !== this.step || done < this.first.done) {
+      this.step = step;
+      this.first = { at: now, done };
+      return {};
+    }
+    const seconds = (now - this.first.at) / 1000;
+    if (seconds < 1 || done === this.first.done) return {};
+    const perSecond = (done - this.first.done) / seconds;
+    const secondsLeft = total !== undefined && total > done ? (total - done) / perSecond : undefined;
+    return { perSecond, secondsLeft };
+  }
+}
+
+/** `45 s`, `3 min 20 s`. */
+export function formatSeconds(s: number): string {
+  const r = Math.ceil(s);
+  return r < 60 ? `${r} s` : `${Math.floor(r / 60)} min ${r % 60} s`;
 }
 
 export function formatBytes(n: number): string {

@@ -65,7 +65,7 @@ export interface ImportFileList {
  * Environment for host git: drops variables that would point git at another repository or index,
  * and asks git not to take optional locks so inspecting never races the user's own git commands.
  */
-function gitEnv(): NodeJS.ProcessEnv {
+export function gitEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0', LC_ALL: 'C' };
   for (const k of [
     'GIT_DIR',
@@ -349,7 +349,8 @@ export function submoduleNotice(skippedSubmodules: readonly string[]): string | 
   return `submodules are imported as empty directories, without their contents: ${skippedSubmodules.join(', ')}`;
 }
 
-function gitMode(e: ImportEntry): string {
+/** git's mode for an entry: 100644, 100755, 120000 (symlink) or 160000 (a submodule's directory). */
+export function gitMode(e: ImportEntry): string {
   if (e.kind === 'symlink') return '120000';
   if (e.kind === 'dir') return '160000';
   return e.mode === 0o755 ? '100755' : '100644';

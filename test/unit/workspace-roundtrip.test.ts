@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   chmodSync,
   existsSync,
   lstatSync,
   mkdirSync,
   readFileSync,
+  readdirSync,
   readlinkSync,
   renameSync,
   rmSync,
@@ -25,8 +26,11 @@ import {
   parseNameStatus,
 } from '../../src/daemon/services/workspace/guest-scripts.js';
 import { inspectRepo, listImportFiles } from '../../src/daemon/services/workspace/host-repo.js';
-import { createImportTar, type ImportTarProgress } from '../../src/daemon/services/workspace/pack.js';
+import { type ImportTarProgress } from '../../src/daemon/services/workspace/pack.js';
+import { createFullImportStream } from '../../src/daemon/services/workspace/import-stream.js';
 import { parsePatchFiles } from '../../src/daemon/services/workspace/patch.js';
+import { hostManifest } from '../../src/daemon/services/workspace/manifest.js';
+import { splitByHead } from '../../src/daemon/services/workspace/checkout-split.js';
 import { LocalShellSession } from '../helpers/local-session.js';
 import {
   NASTY_NAME,
@@ -53,19 +57,38 @@ interface Imported {
   code: number;
   progress: ImportTarProgress | undefined;
   entries: number;
+  /** Files the guest wrote from the history pack (equal to HEAD) rather than received. */
+  checkedOut: number;
   skippedUntracked: number;
 }
 
 async function importRepo(
   root: string,
   guest: string,
-  opts: { includeUntracked?: boolean; historyDepth?: number; session?: LocalShellSession; force?: boolean } = {},
+  opts: {
+    includeUntracked?: boolean;
+    historyDepth?: number;
+    historyPartBytes?: number;
+    storeBlobs?: boolean;
+    session?: LocalShellSession;
+    force?: boolean;
+  } = {},
 ): Promise<Imported> {
   const repo = await inspectRepo(root, runCommand);
   const list = await listImportFiles(root, { includeUntracked: opts.includeUntracked ?? false }, runCommand);
   let progress: ImportTarProgress | undefined;
-  const stdin = createImportTar(
-    { root: repo.root, entries: list.entries, headCommit: repo.headCommit, historyDepth: opts.historyDepth },
+  // As the workspace service does: files equal to HEAD's come from the history pack, the rest as files.
+  const manifest = await hostManifest(repo.root, opts.includeUntracked ?? false, runCommand);
+  const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, runCommand);
+  const stdin = createFullImportStream(
+    {
+      root: repo.root,
+      headCommit: repo.headCommit,
+      split,
+      historyDepth: opts.historyDepth,
+      partBytes: opts.historyPartBytes,
+      storeBlobs: opts.storeBlobs,
+    },
     { onProgress: (p) => (progress = p) },
   );
   const script = buildImportScript({
@@ -82,7 +105,8 @@ async function importRepo(
     stdout: r.stdout.toString(),
     stderr: r.stderr.toString(),
     progress,
-    entries: list.entries.length,
+    entries: split.send.length + split.checkout.length,
+    checkedOut: split.checkout.length,
     skippedUntracked: list.skippedUntracked,
   };
 }
@@ -174,6 +198,7 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
       const imp = await importRepo(root, guest, { includeUntracked: true, session: sh });
       assert.equal(imp.code, 0, imp.stderr);
       assert.equal(imp.progress?.files, imp.entries);
+      assert.ok(imp.checkedOut > 0 && imp.checkedOut < imp.entries, 'clean files come from the pack, edits as files');
 
       // The guest repo is the host's checkout: same HEAD, branch, identity, history; index = HEAD.
       assert.equal(git(guest, 'rev-parse', 'HEAD'), git(root, 'rev-parse', 'HEAD'));
@@ -268,6 +293,47 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     const untracked = ['.env', '.envrc.private', '.env.local', 'notes/todo.txt'];
     assert.deepEqual(snapshot(atImport, untracked), snapshot(guest));
     assert.equal(readFileSync(join(atImport, '.env'), 'utf8'), 'SECRET=1\n');
+  });
+
+  void it('sends a file as it is on disk when its bytes differ from its blob (ident, CRLF), and the guest sees what the host sees', async () => {
+    const root = tmp('banger-attr-');
+    git(root, 'init', '-q', '-b', 'main');
+    write(root, '.gitattributes', 'id.txt ident\ncrlf.txt text eol=crlf\n');
+    write(root, 'id.txt', 'version $Id$\n');
+    write(root, 'crlf.txt', 'one\ntwo\n');
+    write(root, 'plain.txt', 'plain\n');
+    git(root, 'add', '-A');
+    git(root, 'commit', '-q', '-m', 'attrs');
+    // Check out again so the working tree holds the smudged bytes ($Id: ...$, CRLF endings).
+    rmSync(join(root, 'id.txt'));
+    rmSync(join(root, 'crlf.txt'));
+    git(root, 'checkout', '--', 'id.txt', 'crlf.txt');
+    assert.match(readFileSync(join(root, 'id.txt'), 'utf8'), /\$Id: [0-9a-f]{40} \$/);
+    assert.equal(statusLines(root).length, 0);
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest);
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(imp.checkedOut, 2, '.gitattributes and plain.txt come from the pack; id.txt and crlf.txt as files');
+    assert.deepEqual(snapshot(guest), snapshot(root));
+    assert.deepEqual(statusLines(guest), []);
+  });
+
+  void it('sends HEAD\'s blobs as several uncompressed packs when they are larger than a part, and the guest repository is whole', async () => {
+    const root = tmp('banger-parts-');
+    git(root, 'init', '-q', '-b', 'main');
+    for (let i = 0; i < 4; i++) write(root, `bin/${i}.bin`, randomBytes(1 << 20));
+    git(root, 'add', '-A');
+    git(root, 'commit', '-q', '-m', 'binaries');
+    write(root, 'bin/0.bin', randomBytes(1000)); // an edit: sent as a file
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest, { historyPartBytes: 1 << 20, storeBlobs: true });
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(imp.checkedOut, 3);
+    const packs = readdirSync(join(guest, '.git/objects/pack')).filter((n) => n.endsWith('.pack'));
+    assert.ok(packs.length >= 3, `several packs: ${packs.join(' ')}`);
+    execFileSync('git', ['fsck', '--no-progress', '--full'], { cwd: guest, stdio: 'ignore' });
+    assert.deepEqual(snapshot(guest), snapshot(root));
+    assert.deepEqual(statusLines(guest), [' M bin/0.bin']);
   });
 
   void it('keeps a detached HEAD detached', async () => {

@@ -8,6 +8,9 @@ import { runCommand } from '../../src/shared/command.js';
 import { WorkspaceScriptExit, buildImportScript } from '../../src/daemon/services/workspace/guest-scripts.js';
 import { inspectRepo, listImportFiles, type ImportEntry } from '../../src/daemon/services/workspace/host-repo.js';
 import { createImportTar } from '../../src/daemon/services/workspace/pack.js';
+import { IMPORT_STREAM_MAGIC, createFullImportStream } from '../../src/daemon/services/workspace/import-stream.js';
+import { hostManifest } from '../../src/daemon/services/workspace/manifest.js';
+import { splitByHead } from '../../src/daemon/services/workspace/checkout-split.js';
 import { BangerError } from '../../src/errors/index.js';
 import { LocalShellSession } from '../helpers/local-session.js';
 import { isolateGitConfig, makeFixtureRepo, tmp } from '../helpers/workspace-repo.js';
@@ -28,7 +31,12 @@ function craft(members: Member[]): Readable {
     else pack.entry({ name: m.name, mode: 0o644 }, m.body ?? 'pwned\n');
   }
   pack.finalize();
-  return Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false });
+  // A full import's stream for a repository without commits: the header, then the tar (import-stream.ts).
+  async function* framed(): AsyncGenerator<Buffer> {
+    yield Buffer.from(`${IMPORT_STREAM_MAGIC}\ntar\n`);
+    for await (const c of pack as AsyncIterable<Buffer>) yield c;
+  }
+  return Readable.from(framed(), { objectMode: false });
 }
 
 const importScript = (guestPath: string) =>
@@ -100,9 +108,9 @@ void describe('import extraction safety', () => {
         // The planted links are guest changes: replace them (the case where they could do harm).
         force: true,
       });
-      return session.exec(script, {
-        stdin: createImportTar({ root, entries: list.entries, headCommit: repo.headCommit }),
-      });
+      const manifest = await hostManifest(root, false, runCommand);
+      const split = await splitByHead(root, repo.headCommit, list.entries, manifest, runCommand);
+      return session.exec(script, { stdin: createFullImportStream({ root, headCommit: repo.headCommit, split }) });
     };
     assert.equal((await imp()).code, 0);
     // The guest plants links pointing outside where the next import writes files and directories.
@@ -118,6 +126,32 @@ void describe('import extraction safety', () => {
     assert.equal(readFileSync(join(outside, 'canary'), 'utf8'), 'untouched\n');
     assert.ok(lstatSync(join(guest, 'bin')).isDirectory());
     assert.ok(lstatSync(join(guest, 'README.md')).isFile());
+  });
+
+  void it('refuses a broken or hostile import stream: bad names and lengths, a short stream, files before history', async () => {
+    const outside = tmp('banger-outside-');
+    writeFileSync(join(outside, 'canary'), 'untouched\n');
+    const head = 'a'.repeat(40);
+    const cases: { stream: string; why: RegExp }[] = [
+      { stream: 'not a banger import\n', why: /is not a banger import/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\npack ../../x 3 3\nabcdef`, why: /not named by a hex id/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\npack ${'b'.repeat(40)} 1e3 3\n`, why: /bad length/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nshallow 100\nshort`, why: /ended early/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\npart ${'c'.repeat(40)} 1 1 1\nxyz`, why: /files before their history/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nrm -rf /\n`, why: /unknown record/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\n`, why: /ended early/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\ntar\n`, why: /no git history/ },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const guestRoot = tmp('banger-guest-');
+      const guest = join(guestRoot, 'ws');
+      const script = buildImportScript({ guestPath: guest, headCommit: head, branch: 'main', identity: { name: null, email: null } });
+      const r = await session.exec(script, { stdin: Readable.from([Buffer.from(c.stream)]) });
+      assert.equal(r.code, WorkspaceScriptExit.BadArchive, `case ${i}: ${r.stderr.toString()}`);
+      assert.match(r.stderr.toString(), c.why, `case ${i}`);
+      assert.deepEqual(readdirSync(outside), ['canary'], `case ${i}`);
+      assert.deepEqual(readdirSync(guest), [], `case ${i}: nothing is left in the workspace`);
+    }
   });
 
   void it('refuses unsafe names on the host before anything is sent', () => {

@@ -1,7 +1,8 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { shJoin, shq } from '../../guest/shell.js';
 import type { GitIdentity } from './host-repo.js';
-import { TAR_HISTORY_PACK, TAR_META_DIR, TAR_SHALLOW, TAR_TREE_DIR } from './pack.js';
+import { TAR_TREE_DIR } from './pack.js';
+import { IMPORT_STREAM_MAGIC } from './import-stream.js';
 
 /**
  * Pure builders of the shell scripts that import, export and run commands in a guest workspace.
@@ -117,6 +118,11 @@ export interface ImportScriptOptions {
   identity: GitIdentity;
   /** Replace a workspace that has changes made in the guest (else: exit Conflict naming them). */
   force?: boolean;
+  /**
+   * Run `mise trust --all` at the end (default true). It takes seconds in an emulated guest, so the
+   * workspace service asks for it only when the tree may hold a mise config (resync-script.ts mayBeMiseConfig).
+   */
+  trustMise?: boolean;
 }
 
 /** Marks a workspace whose import was interrupted while its files moved in: not guest changes. */
@@ -179,7 +185,8 @@ user_email=${shq(o.identity.email ?? '')}
 force=${o.force ? 1 : 0}
 stage=
 gc=
-cleanup() { unbeat; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; if [ -n "$gc" ]; then rm -rf -- "$gc"; fi; }
+worker=
+cleanup() { unbeat; if [ -n "$worker" ]; then kill "$worker" 2>/dev/null || true; fi; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; if [ -n "$gc" ]; then rm -rf -- "$gc"; fi; }
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
 beat
@@ -210,26 +217,70 @@ if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
 fi
 
 stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
-LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
-  fail ${WorkspaceScriptExit.BadArchive} "the workspace archive could not be unpacked safely"
-[ -d "$stage/${TAR_TREE_DIR}" ] && [ ! -L "$stage/${TAR_TREE_DIR}" ] ||
-  fail ${WorkspaceScriptExit.BadArchive} "the workspace archive has no ${TAR_TREE_DIR}/ directory"
+mkdir -- "$stage/${TAR_TREE_DIR}"
 cd -- "$stage/${TAR_TREE_DIR}"
-if [ -e .git ] || [ -L .git ]; then fail ${WorkspaceScriptExit.BadArchive} "the workspace archive contains a .git"; fi
-
 # A 64-hex HEAD comes from a SHA-256 repository; the guest repo must use the same object format.
 if [ "\${#head}" -eq 64 ]; then fmt=sha256; else fmt=sha1; fi
 if [ -n "$branch" ]; then git init -q --object-format=$fmt -b "$branch" .; else git -c init.defaultBranch=main init -q --object-format=$fmt .; fi
-if [ -n "$head" ]; then
-  [ -f "$stage/${TAR_HISTORY_PACK}" ] || fail ${WorkspaceScriptExit.BadArchive} "the workspace archive has no git history"
-  git index-pack --stdin < "$stage/${TAR_HISTORY_PACK}" >/dev/null
-  if [ -s "$stage/${TAR_SHALLOW}" ]; then cp -- "$stage/${TAR_SHALLOW}" .git/shallow; fi
-  git cat-file -e "$head^{commit}" 2>/dev/null ||
-    fail ${WorkspaceScriptExit.BadArchive} "the workspace archive's history lacks commit $head"
-  if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$head"; else git update-ref --no-deref HEAD "$head"; fi
-  git reset -q --mixed
+packs=$(git rev-parse --git-path objects/pack)
+
+# The stream (import-stream.ts): records of a header line and exactly the bytes it announces, then a tar.
+# A part's files are checked out by a background worker while the next part arrives.
+bad() { fail ${WorkspaceScriptExit.BadArchive} "the workspace stream $*"; }
+num() { case "$1" in *[!0-9]* | '') bad "has a bad length" ;; esac; }
+hexid() { case "$1" in *[!0-9a-f]* | '') bad "has a pack that is not named by a hex id" ;; esac; }
+take() { head -c "$1" > "$2"; [ "$(wc -c < "$2")" -eq "$1" ] || bad "ended early"; }
+IFS= read -r magic || bad "is empty"
+[ "$magic" = ${shq(IMPORT_STREAM_MAGIC)} ] || bad "is not a banger import"
+mkfifo "$stage/queue"
+( while IFS= read -r id; do
+    [ -e "$stage/checkout-failed" ] ||
+      git -c checkout.workers=0 checkout-index -u -z --stdin < "$stage/$id.paths" 2>"$stage/checkout-err" ||
+      : > "$stage/checkout-failed"
+  done ) < "$stage/queue" &
+worker=$!
+exec 3> "$stage/queue"
+history=0
+kind=
+while IFS=' ' read -r kind a b c d; do
+  case "$kind" in
+    shallow) num "$a"; if [ "$a" -gt 0 ]; then take "$a" .git/shallow; fi ;;
+    pack | part)
+      hexid "$a"; num "$b"; num "$c"
+      take "$b" "$packs/pack-$a.pack"
+      take "$c" "$packs/incoming-$a"
+      mv -- "$packs/incoming-$a" "$packs/pack-$a.idx"
+      if [ "$kind" = pack ]; then
+        [ -n "$head" ] || bad "has history for a repository without commits"
+        git cat-file -e "$head^{commit}" 2>/dev/null || bad "lacks commit $head"
+        if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$head"; else git update-ref --no-deref HEAD "$head"; fi
+        # The index is HEAD's tree; files are checked out into it part by part (their stat data recorded,
+        # so nothing is read back), and only files that come in the tar are hashed by the refresh below.
+        git read-tree "$head"
+        history=1
+      else
+        [ "$history" = 1 ] || bad "has files before their history"
+        num "$d"; take "$d" "$stage/$a.paths"
+        printf '%s\n' "$a" >&3
+      fi ;;
+    tar) break ;;
+    *) bad "has an unknown record" ;;
+  esac
+done
+[ "$kind" = tar ] || bad "ended early"
+if [ -n "$head" ] && [ "$history" = 0 ]; then bad "has no git history"; fi
+# The checkouts finish before the tar's files are written: both would create the same directories.
+exec 3>&-
+wait "$worker" || true
+worker=
+if [ -e "$stage/checkout-failed" ]; then
+  fail 1 "checking out the imported files failed: $(tail -n 3 "$stage/checkout-err" | tr '\n' ' ')"
 fi
-rm -rf -- "$stage/${TAR_META_DIR}"
+# The host never sends a .git (validateEntryPath); --exclude keeps one from reaching the repository anyway.
+LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --exclude=.git --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
+  fail ${WorkspaceScriptExit.BadArchive} "the workspace archive could not be unpacked safely"
+rm -f -- "$stage/queue" "$stage"/*.paths "$stage/checkout-err"
+if [ -n "$head" ]; then git update-index -q --refresh >/dev/null; fi
 if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 
@@ -255,7 +306,7 @@ rm -rf -- "$stage"
 stage=
 
 cd -- "$dest"
-${MISE_TRUST}printf '%s\\n' "$base"
+${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 `;
 }
 

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readFile, rename, rm, writeFile, copyFile } from 'node:
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import type { CommandRunner } from '../../../shared/command.js';
+import { gitEnv as hostGitEnv } from '../../../shared/workspace-files.js';
 
 /**
  * The manifest of an import: what it left in the guest, per path git's mode and object id (the
@@ -65,9 +66,7 @@ export function parseLsFilesStage(out: string): ManifestEntries {
 }
 
 function gitEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0', LC_ALL: 'C', ...extra };
-  for (const k of ['GIT_DIR', 'GIT_WORK_TREE', 'GIT_COMMON_DIR', 'GIT_PREFIX']) delete env[k];
-  return env;
+  return { ...hostGitEnv(), ...extra };
 }
 
 /**

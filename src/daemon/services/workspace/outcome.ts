@@ -10,14 +10,20 @@ type Progress = (ev: ProgressEvent) => void;
 
 const PROGRESS_INTERVAL_MS = 200;
 
-/** Byte progress of a tar, a few events a second (one per file would be one notification per file). */
-export function byteProgress(progress: Progress, list: Pick<ImportFileList, 'entries' | 'totalBytes'>) {
+/**
+ * Byte progress of an import, a few events a second (one per file would be one notification per file):
+ * file contents and git packs sent. Until the end the total is the working tree's size (the packs carry
+ * the files the guest checks out, compressed, and history); at the end it is what was really sent.
+ */
+export function byteProgress(progress: Progress, list: { entries: readonly unknown[]; totalBytes: number }) {
   let last = 0;
   return (t: ImportTarProgress) => {
     const now = Date.now();
-    if (now - last < PROGRESS_INTERVAL_MS && t.files !== list.entries.length) return;
+    const end = t.final === true || t.files >= list.entries.length;
+    if (now - last < PROGRESS_INTERVAL_MS && !end) return;
     last = now;
-    progress({ kind: 'bytes', step: 'import', done: t.bytes, total: list.totalBytes, files: t.files });
+    const total = t.final ? t.bytes : Math.max(list.totalBytes, t.bytes);
+    progress({ kind: 'bytes', step: 'import', done: t.bytes, total, files: t.files });
   };
 }
 

@@ -46,6 +46,8 @@ export interface ImportTarSource {
 export interface ImportTarProgress {
   files: number;
   bytes: number;
+  /** The last event of a full import's stream (import-stream.ts): `bytes` is all it sent. */
+  final?: boolean;
 }
 
 export interface ImportTarOptions {

@@ -26,6 +26,8 @@ import {
   type HostRepo,
 } from './host-repo.js';
 import { createImportTar } from './pack.js';
+import { splitByHead } from './checkout-split.js';
+import { createFullImportStream } from './import-stream.js';
 import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
 import { conflictError, planResync, type ResyncPlan } from './resync.js';
 import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
@@ -134,9 +136,15 @@ export class WorkspaceService {
         const list = await listFiles();
         const manifest = await hostManifest(repo.root, includeUntracked, this.d.run, signal);
         const special = new Set(list.skippedSpecial);
-        const tar = createImportTar(
-          { root: repo.root, entries: list.entries, headCommit: repo.headCommit },
-          { run: this.d.run, signal, onSkipped: (path) => special.add(path), onProgress: byteProgress(progress, list) },
+        const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, this.d.run, signal);
+        const tar = createFullImportStream(
+          { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm' },
+          {
+            run: this.d.run,
+            signal,
+            onSkipped: (path) => special.add(path),
+            onProgress: byteProgress(progress, list),
+          },
         );
         const script = buildImportScript({
           guestPath,
@@ -144,6 +152,7 @@ export class WorkspaceService {
           branch: repo.branch,
           identity: repo.identity,
           force: p.force ?? false,
+          trustMise: list.entries.some((e) => mayBeMiseConfig(e.path)),
         });
         const r = await this.send(vm.name, session, script, tar, signal);
         if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);

@@ -1,0 +1,155 @@
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import type { CommandRunner } from '../../../shared/command.js';
+import { gitEnv } from '../../../shared/workspace-files.js';
+
+/**
+ * Git packs an import sends, written by the host's git and handed on as git finishes each.
+ *
+ * Each pack goes with the index `git pack-objects` wrote for it: the guest moves both into its object
+ * store as they are and hashes nothing (in an emulated guest, SHA-1 of a 200 MB pack takes longer than
+ * receiving it). `--window=0`: no search for new deltas. Objects already stored as deltas in the
+ * repository's packs stay deltas when their base is in the same pack; loose objects, the newest, go whole.
+ * The search costs tens of seconds for a tree of 20,000 new files and saves little: a tree's files are
+ * rarely deltas of each other.
+ */
+
+/** A finished pack and its index. */
+export interface PackFile {
+  /** The pack's checksum, its name: `pack-<id>.pack` in the guest. */
+  id: string;
+  pack: { path: string; size: number };
+  idx: { path: string; size: number };
+}
+
+/**
+ * Largest part of a split pack. The guest checks a part's files out only once all of it has arrived, so
+ * small parts let the writing of files (the guest's largest cost for a tree of many small files) start
+ * within a second and follow the transfer closely; each part costs a git process on both sides.
+ */
+export const PACK_PART_BYTES = 8 << 20;
+
+const HEX_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
+
+/** How often the pack directory is looked at for parts git has finished. */
+const POLL_MS = 100;
+
+/**
+ * The objects of HEAD's history (all of it with depth 0, else its `depth` newest commits), and the
+ * commits whose parents are not sent (the guest's `.git/shallow`).
+ */
+export async function historyObjects(
+  root: string,
+  head: string,
+  depth: number,
+  run: CommandRunner,
+  signal: AbortSignal,
+): Promise<{ objects: string[]; shallow: string[] }> {
+  const limit = depth > 0 ? [`--max-count=${depth}`] : [];
+  const opts = { cwd: root, env: gitEnv(), signal, maxOutputBytes: 1 << 30 };
+  let shallow: string[] = [];
+  if (depth > 0) {
+    // A commit is shallow when one of its parents is not sent.
+    const r = await run('git', ['rev-list', '--parents', ...limit, head], opts);
+    const rows = r.stdout
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => l.split(' '));
+    const sent = new Set(rows.map((row) => row[0]));
+    shallow = rows.filter((row) => row.slice(1).some((p) => !sent.has(p))).map((row) => row[0] as string);
+  }
+  const r = await run('git', ['rev-list', '--objects', ...limit, head], opts);
+  const objects: string[] = [];
+  for (const line of r.stdout.split('\n')) {
+    const sp = line.indexOf(' ');
+    const id = sp === -1 ? line : line.slice(0, sp);
+    if (id !== '') objects.push(id);
+  }
+  return { objects, shallow };
+}
+
+/**
+ * Packs `objects` into `dir` as `<prefix>-<id>.pack` with its index, in parts of at most `partBytes`
+ * (none: one pack), each yielded as soon as git has written it while git goes on with the next.
+ * `stored`: no compression (see FullImportSource.storeBlobs).
+ */
+export async function* packObjects(
+  root: string,
+  objects: readonly string[],
+  dir: string,
+  prefix: string,
+  o: { partBytes?: number; stored?: boolean },
+  run: CommandRunner,
+  signal: AbortSignal,
+): AsyncGenerator<PackFile> {
+  const list = join(dir, `${prefix}.objects`);
+  await writeFile(list, objects.map((x) => `${x}\n`).join(''));
+  const args = o.partBytes === undefined ? [] : [`--max-pack-size=${o.partBytes}`];
+  // Stored: zlib level 0, also for objects the repository keeps compressed (no reuse of their data).
+  const env = o.stored
+    ? { ...gitEnv(), GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'pack.compression', GIT_CONFIG_VALUE_0: '0' }
+    : gitEnv();
+  if (o.stored) args.push('--no-reuse-object');
+  const packing = run(
+    'sh',
+    ['-c', 'exec git pack-objects -q --window=0 "$@" < "$0"', list, ...args, join(dir, prefix)],
+    { cwd: root, env, signal },
+  );
+  packing.catch(() => undefined);
+  yield* finishedPacks(dir, prefix, packing, signal);
+}
+
+/**
+ * The packs `<prefix>-<id>.pack` that git finished in `dir`, in the order they appear, until `done`
+ * settles. git renames a part's index into place last, so an index means its pack is complete.
+ */
+async function* finishedPacks(
+  dir: string,
+  prefix: string,
+  done: Promise<unknown>,
+  signal: AbortSignal,
+): AsyncGenerator<PackFile> {
+  const seen = new Set<string>();
+  let finished = false;
+  void done.then(
+    () => (finished = true),
+    () => (finished = true),
+  );
+  for (;;) {
+    const last = finished;
+    if (last) await done; // a failure of git is thrown here
+    const found: { id: string; at: number }[] = [];
+    for (const n of await readdir(dir)) {
+      if (!n.startsWith(`${prefix}-`) || !n.endsWith('.idx')) continue;
+      const id = n.slice(prefix.length + 1, -'.idx'.length);
+      if (seen.has(id)) continue;
+      if (!HEX_ID.test(id))
+        throw new BangerError(ErrorCode.Internal, `git wrote an unexpected pack ${JSON.stringify(n)}`);
+      found.push({ id, at: (await stat(join(dir, n))).mtimeMs });
+    }
+    for (const { id } of found.sort((a, b) => a.at - b.at)) {
+      seen.add(id);
+      const pack = join(dir, `${prefix}-${id}.pack`);
+      const idx = join(dir, `${prefix}-${id}.idx`);
+      const [p, i] = await Promise.all([stat(pack), stat(idx)]);
+      yield { id, pack: { path: pack, size: p.size }, idx: { path: idx, size: i.size } };
+    }
+    if (last) return;
+    await Promise.race([sleep(POLL_MS, undefined, { signal }), done.catch(() => undefined)]);
+  }
+}
+
+/** The object ids a pack holds, read from its version 2 index (`hashBytes`: 20 for SHA-1, 32 for SHA-256). */
+export async function packIndexIds(idxPath: string, hashBytes: number): Promise<string[]> {
+  const b = await readFile(idxPath);
+  if (b.length < 8 + 1024 || b.readUInt32BE(0) !== 0xff744f63 || b.readUInt32BE(4) !== 2)
+    throw new BangerError(ErrorCode.Internal, `${idxPath} is not a version 2 pack index`);
+  const n = b.readUInt32BE(8 + 255 * 4);
+  const start = 8 + 1024;
+  if (b.length < start + n * hashBytes) throw new BangerError(ErrorCode.Internal, `${idxPath} is truncated`);
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) ids.push(b.toString('hex', start + i * hashBytes, start + (i + 1) * hashBytes));
+  return ids;
+}
