@@ -49,17 +49,7 @@ export async function historyObjects(
 ): Promise<{ objects: string[]; shallow: string[] }> {
   const limit = depth > 0 ? [`--max-count=${depth}`] : [];
   const opts = { cwd: root, env: gitEnv(), signal, maxOutputBytes: 1 << 30 };
-  let shallow: string[] = [];
-  if (depth > 0) {
-    // A commit is shallow when one of its parents is not sent.
-    const r = await run('git', ['rev-list', '--parents', ...limit, head], opts);
-    const rows = r.stdout
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => l.split(' '));
-    const sent = new Set(rows.map((row) => row[0]));
-    shallow = rows.filter((row) => row.slice(1).some((p) => !sent.has(p))).map((row) => row[0] as string);
-  }
+  const shallow = await shallowCommits(root, head, depth, run, signal);
   const r = await run('git', ['rev-list', '--objects', ...limit, head], opts);
   const objects: string[] = [];
   for (const line of r.stdout.split('\n')) {
@@ -68,6 +58,29 @@ export async function historyObjects(
     if (id !== '') objects.push(id);
   }
   return { objects, shallow };
+}
+
+/** The commits of HEAD's `depth` newest (0: all, none shallow) with a parent that is not among them. */
+export async function shallowCommits(
+  root: string,
+  head: string,
+  depth: number,
+  run: CommandRunner,
+  signal: AbortSignal,
+): Promise<string[]> {
+  if (depth <= 0) return [];
+  const r = await run('git', ['rev-list', '--parents', `--max-count=${depth}`, head], {
+    cwd: root,
+    env: gitEnv(),
+    signal,
+    maxOutputBytes: 1 << 30,
+  });
+  const rows = r.stdout
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => l.split(' '));
+  const sent = new Set(rows.map((row) => row[0]));
+  return rows.filter((row) => row.slice(1).some((p) => !sent.has(p))).map((row) => row[0] as string);
 }
 
 /**

@@ -8,6 +8,7 @@ import type { CommandRunner } from '../../../shared/command.js';
 import { runCommand } from '../../../shared/command.js';
 import { assertNoPathThroughSymlink, validateEntryPath, type ImportEntry } from './host-repo.js';
 import { changed, openEntry, readExactly } from './worktree-read.js';
+import { shallowCommits } from './history-pack.js';
 
 /**
  * Layout of the import tar. Workspace files live under TREE_DIR, banger's own data under META_DIR,
@@ -333,17 +334,7 @@ async function buildHistoryPack(
     return { path, size: (await stat(path)).size, shallow: [] };
   }
   const limit = depth > 0 ? [`--max-count=${depth}`] : [];
-  let shallow: string[] = [];
-  if (depth > 0) {
-    // A commit is shallow when one of its parents is not sent.
-    const r = await run('git', ['rev-list', '--parents', ...limit, head], { cwd: root, env, signal });
-    const rows = r.stdout
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => l.split(' '));
-    const sent = new Set(rows.map((row) => row[0]));
-    shallow = rows.filter((row) => row.slice(1).some((p) => !sent.has(p))).map((row) => row[0] as string);
-  }
+  const shallow = await shallowCommits(root, head, depth, run, signal);
   await run(
     'sh',
     [
