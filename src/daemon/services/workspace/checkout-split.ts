@@ -23,14 +23,12 @@ export interface CheckoutSplit {
   send: ImportEntry[];
   /** Paths the guest checks out from HEAD, sorted like `send`, with their blob ids. */
   checkout: { path: string; oid: string }[];
-  /** Bytes of the checked-out files on the host. */
-  checkoutBytes: number;
   /** Every blob id of HEAD's tree, smallest first (the guest's object store needs them all, edited files' too). */
   headBlobs: string[];
 }
 
 /** `git ls-tree -r -l` of HEAD: path -> mode, object id and size (null for gitlinks). */
-export async function headTree(
+async function headTree(
   root: string,
   head: string,
   run: CommandRunner,
@@ -62,11 +60,10 @@ export async function splitByHead(
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<CheckoutSplit> {
-  if (head === null || manifest === null) return { send: [...entries], checkout: [], checkoutBytes: 0, headBlobs: [] };
+  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: [] };
   const tree = await headTree(root, head, run, signal);
   const send: ImportEntry[] = [];
   const checkout: { path: string; oid: string }[] = [];
-  let checkoutBytes = 0;
   for (const e of entries) {
     const t = tree.get(e.path);
     const m = manifest.entries.get(e.path);
@@ -78,12 +75,11 @@ export async function splitByHead(
       (e.kind === 'symlink' || (e.kind === 'file' && t.size === e.size));
     if (same) {
       checkout.push({ path: e.path, oid: t.oid });
-      checkoutBytes += e.size;
     } else send.push(e);
   }
   // Smallest first: git writes the packs in this order, and the guest checks out the many small files
   // while the few large ones are still on their way (writing a file costs the guest more than its bytes).
   const blobs = [...tree.values()].filter((t) => t.mode !== '160000').sort((a, b) => (a.size ?? 0) - (b.size ?? 0));
   const headBlobs = [...new Set(blobs.map((t) => t.oid))];
-  return { send, checkout, checkoutBytes, headBlobs };
+  return { send, checkout, headBlobs };
 }
