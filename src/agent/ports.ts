@@ -1,40 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENT_MAX_PORTS, type AgentPortList, type ListeningPort } from '../protocol/agent.js';
+import { procAddress } from '../shared/proc-net.js';
 
 /** The `st` column of /proc/net/tcp{,6} for a listening socket. */
 const LISTEN = '0A';
-
-/**
- * The text form of an address column of /proc/net/tcp (8 hex digits) or tcp6 (32): the kernel prints each
- * 32-bit word in the machine's byte order, which is little-endian on every guest banger runs. IPv6 comes out
- * in the short form (`::`, `::1`, `fe80::1`), an IPv4-mapped one as `::ffff:10.0.2.15`. null: not an address.
- */
-export function procAddress(hex: string): string | null {
-  if (!/^[0-9A-Fa-f]+$/.test(hex) || (hex.length !== 8 && hex.length !== 32)) return null;
-  const bytes: number[] = [];
-  for (let w = 0; w < hex.length; w += 8)
-    for (let b = 3; b >= 0; b--) bytes.push(parseInt(hex.slice(w + 2 * b, w + 2 * b + 2), 16));
-  if (bytes.length === 4) return bytes.join('.');
-  if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff)
-    return `::ffff:${bytes.slice(12).join('.')}`;
-  const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i]! << 8) | bytes[2 * i + 1]!);
-  // The longest run of two or more zero groups (the first of equals) becomes "::".
-  let best = { at: -1, len: 0 };
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > best.len) best = { at: i, len: j - i };
-    i = j;
-  }
-  const hexes = groups.map((g) => g.toString(16));
-  if (best.len < 2) return hexes.join(':');
-  return `${hexes.slice(0, best.at).join(':')}::${hexes.slice(best.at + best.len).join(':')}`;
-}
 
 /** The listening sockets of one /proc/net/tcp or tcp6 listing, unsorted, duplicates included. */
 export function parseProcNetTcp(text: string): ListeningPort[] {

@@ -179,7 +179,7 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
     assert.match(patch.stdout, /^\+more$/m);
   });
 
-  void it("two users' daemons cannot list, drive, reach over SSH or resolve each other's VMs", async () => {
+  void it("two users' daemons cannot list, drive, reach over SSH or on a guest port, or resolve each other's VMs", async () => {
     ok(await bang(B, ['vm', 'run', '--image', 'mini', '--name', 'b1', '--', 'true']), 'vm run b1');
     const listA = JSON.parse(ok(await bang(A, ['vm', 'list', '--json']), 'list A').stdout) as VmJson[];
     const listB = JSON.parse(ok(await bang(B, ['vm', 'list', '--json']), 'list B').stdout) as VmJson[];
@@ -224,6 +224,28 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
     ]);
     assert.equal(ssh.code, 255, ssh.stderr);
     assert.match(ssh.stderr, /Permission denied/);
+    // A server in A's guest: A reaches it on the VM's address; B's connection is closed before any byte.
+    ok(
+      await bang(A, ['vm', 'exec', 'a1', '--', 'sh', '-c', 'mkdir -p /tmp/www && echo from-a1 > /tmp/www/index.html && (setsid busybox httpd -p 8080 -h /tmp/www &)']),
+      'guest server',
+    );
+    const get = (user: string) =>
+      as(user, [
+        process.execPath,
+        '-e',
+        `require('http').get('http://${a1.network.hostAddress}:8080/',r=>{let b='';r.on('data',d=>b+=d);r.on('end',()=>console.log('body',b.trim()))}).on('error',e=>console.log('error',e.code))`,
+      ]);
+    let fromA = '';
+    for (let i = 0; i < 60 && !fromA.startsWith('body'); i++) {
+      if (i > 0) await sleep(1000);
+      fromA = (await get(A)).stdout.trim();
+    }
+    assert.equal(fromA, 'body from-a1', "the owner reaches the guest's server once its port is forwarded");
+    assert.match((await get(B)).stdout.trim(), /^error (ECONNRESET|EPIPE)$/, "another user's connection is closed at once");
+    assert.match(
+      readFileSync(`/home/${A}/.local/share/banger/logs/bangerd.log`, 'utf8'),
+      new RegExp(`refused a connection to a guest port.*"uid":${uid[B]}|"uid":${uid[B]}.*refused a connection to a guest port`),
+    );
     // Each daemon's DNS server answers for its own VMs only.
     assert.deepEqual(await queryA(netA.dnsAddress, netA.dnsPort, 'a1.vm'), [a1.network.hostAddress]);
     assert.deepEqual(await queryA(netB.dnsAddress, netB.dnsPort, 'a1.vm'), []);

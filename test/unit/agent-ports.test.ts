@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseProcNetTcp, portList, procAddress } from '../../src/agent/ports.js';
+import { parseProcNetTcp, portList } from '../../src/agent/ports.js';
+import { procAddress } from '../../src/shared/proc-net.js';
 import type { AgentPortList } from '../../src/protocol/agent.js';
 import { startAgent, type AgentHarness } from '../helpers/agent-harness.js';
 

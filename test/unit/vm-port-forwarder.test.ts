@@ -109,23 +109,34 @@ class FakeAgents implements ForwarderAgents {
   }
 }
 
-function setup(agents?: FakeAgents) {
+function setup(agents?: FakeAgents, handle: Record<string, unknown> = {}) {
   const forwards = new Set<number>();
+  /** Forwards left in the VMM by an older daemon, and the ones this daemon removed from it. */
+  const vmmRemoved: number[] = [];
+  let closed = 0;
   const driver = {
     portForwarding: {
-      addForward: async (_h: unknown, f: { hostAddress: string; hostPort: number; guestPort: number }) => {
+      addForward: async () => assert.fail('guest ports are published by the proxy, not the VMM'),
+      removeForward: async (_h: unknown, f: { hostAddress: string; guestPort: number }) => {
         assert.equal(f.hostAddress, vm.hostAddress);
-        forwards.add(f.guestPort);
+        vmmRemoved.push(f.guestPort);
       },
-      removeForward: async (_h: unknown, f: { guestPort: number }) => void forwards.delete(f.guestPort),
     },
   } as unknown as VmmDriver;
   const handles = join(dir, `handles-${Math.random()}.json`);
-  const live: LiveVm = newLiveVm({ pid: 1, startTime: 1, controlSocket: '' } as never, driver);
+  const live: LiveVm = newLiveVm({ pid: 1, startTime: 1, controlSocket: '', ...handle } as never, driver);
   live.hasAgent = agents !== undefined; // as boot sets it: the handle itself does not say
   const ssh = new FakeSsh();
   const fwd = new GuestPortForwarder({
     log: silentLogger(),
+    publish: (v) => {
+      assert.equal(v.hostAddress, vm.hostAddress);
+      return {
+        add: async (p) => void forwards.add(p),
+        remove: async (p) => void forwards.delete(p),
+        close: () => void closed++,
+      };
+    },
     session: async () => ssh,
     agents,
     handlesPath: () => handles,
@@ -133,7 +144,7 @@ function setup(agents?: FakeAgents) {
   });
   fwd.start(vm, live);
   lives.push(live);
-  return { forwards, live, ssh, handles };
+  return { forwards, live, ssh, handles, vmmRemoved, closed: () => closed };
 }
 
 async function until(what: string, ok: () => boolean, ms = 3000): Promise<void> {
@@ -147,7 +158,7 @@ const sorted = (s: Set<number>) => [...s].sort((a, b) => a - b).join(',');
 
 test('SSH until the agent connects, then the agent pushes; SSH again while it is gone; the agent again when back', async () => {
   const agents = new FakeAgents();
-  const { forwards, live, ssh, handles } = setup(agents);
+  const { forwards, live, ssh } = setup(agents);
   ssh.ports = [22, 8080];
   await until('the SSH watch to forward 8080', () => sorted(forwards) === '8080');
   assert.equal(live.portWatch, 'ssh');
@@ -164,16 +175,6 @@ test('SSH until the agent connects, then the agent pushes; SSH again while it is
   assert.equal(live.portWatch, 'agent');
   await until('the SSH watch to stop', () => ssh.running === 0);
   assert.equal(a1.watches, 1);
-  await until('handles.json to keep the set', () => {
-    try {
-      const h = JSON.parse(readFileSync(handles, 'utf8')) as { forwards: number[]; agent?: boolean };
-      // `agent` is kept too: a restarted daemon reads it to know the VM has an agent.
-      return JSON.stringify(h.forwards) === '[3000]' && h.agent === true;
-    } catch {
-      return false; // being written
-    }
-  });
-
   // Changes the guest makes while SSH is off are still seen: they come from the agent.
   ssh.ports = [22, 9999];
   a1.push([
@@ -234,4 +235,24 @@ test('an agent whose watchPorts fails is not asked again on that connection: SSH
   // The next connection is tried again.
   agents.connect(new FakeAgent([{ port: 7000, address: '0.0.0.0' }]));
   await until('the new connection to be used', () => live.portWatch === 'agent' && sorted(forwards) === '7000');
+});
+
+test('forwards an older daemon left in the VMM are removed and forgotten; the proxy publishes them again', async () => {
+  const { forwards, live, ssh, handles, vmmRemoved } = setup(undefined, { forwards: [8080, 9090], agent: true });
+  ssh.ports = [8080];
+  await until('8080 published again', () => sorted(forwards) === '8080');
+  assert.deepEqual(vmmRemoved.sort(), [8080, 9090]);
+  const h = JSON.parse(readFileSync(handles, 'utf8')) as { forwards?: number[]; agent?: boolean };
+  assert.equal(h.forwards, undefined);
+  assert.equal(h.agent, true, 'what else handles.json says is kept');
+  assert.deepEqual([...live.forwards], [8080]);
+});
+
+test("the VM's published ports are closed when the daemon lets go of it", async () => {
+  const { forwards, live, ssh, closed } = setup(undefined);
+  ssh.ports = [8080];
+  await until('8080', () => sorted(forwards) === '8080');
+  assert.equal(closed(), 0);
+  live.watch.abort();
+  assert.equal(closed(), 1);
 });

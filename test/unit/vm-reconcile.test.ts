@@ -42,7 +42,12 @@ function setup() {
   } as unknown as VmmDriver;
   const log = silentLogger();
   const live = new LiveVms({ paths, log, clientKey: { privateKey: '' }, onUnexpectedExit: () => undefined });
-  const forwarder = new GuestPortForwarder({ log, session: () => Promise.reject(new Error('none')), handlesPath: () => '' });
+  const forwarder = new GuestPortForwarder({
+    log,
+    publish: () => ({ add: async () => undefined, remove: async () => undefined, close: () => undefined }),
+    session: () => Promise.reject(new Error('none')),
+    handlesPath: () => '',
+  });
   const tap = { supported: async () => ({ ok: false }), attach: async () => assert.fail(), detach: async () => undefined, reconcile: async () => undefined };
   let n = 0;
   async function vm(state: VmRecord['state'], opts: { files?: boolean; pid?: number } = {}): Promise<VmRecord> {

@@ -1,6 +1,7 @@
 import ssh2, { type ClientChannel } from 'ssh2';
 const { Client } = ssh2;
 type Client = InstanceType<typeof Client>;
+import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import {
@@ -208,6 +209,16 @@ export class SshGuestSession implements GuestSession {
         });
         wireStdin(channel, opts);
       });
+    });
+  }
+
+  /**
+   * A TCP connection made by the guest's sshd to `host:port` inside the guest (a direct-tcpip channel):
+   * how the daemon reaches a guest port without a listener on the host that any local user could open.
+   */
+  openTcp(host: string, port: number): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      this.client.forwardOut('127.0.0.1', 0, host, port, (err, channel) => (err ? reject(err) : resolve(channel)));
     });
   }
 

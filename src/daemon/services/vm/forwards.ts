@@ -4,7 +4,7 @@ import type { Logger } from '../../../shared/logger.js';
 import type { RequestOptions } from '../../guest/agent-client.js';
 import type { GuestSession } from '../../guest/session.js';
 import type { VmRecord } from '../../store/repos/vms.js';
-import { writeHandles } from './handles.js';
+import { writeHandles, type VmRuntime } from './handles.js';
 import { forwardablePorts, watchGuestPorts } from './guest-ports.js';
 import type { LiveVm } from './live.js';
 
@@ -25,8 +25,18 @@ export interface ForwarderAgents {
   connectInBackground(vm: VmRecord): void;
 }
 
+/** Where a VM's guest ports are published on its host address (a {@link GuestPortProxy}). */
+export interface PublishedPorts {
+  add(port: number): Promise<void>;
+  remove(port: number): Promise<void>;
+  /** The VM stopped or was let go of: every listener and connection ends. */
+  close(): void;
+}
+
 export interface GuestPortForwarderDeps {
   log: Logger;
+  /** Publishes the VM's guest ports (owner-only listeners on its loopback address). */
+  publish: (vm: VmRecord) => PublishedPorts;
   /** The VM's open guest session (connecting if needed). */
   session: (vm: VmRecord, signal: AbortSignal) => Promise<GuestSession>;
   /** The guest agents; without them ports are always watched over SSH. */
@@ -44,8 +54,8 @@ const WATCH_PORTS_TIMEOUT_MS = 15_000;
 
 /**
  * Keeps one forward per listening guest port on the VM's own host address while the VM runs (loopback
- * networking), so `NAME.vm:PORT` reaches a server started in the guest. Needs a driver that can change
- * forwards at runtime (`portForwarding`). Runs until the VM's watch signal aborts.
+ * networking), so `NAME.vm:PORT` reaches a server started in the guest, for the VM's owner only (see
+ * port-proxy.ts). Runs until the VM's watch signal aborts, and then closes them.
  *
  * The ports come from the guest agent, which pushes the list when it changes, while an agent that can
  * (`ports` feature) is connected; otherwise from a shell loop over SSH that prints /proc/net/tcp{,6} once a
@@ -66,33 +76,29 @@ export class GuestPortForwarder {
   }
 
   start(vm: VmRecord, live: LiveVm): void {
-    const pf = live.driver.portForwarding;
-    if (vm.networkMode !== 'loopback' || !pf) return;
+    if (vm.networkMode !== 'loopback') return;
     const signal = live.watch.signal;
-    const fwd = (port: number) => ({ hostAddress: vm.hostAddress, hostPort: port, guestPort: port });
-    let applying = Promise.resolve();
+    const ports = this.d.publish(vm);
+    signal.addEventListener('abort', () => ports.close(), { once: true });
+    // A VM started by an older daemon has its forwards in QEMU (hostfwd), open to every local user: they
+    // go first, and are published again by the proxy.
+    let applying = this.dropVmmForwards(vm, live, signal);
     const apply = (wanted: Set<number>) => {
       applying = applying
         .then(async () => {
           for (const port of [...live.forwards].filter((p) => !wanted.has(p))) {
-            await pf.removeForward(live.handle, fwd(port), signal).catch(() => undefined);
+            await ports.remove(port);
             live.forwards.delete(port);
           }
           for (const port of [...wanted].filter((p) => !live.forwards.has(p))) {
+            if (signal.aborted) return;
             try {
-              await pf.addForward(live.handle, fwd(port), signal);
+              await ports.add(port);
               live.forwards.add(port);
             } catch (e) {
               this.d.log.warn({ vm: vm.name, port, err: (e as Error).message }, 'could not forward guest port');
             }
           }
-          if (!signal.aborted)
-            await writeHandles(this.d.handlesPath(vm.id), {
-              ...live.handle,
-              // Said at boot and needed by a restarted daemon, which otherwise would never talk to the agent.
-              ...(live.hasAgent ? { agent: true } : {}),
-              forwards: [...live.forwards].sort((a, b) => a - b),
-            });
           this.d.log.info({ vm: vm.name, ports: [...live.forwards], source: live.portWatch }, 'guest port forwards');
         })
         .catch(() => undefined);
@@ -111,6 +117,21 @@ export class GuestPortForwarder {
       }
       live.portWatch = undefined;
     })();
+  }
+
+  /** Removes forwards an older daemon made in the VMM, and forgets them in handles.json. */
+  private async dropVmmForwards(vm: VmRecord, live: LiveVm, signal: AbortSignal): Promise<void> {
+    const pf = live.driver.portForwarding;
+    if (live.forwards.size === 0) return;
+    for (const port of live.forwards)
+      await pf?.removeForward(live.handle, { hostAddress: vm.hostAddress, hostPort: port, guestPort: port }, signal).catch(() => undefined);
+    live.forwards.clear();
+    if (!signal.aborted) {
+      const handle: VmRuntime = { ...live.handle };
+      delete handle.forwards;
+      live.handle = handle;
+      await writeHandles(this.d.handlesPath(vm.id), handle).catch(() => undefined);
+    }
   }
 
   /** Takes the agent's pushed lists until its connection ends (or the VM is let go of). */

@@ -34,6 +34,7 @@ import { userNetworkDefaults } from '../../../shared/user-network.js';
 import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } from './boot.js';
 import { capConsoleLog, readConsoleTail } from './console.js';
 import { GuestPortForwarder } from './forwards.js';
+import { GuestPortProxy } from './port-proxy.js';
 import { listGuestPorts } from './guest-ports.js';
 import { makeVmFiles } from './files.js';
 import { SPACE_NEEDED, asNoSpace, checkMachineSizes, ensureFreeSpace } from './disks.js';
@@ -162,6 +163,14 @@ export class VmService {
     });
     this.forwarder = new GuestPortForwarder({
       log: d.log,
+      publish: (vm) =>
+        new GuestPortProxy({
+          log: d.log,
+          vmName: vm.name,
+          hostAddress: vm.hostAddress,
+          dial: async (port) => (await this.live.session(vm)).openTcp(vm.guestAddress, port),
+          allowedUids: new Set([d.uid(), 0]),
+        }),
       session: (vm, signal) => this.live.session(vm, signal),
       agents: {
         portsAgent: (id) => this.live.portsAgent(id),
