@@ -6,6 +6,7 @@ import { SessionMethods, StatsMethods, type OutputStream, type SessionInfo, type
 import { VmMethods, type VmCreateParams, type VmInfo, type VmSetParams, type VmSyncInfo } from '../protocol/vm.js';
 import {
   WorkspaceMethods,
+  type WorkspaceCompareResult,
   type WorkspaceExportResult,
   type WorkspacePrepareResult,
 } from '../protocol/workspace.js';
@@ -149,6 +150,15 @@ export class Banger {
       const r = await this.client.call(WorkspaceMethods.export, { name: vm, baseCommit: o.baseCommit, nameOnly: o.nameOnly }, o);
       return { ...r, patch: Buffer.from(r.patch, 'base64') };
     },
+    /**
+     * Several VMs' workspaces side by side (forks running agents, say): per VM the changed files with lines
+     * added and removed, and with `check` the exit code of that shell command run in each workspace at once.
+     */
+    compare: (
+      vms: string[],
+      o: Signalled & { check?: string; checkTimeoutSeconds?: number } = {},
+    ): Promise<WorkspaceCompareResult> =>
+      this.client.call(WorkspaceMethods.compare, { names: vms, check: o.check, checkTimeoutSeconds: o.checkTimeoutSeconds }, o),
   };
 
   readonly session = {

@@ -26,4 +26,4 @@ export { BangerError, ErrorCode, EXIT_CODES, isBangerError } from '../errors/ind
 export type { ProgressEvent } from '../protocol/common.js';
 export type { SessionInfo, VmStats, OutputStream } from '../protocol/session.js';
 export type { VmInfo, VmCreateParams, VmSyncInfo } from '../protocol/vm.js';
-export type { WorkspaceInfo, WorkspacePrepareResult } from '../protocol/workspace.js';
+export type { WorkspaceCompareResult, WorkspaceInfo, WorkspacePrepareResult } from '../protocol/workspace.js';

@@ -71,6 +71,11 @@ export const workspaceChangeSchema = z.object({
   status: z.string(),
   /** Written by the guest: escape it before a terminal sees it. */
   path: z.string(),
+  /** Lines added and removed in this file, counted on the host from the patch (absent with nameOnly). */
+  linesAdded: z.number().int().nonnegative().optional(),
+  linesRemoved: z.number().int().nonnegative().optional(),
+  /** A binary change: no line counts. */
+  binary: z.boolean().optional(),
 });
 export type WorkspaceChange = z.infer<typeof workspaceChangeSchema>;
 
@@ -82,7 +87,52 @@ export const workspaceExportResultSchema = z.object({
 });
 export type WorkspaceExportResult = z.infer<typeof workspaceExportResultSchema>;
 
+export const workspaceCompareParamsSchema = z.object({
+  /** The VMs whose workspaces are put side by side (forks of one VM, usually). */
+  names: z.array(z.string().min(1)).min(1).max(64),
+  /** A shell command line run in each workspace at once (under `mise exec` when the guest has mise). */
+  check: z.string().min(1).optional(),
+  /** How long each check may run (default 600 s); past it the check is stopped and reported as timed out. */
+  checkTimeoutSeconds: z.number().int().positive().max(86_400).optional(),
+});
+export type WorkspaceCompareParams = z.infer<typeof workspaceCompareParamsSchema>;
+
+export const workspaceCheckSchema = z.object({
+  /** The check's exit code (128+N after signal N); null when it timed out or could not run. */
+  code: z.number().int().nullable(),
+  timedOut: z.boolean(),
+  seconds: z.number(),
+  /** The last bytes of its output, stdout and stderr as they came (written by the guest: escape before printing). */
+  outputTail: z.string(),
+});
+export type WorkspaceCheck = z.infer<typeof workspaceCheckSchema>;
+
+export const workspaceCompareEntrySchema = z.object({
+  vm: z.string(),
+  /** Why this VM's workspace could not be compared (not running, no workspace...); nothing else is set then. */
+  error: z.string().optional(),
+  guestPath: z.string().optional(),
+  /** The guest commit its export diffs against: forks of one VM share it. */
+  baseCommit: z.string().optional(),
+  files: z.array(workspaceChangeSchema),
+  linesAdded: z.number().int(),
+  linesRemoved: z.number().int(),
+  /** Size of its patch (what `workspace export` prints). */
+  patchBytes: z.number().int(),
+  check: workspaceCheckSchema.optional(),
+});
+export type WorkspaceCompareEntry = z.infer<typeof workspaceCompareEntrySchema>;
+
+export const workspaceCompareResultSchema = z.object({
+  /** One entry per VM, in the order asked. */
+  vms: z.array(workspaceCompareEntrySchema),
+  /** Every compared workspace diffs against the same base commit (their patches apply to the same tree). */
+  sameBase: z.boolean(),
+});
+export type WorkspaceCompareResult = z.infer<typeof workspaceCompareResultSchema>;
+
 export const WorkspaceMethods = {
   prepare: method('vm.workspace.prepare', workspacePrepareParamsSchema, workspacePrepareResultSchema),
   export: method('vm.workspace.export', workspaceExportParamsSchema, workspaceExportResultSchema),
+  compare: method('vm.workspace.compare', workspaceCompareParamsSchema, workspaceCompareResultSchema),
 } as const;

@@ -6,9 +6,11 @@
  */
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { E2E_HOME, banger, bangerOk, e2eSteps, pidsMatching } from '../helpers/cli.js';
+import { git, isolateGitConfig, tmp, write } from '../helpers/workspace-repo.js';
 
 const SRC = 'e2e-snap-src';
 const A = 'e2e-snap-a';
@@ -117,8 +119,22 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.deepEqual([...shown.dependents].sort(), [A, B, SRC].sort());
   });
 
+  /** The host repo the source VM's workspace was imported from (made in the fork step). */
+  let hostRepo = '';
+
   step('vm fork: a second snapshot of the same VM, and two running copies of it now', async () => {
     await guest(SRC, 'echo forked > /root/fork-marker && sync');
+    // The source has a workspace with an edit made in the guest, and a session running, when it is forked.
+    isolateGitConfig();
+    hostRepo = join(tmp('banger-fork-repo-'), 'app');
+    write(hostRepo, 'src/lib.txt', 'one\ntwo\nthree\n');
+    write(hostRepo, 'README', 'app\n');
+    git(hostRepo, 'init', '-q');
+    git(hostRepo, 'add', '-A');
+    git(hostRepo, 'commit', '-q', '-m', 'base');
+    await bangerOk(['vm', 'workspace', 'prepare', SRC, hostRepo], 0, { timeoutMs: 300_000 });
+    await guest(SRC, 'cd /root/app && echo four >> src/lib.txt');
+    await bangerOk(['vm', 'session', 'start', SRC, '--name', 'echo', '--', 'sh', '-c', 'while read l; do echo "got:$l"; done']);
     const r = JSON.parse((await bangerOk(['vm', 'fork', SRC, '--count', '2', '--name', 'e2e-fk', '--json'], 0, { timeoutMs: 900_000 })).stdout) as {
       snapshot: SnapJson;
       vms: VmJson[];
@@ -134,6 +150,51 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.equal(await guest(SRC, 'cat /root/fork-marker /root/after-snapshot'), 'forked\nlater\n');
     const forkSnap = r.snapshot.name;
     assert.equal((await banger(['snapshot', 'delete', forkSnap])).code, 67);
+  });
+
+  step("each fork has the source's workspace edit and session; its export is its own patch; compare shows them", async () => {
+    // Each fork goes its own way from the same state.
+    await guest(FORKS[0]!, 'cd /root/app && sed -i s/two/TWO/ src/lib.txt && echo fix > fixed.txt');
+    await guest(FORKS[1]!, 'cd /root/app && rm README');
+    for (const [i, f] of FORKS.entries()) {
+      const list = JSON.parse((await bangerOk(['vm', 'session', 'list', f, '--json'])).stdout) as { name: string; state: string }[];
+      assert.deepEqual(list.map((x) => `${x.name} ${x.state}`), ['echo running'], `${f}: the session came along`);
+      await bangerOk(['vm', 'session', 'send', f, 'echo', `hello ${i}`]);
+      let logs = '';
+      for (let n = 0; n < 40 && !logs.includes(`got:hello ${i}`); n++) {
+        if (n > 0) await new Promise((res) => setTimeout(res, 250));
+        logs = (await bangerOk(['vm', 'session', 'logs', f, 'echo'])).stdout;
+      }
+      assert.equal(logs, `got:hello ${i}\n`, `${f}: the session answers, and only that fork's input`);
+    }
+    // Each fork's patch applies to the host repo the source was imported from.
+    for (const [f, files] of [
+      [FORKS[0]!, ['fixed.txt', 'src/lib.txt']],
+      [FORKS[1]!, ['README', 'src/lib.txt']],
+    ] as const) {
+      const patch = await bangerOk(['vm', 'workspace', 'export', f]);
+      const check = spawnSync('git', ['-C', hostRepo, 'apply', '--check', '--numstat', '-'], { input: patch.stdout, encoding: 'utf8' });
+      assert.equal(check.status, 0, check.stderr);
+      assert.deepEqual(check.stdout.trim().split('\n').map((l) => l.split('\t')[2]).sort(), [...files], f);
+    }
+    const cmp = await bangerOk(['vm', 'workspace', 'compare', ...FORKS, '--check', 'test -f fixed.txt', '--json']);
+    const r = JSON.parse(cmp.stdout) as {
+      sameBase: boolean;
+      vms: { vm: string; files: { path: string; linesAdded: number; linesRemoved: number }[]; check: { code: number } }[];
+    };
+    assert.equal(r.sameBase, true);
+    const summary = r.vms.map((v) => ({
+      vm: v.vm,
+      files: v.files.map((x) => `${x.path} +${x.linesAdded} -${x.linesRemoved}`),
+      check: v.check.code,
+    }));
+    assert.deepEqual(summary, [
+      { vm: FORKS[0], files: ['fixed.txt +1 -0', 'src/lib.txt +2 -1'], check: 0 },
+      { vm: FORKS[1], files: ['README +0 -1', 'src/lib.txt +1 -0'], check: 1 },
+    ]);
+    const text = await bangerOk(['vm', 'workspace', 'compare', ...FORKS, '--check', 'test -f fixed.txt']);
+    assert.match(text.stdout, new RegExp(`^${FORKS[0]}\\s+2\\s+\\+3\\s+-1\\s+exit 0 `, 'm'));
+    assert.match(text.stdout, new RegExp(`^${FORKS[1]}\\s+2\\s+\\+1\\s+-1\\s+exit 1 `, 'm'));
   });
 
   step('vm run --from runs a command in a fresh restored VM and --rm removes it', async () => {

@@ -73,7 +73,21 @@ void describe('export: the file list is read from the patch', () => {
         ...['--src-prefix=a/', '--dst-prefix=b/', from, 'HEAD'],
       );
       const got = parsePatchFiles(patch);
-      assert.deepEqual(byPath(got), byPath(expected), `core.quotePath=${quotePath}`);
+      assert.deepEqual(byPath(got.map(({ status, path }) => ({ status, path }))), byPath(expected), `core.quotePath=${quotePath}`);
+      // Line counts agree with git's own --numstat ("-" for binary files), summed per path.
+      const numstat = new Map<string, { added: number; removed: number; binary: boolean }>();
+      const fields = gitBuf(root, 'diff-tree', '-r', '-z', '--numstat', '--no-renames', from, 'HEAD').toString('utf8').split('\0');
+      for (const rec of fields.filter((f) => f !== '')) {
+        const [a, r, ...rest] = rec.split('\t');
+        const path = rest.join('\t');
+        const prev = numstat.get(path) ?? { added: 0, removed: 0, binary: false };
+        numstat.set(path, {
+          added: prev.added + (a === '-' ? 0 : Number(a)),
+          removed: prev.removed + (r === '-' ? 0 : Number(r)),
+          binary: prev.binary || a === '-',
+        });
+      }
+      for (const f of got) assert.deepEqual({ added: f.linesAdded, removed: f.linesRemoved, binary: f.binary }, numstat.get(f.path), f.path);
     }
     const statuses = new Map(expected.map((r) => [r.path, r.status]));
     // The fixture covers what the parser must tell apart.
@@ -95,7 +109,7 @@ void describe('export: the file list is read from the patch', () => {
     git(root, 'mv', 'a dir/long file.txt', 'b\tdir.txt');
     git(root, 'commit', '-q', '-m', 'b');
     const patch = gitBuf(root, 'diff-tree', '-r', '-p', '-M', '--binary', 'HEAD~1', 'HEAD');
-    assert.deepEqual(parsePatchFiles(patch), [{ status: 'R', path: 'b\tdir.txt' }]);
+    assert.deepEqual(parsePatchFiles(patch), [{ status: 'R', path: 'b\tdir.txt', linesAdded: 0, linesRemoved: 0, binary: false }]);
   });
 
   void it('is empty for an empty patch', () => {
@@ -104,7 +118,7 @@ void describe('export: the file list is read from the patch', () => {
 
   void it('refuses a patch with a section git apply would act on that the list would not show', () => {
     const good = 'diff --git a/x b/x\nindex 1..2 100644\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n';
-    assert.deepEqual(parsePatchFiles(Buffer.from(good)), [{ status: 'M', path: 'x' }]);
+    assert.deepEqual(parsePatchFiles(Buffer.from(good)), [{ status: 'M', path: 'x', linesAdded: 1, linesRemoved: 1, binary: false }]);
     const bad = [
       // A traditional (non-git) diff after a git one.
       `${good}--- a/y\n+++ b/y\n@@ -1 +1 @@\n-a\n+b\n`,

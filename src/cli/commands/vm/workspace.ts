@@ -1,8 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { WorkspaceMethods, type WorkspaceChange } from '../../../protocol/workspace.js';
-import type { CliContext } from '../../context.js';
-import { out } from '../../output.js';
+import { WorkspaceMethods, type WorkspaceChange, type WorkspaceCompareResult } from '../../../protocol/workspace.js';
+import { parseIntFlag, type CliContext } from '../../context.js';
+import { out, table } from '../../output.js';
 import { escapeForTerminal } from '../../../shared/terminal-text.js';
 import { dryRunImport, prepareWorkspace } from '../../workspace.js';
 
@@ -12,6 +12,24 @@ import { dryRunImport, prepareWorkspace } from '../../workspace.js';
  */
 export function changedFileLines(files: readonly WorkspaceChange[], nameOnly: boolean): string[] {
   return files.map((f) => (nameOnly ? escapeForTerminal(f.path) : `${escapeForTerminal(f.status)}\t${escapeForTerminal(f.path)}`));
+}
+
+/** `workspace compare` for a person: one row per VM, then (with files) each VM's changed files. */
+export function compareLines(r: WorkspaceCompareResult, withFiles: boolean): string[] {
+  const checked = r.vms.some((v) => v.check);
+  const rows = r.vms.map((v) => {
+    if (v.error !== undefined) return [escapeForTerminal(v.vm), '-', '-', '-', ...(checked ? ['-'] : []), `error: ${escapeForTerminal(v.error)}`];
+    const check = !v.check ? [] : [v.check.timedOut ? `timed out (${v.check.seconds} s)` : `exit ${v.check.code} (${v.check.seconds} s)`];
+    return [escapeForTerminal(v.vm), String(v.files.length), `+${v.linesAdded}`, `-${v.linesRemoved}`, ...check, ''];
+  });
+  const lines = table(['VM', 'FILES', 'ADDED', 'REMOVED', ...(checked ? ['CHECK'] : []), ''], rows).split('\n');
+  if (withFiles)
+    for (const v of r.vms.filter((x) => x.files.length > 0)) {
+      lines.push('', `${escapeForTerminal(v.vm)}:`);
+      for (const f of v.files)
+        lines.push(`  ${escapeForTerminal(f.status)}  ${f.binary ? 'binary' : `+${f.linesAdded ?? 0} -${f.linesRemoved ?? 0}`}  ${escapeForTerminal(f.path)}`);
+    }
+  return lines;
 }
 
 interface PrepareFlags {
@@ -64,6 +82,38 @@ Export the guest's changes with \`banger vm workspace export\`.`,
         full: o.full,
       });
       if (o.json) out.json(r);
+    });
+
+  ws.command('compare')
+    .description("put several VMs' workspace changes side by side: files, lines added and removed, a check's exit code")
+    .argument('<vm...>', 'VM names (forks of one VM, say)')
+    .option('--check <command>', 'run this shell command in each workspace at once and show its exit code')
+    .option('--check-timeout <seconds>', 'stop a check that runs longer (default 600)', (v) => parseIntFlag('--check-timeout', v))
+    .option('--files', "list each VM's changed files too")
+    .option('--json', 'print the result as JSON (with the last 4 KiB of each check\'s output)')
+    .addHelpText(
+      'after',
+      `
+For picking one of several attempts (agents in forks of one VM): each VM's changes since its import,
+and with --check whether a command (tests, a linter) passes there. The checks run at the same time,
+in the workspace, under mise exec when the guest has mise. Take the one you want with
+\`banger vm workspace export VM | git apply\` in the host repo.
+Exits 1 when a VM could not be compared (its row says why); a failing check is a result, not an error.
+
+Example:
+  banger vm fork dev --count 3 --name try
+  ...run an agent in each...
+  banger vm workspace compare try-1 try-2 try-3 --check 'npm test'`,
+    )
+    .action(async (names: string[], o: { check?: string; checkTimeout?: number; files?: boolean; json?: boolean }) => {
+      const r = await ctx.call(WorkspaceMethods.compare, { names, check: o.check, checkTimeoutSeconds: o.checkTimeout });
+      if (o.json) out.json(r);
+      else {
+        for (const line of compareLines(r, !!o.files)) out.line(line);
+        if (!r.sameBase && r.vms.filter((v) => !v.error).length > 1)
+          out.info('note: these workspaces were not imported from the same base: their patches apply to different trees');
+      }
+      if (r.vms.some((v) => v.error !== undefined)) ctx.exitCode = 1;
     });
 
   ws.command('export')

@@ -14,6 +14,11 @@ export type PatchStatus = 'A' | 'D' | 'M' | 'T' | 'R' | 'C';
 export interface PatchChange {
   status: PatchStatus;
   path: string;
+  /** Lines the patch adds and removes in this file (0 and 0 for a binary change or a mode change only). */
+  linesAdded: number;
+  linesRemoved: number;
+  /** The content change is a binary patch (no line counts). */
+  binary: boolean;
 }
 
 function unreadable(why: string): BangerError {
@@ -104,27 +109,31 @@ interface Section {
   names: { a: string; b: string } | null;
   added: boolean;
   deleted: boolean;
+  plus: number;
+  minus: number;
+  binary: boolean;
   renameTo?: string;
   copyTo?: string;
-  minus?: string;
-  plus?: string;
+  minusName?: string;
+  plusName?: string;
 }
 
 function finish(s: Section): PatchChange {
-  if (s.renameTo !== undefined) return { status: 'R', path: pathOf(s.renameTo, '') };
-  if (s.copyTo !== undefined) return { status: 'C', path: pathOf(s.copyTo, '') };
+  const counts = { linesAdded: s.plus, linesRemoved: s.minus, binary: s.binary };
+  if (s.renameTo !== undefined) return { status: 'R', path: pathOf(s.renameTo, ''), ...counts };
+  if (s.copyTo !== undefined) return { status: 'C', path: pathOf(s.copyTo, ''), ...counts };
   // `--- a/N` / `+++ b/N` name one side each (a tab ends a name with a space); /dev/null for none.
   const side = (v: string | undefined) => (v === undefined || v === '/dev/null' ? undefined : nameAt(v.replace(/\t$/, '')));
-  const a = side(s.minus) ?? s.names?.a;
-  const b = side(s.plus) ?? s.names?.b;
+  const a = side(s.minusName) ?? s.names?.a;
+  const b = side(s.plusName) ?? s.names?.b;
   if (s.added) {
     if (b === undefined) throw unreadable('a new file without a name');
-    return { status: 'A', path: pathOf(b, 'b/') };
+    return { status: 'A', path: pathOf(b, 'b/'), ...counts };
   }
   if (a === undefined || b === undefined) throw unreadable('a file header without names');
   const pa = pathOf(a, 'a/');
   if (pathOf(b, 'b/') !== pa) throw unreadable(`a change names two files without a rename: ${JSON.stringify(pa)}`);
-  return { status: s.deleted ? 'D' : 'M', path: pa };
+  return { status: s.deleted ? 'D' : 'M', path: pa, ...counts };
 }
 
 const HEADER_KEYS = ['old mode ', 'new mode ', 'similarity index ', 'dissimilarity index ', 'index ', 'rename from ', 'copy from '];
@@ -151,7 +160,14 @@ export function parsePatchFiles(patch: Buffer): PatchChange[] {
   let line = next();
   while (line !== null) {
     if (!line.startsWith('diff --git ')) throw unreadable(`unexpected line ${JSON.stringify(line.slice(0, 80))}`);
-    const s: Section = { names: gitHeaderNames(line.slice('diff --git '.length)), added: false, deleted: false };
+    const s: Section = {
+      names: gitHeaderNames(line.slice('diff --git '.length)),
+      added: false,
+      deleted: false,
+      plus: 0,
+      minus: 0,
+      binary: false,
+    };
     line = next();
     // Extended header lines.
     while (line !== null) {
@@ -163,10 +179,10 @@ export function parsePatchFiles(patch: Buffer): PatchChange[] {
       line = next();
     }
     if (line !== null && line.startsWith('--- ')) {
-      s.minus = line.slice(4);
+      s.minusName = line.slice(4);
       line = next();
       if (line === null || !line.startsWith('+++ ')) throw unreadable('a `---` line without `+++`');
-      s.plus = line.slice(4);
+      s.plusName = line.slice(4);
       line = next();
       if (line === null || !line.startsWith('@@ ')) throw unreadable('file names without a hunk');
       while (line !== null && line.startsWith('@@ ')) {
@@ -180,8 +196,13 @@ export function parsePatchFiles(patch: Buffer): PatchChange[] {
           if (c === 0x20 || c === 0x0a) {
             old--;
             neu--;
-          } else if (c === 0x2d) old--;
-          else if (c === 0x2b) neu--;
+          } else if (c === 0x2d) {
+            old--;
+            s.minus++;
+          } else if (c === 0x2b) {
+            neu--;
+            s.plus++;
+          }
           else if (c !== 0x5c) throw unreadable('a hunk line that is not context, removal or addition');
           if (old < 0 || neu < 0) throw unreadable('a hunk longer than its header says');
           skipLine();
@@ -190,6 +211,7 @@ export function parsePatchFiles(patch: Buffer): PatchChange[] {
         line = next();
       }
     } else if (line === 'GIT binary patch') {
+      s.binary = true;
       // A forward and a reverse block, each `literal N` or `delta N`, base85 lines, then an empty line.
       for (let block = 0; block < 2; block++) {
         line = next();
@@ -201,13 +223,18 @@ export function parsePatchFiles(patch: Buffer): PatchChange[] {
       }
       line = next();
     } else if (line !== null && /^Binary files .* differ$/.test(line)) {
+      s.binary = true;
       line = next();
     }
     const change = finish(s);
     // git writes a type change (file <-> symlink) as a deletion and an addition of the same path.
     const prev = changes.at(-1);
-    if (prev && prev.path === change.path && prev.status === 'D' && change.status === 'A') prev.status = 'T';
-    else changes.push(change);
+    if (prev && prev.path === change.path && prev.status === 'D' && change.status === 'A') {
+      prev.status = 'T';
+      prev.linesAdded += change.linesAdded;
+      prev.linesRemoved += change.linesRemoved;
+      prev.binary ||= change.binary;
+    } else changes.push(change);
   }
   return changes;
 }

@@ -1,5 +1,7 @@
 import type {
   WorkspaceChange,
+  WorkspaceCompareParams,
+  WorkspaceCompareResult,
   WorkspaceExportParams,
   WorkspaceExportResult,
   WorkspacePrepareParams,
@@ -42,6 +44,7 @@ import {
 import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
 import { runGuestScript, type GuestOutput, type GuestOutputLimits } from './guest-output.js';
 import { parsePatchFiles } from './patch.js';
+import { compareWorkspaces } from './compare.js';
 
 export interface WorkspaceServiceDeps {
   vms: VmService;
@@ -383,5 +386,17 @@ export class WorkspaceService {
       signal,
     );
   }
-}
 
+  /** Several VMs' workspaces side by side, with a check run in each (compare.ts). */
+  compare(p: WorkspaceCompareParams, signal?: AbortSignal): Promise<WorkspaceCompareResult> {
+    return compareWorkspaces(
+      {
+        export: (e, sig) => this.export(e, sig),
+        running: (name, sig) => this.d.vms.runningUnderLock(name, sig),
+        session: (vm, sig) => this.d.vms.session(vm, sig),
+      },
+      p,
+      signal,
+    );
+  }
+}
