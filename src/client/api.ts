@@ -2,7 +2,14 @@ import { homedir } from 'node:os';
 import type { Readable } from 'node:stream';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import type { ProgressEvent } from '../protocol/common.js';
-import { SessionMethods, StatsMethods, type OutputStream, type SessionInfo, type VmStats } from '../protocol/session.js';
+import {
+  SessionMethods,
+  StatsMethods,
+  type OutputStream,
+  type SessionInfo,
+  type SessionStartParams,
+  type VmStats,
+} from '../protocol/session.js';
 import { VmMethods, type VmCreateParams, type VmInfo, type VmSetParams, type VmSyncInfo } from '../protocol/vm.js';
 import {
   WorkspaceMethods,
@@ -66,16 +73,12 @@ export interface VmRunResult {
 export type { ExecOptions, ExecResult, SessionAttachment, SessionChunk, SessionFrom, SessionOutput };
 export type WorkspaceExport = Omit<WorkspaceExportResult, 'patch'> & { patch: Buffer };
 
-export interface SessionStartOptions extends Signalled {
-  /** Default: a generated name. */
-  name?: string;
-  argv: string[];
-  tty?: boolean;
-  cwd?: string;
-  env?: Record<string, string>;
-  /** Per-stream cap on the output kept in the guest (default 64 MiB); later output is dropped and `capped` says so. */
-  maxOutputBytes?: number;
-}
+/**
+ * A session to start: `argv` (required), `name` (default: generated), `tty` and its `size`, `cwd`, `env`,
+ * `maxOutputBytes` (per-stream cap on the output kept in the guest, default 64 MiB; later output is dropped
+ * and `capped` says so).
+ */
+export type SessionStartOptions = Omit<SessionStartParams, 'vm'> & Signalled;
 
 function callOpts(o: WithProgressEvents | undefined): CallOptions {
   return { signal: o?.signal, onProgress: o?.onProgress };
@@ -163,12 +166,10 @@ export class Banger {
 
   readonly session = {
     /** Starts a process owned by the guest agent; returns at once. It outlives this connection. */
-    start: (vm: string, o: SessionStartOptions): Promise<SessionInfo> =>
-      this.client.call(
-        SessionMethods.start,
-        { vm, name: o.name, argv: o.argv, tty: o.tty, cwd: o.cwd, env: o.env, maxOutputBytes: o.maxOutputBytes },
-        { signal: o.signal },
-      ),
+    start: (vm: string, o: SessionStartOptions): Promise<SessionInfo> => {
+      const { signal, ...params } = o;
+      return this.client.call(SessionMethods.start, { vm, ...params }, { signal });
+    },
     list: (vm: string, o?: Signalled): Promise<SessionInfo[]> => this.client.call(SessionMethods.list, { vm }, { signal: o?.signal }),
     show: (vm: string, session: string, o?: Signalled): Promise<SessionInfo> =>
       this.client.call(SessionMethods.show, { vm, session }, { signal: o?.signal }),

@@ -80,6 +80,8 @@ export interface SessionAttachment {
   write(data: Buffer | string): void;
   /** Closes the session's stdin. */
   end(): void;
+  /** Tells a tty session the attached terminal's size (its process gets SIGWINCH); ignored without a tty. */
+  resize(rows: number, cols: number): void;
   /** Lets go of the session; it keeps running. `done` then resolves with `detached: true`. */
   detach(): void;
   /** Resolves when the session ends (with how it ended) or on detach; rejects with a BangerError otherwise. */
@@ -105,7 +107,8 @@ export function sessionAttach(
   const done = client
     .call(SessionMethods.attach, { vm, session, streamId, from: opts.from, client: opts.client }, { signal: ac.signal })
     .then(
-      (end) => ({ detached: false as const, end }),
+      // The daemon may answer a detach with the session as it is (still running) rather than a cancel.
+      (end) => (detached && !opts.signal?.aborted ? { detached: true as const } : { detached: false as const, end }),
       (e: unknown) => {
         if (detached && !opts.signal?.aborted && isBangerError(e) && e.code === ErrorCode.Cancelled)
           return { detached: true as const };
@@ -127,6 +130,7 @@ export function sessionAttach(
       if (b.length > 0) client.notify(SessionNotifications.stdin, { streamId, data: b.toString('base64') });
     },
     end: () => client.notify(SessionNotifications.stdin, { streamId, eof: true }),
+    resize: (rows, cols) => client.notify(SessionNotifications.resize, { streamId, rows, cols }),
     detach,
     done,
   };

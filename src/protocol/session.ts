@@ -48,12 +48,16 @@ export const sessionStartParamsSchema = z.object({
   /** Default: a generated name. */
   name: sessionNameSchema.optional(),
   argv: z.array(z.string()).min(1),
+  /** Run under a terminal (stdout and stderr merge). */
   tty: z.boolean().optional(),
+  /** The terminal's size at the start (default 80x24); an attached client's `session/resize` changes it. */
+  size: z.object({ rows: z.number().int().positive().max(10_000), cols: z.number().int().positive().max(10_000) }).optional(),
   cwd: z.string().optional(),
   env: z.record(z.string()).optional(),
   /** Per-stream cap on the output kept on the guest's work disk (default 64 MiB); later output is dropped. */
   maxOutputBytes: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
 });
+export type SessionStartParams = z.infer<typeof sessionStartParamsSchema>;
 
 export const sessionAttachParamsSchema = sessionRef.extend({
   /** Client-chosen id that ties session/output and session/stdin notifications to this request. */
@@ -91,6 +95,13 @@ export const sessionOutputSchema = z.object({
 /** Client -> daemon: stdin for an attached session; `eof` closes its stdin. */
 export const sessionStdinSchema = z.object({ streamId: z.string(), data: z.string().optional(), eof: z.boolean().optional() });
 
+/** The attached client's terminal changed size: a tty session's terminal follows (its process gets SIGWINCH). */
+export const sessionResizeSchema = z.object({
+  streamId: z.string(),
+  rows: z.number().int().positive().max(10_000),
+  cols: z.number().int().positive().max(10_000),
+});
+
 export const sessionEndSchema = z.object({
   /** Where each stream's reading stopped: resume from here. */
   stdoutOffset: z.number(),
@@ -126,6 +137,7 @@ export const SessionMethods = {
 export const SessionNotifications = {
   output: new RpcNotification('session/output', sessionOutputSchema),
   stdin: new RpcNotification('session/stdin', sessionStdinSchema),
+  resize: new RpcNotification('session/resize', sessionResizeSchema),
 } as const;
 
 export const StatsMethods = {

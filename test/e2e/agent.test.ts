@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CLI, E2E_HOME, REPO_ROOT, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
+import { connect } from '../../src/client/index.js';
 
 const AGENT_VM = 'e2e-agent';
 const SSH_VM = 'e2e-agent-ssh';
@@ -195,6 +196,44 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     });
     assert.equal(after.state, 'running', 'the CLI died; the session did not');
     await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'cat']);
+  });
+
+  step("a terminal session starts at the size it is given and follows an attached client's resizes", async () => {
+    const b = await connect({ home: E2E_HOME });
+    try {
+      // Prints the terminal size at the start and after each SIGWINCH.
+      await b.session.start(AGENT_VM, {
+        name: 'tty',
+        tty: true,
+        size: { rows: 31, cols: 101 },
+        argv: ['sh', '-c', 'stty size; trap "stty size" WINCH; while :; do sleep 0.1; done'],
+      });
+      const logs = async () => (await bangerOk(['vm', 'session', 'logs', AGENT_VM, 'tty'])).stdout;
+      await waitFor('the starting size', async () => ((await logs()).includes('31 101') ? true : undefined));
+      const att = b.session.attach(AGENT_VM, 'tty', { from: 'end' });
+      att.resize(47, 163);
+      await waitFor('the new size', async () => ((await logs()).includes('47 163') ? true : undefined));
+      att.detach();
+      assert.deepEqual(await att.done, { detached: true });
+      // The CLI detaches on Ctrl-C without a terminal: exit 0, the session runs on.
+      const cli = spawn(process.execPath, [CLI, 'vm', 'session', 'attach', AGENT_VM, 'tty'], {
+        env: { ...process.env, BANGER_HOME: E2E_HOME },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let err = '';
+      cli.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      await waitFor('the CLI to attach', async () =>
+        (await sessions(AGENT_VM)).find((x) => x.name === 'tty')?.attachedBy ? true : undefined,
+      );
+      cli.kill('SIGINT');
+      const code = await new Promise<number | null>((r) => cli.on('close', (c) => r(c)));
+      assert.equal(code, 0, err);
+      assert.match(err, /detached; tty keeps running/);
+      assert.equal((await sessions(AGENT_VM)).find((x) => x.name === 'tty')?.state, 'running');
+      await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'tty']);
+    } finally {
+      await b.close();
+    }
   });
 
   step('--max-output caps what a session keeps, and show says the cap was reached', async () => {

@@ -66,7 +66,9 @@ Examples:
       ) => {
         const { SessionMethods } = await sessions();
         const maxOutputBytes = o.maxOutput === undefined ? undefined : o.maxOutput * 1024 * 1024;
-        const s = await ctx.call(SessionMethods.start, { vm: vmName, name: o.name, argv, tty: o.tty, cwd: o.cwd, env: o.env, maxOutputBytes });
+        // A terminal session starts at this terminal's size (an attach later makes it follow the attaching one).
+        const size = o.tty && process.stdout.isTTY ? { rows: process.stdout.rows, cols: process.stdout.columns } : undefined;
+        const s = await ctx.call(SessionMethods.start, { vm: vmName, name: o.name, argv, tty: o.tty, size, cwd: o.cwd, env: o.env, maxOutputBytes });
         if (o.json) return out.json(s);
         out.line(s.name);
         out.info(
@@ -231,6 +233,15 @@ async function attach(ctx: CliContext, vmName: string, name: string, from: Sessi
   };
   // Only a person's Ctrl-D closes the session's stdin; a script's empty or finished stdin leaves it open.
   const onEnd = () => stdin.isTTY && att.end();
+  // A tty session takes this terminal's size now and follows its changes.
+  const onResize = () => {
+    if (process.stdout.rows && process.stdout.columns) att.resize(process.stdout.rows, process.stdout.columns);
+  };
+  const followSize = info.tty && process.stdout.isTTY;
+  if (followSize) {
+    onResize();
+    process.stdout.on('resize', onResize);
+  }
   if (rawMode) stdin.setRawMode(true);
   stdin.on('data', onData);
   stdin.once('end', onEnd);
@@ -246,6 +257,7 @@ async function attach(ctx: CliContext, vmName: string, name: string, from: Sessi
     return endedExitCode(vmName, r.end.session);
   } finally {
     ctx.signal.removeEventListener('abort', onAbort);
+    if (followSize) process.stdout.off('resize', onResize);
     stdin.off('data', onData);
     stdin.off('end', onEnd);
     if (rawMode && stdin.isRaw) stdin.setRawMode(false);

@@ -7,6 +7,8 @@ import { handler, type Handler } from '../server.js';
 /** Attachments by stream id, per connection: session/stdin notifications of that connection feed them. */
 export class AttachRegistry {
   private readonly byConnection = new WeakMap<MessageConnection, Map<string, AgentSessionAttachment>>();
+  /** A size that came before its attachment was made (the client says it at once): applied on `set`. */
+  private readonly earlySize = new WeakMap<MessageConnection, Map<string, { cols: number; rows: number }>>();
 
   attach(connection: MessageConnection): void {
     const entries = new Map<string, AgentSessionAttachment>();
@@ -27,14 +29,30 @@ export class AttachRegistry {
         .catch(() => undefined);
       chains.set(msg.data.streamId, next);
     });
+    const early = new Map<string, { cols: number; rows: number }>();
+    this.earlySize.set(connection, early);
+    connection.onNotification(SessionNotifications.resize, (raw: unknown) => {
+      const msg = SessionNotifications.resize.params.safeParse(raw);
+      if (!msg.success) return;
+      const { streamId, cols, rows } = msg.data;
+      const a = entries.get(streamId);
+      if (a) a.resize(cols, rows);
+      // At most a few streams are being attached at once on a connection; a flood replaces, not grows.
+      else if (early.size < 64 || early.has(streamId)) early.set(streamId, { cols, rows });
+    });
   }
 
   set(connection: MessageConnection, streamId: string, a: AgentSessionAttachment): void {
     this.byConnection.get(connection)?.set(streamId, a);
+    const early = this.earlySize.get(connection);
+    const size = early?.get(streamId);
+    early?.delete(streamId);
+    if (size) a.resize(size.cols, size.rows);
   }
 
   delete(connection: MessageConnection, streamId: string): void {
     this.byConnection.get(connection)?.delete(streamId);
+    this.earlySize.get(connection)?.delete(streamId);
   }
 }
 

@@ -1,5 +1,5 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import type { OutputStream, SessionInfo } from '../../../protocol/session.js';
+import type { OutputStream, SessionInfo, SessionStartParams } from '../../../protocol/session.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { AgentClient, AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-client.js';
 import type { VmRecord } from '../../store/repos/vms.js';
@@ -39,23 +39,13 @@ export class SessionService {
 
   constructor(private readonly d: { vms: AgentSource; log: Logger }) {}
 
-  async start(
-    p: {
-      vm: string;
-      name?: string;
-      argv: string[];
-      tty?: boolean;
-      cwd?: string;
-      env?: Record<string, string>;
-      maxOutputBytes?: number;
-    },
-    signal?: AbortSignal,
-  ): Promise<SessionInfo> {
+  async start(p: SessionStartParams, signal?: AbortSignal): Promise<SessionInfo> {
     const agent = await this.agentOf(p.vm, signal);
     return agent.sessionStart({
       name: p.name,
       argv: p.argv,
       tty: p.tty,
+      size: p.size,
       cwd: p.cwd,
       env: p.env,
       capBytes: p.maxOutputBytes,
