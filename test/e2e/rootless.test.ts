@@ -1,79 +1,34 @@
 /**
  * banger as normal users (issue 12): two users the test creates (with subordinate ids, not in sudoers),
  * each with a daemon of its own under ~/.local/share/banger, build an image without root (mmdebstrap's
- * unshare mode), run VMs, prepare and export a workspace, and cannot list, reach over SSH, resolve or
- * drive each other's VMs. Needs root (to create the users); the users must be able to read the built CLI.
+ * unshare mode), run VMs, prepare and export a workspace, and cannot list, reach over SSH or on a guest
+ * port, resolve or drive each other's VMs. Needs root (to create the users); the users must be able to read the built CLI.
  * Cost: two image builds at once (one developer set, one --minimal) and two TCG boots, ~8-12 min here.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import dnsPacket from 'dns-packet';
 import { CLI } from '../helpers/cli.js';
+import {
+  bangerAs,
+  cannotRunAsTestUser,
+  createTestUser,
+  removeTestUser,
+  runAs,
+  userBangerHome,
+  type UserResult,
+} from '../helpers/test-user.js';
 import { userNetworkDefaults } from '../../src/shared/user-network.js';
-
-interface Res {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 const USERS = [`bgr-rl-a${process.pid % 1000}`, `bgr-rl-b${process.pid % 1000}`] as const;
 
-function cannotRun(): string | null {
-  if (process.getuid?.() !== 0) return 'needs root, to create the test users';
-  if (spawnSync('which', ['useradd', 'runuser', 'newuidmap']).status !== 0) return 'needs useradd, runuser and uidmap';
-  const r = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(CLI)})`], {
-    uid: 65534,
-    gid: 65534,
-  });
-  return r.status === 0 ? null : `other users cannot read ${CLI} (a parent directory is private)`;
-}
-
-/** Runs `cmd` as `user` (runuser: its own groups, a clean environment, its home). */
-function as(user: string, cmd: string[], timeoutMs = 30 * 60_000): Promise<Res> {
-  const home = `/home/${user}`;
-  const env = ['env', '-i', `HOME=${home}`, `USER=${user}`, `LOGNAME=${user}`, 'PATH=/usr/local/bin:/usr/bin:/bin', 'NO_COLOR=1'];
-  return new Promise((resolve) => {
-    const p = spawn('runuser', ['-u', user, '--', ...env, ...cmd], { cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code: code ?? 1, stdout, stderr });
-    });
-  });
-}
-
-const bang = (user: string, args: string[], timeoutMs?: number) => as(user, [process.execPath, CLI, ...args], timeoutMs);
-
-function ok(r: Res, what: string): Res {
+function ok(r: UserResult, what: string): UserResult {
   assert.equal(r.code, 0, `${what}: exit ${r.code}\n${r.stderr}\n${r.stdout}`);
   return r;
-}
-
-/** The first free block of subordinate ids after every one already given out (at least 300000). */
-function freeSubidStart(): number {
-  let end = 300000;
-  for (const f of ['/etc/subuid', '/etc/subgid']) {
-    let text = '';
-    try {
-      text = readFileSync(f, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const l of text.split('\n')) {
-      const [, s, c] = l.split(':');
-      if (s && c) end = Math.max(end, Number(s) + Number(c));
-    }
-  }
-  return end;
 }
 
 /** One DNS query for an A record; the answers' addresses ([] for NXDOMAIN or none). */
@@ -100,50 +55,22 @@ interface VmJson {
   network: { hostAddress: string; sshPort: number };
 }
 
-void describe('banger as two normal users', { skip: cannotRun() ?? false }, () => {
+void describe('banger as two normal users', { skip: cannotRunAsTestUser() ?? false }, () => {
   const [A, B] = USERS;
   const uid: Record<string, number> = {};
 
   before(() => {
-    let start = freeSubidStart();
-    for (const u of USERS) {
-      spawnSync('userdel', ['-r', '-f', u]);
-      const r = spawnSync('useradd', ['-m', '-s', '/bin/bash', u], { encoding: 'utf8' });
-      assert.equal(r.status, 0, r.stderr);
-      const range = `${start}-${start + 65535}`;
-      const m = spawnSync('usermod', ['--add-subuids', range, '--add-subgids', range, u], { encoding: 'utf8' });
-      assert.equal(m.status, 0, m.stderr);
-      spawnSync('chmod', ['700', `/home/${u}`]);
-      uid[u] = Number(spawnSync('id', ['-u', u], { encoding: 'utf8' }).stdout.trim());
-      // A loaded host under TCG boots slowly: the same boot allowance for both users' daemons.
-      const cfg = spawnSync(
-        'runuser',
-        ['-u', u, '--', 'sh', '-c', `umask 077 && mkdir -p "$HOME/.local/share/banger" && echo '{"boot":{"timeoutSeconds":600}}' > "$HOME/.local/share/banger/config.json"`],
-        { encoding: 'utf8', env: { ...process.env, HOME: `/home/${u}` } },
-      );
-      assert.equal(cfg.status, 0, cfg.stderr);
-      start += 65536;
-    }
+    for (const u of USERS) uid[u] = createTestUser(u);
   });
 
   after(async () => {
-    for (const u of USERS) {
-      const list = await bang(u, ['vm', 'list', '--json']).catch(() => undefined);
-      if (list?.code === 0)
-        for (const v of JSON.parse(list.stdout) as VmJson[]) await bang(u, ['vm', 'delete', '--force', v.name]);
-      await bang(u, ['daemon', 'stop']);
-      // `daemon stop` can return before bangerd has exited: wait for the user's last process, so that nothing
-      // writes into the home directory while it is removed.
-      for (let i = 0; i < 100 && spawnSync('pgrep', ['-u', u]).status === 0; i++) await sleep(100);
-      spawnSync('userdel', ['-r', '-f', u]);
-      rmSync(`/home/${u}`, { recursive: true, force: true });
-    }
+    for (const u of USERS) await removeTestUser(u);
   });
 
   void it('each builds an image without root, in its own state directory, at the same time', async () => {
     const [a, b] = await Promise.all([
-      bang(A, ['image', 'build', 'default']),
-      bang(B, ['image', 'build', 'mini', '--minimal']),
+      bangerAs(A, ['image', 'build', 'default']),
+      bangerAs(B, ['image', 'build', 'mini', '--minimal']),
     ]);
     ok(a, `${A}: image build`);
     ok(b, `${B}: image build --minimal`);
@@ -152,7 +79,7 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
       encoding: 'utf8',
     });
     assert.deepEqual(st.stdout.trim().split('\n'), [`${A} 700`, `${A} 600`]);
-    const doc = JSON.parse(ok(await bang(A, ['doctor', '--json']), 'doctor').stdout) as { checks: { name: string; status: string }[] };
+    const doc = JSON.parse(ok(await bangerAs(A, ['doctor', '--json']), 'doctor').stdout) as { checks: { name: string; status: string }[] };
     const rootless = doc.checks.filter((c) => c.name.startsWith('rootless builds'));
     assert.deepEqual(
       rootless.map((c) => `${c.name}: ${c.status}`),
@@ -161,28 +88,28 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
   });
 
   void it("runs a VM whose files keep their owners, and a workspace from the user's home round-trips", async () => {
-    const r = ok(await bang(A, ['vm', 'run', '--name', 'a1', '--', 'uname', '-a']), 'vm run');
+    const r = ok(await bangerAs(A, ['vm', 'run', '--name', 'a1', '--', 'uname', '-a']), 'vm run');
     assert.match(r.stdout, /^Linux a1 /m);
-    const own = ok(await bang(A, ['vm', 'exec', 'a1', '--', 'stat', '-c', '%U:%G %a', '/usr/bin/passwd', '/var/cache/apt/archives/partial']), 'exec');
+    const own = ok(await bangerAs(A, ['vm', 'exec', 'a1', '--', 'stat', '-c', '%U:%G %a', '/usr/bin/passwd', '/var/cache/apt/archives/partial']), 'exec');
     assert.deepEqual(own.stdout.trim().split('\n'), ['root:root 4755', '_apt:root 700']);
     ok(
-      await as(A, [
+      await runAs(A, [
         'sh',
         '-c',
         'mkdir -p ~/repo && cd ~/repo && git init -q && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m init && echo hi > f.txt && git add f.txt && git -c user.email=a@b -c user.name=a commit -qm f',
       ]),
       'git repo',
     );
-    ok(await bang(A, ['vm', 'workspace', 'prepare', 'a1', `/home/${A}/repo`]), 'workspace prepare');
-    ok(await bang(A, ['vm', 'exec', 'a1', '--', 'sh', '-c', 'cd /root/repo && echo more >> f.txt']), 'edit in guest');
-    const patch = ok(await bang(A, ['vm', 'workspace', 'export', 'a1']), 'workspace export');
+    ok(await bangerAs(A, ['vm', 'workspace', 'prepare', 'a1', `/home/${A}/repo`]), 'workspace prepare');
+    ok(await bangerAs(A, ['vm', 'exec', 'a1', '--', 'sh', '-c', 'cd /root/repo && echo more >> f.txt']), 'edit in guest');
+    const patch = ok(await bangerAs(A, ['vm', 'workspace', 'export', 'a1']), 'workspace export');
     assert.match(patch.stdout, /^\+more$/m);
   });
 
   void it("two users' daemons cannot list, drive, reach over SSH or on a guest port, or resolve each other's VMs", async () => {
-    ok(await bang(B, ['vm', 'run', '--image', 'mini', '--name', 'b1', '--', 'true']), 'vm run b1');
-    const listA = JSON.parse(ok(await bang(A, ['vm', 'list', '--json']), 'list A').stdout) as VmJson[];
-    const listB = JSON.parse(ok(await bang(B, ['vm', 'list', '--json']), 'list B').stdout) as VmJson[];
+    ok(await bangerAs(B, ['vm', 'run', '--image', 'mini', '--name', 'b1', '--', 'true']), 'vm run b1');
+    const listA = JSON.parse(ok(await bangerAs(A, ['vm', 'list', '--json']), 'list A').stdout) as VmJson[];
+    const listB = JSON.parse(ok(await bangerAs(B, ['vm', 'list', '--json']), 'list B').stdout) as VmJson[];
     assert.deepEqual(listA.map((v) => v.name), ['a1']);
     assert.deepEqual(listB.map((v) => v.name), ['b1']);
     const a1 = listA[0]!;
@@ -194,16 +121,16 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
     assert.notEqual(netA.dnsAddress, netB.dnsAddress);
 
     // B's banger does not know a1; B cannot use A's daemon socket.
-    const exec = await bang(B, ['vm', 'exec', 'a1', '--', 'true']);
+    const exec = await bangerAs(B, ['vm', 'exec', 'a1', '--', 'true']);
     assert.notEqual(exec.code, 0);
     assert.match(exec.stderr, /no VM|not found/i);
-    const other = await as(B, ['env', `BANGER_HOME=/home/${A}/.local/share/banger`, process.execPath, CLI, 'ps']);
+    const other = await runAs(B, [process.execPath, CLI, 'ps'], { env: { BANGER_HOME: userBangerHome(A) } });
     assert.equal(other.code, 67, other.stderr);
     // B's key does not open A's VM (B checks the VM's pinned host key, copied from A's state by the test).
     const pinned = `/home/${B}/a1_known_hosts`;
     writeFileSync(pinned, readFileSync(`/home/${A}/.local/share/banger/vms/${a1.id}/known_hosts`));
     spawnSync('chown', [B, pinned]);
-    const ssh = await as(B, [
+    const ssh = await runAs(B, [
       'ssh',
       '-i',
       `/home/${B}/.local/share/banger/ssh/id_ed25519`,
@@ -226,11 +153,11 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
     assert.match(ssh.stderr, /Permission denied/);
     // A server in A's guest: A reaches it on the VM's address; B's connection is closed before any byte.
     ok(
-      await bang(A, ['vm', 'exec', 'a1', '--', 'sh', '-c', 'mkdir -p /tmp/www && echo from-a1 > /tmp/www/index.html && (setsid busybox httpd -p 8080 -h /tmp/www &)']),
+      await bangerAs(A, ['vm', 'exec', 'a1', '--', 'sh', '-c', 'mkdir -p /tmp/www && echo from-a1 > /tmp/www/index.html && (setsid busybox httpd -p 8080 -h /tmp/www &)']),
       'guest server',
     );
     const get = (user: string) =>
-      as(user, [
+      runAs(user, [
         process.execPath,
         '-e',
         `require('http').get('http://${a1.network.hostAddress}:8080/',r=>{let b='';r.on('data',d=>b+=d);r.on('end',()=>console.log('body',b.trim()))}).on('error',e=>console.log('error',e.code))`,
@@ -253,14 +180,14 @@ void describe('banger as two normal users', { skip: cannotRun() ?? false }, () =
   });
 
   void it('what needs root says so before doing anything', async () => {
-    const dns = await bang(A, ['dns', 'install']);
+    const dns = await bangerAs(A, ['dns', 'install']);
     assert.notEqual(dns.code, 0);
     assert.match(dns.stderr, /nothing was changed/);
     assert.match(dns.stderr, /sudo sh -c '.*resolvectl dns bdns-\d+ /);
-    const tap = await bang(A, ['vm', 'create', '--network', 'tap', '--name', 'tapvm']);
+    const tap = await bangerAs(A, ['vm', 'create', '--network', 'tap', '--name', 'tapvm']);
     assert.notEqual(tap.code, 0);
     assert.match(tap.stderr, /needs a daemon running as root/);
-    const list = JSON.parse(ok(await bang(A, ['vm', 'list', '--json']), 'list').stdout) as VmJson[];
+    const list = JSON.parse(ok(await bangerAs(A, ['vm', 'list', '--json']), 'list').stdout) as VmJson[];
     assert.deepEqual(list.map((v) => v.name), ['a1']);
   });
 });

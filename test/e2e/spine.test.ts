@@ -143,7 +143,8 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
     const configBefore = existsSync(configPath) ? readFileSync(configPath, 'utf8') : undefined;
     const config = configBefore ? (JSON.parse(configBefore) as Record<string, unknown>) : {};
     try {
-      writeFileSync(configPath, JSON.stringify({ ...config, boot: { silentSeconds: 0.001 } }));
+      const boot = (config.boot ?? {}) as Record<string, unknown>;
+      writeFileSync(configPath, JSON.stringify({ ...config, boot: { ...boot, silentSeconds: 0.001 } }));
       await bangerOk(['daemon', 'stop']);
       const r = await bangerOk(['vm', 'run', '--rm', '--name', C, '--cpus', '1', '--memory', '512M', '--', 'hostname']);
       assert.match(r.stderr, /note: the guest printed nothing for 0 s \(an early-boot stall\); starting its VMM again, once/);

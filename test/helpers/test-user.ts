@@ -1,0 +1,166 @@
+/**
+ * Normal users that e2e tests create (as root) to run banger without root: each gets subordinate ids from
+ * a free range (for rootless image builds), a 0700 home and a banger config with a boot allowance for a
+ * loaded TCG host; commands run as the user through runuser with a clean environment. `removeTestUser`
+ * deletes the user's VMs, stops its daemon, waits for its processes to end, removes what it left in /tmp
+ * and deletes the user.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { lstatSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CLI } from './cli.js';
+
+export interface UserResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Why tests that create users cannot run here, or null: they need root, useradd/runuser/newuidmap, and
+ * every path in `readable` (default: the built CLI) readable by another user (no private parent directory).
+ */
+export function cannotRunAsTestUser(readable: string[] = [CLI]): string | null {
+  if (process.getuid?.() !== 0) return 'needs root, to create the test users';
+  if (spawnSync('which', ['useradd', 'runuser', 'newuidmap']).status !== 0) return 'needs useradd, runuser and uidmap';
+  for (const p of readable) {
+    const r = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(p)})`], {
+      uid: 65534,
+      gid: 65534,
+    });
+    if (r.status !== 0) return `other users cannot read ${p} (a parent directory is private)`;
+  }
+  return null;
+}
+
+/** When each user of this process was created (ms since the epoch), for `removeTestUser`'s /tmp cleanup. */
+const created = new Map<string, number>();
+
+/** The first free block of subordinate ids after every one already given out (at least 300000). */
+function freeSubidStart(): number {
+  let end = 300000;
+  for (const f of ['/etc/subuid', '/etc/subgid']) {
+    let text = '';
+    try {
+      text = readFileSync(f, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const l of text.split('\n')) {
+      const [, s, c] = l.split(':');
+      if (s && c) end = Math.max(end, Number(s) + Number(c));
+    }
+  }
+  return end;
+}
+
+export const userHome = (user: string): string => `/home/${user}`;
+
+/** banger's state directory of `user` (its default: `$XDG_DATA_HOME/banger`, unset XDG_DATA_HOME). */
+export const userBangerHome = (user: string): string => `${userHome(user)}/.local/share/banger`;
+
+/**
+ * Creates `user` (a leftover of an earlier run is removed first) with 65536 subordinate uids and gids of
+ * its own, a 0700 home, and `{"boot":{"timeoutSeconds":600}}` as its banger config. Returns its uid.
+ */
+export function createTestUser(user: string): number {
+  spawnSync('userdel', ['-r', '-f', user]);
+  created.set(user, Date.now() - 1000);
+  const r = spawnSync('useradd', ['-m', '-s', '/bin/bash', user], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`useradd ${user}: ${r.stderr}`);
+  const start = freeSubidStart();
+  const range = `${start}-${start + 65535}`;
+  const m = spawnSync('usermod', ['--add-subuids', range, '--add-subgids', range, user], { encoding: 'utf8' });
+  if (m.status !== 0) throw new Error(`usermod ${user}: ${m.stderr}`);
+  spawnSync('chmod', ['700', userHome(user)]);
+  // A loaded host under TCG boots slowly: the same boot allowance for every test user's daemon.
+  const cfg = spawnSync(
+    'runuser',
+    ['-u', user, '--', 'sh', '-c', `umask 077 && mkdir -p "$HOME/.local/share/banger" && echo '{"boot":{"timeoutSeconds":600}}' > "$HOME/.local/share/banger/config.json"`],
+    { encoding: 'utf8', env: { ...process.env, HOME: userHome(user) } },
+  );
+  if (cfg.status !== 0) throw new Error(`banger config of ${user}: ${cfg.stderr}`);
+  return Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim());
+}
+
+export interface RunAsOptions {
+  timeoutMs?: number;
+  /** Working directory (default `/`). */
+  cwd?: string;
+  /** Variables added to the clean environment (HOME, USER, LOGNAME, PATH, NO_COLOR). */
+  env?: Record<string, string>;
+  /** Called with each chunk of output as it comes (e.g. to stream a long run into the test's log). */
+  onOutput?: (stream: 'stdout' | 'stderr', chunk: string) => void;
+}
+
+/**
+ * Runs `cmd` as `user` (runuser: its own groups, its home). The environment is built from nothing (`env -i`),
+ * so nothing of the test's own leaks in (not even NODE_TEST_CONTEXT, which would turn a nested `node --test`
+ * into a child of this one).
+ */
+export function runAs(user: string, cmd: string[], opts: RunAsOptions = {}): Promise<UserResult> {
+  const home = userHome(user);
+  const vars = { HOME: home, USER: user, LOGNAME: user, PATH: '/usr/local/bin:/usr/bin:/bin', NO_COLOR: '1', ...opts.env };
+  const env = ['env', '-i', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)];
+  return new Promise((resolve) => {
+    const p = spawn('runuser', ['-u', user, '--', ...env, ...cmd], { cwd: opts.cwd ?? '/', stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+      opts.onOutput?.('stdout', d);
+    });
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+      opts.onOutput?.('stderr', d);
+    });
+    const t = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 30 * 60_000);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code: code ?? 1, stdout, stderr });
+    });
+  });
+}
+
+/** The built CLI as `user`, with its default state directory. */
+export const bangerAs = (user: string, args: string[], timeoutMs?: number): Promise<UserResult> =>
+  runAs(user, [process.execPath, CLI, ...args], { timeoutMs });
+
+/** Deletes the user's VMs, stops its daemon, waits for its last process and deletes it with its home. */
+export async function removeTestUser(user: string): Promise<void> {
+  const list = await bangerAs(user, ['vm', 'list', '--json']).catch(() => undefined);
+  if (list?.code === 0)
+    for (const v of JSON.parse(list.stdout) as { name: string }[]) await bangerAs(user, ['vm', 'delete', '--force', v.name]);
+  await bangerAs(user, ['daemon', 'stop']);
+  // `daemon stop` can return before bangerd has exited: wait for the user's last process, so that nothing
+  // writes into the home directory while it is removed.
+  for (let i = 0; i < 100 && spawnSync('pgrep', ['-u', user]).status === 0; i++) await sleep(100);
+  // Whatever still runs as the user (a nested run killed on a timeout leaves its VMMs) ends with it.
+  const left = spawnSync('pgrep', ['-u', user], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+  for (const pid of left) {
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  if (left.length) await sleep(500);
+  // What the user left in the shared temporary directories (a test's scratch repos, tsx's cache) goes too,
+  // so that nothing is inherited by a later user with the same uid. Only entries made since the user was created.
+  const uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim());
+  const since = created.get(user);
+  if (uid > 0 && since !== undefined)
+    for (const dir of ['/tmp', '/var/tmp'])
+      for (const name of readdirSync(dir)) {
+        const p = join(dir, name);
+        try {
+          const st = lstatSync(p);
+          if (st.uid === uid && st.ctimeMs >= since) rmSync(p, { recursive: true, force: true });
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+  spawnSync('userdel', ['-r', '-f', user]);
+  rmSync(userHome(user), { recursive: true, force: true });
+}
