@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { lstatSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CLI } from './cli.js';
+import { CLI, REPO_ROOT } from './cli.js';
 
 export interface UserResult {
   code: number;
@@ -18,18 +18,49 @@ export interface UserResult {
 }
 
 /**
+ * Where a test user finds this checkout. Here, when other users can read it; otherwise (a clone under /root,
+ * whose parent directories are private) the same files bind-mounted at CHECKOUT_VIEW, in a mount namespace of
+ * each command's own (nothing is mounted on the host, and nothing is left mounted when a test is killed).
+ */
+const CHECKOUT_VIEW = '/run/banger-test-checkout';
+let viewNeeded: boolean | undefined;
+
+function needsView(): boolean {
+  viewNeeded ??=
+    process.getuid?.() === 0 &&
+    spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(CLI)})`], { uid: 65534, gid: 65534 }).status !== 0;
+  return viewNeeded;
+}
+
+/** A path of this checkout as a test user sees it (other paths unchanged). */
+export function asSeenByUser(p: string): string {
+  if (!needsView() || (p !== REPO_ROOT && !p.startsWith(`${REPO_ROOT}/`))) return p;
+  return CHECKOUT_VIEW + p.slice(REPO_ROOT.length);
+}
+
+/** The command (file and arguments) that runs `argv` in `cwd`, where this checkout is visible to other users. */
+function inView(argv: string[], cwd: string): { file: string; args: string[]; cwd: string } {
+  if (!needsView()) return { file: argv[0]!, args: argv.slice(1), cwd };
+  const script = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$3" && shift 3 && exec "$@"';
+  return {
+    file: 'unshare',
+    args: ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', CHECKOUT_VIEW, REPO_ROOT, asSeenByUser(cwd), ...argv],
+    cwd: '/',
+  };
+}
+
+/**
  * Why tests that create users cannot run here, or null: they need root, useradd/runuser/newuidmap, and
- * every path in `readable` (default: the built CLI) readable by another user (no private parent directory).
+ * every path in `readable` (default: the built CLI) readable by another user, through a bind mount of the
+ * checkout when its parent directories are private.
  */
 export function cannotRunAsTestUser(readable: string[] = [CLI]): string | null {
   if (process.getuid?.() !== 0) return 'needs root, to create the test users';
-  if (spawnSync('which', ['useradd', 'runuser', 'newuidmap']).status !== 0) return 'needs useradd, runuser and uidmap';
+  if (spawnSync('which', ['useradd', 'runuser', 'newuidmap', 'unshare']).status !== 0) return 'needs useradd, runuser, unshare and uidmap';
   for (const p of readable) {
-    const r = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(p)})`], {
-      uid: 65534,
-      gid: 65534,
-    });
-    if (r.status !== 0) return `other users cannot read ${p} (a parent directory is private)`;
+    const seen = asSeenByUser(p);
+    const c = inView(['runuser', '-u', 'nobody', '--', process.execPath, '-e', `require('fs').accessSync(${JSON.stringify(seen)})`], '/');
+    if (spawnSync(c.file, c.args, { cwd: c.cwd }).status !== 0) return `other users cannot read ${p} (${seen}): its files are private`;
   }
   return null;
 }
@@ -95,7 +126,8 @@ export interface RunAsOptions {
 }
 
 /**
- * Runs `cmd` as `user` (runuser: its own groups, its home). The environment is built from nothing (`env -i`),
+ * Runs `cmd` as `user` (runuser: its own groups, its home); paths of this checkout in `cmd` and `cwd` are
+ * given as the user sees them (asSeenByUser). The environment is built from nothing (`env -i`),
  * so nothing of the test's own leaks in (not even NODE_TEST_CONTEXT, which would turn a nested `node --test`
  * into a child of this one).
  */
@@ -103,8 +135,9 @@ export function runAs(user: string, cmd: string[], opts: RunAsOptions = {}): Pro
   const home = userHome(user);
   const vars = { HOME: home, USER: user, LOGNAME: user, PATH: '/usr/local/bin:/usr/bin:/bin', NO_COLOR: '1', ...opts.env };
   const env = ['env', '-i', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)];
+  const c = inView(['runuser', '-u', user, '--', ...env, ...cmd.map(asSeenByUser)], opts.cwd ?? '/');
   return new Promise((resolve) => {
-    const p = spawn('runuser', ['-u', user, '--', ...env, ...cmd], { cwd: opts.cwd ?? '/', stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(c.file, c.args, { cwd: c.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.setEncoding('utf8').on('data', (d: string) => {
