@@ -135,25 +135,26 @@ export class FrameDecoder {
 }
 
 /**
- * The sending half of one stream: sends while the peer has granted credit and holds back the rest (at most
- * the one chunk its writer handed over, because the writer waits for `onDrain` before handing more).
+ * The sending half of one stream: sends while the peer has granted credit and holds back the rest. A writer
+ * is meant to wait for its callback before handing more, so at most one chunk waits; one that does not (a
+ * source that emits after being paused) still has its bytes queued and sent in order, never dropped.
  */
 export class OutboundWindow {
   private credit = AGENT_STREAM_WINDOW;
-  private pending: Buffer | null = null;
+  private readonly queue: Buffer[] = [];
   private ending = false;
   private done = false;
-  private drainCb: (() => void) | null = null;
+  private drainCbs: (() => void)[] = [];
 
   constructor(private readonly emit: (piece: Buffer) => void) {}
 
   /** Sends what credit allows; false when part of `buf` waits for credit (then `cb` runs once it is sent). */
   write(buf: Buffer, cb?: () => void): boolean {
     if (this.done || this.ending) return true;
-    this.pending = buf.length > 0 ? buf : null;
+    if (buf.length > 0) this.queue.push(buf);
     this.flush();
-    if (this.pending === null) return true;
-    this.drainCb = cb ?? null;
+    if (this.queue.length === 0) return true;
+    if (cb) this.drainCbs.push(cb);
     return false;
   }
 
@@ -177,20 +178,22 @@ export class OutboundWindow {
   /** Stops sending (the channel or connection is gone); a waiting writer is released. */
   abandon(): void {
     this.done = true;
-    this.pending = null;
+    this.queue.length = 0;
     this.release();
   }
 
   onFinished: (() => void) | null = null;
 
   private flush(): void {
-    while (this.pending !== null && this.credit > 0 && !this.done) {
-      const n = Math.min(this.credit, AGENT_DATA_CHUNK, this.pending.length);
-      this.emit(this.pending.subarray(0, n));
+    while (this.queue.length > 0 && this.credit > 0 && !this.done) {
+      const head = this.queue[0]!;
+      const n = Math.min(this.credit, AGENT_DATA_CHUNK, head.length);
+      this.emit(head.subarray(0, n));
       this.credit -= n;
-      this.pending = n === this.pending.length ? null : this.pending.subarray(n);
+      if (n === head.length) this.queue.shift();
+      else this.queue[0] = head.subarray(n);
     }
-    if (this.pending !== null || this.done) return;
+    if (this.queue.length > 0 || this.done) return;
     this.release();
     if (this.ending) {
       this.done = true;
@@ -200,9 +203,9 @@ export class OutboundWindow {
   }
 
   private release(): void {
-    const cb = this.drainCb;
-    this.drainCb = null;
-    cb?.();
+    const cbs = this.drainCbs;
+    this.drainCbs = [];
+    for (const cb of cbs) cb();
   }
 }
 

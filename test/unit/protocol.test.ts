@@ -61,6 +61,7 @@ test('the wire names of every method are the ones clients already use', () => {
       'vm.stats',
       'vm.stop',
       'vm.sync',
+      'vm.workspace.compare',
       'vm.workspace.export',
       'vm.workspace.prepare',
     ],
