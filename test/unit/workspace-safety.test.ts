@@ -199,3 +199,33 @@ void describe('import extraction safety', () => {
     );
   });
 });
+
+void describe('import packs and the host disk', () => {
+  void it('an import whose packs would not fit in the host temporary directory fails first (71), naming it and the space needed', async () => {
+    const root = makeFixtureRepo();
+    const repo = await inspectRepo(root, runCommand);
+    const list = await listImportFiles(root, { includeUntracked: false }, runCommand);
+    const manifest = await hostManifest(root, false, runCommand);
+    const split = await splitByHead(root, repo.headCommit, list.entries, manifest, runCommand);
+    assert.ok(split.headBlobBytes > 0);
+    const packDir = tmp('banger-packdir-');
+    const stream = createFullImportStream({
+      root,
+      headCommit: repo.headCommit,
+      split,
+      storeBlobs: true,
+      tmpDir: packDir,
+      freeSpace: async () => 1 << 20,
+    });
+    const err = await (async () => {
+      for await (const _ of stream) void _;
+    })().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof BangerError, String(err));
+    assert.equal(err.code, 'ResourceExhausted');
+    assert.match(err.message, new RegExp(`not enough disk space in ${packDir} to write this import's packs: it needs \\d+ MiB free, has 1\\.0 MiB`));
+    assert.deepEqual(readdirSync(packDir), [], 'nothing was written');
+  });
+});

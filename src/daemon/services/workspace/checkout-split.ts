@@ -25,6 +25,8 @@ export interface CheckoutSplit {
   checkout: { path: string; oid: string }[];
   /** Every blob id of HEAD's tree, smallest first (the guest's object store needs them all, edited files' too). */
   headBlobs: string[];
+  /** Their total size, uncompressed: what their packs take on the host at most, stored. */
+  headBlobBytes: number;
 }
 
 /** `git ls-tree -r -l` of HEAD: path -> mode, object id and size (null for gitlinks). */
@@ -60,7 +62,7 @@ export async function splitByHead(
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<CheckoutSplit> {
-  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: [] };
+  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: [], headBlobBytes: 0 };
   const tree = await headTree(root, head, run, signal);
   const send: ImportEntry[] = [];
   const checkout: { path: string; oid: string }[] = [];
@@ -80,6 +82,8 @@ export async function splitByHead(
   // Smallest first: git writes the packs in this order, and the guest checks out the many small files
   // while the few large ones are still on their way (writing a file costs the guest more than its bytes).
   const blobs = [...tree.values()].filter((t) => t.mode !== '160000').sort((a, b) => (a.size ?? 0) - (b.size ?? 0));
-  const headBlobs = [...new Set(blobs.map((t) => t.oid))];
-  return { send, checkout, headBlobs };
+  const sizes = new Map(blobs.map((t) => [t.oid, t.size ?? 0]));
+  const headBlobs = [...sizes.keys()];
+  const headBlobBytes = [...sizes.values()].reduce((a, b) => a + b, 0);
+  return { send, checkout, headBlobs, headBlobBytes };
 }

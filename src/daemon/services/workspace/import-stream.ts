@@ -9,6 +9,7 @@ import { runCommand } from '../../../shared/command.js';
 import type { CheckoutSplit } from './checkout-split.js';
 import { historyObjects, packIndexIds, packObjects, PACK_PART_BYTES, type PackFile } from './history-pack.js';
 import { assertNoPathThroughSymlink, validateEntryPath } from './host-repo.js';
+import { asNoSpace, ensureFreeSpace, type FreeSpace } from '../vm/disks.js';
 import { createImportTar, DEFAULT_HISTORY_DEPTH, type ImportTarOptions, type ImportTarProgress } from './pack.js';
 
 /**
@@ -52,7 +53,14 @@ export interface FullImportSource {
    * repository's compressed objects go as they are.
    */
   storeBlobs?: boolean;
+  /** Where the packs are written while they are sent (default the OS's temporary directory). */
+  tmpDir?: string;
+  /** Free space of a directory's filesystem (tests). */
+  freeSpace?: FreeSpace;
 }
+
+/** Host space kept free beyond HEAD's blobs while an import's packs are written (history, indexes). */
+const PACK_SPACE_MARGIN = 64 << 20;
 
 export function createFullImportStream(source: FullImportSource, opts: ImportTarOptions = {}): Readable {
   const { split } = source;
@@ -62,6 +70,7 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
     ...split.send,
     ...split.checkout.map((c) => ({ path: c.path, kind: 'file' as const, mode: 0o644, size: 0 })),
   ]);
+  const tmp = source.tmpDir ?? tmpdir();
   const abort = new AbortController();
   const onOuterAbort = () => abort.abort();
   if (opts.signal?.aborted) abort.abort();
@@ -93,13 +102,18 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
       for await (const chunk of files) yield chunk as Buffer;
       report(true);
     } catch (e) {
-      throw opts.signal?.aborted ? new BangerError(ErrorCode.Cancelled, 'import cancelled') : toBangerError(e);
+      if (opts.signal?.aborted) throw new BangerError(ErrorCode.Cancelled, 'import cancelled');
+      throw toBangerError(asNoSpace(e, tmp, "write this import's packs"));
     }
   }
 
   async function* history(head: string): AsyncGenerator<Buffer> {
     const run: CommandRunner = opts.run ?? runCommand;
-    const dir = await mkdtemp(join(tmpdir(), 'banger-import-'));
+    // git may write every part before the guest has taken the first: HEAD's blobs at their full size when
+    // stored, about half of it compressed (source code deflates 2-4x), and room for history.
+    const need = (source.storeBlobs ? split.headBlobBytes : Math.ceil(split.headBlobBytes / 2)) + PACK_SPACE_MARGIN;
+    await ensureFreeSpace(tmp, need, "write this import's packs", source.freeSpace);
+    const dir = await mkdtemp(join(tmp, 'banger-import-'));
     try {
       const hashBytes = head.length / 2;
       const { objects, shallow } = await historyObjects(
