@@ -46,6 +46,18 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 6
   }
 }
 
+/** `banger vm session attach AGENT_VM NAME` as a child, once the session says it is attached. */
+async function attachedCli(name: string) {
+  const child = spawn(process.execPath, [CLI, 'vm', 'session', 'attach', AGENT_VM, name], {
+    env: { ...process.env, BANGER_HOME: E2E_HOME },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  await waitFor(`the attach to hold ${name}`, async () =>
+    (await sessions(AGENT_VM)).find((s) => s.name === name)?.attachedBy ? true : undefined,
+  );
+  return child;
+}
+
 void describe('guest agent: exec on both channels, sessions, stats (real VMs)', { timeout: 1_500_000 }, () => {
   before(async () => {
     await banger(['vm', 'delete', '--force', AGENT_VM, SSH_VM]);
@@ -171,15 +183,9 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
 
   step('attach is exclusive, send works while attached, and the session outlives the attached CLI', async () => {
     await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'cat', '--', 'cat']);
-    const holder = spawn(process.execPath, [CLI, 'vm', 'session', 'attach', AGENT_VM, 'cat'], {
-      env: { ...process.env, BANGER_HOME: E2E_HOME },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const holder = await attachedCli('cat');
     let held = '';
     holder.stdout.on('data', (d: Buffer) => (held += d.toString()));
-    await waitFor('the attach to hold the session', async () =>
-      (await sessions(AGENT_VM)).find((s) => s.name === 'cat')?.attachedBy ? true : undefined,
-    );
     const second = await banger(['vm', 'session', 'attach', AGENT_VM, 'cat']);
     assert.equal(second.code, 68, second.stderr);
     assert.match(second.stderr, /attached/i);
@@ -216,15 +222,9 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
       att.detach();
       assert.deepEqual(await att.done, { detached: true });
       // The CLI detaches on Ctrl-C without a terminal: exit 0, the session runs on.
-      const cli = spawn(process.execPath, [CLI, 'vm', 'session', 'attach', AGENT_VM, 'tty'], {
-        env: { ...process.env, BANGER_HOME: E2E_HOME },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
+      const cli = await attachedCli('tty');
       let err = '';
       cli.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      await waitFor('the CLI to attach', async () =>
-        (await sessions(AGENT_VM)).find((x) => x.name === 'tty')?.attachedBy ? true : undefined,
-      );
       cli.kill('SIGINT');
       const code = await new Promise<number | null>((r) => cli.on('close', (c) => r(c)));
       assert.equal(code, 0, err);

@@ -83,41 +83,40 @@ async function freePort(): Promise<number> {
   return p;
 }
 
-test("the owner's connection reaches the guest port; a half-close still gets the whole reply", async () => {
+/**
+ * A proxy publishing one port (a free one) in front of an upper-case echo guest; `dialed` checks the guest
+ * port each connection asks for.
+ */
+async function published(o: { allowedUids: number[]; peerUid?: () => Promise<number | undefined> }) {
   const guest = await upperEchoGuest();
+  const port = await freePort();
   const proxy = new GuestPortProxy({
     log: silentLogger(),
     vmName: 't',
     hostAddress: HOST,
-    dial: (port) => {
-      assert.equal(port, published);
+    dial: (p) => {
+      assert.equal(p, port, 'the guest port has the published number');
       return Promise.resolve(net.connect(guest.port, HOST));
     },
-    allowedUids: new Set([process.getuid!()]),
+    allowedUids: new Set(o.allowedUids),
+    peerUid: o.peerUid,
   });
   closers.push(() => proxy.close());
-  const published = await freePort();
-  await proxy.add(published);
+  await proxy.add(port);
+  return { guest, port, proxy };
+}
+
+test("the owner's connection reaches the guest port; a half-close still gets the whole reply", async () => {
+  const { port, proxy } = await published({ allowedUids: [process.getuid!()] });
   const big = 'x'.repeat(3 * 1024 * 1024);
-  assert.equal(await roundTrip(published, 'hello'), 'HELLO');
-  assert.equal((await roundTrip(published, big)).length, big.length);
-  await proxy.remove(published);
-  await assert.rejects(roundTrip(published, 'again'), /ECONNREFUSED/);
+  assert.equal(await roundTrip(port, 'hello'), 'HELLO');
+  assert.equal((await roundTrip(port, big)).length, big.length);
+  await proxy.remove(port);
+  await assert.rejects(roundTrip(port, 'again'), /ECONNREFUSED/);
 });
 
 test("another user's connection is closed before it reaches the guest", async () => {
-  const guest = await upperEchoGuest();
-  const proxy = new GuestPortProxy({
-    log: silentLogger(),
-    vmName: 't',
-    hostAddress: HOST,
-    dial: () => Promise.resolve(net.connect(guest.port, HOST)),
-    allowedUids: new Set([process.getuid!()]),
-    peerUid: async () => 4242,
-  });
-  closers.push(() => proxy.close());
-  const port = await freePort();
-  await proxy.add(port);
+  const { guest, port } = await published({ allowedUids: [process.getuid!()], peerUid: async () => 4242 });
   assert.equal(await roundTrip(port, 'secret').catch(() => ''), '');
   assert.equal(guest.dials(), 0);
 });
@@ -126,17 +125,7 @@ test(
   'a real other user (nobody) gets no byte from a guest port; the owner still does',
   { skip: process.getuid?.() !== 0 ? 'needs root, to connect as another uid' : false },
   async () => {
-    const guest = await upperEchoGuest();
-    const proxy = new GuestPortProxy({
-      log: silentLogger(),
-      vmName: 't',
-      hostAddress: HOST,
-      dial: () => Promise.resolve(net.connect(guest.port, HOST)),
-      allowedUids: new Set([0]),
-    });
-    closers.push(() => proxy.close());
-    const port = await freePort();
-    await proxy.add(port);
+    const { guest, port } = await published({ allowedUids: [0] });
     const script = `const c=require('net').connect({host:'${HOST}',port:${port},allowHalfOpen:true},()=>c.end('ping'));let g='';c.on('data',d=>g+=d);c.on('error',e=>{console.log('error',e.code);process.exit(0)});c.on('close',()=>{console.log(JSON.stringify(g))})`;
     // Asynchronously: the proxy answers from this process's event loop.
     const child = spawn(process.execPath, ['-e', script], { uid: 65534, gid: 65534, cwd: '/', timeout: 10_000 });
