@@ -28,6 +28,7 @@ import { KvmAccelResolver } from './services/accel.js';
 import { HostViews } from './services/host-views.js';
 import { TapNetwork } from './services/network/tap.js';
 import { VmDnsServer, type ListenAddress } from './services/dns/server.js';
+import { dnsAskers } from './services/dns/askers.js';
 import { loadConfig, type BangerConfig } from '../shared/config.js';
 import { acquireDaemonLock, type DaemonLock } from './store/daemon-lock.js';
 import { DnsHostIntegration } from './services/dns/host-integration.js';
@@ -118,6 +119,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     lookup: (n) => vmRepo.byName(n.toLowerCase())?.hostAddress,
     reverse: (ip) => dnsVms().find((v) => v.address === ip)?.name,
     log: log.child({ service: 'dns' }),
+    mayAsk: await dnsAskers(process.getuid?.() ?? 0),
   });
   await dnsServer
     .listen(opts.dns?.listen ?? [{ host: config.dns.address, port: config.dns.port }])

@@ -67,3 +67,25 @@ export function socketOwner(
   }
   return undefined;
 }
+
+/**
+ * The uid that owns the UDP socket bound to `port` on `address` (or on the wildcard address), from one
+ * listing of /proc/net/udp or udp6: who sent a datagram from there. undefined: no such socket.
+ */
+export function udpSocketOwner(table: string, from: { address: string; port: number }): number | undefined {
+  const exact = new Set([from.address, `::ffff:${from.address}`]);
+  let wildcard: number | undefined;
+  for (const line of table.split('\n')) {
+    const cols = line.trim().split(/\s+/);
+    if (cols.length < 8) continue;
+    const [addrHex, portHex] = (cols[1] ?? '').split(':');
+    if (!addrHex || !portHex || parseInt(portHex, 16) !== from.port) continue;
+    const a = procAddress(addrHex);
+    const uid = Number(cols[7]);
+    if (a === null || !Number.isInteger(uid) || uid < 0) continue;
+    // A socket bound to the very address wins over one bound to the wildcard address.
+    if (exact.has(a)) return uid;
+    if (a === '0.0.0.0' || a === '::') wildcard ??= uid;
+  }
+  return wildcard;
+}

@@ -177,6 +177,16 @@ void describe('banger as two normal users', { skip: cannotRunAsTestUser() ?? fal
     assert.deepEqual(await queryA(netA.dnsAddress, netA.dnsPort, 'a1.vm'), [a1.network.hostAddress]);
     assert.deepEqual(await queryA(netB.dnsAddress, netB.dnsPort, 'a1.vm'), []);
     assert.deepEqual(await queryA(netB.dnsAddress, netB.dnsPort, 'b1.vm'), [b1.network.hostAddress]);
+    // ...and to its owner (and root), not to another user who asks it directly.
+    const askAs = async (user: string, server: { dnsAddress: string; dnsPort: number }, name: string) => {
+      const query = dnsPacket.encode({ type: 'query', id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+      const script = `const s=require('dgram').createSocket('udp4');s.on('message',m=>{console.log(m.toString('base64'));s.close()});s.send(Buffer.from('${query.toString('base64')}','base64'),${server.dnsPort},'${server.dnsAddress}')`;
+      const r = ok(await runAs(user, [process.execPath, '-e', script], { timeoutMs: 10_000 }), `DNS query as ${user}`);
+      const reply = dnsPacket.decode(Buffer.from(r.stdout.trim(), 'base64'));
+      return (reply.answers ?? []).flatMap((a) => (a.type === 'A' ? [String(a.data)] : []));
+    };
+    assert.deepEqual(await askAs(A, netA, 'a1.vm'), [a1.network.hostAddress]);
+    assert.deepEqual(await askAs(B, netA, 'a1.vm'), []);
   });
 
   void it('what needs root says so before doing anything', async () => {

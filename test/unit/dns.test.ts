@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import dnsPacket, { type DecodedPacket, type Packet, type RecordType } from 'dns-packet';
-import { VmDnsServer } from '../../src/daemon/services/dns/server.js';
+import { VmDnsServer, type DnsPeer } from '../../src/daemon/services/dns/server.js';
 import { reverseNameToIp, ipToReverseName } from '../../src/daemon/services/dns/packet.js';
 import {
   BLOCK_BEGIN,
@@ -21,6 +21,8 @@ import {
 } from '../../src/daemon/services/dns/host-integration.js';
 import type { CommandRunner, RunResult } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { udpSocketOwner } from '../../src/shared/proc-net.js';
+import { loopbackPeerUid, udpPeerUid } from '../../src/daemon/services/peer-uid.js';
 
 const execFileP = promisify(execFile);
 
@@ -451,3 +453,47 @@ test('with systemd-resolved: install puts ~vm on a dummy link, uninstall reverts
 function hasCommand(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
+
+describe("a user daemon's DNS server answers its owner only", () => {
+  test('udpSocketOwner: the socket bound to that address wins over a wildcard one', () => {
+    const udp = [
+      '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops',
+      '  1: 00000000:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000  1001        0 1 2 0 0',
+      '  2: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 2 2 0 0',
+      '  3: 00000000:9C41 00000000:0000 07 00000000:00000000 00:00000000 00000000  1002        0 3 2 0 0',
+    ].join('\n');
+    assert.equal(udpSocketOwner(udp, { address: '127.0.0.1', port: 40000 }), 1000);
+    assert.equal(udpSocketOwner(udp, { address: '127.0.0.2', port: 40000 }), 1001);
+    assert.equal(udpSocketOwner(udp, { address: '127.0.0.1', port: 40001 }), 1002);
+    assert.equal(udpSocketOwner(udp, { address: '127.0.0.1', port: 40002 }), undefined);
+  });
+
+  test(
+    'over UDP and TCP: the owner gets the address, another user (nobody) is told of no VM',
+    { skip: process.getuid?.() !== 0 ? 'needs root, to ask as another uid' : false },
+    async () => {
+      // As a daemon of uid 0 that is not root's would be set up: the owner here is this process (root).
+      const mayAsk = async (peer: DnsPeer) =>
+        (peer.socket ? await loopbackPeerUid(peer.socket) : await udpPeerUid(peer.address, peer.port)) === 0;
+      const server = new VmDnsServer({ lookup, reverse, log: silentLogger(), mayAsk });
+      const [bound] = await server.listen([{ host: '127.0.0.1', port: 0 }]);
+      try {
+        const mine = await ask(bound!.port, q('fix-42.vm'));
+        assert.deepEqual(mine.answers?.map((a) => (a as { data: unknown }).data), ['172.30.0.5']);
+        const script = (proto: 'udp' | 'tcp') =>
+          proto === 'udp'
+            ? `const s=require('dgram').createSocket('udp4');s.on('message',m=>{console.log(m.toString('base64'));s.close()});s.send(Buffer.from('${dnsPacket.encode(q('fix-42.vm')).toString('base64')}','base64'),${bound!.port},'127.0.0.1')`
+            : `const c=require('net').connect(${bound!.port},'127.0.0.1',()=>c.write(Buffer.from('${dnsPacket.streamEncode(q('fix-42.vm')).toString('base64')}','base64')));let b=Buffer.alloc(0);c.on('data',d=>{b=Buffer.concat([b,d]);if(b.length>=2&&b.length>=2+b.readUInt16BE(0)){console.log(b.toString('base64'));c.destroy()}})`;
+        for (const proto of ['udp', 'tcp'] as const) {
+          const r = await execFileP(process.execPath, ['-e', script(proto)], { uid: 65534, gid: 65534, cwd: '/', timeout: 10_000 });
+          const raw = Buffer.from(r.stdout.trim(), 'base64');
+          const reply = (proto === 'udp' ? dnsPacket.decode(raw) : dnsPacket.streamDecode(raw)) as DecodedPacket & { rcode?: string };
+          assert.equal(reply.rcode, 'NXDOMAIN', proto);
+          assert.deepEqual(reply.answers ?? [], [], proto);
+        }
+      } finally {
+        await server.close();
+      }
+    },
+  );
+});

@@ -10,7 +10,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GuestPortProxy, loopbackPeerUid } from '../../src/daemon/services/vm/port-proxy.js';
+import { GuestPortProxy } from '../../src/daemon/services/vm/port-proxy.js';
+import { loopbackPeerUid } from '../../src/daemon/services/peer-uid.js';
 import { socketOwner } from '../../src/shared/proc-net.js';
 import { silentLogger } from '../../src/shared/logger.js';
 

@@ -29,7 +29,23 @@ export interface VmDnsServerDeps {
   log: Logger;
   /** Seconds resolvers may cache answers; short, since addresses change when VMs restart. Default 5. */
   ttl?: number;
+  /**
+   * Whether a query from this peer gets real answers; one that does not is answered as if no VM existed
+   * (NXDOMAIN), so a resolver does not hang. Default: everyone.
+   */
+  mayAsk?: (peer: DnsPeer) => Promise<boolean>;
 }
+
+/** Who sent a query: its address and port, and for TCP the connection. */
+export interface DnsPeer {
+  protocol: 'udp' | 'tcp';
+  address: string;
+  port: number;
+  socket?: net.Socket;
+}
+
+/** A zone that knows no VM: what a peer that may not ask is told. */
+const NOTHING = { lookup: () => undefined, reverse: () => undefined };
 
 interface Endpoint {
   address: ListenAddress;
@@ -112,11 +128,13 @@ export class VmDnsServer {
         sock.removeAllListeners('error');
         sock.on('error', (err) => this.deps.log.warn({ err, dns: a.host }, 'dns udp socket error'));
         sock.on('message', (msg, rinfo) => {
-          const res = this.answer(msg, `${rinfo.address}:${rinfo.port}`);
-          if (res)
-            sock.send(res, rinfo.port, rinfo.address, (err) => {
-              if (err) this.deps.log.debug({ err }, 'dns udp send failed');
-            });
+          void this.allowed({ protocol: 'udp', address: rinfo.address, port: rinfo.port }).then((ok) => {
+            const res = this.answer(msg, `${rinfo.address}:${rinfo.port}`, ok);
+            if (res)
+              sock.send(res, rinfo.port, rinfo.address, (err) => {
+                if (err) this.deps.log.debug({ err }, 'dns udp send failed');
+              });
+          });
         });
         resolve(sock);
       });
@@ -139,6 +157,13 @@ export class VmDnsServer {
   private serveTcp(s: net.Socket): void {
     this.tcpClients.add(s);
     const peer = `${s.remoteAddress}:${s.remotePort}`;
+    // Nothing is read until it is known whether this peer gets real answers.
+    let mayAsk = false;
+    s.pause();
+    void this.allowed({ protocol: 'tcp', address: s.remoteAddress ?? '', port: s.remotePort ?? 0, socket: s }).then((ok) => {
+      mayAsk = ok;
+      s.resume();
+    });
     let buf = Buffer.alloc(0);
     s.setTimeout(TCP_IDLE_MS, () => s.destroy());
     s.on('error', () => s.destroy());
@@ -150,7 +175,7 @@ export class VmDnsServer {
         if (buf.length < 2 + len) break;
         const msg = buf.subarray(2, 2 + len);
         buf = buf.subarray(2 + len);
-        const res = this.answer(msg, peer);
+        const res = this.answer(msg, peer, mayAsk);
         if (!res) {
           s.destroy(); // not DNS: the stream cannot be trusted to stay framed
           return;
@@ -163,9 +188,15 @@ export class VmDnsServer {
     });
   }
 
-  private answer(msg: Buffer, peer: string): Buffer | undefined {
+  /** Whether `peer` gets real answers (a failing check says no). */
+  private async allowed(peer: DnsPeer): Promise<boolean> {
+    if (!this.deps.mayAsk) return true;
+    return this.deps.mayAsk(peer).catch(() => false);
+  }
+
+  private answer(msg: Buffer, peer: string, mayAsk: boolean): Buffer | undefined {
     try {
-      const res = answerQuery(msg, this.zone);
+      const res = answerQuery(msg, mayAsk ? this.zone : { ...this.zone, ...NOTHING });
       if (!res) this.deps.log.debug({ peer, bytes: msg.length }, 'dns: ignored a message that is not a query');
       return res;
     } catch (err) {

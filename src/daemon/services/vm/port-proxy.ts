@@ -1,26 +1,7 @@
 import net from 'node:net';
-import { readFile } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../../shared/logger.js';
-import { socketOwner } from '../../../shared/proc-net.js';
-
-/**
- * The uid of the local process that opened `sock`, a loopback connection this process accepted: the owner of
- * the other end in /proc/net/tcp (or tcp6, for a dual-stack client). undefined when it cannot be found.
- */
-export async function loopbackPeerUid(sock: net.Socket): Promise<number | undefined> {
-  const { remoteAddress, remotePort, localAddress, localPort } = sock;
-  if (!remoteAddress || !remotePort || !localAddress || !localPort) return undefined;
-  const plain = (a: string) => a.replace(/^::ffff:/, '');
-  // The peer's socket: its own end is our remote end, and its peer is us.
-  const theirs = { address: plain(remoteAddress), port: remotePort };
-  const ours = { address: plain(localAddress), port: localPort };
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    const uid = socketOwner(await readFile(table, 'utf8').catch(() => ''), theirs, ours);
-    if (uid !== undefined) return uid;
-  }
-  return undefined;
-}
+import { loopbackPeerUid } from '../peer-uid.js';
 
 export interface GuestPortProxyDeps {
   log: Logger;
