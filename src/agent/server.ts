@@ -88,6 +88,7 @@ class AgentSession {
     private readonly ports: PortWatcher,
     private readonly sessions: SessionStore | null,
     onClosed: () => void,
+    continued?: Buffer[],
   ) {
     this.features = AGENT_FEATURES.filter(
       (f) => (f !== 'pty' || opts.python !== null) && (f !== 'sessions' || sessions?.available === true),
@@ -105,15 +106,27 @@ class AgentSession {
         credit: (channel, kind, bytes) => this.channels.get(channel)?.credit?.(kind, bytes),
         closed: (error) => {
           if (error) opts.log?.(`banger-agent: connection dropped: ${error.message}`);
-          for (const ch of this.channels.values()) ch.dispose();
-          this.channels.clear();
-          if (this.portsListener) ports.unwatch(this.portsListener);
-          this.portsListener = null;
+          this.drop();
           onClosed();
         },
+        // A new daemon, or this guest resumed from a snapshot under a new one, starts over on the same port:
+        // what the old connection had open ends as if it had closed, and a new session serves the port.
+        restarted: (rest) => {
+          opts.log?.('banger-agent: the daemon started over on this connection');
+          this.drop();
+          new AgentSession(stream, opts, stats, ports, sessions, onClosed, rest);
+        },
       },
-      { greetFirst: false },
+      { greetFirst: false, continued },
     );
+  }
+
+  /** Ends what this connection had open: its exec channels (their processes killed) and its port watch. */
+  private drop(): void {
+    for (const ch of this.channels.values()) ch.dispose();
+    this.channels.clear();
+    if (this.portsListener) this.ports.unwatch(this.portsListener);
+    this.portsListener = null;
   }
 
   private onControl(raw: unknown): void {

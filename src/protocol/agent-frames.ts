@@ -21,6 +21,9 @@ export interface Frame {
   payload: Buffer;
 }
 
+/** Not a wire kind: what {@link FrameDecoder.push} returns where the peer sent AGENT_SYNC again (a restart). */
+export const RESTART_KIND = -1;
+
 /** The peer broke the framing; the connection cannot be trusted any more and is dropped. */
 export class FrameError extends Error {
   constructor(message: string) {
@@ -58,9 +61,13 @@ export class FrameDecoder {
   private header: { length: number; kind: number; channel: number } | null = null;
   private syncMatched: number;
   private scanned = 0;
+  private stopped = false;
 
-  /** `sync`: skip bytes until {@link AGENT_SYNC} has been seen. */
-  constructor(private readonly opts: { maxFrame?: number; sync?: boolean } = {}) {
+  /**
+   * `sync`: skip bytes until {@link AGENT_SYNC} has been seen. `restartable`: AGENT_SYNC again at a frame
+   * boundary is returned as a frame of kind {@link RESTART_KIND} (else it is a length over the cap, an error).
+   */
+  constructor(private readonly opts: { maxFrame?: number; sync?: boolean; restartable?: boolean } = {}) {
     this.syncMatched = opts.sync === false ? AGENT_SYNC.length : 0;
   }
 
@@ -73,8 +80,13 @@ export class FrameDecoder {
     return this.buffered;
   }
 
-  /** Feeds bytes; returns the frames they complete. Throws FrameError on a framing violation. */
+  /**
+   * Feeds bytes; returns the frames they complete. Throws FrameError on a framing violation. A restart
+   * (see the constructor) is the last frame returned: the decoder takes nothing more, and the bytes after
+   * the restart are in {@link rest}.
+   */
   push(chunk: Buffer): Frame[] {
+    if (this.stopped) throw new Error('FrameDecoder: push after a restart');
     if (!this.synced) {
       let i = 0;
       // AGENT_SYNC's first byte does not occur again in it, so a mismatch restarts the match at this byte.
@@ -97,6 +109,16 @@ export class FrameDecoder {
     const max = this.opts.maxFrame ?? AGENT_MAX_FRAME;
     for (;;) {
       if (this.header === null) {
+        if (this.opts.restartable && this.startsWithSync()) {
+          if (this.buffered < AGENT_SYNC.length) break;
+          if (this.peek(AGENT_SYNC.length).equals(AGENT_SYNC)) {
+            // Whatever follows belongs to the new connection: left buffered for `rest()`, not decoded here.
+            this.take(AGENT_SYNC.length);
+            this.stopped = true;
+            frames.push({ kind: RESTART_KIND, channel: 0, payload: EMPTY });
+            return frames;
+          }
+        }
         if (this.buffered < FRAME_HEADER_BYTES) break;
         const h = this.take(FRAME_HEADER_BYTES);
         const length = h.readUInt32BE(0);
@@ -108,6 +130,35 @@ export class FrameDecoder {
       this.header = null;
     }
     return frames;
+  }
+
+  /** The bytes buffered after a restart, for the decoder of the new connection. */
+  rest(): Buffer[] {
+    const out = this.chunks.splice(0);
+    this.buffered = 0;
+    return out;
+  }
+
+  /** Whether the buffered bytes (however few) are a prefix of AGENT_SYNC, or start with all of it. */
+  private startsWithSync(): boolean {
+    if (this.buffered === 0) return false;
+    const n = Math.min(this.buffered, AGENT_SYNC.length);
+    return this.peek(n).equals(AGENT_SYNC.subarray(0, n));
+  }
+
+  /** The first `n` buffered bytes (n <= buffered), left in place. */
+  private peek(n: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length >= n) return first.subarray(0, n);
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    for (const c of this.chunks) {
+      if (filled === n) break;
+      const used = Math.min(c.length, n - filled);
+      c.copy(out, filled, 0, used);
+      filled += used;
+    }
+    return out;
   }
 
   /** Removes `n` buffered bytes from the front; copies only when they span chunks. */
@@ -243,6 +294,13 @@ export interface FrameHandlers {
   credit(channel: number, stream: StreamKind, bytes: number): void;
   /** Once, when the connection ends; `error` says why when it was a violation or a transport failure. */
   closed(error?: Error): void;
+  /**
+   * The peer started over on this stream (AGENT_SYNC at a frame boundary). This connection has let go of the
+   * stream without closing it (every later send through it is dropped, `closed` is not called); the handler
+   * drops what the old connection had open and serves the stream with a new FrameConnection given
+   * `{ continued: rest }`. Without this handler a restart is a framing violation.
+   */
+  restarted?(rest: Buffer[]): void;
 }
 
 /**
@@ -250,21 +308,33 @@ export interface FrameHandlers {
  * otherwise after the peer's has been seen (the agent: it must not write into a port nobody has opened).
  */
 export class FrameConnection {
-  private readonly decoder = new FrameDecoder({ sync: true });
+  private readonly decoder: FrameDecoder;
   private greeted = false;
   private ended = false;
 
   constructor(
     private readonly stream: Duplex,
     private readonly handlers: FrameHandlers,
-    opts: { greetFirst: boolean },
+    opts: {
+      greetFirst: boolean;
+      /** The peer's AGENT_SYNC was read by an earlier connection on this stream (a restart); then these bytes. */
+      continued?: Buffer[];
+    },
   ) {
-    if (opts.greetFirst) this.greet();
-    stream.on('data', (chunk: Buffer) => this.onBytes(chunk));
-    stream.on('end', () => this.close());
-    stream.on('close', () => this.close());
-    stream.on('error', (e: Error) => this.close(e));
+    this.decoder = new FrameDecoder({ sync: opts.continued === undefined, restartable: handlers.restarted !== undefined });
+    if (opts.greetFirst || opts.continued) this.greet();
+    stream.on('data', this.listeners.data);
+    stream.on('end', this.listeners.end);
+    stream.on('close', this.listeners.end);
+    stream.on('error', this.listeners.error);
+    for (const chunk of opts.continued ?? []) this.onBytes(chunk);
   }
+
+  private readonly listeners = {
+    data: (chunk: Buffer) => this.onBytes(chunk),
+    end: () => this.close(),
+    error: (e: Error) => this.close(e),
+  };
 
   get closed(): boolean {
     return this.ended;
@@ -295,6 +365,16 @@ export class FrameConnection {
     this.handlers.closed(error);
   }
 
+  /** A restart: let go of the stream, still open, and hand it with the bytes after the restart to the handler. */
+  private handOver(): void {
+    this.ended = true;
+    this.stream.off('data', this.listeners.data);
+    this.stream.off('end', this.listeners.end);
+    this.stream.off('close', this.listeners.end);
+    this.stream.off('error', this.listeners.error);
+    this.handlers.restarted!(this.decoder.rest());
+  }
+
   private greet(): void {
     this.greeted = true;
     this.stream.write(AGENT_SYNC);
@@ -311,6 +391,7 @@ export class FrameConnection {
       if (!this.greeted && this.decoder.synced) this.greet();
       for (const f of frames) {
         if (this.ended) return;
+        if (f.kind === RESTART_KIND) return this.handOver();
         this.dispatch(f);
       }
     } catch (e) {

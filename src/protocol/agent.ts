@@ -22,6 +22,11 @@ export const AGENT_STREAM_WINDOW = 256 * 1024;
  * Sent by each side before its first frame; a receiver skips anything before it (at most
  * {@link AGENT_MAX_SYNC_SKIP} bytes). Over virtio-serial the guest end of the port outlives the host's
  * connection, so bytes of an earlier connection can sit in front of a new one.
+ *
+ * The daemon sends it again, at a frame boundary, to start over on a connection the agent still holds (a new
+ * daemon, or a guest resumed from a snapshot, meets the agent in the middle of its old connection): its first
+ * four bytes read as a length over any cap, so it can never be a frame header. The agent ends what the old
+ * connection had open (as if it had closed), answers with its own AGENT_SYNC and serves the new one.
  */
 export const AGENT_SYNC: Uint8Array = Uint8Array.from([0xb4, 0x42, 0x41, 0x4e, 0x47, 0x45, 0x52, 0x01]);
 export const AGENT_MAX_SYNC_SKIP = 1024 * 1024;

@@ -176,7 +176,11 @@ export class LiveVms {
    * The VM's guest agent, connecting once if there is no open connection (after a daemon restart, or after
    * the agent dropped it). Fails with Unavailable when the image has no agent or it does not answer.
    */
-  async agent(vm: VmRecord, signal?: AbortSignal): Promise<AgentClient> {
+  /**
+   * The VM's agent connection, made (hello answered) when there is none. `firstHelloMs`: how long the first
+   * attempt waits for the hello (default AGENT_HELLO_TIMEOUT_MS), for a connection made before the guest runs.
+   */
+  async agent(vm: VmRecord, signal?: AbortSignal, opts: { firstHelloMs?: number } = {}): Promise<AgentClient> {
     const live = this.live.get(vm.id);
     if (!live) throw failedPrecondition(`VM '${vm.name}' is not running`, `start it with \`banger vm start ${vm.name}\``);
     if (!live.hasAgent)
@@ -185,7 +189,7 @@ export class LiveVms {
       });
     if (live.agent && !live.agent.closed) return live.agent;
     if (!live.agentConnecting) {
-      live.agentConnecting = this.connectAgent(vm, live, signal)
+      live.agentConnecting = this.connectAgent(vm, live, opts.firstHelloMs ?? AGENT_HELLO_TIMEOUT_MS, signal)
         .then((client) => {
           live.agent = client;
           for (const cb of [...live.agentListeners]) cb(client);
@@ -221,10 +225,10 @@ export class LiveVms {
    * connection, so the first exchange after a daemon restart can meet what the agent was in the middle of
    * (a write blocked since the old daemon went); the agent drops that connection and serves the next.
    */
-  private async connectAgent(vm: VmRecord, live: LiveVm, signal?: AbortSignal): Promise<AgentClient> {
+  private async connectAgent(vm: VmRecord, live: LiveVm, firstHelloMs: number, signal?: AbortSignal): Promise<AgentClient> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.connectAgentOnce(vm, live, attempt === 1 ? AGENT_HELLO_TIMEOUT_MS : 5_000, signal);
+        return await this.connectAgentOnce(vm, live, attempt === 1 ? firstHelloMs : 5_000, signal);
       } catch (e) {
         if (signal?.aborted || attempt >= 6) throw e;
         this.d.log.warn({ vm: vm.name, attempt, err: (e as Error).message }, 'guest agent hello failed; reconnecting');
