@@ -22,6 +22,8 @@ import { describeRange, userNetworkDefaults } from '../shared/user-network.js';
 import type { ImageBuilder } from './services/image/service.js';
 import { VmService } from './services/vm/service.js';
 import { SnapshotService } from './services/snapshot/service.js';
+import { failedPrecondition } from '../errors/index.js';
+import { PoolService } from './services/pool/service.js';
 import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
@@ -164,6 +166,12 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     log,
     ...(userNs ? { leftovers: procHost(runCommand, rootlessRemove(userNs)) } : {}),
   });
+  const identity = new IdentitySync({
+    run: runCommand,
+    entries: () => loadConfig(paths.config, process.getuid?.() ?? 0).sync,
+    defaultHome: homedir(),
+    now: () => new Date(),
+  });
   const vms = new VmService({
     paths,
     vms: vmRepo,
@@ -186,12 +194,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
       await dnsServer.listen([{ host: gateway, port: config.dns.port }]);
       dnsOnBridge.add(gateway);
     },
-    identity: new IdentitySync({
-      run: runCommand,
-      entries: () => loadConfig(paths.config, process.getuid?.() ?? 0).sync,
-      defaultHome: homedir(),
-      now: () => new Date(),
-    }),
+    identity,
   });
   const workspaces = new WorkspaceService({
     vms,
@@ -201,6 +204,18 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
   });
   const sessions = new SessionService({ vms, log: log.child({ service: 'session' }) });
   const snapshots = new SnapshotService({ paths, vms, images, run: runCommand, log: log.child({ service: 'snapshot' }) });
+  const pools = new PoolService({
+    paths,
+    vms,
+    requireImage: (name) => {
+      const i = images.show(name);
+      if (i.status !== 'ready') throw failedPrecondition(`image '${name}' is ${i.status}`, `build it: \`banger image build ${name}\``);
+    },
+    defaultNetwork: config.network.defaultMode,
+    identity,
+    onVmsChanged: () => void hostViews.sync(),
+    log: log.child({ service: 'pool' }),
+  });
   const doctor = new DoctorService({
     paths,
     drivers,
@@ -232,6 +247,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
   await images.reconcile();
   await vms.reconcile();
   await snapshots.reconcile();
+  await pools.reconcile();
   await hostViews.sync();
 
   const execs = new ExecRegistry();
@@ -243,6 +259,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
       {
         vms,
         snapshots,
+        pools,
         workspaces,
         sessions,
         images,
@@ -285,6 +302,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
       if (stopped) return;
       stopped = true;
       log.info('bangerd stopping (VMs keep running)');
+      pools.close();
       await server.close();
       await dnsServer.close();
       vms.detachAll();

@@ -6,6 +6,7 @@ import { VmMethods } from './vm.js';
 import { WorkspaceMethods } from './workspace.js';
 import { SessionMethods, StatsMethods } from './session.js';
 import { SnapshotMethods } from './snapshot.js';
+import { PoolMethods } from './pool.js';
 import type { RpcMethod } from './common.js';
 
 /** Every RPC method of the daemon; the daemon serves exactly these (one handler each). */
@@ -20,4 +21,5 @@ export const ALL_METHODS: readonly RpcMethod<any, any>[] = [ // eslint-disable-l
   ...Object.values(StatsMethods),
   ...Object.values(SessionMethods),
   ...Object.values(SnapshotMethods),
+  ...Object.values(PoolMethods),
 ];

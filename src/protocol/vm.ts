@@ -109,6 +109,8 @@ export const vmCreateParamsSchema = z.object({
   agent: z.boolean().optional(),
   /** Restore a snapshot (name or id): its memory, processes and disks, with the new VM's own identity. */
   from: z.string().min(1).optional(),
+  /** With `start`: false boots a new VM even when the image's warm pool has one parked (`--no-pool`). */
+  pool: z.boolean().optional(),
   ...syncOptions,
   ...withProgress,
 });

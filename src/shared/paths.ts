@@ -88,6 +88,10 @@ export class Paths {
   get cacheDir(): string {
     return join(this.root, 'cache');
   }
+  /** Warm pools (`banger pool set`): image name -> how many VMs to keep parked. */
+  get poolsFile(): string {
+    return join(this.root, 'pools.json');
+  }
   /** Saved running VMs (`banger vm snapshot`): one directory each, named by id. */
   get snapshotsDir(): string {
     return join(this.root, 'snapshots');

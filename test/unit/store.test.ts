@@ -100,6 +100,7 @@ test('repos round-trip records; an image in use cannot be deleted (foreign key)'
     vmm: 'qemu', accelChoice: 'auto', accel: null, networkMode: 'loopback', hostAddress: '127.0.0.1', sshPort: 2222,
     guestAddress: '10.0.2.15', egress: false, mac: '52:54:00:00:00:01', dir: '/d', lastError: null,
     createdAt: 't', startedAt: null, updatedAt: 't', workspace: null, agent: true, synced: null,
+    pool: null,
   };
   vms.insert(vm);
   assert.deepEqual(vms.byName('a'), vm);

@@ -56,7 +56,7 @@ function setup() {
       id, name: `v${n}`, imageId: 'img1', state, vcpus: 1, memoryMib: 512, diskSizeMib: 1024, vmm: 'qemu',
       accelChoice: 'auto', accel: 'tcg', networkMode: 'loopback', hostAddress: `127.77.0.${n + 1}`, sshPort: 22,
       guestAddress: '10.0.2.15', egress: false, mac: '52:54:00:00:00:01', dir: paths.vmDir(id), lastError: null,
-      createdAt: 't', startedAt: null, updatedAt: 't', workspace: null, agent: true, synced: null,
+      createdAt: 't', startedAt: null, updatedAt: 't', workspace: null, agent: true, synced: null, pool: null,
     };
     vms.insert(rec);
     const vp = paths.vm(id);

@@ -15,6 +15,7 @@ export const COMMANDS: readonly [names: string[], load: () => Promise<CommandMod
   [['doctor'], () => import('./doctor.js')],
   [['dns'], () => import('./dns.js')],
   [['snapshot'], () => import('./snapshot.js')],
+  [['pool'], () => import('./pool.js')],
   [['network'], () => import('./network.js')],
   [['ssh-config'], () => import('./ssh-config.js')],
   [['completion'], () => import('./completion.js')],

@@ -130,6 +130,14 @@ export interface VmmSnapshots {
   waitRestored(handle: VmHandle, deadline: number, signal?: AbortSignal): Promise<void>;
 }
 
+/** Capability: stopping a running guest's CPUs in place and starting them again (warm pools park VMs so). */
+export interface VmmPausing {
+  /** Stops the guest's CPUs; the VMM process, memory and devices stay. */
+  pause(handle: VmHandle, signal?: AbortSignal): Promise<void>;
+  /** Starts them again. */
+  resume(handle: VmHandle, signal?: AbortSignal): Promise<void>;
+}
+
 /** Calls a driver makes while it launches a VM. */
 export interface LaunchHooks {
   /**
@@ -190,6 +198,9 @@ export interface VmmDriver {
 
   /** Present when the driver can save a running guest and resume it in a new VM (QEMU). */
   readonly snapshots?: VmmSnapshots;
+
+  /** Present when the driver can pause a running guest and resume it (QEMU). */
+  readonly pausing?: VmmPausing;
 }
 
 /** Drivers by name, built once in daemon/daemon.ts. */

@@ -28,6 +28,8 @@ export interface MachineFlags {
   /** commander's negation of --no-sync: false when given. */
   sync?: boolean;
   from?: string;
+  /** commander's negation of --no-pool: false when given. */
+  pool?: boolean;
 }
 
 /** What a start syncs: the invoking user's identity from their home directory, unless --no-sync. */
@@ -52,6 +54,7 @@ export function addMachineFlags(cmd: Command): Command {
     .option('--egress', 'let the guest reach the network outside the VM (off by default: it reaches nothing)')
     .option('--no-agent', 'do not start the guest agent: commands go over SSH; no sessions or stats')
     .option('--no-sync', NO_SYNC_HELP)
+    .option('--no-pool', 'with a start: boot a new VM even when a warm pool (`banger pool set`) has one parked')
     .option('--from <snapshot>', "resume a snapshot (`banger vm snapshot`): its memory, processes and files, with this VM's own name, address, SSH host key, machine-id and RNG; image, CPUs, memory and disk size are the snapshot's")
     .addOption(
       new Option('--accel <accel>', 'acceleration: auto probes KVM and falls back to TCG').choices([...ACCEL_CHOICES]).default('auto'),
@@ -71,6 +74,7 @@ export function machineParams(o: MachineFlags): VmCreateParams {
     network: o.network,
     ...(o.agent === false ? { agent: false } : {}),
     ...(o.from !== undefined ? { from: o.from } : {}),
+    ...(o.pool === false ? { pool: false } : {}),
     ...syncParams(o),
   };
 }

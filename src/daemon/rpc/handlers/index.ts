@@ -20,6 +20,8 @@ import { AttachRegistry, sessionHandlers } from './session.js';
 import type { SessionService } from '../../services/session/service.js';
 import { vmHandlers } from './vm.js';
 import { snapshotHandlers } from './snapshot.js';
+import { poolHandlers } from './pool.js';
+import type { PoolService } from '../../services/pool/service.js';
 import type { SnapshotService } from '../../services/snapshot/service.js';
 import { workspaceHandlers } from './workspace.js';
 
@@ -28,6 +30,7 @@ export { AttachRegistry, ExecRegistry };
 export interface HandlerDeps {
   vms: VmService;
   snapshots: SnapshotService;
+  pools: PoolService;
   workspaces: WorkspaceService;
   sessions: SessionService;
   images: ImageService;
@@ -51,8 +54,14 @@ export function buildHandlers(d: HandlerDeps, execs: ExecRegistry, attaches = ne
   return [
     ...daemonHandlers(d),
     ...imageHandlers(d.images),
-    ...vmHandlers({ vms: d.vms, log: d.log, snapshotSource: (ref) => d.snapshots.source(ref) }),
+    ...vmHandlers({
+      vms: d.vms,
+      log: d.log,
+      snapshotSource: (ref) => d.snapshots.source(ref),
+      takeFromPool: (p, ctx) => d.pools.take(p, ctx.progress, ctx.signal),
+    }),
     ...snapshotHandlers(d.snapshots, d.vms),
+    ...poolHandlers(d.pools),
     ...execHandlers(d.vms, execs),
     ...statsHandlers(d.vms),
     ...sessionHandlers(d.sessions, attaches),

@@ -10,6 +10,16 @@ export interface VmHandlerDeps {
   log: Logger;
   /** Resolves `vm.create`'s `from` (a snapshot name or id) into what the VM is restored from. */
   snapshotSource?: (ref: string) => Promise<RestoreSource>;
+  /** A parked VM of a warm pool for a `vm.create` with `start` whose options are the pool's, if any. */
+  takeFromPool?: (p: VmCreateParams, ctx: CallContext) => Promise<VmInfo | undefined>;
+}
+
+/** vm.create with `start`: a warm pool's parked VM when one fits, else a new VM booted. */
+async function createStarted(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext): Promise<VmInfo> {
+  const taken = await d.takeFromPool?.(p, ctx);
+  if (taken) return taken;
+  const created = await d.vms.create(await createOptions(d, p), ctx.progress, ctx.signal);
+  return d.vms.start(created.name, ctx.progress, ctx.signal, p);
 }
 
 /** vm.create's params with `from` resolved to the snapshot it names. */
@@ -26,7 +36,7 @@ async function createOptions(d: VmHandlerDeps, p: VmCreateParams): Promise<VmCre
  * dies (killed, Ctrl-C twice, lost terminal) leaves nothing behind.
  */
 async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext): Promise<VmInfo> {
-  const created = await d.vms.create(await createOptions(d, p), ctx.progress, ctx.signal);
+  const created = (p.start ? await d.takeFromPool?.(p, ctx) : undefined) ?? (await d.vms.create(await createOptions(d, p), ctx.progress, ctx.signal));
   let removal: Promise<void> | undefined;
   const remove = () =>
     (removal ??= d.vms.delete(created.name, { force: true }).then(
@@ -40,6 +50,7 @@ async function createOwned(d: VmHandlerDeps, p: VmCreateParams, ctx: CallContext
   try {
     // A client gone before the listener above was added has aborted the signal: treat it as cancelled.
     if (ctx.signal.aborted) throw cancelled();
+    // A VM from the pool is running already (start returns it as it is).
     return p.start ? await d.vms.start(created.name, ctx.progress, ctx.signal, p) : created;
   } catch (e) {
     sub.dispose();
@@ -54,8 +65,8 @@ export function vmHandlers(d: VmHandlerDeps): Handler[] {
   return [
     handler(VmMethods.create, async (p, ctx) => {
       if (p.rm) return createOwned(d, p, ctx);
-      const created = await vms.create(await createOptions(d, p), ctx.progress, ctx.signal);
-      return p.start ? vms.start(created.name, ctx.progress, ctx.signal, p) : created;
+      if (p.start) return createStarted(d, p, ctx);
+      return vms.create(await createOptions(d, p), ctx.progress, ctx.signal);
     }),
     handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal, p)),
     handler(VmMethods.stop, async (p, ctx) => vms.stop(p.name, p, ctx.signal)),

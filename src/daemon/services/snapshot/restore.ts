@@ -75,13 +75,20 @@ export function identityScript(o: { name: string; machineId: string; seedHex: st
   return [
     'set -u',
     `python3 -c 'import fcntl, os, sys; fd = os.open("/dev/urandom", os.O_WRONLY); os.write(fd, bytes.fromhex(sys.argv[1])); fcntl.ioctl(fd, 0x5207); os.close(fd)' ${o.seedHex}`,
-    `echo ${shq(o.name)} >/proc/sys/kernel/hostname`,
-    `echo ${shq(o.name)} >/etc/hostname`,
-    `sed -i '/# banger$/d' /etc/hosts`,
-    `echo ${shq(`127.0.1.1 ${o.name} # banger`)} >>/etc/hosts`,
+    hostnameScript(o.name),
     `echo ${o.machineId} >/etc/machine-id`,
     '[ -s /run/sshd.pid ] && kill -HUP "$(cat /run/sshd.pid)"',
     'true',
+  ].join('\n');
+}
+
+/** The shell that renames a running guest: its hostname, /etc/hostname and banger's line in /etc/hosts. */
+export function hostnameScript(name: string): string {
+  return [
+    `echo ${shq(name)} >/proc/sys/kernel/hostname`,
+    `echo ${shq(name)} >/etc/hostname`,
+    `sed -i '/# banger$/d' /etc/hosts`,
+    `echo ${shq(`127.0.1.1 ${name} # banger`)} >>/etc/hosts`,
   ].join('\n');
 }
 

@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import type { ProgressEvent } from '../../../protocol/common.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { VmPaths } from '../../../shared/paths.js';
@@ -68,5 +68,14 @@ export async function writeHostKey(
   const hostKey = generateEd25519(dnsName(name));
   await writeFile(vp.hostKeyPrivate, hostKey.privateKey, { mode: 0o600 });
   await writeFile(vp.hostKeyPublic, hostKey.publicKey + '\n', { mode: 0o644 });
-  await writeFile(vp.knownHosts, `${dnsName(name)} ${hostKey.publicKey}\n`, { mode: 0o644 });
+  await writeFile(vp.knownHosts, knownHostsLine(name, hostKey.publicKey), { mode: 0o644 });
+}
+
+const knownHostsLine = (name: string, publicKey: string) => `${dnsName(name)} ${publicKey.trim()}\n`;
+
+/** Pins the VM's existing host key under a new name (a warm pool's VM given the user's name). */
+export async function repinHostKey(vp: { hostKeyPublic: string; knownHosts: string }, name: string): Promise<void> {
+  const publicKey = await readFile(vp.hostKeyPublic, 'utf8');
+  await writeFile(`${vp.knownHosts}.tmp`, knownHostsLine(name, publicKey), { mode: 0o644 });
+  await rename(`${vp.knownHosts}.tmp`, vp.knownHosts);
 }

@@ -34,6 +34,8 @@ export interface LiveVm {
   agentListeners: Set<(client: AgentClient) => void>;
   /** Where the port forwarder learns the guest's listening ports right now (loopback networking). */
   portWatch?: 'agent' | 'ssh';
+  /** Set while the guest's CPUs are stopped (a warm pool's VM): the agent is not pinged meanwhile. */
+  parked?: boolean;
 }
 
 export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
@@ -175,10 +177,8 @@ export class LiveVms {
   /**
    * The VM's guest agent, connecting once if there is no open connection (after a daemon restart, or after
    * the agent dropped it). Fails with Unavailable when the image has no agent or it does not answer.
-   */
-  /**
-   * The VM's agent connection, made (hello answered) when there is none. `firstHelloMs`: how long the first
-   * attempt waits for the hello (default AGENT_HELLO_TIMEOUT_MS), for a connection made before the guest runs.
+   * `firstHelloMs`: how long the first attempt waits for the hello (default AGENT_HELLO_TIMEOUT_MS), for a
+   * connection made before the guest runs.
    */
   async agent(vm: VmRecord, signal?: AbortSignal, opts: { firstHelloMs?: number } = {}): Promise<AgentClient> {
     const live = this.live.get(vm.id);
@@ -198,6 +198,33 @@ export class LiveVms {
         .finally(() => (live.agentConnecting = undefined));
     }
     return live.agentConnecting;
+  }
+
+  /**
+   * Stops a running VM's CPUs where they are (a warm pool parks its VMs so). Its SSH connection is closed
+   * first (a paused guest cannot answer keepalives; the next user reconnects); the agent's stays open, unpinged.
+   */
+  async park(id: string, signal?: AbortSignal): Promise<void> {
+    const live = this.live.get(id);
+    const pausing = live?.driver.pausing;
+    if (!live || !pausing) throw failedPrecondition(`VM ${id} cannot be parked: it is not running under a VMM that can pause`);
+    live.session?.close();
+    live.parked = true;
+    try {
+      await pausing.pause(live.handle, signal);
+    } catch (e) {
+      live.parked = false;
+      throw e;
+    }
+  }
+
+  /** Starts a parked VM's CPUs again. */
+  async unpark(id: string, signal?: AbortSignal): Promise<void> {
+    const live = this.live.get(id);
+    const pausing = live?.driver.pausing;
+    if (!live || !pausing) throw failedPrecondition(`VM ${id} cannot be resumed: it is not running under a VMM that can pause`);
+    await pausing.resume(live.handle, signal);
+    live.parked = false;
   }
 
   /** Calls `cb` each time a connection to the VM's agent is made; returns the function that stops that. */
@@ -253,8 +280,10 @@ export class LiveVms {
       live.agentFeatures = new Set(hello.features);
       const ping = setInterval(() => {
         if (client.closed || live.watch.signal.aborted) return clearInterval(ping);
+        if (live.parked) return;
         client.hello({ timeoutMs: AGENT_HELLO_TIMEOUT_MS }).catch(() => {
-          if (client.closed) return;
+          // A ping sent just before the guest was parked goes unanswered: not a dead agent.
+          if (client.closed || live.parked) return;
           this.d.log.warn({ vm: vm.name }, 'the guest agent stopped answering; dropping its connection');
           client.close();
         });

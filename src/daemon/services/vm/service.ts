@@ -112,8 +112,10 @@ export interface StartOptions {
 }
 
 /** What vm.create takes, minus the RPC plumbing; `restore`: the snapshot `from` names, resolved. */
-export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home' | 'from'> & {
+export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home' | 'from' | 'pool'> & {
   restore?: RestoreSource;
+  /** A warm pool's VM, parked for `vm run` to take: the image name of its pool (services/pool). */
+  parkFor?: string;
 };
 
 /** A running VM as the snapshot service sees it, under its lifecycle lock. */
@@ -183,8 +185,12 @@ export class VmService {
 
   // ---------- queries ----------
 
+  /** The user's VMs: a warm pool's parked VMs are not among them (`banger pool status` counts those). */
   list(): VmInfo[] {
-    return this.d.vms.list().map((v) => this.info(v));
+    return this.d.vms
+      .list()
+      .filter((v) => v.pool === null)
+      .map((v) => this.info(v));
   }
 
   show(name: string): VmInfo {
@@ -325,6 +331,7 @@ export class VmService {
         workspace: snap?.workspace ?? null,
         agent: snap?.agent ?? opts.agent ?? true,
         synced: null,
+        pool: opts.parkFor ?? null,
       };
       this.d.vms.insert(rec);
       return rec;
@@ -608,6 +615,21 @@ export class VmService {
 
   records(): VmRecord[] {
     return this.d.vms.list();
+  }
+
+  /** The live-VM registry, for services that act on running VMs under `withRunning` (the warm pool). */
+  liveVms(): LiveVms {
+    return this.live;
+  }
+
+  /** A warm pool's VM becomes the user's: its new name, no pool mark. The caller holds its lifecycle lock. */
+  adoptFromPool(id: string, name: string): VmRecord {
+    validateVmName(name);
+    return this.d.vms.update(id, { name, pool: null });
+  }
+
+  recordSynced(id: string, info: VmSyncInfo): void {
+    this.d.vms.update(id, { synced: info });
   }
 
   private requireRunning(vm: VmRecord): VmRecord {

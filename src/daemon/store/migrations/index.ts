@@ -83,4 +83,11 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE vms ADD COLUMN synced TEXT;
     `,
   },
+  {
+    version: 6,
+    name: 'warm pool VMs',
+    sql: `
+      ALTER TABLE vms ADD COLUMN pool TEXT;
+    `,
+  },
 ];

@@ -34,6 +34,11 @@ export interface VmRecord {
   agent: boolean;
   /** What the last identity sync put into the guest (paths, never contents). */
   synced: VmSyncInfo | null;
+  /**
+   * Set while the VM is a warm pool's (booted and parked for `vm run` to take): the name of the image whose
+   * pool it is in. Such a VM is not the user's: `vm list` leaves it out. Null for every other VM.
+   */
+  pool: string | null;
 }
 
 interface Row {
@@ -66,6 +71,7 @@ interface Row {
   prepared_at: string | null;
   agent: number;
   synced: string | null;
+  pool: string | null;
 }
 
 /** A stored sync record; one that no longer parses is shown as none rather than failing every listing. */
@@ -114,6 +120,7 @@ const fromRow = (r: Row): VmRecord => ({
         },
   agent: r.agent !== 0,
   synced: parseSynced(r.synced),
+  pool: r.pool,
 });
 
 const toParams = (v: VmRecord) => ({
@@ -146,6 +153,7 @@ const toParams = (v: VmRecord) => ({
   prepared_at: v.workspace?.preparedAt ?? null,
   agent: v.agent ? 1 : 0,
   synced: v.synced ? JSON.stringify(v.synced) : null,
+  pool: v.pool,
 });
 
 const COLUMNS = Object.keys(toParams({ workspace: null } as VmRecord));

@@ -17,7 +17,7 @@ import type {
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { qemuArgv, qemuNameOption } from './argv.js';
 import { QmpClient } from './qmp.js';
-import { qemuSnapshots } from './snapshots.js';
+import { qemuPausing, qemuSnapshots } from './snapshots.js';
 
 /** The slice of a pino logger the driver uses. */
 export interface VmmLog {
@@ -311,6 +311,7 @@ export class QemuDriver implements VmmDriver {
   };
 
   readonly snapshots = qemuSnapshots();
+  readonly pausing = qemuPausing();
 
   /** Runs a human-monitor command; HMP reports failures as text, which becomes an error here. */
   private async hmp(handle: VmHandle, commandLine: string, signal?: AbortSignal): Promise<void> {

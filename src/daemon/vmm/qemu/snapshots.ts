@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import type { VmHandle, VmmSnapshots } from '../driver.js';
+import type { VmHandle, VmmPausing, VmmSnapshots } from '../driver.js';
 import { outgoingToFile } from './argv.js';
 import { QmpClient } from './qmp.js';
 
@@ -95,5 +95,21 @@ export function qemuSnapshots(): VmmSnapshots & { loadedState(h: VmHandle, s?: A
         await sleep(delay, undefined, { signal });
       }
     },
+  };
+}
+
+/** QMP `stop` and `cont`: the guest's CPUs stop where they are; memory, devices and connections stay. */
+export function qemuPausing(): VmmPausing {
+  const call = async (handle: VmHandle, cmd: 'stop' | 'cont', signal?: AbortSignal) => {
+    const qmp = await QmpClient.connect(handle.controlSocketPath, { signal, timeoutMs: 5000 });
+    try {
+      await qmp.execute(cmd, undefined, { signal, timeoutMs: QMP_TIMEOUT_MS });
+    } finally {
+      qmp.close();
+    }
+  };
+  return {
+    pause: (handle, signal) => call(handle, 'stop', signal),
+    resume: (handle, signal) => call(handle, 'cont', signal),
   };
 }

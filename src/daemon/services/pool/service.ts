@@ -1,0 +1,314 @@
+import { randomBytes } from 'node:crypto';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { z } from 'zod';
+import { alreadyExists, failedPrecondition, isBangerError } from '../../../errors/index.js';
+import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
+import type { PoolInfo } from '../../../protocol/pool.js';
+import type { VmCreateParams, VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
+import type { Logger } from '../../../shared/logger.js';
+import type { Paths } from '../../../shared/paths.js';
+import { AgentGuestSession } from '../../guest/agent-session.js';
+import type { VmRecord } from '../../store/repos/vms.js';
+import { KeyedMutex } from '../locks.js';
+import { hostnameScript } from '../snapshot/restore.js';
+import type { IdentitySync } from '../sync/service.js';
+import { repinHostKey } from '../vm/files.js';
+import type { LiveVms } from '../vm/live.js';
+import { generateVmName, validateVmName } from '../vm/names.js';
+import { VM_DEFAULTS, type RunningVm, type VmCreateOptions } from '../vm/service.js';
+
+/** What the pool needs of the VM service. */
+export interface PoolVms {
+  create(opts: VmCreateOptions, progress: (ev: ProgressEvent) => void, signal?: AbortSignal): Promise<VmInfo>;
+  start(name: string, progress: (ev: ProgressEvent) => void, signal?: AbortSignal, opts?: { sync?: boolean }): Promise<VmInfo>;
+  delete(name: string, opts: { force?: boolean }, signal?: AbortSignal): Promise<{ deleted: string }>;
+  show(name: string): VmInfo;
+  withRunning<T>(name: string, fn: (r: RunningVm) => Promise<T>, signal?: AbortSignal): Promise<T>;
+  records(): VmRecord[];
+  liveVms(): Pick<LiveVms, 'park' | 'unpark' | 'agent'>;
+  /** Renames a VM's record and clears its pool mark (under the VM's lifecycle lock, which the caller holds). */
+  adoptFromPool(id: string, name: string): VmRecord;
+  /** Records what an identity sync put into the VM (as a start's sync does). */
+  recordSynced(id: string, info: VmSyncInfo): void;
+}
+
+export interface PoolServiceDeps {
+  paths: Paths;
+  vms: PoolVms;
+  /** Checks that an image exists and is built; its error says how to build it. */
+  requireImage: (name: string) => void;
+  defaultNetwork: NetworkMode;
+  identity?: Pick<IdentitySync, 'sync'>;
+  onVmsChanged?: () => void;
+  log: Logger;
+  /** How long a failed refill waits before the next try (default 30 s). */
+  retryMs?: number;
+}
+
+const poolsSchema = z.record(z.string(), z.number().int().min(0).max(16));
+
+/** How long a new pool VM's agent may take to answer after its boot (Node starts slowly under TCG). */
+const AGENT_WAIT_MS = 120_000;
+
+/**
+ * Warm pools (`banger pool set IMAGE --size K`): K VMs of the image booted with the default CPUs, memory
+ * and disk, then parked (their CPUs stopped: no host CPU while they wait). `vm run` / `vm create --start`
+ * whose options are the pool's takes one (`take`): the VM gets the user's name (record, pinned host key,
+ * hostname in the guest), its CPUs start, its clock is set and the user's identity synced, all over the
+ * guest agent; it is then an ordinary VM. The pool refills in the background, one boot at a time.
+ *
+ * A pool VM is an ordinary VM record marked `pool` (its image's name): `vm list` leaves it out. Pools are
+ * kept in `pools.json`. After a daemon restart the parked VMs are deleted and booted again: a parked VM
+ * that another daemon left cannot be told apart from one it left half-made, and a boot is cheap next to a
+ * wrong VM handed to a user.
+ */
+export class PoolService {
+  private readonly fills = new KeyedMutex();
+  /** Serialises the choice of a parked VM, so two takes never get the same one. */
+  private readonly picks = new KeyedMutex();
+  /** Ids of the pool VMs that are parked and may be taken. */
+  private readonly parked = new Set<string>();
+  private readonly filling = new Map<string, number>();
+  private readonly taken = new Map<string, number>();
+  private readonly lastError = new Map<string, string>();
+  private readonly stopping = new AbortController();
+
+  constructor(private readonly d: PoolServiceDeps) {}
+
+  async set(image: string, size: number): Promise<PoolInfo> {
+    if (size > 0) this.d.requireImage(image);
+    const pools = await this.read();
+    if (size === 0) delete pools[image];
+    else pools[image] = size;
+    await this.write(pools);
+    this.d.log.info({ image, size }, 'pool set');
+    await this.trim(image, size);
+    if (size > 0) this.refill(image);
+    return this.info(image, size);
+  }
+
+  async status(): Promise<PoolInfo[]> {
+    const pools = await this.read();
+    return Object.entries(pools).map(([image, size]) => this.info(image, size));
+  }
+
+  /** At daemon start: pool VMs of an earlier daemon go, and every pool is filled again. */
+  async reconcile(): Promise<void> {
+    for (const vm of this.d.vms.records().filter((v) => v.pool !== null)) await this.remove(vm, 'left by an earlier daemon');
+    for (const image of Object.keys(await this.read())) this.refill(image);
+  }
+
+  /** Stops refilling (daemon shutdown); parked VMs stay until the next daemon removes them. */
+  close(): void {
+    this.stopping.abort();
+  }
+
+  /**
+   * Takes a parked VM for a `vm.create` with `start` when the request's options are the pool's; undefined
+   * when there is no pool, nothing parked, or the options differ (the caller then boots a VM as usual).
+   */
+  async take(p: VmCreateParams, progress: (ev: ProgressEvent) => void, signal?: AbortSignal): Promise<VmInfo | undefined> {
+    if (p.pool === false || !p.start || p.from !== undefined) return undefined;
+    const image = p.image ?? VM_DEFAULTS.image;
+    if (p.name !== undefined) validateVmName(p.name);
+    const pools = await this.read();
+    if (!pools[image]) return undefined;
+    const name = await this.picks.run(image, async () => {
+      const vm = this.d.vms.records().find((v) => v.pool === image && v.state === 'running' && this.parked.has(v.id) && matches(p, v, this.d.defaultNetwork));
+      if (!vm) return undefined;
+      const name = p.name ?? generateVmName((n) => this.d.vms.records().some((v) => v.name === n));
+      if (this.d.vms.records().some((v) => v.name === name))
+        throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
+      this.parked.delete(vm.id);
+      return { vm, name };
+    });
+    if (!name) return undefined;
+    const { vm } = name;
+    progress({ kind: 'step', step: 'take a VM from the warm pool', index: 1, total: 1 });
+    try {
+      // Milliseconds each part of the hand-over took, for the log.
+      const ms: Record<string, number> = {};
+      let t = performance.now();
+      const lap = (part: string) => {
+        const now = performance.now();
+        ms[part] = Math.round(now - t);
+        t = now;
+      };
+      const info = await this.d.vms.withRunning(vm.name, async (r) => {
+        await repinHostKey(r.vp, name.name);
+        const rec = this.d.vms.adoptFromPool(vm.id, name.name);
+        const live = this.d.vms.liveVms();
+        lap('rename');
+        await live.unpark(vm.id, signal);
+        lap('resume');
+        const agent = await live.agent(rec, signal);
+        lap('agent');
+        const guest = new AgentGuestSession(agent);
+        // Three independent hand-overs, side by side: each is a process or two in the guest.
+        const rename = async () => {
+          const r = await guest.exec(hostnameScript(rec.name), { signal });
+          if (r.code !== 0) throw new Error(`renaming the guest failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
+        };
+        const sync = async () => {
+          if (p.sync === false || !this.d.identity) return;
+          try {
+            const synced = await this.d.identity.sync(guest, p.home, signal);
+            this.d.vms.recordSynced(rec.id, synced);
+            for (const w of synced.warnings) progress({ kind: 'notice', message: `sync: ${w}` });
+          } catch (e) {
+            progress({ kind: 'notice', message: `identity sync failed: ${(e as Error).message} (retry with \`banger vm sync ${rec.name}\`)` });
+          }
+        };
+        await Promise.all([agent.setClock(Date.now(), { signal, timeoutMs: 30_000 }), rename(), sync()]);
+        lap('clock, hostname, sync');
+        return rec;
+      }, signal);
+      this.taken.set(image, (this.taken.get(image) ?? 0) + 1);
+      this.d.log.info({ vm: info.name, image, ms }, 'vm taken from the warm pool');
+      this.d.onVmsChanged?.();
+      return this.d.vms.show(info.name);
+    } catch (e) {
+      // A VM that could not be handed over is not handed to anyone: it goes, and the caller boots one.
+      this.d.log.warn({ vm: vm.id, err: (e as Error).message }, 'taking a pool VM failed; booting one instead');
+      const now = this.d.vms.records().find((v) => v.id === vm.id);
+      if (now) await this.d.vms.delete(now.name, { force: true }).catch(() => undefined);
+      if (signal?.aborted) throw e;
+      return undefined;
+    } finally {
+      this.refill(image);
+    }
+  }
+
+  /** Starts filling `image`'s pool in the background (one fill per image at a time). */
+  private refill(image: string): void {
+    if (this.fills.isLocked(image)) return;
+    void this.fills.run(image, () => this.fill(image)).catch((e: unknown) => {
+      this.d.log.warn({ image, err: (e as Error).message }, 'pool refill failed');
+    });
+  }
+
+  private async fill(image: string): Promise<void> {
+    const signal = this.stopping.signal;
+    for (;;) {
+      if (signal.aborted) return;
+      const size = (await this.read())[image] ?? 0;
+      if (this.members(image).length >= size) return;
+      this.filling.set(image, (this.filling.get(image) ?? 0) + 1);
+      try {
+        await this.boot(image, signal);
+        this.lastError.delete(image);
+      } catch (e) {
+        if (signal.aborted) return;
+        const why = isBangerError(e) || e instanceof Error ? e.message : String(e);
+        this.lastError.set(image, why);
+        this.d.log.warn({ image, err: why }, 'pool refill failed; retrying later');
+        await sleep(this.d.retryMs ?? 30_000, undefined, { signal }).catch(() => undefined);
+      } finally {
+        this.filling.set(image, (this.filling.get(image) ?? 1) - 1);
+      }
+    }
+  }
+
+  /** Boots one VM for `image`'s pool, waits for its agent, parks it. */
+  private async boot(image: string, signal: AbortSignal): Promise<void> {
+    const name = `pool-${image}-${randomBytes(3).toString('hex')}`.slice(0, 63);
+    const quiet = () => {};
+    const created = await this.d.vms.create({ name, image, network: 'loopback', parkFor: image }, quiet, signal);
+    try {
+      await this.d.vms.start(created.name, quiet, signal, { sync: false });
+      await this.d.vms.withRunning(created.name, async (r) => {
+        const live = this.d.vms.liveVms();
+        const deadline = AbortSignal.any([signal, AbortSignal.timeout(AGENT_WAIT_MS)]);
+        for (;;) {
+          try {
+            await live.agent(r.vm, deadline);
+            break;
+          } catch (e) {
+            if (deadline.aborted) throw failedPrecondition(`pool VM ${created.name}: its guest agent did not answer (${(e as Error).message})`);
+            await sleep(1000, undefined, { signal: deadline }).catch(() => undefined);
+          }
+        }
+        await live.park(r.vm.id, signal);
+      }, signal);
+      // Trimmed while it booted: it goes rather than waits.
+      const size = (await this.read())[image] ?? 0;
+      if (this.members(image).length > size) throw new Error('the pool was made smaller while this VM booted');
+      this.parked.add(created.id);
+      this.d.log.info({ vm: created.name, image }, 'pool VM parked');
+    } catch (e) {
+      await this.d.vms.delete(created.name, { force: true }).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Removes parked VMs beyond `size`. */
+  private async trim(image: string, size: number): Promise<void> {
+    const doomed = await this.picks.run(image, async () => {
+      const parked = this.members(image).filter((v) => this.parked.has(v.id));
+      const extra = parked.slice(0, Math.max(0, parked.length - size));
+      for (const vm of extra) this.parked.delete(vm.id);
+      return extra;
+    });
+    for (const vm of doomed) await this.remove(vm, 'the pool was made smaller');
+  }
+
+  private async remove(vm: VmRecord, why: string): Promise<void> {
+    try {
+      await this.d.vms.delete(vm.name, { force: true });
+      this.d.log.info({ vm: vm.name, why }, 'pool VM removed');
+    } catch (e) {
+      this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'could not remove a pool VM');
+    }
+  }
+
+  /** The VMs of `image`'s pool: parked, and booting to be. */
+  private members(image: string): VmRecord[] {
+    return this.d.vms.records().filter((v) => v.pool === image);
+  }
+
+  private info(image: string, size: number): PoolInfo {
+    const members = this.members(image);
+    return {
+      image,
+      size,
+      ready: members.filter((v) => this.parked.has(v.id)).length,
+      filling: this.filling.get(image) ?? 0,
+      taken: this.taken.get(image) ?? 0,
+      lastError: this.lastError.get(image) ?? null,
+    };
+  }
+
+  private async read(): Promise<Record<string, number>> {
+    let text: string;
+    try {
+      text = await readFile(this.d.paths.poolsFile, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
+      throw e;
+    }
+    const r = poolsSchema.safeParse(JSON.parse(text));
+    if (!r.success) throw failedPrecondition(`${this.d.paths.poolsFile} is not a pool list`, 'fix or delete it, then `banger pool set IMAGE --size K` again');
+    return r.data;
+  }
+
+  private async write(pools: Record<string, number>): Promise<void> {
+    const tmp = `${this.d.paths.poolsFile}.tmp`;
+    await writeFile(tmp, JSON.stringify(pools, null, 2) + '\n', { mode: 0o600 });
+    await rename(tmp, this.d.paths.poolsFile);
+  }
+}
+
+/** Whether a `vm.create` asks for exactly what the pool VM `v` is (the image's defaults, loopback, agent on). */
+export function matches(p: VmCreateParams, v: VmRecord, defaultNetwork: NetworkMode): boolean {
+  return (
+    (p.cpus ?? VM_DEFAULTS.cpus) === v.vcpus &&
+    (p.memoryMib ?? VM_DEFAULTS.memoryMib) === v.memoryMib &&
+    (p.diskSizeMib ?? VM_DEFAULTS.diskSizeMib) === v.diskSizeMib &&
+    (p.network ?? defaultNetwork) === v.networkMode &&
+    (p.vmm === undefined || p.vmm === 'auto' || p.vmm === v.vmm) &&
+    (p.accel === undefined || p.accel === 'auto' || p.accel === v.accel) &&
+    (p.agent ?? true) === v.agent &&
+    (p.egress ?? false) === v.egress
+  );
+}
