@@ -67,6 +67,6 @@ export function vmHandlers(d: VmHandlerDeps): Handler[] {
     handler(VmMethods.set, async (p, ctx) => vms.set(p.name, { cpus: p.cpus, memoryMib: p.memoryMib, diskSizeMib: p.diskSizeMib }, ctx.signal)),
     handler(VmMethods.logs, async (p) => ({ console: await vms.consoleLog(p.name, p.tailBytes) })),
     handler(VmMethods.sshTarget, async (p) => vms.sshTarget(p.name)),
-    handler(VmMethods.ports, async (p, ctx) => vms.ports(p.name, ctx.signal)),
+    handler(VmMethods.ports, async (p, ctx) => vms.guest.ports(p.name, ctx.signal)),
   ];
 }

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { rename, rm } from 'node:fs/promises';
 import { setInterval as every } from 'node:timers/promises';
-import type { Readable, Writable } from 'node:stream';
 import {
   BangerError,
   ErrorCode,
@@ -12,16 +11,11 @@ import {
   toBangerError,
 } from '../../../errors/index.js';
 import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/common.js';
-import type { VmCreateParams, VmInfo, VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
-import type { VmStats } from '../../../protocol/session.js';
+import type { VmCreateParams, VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
-import { shJoin, shq } from '../../guest/shell.js';
-import { execInWorkspace } from '../workspace/guest-scripts.js';
-import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
-import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { DriverRegistry, VmHandle, VmmDriver, VmmName } from '../../vmm/driver.js';
 import { makeRestoredFiles, restoreSteps, type RestoreSource } from '../snapshot/restore.js';
@@ -33,9 +27,7 @@ import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
 import { userNetworkDefaults } from '../../../shared/user-network.js';
 import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } from './boot.js';
 import { capConsoleLog, readConsoleTail } from './console.js';
-import { GuestPortForwarder } from './forwards.js';
-import { GuestPortProxy } from './port-proxy.js';
-import { listGuestPorts } from './guest-ports.js';
+import { VmGuestAccess } from './guest-access.js';
 import { makeVmFiles } from './files.js';
 import { SPACE_NEEDED, asNoSpace, checkMachineSizes, ensureFreeSpace } from './disks.js';
 import { applyVmSettings, vmDisks, type VmSettingsChange } from './settings.js';
@@ -44,32 +36,6 @@ import { generateVmName, randomMac, validateVmName } from './names.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
 import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
 import type { IdentitySync } from '../sync/service.js';
-
-/**
- * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
- * mise) when it has one and no other directory is asked for; a login shell without argv.
- */
-export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly string[], cwd: string | undefined): string {
-  if (cwd === undefined && vm.workspace) {
-    if (argv.length === 0) return `cd ${shq(vm.workspace.guestPath)} && exec bash -l`;
-    return execInWorkspace(vm.workspace.guestPath, argv);
-  }
-  const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;
-  return cwd ? `cd ${shq(cwd)} && ${inner}` : inner;
-}
-
-/**
- * The same command for a channel that can start argv without a shell (the guest agent): argv and its
- * directory, or null when the command needs the shell line (a login shell, the workspace's `mise exec`).
- */
-export function execArgv(
-  vm: Pick<VmRecord, 'workspace'>,
-  argv: readonly string[],
-  cwd: string | undefined,
-): { argv: string[]; cwd: string } | null {
-  if (argv.length === 0 || (cwd === undefined && vm.workspace)) return null;
-  return { argv: [...argv], cwd: cwd ?? '/root' };
-}
 
 export interface VmServiceDeps {
   paths: Paths;
@@ -125,29 +91,22 @@ export interface RunningVm {
   hasAgent: boolean;
 }
 
-export interface VmExecStreams {
-  stdin?: Readable;
-  stdout: Writable;
-  stderr: Writable;
-  pty?: GuestExecOptions['pty'];
-  onStart?: GuestExecOptions['onStart'];
-  signal?: AbortSignal;
-}
-
 type Progress = (ev: ProgressEvent) => void;
 
 export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
 
 /**
  * Owns VMs: their records, disks and lifecycle. Live processes and connections are in `LiveVms`, boot is
- * the list of steps in boot.ts, guest port forwards in forwards.ts, restart recovery in reconcile.ts.
+ * the list of steps in boot.ts, guest access (exec, agent, ports and their forwards) in guest-access.ts,
+ * restart recovery in reconcile.ts.
  *
  * Locking: `lifecycle` (one per VM id) serialises create/start/stop/delete of one VM; it is never held
  * across guest I/O such as exec or a workspace transfer. Different VMs proceed in parallel.
  */
 export class VmService {
   private readonly live: LiveVms;
-  private readonly forwarder: GuestPortForwarder;
+  /** Guest access of running VMs: exec, agent, stats, the guest session, ports (guest-access.ts). */
+  readonly guest: VmGuestAccess;
   private readonly lifecycle = new KeyedMutex();
   /** Guards name uniqueness between concurrent creates. */
   private readonly createLock = new KeyedMutex();
@@ -161,23 +120,12 @@ export class VmService {
       clientKey: d.clientKey,
       onUnexpectedExit: (id) => this.onUnexpectedExit(id),
     });
-    this.forwarder = new GuestPortForwarder({
+    this.guest = new VmGuestAccess({
+      paths: d.paths,
+      live: this.live,
       log: d.log,
-      publish: (vm) =>
-        new GuestPortProxy({
-          log: d.log,
-          vmName: vm.name,
-          hostAddress: vm.hostAddress,
-          dial: async (port) => (await this.live.session(vm)).openTcp(vm.guestAddress, port),
-          allowedUids: new Set([d.uid(), 0]),
-        }),
-      session: (vm, signal) => this.live.session(vm, signal),
-      agents: {
-        portsAgent: (id) => this.live.portsAgent(id),
-        onAgentConnected: (id, cb) => this.live.onAgentConnected(id, cb),
-        connectInBackground: (vm) => this.live.connectAgentInBackground(vm),
-      },
-      handlesPath: (id) => d.paths.vm(id).handles,
+      uid: d.uid,
+      running: (name) => this.requireRunning(this.get(name)),
     });
   }
 
@@ -394,7 +342,7 @@ export class VmService {
       }, restore ? restoreSteps(restore) : undefined);
       vm = this.d.vms.update(id, { state: 'running' });
       const live = this.live.get(id)!;
-      this.forwarder.start(vm, live);
+      this.guest.forwarder.start(vm, live);
       // The agent comes up a few seconds after sshd under TCG; commands use SSH until it answers.
       this.live.connectAgentInBackground(vm);
       this.capConsole(id, live.watch.signal);
@@ -520,73 +468,6 @@ export class VmService {
     }, signal);
   }
 
-  // ---------- guest access ----------
-
-  /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
-  async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
-    const vm = this.requireRunning(this.get(name));
-    const command = execCommand(vm, argv, cwd);
-    const direct = execArgv(vm, argv, cwd);
-    let started = false;
-    const run = (session: GuestSession) => {
-      const opts: GuestExecOptions = {
-        stdin: io.stdin,
-        stdout: io.stdout,
-        stderr: io.stderr,
-        pty: io.pty,
-        onStart: (c) => {
-          started = true;
-          io.onStart?.(c);
-        },
-        signal: io.signal,
-      };
-      return direct && session instanceof AgentGuestSession
-        ? session.execArgv(direct.argv, direct.cwd, command, opts)
-        : session.exec(command, opts);
-    };
-    const session = await this.live.execSession(vm, io.signal);
-    try {
-      return (await run(session)).code;
-    } catch (e) {
-      // The agent failed before the command started (a dropped or misbehaving agent): nothing ran, so the
-      // command goes over SSH instead. Once it started, its failure is the caller's to see.
-      if (started || io.signal?.aborted || !(session instanceof AgentGuestSession)) throw e;
-      if (toBangerError(e).code !== ErrorCode.Unavailable) throw e;
-      this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent failed before the command started; using SSH');
-      return (await run(await this.live.session(vm, io.signal))).code;
-    }
-  }
-
-  /** The guest agent of a running VM (sessions, stats); FailedPrecondition for an image without one. */
-  async agent(name: string, signal?: AbortSignal) {
-    const vm = this.requireRunning(this.get(name));
-    const agent = await this.live.agent(vm, signal);
-    return { vm, agent, features: this.live.agentFeatures(vm.id) };
-  }
-
-  /** A running VM's resource use, as its guest agent measures it. */
-  async stats(name: string, signal?: AbortSignal): Promise<VmStats> {
-    const { vm, agent } = await this.agent(name, signal);
-    const s = await agent.stats({ signal, timeoutMs: 10_000 });
-    const sessions = await agent.sessionList?.({ signal }).catch(() => []) ?? [];
-    return {
-      name: vm.name,
-      cpuPercent: s.cpu.percent,
-      vcpus: s.cpu.cores,
-      memory: s.memory,
-      load: s.load,
-      disks: s.disks.map((d) => ({ mount: d.path, usedBytes: d.usedBytes, freeBytes: d.freeBytes, totalBytes: d.totalBytes })),
-      network: s.network,
-      uptimeSeconds: s.uptimeSec,
-      sessions: { running: sessions.filter((x) => x.state === 'running').length, total: sessions.length },
-    };
-  }
-
-  /** The open guest session of a running VM (for the workspace service). */
-  session(vm: VmRecord, signal?: AbortSignal) {
-    return this.live.session(vm, signal);
-  }
-
   /**
    * The VM record of a running VM, checked under its lifecycle lock (so no start/stop is half done),
    * which is released before the caller does guest I/O.
@@ -619,13 +500,6 @@ export class VmService {
     return vm;
   }
 
-  /** The guest's listening TCP ports, with their processes and whether the host can reach them. */
-  async ports(name: string, signal?: AbortSignal): Promise<VmPorts> {
-    const vm = this.requireRunning(this.get(name));
-    const live = this.live.get(vm.id)!;
-    return listGuestPorts(await this.live.session(vm, signal), vm, live.forwards, signal);
-  }
-
   // ---------- daemon start and stop ----------
 
   /** Makes records agree with reality after a daemon (re)start (see reconcile.ts). */
@@ -635,7 +509,7 @@ export class VmService {
       vms: this.d.vms,
       drivers: this.d.drivers,
       live: this.live,
-      forwarder: this.forwarder,
+      forwarder: this.guest.forwarder,
       tap: this.d.tap,
       log: this.d.log,
       processes: this.d.processes,

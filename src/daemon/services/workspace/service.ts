@@ -19,7 +19,7 @@ import type { Readable } from 'node:stream';
 import type { VmRecord } from '../../store/repos/vms.js';
 import type { GuestSession } from '../../guest/session.js';
 
-/** The VM's guest session, as VmService hands it out. */
+/** The VM's guest session, as VmService's guest access hands it out. */
 type Session = GuestSession & { isClosed: boolean };
 import {
   formatBytes,
@@ -109,7 +109,7 @@ export class WorkspaceService {
       vm0.id,
       async () => {
         const vm = await this.d.vms.runningUnderLock(p.name, signal);
-        const session = await this.d.vms.session(vm, signal);
+        const session = await this.d.vms.guest.session(vm, signal);
         const manifestFile = manifestPath(vm.dir);
         const listFiles = () => listImportFiles(repo.root, { includeUntracked }, this.d.run, signal);
         const notices: string[] = [];
@@ -303,7 +303,7 @@ export class WorkspaceService {
             `import one with \`banger vm workspace prepare ${vm.name} REPO\``,
           );
         const guestPath = vm.workspace.guestPath;
-        const session = await this.d.vms.session(vm, signal);
+        const session = await this.d.vms.guest.session(vm, signal);
         const max = this.limits.maxExportBytes;
         const tooLarge = () =>
           new BangerError(
@@ -346,7 +346,7 @@ export class WorkspaceService {
       {
         export: (e, sig) => this.export(e, sig),
         running: (name, sig) => this.d.vms.runningUnderLock(name, sig),
-        session: (vm, sig) => this.d.vms.session(vm, sig),
+        session: (vm, sig) => this.d.vms.guest.session(vm, sig),
       },
       p,
       signal,
