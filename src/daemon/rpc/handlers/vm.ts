@@ -1,7 +1,8 @@
 import { ErrorCode, cancelled, failedPrecondition, isBangerError } from '../../../errors/index.js';
 import { VmMethods, type VmCreateParams, type VmInfo } from '../../../protocol/vm.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { VmCreateOptions, VmService } from '../../services/vm/service.js';
+import type { VmCreateOptions } from '../../services/vm/create.js';
+import type { VmService } from '../../services/vm/service.js';
 import type { RestoreSource } from '../../services/snapshot/restore.js';
 import { capText, handler, type CallContext, type Handler } from '../server.js';
 

@@ -1,38 +1,35 @@
-import { randomBytes } from 'node:crypto';
 import { rename, rm } from 'node:fs/promises';
 import { setInterval as every } from 'node:timers/promises';
 import {
   BangerError,
   ErrorCode,
-  alreadyExists,
   failedPrecondition,
-  invalidArgument,
   notFound,
   toBangerError,
 } from '../../../errors/index.js';
-import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/common.js';
-import type { VmCreateParams, VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
+import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
+import type { VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
-import type { DriverRegistry, VmHandle, VmmDriver, VmmName } from '../../vmm/driver.js';
-import { makeRestoredFiles, restoreSteps, type RestoreSource } from '../snapshot/restore.js';
+import type { DriverRegistry, VmHandle, VmmDriver } from '../../vmm/driver.js';
+import { makeRestoredFiles, restoreSteps } from '../snapshot/restore.js';
 import { VM_RESTORE_FILE, readJson, type RestoreMarker } from '../snapshot/store.js';
 import { join } from 'node:path';
-import type { ImageService, ReadyImage } from '../image/service.js';
+import type { ImageService } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
-import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
-import { userNetworkDefaults } from '../../../shared/user-network.js';
 import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } from './boot.js';
 import { capConsoleLog, readConsoleTail } from './console.js';
 import { VmGuestAccess } from './guest-access.js';
 import { makeVmFiles } from './files.js';
-import { SPACE_NEEDED, asNoSpace, checkMachineSizes, ensureFreeSpace } from './disks.js';
+import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from './disks.js';
 import { applyVmSettings, vmDisks, type VmSettingsChange } from './settings.js';
 import { LiveVms } from './live.js';
-import { generateVmName, randomMac, validateVmName } from './names.js';
+import { validateVmName } from './names.js';
+import { VM_DEFAULTS, createShape, insertVmRecord, type VmCreateOptions } from './create.js';
+import { chooseVmm, requireDriver } from './vmm-choice.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
 import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
 import type { IdentitySync } from '../sync/service.js';
@@ -77,11 +74,6 @@ export interface StartOptions {
   home?: string;
 }
 
-/** What vm.create takes, minus the RPC plumbing; `restore`: the snapshot `from` names, resolved. */
-export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home' | 'from'> & {
-  restore?: RestoreSource;
-};
-
 /** A running VM as the snapshot service sees it, under its lifecycle lock. */
 export interface RunningVm {
   vm: VmRecord;
@@ -92,8 +84,6 @@ export interface RunningVm {
 }
 
 type Progress = (ev: ProgressEvent) => void;
-
-export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
 
 /**
  * Owns VMs: their records, disks and lifecycle. Live processes and connections are in `LiveVms`, boot is
@@ -207,15 +197,7 @@ export class VmService {
   async create(opts: VmCreateOptions, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
     if (opts.name !== undefined) validateVmName(opts.name);
     const snap = opts.restore?.snapshot;
-    if (snap && (opts.cpus !== undefined || opts.memoryMib !== undefined || opts.diskSizeMib !== undefined || opts.image !== undefined))
-      throw invalidArgument('a VM made from a snapshot has the snapshot\'s image, CPUs, memory and disk size', 'drop --image, --cpus, --memory and --disk-size');
-    if (snap && opts.network === 'tap') throw invalidArgument('a VM made from a snapshot uses loopback networking', 'drop --network tap');
-    const cpus = snap?.vcpus ?? opts.cpus ?? VM_DEFAULTS.cpus;
-    const memoryMib = snap?.memoryMib ?? opts.memoryMib ?? VM_DEFAULTS.memoryMib;
-    const diskSizeMib = snap?.diskSizeMib ?? opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
-    checkMachineSizes({ cpus, memoryMib, diskSizeMib });
-
-    const networkMode = snap ? 'loopback' : (opts.network ?? this.d.defaultNetwork);
+    const { cpus, memoryMib, diskSizeMib, networkMode } = createShape(opts, this.d.defaultNetwork);
     if (networkMode === 'tap') {
       const sup = await this.d.tap.supported(signal);
       if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
@@ -223,60 +205,16 @@ export class VmService {
     const image = snap ? this.d.images.byIdReady(snap.imageId) : await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
     if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
       throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
-    const vmmName = snap ? snap.vmm : await this.chooseVmm(opts.vmm ?? 'auto', image, signal);
-    const driver = this.driver(vmmName);
+    const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, this.d, signal);
+    const driver = requireDriver(this.d.drivers, vmmName);
 
-    const record = await this.createLock.run('names', async () => {
-      const name = opts.name ?? generateVmName((n) => this.d.vms.byName(n) !== undefined);
-      if (this.d.vms.byName(name))
-        throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
-      const id = randomBytes(6).toString('hex');
-      const now = this.now().toISOString();
-      // A restored guest's NIC keeps the snapshot's MAC (its saved device state carries it).
-      const mac = snap?.mac ?? randomMac();
-      let endpoint: { hostAddress: string; sshPort: number; guestAddress: string };
-      if (networkMode === 'tap') {
-        // The tap and the guest's address exist from create on: the address is the VM's, like a name.
-        const t = await this.d.tap.attach(id, { egress: opts.egress ?? false, mac }, signal);
-        const ip = t.guestCidr.split('/')[0]!;
-        endpoint = { hostAddress: ip, guestAddress: ip, sshPort: 22 };
-      } else {
-        const all = this.d.vms.list();
-        const e = await allocateLoopbackEndpoint(
-          new Set(all.map((v) => v.hostAddress)),
-          this.d.vms.usedSshPorts(),
-          this.d.uid() === 0,
-          userNetworkDefaults(this.d.uid()).range,
-        );
-        endpoint = { ...e, guestAddress: USER_NET.ip };
-      }
-      const rec: VmRecord = {
-        id,
-        name,
-        imageId: image.id,
-        state: 'created',
-        vcpus: cpus,
-        memoryMib,
-        diskSizeMib,
-        vmm: vmmName,
-        accelChoice: snap ? snap.accel : (opts.accel ?? 'auto'),
-        accel: null,
-        networkMode,
-        ...endpoint,
-        egress: snap?.egress ?? opts.egress ?? false,
-        mac,
-        dir: this.d.paths.vmDir(id),
-        lastError: null,
-        createdAt: now,
-        startedAt: null,
-        updatedAt: now,
-        workspace: snap?.workspace ?? null,
-        agent: snap?.agent ?? opts.agent ?? true,
-        synced: null,
-      };
-      this.d.vms.insert(rec);
-      return rec;
-    });
+    const record = await this.createLock.run('names', () =>
+      insertVmRecord(
+        { opts, image, vmmName, cpus, memoryMib, diskSizeMib, networkMode },
+        { vms: this.d.vms, tap: this.d.tap, paths: this.d.paths, uid: this.d.uid, now: () => this.now() },
+        signal,
+      ),
+    );
 
     return this.lifecycle.run(record.id, async () => {
       const vp = this.d.paths.vm(record.id);
@@ -309,7 +247,7 @@ export class VmService {
     let vm = this.d.vms.byId(id)!;
     if (vm.state === 'running' && this.live.has(id)) return this.info(vm);
     const image = this.d.images.byIdReady(vm.imageId);
-    const driver = this.driver(vm.vmm);
+    const driver = requireDriver(this.d.drivers, vm.vmm);
     // A full host disk is said before anything changes: the VM stays as it was.
     await ensureFreeSpace(vm.dir, SPACE_NEEDED.start, `start VM '${vm.name}'`);
     // A VM made from a snapshot resumes the saved state at its first start instead of booting.
@@ -558,29 +496,5 @@ export class VmService {
     })();
   }
 
-  private driver(name: VmmName): VmmDriver {
-    const d = this.d.drivers.get(name);
-    if (!d) throw failedPrecondition(`the ${name} driver is not available in this daemon`);
-    return d;
-  }
 
-  private async chooseVmm(choice: VmmChoice, image: ReadyImage, signal?: AbortSignal): Promise<VmmName> {
-    if (choice === 'qemu' || choice === 'firecracker') {
-      const d = this.driver(choice);
-      const a = await d.availability(signal);
-      if (!a.ok) throw failedPrecondition(`${choice} cannot run here: ${a.reason}`, 'run `banger doctor`');
-      if (!d.features.has('bzImage')) {
-        throw failedPrecondition(
-          `${choice} needs an uncompressed kernel (vmlinux) and tap networking, which banger does not set up for it yet`,
-          'use --vmm qemu',
-        );
-      }
-      return choice;
-    }
-    // auto: Firecracker only where it can boot banger's images and run (binary + usable KVM); else QEMU.
-    const fc = this.d.drivers.get('firecracker');
-    if (fc && fc.features.has('bzImage') && (await fc.availability(signal)).ok && (await this.d.accel.kvmUsable(image, signal)))
-      return 'firecracker';
-    return 'qemu';
-  }
 }
