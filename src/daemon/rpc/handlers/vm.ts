@@ -61,7 +61,7 @@ export function vmHandlers(d: VmHandlerDeps): Handler[] {
     handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal, p)),
     handler(VmMethods.stop, async (p, ctx) => vms.stop(p.name, p, ctx.signal)),
     handler(VmMethods.restart, async (p, ctx) => vms.restart(p.name, ctx.progress, ctx.signal, p)),
-    handler(VmMethods.sync, async (p, ctx) => vms.syncIdentity(p.name, p.home, ctx.signal)),
+    handler(VmMethods.sync, async (p, ctx) => vms.guest.syncIdentity(p.name, p.home, ctx.signal)),
     handler(VmMethods.delete, async (p, ctx) => vms.delete(p.name, p, ctx.signal)),
     handler(VmMethods.list, async () => vms.list()),
     handler(VmMethods.show, async (p) => vms.show(p.name)),

@@ -1,6 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
-import { ErrorCode, toBangerError } from '../../../errors/index.js';
-import type { VmPorts } from '../../../protocol/vm.js';
+import { ErrorCode, failedPrecondition, toBangerError } from '../../../errors/index.js';
+import type { VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
 import type { VmStats } from '../../../protocol/session.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
@@ -8,7 +8,8 @@ import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import type { VmRecord } from '../../store/repos/vms.js';
+import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
+import type { IdentitySync } from '../sync/service.js';
 import { GuestPortForwarder } from './forwards.js';
 import { GuestPortProxy } from './port-proxy.js';
 import { listGuestPorts } from './guest-ports.js';
@@ -16,9 +17,10 @@ import type { LiveVms } from './live.js';
 
 /**
  * Access to the guests of running VMs: commands (`vm exec`, through the guest agent or over SSH), the
- * agent itself (sessions, stats), the open guest session other services work through, and the guest's
- * listening ports with their forwarding to, and publishing on, the VM's host address. VmService builds
- * it and hands it out as `vms.guest`; nothing here takes a VM's lifecycle lock (guest I/O never holds it).
+ * agent itself (sessions, stats), the open guest session other services work through, identity sync on
+ * `vm sync`, and the guest's listening ports with their forwarding to, and publishing on, the VM's host
+ * address. VmService builds it and hands it out as `vms.guest`; no VM's lifecycle lock is held here
+ * during guest I/O.
  */
 
 /**
@@ -64,6 +66,12 @@ export interface VmGuestAccessDeps {
   uid: () => number;
   /** The record of the VM called `name` when it is running; FailedPrecondition otherwise. */
   running: (name: string) => VmRecord;
+  /** The same, checked under the VM's lifecycle lock, which is released before it resolves. */
+  runningUnderLock: (name: string, signal?: AbortSignal) => Promise<VmRecord>;
+  /** Where `vm sync` records what it synced. */
+  vms: VmRepo;
+  /** Puts the invoking user's identity into a guest on `vm sync`; omitted: no sync. */
+  identity?: IdentitySync;
 }
 
 export class VmGuestAccess {
@@ -154,6 +162,18 @@ export class VmGuestAccess {
   /** The open guest session of a running VM (for the workspace service). */
   session(vm: VmRecord, signal?: AbortSignal) {
     return this.d.live.session(vm, signal);
+  }
+
+  /**
+   * `banger vm sync`: the invoking user's identity into a running guest again (after editing config.json
+   * or a credential). Not under the lifecycle lock: it is guest I/O; a VM stopped meanwhile fails it.
+   */
+  async syncIdentity(name: string, home: string | undefined, signal?: AbortSignal): Promise<VmSyncInfo> {
+    if (!this.d.identity) throw failedPrecondition('identity sync is not configured in this daemon');
+    const vm = await this.d.runningUnderLock(name, signal);
+    const info = await this.d.identity.sync(await this.d.live.session(vm, signal), home, signal);
+    this.d.vms.update(vm.id, { synced: info });
+    return info;
   }
 
   /** The guest's listening TCP ports, with their processes and whether the host can reach them. */

@@ -1,15 +1,7 @@
-import { rename, rm } from 'node:fs/promises';
-import { setInterval as every } from 'node:timers/promises';
-import {
-  BangerError,
-  ErrorCode,
-  failedPrecondition,
-  notFound,
-  toBangerError,
-} from '../../../errors/index.js';
+import { rm } from 'node:fs/promises';
+import { BangerError, ErrorCode, failedPrecondition, notFound, toBangerError } from '../../../errors/index.js';
 import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
-import type { VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
-import { dnsName } from '../../../protocol/names.js';
+import type { VmInfo } from '../../../protocol/vm.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
@@ -21,17 +13,17 @@ import { join } from 'node:path';
 import type { ImageService } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
 import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } from './boot.js';
-import { capConsoleLog, readConsoleTail } from './console.js';
+import { keepConsoleLogCapped, readConsoleTail } from './console.js';
+import { sshTargetOf, vmInfo } from './info.js';
 import { VmGuestAccess } from './guest-access.js';
-import { makeVmFiles } from './files.js';
+import { makeVmFiles, removeVmFiles } from './files.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from './disks.js';
-import { applyVmSettings, vmDisks, type VmSettingsChange } from './settings.js';
+import { applyVmSettings, type VmSettingsChange } from './settings.js';
 import { LiveVms } from './live.js';
 import { validateVmName } from './names.js';
 import { VM_DEFAULTS, createShape, insertVmRecord, type VmCreateOptions } from './create.js';
 import { chooseVmm, requireDriver } from './vmm-choice.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
-import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
 import type { IdentitySync } from '../sync/service.js';
 
 export interface VmServiceDeps {
@@ -116,6 +108,9 @@ export class VmService {
       log: d.log,
       uid: d.uid,
       running: (name) => this.requireRunning(this.get(name)),
+      runningUnderLock: (name, signal) => this.runningUnderLock(name, signal),
+      vms: d.vms,
+      identity: d.identity,
     });
   }
 
@@ -137,42 +132,13 @@ export class VmService {
   }
 
   info(v: VmRecord): VmInfo {
-    const live = this.live.get(v.id);
-    let problem: string | null = null;
-    if (v.state === 'running' && !live) problem = 'recorded as running but no VMM process is attached';
-    if ((v.state === 'stopped' || v.state === 'created') && live) problem = 'recorded as stopped but its VMM process runs';
-    const image = this.d.images.byId(v.imageId);
-    return {
-      id: v.id,
-      name: v.name,
-      image: image?.name ?? v.imageId,
-      state: v.state,
-      vcpus: v.vcpus,
-      memoryMib: v.memoryMib,
-      diskSizeMib: v.diskSizeMib,
-      vmm: v.vmm,
-      accel: v.accel,
-      network: {
-        mode: v.networkMode,
-        hostAddress: v.hostAddress,
-        sshPort: v.sshPort,
-        guestAddress: v.guestAddress,
-        egress: v.egress,
-        forwardedPorts: live ? [...live.forwards].sort((a, b) => a - b) : [],
-        portWatch: live?.portWatch ?? null,
-      },
-      dnsName: dnsName(v.name),
-      pid: live?.handle.pid ?? null,
+    return vmInfo(v, {
+      live: this.live.get(v.id),
+      imageName: this.d.images.byId(v.imageId)?.name,
       channel: this.live.channel(v.id),
-      lastError: v.lastError,
-      problem,
-      createdAt: v.createdAt,
-      startedAt: v.startedAt,
-      dir: v.dir,
-      disks: vmDisks(this.d.paths.vm(v.id), this.d.drivers.get(v.vmm)?.features.has('qcow2') ?? true),
-      workspace: v.workspace,
-      synced: v.synced,
-    };
+      vp: this.d.paths.vm(v.id),
+      qcow2: this.d.drivers.get(v.vmm)?.features.has('qcow2') ?? true,
+    });
   }
 
   async consoleLog(name: string, tailBytes = 64 * 1024): Promise<string> {
@@ -181,15 +147,7 @@ export class VmService {
   }
 
   sshTarget(name: string) {
-    const vm = this.requireRunning(this.get(name));
-    return {
-      host: vm.hostAddress,
-      port: vm.sshPort,
-      user: 'root',
-      identityFile: this.d.paths.sshPrivateKey,
-      knownHostsFile: this.d.paths.vm(vm.id).knownHosts,
-      hostKeyAlias: dnsName(vm.name),
-    };
+    return sshTargetOf(this.requireRunning(this.get(name)), this.d.paths);
   }
 
   // ---------- lifecycle ----------
@@ -316,36 +274,13 @@ export class VmService {
     this.d.vms.update(id, { state: 'stopping' });
     const timeoutMs = (opts.timeoutSeconds ?? 20) * 1000;
     if (!opts.force) {
-      const exited = await this.gracefulShutdown(vm, timeoutMs, signal);
+      const exited = await this.live.shutdownGuest(vm, timeoutMs, signal);
       if (!exited) this.d.log.warn({ vm: vm.name }, 'graceful shutdown timed out; forcing');
     }
     await this.live.teardown(id);
     this.d.vms.update(id, { state: 'stopped' });
     this.d.log.info({ vm: vm.name }, 'vm stopped');
     return this.info(this.d.vms.byId(id)!);
-  }
-
-  /** Asks the guest to power off (over SSH, else through the VMM) and waits for the VMM to exit. */
-  private async gracefulShutdown(vm: VmRecord, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
-    const live = this.live.get(vm.id)!;
-    // After a daemon restart there is no connection yet: make one, briefly, to ask the guest.
-    const session = await this.live.session(vm, AbortSignal.timeout(Math.min(timeoutMs, 10_000))).catch(() => undefined);
-    let asked = false;
-    if (session && !session.isClosed) {
-      // The guest may drop the connection as it goes down: asking counts either way.
-      await session.exec(POWEROFF_COMMAND, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
-      asked = true;
-    }
-    if (!asked && live.driver.requestShutdown) {
-      await live.driver.requestShutdown(live.handle, signal).catch(() => undefined);
-    }
-    const timer = AbortSignal.timeout(timeoutMs);
-    try {
-      await live.driver.waitExit(live.handle, signal ? AbortSignal.any([signal, timer]) : timer);
-      return true;
-    } catch {
-      return false;
-    }
   }
 
   /** Changes a VM's CPUs, memory or work disk size (settings.ts), under its lifecycle lock. */
@@ -368,18 +303,6 @@ export class VmService {
     }, signal);
   }
 
-  /**
-   * `banger vm sync`: the invoking user's identity into a running guest again (after editing config.json
-   * or a credential). Not under the lifecycle lock: it is guest I/O; a VM stopped meanwhile fails it.
-   */
-  async syncIdentity(name: string, home: string | undefined, signal?: AbortSignal): Promise<VmSyncInfo> {
-    if (!this.d.identity) throw failedPrecondition('identity sync is not configured in this daemon');
-    const vm = await this.runningUnderLock(name, signal);
-    const info = await this.d.identity.sync(await this.live.session(vm, signal), home, signal);
-    this.d.vms.update(vm.id, { synced: info });
-    return info;
-  }
-
   async delete(name: string, opts: { force?: boolean } = {}, signal?: AbortSignal): Promise<{ deleted: string }> {
     const vm0 = this.get(name);
     return this.lifecycle.run(vm0.id, async () => {
@@ -391,15 +314,7 @@ export class VmService {
         await this.stopLocked(vm.id, { force: true }, signal);
       }
       if (vm.networkMode === 'tap') await this.d.tap.detach(vm.id, signal);
-      // The directory goes out of the way in one rename before the record goes, and is removed after: a
-      // daemon killed at any point leaves either the whole VM or a directory without a record, which
-      // reconcile removes; never a record over half a directory.
-      const doomed = `${vm.dir}.deleting`;
-      await rename(vm.dir, doomed).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'ENOENT') throw e;
-      });
-      this.d.vms.delete(vm.id);
-      await rm(doomed, { recursive: true, force: true });
+      await removeVmFiles(vm.dir, () => this.d.vms.delete(vm.id));
       this.d.log.info({ vm: name }, 'vm deleted');
       this.d.onVmsChanged?.();
       return { deleted: name };
@@ -484,17 +399,6 @@ export class VmService {
 
   /** Keeps the running VM's console log under its cap until the VM is let go of. */
   private capConsole(id: string, signal: AbortSignal): void {
-    const path = this.d.paths.vm(id).consoleLog;
-    void (async () => {
-      try {
-        for await (const _ of every(this.d.consoleCapIntervalMs ?? 5000, undefined, { signal })) {
-          await capConsoleLog(path).catch(() => false);
-        }
-      } catch {
-        /* aborted: the VM stopped or the daemon let go of it */
-      }
-    })();
+    keepConsoleLogCapped(this.d.paths.vm(id).consoleLog, this.d.consoleCapIntervalMs ?? 5000, signal);
   }
-
-
 }
