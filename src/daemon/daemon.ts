@@ -202,7 +202,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     run: runCommand,
     log: log.child({ service: 'workspace' }),
   });
-  const sessions = new SessionService({ vms, log: log.child({ service: 'session' }) });
+  const sessions = new SessionService({ vms: vms.guest, log: log.child({ service: 'session' }) });
   const snapshots = new SnapshotService({ paths, vms, images, run: runCommand, log: log.child({ service: 'snapshot' }) });
   const pools = new PoolService({
     paths,

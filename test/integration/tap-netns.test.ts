@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runCommand, type CommandRunner } from '../../src/shared/command.js';
-import { TapNetwork, type TapState } from '../../src/daemon/services/network/tap.js';
+import { TapNetwork } from '../../src/daemon/services/network/tap.js';
+import type { TapState } from '../../src/daemon/services/network/tap-state.js';
 import { silentLogger } from '../../src/shared/logger.js';
 
 function skipReason(): string | false {

@@ -23,9 +23,9 @@ import {
   SSHD_CONFIG,
   SYSINIT,
   guestFiles,
-  initrdInit,
   withGuestEnvironment,
 } from '../../src/daemon/guest/init/scripts.js';
+import { initrdInit } from '../../src/daemon/guest/init/initrd.js';
 import {
   BASE_PACKAGES,
   cpioArgs,

@@ -5,20 +5,19 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
 import type { CommandRunner, RunOptions } from '../../src/shared/command.js';
+import { TapNetwork } from '../../src/daemon/services/network/tap.js';
 import {
   allocateAddress,
-  buildRuleset,
   gatewayAddress,
-  ipArgv,
   isGuestAddress,
   macForAddress,
   parseSubnet,
-  removeTablesScript,
   tapNameFor,
-  TapNetwork,
   validateTapConfig,
-  type TapState,
-} from '../../src/daemon/services/network/tap.js';
+} from '../../src/daemon/services/network/tap-addresses.js';
+import { buildRuleset, removeTablesScript } from '../../src/daemon/services/network/nft-rules.js';
+import { ipArgv } from '../../src/daemon/services/network/ip-link.js';
+import type { TapState } from '../../src/daemon/services/network/tap-state.js';
 import { silentLogger } from '../../src/shared/logger.js';
 
 void test('parseSubnet accepts a network address and rejects host bits, bad prefixes and junk', () => {

@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { splitRepo } from '../../src/cli/commands/vm/run.js';
-import { execArgv, execCommand } from '../../src/daemon/services/vm/service.js';
+import { execArgv, execCommand } from '../../src/daemon/services/vm/guest-access.js';
 
 const argv = (...rest: string[]) => ['node', 'banger.js', 'vm', 'run', ...rest];
 

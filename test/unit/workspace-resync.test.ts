@@ -89,7 +89,7 @@ function harness() {
   const vms = {
     get: () => vm,
     runningUnderLock: () => Promise.resolve({ ...vm }),
-    session: () => Promise.resolve(session),
+    guest: { session: () => Promise.resolve(session) },
   } as unknown as VmService;
   const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
   const svc = new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger() });

@@ -1,14 +1,13 @@
 import type { Duplex, Readable } from 'node:stream';
 import { BangerError, ErrorCode, type ErrorCode as Code } from '../../errors/index.js';
-import { FrameConnection, FrameError, OutboundWindow } from '../../protocol/agent-frames.js';
+import { FrameConnection, FrameError } from '../../protocol/agent-frames.js';
+import { ExecChannel, type AgentProcess } from './agent-process.js';
 import {
-  ExecChannel,
-  SessionStreamChannel,
-  type AgentProcess,
-  type AgentSessionEnd,
-  type ClientChannel,
-  type SessionOutputHandler,
-} from './agent-process.js';
+  AgentChannels,
+  type AgentSessionAttachment,
+  type AgentSessionStream,
+  type AgentSessionStreamOptions,
+} from './agent-channels.js';
 
 export type {
   AgentExitStatus,
@@ -18,10 +17,8 @@ export type {
   SessionOutputHandler,
 } from './agent-process.js';
 import {
-  AGENT_DATA_CHUNK,
   AGENT_PROTOCOL_VERSION,
   AGENT_RESULT_SCHEMAS,
-  FrameKind,
   agentMessageSchema,
   type AgentErrorCode,
   type AgentOutputStream,
@@ -29,7 +26,6 @@ import {
   type AgentRequestType,
   type AgentSessionInfo,
   type AgentSignal,
-  type SessionStreamResult,
   type ExecResult,
   type HelloResult,
   type SetClockResult,
@@ -43,6 +39,8 @@ import {
  * capped, output is taken only within the credit granted (so a flooding guest waits instead of filling the
  * daemon's memory), every request has a deadline, and a misbehaving agent loses its connection: every
  * pending request and running process of that VM fails with Unavailable, and nothing else is affected.
+ * Channels other than a request's reply are agent-channels.ts (uploads, session streams) and
+ * agent-process.ts (exec).
  */
 
 export interface AgentClientOptions {
@@ -83,37 +81,6 @@ export interface AgentSessionStartOptions extends RequestOptions {
   capBytes?: number;
 }
 
-/** Where reading starts: the first byte, the current end, or a byte offset. */
-export type SessionReadFrom = 'start' | 'end' | number;
-
-export interface AgentSessionStreamOptions {
-  name: string;
-  from?: SessionReadFrom;
-  onOutput: SessionOutputHandler;
-  /** Aborting detaches: the stream ends (reason `detached`) and the session keeps running. */
-  signal?: AbortSignal;
-  timeoutMs?: number;
-}
-
-/** An open attach or logs stream. */
-export interface AgentSessionStream {
-  /** Where reading started, and the session as it was then. */
-  start: SessionStreamResult;
-  /** Resolves after the last chunk was handled; rejects with Unavailable if the connection is lost. */
-  ended: Promise<AgentSessionEnd>;
-  /** Ends the stream early; `ended` then resolves with reason `detached`. */
-  detach(): void;
-}
-
-/** An exclusive attach: a stream of both outputs plus the session's stdin and terminal size. */
-export interface AgentSessionAttachment extends AgentSessionStream {
-  /** One whole write to the session's stdin; resolves once the agent has taken it (within credit). */
-  write(data: Buffer): Promise<void>;
-  /** Closes the session's stdin (after what was written). */
-  closeStdin(): void;
-  resize(cols: number, rows: number): void;
-}
-
 interface Pending {
   type: AgentRequestType;
   resolve(result: unknown): void;
@@ -127,9 +94,8 @@ const DEFAULT_TIMEOUT_MS = 15_000;
 export class AgentClient {
   private readonly conn: FrameConnection;
   private readonly pending = new Map<number, Pending>();
-  private readonly channels = new Map<number, ClientChannel>();
+  private readonly channels: AgentChannels;
   private nextId = 1;
-  private nextChannel = 1;
   private closeError: BangerError | null = null;
   private readonly label: string;
   private portsListener: ((list: AgentPortList) => void) | null = null;
@@ -144,16 +110,14 @@ export class AgentClient {
       stream,
       {
         control: (m) => this.onControl(m),
-        data: (channel, stream, payload) => {
-          if (stream === FrameKind.Stdin) throw new FrameError('the agent sent stdin data');
-          // Data for a channel given up on (its start timed out) is dropped; it is never buffered.
-          const ch = this.channels.get(channel);
-          if (ch && !ch.data(stream, payload)) throw new FrameError(`channel ${channel} overran its credit`);
-        },
-        credit: (channel, stream, bytes) => this.channels.get(channel)?.credit(stream, bytes),
+        data: (channel, stream, payload) => this.channels.data(channel, stream, payload),
+        credit: (channel, stream, bytes) => this.channels.credit(channel, stream, bytes),
         closed: (error) => this.onClosed(error),
       },
       { greetFirst: true },
+    );
+    this.channels = new AgentChannels(this.conn, (type, body, o, deferTimeout) =>
+      this.request(type, body, o, deferTimeout),
     );
   }
 
@@ -226,7 +190,7 @@ export class AgentClient {
   async exec(o: AgentExecOptions): Promise<AgentProcess> {
     if ((o.argv === undefined) === (o.shell === undefined))
       throw new BangerError(ErrorCode.InvalidArgument, 'exec needs exactly one of argv and shell');
-    const channel = this.allocChannel();
+    const channel = this.channels.alloc();
     const proc = new ExecChannel(channel, this.conn, o.stdin === true);
     this.channels.set(channel, proc);
     const command = o.argv !== undefined ? { argv: o.argv } : { shell: o.shell };
@@ -251,7 +215,7 @@ export class AgentClient {
     mode: number,
     opts: RequestOptions = {},
   ): Promise<WriteFileResult> {
-    const up = this.upload();
+    const up = this.channels.upload();
     let arm = (): void => {};
     const reply = up.settleWith(this.request('writeFile', { channel: up.channel, path, mode }, opts, (a) => (arm = a)));
     const abandoned = await up.pump(data);
@@ -287,24 +251,15 @@ export class AgentClient {
   sessionLogs(
     o: AgentSessionStreamOptions & { stream?: AgentOutputStream; follow?: boolean },
   ): Promise<AgentSessionStream> {
-    return this.openSessionStream('sessionLogs', { stream: o.stream, follow: o.follow }, o);
+    return this.channels.openSessionStream('sessionLogs', { stream: o.stream, follow: o.follow }, o);
   }
 
   /**
    * Attaches exclusively (a second attach fails with Conflict naming `client`), from `from` (default end).
    * The stream ends once the session has ended and all its output was handled, or on detach.
    */
-  async sessionAttach(o: AgentSessionStreamOptions & { client?: string }): Promise<AgentSessionAttachment> {
-    const { stream, ch } = await this.openSessionStreamChannel('sessionAttach', { client: o.client }, o);
-    const win = ch.stdinWindow;
-    return {
-      ...stream,
-      write: (data) => new Promise<void>((res) => (win.write(data, res) ? res() : undefined)),
-      closeStdin: () => win.end(),
-      resize: (cols, rows) => {
-        if (!this.conn.closed) this.conn.sendControl({ type: 'resize', channel: ch.channel, cols, rows });
-      },
-    };
+  sessionAttach(o: AgentSessionStreamOptions & { client?: string }): Promise<AgentSessionAttachment> {
+    return this.channels.attachSession(o);
   }
 
   /**
@@ -312,108 +267,17 @@ export class AgentClient {
    * so a large send never sits in memory. Resolves once every byte is in the process's stdin pipe. No
    * deadline (it may wait behind another send or a process that reads slowly): `signal` abandons it.
    */
-  async sessionSend(
+  sessionSend(
     name: string,
     data: Buffer | AsyncIterable<Buffer | Uint8Array>,
     opts: { closeStdin?: boolean; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number }> {
-    const up = this.upload();
-    const onAbort = () => {
-      if (!this.conn.closed) this.conn.sendControl({ type: 'sessionDetach', channel: up.channel });
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const reply = up.settleWith(
-      this.request('sessionSend', { channel: up.channel, name, closeStdin: opts.closeStdin }, opts, () => {}).finally(() =>
-        opts.signal?.removeEventListener('abort', onAbort),
-      ),
-    );
-    await up.pump(data);
-    return (await reply) as { bytes: number };
-  }
-
-  private async openSessionStream(
-    type: 'sessionAttach' | 'sessionLogs',
-    extra: object,
-    o: AgentSessionStreamOptions,
-  ): Promise<AgentSessionStream> {
-    return (await this.openSessionStreamChannel(type, extra, o)).stream;
-  }
-
-  private async openSessionStreamChannel(
-    type: 'sessionAttach' | 'sessionLogs',
-    extra: object,
-    o: AgentSessionStreamOptions,
-  ): Promise<{ stream: AgentSessionStream; ch: SessionStreamChannel }> {
-    const channel = this.allocChannel();
-    const ch = new SessionStreamChannel(channel, this.conn, o.onOutput);
-    this.channels.set(channel, ch);
-    let start: SessionStreamResult;
-    try {
-      start = (await this.request(
-        type,
-        { channel, name: o.name, from: o.from, ...extra },
-        { timeoutMs: o.timeoutMs, signal: o.signal },
-      )) as SessionStreamResult;
-    } catch (e) {
-      // Cancelled while the agent may still open the stream: tell it to end it at once.
-      if ((e as BangerError).code === ErrorCode.Cancelled) ch.detach();
-      this.channels.delete(channel);
-      ch.fail(e as BangerError);
-      throw e;
-    }
-    ch.started(start.stdoutOffset, start.stderrOffset);
-    const onAbort = () => ch.detach();
-    o.signal?.addEventListener('abort', onAbort, { once: true });
-    void ch.ended.finally(() => o.signal?.removeEventListener('abort', onAbort)).catch(() => {});
-    return { stream: { start, ended: ch.ended, detach: () => ch.detach() }, ch };
+    return this.channels.sendToSession(name, data, opts);
   }
 
   /** Ends the connection; pending requests and processes fail with Unavailable. */
   close(): void {
     this.conn.close();
-  }
-
-  /**
-   * A channel whose stdin stream carries bytes to the agent within its credit (writeFile, sessionSend).
-   * `settleWith` ties the channel's life to the request's reply; `pump` streams the data and ends the stream,
-   * stopping early (and returning true) once the reply has come.
-   */
-  private upload() {
-    const channel = this.allocChannel();
-    const window = new OutboundWindow((b) => this.conn.sendData(channel, FrameKind.Stdin, b));
-    let settled = false;
-    this.channels.set(channel, {
-      data: () => true,
-      credit: (stream, bytes) => stream === FrameKind.Stdin && window.grant(bytes),
-      fail: () => window.abandon(),
-    });
-    return {
-      channel,
-      settleWith: <T>(reply: Promise<T>): Promise<T> => {
-        const done = reply.finally(() => {
-          settled = true;
-          window.abandon();
-          this.channels.delete(channel);
-        });
-        done.catch(() => {}); // observed by the caller; a failure while content is still being sent ends the pump
-        return done;
-      },
-      pump: async (data: Buffer | AsyncIterable<Buffer | Uint8Array | string>): Promise<boolean> => {
-        const send = (b: Buffer) => new Promise<void>((res) => (window.write(b, res) ? res() : undefined));
-        for await (const chunk of Buffer.isBuffer(data) ? chunked(data) : data) {
-          if (settled) break;
-          await send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
-        }
-        window.end();
-        return settled;
-      },
-    };
-  }
-
-  private allocChannel(): number {
-    const c = this.nextChannel;
-    this.nextChannel = c >= 0xffffffff ? 1 : c + 1;
-    return c;
   }
 
   /**
@@ -477,15 +341,11 @@ export class AgentClient {
       throw new FrameError(`invalid message from the agent: ${parsed.error.issues[0]?.message ?? ''}`);
     const m = parsed.data;
     if (m.type === 'exit') {
-      const ch = this.channels.get(m.channel);
-      this.channels.delete(m.channel);
-      ch?.exit?.({ code: m.code, signal: m.signal });
+      this.channels.end(m.channel)?.exit?.({ code: m.code, signal: m.signal });
       return;
     }
     if (m.type === 'sessionEnd') {
-      const ch = this.channels.get(m.channel);
-      this.channels.delete(m.channel);
-      ch?.sessionEnd?.(m);
+      this.channels.end(m.channel)?.sessionEnd?.(m);
       return;
     }
     if (m.type === 'ports') {
@@ -520,8 +380,7 @@ export class AgentClient {
       p.cleanup();
       p.reject(this.closeError);
     }
-    for (const ch of this.channels.values()) ch.fail(this.closeError);
-    this.channels.clear();
+    this.channels.failAll(this.closeError);
     this.portsListener = null;
     const listeners = [...this.closeListeners];
     this.closeListeners.clear();
@@ -533,10 +392,6 @@ export class AgentClient {
       hint: 'the VM may have stopped or restarted; check it with `banger vm show`',
     });
   }
-}
-
-function* chunked(buf: Buffer): Generator<Buffer> {
-  for (let i = 0; i < buf.length; i += AGENT_DATA_CHUNK) yield buf.subarray(i, i + AGENT_DATA_CHUNK);
 }
 
 function agentCode(code: AgentErrorCode): Code {

@@ -1,5 +1,6 @@
 /**
- * The guest-side scripts, embedded as strings so the daemon bundles into one file.
+ * The guest-side scripts of the root filesystem, embedded as strings so the daemon bundles into one file.
+ * The initrd's own /init, which runs before the root filesystem is mounted, is in initrd.ts.
  *
  * Init choice: BusyBox `init` (from busybox-static, already in the image) is PID 1, driven by
  * {@link INITTAB}. It reaps every orphan (a SIGCHLD handler around waitpid(-1)), respawns sshd, maps
@@ -10,12 +11,9 @@
  */
 import {
   POWEROFF_COMMAND,
-  PROBE_ARG,
-  PROBE_MARKER,
   NO_AGENT_ARG,
   READY_AGENT_SUFFIX,
   READY_MARKER,
-  ROOT_DEVICE,
   ROOT_SKEL_DIR,
   SEED_DEVICE_FALLBACK,
   SEED_DISK_SERIAL,
@@ -50,72 +48,6 @@ export const GUEST_ENVIRONMENT: Readonly<Record<string, string>> = {
   // mise otherwise waits ~10 s on an update check that cannot reach out.
   MISE_OFFLINE: '1',
 };
-
-/**
- * The initrd's /init (BusyBox sh): loads the virtio modules named in `modules` (file names under
- * /lib/modules of the initrd, in load order), waits for the root disk, mounts it and switch_roots into
- * the guest's init. With `banger.probe=1` on the command line it prints the probe marker and powers off.
- */
-export function initrdInit(modules: readonly string[]): string {
-  return `#!/bin/busybox sh
-# banger initrd: load the virtio drivers, mount the root disk, hand over to the real init.
-/bin/busybox mkdir -p /proc /sys /dev /newroot /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
-
-say() { echo "banger-initrd: $*" >/dev/console; }
-die() {
-  say "$*"
-  usleep 200000
-  poweroff -f
-}
-
-root=${ROOT_DEVICE}
-fstype=ext4
-mode=rw
-init=${GUEST_PATHS.init}
-probe=0
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    root=*) root="\${arg#root=}" ;;
-    rootfstype=*) fstype="\${arg#rootfstype=}" ;;
-    ro) mode=ro ;;
-    rw) mode=rw ;;
-    init=*) init="\${arg#init=}" ;;
-    ${PROBE_ARG}) probe=1 ;;
-  esac
-done
-
-if [ "$probe" = 1 ]; then
-  echo "${PROBE_MARKER}" >/dev/console
-  # Let the UART drain before the machine goes away.
-  usleep 100000
-  poweroff -f
-fi
-
-for m in ${modules.join(' ')}; do
-  insmod "/lib/modules/$m" || say "insmod $m failed"
-done
-
-i=0
-while [ ! -b "$root" ]; do
-  i=$((i + 1))
-  [ "$i" -gt 1000 ] && die "root device $root did not appear"
-  usleep 10000
-done
-
-mount -t "$fstype" -o "$mode" "$root" /newroot || die "cannot mount $root ($fstype, $mode)"
-[ -e "/newroot$init" ] || [ -L "/newroot$init" ] || die "no $init on $root"
-
-mount -o move /dev /newroot/dev
-mount -o move /sys /newroot/sys
-mount -o move /proc /newroot/proc
-exec switch_root /newroot "$init"
-`;
-}
 
 /** BusyBox init's table. sysinit runs to completion first; `ready` and sshd start right after it. */
 export const INITTAB = `# banger guest: BusyBox init (PID 1) reaps orphans, keeps sshd running and powers off on request.

@@ -68,7 +68,7 @@ export function execHandlers(vms: VmService, execs: ExecRegistry): Handler[] {
     handler(VmMethods.exec, async (p, ctx) => {
       const entry = execs.open(ctx.connection, p.execId);
       try {
-        const exitCode = await vms.exec(p.name, p.argv, p.cwd, {
+        const exitCode = await vms.guest.exec(p.name, p.argv, p.cwd, {
           stdin: p.stdin ? entry.stdin : undefined,
           stdout: outputTo(ctx.connection, p.execId, 'stdout'),
           stderr: outputTo(ctx.connection, p.execId, 'stderr'),

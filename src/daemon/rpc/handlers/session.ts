@@ -1,6 +1,6 @@
 import type { MessageConnection } from 'vscode-jsonrpc/node.js';
 import { SessionMethods, SessionNotifications } from '../../../protocol/session.js';
-import type { AgentSessionAttachment } from '../../guest/agent-client.js';
+import type { AgentSessionAttachment } from '../../guest/agent-channels.js';
 import type { OutputChunk, SessionService } from '../../services/session/service.js';
 import { handler, type Handler } from '../server.js';
 

@@ -4,5 +4,5 @@ import { handler, type Handler } from '../server.js';
 
 /** vm.stats: one running VM's resource use, from its guest agent. */
 export function statsHandlers(vms: VmService): Handler[] {
-  return [handler(StatsMethods.vm, async (p, ctx) => vms.stats(p.name, ctx.signal))];
+  return [handler(StatsMethods.vm, async (p, ctx) => vms.guest.stats(p.name, ctx.signal))];
 }

@@ -1,7 +1,8 @@
 import { ErrorCode, cancelled, failedPrecondition, isBangerError } from '../../../errors/index.js';
 import { VmMethods, type VmCreateParams, type VmInfo } from '../../../protocol/vm.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { VmCreateOptions, VmService } from '../../services/vm/service.js';
+import type { VmCreateOptions } from '../../services/vm/create.js';
+import type { VmService } from '../../services/vm/service.js';
 import type { RestoreSource } from '../../services/snapshot/restore.js';
 import { capText, handler, type CallContext, type Handler } from '../server.js';
 
@@ -71,13 +72,13 @@ export function vmHandlers(d: VmHandlerDeps): Handler[] {
     handler(VmMethods.start, async (p, ctx) => vms.start(p.name, ctx.progress, ctx.signal, p)),
     handler(VmMethods.stop, async (p, ctx) => vms.stop(p.name, p, ctx.signal)),
     handler(VmMethods.restart, async (p, ctx) => vms.restart(p.name, ctx.progress, ctx.signal, p)),
-    handler(VmMethods.sync, async (p, ctx) => vms.syncIdentity(p.name, p.home, ctx.signal)),
+    handler(VmMethods.sync, async (p, ctx) => vms.guest.syncIdentity(p.name, p.home, ctx.signal)),
     handler(VmMethods.delete, async (p, ctx) => vms.delete(p.name, p, ctx.signal)),
     handler(VmMethods.list, async () => vms.list()),
     handler(VmMethods.show, async (p) => vms.show(p.name)),
     handler(VmMethods.set, async (p, ctx) => vms.set(p.name, { cpus: p.cpus, memoryMib: p.memoryMib, diskSizeMib: p.diskSizeMib }, ctx.signal)),
     handler(VmMethods.logs, async (p) => ({ console: await vms.consoleLog(p.name, p.tailBytes) })),
     handler(VmMethods.sshTarget, async (p) => vms.sshTarget(p.name)),
-    handler(VmMethods.ports, async (p, ctx) => vms.ports(p.name, ctx.signal)),
+    handler(VmMethods.ports, async (p, ctx) => vms.guest.ports(p.name, ctx.signal)),
   ];
 }

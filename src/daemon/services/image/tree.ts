@@ -6,7 +6,8 @@ import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile
 import { dirname, join } from 'node:path';
 import type { CommandRunner } from '../../../shared/command.js';
 import { ROOT_SKEL_DIR } from '../../guest/init/contract.js';
-import { GUEST_PATHS, guestFiles, initrdInit, withGuestEnvironment } from '../../guest/init/scripts.js';
+import { initrdInit } from '../../guest/init/initrd.js';
+import { GUEST_PATHS, guestFiles, withGuestEnvironment } from '../../guest/init/scripts.js';
 import { dockerGuestFiles } from '../../guest/init/docker.js';
 import { INITRD_MODULES, resolveModules } from './modules.js';
 

@@ -16,7 +16,8 @@ import type { IdentitySync } from '../sync/service.js';
 import { repinHostKey } from '../vm/files.js';
 import type { LiveVms } from '../vm/live.js';
 import { generateVmName, validateVmName } from '../vm/names.js';
-import { VM_DEFAULTS, type RunningVm, type VmCreateOptions } from '../vm/service.js';
+import { VM_DEFAULTS, type VmCreateOptions } from '../vm/create.js';
+import type { RunningVm } from '../vm/service.js';
 
 /** What the pool needs of the VM service. */
 export interface PoolVms {

@@ -1,7 +1,8 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { OutputStream, SessionInfo, SessionStartParams } from '../../../protocol/session.js';
 import type { Logger } from '../../../shared/logger.js';
-import type { AgentClient, AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-client.js';
+import type { AgentClient } from '../../guest/agent-client.js';
+import type { AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-channels.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 
 /** What the session service needs of the VM service: a running VM's guest agent. */

@@ -1,5 +1,5 @@
 import { open, rename, writeFile } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { setInterval as every, setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, isBangerError } from '../../../errors/index.js';
 import { escapeForTerminal } from '../../../shared/terminal-text.js';
 
@@ -107,6 +107,19 @@ export async function capConsoleLog(path: string, maxBytes = CONSOLE_LOG_MAX_BYT
   } finally {
     await fh.close();
   }
+}
+
+/** Keeps a running VM's console log under its cap (capConsoleLog every `intervalMs`) until `signal` aborts. */
+export function keepConsoleLogCapped(path: string, intervalMs: number, signal: AbortSignal): void {
+  void (async () => {
+    try {
+      for await (const _ of every(intervalMs, undefined, { signal })) {
+        await capConsoleLog(path).catch(() => false);
+      }
+    } catch {
+      /* aborted: the VM stopped or the daemon let go of it */
+    }
+  })();
 }
 
 /** The last `tailBytes` of a console log, across its rotated copy; '' when there is none. */

@@ -1,4 +1,4 @@
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import type { ProgressEvent } from '../../../protocol/common.js';
 import { dnsName } from '../../../protocol/names.js';
 import type { VmPaths } from '../../../shared/paths.js';
@@ -78,4 +78,19 @@ export async function repinHostKey(vp: { hostKeyPublic: string; knownHosts: stri
   const publicKey = await readFile(vp.hostKeyPublic, 'utf8');
   await writeFile(`${vp.knownHosts}.tmp`, knownHostsLine(name, publicKey), { mode: 0o644 });
   await rename(`${vp.knownHosts}.tmp`, vp.knownHosts);
+}
+
+/**
+ * Removes a deleted VM's directory and, in between, its record (`forgetRecord`). The directory goes out of
+ * the way in one rename before the record goes, and is removed after: a daemon killed at any point leaves
+ * either the whole VM or a directory without a record, which reconcile removes; never a record over half a
+ * directory.
+ */
+export async function removeVmFiles(dir: string, forgetRecord: () => void): Promise<void> {
+  const doomed = `${dir}.deleting`;
+  await rename(dir, doomed).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ENOENT') throw e;
+  });
+  forgetRecord();
+  await rm(doomed, { recursive: true, force: true });
 }

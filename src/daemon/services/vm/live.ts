@@ -11,6 +11,7 @@ import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { GuestSession } from '../../guest/session.js';
 import { connect as connectUnix } from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
 
 /** What is true right now about a VM the daemon believes runs. */
 export interface LiveVm {
@@ -123,6 +124,32 @@ export class LiveVms {
       this.live.delete(id);
     }
     await removeRuntimeFiles(runtimeFiles(this.d.paths.vm(id)));
+  }
+
+  /**
+   * Asks the guest of a VM this daemon holds to power off (over SSH, else through the VMM) and waits up to
+   * `timeoutMs` for the VMM to exit; false when it did not.
+   */
+  async shutdownGuest(vm: VmRecord, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    const live = this.live.get(vm.id)!;
+    // After a daemon restart there is no connection yet: make one, briefly, to ask the guest.
+    const session = await this.session(vm, AbortSignal.timeout(Math.min(timeoutMs, 10_000))).catch(() => undefined);
+    let asked = false;
+    if (session && !session.isClosed) {
+      // The guest may drop the connection as it goes down: asking counts either way.
+      await session.exec(POWEROFF_COMMAND, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+      asked = true;
+    }
+    if (!asked && live.driver.requestShutdown) {
+      await live.driver.requestShutdown(live.handle, signal).catch(() => undefined);
+    }
+    const timer = AbortSignal.timeout(timeoutMs);
+    try {
+      await live.driver.waitExit(live.handle, signal ? AbortSignal.any([signal, timer]) : timer);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Lets go of every VM without stopping it (they outlive the daemon): closes connections and watchers. */

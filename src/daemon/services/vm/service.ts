@@ -1,75 +1,30 @@
-import { randomBytes } from 'node:crypto';
-import { rename, rm } from 'node:fs/promises';
-import { setInterval as every } from 'node:timers/promises';
-import type { Readable, Writable } from 'node:stream';
-import {
-  BangerError,
-  ErrorCode,
-  alreadyExists,
-  failedPrecondition,
-  invalidArgument,
-  notFound,
-  toBangerError,
-} from '../../../errors/index.js';
-import type { NetworkMode, ProgressEvent, VmmChoice } from '../../../protocol/common.js';
-import type { VmCreateParams, VmInfo, VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
-import type { VmStats } from '../../../protocol/session.js';
-import { dnsName } from '../../../protocol/names.js';
+import { rm } from 'node:fs/promises';
+import { BangerError, ErrorCode, failedPrecondition, notFound, toBangerError } from '../../../errors/index.js';
+import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
+import type { VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
-import { shJoin, shq } from '../../guest/shell.js';
-import { execInWorkspace } from '../workspace/guest-scripts.js';
-import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
-import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
-import type { DriverRegistry, VmHandle, VmmDriver, VmmName } from '../../vmm/driver.js';
-import { makeRestoredFiles, restoreSteps, type RestoreSource } from '../snapshot/restore.js';
+import type { DriverRegistry, VmHandle, VmmDriver } from '../../vmm/driver.js';
+import { makeRestoredFiles, restoreSteps } from '../snapshot/restore.js';
 import { VM_RESTORE_FILE, readJson, type RestoreMarker } from '../snapshot/store.js';
 import { join } from 'node:path';
-import type { ImageService, ReadyImage } from '../image/service.js';
+import type { ImageService } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
-import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
-import { userNetworkDefaults } from '../../../shared/user-network.js';
 import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } from './boot.js';
-import { capConsoleLog, readConsoleTail } from './console.js';
-import { GuestPortForwarder } from './forwards.js';
-import { GuestPortProxy } from './port-proxy.js';
-import { listGuestPorts } from './guest-ports.js';
-import { makeVmFiles } from './files.js';
-import { SPACE_NEEDED, asNoSpace, checkMachineSizes, ensureFreeSpace } from './disks.js';
-import { applyVmSettings, vmDisks, type VmSettingsChange } from './settings.js';
+import { keepConsoleLogCapped, readConsoleTail } from './console.js';
+import { sshTargetOf, vmInfo } from './info.js';
+import { VmGuestAccess } from './guest-access.js';
+import { makeVmFiles, removeVmFiles } from './files.js';
+import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from './disks.js';
+import { applyVmSettings, type VmSettingsChange } from './settings.js';
 import { LiveVms } from './live.js';
-import { generateVmName, randomMac, validateVmName } from './names.js';
+import { validateVmName } from './names.js';
+import { VM_DEFAULTS, createShape, insertVmRecord, type VmCreateOptions } from './create.js';
+import { chooseVmm, requireDriver } from './vmm-choice.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
-import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
 import type { IdentitySync } from '../sync/service.js';
-
-/**
- * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
- * mise) when it has one and no other directory is asked for; a login shell without argv.
- */
-export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly string[], cwd: string | undefined): string {
-  if (cwd === undefined && vm.workspace) {
-    if (argv.length === 0) return `cd ${shq(vm.workspace.guestPath)} && exec bash -l`;
-    return execInWorkspace(vm.workspace.guestPath, argv);
-  }
-  const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;
-  return cwd ? `cd ${shq(cwd)} && ${inner}` : inner;
-}
-
-/**
- * The same command for a channel that can start argv without a shell (the guest agent): argv and its
- * directory, or null when the command needs the shell line (a login shell, the workspace's `mise exec`).
- */
-export function execArgv(
-  vm: Pick<VmRecord, 'workspace'>,
-  argv: readonly string[],
-  cwd: string | undefined,
-): { argv: string[]; cwd: string } | null {
-  if (argv.length === 0 || (cwd === undefined && vm.workspace)) return null;
-  return { argv: [...argv], cwd: cwd ?? '/root' };
-}
 
 export interface VmServiceDeps {
   paths: Paths;
@@ -111,13 +66,6 @@ export interface StartOptions {
   home?: string;
 }
 
-/** What vm.create takes, minus the RPC plumbing; `restore`: the snapshot `from` names, resolved. */
-export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home' | 'from' | 'pool'> & {
-  restore?: RestoreSource;
-  /** A warm pool's VM, parked for `vm run` to take: the image name of its pool (services/pool). */
-  parkFor?: string;
-};
-
 /** A running VM as the snapshot service sees it, under its lifecycle lock. */
 export interface RunningVm {
   vm: VmRecord;
@@ -127,29 +75,20 @@ export interface RunningVm {
   hasAgent: boolean;
 }
 
-export interface VmExecStreams {
-  stdin?: Readable;
-  stdout: Writable;
-  stderr: Writable;
-  pty?: GuestExecOptions['pty'];
-  onStart?: GuestExecOptions['onStart'];
-  signal?: AbortSignal;
-}
-
 type Progress = (ev: ProgressEvent) => void;
-
-export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
 
 /**
  * Owns VMs: their records, disks and lifecycle. Live processes and connections are in `LiveVms`, boot is
- * the list of steps in boot.ts, guest port forwards in forwards.ts, restart recovery in reconcile.ts.
+ * the list of steps in boot.ts, guest access (exec, agent, ports and their forwards) in guest-access.ts,
+ * restart recovery in reconcile.ts.
  *
  * Locking: `lifecycle` (one per VM id) serialises create/start/stop/delete of one VM; it is never held
  * across guest I/O such as exec or a workspace transfer. Different VMs proceed in parallel.
  */
 export class VmService {
   private readonly live: LiveVms;
-  private readonly forwarder: GuestPortForwarder;
+  /** Guest access of running VMs: exec, agent, stats, the guest session, ports (guest-access.ts). */
+  readonly guest: VmGuestAccess;
   private readonly lifecycle = new KeyedMutex();
   /** Guards name uniqueness between concurrent creates. */
   private readonly createLock = new KeyedMutex();
@@ -163,23 +102,15 @@ export class VmService {
       clientKey: d.clientKey,
       onUnexpectedExit: (id) => this.onUnexpectedExit(id),
     });
-    this.forwarder = new GuestPortForwarder({
+    this.guest = new VmGuestAccess({
+      paths: d.paths,
+      live: this.live,
       log: d.log,
-      publish: (vm) =>
-        new GuestPortProxy({
-          log: d.log,
-          vmName: vm.name,
-          hostAddress: vm.hostAddress,
-          dial: async (port) => (await this.live.session(vm)).openTcp(vm.guestAddress, port),
-          allowedUids: new Set([d.uid(), 0]),
-        }),
-      session: (vm, signal) => this.live.session(vm, signal),
-      agents: {
-        portsAgent: (id) => this.live.portsAgent(id),
-        onAgentConnected: (id, cb) => this.live.onAgentConnected(id, cb),
-        connectInBackground: (vm) => this.live.connectAgentInBackground(vm),
-      },
-      handlesPath: (id) => d.paths.vm(id).handles,
+      uid: d.uid,
+      running: (name) => this.requireRunning(this.get(name)),
+      runningUnderLock: (name, signal) => this.runningUnderLock(name, signal),
+      vms: d.vms,
+      identity: d.identity,
     });
   }
 
@@ -205,42 +136,13 @@ export class VmService {
   }
 
   info(v: VmRecord): VmInfo {
-    const live = this.live.get(v.id);
-    let problem: string | null = null;
-    if (v.state === 'running' && !live) problem = 'recorded as running but no VMM process is attached';
-    if ((v.state === 'stopped' || v.state === 'created') && live) problem = 'recorded as stopped but its VMM process runs';
-    const image = this.d.images.byId(v.imageId);
-    return {
-      id: v.id,
-      name: v.name,
-      image: image?.name ?? v.imageId,
-      state: v.state,
-      vcpus: v.vcpus,
-      memoryMib: v.memoryMib,
-      diskSizeMib: v.diskSizeMib,
-      vmm: v.vmm,
-      accel: v.accel,
-      network: {
-        mode: v.networkMode,
-        hostAddress: v.hostAddress,
-        sshPort: v.sshPort,
-        guestAddress: v.guestAddress,
-        egress: v.egress,
-        forwardedPorts: live ? [...live.forwards].sort((a, b) => a - b) : [],
-        portWatch: live?.portWatch ?? null,
-      },
-      dnsName: dnsName(v.name),
-      pid: live?.handle.pid ?? null,
+    return vmInfo(v, {
+      live: this.live.get(v.id),
+      imageName: this.d.images.byId(v.imageId)?.name,
       channel: this.live.channel(v.id),
-      lastError: v.lastError,
-      problem,
-      createdAt: v.createdAt,
-      startedAt: v.startedAt,
-      dir: v.dir,
-      disks: vmDisks(this.d.paths.vm(v.id), this.d.drivers.get(v.vmm)?.features.has('qcow2') ?? true),
-      workspace: v.workspace,
-      synced: v.synced,
-    };
+      vp: this.d.paths.vm(v.id),
+      qcow2: this.d.drivers.get(v.vmm)?.features.has('qcow2') ?? true,
+    });
   }
 
   async consoleLog(name: string, tailBytes = 64 * 1024): Promise<string> {
@@ -249,15 +151,7 @@ export class VmService {
   }
 
   sshTarget(name: string) {
-    const vm = this.requireRunning(this.get(name));
-    return {
-      host: vm.hostAddress,
-      port: vm.sshPort,
-      user: 'root',
-      identityFile: this.d.paths.sshPrivateKey,
-      knownHostsFile: this.d.paths.vm(vm.id).knownHosts,
-      hostKeyAlias: dnsName(vm.name),
-    };
+    return sshTargetOf(this.requireRunning(this.get(name)), this.d.paths);
   }
 
   // ---------- lifecycle ----------
@@ -265,15 +159,7 @@ export class VmService {
   async create(opts: VmCreateOptions, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
     if (opts.name !== undefined) validateVmName(opts.name);
     const snap = opts.restore?.snapshot;
-    if (snap && (opts.cpus !== undefined || opts.memoryMib !== undefined || opts.diskSizeMib !== undefined || opts.image !== undefined))
-      throw invalidArgument('a VM made from a snapshot has the snapshot\'s image, CPUs, memory and disk size', 'drop --image, --cpus, --memory and --disk-size');
-    if (snap && opts.network === 'tap') throw invalidArgument('a VM made from a snapshot uses loopback networking', 'drop --network tap');
-    const cpus = snap?.vcpus ?? opts.cpus ?? VM_DEFAULTS.cpus;
-    const memoryMib = snap?.memoryMib ?? opts.memoryMib ?? VM_DEFAULTS.memoryMib;
-    const diskSizeMib = snap?.diskSizeMib ?? opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
-    checkMachineSizes({ cpus, memoryMib, diskSizeMib });
-
-    const networkMode = snap ? 'loopback' : (opts.network ?? this.d.defaultNetwork);
+    const { cpus, memoryMib, diskSizeMib, networkMode } = createShape(opts, this.d.defaultNetwork);
     if (networkMode === 'tap') {
       const sup = await this.d.tap.supported(signal);
       if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
@@ -281,61 +167,16 @@ export class VmService {
     const image = snap ? this.d.images.byIdReady(snap.imageId) : await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
     if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
       throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
-    const vmmName = snap ? snap.vmm : await this.chooseVmm(opts.vmm ?? 'auto', image, signal);
-    const driver = this.driver(vmmName);
+    const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, this.d, signal);
+    const driver = requireDriver(this.d.drivers, vmmName);
 
-    const record = await this.createLock.run('names', async () => {
-      const name = opts.name ?? generateVmName((n) => this.d.vms.byName(n) !== undefined);
-      if (this.d.vms.byName(name))
-        throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
-      const id = randomBytes(6).toString('hex');
-      const now = this.now().toISOString();
-      // A restored guest's NIC keeps the snapshot's MAC (its saved device state carries it).
-      const mac = snap?.mac ?? randomMac();
-      let endpoint: { hostAddress: string; sshPort: number; guestAddress: string };
-      if (networkMode === 'tap') {
-        // The tap and the guest's address exist from create on: the address is the VM's, like a name.
-        const t = await this.d.tap.attach(id, { egress: opts.egress ?? false, mac }, signal);
-        const ip = t.guestCidr.split('/')[0]!;
-        endpoint = { hostAddress: ip, guestAddress: ip, sshPort: 22 };
-      } else {
-        const all = this.d.vms.list();
-        const e = await allocateLoopbackEndpoint(
-          new Set(all.map((v) => v.hostAddress)),
-          this.d.vms.usedSshPorts(),
-          this.d.uid() === 0,
-          userNetworkDefaults(this.d.uid()).range,
-        );
-        endpoint = { ...e, guestAddress: USER_NET.ip };
-      }
-      const rec: VmRecord = {
-        id,
-        name,
-        imageId: image.id,
-        state: 'created',
-        vcpus: cpus,
-        memoryMib,
-        diskSizeMib,
-        vmm: vmmName,
-        accelChoice: snap ? snap.accel : (opts.accel ?? 'auto'),
-        accel: null,
-        networkMode,
-        ...endpoint,
-        egress: snap?.egress ?? opts.egress ?? false,
-        mac,
-        dir: this.d.paths.vmDir(id),
-        lastError: null,
-        createdAt: now,
-        startedAt: null,
-        updatedAt: now,
-        workspace: snap?.workspace ?? null,
-        agent: snap?.agent ?? opts.agent ?? true,
-        synced: null,
-        pool: opts.parkFor ?? null,
-      };
-      this.d.vms.insert(rec);
-      return rec;
-    });
+    const record = await this.createLock.run('names', () =>
+      insertVmRecord(
+        { opts, image, vmmName, cpus, memoryMib, diskSizeMib, networkMode },
+        { vms: this.d.vms, tap: this.d.tap, paths: this.d.paths, uid: this.d.uid, now: () => this.now() },
+        signal,
+      ),
+    );
 
     return this.lifecycle.run(record.id, async () => {
       const vp = this.d.paths.vm(record.id);
@@ -368,7 +209,7 @@ export class VmService {
     let vm = this.d.vms.byId(id)!;
     if (vm.state === 'running' && this.live.has(id)) return this.info(vm);
     const image = this.d.images.byIdReady(vm.imageId);
-    const driver = this.driver(vm.vmm);
+    const driver = requireDriver(this.d.drivers, vm.vmm);
     // A full host disk is said before anything changes: the VM stays as it was.
     await ensureFreeSpace(vm.dir, SPACE_NEEDED.start, `start VM '${vm.name}'`);
     // A VM made from a snapshot resumes the saved state at its first start instead of booting.
@@ -401,7 +242,7 @@ export class VmService {
       }, restore ? restoreSteps(restore) : undefined);
       vm = this.d.vms.update(id, { state: 'running' });
       const live = this.live.get(id)!;
-      this.forwarder.start(vm, live);
+      this.guest.forwarder.start(vm, live);
       // The agent comes up a few seconds after sshd under TCG; commands use SSH until it answers.
       this.live.connectAgentInBackground(vm);
       this.capConsole(id, live.watch.signal);
@@ -437,36 +278,13 @@ export class VmService {
     this.d.vms.update(id, { state: 'stopping' });
     const timeoutMs = (opts.timeoutSeconds ?? 20) * 1000;
     if (!opts.force) {
-      const exited = await this.gracefulShutdown(vm, timeoutMs, signal);
+      const exited = await this.live.shutdownGuest(vm, timeoutMs, signal);
       if (!exited) this.d.log.warn({ vm: vm.name }, 'graceful shutdown timed out; forcing');
     }
     await this.live.teardown(id);
     this.d.vms.update(id, { state: 'stopped' });
     this.d.log.info({ vm: vm.name }, 'vm stopped');
     return this.info(this.d.vms.byId(id)!);
-  }
-
-  /** Asks the guest to power off (over SSH, else through the VMM) and waits for the VMM to exit. */
-  private async gracefulShutdown(vm: VmRecord, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
-    const live = this.live.get(vm.id)!;
-    // After a daemon restart there is no connection yet: make one, briefly, to ask the guest.
-    const session = await this.live.session(vm, AbortSignal.timeout(Math.min(timeoutMs, 10_000))).catch(() => undefined);
-    let asked = false;
-    if (session && !session.isClosed) {
-      // The guest may drop the connection as it goes down: asking counts either way.
-      await session.exec(POWEROFF_COMMAND, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
-      asked = true;
-    }
-    if (!asked && live.driver.requestShutdown) {
-      await live.driver.requestShutdown(live.handle, signal).catch(() => undefined);
-    }
-    const timer = AbortSignal.timeout(timeoutMs);
-    try {
-      await live.driver.waitExit(live.handle, signal ? AbortSignal.any([signal, timer]) : timer);
-      return true;
-    } catch {
-      return false;
-    }
   }
 
   /** Changes a VM's CPUs, memory or work disk size (settings.ts), under its lifecycle lock. */
@@ -489,18 +307,6 @@ export class VmService {
     }, signal);
   }
 
-  /**
-   * `banger vm sync`: the invoking user's identity into a running guest again (after editing config.json
-   * or a credential). Not under the lifecycle lock: it is guest I/O; a VM stopped meanwhile fails it.
-   */
-  async syncIdentity(name: string, home: string | undefined, signal?: AbortSignal): Promise<VmSyncInfo> {
-    if (!this.d.identity) throw failedPrecondition('identity sync is not configured in this daemon');
-    const vm = await this.runningUnderLock(name, signal);
-    const info = await this.d.identity.sync(await this.live.session(vm, signal), home, signal);
-    this.d.vms.update(vm.id, { synced: info });
-    return info;
-  }
-
   async delete(name: string, opts: { force?: boolean } = {}, signal?: AbortSignal): Promise<{ deleted: string }> {
     const vm0 = this.get(name);
     return this.lifecycle.run(vm0.id, async () => {
@@ -512,86 +318,11 @@ export class VmService {
         await this.stopLocked(vm.id, { force: true }, signal);
       }
       if (vm.networkMode === 'tap') await this.d.tap.detach(vm.id, signal);
-      // The directory goes out of the way in one rename before the record goes, and is removed after: a
-      // daemon killed at any point leaves either the whole VM or a directory without a record, which
-      // reconcile removes; never a record over half a directory.
-      const doomed = `${vm.dir}.deleting`;
-      await rename(vm.dir, doomed).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'ENOENT') throw e;
-      });
-      this.d.vms.delete(vm.id);
-      await rm(doomed, { recursive: true, force: true });
+      await removeVmFiles(vm.dir, () => this.d.vms.delete(vm.id));
       this.d.log.info({ vm: name }, 'vm deleted');
       this.d.onVmsChanged?.();
       return { deleted: name };
     }, signal);
-  }
-
-  // ---------- guest access ----------
-
-  /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
-  async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
-    const vm = this.requireRunning(this.get(name));
-    const command = execCommand(vm, argv, cwd);
-    const direct = execArgv(vm, argv, cwd);
-    let started = false;
-    const run = (session: GuestSession) => {
-      const opts: GuestExecOptions = {
-        stdin: io.stdin,
-        stdout: io.stdout,
-        stderr: io.stderr,
-        pty: io.pty,
-        onStart: (c) => {
-          started = true;
-          io.onStart?.(c);
-        },
-        signal: io.signal,
-      };
-      return direct && session instanceof AgentGuestSession
-        ? session.execArgv(direct.argv, direct.cwd, command, opts)
-        : session.exec(command, opts);
-    };
-    const session = await this.live.execSession(vm, io.signal);
-    try {
-      return (await run(session)).code;
-    } catch (e) {
-      // The agent failed before the command started (a dropped or misbehaving agent): nothing ran, so the
-      // command goes over SSH instead. Once it started, its failure is the caller's to see.
-      if (started || io.signal?.aborted || !(session instanceof AgentGuestSession)) throw e;
-      if (toBangerError(e).code !== ErrorCode.Unavailable) throw e;
-      this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent failed before the command started; using SSH');
-      return (await run(await this.live.session(vm, io.signal))).code;
-    }
-  }
-
-  /** The guest agent of a running VM (sessions, stats); FailedPrecondition for an image without one. */
-  async agent(name: string, signal?: AbortSignal) {
-    const vm = this.requireRunning(this.get(name));
-    const agent = await this.live.agent(vm, signal);
-    return { vm, agent, features: this.live.agentFeatures(vm.id) };
-  }
-
-  /** A running VM's resource use, as its guest agent measures it. */
-  async stats(name: string, signal?: AbortSignal): Promise<VmStats> {
-    const { vm, agent } = await this.agent(name, signal);
-    const s = await agent.stats({ signal, timeoutMs: 10_000 });
-    const sessions = await agent.sessionList?.({ signal }).catch(() => []) ?? [];
-    return {
-      name: vm.name,
-      cpuPercent: s.cpu.percent,
-      vcpus: s.cpu.cores,
-      memory: s.memory,
-      load: s.load,
-      disks: s.disks.map((d) => ({ mount: d.path, usedBytes: d.usedBytes, freeBytes: d.freeBytes, totalBytes: d.totalBytes })),
-      network: s.network,
-      uptimeSeconds: s.uptimeSec,
-      sessions: { running: sessions.filter((x) => x.state === 'running').length, total: sessions.length },
-    };
-  }
-
-  /** The open guest session of a running VM (for the workspace service). */
-  session(vm: VmRecord, signal?: AbortSignal) {
-    return this.live.session(vm, signal);
   }
 
   /**
@@ -641,13 +372,6 @@ export class VmService {
     return vm;
   }
 
-  /** The guest's listening TCP ports, with their processes and whether the host can reach them. */
-  async ports(name: string, signal?: AbortSignal): Promise<VmPorts> {
-    const vm = this.requireRunning(this.get(name));
-    const live = this.live.get(vm.id)!;
-    return listGuestPorts(await this.live.session(vm, signal), vm, live.forwards, signal);
-  }
-
   // ---------- daemon start and stop ----------
 
   /** Makes records agree with reality after a daemon (re)start (see reconcile.ts). */
@@ -657,7 +381,7 @@ export class VmService {
       vms: this.d.vms,
       drivers: this.d.drivers,
       live: this.live,
-      forwarder: this.forwarder,
+      forwarder: this.guest.forwarder,
       tap: this.d.tap,
       log: this.d.log,
       processes: this.d.processes,
@@ -694,41 +418,6 @@ export class VmService {
 
   /** Keeps the running VM's console log under its cap until the VM is let go of. */
   private capConsole(id: string, signal: AbortSignal): void {
-    const path = this.d.paths.vm(id).consoleLog;
-    void (async () => {
-      try {
-        for await (const _ of every(this.d.consoleCapIntervalMs ?? 5000, undefined, { signal })) {
-          await capConsoleLog(path).catch(() => false);
-        }
-      } catch {
-        /* aborted: the VM stopped or the daemon let go of it */
-      }
-    })();
-  }
-
-  private driver(name: VmmName): VmmDriver {
-    const d = this.d.drivers.get(name);
-    if (!d) throw failedPrecondition(`the ${name} driver is not available in this daemon`);
-    return d;
-  }
-
-  private async chooseVmm(choice: VmmChoice, image: ReadyImage, signal?: AbortSignal): Promise<VmmName> {
-    if (choice === 'qemu' || choice === 'firecracker') {
-      const d = this.driver(choice);
-      const a = await d.availability(signal);
-      if (!a.ok) throw failedPrecondition(`${choice} cannot run here: ${a.reason}`, 'run `banger doctor`');
-      if (!d.features.has('bzImage')) {
-        throw failedPrecondition(
-          `${choice} needs an uncompressed kernel (vmlinux) and tap networking, which banger does not set up for it yet`,
-          'use --vmm qemu',
-        );
-      }
-      return choice;
-    }
-    // auto: Firecracker only where it can boot banger's images and run (binary + usable KVM); else QEMU.
-    const fc = this.d.drivers.get('firecracker');
-    if (fc && fc.features.has('bzImage') && (await fc.availability(signal)).ok && (await this.d.accel.kvmUsable(image, signal)))
-      return 'firecracker';
-    return 'qemu';
+    keepConsoleLogCapped(this.d.paths.vm(id).consoleLog, this.d.consoleCapIntervalMs ?? 5000, signal);
   }
 }

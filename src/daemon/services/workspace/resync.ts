@@ -1,12 +1,21 @@
+import type { Readable } from 'node:stream';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
-import type { WorkspaceInfo } from '../../../protocol/workspace.js';
+import type { ProgressEvent } from '../../../protocol/common.js';
+import type { WorkspaceInfo, WorkspacePrepareResult } from '../../../protocol/workspace.js';
+import type { VmRecord } from '../../store/repos/vms.js';
 import type { HostRepo, ImportEntry, ImportFileList } from './host-repo.js';
 import { diffManifests, hostManifest, readManifest, type Manifest, type ManifestDiff } from './manifest.js';
+import { createImportTar } from './pack.js';
+import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
+import { WorkspaceScriptExit } from './guest-scripts.js';
+import type { GuestOutput } from './guest-output.js';
+import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
 
 /**
  * Host side of a re-sync (`vm workspace prepare` of the same checkout into the same guest path
- * again): decides whether one is possible and what it sends. The guest side is resync-script.ts.
+ * again): decides whether one is possible (planResync) and sends it (runResync). The guest side is
+ * resync-script.ts; the transfer itself and the record of the result are the workspace service's.
  */
 
 export interface ResyncPlan {
@@ -68,6 +77,72 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
     entries.push(e);
   }
   return { manifest, diff, entries, list, oldHead };
+}
+
+/** What a re-sync is run on: the VM, the checkout, where it goes and the plan planResync made. */
+export interface ResyncRun {
+  vm: VmRecord;
+  repo: HostRepo;
+  guestPath: string;
+  plan: ResyncPlan;
+  progress: (ev: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+/** What running a re-sync uses of the workspace service (the VM's session is bound in). */
+export interface ResyncSteps {
+  run: CommandRunner;
+  /** Streams the import tar into the guest script; errors of the tar or the transfer are thrown. */
+  send(script: string, tar: Readable): Promise<GuestOutput>;
+  /** The error saying the VM stopped or its connection dropped during the import, or null. */
+  interrupted(): Promise<BangerError | null>;
+  /** Records the finished re-sync: the workspace on the VM and the plan's manifest. */
+  record(
+    r: GuestOutput,
+    notices: string[],
+    counts: Pick<WorkspacePrepareResult, 'files' | 'bytes' | 'skippedUntracked' | 'mode' | 'deleted'>,
+  ): Promise<WorkspacePrepareResult>;
+}
+
+/** Runs a re-sync planned by planResync; not ok when the guest is not in the recorded state (Stale). */
+export async function runResync(
+  { vm, repo, guestPath, plan, progress, signal }: ResyncRun,
+  steps: ResyncSteps,
+): Promise<{ ok: true; result: WorkspacePrepareResult } | { ok: false; reason: string }> {
+  const ws = vm.workspace as WorkspaceInfo;
+  const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
+  const tar = createImportTar(
+    {
+      root: repo.root,
+      entries: plan.entries,
+      headCommit: repo.headCommit,
+      historySince: plan.oldHead ?? undefined,
+      deleted: plan.diff.delete,
+    },
+    { run: steps.run, signal, onProgress: byteProgress(progress, { entries: plan.entries, totalBytes: bytes }) },
+  );
+  const script = buildResyncScript({
+    guestPath,
+    baseCommit: ws.baseCommit,
+    oldHead: plan.oldHead,
+    newHead: repo.headCommit,
+    branch: repo.branch,
+    identity: repo.identity,
+    trustMise: plan.diff.write.some(mayBeMiseConfig),
+  });
+  const r = await steps.send(script, tar);
+  if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
+  if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
+  if (r.code !== 0) throw (await steps.interrupted()) ?? scriptError('import', r.code, r.stderr, guestPath);
+  const notices = [...listNotices(plan.list, plan.list.skippedSpecial), ...miseNotices(r.stderr)];
+  const result = await steps.record(r, notices, {
+    files: plan.entries.filter((e) => e.kind !== 'dir').length,
+    bytes,
+    skippedUntracked: plan.list.skippedUntracked,
+    mode: 'resync',
+    deleted: plan.diff.delete.length,
+  });
+  return { ok: true, result };
 }
 
 /**

@@ -19,7 +19,7 @@ import type { Readable } from 'node:stream';
 import type { VmRecord } from '../../store/repos/vms.js';
 import type { GuestSession } from '../../guest/session.js';
 
-/** The VM's guest session, as VmService hands it out. */
+/** The VM's guest session, as VmService's guest access hands it out. */
 type Session = GuestSession & { isClosed: boolean };
 import {
   formatBytes,
@@ -27,12 +27,11 @@ import {
   listImportFiles,
   type HostRepo,
 } from './host-repo.js';
-import { createImportTar } from './pack.js';
 import { splitByHead } from './checkout-split.js';
 import { createFullImportStream } from './import-stream.js';
 import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
-import { conflictError, planResync, type ResyncPlan } from './resync.js';
-import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
+import { conflictError, planResync, runResync } from './resync.js';
+import { mayBeMiseConfig } from './resync-script.js';
 import {
   TREE_LINE_PREFIX,
   WorkspaceScriptExit,
@@ -41,7 +40,7 @@ import {
   parseNameStatus,
   validateGuestPath,
 } from './guest-scripts.js';
-import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
+import { byteProgress, listNotices, miseNotices, scriptError } from './outcome.js';
 import { runGuestScript, type GuestOutput, type GuestOutputLimits } from './guest-output.js';
 import { parsePatchFiles } from './patch.js';
 import { compareWorkspaces } from './compare.js';
@@ -110,7 +109,7 @@ export class WorkspaceService {
       vm0.id,
       async () => {
         const vm = await this.d.vms.runningUnderLock(p.name, signal);
-        const session = await this.d.vms.session(vm, signal);
+        const session = await this.d.vms.guest.session(vm, signal);
         const manifestFile = manifestPath(vm.dir);
         const listFiles = () => listImportFiles(repo.root, { includeUntracked }, this.d.run, signal);
         const notices: string[] = [];
@@ -130,7 +129,13 @@ export class WorkspaceService {
           } else {
             const changed = plan.diff.write.length + plan.diff.delete.length;
             progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
-            const done = await this.resync(vm, session, repo, guestPath, includeUntracked, plan, manifestFile, progress, signal);
+            const done = await runResync({ vm, repo, guestPath, plan, progress, signal }, {
+              run: this.d.run,
+              send: (script, tar) => this.send(vm.name, session, script, tar, signal),
+              interrupted: () => this.interrupted(vm.name, session, 'import', signal),
+              record: (r, notices, counts) =>
+                this.record(vm, repo, guestPath, includeUntracked, r, plan.manifest, manifestFile, notices, counts),
+            });
             if (done.ok) return done.result;
             notices.push(`re-sync not possible (${done.reason}): imported in full`);
           }
@@ -175,58 +180,6 @@ export class WorkspaceService {
       },
       signal,
     );
-  }
-
-  /** Runs a re-sync planned by planResync; not ok when the guest is not in the recorded state (Stale). */
-  private async resync(
-    vm: VmRecord,
-    session: Session,
-    repo: HostRepo,
-    guestPath: string,
-    includeUntracked: boolean,
-    plan: ResyncPlan,
-    manifestFile: string,
-    progress: Progress,
-    signal?: AbortSignal,
-  ): Promise<{ ok: true; result: WorkspacePrepareResult } | { ok: false; reason: string }> {
-    const ws = vm.workspace as WorkspaceInfo;
-    const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
-    const tar = createImportTar(
-      {
-        root: repo.root,
-        entries: plan.entries,
-        headCommit: repo.headCommit,
-        historySince: plan.oldHead ?? undefined,
-        deleted: plan.diff.delete,
-      },
-      { run: this.d.run, signal, onProgress: byteProgress(progress, { entries: plan.entries, totalBytes: bytes }) },
-    );
-    const script = buildResyncScript({
-      guestPath,
-      baseCommit: ws.baseCommit,
-      oldHead: plan.oldHead,
-      newHead: repo.headCommit,
-      branch: repo.branch,
-      identity: repo.identity,
-      trustMise: plan.diff.write.some(mayBeMiseConfig),
-    });
-    const r = await this.send(vm.name, session, script, tar, signal);
-    if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
-    if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
-    if (r.code !== 0)
-      throw (
-        (await this.interrupted(vm.name, session, 'import', signal)) ??
-        scriptError('import', r.code, r.stderr, guestPath)
-      );
-    const notices = [...listNotices(plan.list, plan.list.skippedSpecial), ...miseNotices(r.stderr)];
-    const result = await this.record(vm, repo, guestPath, includeUntracked, r, plan.manifest, manifestFile, notices, {
-      files: plan.entries.filter((e) => e.kind !== 'dir').length,
-      bytes,
-      skippedUntracked: plan.list.skippedUntracked,
-      mode: 'resync',
-      deleted: plan.diff.delete.length,
-    });
-    return { ok: true, result };
   }
 
   /** Streams an import tar into a guest script; errors of the tar or the transfer are thrown. */
@@ -350,7 +303,7 @@ export class WorkspaceService {
             `import one with \`banger vm workspace prepare ${vm.name} REPO\``,
           );
         const guestPath = vm.workspace.guestPath;
-        const session = await this.d.vms.session(vm, signal);
+        const session = await this.d.vms.guest.session(vm, signal);
         const max = this.limits.maxExportBytes;
         const tooLarge = () =>
           new BangerError(
@@ -393,7 +346,7 @@ export class WorkspaceService {
       {
         export: (e, sig) => this.export(e, sig),
         running: (name, sig) => this.d.vms.runningUnderLock(name, sig),
-        session: (vm, sig) => this.d.vms.session(vm, sig),
+        session: (vm, sig) => this.d.vms.guest.session(vm, sig),
       },
       p,
       signal,

@@ -1,0 +1,126 @@
+import { randomBytes } from 'node:crypto';
+import { alreadyExists, invalidArgument } from '../../../errors/index.js';
+import type { NetworkMode } from '../../../protocol/common.js';
+import type { VmCreateParams } from '../../../protocol/vm.js';
+import type { Paths } from '../../../shared/paths.js';
+import { userNetworkDefaults } from '../../../shared/user-network.js';
+import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
+import type { VmmName } from '../../vmm/driver.js';
+import type { ReadyImage } from '../image/service.js';
+import type { RestoreSource } from '../snapshot/restore.js';
+import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
+import type { TapNetworking } from './boot.js';
+import { checkMachineSizes } from './disks.js';
+import { generateVmName, randomMac } from './names.js';
+
+/**
+ * What `vm create` settles before any file of the VM exists: its sizes and network mode (from its options,
+ * the snapshot it is made from, or the defaults), then its name, id, MAC and endpoint, recorded in the
+ * store. VmService.create sequences these (the record under its create lock) and then makes the VM's files.
+ */
+
+export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
+
+/** What vm.create takes, minus the RPC plumbing; `restore`: the snapshot `from` names, resolved. */
+export type VmCreateOptions = Omit<VmCreateParams, 'progressToken' | 'start' | 'sync' | 'home' | 'from' | 'pool'> & {
+  /** A warm pool's VM, parked for `vm run` to take: the image name of its pool (services/pool). */
+  parkFor?: string;
+  restore?: RestoreSource;
+};
+
+/** The machine a new VM gets; InvalidArgument for what a snapshot fixes, or for sizes out of range. */
+export function createShape(
+  opts: VmCreateOptions,
+  defaultNetwork: NetworkMode,
+): { cpus: number; memoryMib: number; diskSizeMib: number; networkMode: NetworkMode } {
+  const snap = opts.restore?.snapshot;
+  if (snap && (opts.cpus !== undefined || opts.memoryMib !== undefined || opts.diskSizeMib !== undefined || opts.image !== undefined))
+    throw invalidArgument('a VM made from a snapshot has the snapshot\'s image, CPUs, memory and disk size', 'drop --image, --cpus, --memory and --disk-size');
+  if (snap && opts.network === 'tap') throw invalidArgument('a VM made from a snapshot uses loopback networking', 'drop --network tap');
+  const cpus = snap?.vcpus ?? opts.cpus ?? VM_DEFAULTS.cpus;
+  const memoryMib = snap?.memoryMib ?? opts.memoryMib ?? VM_DEFAULTS.memoryMib;
+  const diskSizeMib = snap?.diskSizeMib ?? opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
+  checkMachineSizes({ cpus, memoryMib, diskSizeMib });
+  const networkMode = snap ? 'loopback' : (opts.network ?? defaultNetwork);
+  return { cpus, memoryMib, diskSizeMib, networkMode };
+}
+
+/** A VM about to be recorded: its options, the image and VMM chosen for it, and its shape. */
+export interface NewVm {
+  opts: VmCreateOptions;
+  image: ReadyImage;
+  vmmName: VmmName;
+  cpus: number;
+  memoryMib: number;
+  diskSizeMib: number;
+  networkMode: NetworkMode;
+}
+
+export interface NewVmRecordDeps {
+  vms: VmRepo;
+  tap: TapNetworking;
+  paths: Paths;
+  /** The daemon's uid: root's VMs get SSH on port 22 of their loopback address, others a free high port. */
+  uid: () => number;
+  now: () => Date;
+}
+
+/**
+ * Names the VM (AlreadyExists for a name in use), gives it an id, a MAC and its endpoint, and inserts its
+ * record in state `created`. A tap VM's tap and address exist from here on. Run under VmService's create
+ * lock, so two creates never take one name.
+ */
+export async function insertVmRecord(vm: NewVm, d: NewVmRecordDeps, signal?: AbortSignal): Promise<VmRecord> {
+  const { opts, image, vmmName, cpus, memoryMib, diskSizeMib, networkMode } = vm;
+  const snap = opts.restore?.snapshot;
+  const name = opts.name ?? generateVmName((n) => d.vms.byName(n) !== undefined);
+  if (d.vms.byName(name))
+    throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
+  const id = randomBytes(6).toString('hex');
+  const now = d.now().toISOString();
+  // A restored guest's NIC keeps the snapshot's MAC (its saved device state carries it).
+  const mac = snap?.mac ?? randomMac();
+  let endpoint: { hostAddress: string; sshPort: number; guestAddress: string };
+  if (networkMode === 'tap') {
+    // The tap and the guest's address exist from create on: the address is the VM's, like a name.
+    const t = await d.tap.attach(id, { egress: opts.egress ?? false, mac }, signal);
+    const ip = t.guestCidr.split('/')[0]!;
+    endpoint = { hostAddress: ip, guestAddress: ip, sshPort: 22 };
+  } else {
+    const all = d.vms.list();
+    const e = await allocateLoopbackEndpoint(
+      new Set(all.map((v) => v.hostAddress)),
+      d.vms.usedSshPorts(),
+      d.uid() === 0,
+      userNetworkDefaults(d.uid()).range,
+    );
+    endpoint = { ...e, guestAddress: USER_NET.ip };
+  }
+  const rec: VmRecord = {
+    id,
+    name,
+    imageId: image.id,
+    state: 'created',
+    vcpus: cpus,
+    memoryMib,
+    diskSizeMib,
+    vmm: vmmName,
+    accelChoice: snap ? snap.accel : (opts.accel ?? 'auto'),
+    accel: null,
+    networkMode,
+    ...endpoint,
+    egress: snap?.egress ?? opts.egress ?? false,
+    mac,
+    dir: d.paths.vmDir(id),
+    lastError: null,
+    createdAt: now,
+    startedAt: null,
+    updatedAt: now,
+    workspace: snap?.workspace ?? null,
+    agent: snap?.agent ?? opts.agent ?? true,
+    synced: null,
+    pool: opts.parkFor ?? null,
+  };
+  d.vms.insert(rec);
+  return rec;
+}

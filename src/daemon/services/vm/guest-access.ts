@@ -1,0 +1,185 @@
+import type { Readable, Writable } from 'node:stream';
+import { ErrorCode, failedPrecondition, toBangerError } from '../../../errors/index.js';
+import type { VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
+import type { VmStats } from '../../../protocol/session.js';
+import type { Paths } from '../../../shared/paths.js';
+import type { Logger } from '../../../shared/logger.js';
+import { shJoin, shq } from '../../guest/shell.js';
+import { execInWorkspace } from '../workspace/guest-scripts.js';
+import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
+import { AgentGuestSession } from '../../guest/agent-session.js';
+import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
+import type { IdentitySync } from '../sync/service.js';
+import { GuestPortForwarder } from './forwards.js';
+import { GuestPortProxy } from './port-proxy.js';
+import { listGuestPorts } from './guest-ports.js';
+import type { LiveVms } from './live.js';
+
+/**
+ * Access to the guests of running VMs: commands (`vm exec`, through the guest agent or over SSH), the
+ * agent itself (sessions, stats), the open guest session other services work through, identity sync on
+ * `vm sync`, and the guest's listening ports with their forwarding to, and publishing on, the VM's host
+ * address. VmService builds it and hands it out as `vms.guest`; no VM's lifecycle lock is held here
+ * during guest I/O.
+ */
+
+/**
+ * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
+ * mise) when it has one and no other directory is asked for; a login shell without argv.
+ */
+export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly string[], cwd: string | undefined): string {
+  if (cwd === undefined && vm.workspace) {
+    if (argv.length === 0) return `cd ${shq(vm.workspace.guestPath)} && exec bash -l`;
+    return execInWorkspace(vm.workspace.guestPath, argv);
+  }
+  const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;
+  return cwd ? `cd ${shq(cwd)} && ${inner}` : inner;
+}
+
+/**
+ * The same command for a channel that can start argv without a shell (the guest agent): argv and its
+ * directory, or null when the command needs the shell line (a login shell, the workspace's `mise exec`).
+ */
+export function execArgv(
+  vm: Pick<VmRecord, 'workspace'>,
+  argv: readonly string[],
+  cwd: string | undefined,
+): { argv: string[]; cwd: string } | null {
+  if (argv.length === 0 || (cwd === undefined && vm.workspace)) return null;
+  return { argv: [...argv], cwd: cwd ?? '/root' };
+}
+
+export interface VmExecStreams {
+  stdin?: Readable;
+  stdout: Writable;
+  stderr: Writable;
+  pty?: GuestExecOptions['pty'];
+  onStart?: GuestExecOptions['onStart'];
+  signal?: AbortSignal;
+}
+
+export interface VmGuestAccessDeps {
+  paths: Paths;
+  live: LiveVms;
+  log: Logger;
+  /** The daemon's uid: a VM's published ports admit it and root only. */
+  uid: () => number;
+  /** The record of the VM called `name` when it is running; FailedPrecondition otherwise. */
+  running: (name: string) => VmRecord;
+  /** The same, checked under the VM's lifecycle lock, which is released before it resolves. */
+  runningUnderLock: (name: string, signal?: AbortSignal) => Promise<VmRecord>;
+  /** Where `vm sync` records what it synced. */
+  vms: VmRepo;
+  /** Puts the invoking user's identity into a guest on `vm sync`; omitted: no sync. */
+  identity?: IdentitySync;
+}
+
+export class VmGuestAccess {
+  /** A running VM's guest ports forwarded to its host address (VmService starts it at boot and reconcile). */
+  readonly forwarder: GuestPortForwarder;
+
+  constructor(private readonly d: VmGuestAccessDeps) {
+    this.forwarder = new GuestPortForwarder({
+      log: d.log,
+      publish: (vm) =>
+        new GuestPortProxy({
+          log: d.log,
+          vmName: vm.name,
+          hostAddress: vm.hostAddress,
+          dial: async (port) => (await this.d.live.session(vm)).openTcp(vm.guestAddress, port),
+          allowedUids: new Set([d.uid(), 0]),
+        }),
+      session: (vm, signal) => this.d.live.session(vm, signal),
+      agents: {
+        portsAgent: (id) => this.d.live.portsAgent(id),
+        onAgentConnected: (id, cb) => this.d.live.onAgentConnected(id, cb),
+        connectInBackground: (vm) => this.d.live.connectAgentInBackground(vm),
+      },
+      handlesPath: (id) => d.paths.vm(id).handles,
+    });
+  }
+
+  /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
+  async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
+    const vm = this.d.running(name);
+    const command = execCommand(vm, argv, cwd);
+    const direct = execArgv(vm, argv, cwd);
+    let started = false;
+    const run = (session: GuestSession) => {
+      const opts: GuestExecOptions = {
+        stdin: io.stdin,
+        stdout: io.stdout,
+        stderr: io.stderr,
+        pty: io.pty,
+        onStart: (c) => {
+          started = true;
+          io.onStart?.(c);
+        },
+        signal: io.signal,
+      };
+      return direct && session instanceof AgentGuestSession
+        ? session.execArgv(direct.argv, direct.cwd, command, opts)
+        : session.exec(command, opts);
+    };
+    const session = await this.d.live.execSession(vm, io.signal);
+    try {
+      return (await run(session)).code;
+    } catch (e) {
+      // The agent failed before the command started (a dropped or misbehaving agent): nothing ran, so the
+      // command goes over SSH instead. Once it started, its failure is the caller's to see.
+      if (started || io.signal?.aborted || !(session instanceof AgentGuestSession)) throw e;
+      if (toBangerError(e).code !== ErrorCode.Unavailable) throw e;
+      this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent failed before the command started; using SSH');
+      return (await run(await this.d.live.session(vm, io.signal))).code;
+    }
+  }
+
+  /** The guest agent of a running VM (sessions, stats); FailedPrecondition for an image without one. */
+  async agent(name: string, signal?: AbortSignal) {
+    const vm = this.d.running(name);
+    const agent = await this.d.live.agent(vm, signal);
+    return { vm, agent, features: this.d.live.agentFeatures(vm.id) };
+  }
+
+  /** A running VM's resource use, as its guest agent measures it. */
+  async stats(name: string, signal?: AbortSignal): Promise<VmStats> {
+    const { vm, agent } = await this.agent(name, signal);
+    const s = await agent.stats({ signal, timeoutMs: 10_000 });
+    const sessions = await agent.sessionList?.({ signal }).catch(() => []) ?? [];
+    return {
+      name: vm.name,
+      cpuPercent: s.cpu.percent,
+      vcpus: s.cpu.cores,
+      memory: s.memory,
+      load: s.load,
+      disks: s.disks.map((d) => ({ mount: d.path, usedBytes: d.usedBytes, freeBytes: d.freeBytes, totalBytes: d.totalBytes })),
+      network: s.network,
+      uptimeSeconds: s.uptimeSec,
+      sessions: { running: sessions.filter((x) => x.state === 'running').length, total: sessions.length },
+    };
+  }
+
+  /** The open guest session of a running VM (for the workspace service). */
+  session(vm: VmRecord, signal?: AbortSignal) {
+    return this.d.live.session(vm, signal);
+  }
+
+  /**
+   * `banger vm sync`: the invoking user's identity into a running guest again (after editing config.json
+   * or a credential). Not under the lifecycle lock: it is guest I/O; a VM stopped meanwhile fails it.
+   */
+  async syncIdentity(name: string, home: string | undefined, signal?: AbortSignal): Promise<VmSyncInfo> {
+    if (!this.d.identity) throw failedPrecondition('identity sync is not configured in this daemon');
+    const vm = await this.d.runningUnderLock(name, signal);
+    const info = await this.d.identity.sync(await this.d.live.session(vm, signal), home, signal);
+    this.d.vms.update(vm.id, { synced: info });
+    return info;
+  }
+
+  /** The guest's listening TCP ports, with their processes and whether the host can reach them. */
+  async ports(name: string, signal?: AbortSignal): Promise<VmPorts> {
+    const vm = this.d.running(name);
+    const live = this.d.live.get(vm.id)!;
+    return listGuestPorts(await this.d.live.session(vm, signal), vm, live.forwards, signal);
+  }
+}
