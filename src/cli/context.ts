@@ -67,8 +67,9 @@ export function parseMib(_flag: string, v: string): number {
   return Math.round(mib);
 }
 
-export function parseIntFlag(_flag: string, v: string): number {
+export function parseIntFlag(_flag: string, v: string, min = 1): number {
   const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive whole number, got '${v}'`);
+  if (!Number.isInteger(n) || n < min)
+    throw new InvalidArgumentError(`expected a ${min === 0 ? 'whole number, 0 or more' : 'positive whole number'}, got '${v}'`);
   return n;
 }

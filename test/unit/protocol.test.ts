@@ -34,6 +34,8 @@ test('the wire names of every method are the ones clients already use', () => {
       'image.show',
       'network.down',
       'network.status',
+      'pool.set',
+      'pool.status',
       'session.attach',
       'session.list',
       'session.logs',

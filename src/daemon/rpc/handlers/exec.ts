@@ -1,4 +1,5 @@
 import { PassThrough, Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type { MessageConnection } from 'vscode-jsonrpc/node.js';
 import { ExecNotifications, VmMethods } from '../../../protocol/vm.js';
 import type { VmService } from '../../services/vm/service.js';
@@ -67,11 +68,13 @@ export function execHandlers(vms: VmService, execs: ExecRegistry): Handler[] {
   return [
     handler(VmMethods.exec, async (p, ctx) => {
       const entry = execs.open(ctx.connection, p.execId);
+      const stdout = outputTo(ctx.connection, p.execId, 'stdout');
+      const stderr = outputTo(ctx.connection, p.execId, 'stderr');
       try {
         const exitCode = await vms.guest.exec(p.name, p.argv, p.cwd, {
           stdin: p.stdin ? entry.stdin : undefined,
-          stdout: outputTo(ctx.connection, p.execId, 'stdout'),
-          stderr: outputTo(ctx.connection, p.execId, 'stderr'),
+          stdout,
+          stderr,
           pty: p.tty,
           onStart: (c) => {
             entry.resize = c.resize;
@@ -79,6 +82,10 @@ export function execHandlers(vms: VmService, execs: ExecRegistry): Handler[] {
           },
           signal: ctx.signal,
         });
+        // The reply ends the client's wait: every output notification goes out before it. The process's
+        // streams have ended, but their last chunks may still wait in these writers (each write waits for
+        // the one before it); a reply sent now would overtake them, and the client would exit without them.
+        await Promise.all([stdout, stderr].map((w) => finished(w.end()).catch(() => undefined)));
         return { exitCode };
       } finally {
         execs.close(ctx.connection, p.execId);

@@ -71,6 +71,8 @@ export class PoolService {
   /** Ids of the pool VMs that are parked and may be taken. */
   private readonly parked = new Set<string>();
   private readonly filling = new Map<string, number>();
+  /** Stops the fill under way of an image's pool (when the pool is made smaller). */
+  private readonly fillAborts = new Map<string, AbortController>();
   private readonly taken = new Map<string, number>();
   private readonly lastError = new Map<string, string>();
   private readonly stopping = new AbortController();
@@ -84,6 +86,11 @@ export class PoolService {
     else pools[image] = size;
     await this.write(pools);
     this.d.log.info({ image, size }, 'pool set');
+    if (this.members(image).length > size && this.fillAborts.has(image)) {
+      // A boot under way would make the pool too big: it is stopped (its VM removed) before this returns.
+      this.fillAborts.get(image)!.abort();
+      await this.fills.run(image, async () => {});
+    }
     await this.trim(image, size);
     if (size > 0) this.refill(image);
     return this.info(image, size);
@@ -184,13 +191,19 @@ export class PoolService {
   /** Starts filling `image`'s pool in the background (one fill per image at a time). */
   private refill(image: string): void {
     if (this.fills.isLocked(image)) return;
-    void this.fills.run(image, () => this.fill(image)).catch((e: unknown) => {
-      this.d.log.warn({ image, err: (e as Error).message }, 'pool refill failed');
-    });
+    const stop = new AbortController();
+    this.fillAborts.set(image, stop);
+    void this.fills
+      .run(image, () => this.fill(image, AbortSignal.any([this.stopping.signal, stop.signal])))
+      .catch((e: unknown) => {
+        this.d.log.warn({ image, err: (e as Error).message }, 'pool refill failed');
+      })
+      .finally(() => {
+        if (this.fillAborts.get(image) === stop) this.fillAborts.delete(image);
+      });
   }
 
-  private async fill(image: string): Promise<void> {
-    const signal = this.stopping.signal;
+  private async fill(image: string, signal: AbortSignal): Promise<void> {
     for (;;) {
       if (signal.aborted) return;
       const size = (await this.read())[image] ?? 0;
