@@ -158,12 +158,19 @@ export class Session {
   /** Opens an input connection: what is written to it goes to the process's stdin, whole. */
   openInput(): Promise<InputConnection> {
     return new Promise((resolve, reject) => {
-      const sock = connect(this.file('ctl.sock'));
-      sock.once('error', () => reject(this.exited()));
-      sock.once('connect', () => {
-        sock.write('I');
-        resolve(new InputConnection(sock));
-      });
+      // A full listen backlog (EAGAIN: many connections at once on a loaded guest) is not a gone supervisor.
+      const attempt = (left: number) => {
+        const sock = connect(this.file('ctl.sock'));
+        sock.once('error', (e: NodeJS.ErrnoException) => {
+          if (e.code === 'EAGAIN' && left > 0) setTimeout(() => attempt(left - 1), 10);
+          else reject(this.exited());
+        });
+        sock.once('connect', () => {
+          sock.write('I');
+          resolve(new InputConnection(sock));
+        });
+      };
+      attempt(200);
     });
   }
 

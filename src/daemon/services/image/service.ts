@@ -238,6 +238,7 @@ export class ImageService {
             `image '${req.name}' is used by ${users.join(', ')}`,
             `delete those VMs first, or build under another name`,
           );
+        this.refuseWhilePooled(existing.id, req.name);
         await this.removeFiles(existing.id);
         this.d.images.delete(existing.id);
       }
@@ -288,6 +289,16 @@ export class ImageService {
     }, signal);
   }
 
+  /** A warm pool's parked VMs hold the image: the pool goes first (its size says what to set again). */
+  private refuseWhilePooled(imageId: string, name: string): void {
+    const pools = this.d.vms.poolsUsingImage(imageId);
+    if (pools.length > 0)
+      throw failedPrecondition(
+        `image '${name}' is used by the parked VMs of its warm pool`,
+        `\`banger pool set ${pools[0]} --size 0\` first, then set the pool again once the image is built`,
+      );
+  }
+
   async delete(name: string): Promise<{ deleted: string }> {
     return this.builds.run(name, async () => {
       const img = this.byName(name);
@@ -297,6 +308,7 @@ export class ImageService {
           `image '${name}' is used by ${users.length === 1 ? 'VM' : 'VMs'} ${users.join(', ')}`,
           `delete ${users.length === 1 ? 'it' : 'them'} first with \`banger vm delete ${users.join(' ')}\``,
         );
+      this.refuseWhilePooled(img.id, name);
       await this.removeFiles(img.id);
       this.d.images.delete(img.id);
       return { deleted: name };

@@ -178,10 +178,18 @@ export class VmRepo {
     return r && fromRow(r);
   }
 
+  /** The user's VMs on the image (a warm pool's parked VMs are not among them: see poolsUsingImage). */
   namesUsingImage(imageId: string): string[] {
-    return (this.db.prepare('SELECT name FROM vms WHERE image_id = ? ORDER BY name').all(imageId) as { name: string }[]).map(
-      (r) => r.name,
-    );
+    return (
+      this.db.prepare('SELECT name FROM vms WHERE image_id = ? AND pool IS NULL ORDER BY name').all(imageId) as { name: string }[]
+    ).map((r) => r.name);
+  }
+
+  /** The warm pools (by image name) whose VMs are on the image. */
+  poolsUsingImage(imageId: string): string[] {
+    return (
+      this.db.prepare('SELECT DISTINCT pool FROM vms WHERE image_id = ? AND pool IS NOT NULL ORDER BY pool').all(imageId) as { pool: string }[]
+    ).map((r) => r.pool);
   }
 
   /** Host ports already assigned to VMs (a stopped VM keeps its port). */
