@@ -129,6 +129,14 @@ export interface ImportScriptOptions {
 const INCOMPLETE_MARK = '.git/banger-import-incomplete';
 
 /**
+ * Flushes the workspace's filesystem before an import reports success, so what the host was told of survives
+ * the VM losing power (its QEMU killed, the host crashing). Without it, chaos runs here found, after a stop
+ * interrupted by a kill -9, a workspace whose files were on disk and whose import-base ref was not (exit 67
+ * on the next import: "not empty and is not a banger workspace").
+ */
+export const SYNC_WORKSPACE = 'sync -f -- "$dest" 2>/dev/null || sync\n';
+
+/**
  * Shell that records `$tree` as the import base: a commit (parent: the shell variable `headVar`, when set)
  * under IMPORT_BASE_REF, and the tree id on stderr for the host. Full imports and re-syncs record it alike.
  */
@@ -306,7 +314,7 @@ rm -rf -- "$stage"
 stage=
 
 cd -- "$dest"
-${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
+${SYNC_WORKSPACE}${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 `;
 }
 

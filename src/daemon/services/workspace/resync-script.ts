@@ -7,6 +7,7 @@ import {
   MAX_CONFLICT_PATHS,
   MISE_TRUST,
   PRELUDE,
+  SYNC_WORKSPACE,
   recordImportBase,
   WorkspaceScriptExit,
   validateGuestPath,
@@ -138,6 +139,6 @@ cat -- "$stage_deleted" >> "$tmp/written"
 GIT_LITERAL_PATHSPECS=1 GIT_INDEX_FILE="$tmp/index" xargs -0 -r git add -A -- < "$tmp/written"
 tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
 ${recordImportBase('new_head')}
-${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
+${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
 `;
 }
