@@ -168,8 +168,16 @@ export class PoolService {
             progress({ kind: 'notice', message: `identity sync failed: ${(e as Error).message} (retry with \`banger vm sync ${rec.name}\`)` });
           }
         };
-        await Promise.all([agent.setClock(Date.now(), { signal, timeoutMs: 30_000 }), rename(), sync()]);
-        lap('clock, hostname, sync');
+        const timed = async (part: string, p: Promise<unknown>) => {
+          const t0 = performance.now();
+          await p;
+          ms[part] = Math.round(performance.now() - t0);
+        };
+        await Promise.all([
+          timed('clock', agent.setClock(Date.now(), { signal, timeoutMs: 30_000 })),
+          timed('hostname', rename()),
+          timed('sync', sync()),
+        ]);
         return rec;
       }, signal);
       this.taken.set(image, (this.taken.get(image) ?? 0) + 1);
