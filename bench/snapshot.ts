@@ -93,7 +93,7 @@ if (sections.has('pool')) {
 }
 
 if (sections.has('fork')) {
-  quiet(['vm', 'delete', '--force', FORK_SRC, ...FORKS]);
+  for (const vm of [FORK_SRC, ...FORKS]) quiet(['vm', 'delete', '--force', vm]);
   banger(['vm', 'create', '--name', FORK_SRC, '--start', '--no-pool', '--cpus', '1', '--memory', '768M']);
   try {
     await agentUp(FORK_SRC);
@@ -114,17 +114,20 @@ if (sections.has('fork')) {
         }),
       );
       pauses.push(paused);
-      quiet(['vm', 'delete', '--force', ...FORKS]);
+      for (const f of FORKS) quiet(['vm', 'delete', '--force', f]);
       boots.push(cold());
     }
     report('vm fork --count 4 until all 4 answer exec vs one cold boot', forks, boots, 'one cold boot (vm run --rm -- true)');
     process.stdout.write(`  source paused: ${pauses.map((p) => `${p} ms`).join(', ')}\n`);
   } finally {
-    quiet(['vm', 'delete', '--force', ...FORKS, FORK_SRC]);
-    // The fork's snapshots are left behind by design (a snapshot outlives its source); remove this run's.
+    // One name per delete: a delete of several stops at the first that is gone.
+    for (const vm of [...FORKS, FORK_SRC]) quiet(['vm', 'delete', '--force', vm]);
+    // The forks' snapshots outlive their source by design; this run's go, newest first (each later one is
+    // layered on the one before).
     try {
-      const snaps = JSON.parse(banger(['snapshot', 'list', '--json'])) as { name: string }[];
-      for (const s of snaps.filter((x) => x.name.startsWith('bench-fork-'))) quiet(['snapshot', 'delete', s.name]);
+      const snaps = JSON.parse(banger(['snapshot', 'list', '--json'])) as { name: string; createdAt: string }[];
+      const mine = snaps.filter((x) => x.name.startsWith('bench-fork-')).sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+      for (const s of mine) quiet(['snapshot', 'delete', s.name]);
     } catch {
       /* none */
     }
