@@ -24,6 +24,7 @@ import { VmService } from './services/vm/service.js';
 import { SnapshotService } from './services/snapshot/service.js';
 import { failedPrecondition } from '../errors/index.js';
 import { PoolService } from './services/pool/service.js';
+import { resolveAgentBundle } from './services/image/inputs.js';
 import { WorkspaceService } from './services/workspace/service.js';
 import { DoctorService } from './services/doctor.js';
 import { KvmAccelResolver } from './services/accel.js';
@@ -172,6 +173,15 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     defaultHome: homedir(),
     now: () => new Date(),
   });
+  // Read once: every start puts the daemon's own guest agent in the VM's seed (see SEED_FILES.agent).
+  let agentBundle: Promise<Buffer | undefined> | undefined;
+  const readAgentBundle = () =>
+    (agentBundle ??= Promise.resolve()
+      .then(() => readFile(resolveAgentBundle()))
+      .catch((e: unknown) => {
+        log.warn({ err: (e as Error).message }, 'no guest agent bundle: VMs run their image\'s agent');
+        return undefined;
+      }));
   const vms = new VmService({
     paths,
     vms: vmRepo,
@@ -195,6 +205,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
       dnsOnBridge.add(gateway);
     },
     identity,
+    agentBundle: readAgentBundle,
   });
   const workspaces = new WorkspaceService({
     vms,

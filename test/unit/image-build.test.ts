@@ -432,4 +432,26 @@ void describe('seed disk assumptions', () => {
       assert.equal(env, "it's-a-vm|10.0.2.15/24|10.0.2.2|10.0.2.3");
     }
   });
+  void it('carries the daemon\'s guest agent byte for byte when given one, and none otherwise', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'banger-seed-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const agent = Buffer.concat([Buffer.from('#!/usr/bin/env node\n'), randomBytesForSeed(300_000)]);
+    for (const [name, tar] of [
+      ['with', await buildSeedTar({ ...seedConfig, agent })],
+      ['without', await buildSeedTar(seedConfig)],
+    ] as const) {
+      const out = join(dir, name);
+      execFileSync('mkdir', ['-p', out]);
+      writeFileSync(join(dir, `${name}.img`), tar);
+      execFileSync('tar', ['-xf', join(dir, `${name}.img`), '-C', out]);
+      if (name === 'with') assert.ok(readFileSync(join(out, SEED_FILES.agent)).equals(agent));
+      else assert.throws(() => readFileSync(join(out, SEED_FILES.agent)), /ENOENT/);
+    }
+  });
 });
+
+function randomBytesForSeed(n: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 2654435761) >>> 24;
+  return b;
+}

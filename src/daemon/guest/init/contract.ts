@@ -25,7 +25,7 @@ export const SEED_ALIGN = 4096;
  * Version of what an image carries for banger: init scripts, the guest agent and this contract. Bumped on any
  * change to them; banger rebuilds its `default` image when the recorded version differs (see ImageService).
  */
-export const GUEST_CONTRACT_VERSION = 6;
+export const GUEST_CONTRACT_VERSION = 7;
 
 /** Printed on the console (ttyS0) when sshd accepts connections (and the guest agent holds its channel). */
 export const READY_MARKER = 'banger-guest: ready';
@@ -55,6 +55,11 @@ export const SEED_FILES = {
   hostKeyPub: 'ssh_host_ed25519_key.pub',
   /** Installed as /root/.ssh/authorized_keys (replacing what the work disk held). */
   authorizedKeys: 'authorized_keys',
+  /**
+   * The guest agent of the daemon that started the VM; run in place of the image's copy, so a VM's agent
+   * always speaks its daemon's protocol, however old the image (images of contract 7 on).
+   */
+  agent: 'agent.mjs',
 } as const;
 
 /**

@@ -196,7 +196,7 @@ while [ "$i" -lt 1200 ]; do
   sleep 0.05
 done
 [ "$i" -lt 1200 ] || echo "banger-guest: sshd is not listening after 60 s" >/dev/console
-if [ -f ${GUEST_PATHS.agent} ] && command -v node >/dev/null && ! grep -qw ${NO_AGENT_ARG} /proc/cmdline; then
+if { [ -f ${SEED_MOUNT_DIR}/${SEED_FILES.agent} ] || [ -f ${GUEST_PATHS.agent} ]; } && command -v node >/dev/null && ! grep -qw ${NO_AGENT_ARG} /proc/cmdline; then
   echo "${READY_MARKER}${READY_AGENT_SUFFIX}" >/dev/console
 else
   echo "${READY_MARKER}" >/dev/console
@@ -205,7 +205,8 @@ fi
 
 /**
  * Runs the guest agent in the foreground for init to respawn, on the virtio-serial port named banger.0
- * (found by name: there is no udev to make /dev/virtio-ports/ links). Without the agent or its port it
+ * (found by name: there is no udev to make /dev/virtio-ports/ links): the seed's agent (the daemon's own)
+ * when the seed carries one, else the image's. Without the agent or its port it
  * idles, so init does not respawn it in a loop.
  *
  * Node takes seconds of CPU to start under software emulation, and boot-to-ready does not need the agent
@@ -226,7 +227,10 @@ for n in /sys/class/virtio-ports/*/name; do
     dev=/dev/\${p##*/}
   fi
 done
-if [ ! -f ${GUEST_PATHS.agent} ] || [ -z "$dev" ] || ! command -v node >/dev/null; then
+# The seed's agent is the daemon's own (it speaks that daemon's protocol); the image's is the fallback.
+agent=${SEED_MOUNT_DIR}/${SEED_FILES.agent}
+[ -f "$agent" ] || agent=${GUEST_PATHS.agent}
+if [ ! -f "$agent" ] || [ -z "$dev" ] || ! command -v node >/dev/null; then
   echo "banger-agent: not started (agent, port or node missing)"
   exec sleep 2147483647
 fi
@@ -241,7 +245,7 @@ while [ "$i" -lt 1200 ] && ! grep -qs ':0016 [0-9A-F]*:0000 0A' /proc/net/tcp /p
 done
 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=65536
 export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_
-exec nice -n 19 node --max-semi-space-size=1 ${GUEST_PATHS.agent} \\
+exec nice -n 19 node --max-semi-space-size=1 "$agent" \\
   --port "$dev" --ready-file ${GUEST_PATHS.agentReady} --priority 0
 `;
 

@@ -57,6 +57,8 @@ export interface BootDeps {
   log?: Logger;
   /** Syncs the invoking user's identity into the guest once it answers; omitted: no sync step does anything. */
   identity?: IdentitySync;
+  /** The guest agent bundle the seed carries (the daemon's own); omitted: the guest runs its image's. */
+  agentBundle?: () => Promise<Buffer | undefined>;
 }
 
 /** One boot in progress: what the steps read and fill in, in order. */
@@ -125,6 +127,7 @@ export const writeSeed: BootStep = {
       hostPrivateKey,
       hostPublicKey: b.hostPublicKey,
       authorizedKeys: d.authorizedKey,
+      agent: b.vm.agent ? await d.agentBundle?.() : undefined,
     });
     await writeFile(b.vp.seedDisk, seed, { mode: 0o600 });
     await writeFile(b.vp.consoleLog, '', { mode: 0o600 });

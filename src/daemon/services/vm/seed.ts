@@ -10,6 +10,8 @@ export interface SeedConfig {
   hostPrivateKey: string;
   hostPublicKey: string;
   authorizedKeys: string;
+  /** The guest agent bundle to run instead of the image's (SEED_FILES.agent); none: the image's. */
+  agent?: Buffer;
 }
 
 /** The `env` file the guest's init sources: shell assignments, values quoted. */
@@ -39,11 +41,12 @@ export async function buildSeedTar(c: SeedConfig): Promise<Buffer> {
     p.on('end', resolve);
     p.on('error', reject);
   });
-  const add = (name: string, content: string, mode: number) => p.entry({ name, mode, uid: 0, gid: 0 }, content);
+  const add = (name: string, content: string | Buffer, mode: number) => p.entry({ name, mode, uid: 0, gid: 0 }, content);
   add(SEED_FILES.env, seedEnv(c), 0o644);
   add(SEED_FILES.hostKey, ensureNewline(c.hostPrivateKey), 0o600);
   add(SEED_FILES.hostKeyPub, ensureNewline(c.hostPublicKey), 0o644);
   add(SEED_FILES.authorizedKeys, ensureNewline(c.authorizedKeys), 0o600);
+  if (c.agent) add(SEED_FILES.agent, c.agent, 0o644);
   p.finalize();
   await done;
   const tar = Buffer.concat(chunks);

@@ -52,6 +52,8 @@ export interface VmServiceDeps {
   bootTimeoutMs?: number;
   /** A guest silent on its console this long is started again once (boot.ts SILENT_CONSOLE_MS by default). */
   silentConsoleMs?: number;
+  /** The guest agent bundle every start puts in the seed (see BootDeps.agentBundle). */
+  agentBundle?: () => Promise<Buffer | undefined>;
   /** The host's processes, for reconcile (injected for tests). */
   processes?: () => Promise<HostProcess[]>;
   /** How often a running VM's console log is checked against its cap. */
@@ -238,6 +240,7 @@ export class VmService {
         bootTimeoutMs: this.d.bootTimeoutMs ?? 180_000,
         silentConsoleMs: this.d.silentConsoleMs,
         identity: this.d.identity,
+        agentBundle: this.d.agentBundle,
         log: this.d.log,
       }, restore ? restoreSteps(restore) : undefined);
       vm = this.d.vms.update(id, { state: 'running' });
