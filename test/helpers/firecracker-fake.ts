@@ -184,7 +184,7 @@ export class FirecrackerFake {
   readonly accepted: RecordedRequest[] = [];
   /** Requests that did not match the spec. A correct client sends none. */
   readonly invalid: RecordedRequest[] = [];
-  state: 'Not started' | 'Running' = 'Not started';
+  state: 'Not started' | 'Running' | 'Paused' = 'Not started';
   /** Configuration as last PUT, by path. */
   readonly config = new Map<string, unknown>();
   private readonly faults: Map<string, string>;
@@ -309,6 +309,12 @@ export class FirecrackerFake {
         answer(204);
         this.options.onAction?.(action);
         return;
+      }
+      if (method === 'PATCH' && path === '/vm') {
+        if (this.state === 'Not started')
+          return refuse('The requested operation is not supported before starting the microVM.');
+        this.state = (body as { state: 'Paused' | 'Resumed' }).state === 'Paused' ? 'Paused' : 'Running';
+        return answer(204);
       }
       answer(204);
     });

@@ -377,6 +377,23 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
     assert.match(await readFile(s.consoleLogPath, 'utf8'), /Restarting system/);
   });
 
+  void it('pausing: PATCH /vm Paused, then Resumed, both valid against the spec; the instance says so', async () => {
+    const { driver, spec: s, readRecord } = await setup();
+    const h = await driver.launch(s);
+    handles.push(h);
+    const api = new FirecrackerApi(s.controlSocketPath);
+    await driver.pausing.pause(h);
+    assert.equal((await api.describeInstance()).state, 'Paused');
+    await driver.pausing.resume(h);
+    assert.equal((await api.describeInstance()).state, 'Running');
+    const rec = await readRecord();
+    assert.deepEqual(rec.invalid, []);
+    assert.deepEqual(
+      rec.accepted.filter((r) => r.method === 'PATCH').map((r) => r.body),
+      [{ state: 'Paused' }, { state: 'Resumed' }],
+    );
+  });
+
   void it('kill ends it with SIGTERM, and escalates to SIGKILL when SIGTERM is ignored', async () => {
     const a = await setup();
     const h1 = await a.driver.launch(a.spec);

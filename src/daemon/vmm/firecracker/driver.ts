@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
 import { AGENT_VSOCK_PORT } from '../../../protocol/agent.js';
 import { connectVsock, type VsockConnectOptions } from '../../guest/vsock.js';
-import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature } from '../driver.js';
+import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature, VmmPausing } from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { FirecrackerApi } from './api.js';
 import { INSTANCE_START, firecrackerArgv, firecrackerRequests } from './config.js';
@@ -197,6 +197,17 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   /** Sends Ctrl-Alt-Del (x86 only): the guest's init reboots, and with `reboot=k` Firecracker then exits. */
+  /** `PATCH /vm` with `Paused` / `Resumed`: the guest's vCPUs stop where they are and start again. */
+  readonly pausing: VmmPausing = {
+    pause: (handle, signal) => this.patchVm(handle, 'Paused', signal),
+    resume: (handle, signal) => this.patchVm(handle, 'Resumed', signal),
+  };
+
+  private async patchVm(handle: VmHandle, state: 'Paused' | 'Resumed', signal?: AbortSignal): Promise<void> {
+    const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
+    await api.call('PATCH', '/vm', { state }, signal);
+  }
+
   async requestShutdown(handle: VmHandle, signal?: AbortSignal): Promise<void> {
     const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
     await api.action('SendCtrlAltDel', signal);
