@@ -123,10 +123,12 @@ export class PoolService {
     const pools = await this.read();
     if (!pools[image]) return undefined;
     const name = await this.picks.run(image, async () => {
-      const vm = this.d.vms.records().find((v) => v.pool === image && v.state === 'running' && this.parked.has(v.id) && matches(p, v, this.d.defaultNetwork));
+      const all = this.d.vms.records();
+      const vm = all.find((v) => v.pool === image && v.state === 'running' && this.parked.has(v.id) && matches(p, v, this.d.defaultNetwork));
       if (!vm) return undefined;
-      const name = p.name ?? generateVmName((n) => this.d.vms.records().some((v) => v.name === n));
-      if (this.d.vms.records().some((v) => v.name === name))
+      const taken = new Set(all.map((v) => v.name));
+      const name = p.name ?? generateVmName((n) => taken.has(n));
+      if (taken.has(name))
         throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
       this.parked.delete(vm.id);
       return { vm, name };
@@ -137,21 +139,20 @@ export class PoolService {
     try {
       // Milliseconds each part of the hand-over took, for the log.
       const ms: Record<string, number> = {};
-      let t = performance.now();
-      const lap = (part: string) => {
-        const now = performance.now();
-        ms[part] = Math.round(now - t);
-        t = now;
+      const timed = async <T>(part: string, work: Promise<T>): Promise<T> => {
+        const t0 = performance.now();
+        const out = await work;
+        ms[part] = Math.round(performance.now() - t0);
+        return out;
       };
       const info = await this.d.vms.withRunning(vm.name, async (r) => {
-        await repinHostKey(r.vp, name.name);
-        const rec = this.d.vms.adoptFromPool(vm.id, name.name);
         const live = this.d.vms.liveVms();
-        lap('rename');
-        await live.unpark(vm.id, signal);
-        lap('resume');
-        const agent = await live.agent(rec, signal);
-        lap('agent');
+        const rec = await timed(
+          'rename',
+          repinHostKey(r.vp, name.name).then(() => this.d.vms.adoptFromPool(vm.id, name.name)),
+        );
+        await timed('resume', live.unpark(vm.id, signal));
+        const agent = await timed('agent', live.agent(rec, signal));
         const guest = new AgentGuestSession(agent);
         // Three independent hand-overs, side by side: each is a process or two in the guest.
         const rename = async () => {
@@ -167,11 +168,6 @@ export class PoolService {
           } catch (e) {
             progress({ kind: 'notice', message: `identity sync failed: ${(e as Error).message} (retry with \`banger vm sync ${rec.name}\`)` });
           }
-        };
-        const timed = async (part: string, p: Promise<unknown>) => {
-          const t0 = performance.now();
-          await p;
-          ms[part] = Math.round(performance.now() - t0);
         };
         await Promise.all([
           timed('clock', agent.setClock(Date.now(), { signal, timeoutMs: 30_000 })),
