@@ -1,7 +1,7 @@
 /**
  * Runs the built `banger` CLI (dist/banger.js) against a test state directory, like a user would.
  * e2e tests share one BANGER_HOME under the test cache so the guest image is built once per machine;
- * every VM a test makes is deleted by the test (and stale ones by `resetVms`).
+ * every VM a test makes is deleted by the test (and what a killed run left by `e2e-reset.ts`, before the tier).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
