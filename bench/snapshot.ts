@@ -6,11 +6,13 @@
  *  - pool: `banger vm run --rm -- true` taking a parked VM (`banger pool set default --size 1`, waited for
  *    before each run) vs the same with `--no-pool` (the issue asks warm to be at least 10x faster).
  *  - fork: `banger vm fork VM --count 4` of a running VM with a 200 MiB workspace file, until all 4 answer
- *    `vm exec -- true`, vs one cold boot (the issue asks at most 0.25x); and the source's pause.
+ *    `vm exec -- true`, vs one cold boot (the issue asks at most 0.25x); and the source's pause. In the last
+ *    run, the forks' memory 30 s later (PSS of each VMM process) against the source's.
  * Also printed: the snapshot's pause of the source VM and its size on the host.
  * Usage: npm run build && BANGER_HOME=... node --import tsx bench/snapshot.ts [runs] [sections]
  * (sections: comma-separated of restore,pool,fork; default all three).
  */
+import { readFileSync } from 'node:fs';
 import { banger, median, report, timeIt } from './common.js';
 
 const runs = Number(process.argv[2] ?? 3);
@@ -40,6 +42,14 @@ async function agentUp(vm: string): Promise<void> {
       await sleep(500);
     }
   }
+}
+
+/** PSS of a VM's VMM process in MiB (its memory, with pages shared with other processes split among them). */
+function pssMib(vm: string): number {
+  const { pid } = JSON.parse(banger(['vm', 'show', vm, '--json'])) as { pid: number | null };
+  if (pid === null) throw new Error(`VM ${vm} has no VMM process`);
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return Number(m![1]) / 1024;
 }
 
 const cold = () => timeIt(() => banger(['vm', 'run', '--no-pool', '--rm', '--no-sync', '--', 'true']));
@@ -114,6 +124,18 @@ if (sections.has('fork')) {
         }),
       );
       pauses.push(paused);
+      if (i === runs - 1) {
+        // The issue's memory measure: the forks idle for 30 s, then the PSS of each one's VMM, against the
+        // source (booted cold, and holding the 200 MiB it wrote).
+        await sleep(30_000);
+        const per = FORKS.map(pssMib);
+        const src = pssMib(FORK_SRC);
+        const mean = per.reduce((a, b) => a + b, 0) / per.length;
+        process.stdout.write(
+          `  memory 30 s after fork (PSS of the VMM): forks ${per.map((x) => x.toFixed(0)).join(', ')} MiB (mean ${mean.toFixed(0)}),` +
+            ` source booted cold ${src.toFixed(0)} MiB; ratio ${(mean / src).toFixed(2)}x\n`,
+        );
+      }
       for (const f of FORKS) quiet(['vm', 'delete', '--force', f]);
       boots.push(cold());
     }

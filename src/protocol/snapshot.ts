@@ -22,6 +22,12 @@ export const snapshotInfoSchema = z.object({
   dir: z.string(),
   /** VMs whose disks are layered on this snapshot (the source VM and VMs restored from it). */
   dependents: z.array(z.string()),
+  /**
+   * False for what a daemon killed while taking a snapshot left: the source VM was already moved onto layers
+   * over its frozen disks, so those are kept (as this snapshot), but the saved memory may be partial and is
+   * never restored. It is deleted like any snapshot once no VM's disks are layered on it.
+   */
+  restorable: z.boolean(),
 });
 export type SnapshotInfo = z.infer<typeof snapshotInfoSchema>;
 

@@ -18,7 +18,7 @@ import { formatCyclesReport, runCycles } from '../helpers/cycles.js';
 const { step, printConsolesIfFailed } = e2eSteps();
 const log = (line: string) => process.stderr.write(`  ${line}\n`);
 
-void describe('chaos: kill -9 of bangerd at random points, and stop/start cycles', { timeout: 900_000 }, () => {
+void describe('chaos: kill -9 of bangerd at random points, and stop/start cycles', { timeout: 1_500_000 }, () => {
   after(async () => {
     printConsolesIfFailed();
     const list = await banger(['vm', 'list', '--json']);
@@ -40,22 +40,26 @@ void describe('chaos: kill -9 of bangerd at random points, and stop/start cycles
     mkdirSync(dir, { recursive: true });
     // Looks like a VMM of this state directory to the checks (and to reconcile): argv[0] and a path under vms/.
     const fake = spawn('sh', ['-c', 'sleep 120; true', `${dir}/`], { argv0: 'qemu-system-planted', stdio: 'ignore' });
+    // What a snapshot the daemon did not finish looks like, had reconcile not run.
+    const halfSnap = join(E2E_HOME, 'snapshots', '.partial-chaosplanted');
+    mkdirSync(halfSnap, { recursive: true });
     try {
       for (let i = 0; i < 100 && qemuProcesses(E2E_HOME, id).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
       const found = new Set<Invariant>();
       await checkInvariants(E2E_HOME, (inv) => found.add(inv));
-      for (const inv of ['qemuWithoutRecord', 'dirWithoutRecord', 'vmFilesMissing'] as const)
+      for (const inv of ['qemuWithoutRecord', 'dirWithoutRecord', 'vmFilesMissing', 'snapshotHalfMade'] as const)
         assert.ok(found.has(inv), `the checks did not report ${inv} (reported: ${[...found].join(', ')})`);
     } finally {
       await killAndWait(fake.pid!);
       rmSync(dir, { recursive: true, force: true });
+      rmSync(halfSnap, { recursive: true, force: true });
       await banger(['vm', 'delete', '--force', 'chaos-planted']);
     }
   });
 
-  step('8 kill -9 points across every operation leave every invariant holding', async () => {
+  step('10 kill -9 points across every operation (snapshot, restore and fork too) leave every invariant holding', async () => {
     const seed = process.env.BANGER_CHAOS_SEED === undefined ? undefined : Number(process.env.BANGER_CHAOS_SEED);
-    const r = await runChaos({ home: E2E_HOME, points: 8, seed, budgetMs: 360_000, log });
+    const r = await runChaos({ home: E2E_HOME, points: 10, seed, budgetMs: 900_000, log });
     log(formatChaosReport(r));
     assert.deepEqual(r.violations.map(formatViolation), [], `chaos seed ${r.seed}: invariants violated`);
     assert.deepEqual(r.setupFailures, [], `chaos seed ${r.seed}: the VM could not be brought back after a crash`);

@@ -6,12 +6,16 @@
  *   (such a VM is listed but cannot start);
  * - no VM left `starting` or `stopping`;
  * - every `running` VM answers `vm exec NAME -- true`;
- * - `pragma integrity_check` of state.db is ok.
+ * - `pragma integrity_check` of state.db is ok;
+ * - no snapshot left half-made (`.partial-`/`.deleting-` directories, a directory without its record, a
+ *   restorable snapshot without its files);
+ * - after a kill during `vm snapshot` or `vm fork` (which move the source VM onto new disk layers), a file the
+ *   source VM writes afterwards survives its stop and start.
  * The invariants are global to the state directory; the VMs this makes are named with a prefix so
  * recovery between points only ever deletes its own.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Paths, type VmPaths } from '../../src/shared/paths.js';
@@ -28,7 +32,9 @@ import {
 } from './chaos-probe.js';
 import { git, isolateGitConfig, tmp, write } from './workspace-repo.js';
 
-export const CHAOS_OPS = ['create', 'boot', 'boot-at-qemu', 'import', 'export', 'stop', 'delete'] as const;
+export const CHAOS_OPS = ['create', 'boot', 'boot-at-qemu', 'import', 'export', 'stop', 'delete', 'snapshot', 'restore', 'fork'] as const;
+/** Operations after which the pool VM sits on new disk layers: it and this run's snapshots go after the point. */
+const LAYERING_OPS: readonly ChaosOp[] = ['snapshot', 'restore', 'fork'];
 export type ChaosOp = (typeof CHAOS_OPS)[number];
 
 export const INVARIANTS = [
@@ -39,6 +45,8 @@ export const INVARIANTS = [
   'transitionalState',
   'runningWithoutExec',
   'integrityCheck',
+  'snapshotHalfMade',
+  'writeLost',
   'nextCallFailed',
   'cliHung',
 ] as const;
@@ -143,6 +151,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   // preconditions (never killed, so not biased towards the short ones). Export and delete are not run there.
   const typical: Record<ChaosOp, number> = {
     create: 1000, boot: 9000, 'boot-at-qemu': 9000, import: 5000, export: 1500, stop: 2500, delete: 1000,
+    snapshot: 1500, restore: 6000, fork: 9000,
   };
   const learn = (op: ChaosOp, ms: number) => (typical[op] = Math.round(typical[op] * 0.7 + ms * 0.3));
   const perOp = Object.fromEntries(
@@ -186,6 +195,16 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     }
   };
 
+  /** A restorable snapshot of the pool VM for `restore` points (taken once, until recovery removes it). */
+  const arrangeSnapshot = async (): Promise<string> => {
+    const name = `${prefix}base`;
+    const snaps = JSON.parse((await cli(['snapshot', 'list', '--json'])).stdout) as { name: string; restorable: boolean }[];
+    if (snaps.some((s) => s.name === name && s.restorable)) return name;
+    await arrange('running');
+    await cli(['vm', 'snapshot', pool, '--name', name], 'snapshot');
+    return name;
+  };
+
   const schedule = chaosSchedule(opts.points, random);
   log(`chaos: ${opts.points} points, seed ${seed}, home ${home}`);
   for (let i = 0; i < schedule.length; i++) {
@@ -223,6 +242,17 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
         case 'delete':
           await arrange(random() < 0.5 ? 'running' : 'stopped');
           args = ['vm', 'delete', '--force', pool];
+          break;
+        case 'snapshot':
+          await arrange('running');
+          args = ['vm', 'snapshot', pool, '--name', `${prefix}s${point}`];
+          break;
+        case 'restore':
+          args = ['vm', 'create', '--from', await arrangeSnapshot(), '--name', `${prefix}r${point}`, '--start'];
+          break;
+        case 'fork':
+          await arrange('running');
+          args = ['vm', 'fork', pool, '--count', '2', '--name', `${prefix}f${point}`];
           break;
       }
     } catch {
@@ -273,13 +303,52 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
       continue;
     }
     await checkInvariants(home, violate);
+    if (op === 'snapshot' || op === 'fork') await checkWritesKept(home, pool, violate);
     log(`point ${point}/${schedule.length} ${op} killed at ${sinceStart} ms${wasRunning ? '' : ' (call had ended)'}: ${result.violations.filter((v) => v.point === point).length} violations`);
-    await recover(home, prefix, pool);
+    await recover(home, prefix, pool, LAYERING_OPS.includes(op));
   }
   const mine = (await list().catch(() => [])).map((v) => v.name).filter((n) => n.startsWith(prefix));
   if (mine.length > 0) await banger(['vm', 'delete', '--force', ...mine], { home, timeoutMs: 300_000 });
+  await deleteSnapshots(home, prefix);
   rmSync(repo, { recursive: true, force: true });
   return result;
+}
+
+/**
+ * The source VM of a killed `vm snapshot`/`vm fork` keeps what it writes: its next start must open the disk
+ * layers it was moved onto, not the frozen files under them (a daemon killed between the two once left exactly
+ * that). The file is written after the kill, so the VM is on whichever layer it ended up on.
+ */
+async function checkWritesKept(
+  home: string,
+  pool: string,
+  violate: (invariant: Invariant, found: string, consoleText?: string) => void,
+): Promise<void> {
+  const vm = (JSON.parse((await banger(['vm', 'list', '--json'], { home })).stdout) as ListedVm[]).find((v) => v.name === pool);
+  if (vm?.state !== 'running') return;
+  const mark = randomBytes(8).toString('hex');
+  const steps: [string, string[]][] = [
+    ['write a file', ['vm', 'exec', pool, '--', 'sh', '-c', `echo ${mark} >/root/chaos-mark && sync`]],
+    ['stop', ['vm', 'stop', pool]],
+    ['start', ['vm', 'start', pool]],
+    ['read it back', ['vm', 'exec', pool, '--', 'cat', '/root/chaos-mark']],
+  ];
+  for (const [what, args] of steps) {
+    const r = await banger(args, { home, timeoutMs: 180_000 });
+    if (r.code !== 0) return violate('writeLost', `${what} (\`banger ${args.join(' ')}\`) exited ${r.code}: ${r.stderr.trim().slice(-400)}`, await vmConsole(home, vm));
+    if (what === 'read it back' && r.stdout.trim() !== mark)
+      violate('writeLost', `VM ${pool} read back '${r.stdout.trim()}' after a stop and start, not the '${mark}' it wrote`);
+  }
+}
+
+/** This run's snapshots, newest first (a later one may be layered on an earlier one); in-use ones stay. */
+async function deleteSnapshots(home: string, prefix: string): Promise<void> {
+  const r = await banger(['snapshot', 'list', '--json'], { home });
+  if (r.code !== 0) return;
+  const mine = (JSON.parse(r.stdout) as { name: string; createdAt: string }[])
+    .filter((s) => s.name.startsWith(prefix))
+    .sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  for (const s of mine) await banger(['snapshot', 'delete', s.name], { home });
 }
 
 /** Checks every invariant once (after the next CLI call); reports each finding through `violate`. */
@@ -305,6 +374,7 @@ export async function checkInvariants(
   }
   for (const dir of vmDirs(home))
     if (!byId.has(dir)) violate('dirWithoutRecord', `vms/${dir} has no record`, await vmConsole(home, { id: dir }));
+  for (const problem of halfMadeSnapshots(home)) violate('snapshotHalfMade', problem);
   for (const r of rows) {
     const missing = missingVmFiles(new Paths(home).vm(r.id));
     if (missing.length > 0)
@@ -317,6 +387,29 @@ export async function checkInvariants(
         violate('runningWithoutExec', `VM ${r.name} is running but \`vm exec -- true\` exited ${ex.code}: ${ex.stderr.trim().slice(-400)}`, await vmConsole(home, r));
     }
   }
+}
+
+/** Snapshot directories a finished daemon start should not leave: unfinished work, or a record without files. */
+function halfMadeSnapshots(home: string): string[] {
+  const dir = new Paths(home).snapshotsDir;
+  if (!existsSync(dir)) return [];
+  const out: string[] = [];
+  for (const n of readdirSync(dir)) {
+    if (n.startsWith('.')) {
+      out.push(`snapshots/${n} is left`);
+      continue;
+    }
+    if (!existsSync(join(dir, n, 'snapshot.json'))) {
+      out.push(`snapshots/${n} has no snapshot.json`);
+      continue;
+    }
+    // Every snapshot keeps its frozen disks; a restorable one also its saved state.
+    const rec = JSON.parse(readFileSync(join(dir, n, 'snapshot.json'), 'utf8')) as { unfinished?: boolean; ram?: string };
+    const files = ['root.qcow2', 'work.img', ...(rec.unfinished ? [] : ['state.bin', ...(rec.ram === 'file' ? ['memory.ram'] : [])])];
+    const missing = files.filter((f) => !existsSync(join(dir, n, f)));
+    if (missing.length > 0) out.push(`snapshots/${n} lacks ${missing.join(', ')}`);
+  }
+  return out;
 }
 
 /** The files every created VM has until it is deleted (its disks and SSH identity). */
@@ -332,15 +425,18 @@ function missingVmFiles(vp: VmPaths): string[] {
  * directories (which no record owns, so nothing else will remove them) go; this run's VMs other than the
  * pool VM, and the pool VM when it is broken, are deleted.
  */
-async function recover(home: string, prefix: string, pool: string): Promise<void> {
+async function recover(home: string, prefix: string, pool: string, layered: boolean): Promise<void> {
   const { rows } = readStateDb(home);
   const ids = new Set(rows.map((r) => r.id));
   for (const p of qemuProcesses(home)) if (p.vmId === undefined || !ids.has(p.vmId)) await killAndWait(p.pid);
   for (const dir of vmDirs(home)) if (!ids.has(dir)) rmSync(join(home, 'vms', dir), { recursive: true, force: true });
   const broken = (r: VmRow) =>
     r.state === 'starting' || r.state === 'stopping' || r.state === 'error' || missingVmFiles(new Paths(home).vm(r.id)).length > 0;
-  const doomed = rows.filter((r) => r.name.startsWith(prefix) && (r.name !== pool || broken(r)));
+  const doomed = rows.filter((r) => r.name.startsWith(prefix) && (r.name !== pool || broken(r) || layered));
   for (const r of doomed) await banger(['vm', 'delete', '--force', r.name], { home, timeoutMs: 120_000 });
+  // Each snapshot adds a disk layer under the pool VM: after such a point it went (above), and so do the
+  // snapshots, so neither layers nor snapshot files pile up over a long run.
+  if (layered) await deleteSnapshots(home, prefix);
 }
 
 export function formatViolation(v: Violation): string {

@@ -37,6 +37,8 @@ void test('qemuArgv: the full command line of a TCG VM with user networking', ()
     '-no-reboot',
     '-smp', '2',
     '-m', '1024',
+    '-object', 'memory-backend-memfd,id=ram0,size=1024M,share=on',
+    '-machine', 'memory-backend=ram0',
     '-msg', 'timestamp=on',
     '-chardev', 'file,id=con0,path=/vms/v1/console.log,append=on',
     '-serial', 'chardev:con0',
@@ -133,6 +135,22 @@ void test('qemuArgv: commas in paths are escaped for QEMU option syntax', () => 
 
 void test('qemuArgv: -incoming for a restore', () => {
   assert.deepEqual(qemuArgv(base, { incoming: 'exec:cat state' }).slice(-2), ['-incoming', 'exec:cat state']);
+});
+
+void test('qemuArgv: a restore maps a RAM file private and defers the load; a RAM stream loads at once into its own kind of RAM', () => {
+  const memory = (argv: string[]) => argv.slice(argv.indexOf('-m') + 2, argv.indexOf('-msg'));
+  const saved = { statePath: '/s,1/state.bin', ramPath: '/s,1/memory.ram' };
+  const file = qemuArgv({ ...base, incoming: { ...saved, ram: 'file' } });
+  // Private (share=off): the guest's writes never reach the snapshot's file, which other VMs map too.
+  assert.deepEqual(memory(file), ['-object', 'memory-backend-file,id=ram0,size=1024M,mem-path=/s,,1/memory.ram,share=off', '-machine', 'memory-backend=ram0']);
+  assert.deepEqual(file.slice(-2), ['-incoming', 'defer']);
+  const stream = qemuArgv({ ...base, incoming: { ...saved, ram: 'stream' } });
+  assert.deepEqual(memory(stream), ['-object', 'memory-backend-memfd,id=ram0,size=1024M,share=on', '-machine', 'memory-backend=ram0']);
+  assert.deepEqual(stream.slice(-2), ['-incoming', 'exec:cat /s,1/state.bin']);
+  // Saved from built-in RAM (a VM booted before RAM backends): its stream names that block.
+  const machine = qemuArgv({ ...base, incoming: { ...saved, ram: 'stream-machine' } });
+  assert.deepEqual(memory(machine), []);
+  assert.deepEqual(machine.slice(-2), ['-incoming', 'exec:cat /s,1/state.bin']);
 });
 
 void test('qemuArgv: rejects what QEMU would misread', () => {

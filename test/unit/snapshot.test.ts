@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
@@ -42,11 +42,11 @@ test('state file transports quote the path for the shell QEMU runs them with', (
     consoleLogPath: '/c',
     vmmLogPath: '/l',
     controlSocketPath: '/q',
-    incomingStatePath: '/s/state.bin',
+    incoming: { statePath: '/s/state.bin', ramPath: '/s/memory.ram', ram: 'stream-machine' },
   };
   const argv = qemuArgv(spec);
   assert.deepEqual(argv.slice(-2), ['-incoming', 'exec:cat /s/state.bin']);
-  assert.equal(qemuArgv({ ...spec, incomingStatePath: undefined }).includes('-incoming'), false);
+  assert.equal(qemuArgv({ ...spec, incoming: undefined }).includes('-incoming'), false);
 });
 
 test('the identity script quotes the name and reseeds the RNG from the given bytes', () => {
@@ -107,4 +107,42 @@ test('snapshot delete is refused (FailedPrecondition) while a VM or a snapshot i
   assert.deepEqual(await svc.delete('base'), { deleted: 'base' });
   assert.equal(existsSync(paths.snapshotDir('s1')), false);
   await assert.rejects(svc.delete('base'), (e: BangerError) => e.code === ErrorCode.NotFound);
+});
+
+test('reconcile: a snapshot a killed daemon left mid-way keeps its disks under the VM when it had a record, and goes when not', async () => {
+  const root = tmp();
+  const paths = new Paths(root);
+  const vmDir = join(root, 'vms', 'src');
+  mkdirSync(vmDir, { recursive: true });
+  // Killed after the record (the VM may already write into the overlays): the disks are kept.
+  const kept = { ...fakeSnapshot('aaa', 'src-1'), unfinished: true as const };
+  const keptPartial = join(paths.snapshotsDir, '.partial-aaa');
+  mkdirSync(keptPartial, { recursive: true });
+  writeFileSync(join(keptPartial, 'snapshot.json'), JSON.stringify(kept));
+  writeFileSync(join(keptPartial, 'root.qcow2'), 'frozen root');
+  for (const f of ['root-aaa.qcow2', 'work-aaa.qcow2']) writeFileSync(join(vmDir, f), 'overlay');
+  // Killed before the record (the VM was never moved): the directory and its overlays go.
+  const gonePartial = join(paths.snapshotsDir, '.partial-bbb');
+  mkdirSync(gonePartial, { recursive: true });
+  for (const f of ['root-bbb.qcow2', 'work-bbb.qcow2']) writeFileSync(join(vmDir, f), 'overlay');
+  mkdirSync(join(paths.snapshotsDir, '.deleting-ccc'));
+  const svc = new SnapshotService({
+    paths,
+    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => [{ id: 'src', name: 'src', dir: vmDir }] as VmRecord[] },
+    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
+    run: () => Promise.reject(new Error('unused')),
+    log: silentLogger(),
+  });
+  await svc.reconcile();
+  assert.deepEqual(readdirSync(paths.snapshotsDir), ['aaa']);
+  assert.equal(readFileSync(join(paths.snapshotDir('aaa'), 'root.qcow2'), 'utf8'), 'frozen root');
+  // The VM's next start opens the overlays, whose backing files now exist; the snapshot is one it depends on.
+  assert.deepEqual(JSON.parse(readFileSync(join(vmDir, 'disks.json'), 'utf8')), { root: 'root-aaa.qcow2', work: 'work-aaa.qcow2' });
+  assert.deepEqual(JSON.parse(readFileSync(join(vmDir, 'snapshots.json'), 'utf8')), ['aaa']);
+  assert.deepEqual(readdirSync(vmDir).sort(), ['disks.json', 'root-aaa.qcow2', 'snapshots.json', 'work-aaa.qcow2']);
+  const [info] = await svc.list();
+  assert.equal(info!.restorable, false);
+  assert.deepEqual(info!.dependents, ['src']);
+  await assert.rejects(svc.source('src-1'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /not finished/.test(e.message));
+  await assert.rejects(svc.delete('src-1'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /VM 'src'/.test(e.message));
 });

@@ -15,6 +15,7 @@ export function snapshotDetails(s: SnapshotInfo): string {
     `Created:    ${s.createdAt} (the VM was paused ${s.pausedMs} ms)`,
     `Host disk:  ${mib(s.hostBytes)} (device state, memory, frozen disk layers)`,
     `Used by:    ${s.dependents.length > 0 ? s.dependents.join(', ') : '-'}`,
+    ...(s.restorable ? [] : ['Restorable: no (the daemon stopped while taking it: it holds the source VM\'s disks only)']),
     `Directory:  ${s.dir}`,
   ].join('\n');
 }
@@ -72,7 +73,7 @@ export function register(program: Command, ctx: CliContext): void {
       out.line(
         table(
           ['NAME', 'SOURCE VM', 'MEMORY', 'HOST DISK', 'USED BY', 'CREATED'],
-          all.map((s) => [s.name, s.sourceVm, `${s.memoryMib}M`, mib(s.hostBytes), s.dependents.join(',') || '-', s.createdAt]),
+          all.map((s) => [s.restorable ? s.name : `${s.name} (disks only)`, s.sourceVm, `${s.memoryMib}M`, mib(s.hostBytes), s.dependents.join(',') || '-', s.createdAt]),
         ),
       );
     });

@@ -73,10 +73,30 @@ export interface LaunchSpec {
   /** Optional host<->guest channel (virtio-serial or vsock), a unix socket path on the host. */
   channelSocketPath?: string;
   /**
-   * Resume a saved guest instead of booting the kernel: the device state and memory written by
-   * `snapshots.save`. The spec's machine (vCPUs, memory, disks, devices) must be the saved one's.
+   * Resume a saved guest instead of booting the kernel: what `snapshots.save` wrote. The spec's machine
+   * (vCPUs, memory, disks, devices) must be the saved one's.
    */
-  incomingStatePath?: string;
+  incoming?: SavedState;
+}
+
+/**
+ * Where a saved guest's RAM is (QEMU's terms; a VMM that always writes a memory file says 'file'):
+ *  - 'file': in its own file. A restored VM maps it private, copy-on-write, so VMs restored from one snapshot
+ *    share the pages none of them wrote (the host's page cache holds one copy), and loading copies nothing.
+ *  - 'stream': in the state stream, under the RAM backend's block (a VM whose RAM could not be copied out,
+ *    e.g. one itself restored from a file). It is read into the restored VM's own memory.
+ *  - 'stream-machine': in the state stream, under the machine's built-in RAM block (a VM that a daemon from
+ *    before RAM backends booted); restored into built-in RAM likewise.
+ */
+export type SavedRam = 'file' | 'stream' | 'stream-machine';
+
+/** A saved guest, as `snapshots.save` wrote it. */
+export interface SavedState {
+  /** Device state, and the RAM unless `ram` is 'file'. */
+  statePath: string;
+  /** The RAM when `ram` is 'file'. */
+  ramPath: string;
+  ram: SavedRam;
 }
 
 /**
@@ -117,16 +137,17 @@ export interface PortForwarding {
 export interface VmmSnapshots {
   /**
    * Stops the guest's CPUs; switches each listed disk onto `overlayPath` (an existing qcow2 file whose backing
-   * is the disk's current file, which from then on is never written again); writes device state and memory to
-   * `statePath`; resumes the guest. Resolves with how long the CPUs were stopped. On failure the guest is
-   * resumed where it can be.
+   * is the disk's current file, which from then on is never written again); writes device state to
+   * `statePath` and the RAM to `ramPath` (or, where it cannot be copied out, into the state stream: the
+   * result's `ram` says which); resumes the guest. Resolves with how long the CPUs were stopped. On failure
+   * the guest is resumed where it can be.
    */
   save(
     handle: VmHandle,
-    o: { disks: { id: string; overlayPath: string }[]; statePath: string },
+    o: { disks: { id: string; overlayPath: string }[]; statePath: string; ramPath: string },
     signal?: AbortSignal,
-  ): Promise<{ pausedMs: number }>;
-  /** Resolves once a VM launched with `incomingStatePath` has loaded it and its CPUs run. */
+  ): Promise<{ pausedMs: number; ram: SavedRam }>;
+  /** Resolves once a VM launched with `incoming` has loaded it and its CPUs run. */
   waitRestored(handle: VmHandle, deadline: number, signal?: AbortSignal): Promise<void>;
 }
 

@@ -16,6 +16,8 @@ import {
   SNAPSHOT_FILES,
   VM_RESTORE_FILE,
   addVmSnapshotIds,
+  markerState,
+  snapshotState,
   writeJson,
   type RestoreMarker,
   type SnapshotRecord,
@@ -46,7 +48,7 @@ export async function makeRestoredFiles(vp: VmPaths, src: RestoreSource, run: Co
     await addVmSnapshotIds(vp.dir, [s.id]);
     const marker: RestoreMarker = {
       snapshotId: s.id,
-      statePath: join(src.dir, SNAPSHOT_FILES.state),
+      state: snapshotState(s, src.dir),
       accel: s.accel,
       agent: s.agent,
       sourceVmName: s.sourceVmName,
@@ -115,7 +117,7 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
       async run(b) {
         // The saved CPU state is of this accelerator's CPU model; another one would not load it.
         b.accel = marker.accel;
-        b.incomingStatePath = marker.statePath;
+        b.incoming = markerState(marker);
       },
     },
     network,

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { BangerError, ErrorCode, alreadyExists, failedPrecondition, notFound } from '../../../errors/index.js';
 import type { SnapshotInfo } from '../../../protocol/snapshot.js';
 import type { CommandRunner } from '../../../shared/command.js';
@@ -14,7 +14,7 @@ import { validateVmName } from '../vm/names.js';
 import type { RunningVm } from '../vm/service.js';
 import type { RestoreSource } from './restore.js';
 import { virtualSize } from './restore.js';
-import { SNAPSHOT_FILES, addVmSnapshotIds, readSnapshots, vmSnapshotIds, writeJson, type SnapshotRecord } from './store.js';
+import { SNAPSHOT_FILES, addVmSnapshotIds, readJson, readSnapshots, vmSnapshotIds, writeJson, type SnapshotRecord } from './store.js';
 
 const MIB = 1024 * 1024;
 
@@ -32,6 +32,11 @@ export interface SnapshotServiceDeps {
   run: CommandRunner;
   log: Logger;
   now?: () => Date;
+}
+
+/** The files a snapshot moves its source VM onto (in the VM's directory): never a name used before. */
+function overlayNames(snapshotId: string): { root: string; work: string } {
+  return { root: `root-${snapshotId}.qcow2`, work: `work-${snapshotId}.qcow2` };
 }
 
 /** What identifies an image's contents well enough to refuse restoring onto a rebuilt one. */
@@ -63,6 +68,11 @@ export class SnapshotService {
   /** The snapshot called `ref` (name or id), checked restorable on this host: same VMM, unchanged image. */
   async source(ref: string): Promise<RestoreSource> {
     const s = await this.get(ref);
+    if (s.unfinished)
+      throw failedPrecondition(
+        `snapshot '${s.name}' was not finished (the daemon stopped while taking it): it holds VM '${s.sourceVmName}'s disks only`,
+        `take a new one with \`banger vm snapshot ${s.sourceVmName}\`; this one can be deleted once no VM uses it`,
+      );
     const image = this.d.images.byIdReady(s.imageId);
     if ((await imageKey(image)) !== s.imageKey)
       throw failedPrecondition(
@@ -99,7 +109,7 @@ export class SnapshotService {
     const what = `snapshot VM '${vm.name}'`;
     // New names, never a path used before: QEMU reopens the frozen files by the names it opened them with.
     const cur = activeDisks(vp);
-    const next = { root: join(vp.dir, `root-${id}.qcow2`), work: join(vp.dir, `work-${id}.qcow2`) };
+    const next = { root: join(vp.dir, overlayNames(id).root), work: join(vp.dir, overlayNames(id).work) };
     const workFormat = diskFormat(cur.work);
     let switched = false;
     try {
@@ -113,12 +123,6 @@ export class SnapshotService {
       // -u: the backing path is where the snapshot will be once whole (it is .partial until then).
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.root), '-F', 'qcow2', next.root, String(rootSize)], { signal });
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.work), '-F', workFormat, next.work, String(workSize)], { signal });
-      switched = true;
-      const { pausedMs } = await snaps.save(
-        handle,
-        { disks: [{ id: 'root', overlayPath: next.root }, { id: 'work', overlayPath: next.work }], statePath: join(partial, SNAPSHOT_FILES.state) },
-        signal,
-      );
       const rec: SnapshotRecord = {
         id,
         name,
@@ -138,20 +142,39 @@ export class SnapshotService {
         workFormat,
         dependsOn: await vmSnapshotIds(vp.dir),
         createdAt: (this.d.now ?? (() => new Date()))().toISOString(),
-        pausedMs,
+        pausedMs: 0,
+        unfinished: true,
       };
-      // The VM's disks are now the overlays (its next start opens them); the old files are the snapshot's too.
-      await writeJson(join(vp.dir, ACTIVE_DISKS_FILE), { root: basename(next.root), work: basename(next.work) });
-      await writeJson(join(partial, SNAPSHOT_FILES.record), rec);
-      await rename(partial, final);
+      // From here on the VM may be moved onto the new layers: named in its list first (so the snapshot is never
+      // deletable while its disks sit on it), then the unfinished record that tells reconcile to keep the disks.
       await addVmSnapshotIds(vp.dir, [id]);
-      this.d.log.info({ vm: vm.name, snapshot: name, pausedMs }, 'snapshot taken');
-      return rec;
+      await writeJson(join(partial, SNAPSHOT_FILES.record), rec);
+      switched = true;
+      const { pausedMs, ram } = await snaps.save(
+        handle,
+        {
+          disks: [{ id: 'root', overlayPath: next.root }, { id: 'work', overlayPath: next.work }],
+          statePath: join(partial, SNAPSHOT_FILES.state),
+          ramPath: join(partial, SNAPSHOT_FILES.memory),
+        },
+        signal,
+      );
+      // The VM's disks are now the overlays (its next start opens them); the old files are the snapshot's too.
+      await writeJson(join(vp.dir, ACTIVE_DISKS_FILE), overlayNames(id));
+      const whole: SnapshotRecord = { ...rec, pausedMs, ram };
+      delete whole.unfinished;
+      await writeJson(join(partial, SNAPSHOT_FILES.record), whole);
+      await rename(partial, final);
+      this.d.log.info({ vm: vm.name, snapshot: name, pausedMs, ram }, 'snapshot taken');
+      return whole;
     } catch (e) {
       if (!switched) {
         await rm(partial, { recursive: true, force: true });
         await rm(next.root, { force: true });
         await rm(next.work, { force: true });
+      } else {
+        // The VM may be on the new layers already: keep their backing files, as reconcile would.
+        await this.keepDisks(partial, vm).catch((k: unknown) => this.d.log.warn({ err: k, vm: vm.name }, 'could not keep an unfinished snapshot'));
       }
       throw e instanceof BangerError ? e : asNoSpace(e, this.d.paths.snapshotsDir, what, needed);
     }
@@ -178,12 +201,39 @@ export class SnapshotService {
     });
   }
 
-  /** Leftovers of snapshots a killed daemon did not finish or delete: removed. */
+  /**
+   * What a killed daemon left of snapshots: deletions are finished. A snapshot in the making without a record
+   * never touched its VM: it goes, with the overlays made for it. One with a record may have moved its VM onto
+   * the overlays (whose backing files are its frozen disks) before the daemon died: its disks are kept as a
+   * snapshot that cannot be restored (the saved memory may be partial), and the VM's disks.json names the
+   * overlays. That is right whether or not QEMU switched: the frozen files are the same inodes as the VM's old
+   * disk files, so an overlay QEMU never wrote shows exactly what QEMU wrote into them.
+   */
   async reconcile(): Promise<void> {
-    const { readdir } = await import('node:fs/promises');
-    const names = await readdir(this.d.paths.snapshotsDir).catch(() => [] as string[]);
-    for (const n of names)
-      if (n.startsWith('.partial-') || n.startsWith('.deleting-')) await rm(join(this.d.paths.snapshotsDir, n), { recursive: true, force: true });
+    const dir = this.d.paths.snapshotsDir;
+    for (const n of await readdir(dir).catch(() => [] as string[])) {
+      if (n.startsWith('.deleting-')) await rm(join(dir, n), { recursive: true, force: true });
+      if (!n.startsWith('.partial-')) continue;
+      const id = n.slice('.partial-'.length);
+      const rec = await readJson<SnapshotRecord>(join(dir, n, SNAPSHOT_FILES.record)).catch(() => undefined);
+      const vm = rec && this.d.vms.records().find((v) => v.id === rec.sourceVmId);
+      if (!rec || !vm) {
+        for (const v of this.d.vms.records()) for (const f of Object.values(overlayNames(id))) await rm(join(v.dir, f), { force: true });
+        await rm(join(dir, n), { recursive: true, force: true });
+        continue;
+      }
+      await this.keepDisks(join(dir, n), vm);
+    }
+  }
+
+  /** Keeps an unfinished snapshot's disks (see reconcile): its VM moves onto the overlays over them. */
+  private async keepDisks(partial: string, vm: { id: string; name: string; dir: string }): Promise<void> {
+    const rec = (await readJson<SnapshotRecord>(join(partial, SNAPSHOT_FILES.record)))!;
+    await writeJson(join(vm.dir, ACTIVE_DISKS_FILE), overlayNames(rec.id));
+    await addVmSnapshotIds(vm.dir, [rec.id]);
+    await writeJson(join(partial, SNAPSHOT_FILES.record), { ...rec, unfinished: true });
+    await rename(partial, this.d.paths.snapshotDir(rec.id));
+    this.d.log.warn({ vm: vm.name, snapshot: rec.name }, 'kept the disks of a snapshot that was not finished; it cannot be restored');
   }
 
   private async get(ref: string): Promise<SnapshotRecord> {
@@ -229,6 +279,7 @@ export class SnapshotService {
       hostBytes: bytes,
       dir,
       dependents,
+      restorable: s.unfinished !== true,
     };
   }
 }

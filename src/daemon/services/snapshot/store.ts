@@ -1,15 +1,18 @@
 import { readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VmRecord } from '../../store/repos/vms.js';
-import type { Accel, VmmName } from '../../vmm/driver.js';
+import type { Accel, SavedRam, SavedState, VmmName } from '../../vmm/driver.js';
 
 /**
  * How snapshots are kept on the host: one directory per snapshot under $BANGER_HOME/snapshots/<id>/ with
  *   snapshot.json  this record (written last: a directory without it is a snapshot that was never finished)
- *   state.bin      the VMM's device state and memory
+ *   state.bin      the VMM's device state (and the RAM, when `ram` says 'stream')
+ *   memory.ram     the guest's RAM (when `ram` is 'file'): sparse, mapped copy-on-write by restored VMs
  *   root.qcow2     the source VM's root overlay as it was, frozen (its backing is the image)
  *   work.img       the source VM's work disk as it was, frozen (raw ext4, or a qcow2 over an older snapshot)
- * A snapshot in the making is `.partial-<id>`, renamed to `<id>` once whole. Every VM whose disks are layered
+ * A snapshot in the making is `.partial-<id>`, renamed to `<id>` once whole. Its record is written there (marked
+ * `unfinished`) before the source VM is moved onto its new layers, and again, whole, last: a partial directory
+ * with a record is one whose disks the source VM may already be layered on (reconcile keeps them: service.ts). Every VM whose disks are layered
  * on a snapshot's files names it in its own directory's `snapshots.json` (the source VM, restored VMs).
  */
 
@@ -35,11 +38,16 @@ export interface SnapshotRecord {
   dependsOn: string[];
   createdAt: string;
   pausedMs: number;
+  /** Where the RAM was saved (driver.ts); absent in snapshots from before RAM files: 'stream-machine'. */
+  ram?: SavedRam;
+  /** Set on what reconcile kept of a snapshot a killed daemon did not finish: its disks only (service.ts). */
+  unfinished?: true;
 }
 
 export const SNAPSHOT_FILES = {
   record: 'snapshot.json',
   state: 'state.bin',
+  memory: 'memory.ram',
   root: 'root.qcow2',
   work: 'work.img',
 } as const;
@@ -51,7 +59,10 @@ export const VM_RESTORE_FILE = 'restore.json';
 
 export interface RestoreMarker {
   snapshotId: string;
-  statePath: string;
+  /** The saved state to resume (absent in markers from before RAM files: see `markerState`). */
+  state?: SavedState;
+  /** The state file, in markers written before `state`. */
+  statePath?: string;
   accel: Accel;
   agent: boolean;
   sourceVmName: string;
@@ -98,4 +109,14 @@ export async function vmSnapshotIds(vmDir: string): Promise<string[]> {
 export async function addVmSnapshotIds(vmDir: string, ids: string[]): Promise<void> {
   const cur = await vmSnapshotIds(vmDir);
   await writeJson(join(vmDir, VM_SNAPSHOTS_FILE), [...new Set([...cur, ...ids])]);
+}
+
+/** The saved state a restore marker names (an older marker names only its stream, which held the RAM). */
+export function markerState(m: RestoreMarker): SavedState {
+  return m.state ?? { statePath: m.statePath ?? '', ramPath: '', ram: 'stream-machine' };
+}
+
+/** The saved state of a snapshot in `dir`. */
+export function snapshotState(s: SnapshotRecord, dir: string): SavedState {
+  return { statePath: join(dir, SNAPSHOT_FILES.state), ramPath: join(dir, SNAPSHOT_FILES.memory), ram: s.ram ?? 'stream-machine' };
 }

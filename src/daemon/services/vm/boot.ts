@@ -6,7 +6,7 @@ import type { VmPaths } from '../../../shared/paths.js';
 import { READY_AGENT_SUFFIX, READY_MARKER } from '../../guest/init/contract.js';
 import { SshGuestSession } from '../../guest/ssh.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
-import type { Accel, LaunchSpec, VmmDriver } from '../../vmm/driver.js';
+import type { Accel, LaunchSpec, SavedState, VmmDriver } from '../../vmm/driver.js';
 import type { ReadyImage } from '../image/service.js';
 import type { TapAttachment } from '../network/tap.js';
 import type { AccelChoice } from '../../../protocol/common.js';
@@ -77,7 +77,7 @@ export interface Boot {
   /** Sync the invoking user's identity (read from `home`, else the daemon's user's); undefined: `--no-sync`. */
   sync?: { home?: string };
   /** Resume this saved state instead of booting (a VM restored from a snapshot). */
-  incomingStatePath?: string;
+  incoming?: SavedState;
 }
 
 /** A named step of a boot; the names are the progress labels, in this order. */
@@ -291,6 +291,6 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
       : driver.features.has('vsock')
         ? vp.vsockSocket
         : undefined,
-    ...(b.incomingStatePath !== undefined ? { incomingStatePath: b.incomingStatePath } : {}),
+    ...(b.incoming !== undefined ? { incoming: b.incoming } : {}),
   };
 }

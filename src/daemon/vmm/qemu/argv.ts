@@ -1,5 +1,5 @@
 import { invalidArgument } from '../../../errors/index.js';
-import type { Accel, DiskSpec, LaunchSpec, NetworkSpec } from '../driver.js';
+import type { Accel, DiskSpec, LaunchSpec, NetworkSpec, SavedState } from '../driver.js';
 import { IFNAME_RE, MAC_RE } from '../../../protocol/names.js';
 import { shq } from '../../guest/shell.js';
 
@@ -27,6 +27,34 @@ export function incomingFromFile(path: string): string {
 /** The `migrate` URI that writes a state file. */
 export function outgoingToFile(path: string): string {
   return `exec:cat > ${shq(path)}`;
+}
+
+/** The id of the RAM backend object: the RAM's migration block is named after it. */
+export const RAM_BACKEND_ID = 'ram0';
+
+/**
+ * Where the guest's RAM lives. A boot (and a restore whose RAM is in the stream) gets a memfd mapped shared:
+ * a snapshot copies it out as the RAM file while the CPUs are stopped and leaves it out of the state stream
+ * (x-ignore-shared). A restore from a RAM file maps that file private: reads come from the host's page cache,
+ * shared with every other VM restored from it, and only the pages the guest writes become its own. A state
+ * saved from built-in RAM (a VM booted before RAM backends) names that block, so it is restored into one.
+ */
+export function memoryArgs(memoryMib: number, incoming?: SavedState): string[] {
+  if (incoming?.ram === 'stream-machine') return [];
+  const backend =
+    incoming?.ram === 'file'
+      ? `memory-backend-file,id=${RAM_BACKEND_ID},size=${memoryMib}M,mem-path=${qemuOptValue(incoming.ramPath)},share=off`
+      : `memory-backend-memfd,id=${RAM_BACKEND_ID},size=${memoryMib}M,share=on`;
+  return ['-object', backend, '-machine', `memory-backend=${RAM_BACKEND_ID}`];
+}
+
+/**
+ * The `-incoming` value for a saved state. A RAM file needs the x-ignore-shared capability set before the
+ * stream is read, which only QMP can do: QEMU waits ('defer') and the driver starts the load
+ * (`migrate-set-capabilities`, then `migrate-incoming` with `incomingFromFile`).
+ */
+export function incomingArg(incoming: SavedState): string {
+  return incoming.ram === 'file' ? 'defer' : incomingFromFile(incoming.statePath);
 }
 
 /** The `-name` value; it carries the VM id so a process can be told apart from a reused pid by its argv. */
@@ -127,6 +155,7 @@ export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[]
     String(spec.vcpus),
     '-m',
     String(spec.memoryMib),
+    ...memoryArgs(spec.memoryMib, spec.incoming),
     '-msg',
     'timestamp=on',
     // -nodefaults keeps microvm's ISA serial port (it is part of the machine, not a default device).
@@ -158,7 +187,7 @@ export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[]
       'virtserialport,chardev=ch0,name=banger.0',
     );
   }
-  const incoming = opts.incoming ?? (spec.incomingStatePath !== undefined ? incomingFromFile(spec.incomingStatePath) : undefined);
+  const incoming = opts.incoming ?? (spec.incoming !== undefined ? incomingArg(spec.incoming) : undefined);
   if (incoming !== undefined) argv.push('-incoming', incoming);
   return argv;
 }

@@ -17,7 +17,7 @@ import type {
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
 import { qemuArgv, qemuNameOption } from './argv.js';
 import { QmpClient } from './qmp.js';
-import { qemuPausing, qemuSnapshots } from './snapshots.js';
+import { loadDeferredState, qemuPausing, qemuSnapshots } from './snapshots.js';
 
 /** The slice of a pino logger the driver uses. */
 export interface VmmLog {
@@ -103,7 +103,9 @@ export class QemuDriver implements VmmDriver {
   private resolvedBinary: string | undefined;
   private versionText: string | undefined;
 
-  constructor(private readonly deps: QemuDriverDeps) {}
+  constructor(private readonly deps: QemuDriverDeps) {
+    this.snapshots = qemuSnapshots(deps.run);
+  }
 
   /** QEMU's `-version` first line, once availability() succeeded (used to key cached probes). */
   get version(): string | undefined {
@@ -259,6 +261,7 @@ export class QemuDriver implements VmmDriver {
         delay = Math.min(delay * 2, 200);
       }
       if (handle.startTime === -1) throw await earlyExit();
+      if (spec.incoming?.ram === 'file') await loadDeferredState(spec.controlSocketPath, spec.incoming, signal);
       return handle;
     } catch (e) {
       await this.killPid(pid, 0).catch(() => {});
@@ -310,7 +313,7 @@ export class QemuDriver implements VmmDriver {
     removeForward: (h, f, signal) => this.hmp(h, `hostfwd_remove n0 tcp:${f.hostAddress}:${f.hostPort}`, signal),
   };
 
-  readonly snapshots = qemuSnapshots();
+  readonly snapshots: ReturnType<typeof qemuSnapshots>;
   readonly pausing = qemuPausing();
 
   /** Runs a human-monitor command; HMP reports failures as text, which becomes an error here. */

@@ -1,7 +1,9 @@
+import { readdir, readlink } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import type { VmHandle, VmmPausing, VmmSnapshots } from '../driver.js';
-import { outgoingToFile } from './argv.js';
+import type { CommandRunner } from '../../../shared/command.js';
+import type { SavedRam, SavedState, VmHandle, VmmPausing, VmmSnapshots } from '../driver.js';
+import { RAM_BACKEND_ID, incomingFromFile, outgoingToFile } from './argv.js';
 import { QmpClient } from './qmp.js';
 
 /**
@@ -9,12 +11,14 @@ import { QmpClient } from './qmp.js';
  *
  * save: `stop`; one `transaction` of `blockdev-snapshot-sync` (mode existing) puts every writable disk onto a
  * fresh qcow2 overlay, so the file under it is frozen at the instant the CPUs stopped (no copy of any disk);
- * `migrate` to `exec:cat > FILE` writes device state and memory (QEMU 7.2 has no `file:` transport); `cont`.
- * The memory goes into the stream in full (zero pages as markers): a file-backed RAM shared with restored VMs
- * (x-ignore-shared) is not done.
+ * `migrate` to `exec:cat > FILE` writes device state (QEMU 7.2 has no `file:` transport); the RAM, a memfd
+ * QEMU maps shared (argv.ts), is left out of that stream (x-ignore-shared) and copied out of the memfd into
+ * the RAM file, sparse (only the pages the guest touched take disk); `cont`. A VM whose RAM is not such a
+ * memfd (restored from a RAM file, or booted before RAM backends) writes its RAM into the stream instead.
  *
- * restore: the VM is launched with `-incoming 'exec:cat FILE'` and the same machine; QEMU starts the CPUs
- * itself once the state is loaded.
+ * restore: the VM is launched with the same machine and `-incoming`: from a RAM file, deferred until
+ * `loadDeferredState` has set x-ignore-shared; otherwise straight from the stream. `waitRestored` starts the
+ * CPUs once the state is loaded.
  */
 
 interface MigrateStatus {
@@ -24,16 +28,53 @@ interface MigrateStatus {
 }
 
 const QMP_TIMEOUT_MS = 10_000;
+/** What /proc/PID/fd/N of QEMU's RAM memfd links to (memory-backend-memfd names its memfd after its type). */
+const RAM_MEMFD_LINK = '/memfd:memory-backend-memfd';
 
-export function qemuSnapshots(): VmmSnapshots & { loadedState(h: VmHandle, s?: AbortSignal): Promise<boolean> } {
+type Qmp = <T = unknown>(cmd: string, args?: Record<string, unknown>) => Promise<T>;
+
+const ignoreShared = (on: boolean) => ({ capabilities: [{ capability: 'x-ignore-shared', state: on }] });
+
+/**
+ * How this VM's RAM can be saved: 'file' with the memfd's /proc path when it is a shared memfd the daemon can
+ * read, else the stream under the block it has.
+ */
+async function ramSource(call: Qmp, pid: number): Promise<{ ram: SavedRam; memfd?: string }> {
+  const devs = await call<{ id?: string; share?: boolean }[]>('query-memdev');
+  const dev = devs.find((d) => d.id === RAM_BACKEND_ID);
+  if (!dev) return { ram: 'stream-machine' };
+  if (dev.share !== true) return { ram: 'stream' };
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  const found: string[] = [];
+  for (const fd of fds) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (target.startsWith(RAM_MEMFD_LINK)) found.push(`/proc/${pid}/fd/${fd}`);
+  }
+  // Exactly one, or the stream: a copy of the wrong memfd would restore garbage.
+  return found.length === 1 ? { ram: 'file', memfd: found[0] } : { ram: 'stream' };
+}
+
+/** Starts loading a state that a VM was launched to wait for (`-incoming defer`): its RAM is a file. */
+export async function loadDeferredState(controlSocketPath: string, incoming: SavedState, signal?: AbortSignal): Promise<void> {
+  const qmp = await QmpClient.connect(controlSocketPath, { signal, timeoutMs: 5000 });
+  try {
+    await qmp.execute('migrate-set-capabilities', ignoreShared(true), { signal, timeoutMs: QMP_TIMEOUT_MS });
+    await qmp.execute('migrate-incoming', { uri: incomingFromFile(incoming.statePath) }, { signal, timeoutMs: QMP_TIMEOUT_MS });
+  } finally {
+    qmp.close();
+  }
+}
+
+export function qemuSnapshots(run: CommandRunner): VmmSnapshots & { loadedState(h: VmHandle, s?: AbortSignal): Promise<boolean> } {
   return {
     async save(handle: VmHandle, o, signal) {
       const qmp = await QmpClient.connect(handle.controlSocketPath, { signal, timeoutMs: 5000 });
       try {
-        const call = <T = unknown>(cmd: string, args?: Record<string, unknown>) =>
-          qmp.execute<T>(cmd, args, { signal, timeoutMs: QMP_TIMEOUT_MS });
+        const call: Qmp = (cmd, args) => qmp.execute(cmd, args, { signal, timeoutMs: QMP_TIMEOUT_MS });
         // Only local file I/O: the default 128 MiB/s throttle would only make the pause longer.
         await call('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 * 1024 * 1024 });
+        const { ram, memfd } = await ramSource(call, handle.pid);
+        await call('migrate-set-capabilities', ignoreShared(ram === 'file'));
         const t0 = performance.now();
         await call('stop');
         try {
@@ -51,11 +92,14 @@ export function qemuSnapshots(): VmmSnapshots & { loadedState(h: VmHandle, s?: A
               throw new BangerError(ErrorCode.Internal, `QEMU could not save the VM's state: ${st['error-desc'] ?? st.status}`);
             await sleep(delay, undefined, { signal });
           }
+          // The CPUs are stopped, so the memfd is the RAM of that instant. Sparse: holes and zero pages are
+          // skipped, and the file keeps the RAM's full length (QEMU maps it whole on restore).
+          if (memfd !== undefined) await run('cp', ['--sparse=always', memfd, o.ramPath], { signal });
         } finally {
           // The guest runs on whatever happened; a `cont` that fails leaves it paused, which the error says.
           await qmp.execute('cont', undefined, { timeoutMs: QMP_TIMEOUT_MS });
         }
-        return { pausedMs: Math.round(performance.now() - t0) };
+        return { pausedMs: Math.round(performance.now() - t0), ram };
       } finally {
         qmp.close();
       }
