@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
-import { InboundWindow, OutboundWindow } from '../protocol/agent-frames.js';
-import { FrameKind, type AgentSignal, type ExecRequest, type StreamKind } from '../protocol/agent.js';
+import { InboundWindow, OutboundWindow } from '../protocol/agent-flow.js';
+import { FrameKind, type ExecRequest, type StreamKind } from '../protocol/agent.js';
+import type { AgentSignal } from '../protocol/agent-fields.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
 

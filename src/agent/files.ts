@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { InboundWindow } from '../protocol/agent-frames.js';
+import { InboundWindow } from '../protocol/agent-flow.js';
 import { FrameKind, type WriteFileRequest } from '../protocol/agent.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 

@@ -1,16 +1,14 @@
 import { open } from 'node:fs/promises';
-import { InboundWindow, OutboundWindow } from '../protocol/agent-frames.js';
-import {
-  AGENT_DATA_CHUNK,
-  FrameKind,
-  type AgentOutputStream,
-  type SessionAttachRequest,
-  type SessionEndEvent,
-  type SessionLogsRequest,
-  type SessionSendRequest,
-  type SessionStreamResult,
-  type StreamKind,
-} from '../protocol/agent.js';
+import { InboundWindow, OutboundWindow } from '../protocol/agent-flow.js';
+import { AGENT_DATA_CHUNK, FrameKind, type StreamKind } from '../protocol/agent.js';
+import type {
+  AgentOutputStream,
+  SessionAttachRequest,
+  SessionEndEvent,
+  SessionLogsRequest,
+  SessionSendRequest,
+  SessionStreamResult,
+} from '../protocol/agent-sessions.js';
 import { AgentFailure } from './channel.js';
 import type { InputConnection, Session } from './sessions-session.js';
 

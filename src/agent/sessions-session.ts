@@ -1,7 +1,7 @@
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import type { AgentSessionInfo } from '../protocol/agent.js';
+import type { AgentSessionInfo } from '../protocol/agent-sessions.js';
 import { AgentFailure } from './channel.js';
 
 /** A follower re-reads at least this often even without a notification (a safety net, not the mechanism). */

@@ -1,12 +1,8 @@
 import { spawn } from 'node:child_process';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import {
-  AGENT_MAX_SESSIONS,
-  type AgentSessionInfo,
-  type AgentSignal,
-  type SessionStartRequest,
-} from '../protocol/agent.js';
+import type { AgentSignal } from '../protocol/agent-fields.js';
+import { AGENT_MAX_SESSIONS, type AgentSessionInfo, type SessionStartRequest } from '../protocol/agent-sessions.js';
 import { AgentFailure } from './channel.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
 import { SESSION_SUPERVISOR_SOURCE } from './session-supervisor.js';

@@ -1,7 +1,7 @@
 import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentClient, SessionOutputChunk } from '../../src/daemon/guest/agent-client.js';
-import type { AgentSessionInfo } from '../../src/protocol/agent.js';
+import type { AgentSessionInfo } from '../../src/protocol/agent-sessions.js';
 import { startAgent, type AgentHarness } from './agent-harness.js';
 
 /** Unix socket paths are short: session roots live right under /tmp. */

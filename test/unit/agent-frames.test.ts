@@ -7,14 +7,8 @@ import {
   FRAME_HEADER_BYTES,
   FrameKind,
 } from '../../src/protocol/agent.js';
-import {
-  FrameDecoder,
-  FrameError,
-  InboundWindow,
-  OutboundWindow,
-  encodeCredit,
-  encodeFrame,
-} from '../../src/protocol/agent-frames.js';
+import { FrameDecoder, FrameError, encodeCredit, encodeFrame } from '../../src/protocol/agent-frames.js';
+import { InboundWindow, OutboundWindow } from '../../src/protocol/agent-flow.js';
 
 test('frames split at every byte boundary decode to the same frames', () => {
   const bytes = Buffer.concat([

@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { AgentClient } from '../../src/daemon/guest/agent-client.js';
 import { BangerError } from '../../src/errors/index.js';
-import { AGENT_SESSION_NAME_RE } from '../../src/protocol/agent.js';
+import { AGENT_SESSION_NAME_RE } from '../../src/protocol/agent-sessions.js';
 import { SESSION_NAME_RE } from '../../src/protocol/session.js';
 import type { AgentHarness } from '../helpers/agent-harness.js';
 import { readLogs, sessionRoot, startSessionAgent, waitEnded } from '../helpers/agent-sessions.js';

@@ -86,20 +86,20 @@ function fakeVms(failOn?: 'resume') {
       return fn({ vm, vp: vp as never, handle: {} as never, driver: {} as never, hasAgent: true });
     },
     records: () => records,
-    liveVms: () => ({
+    pool: {
       park: async () => {},
       unpark: async () => {
         if (failOn === 'resume') throw new Error('QMP cont failed');
         calls.push('resume');
       },
       agent: async () => agent as never,
-    }),
-    adoptFromPool: (id, name) => {
-      const r = records.find((x) => x.id === id)!;
-      Object.assign(r, { name, pool: null });
-      return r;
+      adopt: (id, name) => {
+        const r = records.find((x) => x.id === id)!;
+        Object.assign(r, { name, pool: null });
+        return r;
+      },
+      recordSynced: () => {},
     },
-    recordSynced: () => {},
   };
   return { vms, records, calls, vp };
 }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { before, describe, it } from 'node:test';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from '../../src/daemon/guest/session.js';
-import { parseNameStatus } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { parseNameStatus } from '../../src/daemon/services/workspace/export-script.js';
 import { runGuestScript, type GuestOutputLimits } from '../../src/daemon/services/workspace/guest-output.js';
 import { parsePatchFiles } from '../../src/daemon/services/workspace/patch.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';

@@ -20,11 +20,10 @@ import {
   IMPORT_BASE_REF,
   MISE_NOTICE_PREFIX,
   WorkspaceScriptExit,
-  buildExportScript,
   buildImportScript,
   execInWorkspace,
-  parseNameStatus,
 } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { buildExportScript, parseNameStatus } from '../../src/daemon/services/workspace/export-script.js';
 import { inspectRepo, listImportFiles } from '../../src/daemon/services/workspace/host-repo.js';
 import { type ImportTarProgress } from '../../src/daemon/services/workspace/pack.js';
 import { createFullImportStream } from '../../src/daemon/services/workspace/import-stream.js';

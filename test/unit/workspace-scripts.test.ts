@@ -1,13 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { describe, it } from 'node:test';
-import {
-  buildExportScript,
-  buildImportScript,
-  execInWorkspace,
-  parseNameStatus,
-  validateGuestPath,
-} from '../../src/daemon/services/workspace/guest-scripts.js';
+import { buildImportScript, execInWorkspace, validateGuestPath } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { buildExportScript, parseNameStatus } from '../../src/daemon/services/workspace/export-script.js';
 import { BangerError } from '../../src/errors/index.js';
 
 const identity = { name: "Ada O'Lovelace $(rm -rf /)", email: 'a@example.com' };

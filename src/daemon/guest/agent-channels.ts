@@ -1,12 +1,8 @@
 import { BangerError, ErrorCode } from '../../errors/index.js';
-import { FrameError, OutboundWindow, type FrameConnection } from '../../protocol/agent-frames.js';
-import {
-  AGENT_DATA_CHUNK,
-  FrameKind,
-  type AgentRequestType,
-  type SessionStreamResult,
-  type StreamKind,
-} from '../../protocol/agent.js';
+import { FrameError, type FrameConnection } from '../../protocol/agent-frames.js';
+import { OutboundWindow } from '../../protocol/agent-flow.js';
+import { AGENT_DATA_CHUNK, FrameKind, type AgentRequestType, type StreamKind } from '../../protocol/agent.js';
+import type { SessionStreamResult } from '../../protocol/agent-sessions.js';
 import {
   SessionStreamChannel,
   type AgentSessionEnd,

@@ -21,17 +21,16 @@ import {
   AGENT_RESULT_SCHEMAS,
   agentMessageSchema,
   type AgentErrorCode,
-  type AgentOutputStream,
   type AgentPortList,
   type AgentRequestType,
-  type AgentSessionInfo,
-  type AgentSignal,
   type ExecResult,
   type HelloResult,
   type SetClockResult,
   type StatsResult,
   type WriteFileResult,
 } from '../../protocol/agent.js';
+import type { AgentSignal } from '../../protocol/agent-fields.js';
+import type { AgentOutputStream, AgentSessionInfo } from '../../protocol/agent-sessions.js';
 
 /**
  * The daemon's end of the guest agent protocol, over any Duplex (the VM's virtio-serial unix socket, a

@@ -1,14 +1,10 @@
 import { Readable, Writable } from 'node:stream';
 import type { BangerError } from '../../errors/index.js';
-import { InboundWindow, OutboundWindow, type FrameConnection } from '../../protocol/agent-frames.js';
-import {
-  AGENT_DATA_CHUNK,
-  FrameKind,
-  type AgentOutputStream,
-  type AgentSignal,
-  type SessionEndEvent,
-  type StreamKind,
-} from '../../protocol/agent.js';
+import type { FrameConnection } from '../../protocol/agent-frames.js';
+import { InboundWindow, OutboundWindow } from '../../protocol/agent-flow.js';
+import { AGENT_DATA_CHUNK, FrameKind, type StreamKind } from '../../protocol/agent.js';
+import type { AgentSignal } from '../../protocol/agent-fields.js';
+import type { AgentOutputStream, SessionEndEvent } from '../../protocol/agent-sessions.js';
 
 /** A guest process as the daemon sees it through the agent (see `agent-client.ts`). */
 

@@ -1,7 +1,7 @@
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import { shellStatus } from '../../shared/command.js';
 import type { AgentClient, AgentProcess } from './agent-client.js';
-import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent.js';
+import { AGENT_SIGNALS, type AgentSignal } from '../../protocol/agent-fields.js';
 import { GUEST_ENVIRONMENT } from './init/scripts.js';
 import {
   MAX_COLLECTED_BYTES,

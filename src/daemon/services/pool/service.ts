@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { alreadyExists, failedPrecondition, isBangerError } from '../../../errors/index.js';
 import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
 import type { PoolInfo } from '../../../protocol/pool.js';
-import type { VmCreateParams, VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
+import type { VmCreateParams, VmInfo } from '../../../protocol/vm.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { Paths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
@@ -14,7 +14,7 @@ import { KeyedMutex } from '../locks.js';
 import { hostnameScript } from '../snapshot/restore.js';
 import type { IdentitySync } from '../sync/service.js';
 import { repinHostKey } from '../vm/files.js';
-import type { LiveVms } from '../vm/live.js';
+import type { VmPoolHooks } from '../vm/pool-hooks.js';
 import { generateVmName, validateVmName } from '../vm/names.js';
 import { VM_DEFAULTS, type VmCreateOptions } from '../vm/create.js';
 import type { RunningVm } from '../vm/service.js';
@@ -27,11 +27,8 @@ export interface PoolVms {
   show(name: string): VmInfo;
   withRunning<T>(name: string, fn: (r: RunningVm) => Promise<T>, signal?: AbortSignal): Promise<T>;
   records(): VmRecord[];
-  liveVms(): Pick<LiveVms, 'park' | 'unpark' | 'agent'>;
-  /** Renames a VM's record and clears its pool mark (under the VM's lifecycle lock, which the caller holds). */
-  adoptFromPool(id: string, name: string): VmRecord;
-  /** Records what an identity sync put into the VM (as a start's sync does). */
-  recordSynced(id: string, info: VmSyncInfo): void;
+  /** Park, resume, the agent and the hand-over of a pool VM, all under `withRunning` (vm/pool-hooks.ts). */
+  pool: Pick<VmPoolHooks, 'park' | 'unpark' | 'agent' | 'adopt' | 'recordSynced'>;
 }
 
 export interface PoolServiceDeps {
@@ -146,13 +143,13 @@ export class PoolService {
         return out;
       };
       const info = await this.d.vms.withRunning(vm.name, async (r) => {
-        const live = this.d.vms.liveVms();
+        const hooks = this.d.vms.pool;
         const rec = await timed(
           'rename',
-          repinHostKey(r.vp, name.name).then(() => this.d.vms.adoptFromPool(vm.id, name.name)),
+          repinHostKey(r.vp, name.name).then(() => hooks.adopt(vm.id, name.name)),
         );
-        await timed('resume', live.unpark(vm.id, signal));
-        const agent = await timed('agent', live.agent(rec, signal));
+        await timed('resume', hooks.unpark(vm.id, signal));
+        const agent = await timed('agent', hooks.agent(rec, signal));
         const guest = new AgentGuestSession(agent);
         // Three independent hand-overs, side by side: each is a process or two in the guest.
         const rename = async () => {
@@ -163,7 +160,7 @@ export class PoolService {
           if (p.sync === false || !this.d.identity) return;
           try {
             const synced = await this.d.identity.sync(guest, p.home, signal);
-            this.d.vms.recordSynced(rec.id, synced);
+            hooks.recordSynced(rec.id, synced);
             for (const w of synced.warnings) progress({ kind: 'notice', message: `sync: ${w}` });
           } catch (e) {
             progress({ kind: 'notice', message: `identity sync failed: ${(e as Error).message} (retry with \`banger vm sync ${rec.name}\`)` });
@@ -236,18 +233,18 @@ export class PoolService {
     try {
       await this.d.vms.start(created.name, quiet, signal, { sync: false });
       await this.d.vms.withRunning(created.name, async (r) => {
-        const live = this.d.vms.liveVms();
+        const hooks = this.d.vms.pool;
         const deadline = AbortSignal.any([signal, AbortSignal.timeout(AGENT_WAIT_MS)]);
         for (;;) {
           try {
-            await live.agent(r.vm, deadline);
+            await hooks.agent(r.vm, deadline);
             break;
           } catch (e) {
             if (deadline.aborted) throw failedPrecondition(`pool VM ${created.name}: its guest agent did not answer (${(e as Error).message})`);
             await sleep(1000, undefined, { signal: deadline }).catch(() => undefined);
           }
         }
-        await live.park(r.vm.id, signal);
+        await hooks.park(r.vm.id, signal);
       }, signal);
       // Trimmed while it booted: it goes rather than waits.
       const size = (await this.read())[image] ?? 0;

@@ -1,22 +1,28 @@
 import { randomBytes } from 'node:crypto';
-import { alreadyExists, invalidArgument } from '../../../errors/index.js';
-import type { NetworkMode } from '../../../protocol/common.js';
+import { rm } from 'node:fs/promises';
+import { alreadyExists, failedPrecondition, invalidArgument } from '../../../errors/index.js';
+import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
 import type { VmCreateParams } from '../../../protocol/vm.js';
 import type { Paths } from '../../../shared/paths.js';
+import type { CommandRunner } from '../../../shared/command.js';
 import { userNetworkDefaults } from '../../../shared/user-network.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
-import type { VmmName } from '../../vmm/driver.js';
-import type { ReadyImage } from '../image/service.js';
-import type { RestoreSource } from '../snapshot/restore.js';
+import type { DriverRegistry, VmmDriver, VmmName } from '../../vmm/driver.js';
+import type { ImageService, ReadyImage } from '../image/service.js';
+import { makeRestoredFiles, type RestoreSource } from '../snapshot/restore.js';
 import { USER_NET, allocateLoopbackEndpoint } from './addresses.js';
-import type { TapNetworking } from './boot.js';
+import type { AccelResolver, TapNetworking } from './boot.js';
 import { checkMachineSizes } from './disks.js';
-import { generateVmName, randomMac } from './names.js';
+import { makeVmFiles } from './files.js';
+import { generateVmName, randomMac, validateVmName } from './names.js';
+import { chooseVmm, requireDriver } from './vmm-choice.js';
 
 /**
- * What `vm create` settles before any file of the VM exists: its sizes and network mode (from its options,
- * the snapshot it is made from, or the defaults), then its name, id, MAC and endpoint, recorded in the
- * store. VmService.create sequences these (the record under its create lock) and then makes the VM's files.
+ * The steps of `vm create`: what it settles before any file of the VM exists (its sizes and network mode,
+ * from its options, the snapshot it is made from, or the defaults; its image and VMM), then its name, id,
+ * MAC and endpoint, recorded in the store, then its files, and what undoes a create that failed.
+ * VmService.create sequences these (the record under its create lock, the files under the VM's lifecycle
+ * lock).
  */
 
 export const VM_DEFAULTS = { cpus: 2, memoryMib: 1024, diskSizeMib: 4096, image: 'default' } as const;
@@ -43,6 +49,37 @@ export function createShape(
   checkMachineSizes({ cpus, memoryMib, diskSizeMib });
   const networkMode = snap ? 'loopback' : (opts.network ?? defaultNetwork);
   return { cpus, memoryMib, diskSizeMib, networkMode };
+}
+
+/**
+ * Settles a new VM before its record: a valid name, its shape, tap networking that works when asked for, its
+ * image (built if need be, or the snapshot's) and its VMM with the driver for it.
+ */
+export async function planCreate(
+  opts: VmCreateOptions,
+  host: {
+    tap: TapNetworking;
+    images: Pick<ImageService, 'byIdReady' | 'ensureReady'>;
+    drivers: DriverRegistry;
+    accel: AccelResolver;
+    defaultNetwork: NetworkMode;
+  },
+  progress: (ev: ProgressEvent) => void,
+  signal?: AbortSignal,
+): Promise<NewVm & { driver: VmmDriver }> {
+  if (opts.name !== undefined) validateVmName(opts.name);
+  const snap = opts.restore?.snapshot;
+  const { cpus, memoryMib, diskSizeMib, networkMode } = createShape(opts, host.defaultNetwork);
+  if (networkMode === 'tap') {
+    const sup = await host.tap.supported(signal);
+    if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
+  }
+  const image = snap ? host.images.byIdReady(snap.imageId) : await host.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
+  if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
+    throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
+  const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, host, signal);
+  const driver = requireDriver(host.drivers, vmmName);
+  return { opts, image, vmmName, driver, cpus, memoryMib, diskSizeMib, networkMode };
 }
 
 /** A VM about to be recorded: its options, the image and VMM chosen for it, and its shape. */
@@ -123,4 +160,28 @@ export async function insertVmRecord(vm: NewVm, d: NewVmRecordDeps, signal?: Abo
   };
   d.vms.insert(rec);
   return rec;
+}
+
+/** Makes a just-recorded VM's files: overlays of the snapshot it is made from, or new disks over its image. */
+export async function makeNewVmFiles(
+  record: VmRecord,
+  plan: NewVm & { driver: VmmDriver },
+  d: { paths: Paths; run: CommandRunner },
+  progress: (ev: ProgressEvent) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const vp = d.paths.vm(record.id);
+  if (plan.opts.restore) await makeRestoredFiles(vp, plan.opts.restore, d.run, record.name, signal);
+  else
+    await makeVmFiles(
+      { vp, name: record.name, rootfsPath: plan.image.rootfsPath, diskSizeMib: plan.diskSizeMib, driver: plan.driver, run: d.run, progress },
+      signal,
+    );
+}
+
+/** Undoes a create that failed after its record: its files, its tap and its record go. */
+export async function undoCreate(record: VmRecord, d: { paths: Paths; tap: TapNetworking; vms: VmRepo }): Promise<void> {
+  await rm(d.paths.vm(record.id).dir, { recursive: true, force: true });
+  if (record.networkMode === 'tap') await d.tap.detach(record.id).catch(() => undefined);
+  d.vms.delete(record.id);
 }

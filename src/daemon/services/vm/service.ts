@@ -1,13 +1,12 @@
-import { rm } from 'node:fs/promises';
 import { BangerError, ErrorCode, failedPrecondition, notFound, toBangerError } from '../../../errors/index.js';
 import type { NetworkMode, ProgressEvent } from '../../../protocol/common.js';
-import type { VmInfo, VmSyncInfo } from '../../../protocol/vm.js';
+import type { VmInfo } from '../../../protocol/vm.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { DriverRegistry, VmHandle, VmmDriver } from '../../vmm/driver.js';
-import { makeRestoredFiles, restoreSteps } from '../snapshot/restore.js';
+import { restoreSteps } from '../snapshot/restore.js';
 import { VM_RESTORE_FILE, readJson, type RestoreMarker } from '../snapshot/store.js';
 import { join } from 'node:path';
 import type { ImageService } from '../image/service.js';
@@ -16,13 +15,13 @@ import { runBoot, type AccelResolver, type KernelCmdline, type TapNetworking } f
 import { keepConsoleLogCapped, readConsoleTail } from './console.js';
 import { sshTargetOf, vmInfo } from './info.js';
 import { VmGuestAccess } from './guest-access.js';
-import { makeVmFiles, removeVmFiles } from './files.js';
+import { VmPoolHooks } from './pool-hooks.js';
+import { removeVmFiles } from './files.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from './disks.js';
 import { applyVmSettings, type VmSettingsChange } from './settings.js';
 import { LiveVms } from './live.js';
-import { validateVmName } from './names.js';
-import { VM_DEFAULTS, createShape, insertVmRecord, type VmCreateOptions } from './create.js';
-import { chooseVmm, requireDriver } from './vmm-choice.js';
+import { insertVmRecord, makeNewVmFiles, planCreate, undoCreate, type VmCreateOptions } from './create.js';
+import { requireDriver } from './vmm-choice.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
 import type { IdentitySync } from '../sync/service.js';
 
@@ -82,7 +81,7 @@ type Progress = (ev: ProgressEvent) => void;
 /**
  * Owns VMs: their records, disks and lifecycle. Live processes and connections are in `LiveVms`, boot is
  * the list of steps in boot.ts, guest access (exec, agent, ports and their forwards) in guest-access.ts,
- * restart recovery in reconcile.ts.
+ * the warm pool's hooks (park, resume, hand-over) in pool-hooks.ts, restart recovery in reconcile.ts.
  *
  * Locking: `lifecycle` (one per VM id) serialises create/start/stop/delete of one VM; it is never held
  * across guest I/O such as exec or a workspace transfer. Different VMs proceed in parallel.
@@ -91,6 +90,8 @@ export class VmService {
   private readonly live: LiveVms;
   /** Guest access of running VMs: exec, agent, stats, the guest session, ports (guest-access.ts). */
   readonly guest: VmGuestAccess;
+  /** What the warm pool does to its VMs under `withRunning`: park, resume, agent, hand-over (pool-hooks.ts). */
+  readonly pool: VmPoolHooks;
   private readonly lifecycle = new KeyedMutex();
   /** Guards name uniqueness between concurrent creates. */
   private readonly createLock = new KeyedMutex();
@@ -114,6 +115,7 @@ export class VmService {
       vms: d.vms,
       identity: d.identity,
     });
+    this.pool = new VmPoolHooks({ live: this.live, vms: d.vms });
   }
 
   // ---------- queries ----------
@@ -159,44 +161,19 @@ export class VmService {
   // ---------- lifecycle ----------
 
   async create(opts: VmCreateOptions, progress: Progress, signal?: AbortSignal): Promise<VmInfo> {
-    if (opts.name !== undefined) validateVmName(opts.name);
-    const snap = opts.restore?.snapshot;
-    const { cpus, memoryMib, diskSizeMib, networkMode } = createShape(opts, this.d.defaultNetwork);
-    if (networkMode === 'tap') {
-      const sup = await this.d.tap.supported(signal);
-      if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
-    }
-    const image = snap ? this.d.images.byIdReady(snap.imageId) : await this.d.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
-    if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
-      throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
-    const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, this.d, signal);
-    const driver = requireDriver(this.d.drivers, vmmName);
-
+    const plan = await planCreate(opts, this.d, progress, signal);
     const record = await this.createLock.run('names', () =>
-      insertVmRecord(
-        { opts, image, vmmName, cpus, memoryMib, diskSizeMib, networkMode },
-        { vms: this.d.vms, tap: this.d.tap, paths: this.d.paths, uid: this.d.uid, now: () => this.now() },
-        signal,
-      ),
+      insertVmRecord(plan, { vms: this.d.vms, tap: this.d.tap, paths: this.d.paths, uid: this.d.uid, now: () => this.now() }, signal),
     );
-
     return this.lifecycle.run(record.id, async () => {
-      const vp = this.d.paths.vm(record.id);
       try {
-        if (opts.restore) await makeRestoredFiles(vp, opts.restore, this.d.run, record.name, signal);
-        else
-          await makeVmFiles(
-            { vp, name: record.name, rootfsPath: image.rootfsPath, diskSizeMib, driver, run: this.d.run, progress },
-            signal,
-          );
-        this.d.log.info({ vm: record.name, id: record.id, image: image.name, vmm: vmmName }, 'vm created');
+        await makeNewVmFiles(record, plan, this.d, progress, signal);
+        this.d.log.info({ vm: record.name, id: record.id, image: plan.image.name, vmm: plan.vmmName }, 'vm created');
         this.d.onVmsChanged?.();
         return this.info(this.d.vms.byId(record.id)!);
       } catch (e) {
         // Nothing half-made stays behind: a failed create leaves no record and no files.
-        await rm(vp.dir, { recursive: true, force: true });
-        if (record.networkMode === 'tap') await this.d.tap.detach(record.id).catch(() => undefined);
-        this.d.vms.delete(record.id);
+        await undoCreate(record, this.d);
         throw e;
       }
     }, signal);
@@ -349,21 +326,6 @@ export class VmService {
 
   records(): VmRecord[] {
     return this.d.vms.list();
-  }
-
-  /** The live-VM registry, for services that act on running VMs under `withRunning` (the warm pool). */
-  liveVms(): LiveVms {
-    return this.live;
-  }
-
-  /** A warm pool's VM becomes the user's: its new name, no pool mark. The caller holds its lifecycle lock. */
-  adoptFromPool(id: string, name: string): VmRecord {
-    validateVmName(name);
-    return this.d.vms.update(id, { name, pool: null });
-  }
-
-  recordSynced(id: string, info: VmSyncInfo): void {
-    this.d.vms.update(id, { synced: info });
   }
 
   private requireRunning(vm: VmRecord): VmRecord {

@@ -5,9 +5,11 @@ import { TAR_TREE_DIR } from './pack.js';
 import { IMPORT_STREAM_MAGIC } from './import-stream.js';
 
 /**
- * Pure builders of the shell scripts that import, export and run commands in a guest workspace.
- * Each returns one command line for GuestSession.exec (POSIX sh; the guest is Debian with GNU tar,
- * coreutils and git). Every value from the host is quoted with shq.
+ * Pure builders of the shell scripts that import a guest workspace and run commands in it, and the parts
+ * every workspace script shares (PRELUDE, exit statuses, the import base ref, path checks); the export
+ * script is in export-script.ts, the re-sync script in resync-script.ts. Each returns one command line for
+ * GuestSession.exec (POSIX sh; the guest is Debian with GNU tar, coreutils and git). Every value from the
+ * host is quoted with shq.
  */
 
 /** The ref the import records the imported state under; exports diff against it by default. */
@@ -316,80 +318,6 @@ stage=
 cd -- "$dest"
 ${SYNC_WORKSPACE}${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 `;
-}
-
-export interface ExportScriptOptions {
-  guestPath: string;
-  /** Diff against this commit-ish of the guest repo instead of IMPORT_BASE_REF. */
-  baseCommit?: string;
-  /**
-   * Print `git diff-tree --name-status -z` records (parse with parseNameStatus) instead of a patch.
-   * Without it the host derives the file list from the patch (patch.ts parsePatchFiles).
-   */
-  nameOnly?: boolean;
-}
-
-/**
- * The export script: prints on stdout a binary-safe patch (`git apply`-able at the host repo's top
- * level, `a/` and `b/` prefixes, full blob ids) from the import base to the workspace as it is now:
- * guest commits, uncommitted edits, new untracked files (.gitignore'd ones excluded), deletions,
- * mode changes and symlinks.
- *
- * It changes nothing the user sees: the working tree state is captured with a copy of the real
- * index in a temporary file (GIT_INDEX_FILE) and `git add -A`; HEAD, refs, the index and the files
- * stay as they are (new blobs may be written to the object store). Plumbing (`git diff-tree`) with
- * explicit prefixes keeps user diff config (noprefix, color, external diff, renames) out of the patch.
- */
-export function buildExportScript(o: ExportScriptOptions): string {
-  validateGuestPath(o.guestPath);
-  if (
-    o.baseCommit !== undefined &&
-    (o.baseCommit === '' || o.baseCommit.startsWith('-') || /[\0\n]/.test(o.baseCommit))
-  ) {
-    throw new BangerError(ErrorCode.InvalidArgument, `invalid base commit ${JSON.stringify(o.baseCommit)}`, {
-      hint: 'pass a commit id or ref of the guest repository',
-    });
-  }
-  const names = 'git diff-tree -r -z --name-status --no-renames "$base" "$tree"';
-  const patch =
-    'git diff-tree -r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --src-prefix=a/ --dst-prefix=b/ "$base" "$tree"';
-  const diff = o.nameOnly ? names : patch;
-  return `${PRELUDE}dest=${shq(o.guestPath)}
-base_ref=${shq(o.baseCommit ?? '')}
-cd -- "$dest" 2>/dev/null || fail ${WorkspaceScriptExit.NoWorkspace} "no workspace at $dest: import one first"
-[ -d .git ] || fail ${WorkspaceScriptExit.NoWorkspace} "$dest is not a banger workspace (no .git): import one first"
-if [ -n "$base_ref" ]; then
-  base=$(git rev-parse -q --verify "$base_ref^{commit}") ||
-    fail ${WorkspaceScriptExit.BadBase} "$base_ref does not name a commit in the workspace: pass a commit id or ref of the guest repository"
-else
-  base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") ||
-    fail ${WorkspaceScriptExit.NoWorkspace} "$dest has no import base (${IMPORT_BASE_REF}): import again, or pass --base-commit"
-fi
-tmp=$(mktemp -d)
-trap 'unbeat; rm -rf -- "$tmp"' EXIT
-trap 'exit 130' HUP INT TERM
-beat
-real_index=$(git rev-parse --git-path index)
-if [ -f "$real_index" ]; then cp -- "$real_index" "$tmp/index"; fi
-GIT_INDEX_FILE="$tmp/index" git add -A >&2
-tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
-${diff}
-`;
-}
-
-export type NameStatus = 'A' | 'D' | 'M' | 'T' | 'U' | 'X';
-
-/** Parses `git diff-tree -r -z --name-status --no-renames` output (the nameOnly export). */
-export function parseNameStatus(out: Buffer | string): { status: NameStatus; path: string }[] {
-  const fields = (typeof out === 'string' ? out : out.toString('utf8')).split('\0');
-  const rows: { status: NameStatus; path: string }[] = [];
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    const status = fields[i];
-    const path = fields[i + 1];
-    if (!status || path === undefined) break;
-    rows.push({ status: status as NameStatus, path });
-  }
-  return rows;
 }
 
 /**

@@ -32,14 +32,8 @@ import { createFullImportStream } from './import-stream.js';
 import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
 import { conflictError, planResync, runResync } from './resync.js';
 import { mayBeMiseConfig } from './resync-script.js';
-import {
-  TREE_LINE_PREFIX,
-  WorkspaceScriptExit,
-  buildExportScript,
-  buildImportScript,
-  parseNameStatus,
-  validateGuestPath,
-} from './guest-scripts.js';
+import { TREE_LINE_PREFIX, WorkspaceScriptExit, buildImportScript, validateGuestPath } from './guest-scripts.js';
+import { buildExportScript, parseNameStatus } from './export-script.js';
 import { byteProgress, listNotices, miseNotices, scriptError } from './outcome.js';
 import { runGuestScript, type GuestOutput, type GuestOutputLimits } from './guest-output.js';
 import { parsePatchFiles } from './patch.js';
