@@ -89,6 +89,8 @@ export interface ChaosOptions {
   /** Stop starting new points after this long. */
   budgetMs?: number;
   prefix?: string;
+  /** Only these operations (default: all of CHAOS_OPS). */
+  ops?: readonly ChaosOp[];
   log?: (line: string) => void;
 }
 
@@ -105,13 +107,13 @@ function rng(seed: number): () => number {
 }
 
 /** The operations of a run: every op once (shuffled) first, then uniformly random ones. */
-export function chaosSchedule(points: number, random: () => number): ChaosOp[] {
-  const first = [...CHAOS_OPS];
+export function chaosSchedule(points: number, random: () => number, ops: readonly ChaosOp[] = CHAOS_OPS): ChaosOp[] {
+  const first = [...ops];
   for (let i = first.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));
     [first[i], first[j]] = [first[j]!, first[i]!];
   }
-  const rest = Array.from({ length: Math.max(0, points - first.length) }, () => CHAOS_OPS[Math.floor(random() * CHAOS_OPS.length)]!);
+  const rest = Array.from({ length: Math.max(0, points - first.length) }, () => ops[Math.floor(random() * ops.length)]!);
   return [...first, ...rest].slice(0, points);
 }
 
@@ -151,7 +153,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   // preconditions (never killed, so not biased towards the short ones). Export and delete are not run there.
   const typical: Record<ChaosOp, number> = {
     create: 1000, boot: 9000, 'boot-at-qemu': 9000, import: 5000, export: 1500, stop: 2500, delete: 1000,
-    snapshot: 1500, restore: 6000, fork: 9000,
+    snapshot: 800, restore: 5000, fork: 8000,
   };
   const learn = (op: ChaosOp, ms: number) => (typical[op] = Math.round(typical[op] * 0.7 + ms * 0.3));
   const perOp = Object.fromEntries(
@@ -205,7 +207,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     return name;
   };
 
-  const schedule = chaosSchedule(opts.points, random);
+  const schedule = chaosSchedule(opts.points, random, opts.ops);
   log(`chaos: ${opts.points} points, seed ${seed}, home ${home}`);
   for (let i = 0; i < schedule.length; i++) {
     if (opts.budgetMs !== undefined && Date.now() - started > opts.budgetMs) {
