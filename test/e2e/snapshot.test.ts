@@ -77,6 +77,25 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     await cleanup();
   });
 
+  step('a snapshot the host disk cannot hold fails first (71), leaves no file, and the VM runs on', async (t) => {
+    // The snapshots directory on a 64 MiB filesystem: the 768 MiB guest's memory alone does not fit.
+    const dir = join(E2E_HOME, 'snapshots');
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64m,mode=0700', 'tmpfs', dir], { encoding: 'utf8' });
+    if (mounted.status !== 0) return t.skip(`cannot mount a small filesystem on ${dir} (needs root): ${mounted.stderr.trim()}`);
+    try {
+      const before = readdirSync((await show(SRC)).dir).sort();
+      const r = await banger(['vm', 'snapshot', SRC, '--name', 'e2e-snap-full']);
+      assert.equal(r.code, 71, r.stderr);
+      assert.match(r.stderr, /not enough disk space .* to snapshot VM 'e2e-snap-src'/);
+      assert.deepEqual(readdirSync(dir), [], 'nothing is left in the snapshots directory');
+      assert.deepEqual(readdirSync((await show(SRC)).dir).sort(), before, 'no new disk layer for the VM');
+    } finally {
+      spawnSync('umount', [dir]);
+    }
+    assert.equal((await probe(SRC)).proc, 'proc-yes');
+    assert.equal((JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[]).some((s) => s.name === 'e2e-snap-full'), false);
+  });
+
   step('vm snapshot saves a running VM; it keeps running with its file and process', async () => {
     snap = JSON.parse((await bangerOk(['vm', 'snapshot', SRC, '--name', SNAP, '--json'], 0, { timeoutMs: 300_000 })).stdout) as SnapJson;
     assert.equal(snap.name, SNAP);
@@ -117,6 +136,22 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.notEqual((await show(A)).network.hostAddress, (await show(B)).network.hostAddress);
     const shown = JSON.parse((await bangerOk(['snapshot', 'show', SNAP, '--json'])).stdout) as SnapJson;
     assert.deepEqual([...shown.dependents].sort(), [A, B, SRC].sort());
+  });
+
+  step("the restored VMs map the snapshot's memory file copy-on-write instead of loading it", async () => {
+    const ram = join(snap.dir, 'memory.ram');
+    // The RAM is its own file, not in the state stream (which is device state only).
+    assert.ok(existsSync(ram), 'memory.ram exists');
+    assert.ok(readFileSync(join(snap.dir, 'snapshot.json'), 'utf8').includes('"ram": "file"'));
+    const stateBytes = readFileSync(join(snap.dir, 'state.bin')).length;
+    assert.ok(stateBytes < 16 * 1024 * 1024, `state.bin is ${stateBytes} bytes`);
+    for (const vm of [A, B]) {
+      const { pid } = JSON.parse((await bangerOk(['vm', 'show', vm, '--json'])).stdout) as { pid: number };
+      const maps = readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => l.endsWith(ram));
+      assert.ok(maps.length > 0, `${vm}'s QEMU maps ${ram}`);
+      // Private ('p'): what the guest writes stays its own and never reaches the file the other VM maps.
+      for (const l of maps) assert.equal(l.split(/\s+/)[1]![3], 'p', l);
+    }
   });
 
   /** The host repo the source VM's workspace was imported from (made in the fork step). */

@@ -52,10 +52,12 @@ function fakeVms(failOn?: 'resume') {
   const vp = { hostKeyPublic: join(vmDir, 'key.pub'), knownHosts: join(vmDir, 'known_hosts') };
   writeFileSync(vp.hostKeyPublic, 'ssh-ed25519 AAAAC3Nza pool-default-aaaaaa.vm\n');
   const calls: string[] = [];
+  const scripts: string[] = [];
   const agent = {
     setClock: async () => void calls.push('clock'),
-    exec: async () => {
+    exec: async (...args: unknown[]) => {
       calls.push('exec');
+      scripts.push(JSON.stringify(args));
       const proc = {
         pid: 1,
         stdout: (await import('node:stream')).Readable.from([]),
@@ -101,7 +103,7 @@ function fakeVms(failOn?: 'resume') {
       recordSynced: () => {},
     },
   };
-  return { vms, records, calls, vp };
+  return { vms, records, calls, scripts, vp };
 }
 
 async function service(vms: PoolVms) {
@@ -124,7 +126,7 @@ test('take: nothing is taken for --no-pool, other options, or without a start', 
 });
 
 test('take: the parked VM becomes the user\'s: renamed, its key pinned under the name, resumed, clock and hostname set', async () => {
-  const { vms, records, calls, vp } = fakeVms();
+  const { vms, records, calls, scripts, vp } = fakeVms();
   const pool = await service(vms);
   const steps: string[] = [];
   const got = await pool.take({ start: true, name: 'fix-42', sync: false }, (ev) => steps.push(ev.kind === 'step' ? ev.step : ev.kind));
@@ -134,7 +136,12 @@ test('take: the parked VM becomes the user\'s: renamed, its key pinned under the
   assert.equal(records[0]!.pool, null, 'no longer a pool VM');
   assert.equal(readFileSync(vp.knownHosts, 'utf8'), 'fix-42.vm ssh-ed25519 AAAAC3Nza pool-default-aaaaaa.vm\n');
   assert.deepEqual(calls.slice(0, 1), ['resume']);
-  assert.deepEqual([...calls.slice(1)].sort(), ['clock', 'exec']);
+  // One guest process sets the clock (it stood still while parked) and the name.
+  assert.deepEqual(calls.slice(1), ['exec']);
+  assert.equal(scripts.length, 1);
+  const at = Number(/date -u -s @(\d+\.\d{3})/.exec(scripts[0]!)?.[1]);
+  assert.ok(Math.abs(at * 1000 - Date.now()) < 5000, `the clock is set to now (${at})`);
+  assert.match(scripts[0]!, /fix-42/);
   // Taken once: a second request finds nothing parked.
   assert.equal(await pool.take({ start: true, sync: false }, () => {}), undefined);
   pool.close();

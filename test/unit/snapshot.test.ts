@@ -9,7 +9,8 @@ import { silentLogger } from '../../src/shared/logger.js';
 import { diskFormat } from '../../src/daemon/services/vm/disks.js';
 import { incomingFromFile, outgoingToFile, qemuArgv } from '../../src/daemon/vmm/qemu/argv.js';
 import { identityScript } from '../../src/daemon/services/snapshot/restore.js';
-import { SnapshotService } from '../../src/daemon/services/snapshot/service.js';
+import { SnapshotService, imageKey } from '../../src/daemon/services/snapshot/service.js';
+import type { ReadyImage } from '../../src/daemon/services/image/service.js';
 import type { SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import type { LaunchSpec } from '../../src/daemon/vmm/driver.js';
@@ -50,7 +51,8 @@ test('state file transports quote the path for the shell QEMU runs them with', (
 });
 
 test('the identity script quotes the name and reseeds the RNG from the given bytes', () => {
-  const s = identityScript({ name: "x'y", machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64) });
+  const s = identityScript({ name: "x'y", machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64), epochMs: 1_790_000_000_123 });
+  assert.ok(s.includes('date -u -s @1790000000.123 >/dev/null'));
   assert.match(s, /0x5207/);
   assert.ok(s.includes('cd'.repeat(64)));
   assert.ok(s.includes(`echo 'x'\\''y' >/etc/hostname`));
@@ -145,4 +147,30 @@ test('reconcile: a snapshot a killed daemon left mid-way keeps its disks under t
   assert.deepEqual(info!.dependents, ['src']);
   await assert.rejects(svc.source('src-1'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /not finished/.test(e.message));
   await assert.rejects(svc.delete('src-1'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /VM 'src'/.test(e.message));
+});
+
+test('a snapshot restores only on the image as it was: a rebuilt image is refused (FailedPrecondition, 67)', async () => {
+  const root = tmp();
+  const paths = new Paths(root);
+  const rootfs = join(root, 'rootfs.ext4');
+  writeFileSync(rootfs, 'image as it was');
+  const image = { name: 'default', rootfsPath: rootfs, kernelSha256: 'k1' } as ReadyImage;
+  const s = { ...fakeSnapshot('s1', 'warm'), imageKey: await imageKey(image) };
+  mkdirSync(paths.snapshotDir(s.id), { recursive: true });
+  writeFileSync(join(paths.snapshotDir(s.id), 'snapshot.json'), JSON.stringify(s));
+  let current = image;
+  const svc = new SnapshotService({
+    paths,
+    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => [] },
+    images: { byIdReady: () => current },
+    run: () => Promise.reject(new Error('unused')),
+    log: silentLogger(),
+  });
+  assert.equal((await svc.source('warm')).snapshot.id, 's1');
+  // Another kernel (same rootfs), then another rootfs (same kernel): each is refused, saying why.
+  current = { ...image, kernelSha256: 'k2' };
+  await assert.rejects(svc.source('warm'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /has changed since/.test(e.message));
+  current = image;
+  writeFileSync(rootfs, 'image rebuilt, longer');
+  await assert.rejects(svc.source('warm'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /has changed since/.test(e.message));
 });

@@ -67,15 +67,18 @@ export function virtualSize(path: string, size: number): number {
 }
 
 /**
- * The shell that gives a resumed guest its own identity: the RNG reseeded from fresh host bytes (written to
+ * The shell that gives a resumed guest its own identity: the clock set to `epochMs` (it stood still since the
+ * snapshot; in this script rather than the agent's setClock, which would start a process of its own), the RNG
+ * reseeded from fresh host bytes (written to
  * /dev/urandom, then RNDRESEEDCRNG so the next read uses them), hostname, machine-id, and sshd re-read
  * (SIGHUP: it re-executes itself and loads the new host key the agent wrote just before). The MAC stays the
  * snapshot's (the NIC's saved state carries it; a guest-side change broke the restored guest's network in a
  * test here, and under loopback networking no one outside the VM sees it).
  */
-export function identityScript(o: { name: string; machineId: string; seedHex: string }): string {
+export function identityScript(o: { name: string; machineId: string; seedHex: string; epochMs: number }): string {
   return [
     'set -u',
+    `date -u -s @${(o.epochMs / 1000).toFixed(3)} >/dev/null`,
     // perl-base is in every Debian system and starts several times faster than python3 in an emulated guest.
     `perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!"; syswrite($f, pack("H*", $ARGV[0])) or die "write: $!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' ${o.seedHex}`,
     hostnameScript(o.name),
@@ -149,9 +152,8 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
         // The connection made before the state loaded (an agent older than restarts drops it and serves the retry).
         const agent = await d.live.agent(b.vm, b.signal);
         const opts = { signal: b.signal, timeoutMs: 30_000 };
-        // Side by side: the clock and the two key files (the script below HUPs sshd, so it comes after them).
+        // The two key files side by side (the script below HUPs sshd, so it comes after them).
         await Promise.all([
-          agent.setClock(Date.now(), opts),
           readFile(b.vp.hostKeyPrivate).then((k) => agent.writeFile('/etc/ssh/ssh_host_ed25519_key', Buffer.from(k), 0o600, opts)),
           readFile(b.vp.hostKeyPublic).then((k) => agent.writeFile('/etc/ssh/ssh_host_ed25519_key.pub', Buffer.from(k), 0o644, opts)),
         ]);
@@ -159,6 +161,8 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
           name: b.vm.name,
           machineId: randomBytes(16).toString('hex'),
           seedHex: randomBytes(64).toString('hex'),
+          // As late as possible: the clock is set when the script runs, a guest process start after this.
+          epochMs: Date.now(),
         });
         const r = await new AgentGuestSession(agent).exec(script, { signal: b.signal });
         if (r.code !== 0)
