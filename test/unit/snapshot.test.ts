@@ -13,6 +13,7 @@ import { SnapshotService, imageKey } from '../../src/daemon/services/snapshot/se
 import type { ReadyImage } from '../../src/daemon/services/image/service.js';
 import type { SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
+import type { RunningVm } from '../../src/daemon/services/vm/service.js';
 import type { LaunchSpec } from '../../src/daemon/vmm/driver.js';
 
 const tmp = () => mkdtempSync(join(tmpdir(), 'banger-snap-'));
@@ -128,15 +129,20 @@ test('reconcile: a snapshot a killed daemon left mid-way keeps its disks under t
   mkdirSync(gonePartial, { recursive: true });
   for (const f of ['root-bbb.qcow2', 'work-bbb.qcow2']) writeFileSync(join(vmDir, f), 'overlay');
   mkdirSync(join(paths.snapshotsDir, '.deleting-ccc'));
+  // The daemon may have died with the VM's CPUs stopped for the snapshot: reconcile starts them again.
+  const resumed: string[] = [];
+  const withRunning = async <T>(name: string, fn: (r: RunningVm) => Promise<T>) =>
+    fn({ driver: { pausing: { resume: async () => void resumed.push(name) } } } as unknown as RunningVm);
   const svc = new SnapshotService({
     paths,
-    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => [{ id: 'src', name: 'src', dir: vmDir }] as VmRecord[] },
+    vms: { withRunning, records: () => [{ id: 'src', name: 'src', dir: vmDir }] as VmRecord[] },
     images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
     run: () => Promise.reject(new Error('unused')),
     log: silentLogger(),
   });
   await svc.reconcile();
   assert.deepEqual(readdirSync(paths.snapshotsDir), ['aaa']);
+  assert.deepEqual(resumed, ['src']);
   assert.equal(readFileSync(join(paths.snapshotDir('aaa'), 'root.qcow2'), 'utf8'), 'frozen root');
   // The VM's next start opens the overlays, whose backing files now exist; the snapshot is one it depends on.
   assert.deepEqual(JSON.parse(readFileSync(join(vmDir, 'disks.json'), 'utf8')), { root: 'root-aaa.qcow2', work: 'work-aaa.qcow2' });

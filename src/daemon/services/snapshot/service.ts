@@ -202,7 +202,9 @@ export class SnapshotService {
   }
 
   /**
-   * What a killed daemon left of snapshots: deletions are finished. A snapshot in the making without a record
+   * What a killed daemon left of snapshots: deletions are finished. The source VM of a snapshot in the making
+   * may have been left with its CPUs stopped (the daemon died between QMP `stop` and `cont`): it is resumed,
+   * retried while the migration the daemon started is still writing (QEMU refuses `cont` until it ends). A snapshot in the making without a record
    * never touched its VM: it goes, with the overlays made for it. One with a record may have moved its VM onto
    * the overlays (whose backing files are its frozen disks) before the daemon died: its disks are kept as a
    * snapshot that cannot be restored (the saved memory may be partial), and the VM's disks.json names the
@@ -223,6 +225,24 @@ export class SnapshotService {
         continue;
       }
       await this.keepDisks(join(dir, n), vm);
+      await this.resumeSource(vm.name);
+    }
+  }
+
+  /** Starts the CPUs of a running VM that a snapshot stopped (a no-op for one that runs). */
+  private async resumeSource(name: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.d.vms.withRunning(name, async (r) => r.driver.pausing?.resume(r.handle));
+        return;
+      } catch (e) {
+        if (e instanceof BangerError && e.code === ErrorCode.FailedPrecondition) return; // not running: nothing to resume
+        if (attempt >= 10) {
+          this.d.log.warn({ vm: name, err: (e as Error).message }, 'could not resume a VM a snapshot had stopped');
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 500));
+      }
     }
   }
 
