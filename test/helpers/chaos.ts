@@ -19,6 +19,7 @@ import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Paths, type VmPaths } from '../../src/shared/paths.js';
+import { SNAPSHOT_FILES } from '../../src/daemon/services/snapshot/store.js';
 import { banger } from './cli.js';
 import {
   daemonPid,
@@ -401,13 +402,14 @@ function halfMadeSnapshots(home: string): string[] {
       out.push(`snapshots/${n} is left`);
       continue;
     }
-    if (!existsSync(join(dir, n, 'snapshot.json'))) {
-      out.push(`snapshots/${n} has no snapshot.json`);
+    if (!existsSync(join(dir, n, SNAPSHOT_FILES.record))) {
+      out.push(`snapshots/${n} has no ${SNAPSHOT_FILES.record}`);
       continue;
     }
     // Every snapshot keeps its frozen disks; a restorable one also its saved state.
-    const rec = JSON.parse(readFileSync(join(dir, n, 'snapshot.json'), 'utf8')) as { unfinished?: boolean; ram?: string };
-    const files = ['root.qcow2', 'work.img', ...(rec.unfinished ? [] : ['state.bin', ...(rec.ram === 'file' ? ['memory.ram'] : [])])];
+    const rec = JSON.parse(readFileSync(join(dir, n, SNAPSHOT_FILES.record), 'utf8')) as { unfinished?: boolean; ram?: string };
+    const F = SNAPSHOT_FILES;
+    const files = [F.root, F.work, ...(rec.unfinished ? [] : [F.state, ...(rec.ram === 'file' ? [F.memory] : [])])];
     const missing = files.filter((f) => !existsSync(join(dir, n, f)));
     if (missing.length > 0) out.push(`snapshots/${n} lacks ${missing.join(', ')}`);
   }

@@ -31,6 +31,7 @@ import {
 } from '../../protocol/agent.js';
 import type { AgentSignal } from '../../protocol/agent-fields.js';
 import type { AgentOutputStream, AgentSessionInfo } from '../../protocol/agent-sessions.js';
+import { escapeControl } from '../../shared/terminal-text.js';
 
 /**
  * The daemon's end of the guest agent protocol, over any Duplex (the VM's virtio-serial unix socket, a
@@ -395,11 +396,4 @@ export class AgentClient {
 
 function agentCode(code: AgentErrorCode): Code {
   return ErrorCode[code];
-}
-
-/** Agent-supplied text goes into messages a terminal may show: control characters become visible escapes. */
-export function escapeControl(s: string): string {
-  // eslint-disable-next-line no-control-regex -- matching control characters is the point
-  const controls = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-  return s.replace(controls, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }

@@ -11,7 +11,7 @@ import type { Paths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
-import { hostnameScript } from '../snapshot/restore.js';
+import { clockScript, hostnameScript } from '../snapshot/restore.js';
 import type { IdentitySync } from '../sync/service.js';
 import { repinHostKey } from '../vm/files.js';
 import type { VmPoolHooks } from '../vm/pool-hooks.js';
@@ -155,7 +155,7 @@ export class PoolService {
         // the agent starts costs a fork of the agent under emulation (two side by side took 0.4-0.7 s here).
         // `date` runs as late as the agent's own setClock would, so the clock is as exact.
         const rename = async () => {
-          const script = `date -u -s @${(Date.now() / 1000).toFixed(3)} >/dev/null\n${hostnameScript(rec.name)}`;
+          const script = `${clockScript(Date.now())}\n${hostnameScript(rec.name)}`;
           const r = await guest.exec(script, { signal });
           if (r.code !== 0) throw new Error(`setting the guest's clock and name failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
         };

@@ -78,7 +78,7 @@ export function virtualSize(path: string, size: number): number {
 export function identityScript(o: { name: string; machineId: string; seedHex: string; epochMs: number }): string {
   return [
     'set -u',
-    `date -u -s @${(o.epochMs / 1000).toFixed(3)} >/dev/null`,
+    clockScript(o.epochMs),
     // perl-base is in every Debian system and starts several times faster than python3 in an emulated guest.
     `perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!"; syswrite($f, pack("H*", $ARGV[0])) or die "write: $!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' ${o.seedHex}`,
     hostnameScript(o.name),
@@ -86,6 +86,11 @@ export function identityScript(o: { name: string; machineId: string; seedHex: st
     'if [ -s /run/sshd.pid ]; then read -r sshd </run/sshd.pid && kill -HUP "$sshd"; fi',
     'true',
   ].join('\n');
+}
+
+/** The shell line that sets a guest's wall clock to `epochMs` (GNU date takes fractional epoch seconds). */
+export function clockScript(epochMs: number): string {
+  return `date -u -s @${(epochMs / 1000).toFixed(3)} >/dev/null`;
 }
 
 /**
