@@ -15,7 +15,15 @@ export const networkStatusSchema = z.object({
     rulesInstalled: z.boolean().optional(),
     vms: z
       .array(
-        z.object({ vmId: z.string(), name: z.string().nullable(), tap: z.string(), address: z.string(), egress: z.boolean() }),
+        z.object({
+          vmId: z.string(),
+          name: z.string().nullable(),
+          tap: z.string(),
+          address: z.string(),
+          /** The only MAC its tap passes frames from. */
+          mac: z.string(),
+          egress: z.boolean(),
+        }),
       )
       .optional(),
   }),

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { VMM_NAMES, method, withProgress } from './common.js';
+import { NETWORK_MODES, VMM_NAMES, method, withProgress } from './common.js';
 import { vmInfoSchema } from './vm.js';
 
 /** RPC methods of `banger vm snapshot` and `banger snapshot`: saved running VMs that new VMs start from. */
@@ -11,6 +11,8 @@ export const snapshotInfoSchema = z.object({
   sourceVm: z.string(),
   vmm: z.enum(VMM_NAMES),
   image: z.string(),
+  /** The source VM's networking; VMs made from the snapshot get the same, each with its own address. */
+  network: z.enum(NETWORK_MODES),
   vcpus: z.number(),
   memoryMib: z.number(),
   diskSizeMib: z.number(),

@@ -8,7 +8,8 @@ import { Paths } from '../../src/shared/paths.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { diskFormat } from '../../src/daemon/services/vm/disks.js';
 import { incomingFromFile, outgoingToFile, qemuArgv } from '../../src/daemon/vmm/qemu/argv.js';
-import { identityScript } from '../../src/daemon/services/snapshot/restore.js';
+import { identityScript, tapScript } from '../../src/daemon/services/snapshot/restore.js';
+import { createShape } from '../../src/daemon/services/vm/create.js';
 import { SnapshotService, imageKey } from '../../src/daemon/services/snapshot/service.js';
 import type { ReadyImage } from '../../src/daemon/services/image/service.js';
 import type { SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
@@ -58,6 +59,37 @@ test('the identity script quotes the name and reseeds the RNG from the given byt
   assert.ok(s.includes('cd'.repeat(64)));
   assert.ok(s.includes(`echo 'x'\\''y' >/etc/hostname`));
   assert.ok(s.includes(`echo ${'ab'.repeat(16)} >/etc/machine-id`));
+});
+
+test('a tap guest takes its own MAC, address and route before anything else in the identity script', () => {
+  const tap = { mac: '52:54:00:aa:bb:cc', ipCidr: '172.30.0.7/24', gateway: '172.30.0.1' };
+  const s = identityScript({ name: 'f-1', machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64), epochMs: 1, tap });
+  const lines = s.split('\n');
+  const start = lines.indexOf("ip -batch - <<'EOF'");
+  assert.ok(start > 0 && start < lines.findIndex((l) => l.startsWith('date ')), s);
+  assert.deepEqual(lines.slice(start + 1, lines.indexOf('EOF')), [
+    'link set dev eth0 address 52:54:00:aa:bb:cc',
+    'addr flush dev eth0 scope global',
+    'addr add 172.30.0.7/24 dev eth0',
+    'route replace default via 172.30.0.1 dev eth0',
+    'neigh flush dev eth0',
+  ]);
+  const loopback = identityScript({ name: 'f-1', machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64), epochMs: 1 });
+  assert.equal(loopback.includes('ip -batch'), false, 'a loopback guest keeps its NIC as it was');
+  assert.throws(() => tapScript({ ...tap, ipCidr: '172.30.0.7/24\nlink del eth0' }), /bad tap identity/);
+  assert.throws(() => tapScript({ ...tap, mac: "52:54:00:aa:bb:cc'" }), /bad tap identity/);
+});
+
+test('a VM made from a snapshot keeps its networking; asking for another is refused with what to drop', () => {
+  const tapSnap = { ...fakeSnapshot('t1', 'tapsnap'), network: 'tap' as const };
+  assert.equal(createShape({ restore: { snapshot: tapSnap, dir: '/x' } }, 'loopback').networkMode, 'tap');
+  assert.equal(createShape({ restore: { snapshot: tapSnap, dir: '/x' }, network: 'tap' }, 'loopback').networkMode, 'tap');
+  // Snapshots from before the field were all of loopback VMs.
+  assert.equal(createShape({ restore: { snapshot: fakeSnapshot('l1', 'old'), dir: '/x' } }, 'tap').networkMode, 'loopback');
+  assert.throws(
+    () => createShape({ restore: { snapshot: tapSnap, dir: '/x' }, network: 'loopback' }, 'loopback'),
+    (e: unknown) => e instanceof BangerError && e.code === ErrorCode.InvalidArgument && /uses tap networking/.test(e.message) && e.hint === 'drop --network loopback',
+  );
 });
 
 function fakeSnapshot(id: string, name: string, dependsOn: string[] = []): SnapshotRecord {

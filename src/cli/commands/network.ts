@@ -17,8 +17,8 @@ function print(s: NetworkStatus): void {
   if (s.tap.vms && s.tap.vms.length > 0)
     out.line(
       table(
-        ['VM', 'TAP', 'ADDRESS', 'EGRESS'],
-        s.tap.vms.map((v) => [v.name ?? `(deleted ${v.vmId})`, v.tap, v.address, v.egress ? 'yes' : 'no']),
+        ['VM', 'TAP', 'ADDRESS', 'MAC', 'EGRESS'],
+        s.tap.vms.map((v) => [v.name ?? `(deleted ${v.vmId})`, v.tap, v.address, v.mac, v.egress ? 'yes' : 'no']),
       ),
     );
 }

@@ -12,6 +12,7 @@ export function snapshotDetails(s: SnapshotInfo): string {
     `Source VM:  ${s.sourceVm}`,
     `Image:      ${s.image} (${s.vmm})`,
     `Machine:    ${s.vcpus} vCPU, ${s.memoryMib} MiB memory, ${s.diskSizeMib} MiB work disk`,
+    `Network:    ${s.network} (VMs made from it get the same, each its own address)`,
     `Created:    ${s.createdAt} (the VM was paused ${s.pausedMs} ms)`,
     `Host disk:  ${mib(s.hostBytes)} (device state, memory, frozen disk layers)`,
     `Used by:    ${s.dependents.length > 0 ? s.dependents.join(', ') : '-'}`,

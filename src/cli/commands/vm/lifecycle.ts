@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { EXIT_CODES, ErrorCode, isBangerError } from '../../../errors/index.js';
 import { VmMethods } from '../../../protocol/vm.js';
 import { parseIntFlag, type CliContext } from '../../context.js';
 import { out } from '../../output.js';
@@ -48,10 +49,19 @@ export function register(vm: Command, ctx: CliContext): void {
     .description('delete VMs: their processes, disks and keys')
     .argument('<vm...>', 'VM names')
     .option('-f, --force', 'stop running VMs first')
+    .addHelpText('after', '\nEach VM named is tried in turn: one that is missing or refused is reported and the rest are still deleted;\nthe exit code is the first failure\'s.')
     .action(async (names: string[], o: { force?: boolean }) => {
       for (const name of names) {
-        await ctx.call(VmMethods.delete, { name, force: o.force });
-        out.info(`deleted ${name}`);
+        try {
+          await ctx.call(VmMethods.delete, { name, force: o.force });
+          out.info(`deleted ${name}`);
+        } catch (e) {
+          // Cancelled, or not a banger error (a bug): stop here, as for any command.
+          if (!isBangerError(e) || e.code === ErrorCode.Cancelled || names.length === 1) throw e;
+          out.error(e.message);
+          if (e.hint) out.info(`hint: ${e.hint}`);
+          if (ctx.exitCode === 0) ctx.exitCode = EXIT_CODES[e.code];
+        }
       }
     });
 }

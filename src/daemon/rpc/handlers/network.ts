@@ -31,6 +31,7 @@ async function status(d: NetworkHandlerDeps, signal?: AbortSignal): Promise<Netw
     name: names.get(v.vmId) ?? null,
     tap: v.tapName,
     address: v.address,
+    mac: v.mac,
     egress: v.egress,
   }));
   return result;

@@ -66,18 +66,29 @@ export function virtualSize(path: string, size: number): number {
   return qcow2VirtualSize(path) ?? size;
 }
 
+/** A tap guest's own place on the bridge: its NIC's MAC, its address with prefix, and the gateway. */
+export interface GuestTapIdentity {
+  mac: string;
+  ipCidr: string;
+  gateway: string;
+}
+
 /**
  * The shell that gives a resumed guest its own identity: the clock set to `epochMs` (it stood still since the
  * snapshot; in this script rather than the agent's setClock, which would start a process of its own), the RNG
  * reseeded from fresh host bytes (written to
  * /dev/urandom, then RNDRESEEDCRNG so the next read uses them), hostname, machine-id, and sshd re-read
- * (SIGHUP: it re-executes itself and loads the new host key the agent wrote just before). The MAC stays the
- * snapshot's (the NIC's saved state carries it; a guest-side change broke the restored guest's network in a
- * test here, and under loopback networking no one outside the VM sees it).
+ * (SIGHUP: it re-executes itself and loads the new host key the agent wrote just before).
+ *
+ * Under loopback networking the MAC stays the snapshot's (the NIC's saved state carries it; a guest-side change
+ * broke the restored guest's user-mode network in a test here, and no one outside the VM sees it). A tap guest
+ * (`tap`) shares the bridge with its source and siblings, whose taps pass only their own MAC and address: it
+ * takes its new ones first, in one `ip` process (virtio-net passes the MAC change to QEMU's receive filter).
  */
-export function identityScript(o: { name: string; machineId: string; seedHex: string; epochMs: number }): string {
+export function identityScript(o: { name: string; machineId: string; seedHex: string; epochMs: number; tap?: GuestTapIdentity }): string {
   return [
     'set -u',
+    ...(o.tap ? [tapScript(o.tap)] : []),
     clockScript(o.epochMs),
     // perl-base is in every Debian system and starts several times faster than python3 in an emulated guest.
     `perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!"; syswrite($f, pack("H*", $ARGV[0])) or die "write: $!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' ${o.seedHex}`,
@@ -85,6 +96,21 @@ export function identityScript(o: { name: string; machineId: string; seedHex: st
     `echo ${o.machineId} >/etc/machine-id`,
     'if [ -s /run/sshd.pid ]; then read -r sshd </run/sshd.pid && kill -HUP "$sshd"; fi',
     'true',
+  ].join('\n');
+}
+
+/** The shell that moves a resumed tap guest's eth0 to its own MAC and address (the old ones are its source's). */
+export function tapScript(t: GuestTapIdentity): string {
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(t.mac) || !/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(t.ipCidr) || !/^\d{1,3}(\.\d{1,3}){3}$/.test(t.gateway))
+    throw new BangerError(ErrorCode.Internal, `bad tap identity ${JSON.stringify(t)}`);
+  return [
+    "ip -batch - <<'EOF'",
+    `link set dev eth0 address ${t.mac}`,
+    'addr flush dev eth0 scope global',
+    `addr add ${t.ipCidr} dev eth0`,
+    `route replace default via ${t.gateway} dev eth0`,
+    'neigh flush dev eth0',
+    'EOF',
   ].join('\n');
 }
 
@@ -168,6 +194,7 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
           seedHex: randomBytes(64).toString('hex'),
           // As late as possible: the clock is set when the script runs, a guest process start after this.
           epochMs: Date.now(),
+          tap: b.vm.networkMode === 'tap' ? { mac: b.vm.mac, ipCidr: b.net!.ipCidr, gateway: b.net!.gateway } : undefined,
         });
         const r = await new AgentGuestSession(agent).exec(script, { signal: b.signal });
         if (r.code !== 0)

@@ -98,8 +98,6 @@ export class SnapshotService {
     const { vm, vp, handle, driver } = r;
     const snaps = driver.snapshots;
     if (!snaps) throw failedPrecondition(`VM '${vm.name}' runs under ${driver.name}, which cannot take snapshots`, 'use a VM created with --vmm qemu');
-    if (vm.networkMode !== 'loopback')
-      throw failedPrecondition(`VM '${vm.name}' uses tap networking; snapshots are of loopback VMs only`, 'snapshot a VM created with --network loopback');
     const image = this.d.images.byIdReady(vm.imageId);
     const id = randomBytes(6).toString('hex');
     const final = this.d.paths.snapshotDir(id);
@@ -138,6 +136,7 @@ export class SnapshotService {
         agent: r.hasAgent,
         egress: vm.egress,
         mac: vm.mac,
+        network: vm.networkMode,
         workspace: vm.workspace,
         workFormat,
         dependsOn: await vmSnapshotIds(vp.dir),
@@ -291,6 +290,7 @@ export class SnapshotService {
       sourceVm: s.sourceVmName,
       vmm: s.vmm,
       image,
+      network: s.network ?? 'loopback',
       vcpus: s.vcpus,
       memoryMib: s.memoryMib,
       diskSizeMib: s.diskSizeMib,

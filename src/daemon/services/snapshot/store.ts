@@ -1,5 +1,6 @@
 import { readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { NetworkMode } from '../../../protocol/common.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import type { Accel, SavedRam, SavedState, VmmName } from '../../vmm/driver.js';
 
@@ -32,6 +33,8 @@ export interface SnapshotRecord {
   agent: boolean;
   egress: boolean;
   mac: string;
+  /** The source VM's networking, which VMs made from it keep (absent in snapshots from before tap ones: loopback). */
+  network?: NetworkMode;
   workspace: VmRecord['workspace'];
   workFormat: 'qcow2' | 'raw';
   /** Snapshots this one's frozen disks are layered on (taken of a VM restored from them). */

@@ -42,12 +42,14 @@ export function createShape(
   const snap = opts.restore?.snapshot;
   if (snap && (opts.cpus !== undefined || opts.memoryMib !== undefined || opts.diskSizeMib !== undefined || opts.image !== undefined))
     throw invalidArgument('a VM made from a snapshot has the snapshot\'s image, CPUs, memory and disk size', 'drop --image, --cpus, --memory and --disk-size');
-  if (snap && opts.network === 'tap') throw invalidArgument('a VM made from a snapshot uses loopback networking', 'drop --network tap');
+  const snapNetwork = snap?.network ?? 'loopback';
+  if (snap && opts.network !== undefined && opts.network !== snapNetwork)
+    throw invalidArgument(`a VM made from snapshot '${snap.name}' uses ${snapNetwork} networking, as its source did`, `drop --network ${opts.network}`);
   const cpus = snap?.vcpus ?? opts.cpus ?? VM_DEFAULTS.cpus;
   const memoryMib = snap?.memoryMib ?? opts.memoryMib ?? VM_DEFAULTS.memoryMib;
   const diskSizeMib = snap?.diskSizeMib ?? opts.diskSizeMib ?? VM_DEFAULTS.diskSizeMib;
   checkMachineSizes({ cpus, memoryMib, diskSizeMib });
-  const networkMode = snap ? 'loopback' : (opts.network ?? defaultNetwork);
+  const networkMode = snap ? snapNetwork : (opts.network ?? defaultNetwork);
   return { cpus, memoryMib, diskSizeMib, networkMode };
 }
 
@@ -115,8 +117,10 @@ export async function insertVmRecord(vm: NewVm, d: NewVmRecordDeps, signal?: Abo
     throw alreadyExists(`a VM named '${name}' already exists`, `pick another --name, or \`banger vm delete ${name}\``);
   const id = randomBytes(6).toString('hex');
   const now = d.now().toISOString();
-  // A restored guest's NIC keeps the snapshot's MAC (its saved device state carries it).
-  const mac = snap?.mac ?? randomMac();
+  // A restored loopback guest's NIC keeps the snapshot's MAC (its saved device state carries it; nothing outside
+  // the VM sees it). A tap one shares a bridge with its source and siblings: it gets its own, which the restore's
+  // identity script gives the guest (restore.ts).
+  const mac = snap && networkMode === 'loopback' ? snap.mac : randomMac();
   let endpoint: { hostAddress: string; sshPort: number; guestAddress: string };
   if (networkMode === 'tap') {
     // The tap and the guest's address exist from create on: the address is the VM's, like a name.
