@@ -1,10 +1,10 @@
 /**
  * kill -9 of bangerd at random points of create, boot (also at the instant QEMU appears), workspace import
- * and export, stop, delete, vm snapshot, vm create --from and vm fork; after each, the next CLI call and the
+ * and export, stop, delete, vm snapshot, vm create --from, vm fork and a warm pool's refill; after each, the next CLI call and the
  * crash invariants (test/helpers/chaos.ts).
  * Prints the per-operation counts and each invariant's violations; exits 1 when any invariant was violated.
  * Usage: npm run build && node --import tsx bench/chaos.ts [--points 500] [--seed N] [--budget-minutes M]
- *        [--ops snapshot,restore,fork]   (only these operations)
+ *        [--ops snapshot,restore,fork,refill]   (only these operations)
  * State directory: BANGER_HOME, else the e2e tier's (/var/cache/banger-test/e2e-home).
  */
 import { parseArgs } from 'node:util';

@@ -57,9 +57,9 @@ void describe('chaos: kill -9 of bangerd at random points, and stop/start cycles
     }
   });
 
-  step('10 kill -9 points across every operation (snapshot, restore and fork too) leave every invariant holding', async () => {
+  step(`${CHAOS_OPS.length} kill -9 points, one per operation (snapshot, restore, fork and a warm pool's refill too), leave every invariant holding`, async () => {
     const seed = process.env.BANGER_CHAOS_SEED === undefined ? undefined : Number(process.env.BANGER_CHAOS_SEED);
-    const r = await runChaos({ home: E2E_HOME, points: 10, seed, budgetMs: 900_000, log });
+    const r = await runChaos({ home: E2E_HOME, points: CHAOS_OPS.length, seed, budgetMs: 900_000, log });
     log(formatChaosReport(r));
     assert.deepEqual(r.violations.map(formatViolation), [], `chaos seed ${r.seed}: invariants violated`);
     assert.deepEqual(r.setupFailures, [], `chaos seed ${r.seed}: the VM could not be brought back after a crash`);

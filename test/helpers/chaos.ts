@@ -33,7 +33,11 @@ import {
 } from './chaos-probe.js';
 import { git, isolateGitConfig, tmp, write } from './workspace-repo.js';
 
-export const CHAOS_OPS = ['create', 'boot', 'boot-at-qemu', 'import', 'export', 'stop', 'delete', 'snapshot', 'restore', 'fork'] as const;
+export const CHAOS_OPS = [
+  'create', 'boot', 'boot-at-qemu', 'import', 'export', 'stop', 'delete', 'snapshot', 'restore', 'fork', 'refill',
+] as const;
+/** The image whose warm pool `refill` points fill (the image every chaos VM uses). */
+const POOL_IMAGE = 'default';
 /** Operations after which the pool VM sits on new disk layers: it and this run's snapshots go after the point. */
 const LAYERING_OPS: readonly ChaosOp[] = ['snapshot', 'restore', 'fork'];
 export type ChaosOp = (typeof CHAOS_OPS)[number];
@@ -155,6 +159,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   const typical: Record<ChaosOp, number> = {
     create: 1000, boot: 9000, 'boot-at-qemu': 9000, import: 5000, export: 1500, stop: 2500, delete: 1000,
     snapshot: 800, restore: 5000, fork: 8000,
+    // `pool set` returns at once; the kill aims at the refill it starts: a boot, then the wait for the agent.
+    refill: 11000,
   };
   const learn = (op: ChaosOp, ms: number) => (typical[op] = Math.round(typical[op] * 0.7 + ms * 0.3));
   const perOp = Object.fromEntries(
@@ -257,6 +263,10 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
           await arrange('running');
           args = ['vm', 'fork', pool, '--count', '2', '--name', `${prefix}f${point}`];
           break;
+        case 'refill':
+          await cli(['pool', 'set', POOL_IMAGE, '--size', '0']);
+          args = ['pool', 'set', POOL_IMAGE, '--size', '1'];
+          break;
       }
     } catch {
       continue; // recorded in setupFailures
@@ -273,7 +283,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     } else {
       await sleep(Math.max(0, call.startedAt + delayMs - Date.now()));
     }
-    const wasRunning = !call.exited();
+    // A refill's call returns at once: what the kill interrupts is the pool VM's boot in the daemon.
+    const wasRunning = op === 'refill' ? refillUnderWay(home) : !call.exited();
     const sinceStart = Date.now() - call.startedAt;
     await killAndWait(pid);
     previousKill = `point ${point}, \`banger ${args.join(' ')}\` killed at ${sinceStart} ms${wasRunning ? '' : ' (after it ended)'}`;
@@ -299,10 +310,13 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     }
     result.pointsRun++;
 
-    // The next CLI call restarts the daemon, which reconciles before it answers.
-    const next = await banger(['vm', 'list', '--json'], { home, timeoutMs: 180_000 });
+    // The next CLI call restarts the daemon, which reconciles before it answers. After a refill point it empties
+    // the pool, so that no new refill is booting while the invariants are checked: what the killed refill left
+    // must be gone by then, as reconcile removes it (the pool's own trim removes parked VMs only).
+    const nextArgs = op === 'refill' ? ['pool', 'set', POOL_IMAGE, '--size', '0'] : ['vm', 'list', '--json'];
+    const next = await banger(nextArgs, { home, timeoutMs: 180_000 });
     if (next.code !== 0) {
-      violate('nextCallFailed', `\`banger vm list --json\` exited ${next.code}: ${next.stderr.trim().slice(-800)}`);
+      violate('nextCallFailed', `\`banger ${nextArgs.join(' ')}\` exited ${next.code}: ${next.stderr.trim().slice(-800)}`);
       continue;
     }
     await checkInvariants(home, violate);
@@ -389,6 +403,15 @@ export async function checkInvariants(
       if (ex.code !== 0)
         violate('runningWithoutExec', `VM ${r.name} is running but \`vm exec -- true\` exited ${ex.code}: ${ex.stderr.trim().slice(-400)}`, await vmConsole(home, r));
     }
+  }
+}
+
+/** Whether a warm pool's VM is being made or booted (a record of the pool in state created or starting). */
+function refillUnderWay(home: string): boolean {
+  try {
+    return readStateDb(home).rows.some((r) => r.name.startsWith(`pool-${POOL_IMAGE}-`) && (r.state === 'created' || r.state === 'starting'));
+  } catch {
+    return false;
   }
 }
 
