@@ -23,3 +23,58 @@ test('an already aborted waiter is Cancelled at once; a failure of the attempt r
   await assert.rejects(untilAborted(failing, new AbortController().signal, 'x'), /host key mismatch/);
   await assert.rejects(untilAborted(failing, undefined, 'x'), /host key mismatch/);
 });
+
+/** A LiveVms holding one VM with an agent whose VMM never exits; the warnings it logs are collected. */
+async function oneLiveVm() {
+  const { mkdtempSync, mkdirSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { LiveVms, newLiveVm } = await import('../../src/daemon/services/vm/live.js');
+  const { Paths } = await import('../../src/shared/paths.js');
+  const { silentLogger } = await import('../../src/shared/logger.js');
+  const paths = new Paths(mkdtempSync(join(tmpdir(), 'banger-live-')));
+  const warnings: string[] = [];
+  const log = silentLogger();
+  log.warn = ((_o: unknown, msg: string) => void warnings.push(msg)) as typeof log.warn;
+  const live = new LiveVms({ paths, log, clientKey: { privateKey: '' }, onUnexpectedExit: () => {} });
+  const driver = { waitExit: () => new Promise<void>(() => {}) } as unknown as Parameters<typeof newLiveVm>[1];
+  const vm = { id: 'v1', name: 'vm-one' } as Parameters<typeof live.agent>[0];
+  mkdirSync(paths.vm(vm.id).dir, { recursive: true });
+  const lv = newLiveVm({ pid: 1, accel: 'tcg', agent: true } as Parameters<typeof newLiveVm>[0], driver);
+  live.add(vm.id, lv);
+  return { live, lv, vm, warnings, socket: paths.vm(vm.id).agentSocket };
+}
+
+test('an agent whose VMM socket is gone (a stopped VM) is not retried: one failure, no reconnect warnings', async () => {
+  const { live, vm, warnings } = await oneLiveVm();
+  const t0 = Date.now();
+  await assert.rejects(live.agent(vm), /cannot reach the guest agent of VM 'vm-one'/);
+  assert.ok(Date.now() - t0 < 1000);
+  assert.deepEqual(warnings, []);
+});
+
+test('an agent that drops the connection is retried a few times, apart; not while the VM is being stopped', async () => {
+  const { createServer } = await import('node:net');
+  const { live, lv, vm, warnings, socket } = await oneLiveVm();
+  let accepted = 0;
+  const server = createServer((s) => {
+    accepted++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => server.listen(socket, r));
+  try {
+    const t0 = Date.now();
+    await assert.rejects(live.agent(vm), /closed the connection|hello/);
+    assert.equal(accepted, 6);
+    assert.equal(warnings.filter((w) => w === 'guest agent hello failed; reconnecting').length, 5);
+    assert.ok(Date.now() - t0 >= 1400, `the attempts are spaced (100 ms, 200 ms, ...): took ${Date.now() - t0} ms`);
+    accepted = 0;
+    warnings.length = 0;
+    lv.stopping = true;
+    await assert.rejects(live.agent(vm));
+    assert.equal(accepted, 1);
+    assert.deepEqual(warnings.filter((w) => w.includes('reconnecting')), []);
+  } finally {
+    server.close();
+  }
+});

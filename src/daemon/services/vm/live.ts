@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { failedPrecondition } from '../../../errors/index.js';
 import type { Paths, VmPaths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
@@ -275,17 +276,21 @@ export class LiveVms {
   }
 
   /**
-   * Connects and checks hello, up to three times: the guest end of a virtio-serial port outlives the host's
-   * connection, so the first exchange after a daemon restart can meet what the agent was in the middle of
-   * (a write blocked since the old daemon went); the agent drops that connection and serves the next.
+   * Connects and checks hello, up to six times, a little longer apart each time: the guest end of a
+   * virtio-serial port outlives the host's connection, so the first exchange after a daemon restart can meet
+   * what the agent was in the middle of (a write blocked since the old daemon went); the agent drops that
+   * connection and serves the next. No retry when the VMM's socket is gone or refuses (the VMM has exited, as
+   * in every `vm stop`), or when the VM is being stopped.
    */
   private async connectAgent(vm: VmRecord, live: LiveVm, firstHelloMs: number, signal?: AbortSignal): Promise<AgentClient> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.connectAgentOnce(vm, live, attempt === 1 ? firstHelloMs : 5_000, signal);
       } catch (e) {
-        if (signal?.aborted || attempt >= 6) throw e;
+        const gone = e instanceof AgentSocketError || live.stopping || this.live.get(vm.id) !== live;
+        if (signal?.aborted || gone || attempt >= 6) throw e;
         this.d.log.warn({ vm: vm.name, attempt, err: (e as Error).message }, 'guest agent hello failed; reconnecting');
+        await sleep(100 * attempt, undefined, { signal }).catch(() => undefined);
       }
     }
   }
@@ -294,9 +299,7 @@ export class LiveVms {
     const path = this.d.paths.vm(vm.id).agentSocket;
     const sock = await new Promise<import('node:net').Socket>((resolve, reject) => {
       const s = connectUnix(path, () => resolve(s));
-      s.once('error', (e) =>
-        reject(new BangerError(ErrorCode.Unavailable, `cannot reach the guest agent of VM '${vm.name}': ${e.message}`)),
-      );
+      s.once('error', (e) => reject(new AgentSocketError(`cannot reach the guest agent of VM '${vm.name}': ${e.message}`)));
     });
     const client = new AgentClient(sock, {
       label: vm.name,
@@ -337,9 +340,9 @@ export class LiveVms {
   /** Starts connecting to the VM's agent if it has one and no connection is open or being made. */
   connectAgentInBackground(vm: VmRecord): void {
     const live = this.live.get(vm.id);
-    if (!live?.hasAgent || live.agentConnecting || (live.agent && !live.agent.closed)) return;
+    if (!live?.hasAgent || live.stopping || live.agentConnecting || (live.agent && !live.agent.closed)) return;
     this.agent(vm, live.watch.signal).catch((e: unknown) => {
-      if (!live.watch.signal.aborted)
+      if (!live.watch.signal.aborted && !live.stopping && this.live.get(vm.id) === live)
         this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent not reachable; commands use SSH');
     });
   }
@@ -349,6 +352,13 @@ export class LiveVms {
     const live = this.live.get(id);
     if (!live) return null;
     return live.hasAgent ? 'agent' : 'ssh';
+  }
+}
+
+/** The VMM's end of the agent's port cannot be connected to: the VMM has exited (or is not up yet). */
+class AgentSocketError extends BangerError {
+  constructor(message: string) {
+    super(ErrorCode.Unavailable, message);
   }
 }
 
