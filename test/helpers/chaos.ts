@@ -430,9 +430,9 @@ function halfMadeSnapshots(home: string): string[] {
       continue;
     }
     // Every snapshot keeps its frozen disks; a restorable one also its saved state.
-    const rec = JSON.parse(readFileSync(join(dir, n, SNAPSHOT_FILES.record), 'utf8')) as { unfinished?: boolean; ram?: string };
+    const rec = JSON.parse(readFileSync(join(dir, n, SNAPSHOT_FILES.record), 'utf8')) as { unfinished?: boolean; ram?: string; rootFormat?: string };
     const F = SNAPSHOT_FILES;
-    const files = [F.root, F.work, ...(rec.unfinished ? [] : [F.state, ...(rec.ram === 'file' ? [F.memory] : [])])];
+    const files = [rec.rootFormat === 'raw' ? F.rootRaw : F.root, F.work, ...(rec.unfinished ? [] : [F.state, ...(rec.ram === 'file' ? [F.memory] : [])])];
     const missing = files.filter((f) => !existsSync(join(dir, n, f)));
     if (missing.length > 0) out.push(`snapshots/${n} lacks ${missing.join(', ')}`);
   }

@@ -35,6 +35,10 @@ export interface FakeRecord {
   accepted: RecordedRequest[];
   invalid: RecordedRequest[];
   state: string;
+  /** The files its drives were opened from (FirecrackerFake.opened). */
+  opened: string[];
+  /** Its working directory. */
+  cwd: string;
 }
 
 function arg(name: string): string | undefined {
@@ -68,6 +72,8 @@ async function main(): Promise<void> {
       accepted: fake.accepted,
       invalid: fake.invalid,
       state: fake.state,
+      opened: fake.opened,
+      cwd: process.cwd(),
     };
     // Atomic, so a reader (or a kill mid-write) never sees half a record.
     writeFileSync(`${behaviour.record}.tmp`, JSON.stringify(rec));

@@ -5,10 +5,10 @@
  * the operation's schema, and unknown fields (Firecracker denies unknown fields) get a 400 with a
  * `fault_message` and are recorded as invalid, so a test can assert that the driver sent none.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { parse as parseYaml } from 'yaml';
@@ -159,6 +159,8 @@ export interface FirecrackerFakeOptions {
   onAction?: (actionType: string) => void;
   /** Called after every request, whatever its outcome. */
   onRequest?: (fake: FirecrackerFake) => void;
+  /** The directory relative drive paths are opened from (Firecracker's working directory). Default: this process's. */
+  cwd?: string;
   spec?: FirecrackerSpec;
 }
 
@@ -185,8 +187,10 @@ export class FirecrackerFake {
   /** Requests that did not match the spec. A correct client sends none. */
   readonly invalid: RecordedRequest[] = [];
   state: 'Not started' | 'Running' | 'Paused' = 'Not started';
-  /** Configuration as last PUT, by path. */
+  /** Configuration as last PUT, by path (after a snapshot load: the saved one, with its overrides). */
   readonly config = new Map<string, unknown>();
+  /** The files the guest's drives were opened from, absolute, at InstanceStart or snapshot load. */
+  opened: string[] = [];
   private readonly faults: Map<string, string>;
   private readonly spec: FirecrackerSpec;
   private server: Server | undefined;
@@ -205,6 +209,21 @@ export class FirecrackerFake {
     });
     fake.server = server;
     return fake;
+  }
+
+  /**
+   * Opens the drives of `config` as Firecracker does: each `path_on_host` as given, so a relative one from the
+   * working directory. The absolute files, or a fault message for a drive that cannot be opened.
+   */
+  private openDrives(config: ReadonlyMap<string, unknown>): string[] | string {
+    const out: string[] = [];
+    for (const [p, d] of config) {
+      if (!p.startsWith('/drives/')) continue;
+      const file = resolve(this.options.cwd ?? process.cwd(), (d as { path_on_host: string }).path_on_host);
+      if (!existsSync(file)) return `Unable to open the block device backing file ${(d as { path_on_host: string }).path_on_host}: no such file`;
+      out.push(file);
+    }
+    return out;
   }
 
   /** Answers `METHOD path` (e.g. "PUT /machine-config") with a 400 carrying `message` from now on. */
@@ -302,6 +321,9 @@ export class FirecrackerFake {
             ([p, b]) => p.startsWith('/drives/') && (b as { is_root_device?: boolean }).is_root_device,
           );
           if (!hasRoot) return refuse('Cannot start microvm without a root block device (required by this fake).');
+          const drives = this.openDrives(this.config);
+          if (typeof drives === 'string') return refuse(drives);
+          this.opened = drives;
           this.state = 'Running';
         } else if (action === 'SendCtrlAltDel' && this.state !== 'Running') {
           return refuse('The requested operation is not supported before starting the microVM.');
@@ -309,6 +331,53 @@ export class FirecrackerFake {
         answer(204);
         this.options.onAction?.(action);
         return;
+      }
+      if (method === 'PUT' && path === '/snapshot/create') {
+        if (this.state !== 'Paused') return refuse('Cannot create a snapshot of a microVM that is not paused.');
+        const b = body as { snapshot_path: string; mem_file_path: string };
+        // Like Firecracker's state file, the fake's records every device as configured (drive paths as given).
+        writeFileSync(b.snapshot_path, JSON.stringify({ fakeFirecrackerSnapshot: 1, config: Object.fromEntries(this.config) }));
+        const mib = (this.config.get('/machine-config') as { mem_size_mib?: number } | undefined)?.mem_size_mib ?? 0;
+        writeFileSync(b.mem_file_path, '');
+        truncateSync(b.mem_file_path, mib * 1024 * 1024);
+        return answer(204);
+      }
+      if (method === 'PUT' && path === '/snapshot/load') {
+        const configured = [...this.config.keys()].filter((k) => k !== '/logger' && k !== '/metrics');
+        if (this.state !== 'Not started' || configured.length > 0)
+          return refuse('Loading a microVM snapshot not allowed after configuring boot-specific resources.');
+        const b = body as {
+          snapshot_path: string;
+          mem_backend?: { backend_type: string; backend_path: string };
+          resume_vm?: boolean;
+          network_overrides?: { iface_id: string; host_dev_name: string }[];
+          vsock_override?: { uds_path: string };
+        };
+        let saved: Map<string, unknown>;
+        try {
+          const text = readFileSync(b.snapshot_path, 'utf8');
+          saved = new Map(Object.entries((JSON.parse(text) as { config: Record<string, unknown> }).config));
+        } catch (e) {
+          return refuse(`Load snapshot error: Cannot open snapshot file: ${(e as Error).message}`);
+        }
+        if (!b.mem_backend) return refuse('Load snapshot error: missing memory backend (the fake models mem_backend only)');
+        if (b.mem_backend.backend_type === 'File' && !existsSync(b.mem_backend.backend_path))
+          return refuse(`Load snapshot error: Cannot open the memory file: ${b.mem_backend.backend_path}`);
+        for (const o of b.network_overrides ?? []) {
+          const key = `/network-interfaces/${o.iface_id}`;
+          if (!saved.has(key)) return refuse(`Invalid network override: the snapshot has no interface ${o.iface_id}`);
+          saved.set(key, { ...(saved.get(key) as object), host_dev_name: o.host_dev_name });
+        }
+        if (b.vsock_override) {
+          if (!saved.has('/vsock')) return refuse('Invalid vsock override: the snapshot has no vsock device');
+          saved.set('/vsock', { ...(saved.get('/vsock') as object), uds_path: b.vsock_override.uds_path });
+        }
+        const drives = this.openDrives(saved);
+        if (typeof drives === 'string') return refuse(`Load snapshot error: ${drives}`);
+        this.opened = drives;
+        for (const [k, v] of saved) this.config.set(k, v);
+        this.state = b.resume_vm ? 'Running' : 'Paused';
+        return answer(204);
       }
       if (method === 'PATCH' && path === '/vm') {
         if (this.state === 'Not started')

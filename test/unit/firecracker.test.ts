@@ -17,6 +17,7 @@ import {
   INSTANCE_START,
   firecrackerArgv,
   firecrackerBootArgs,
+  firecrackerLoadRequest,
   firecrackerRequests,
 } from '../../src/daemon/vmm/firecracker/config.js';
 import { FirecrackerDriver } from '../../src/daemon/vmm/firecracker/driver.js';
@@ -297,7 +298,7 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
     await writeFile(kvm, '');
     const driver = new FirecrackerDriver({
       binary: process.execPath,
-      binaryArgs: ['--import', 'tsx', FAKE_BIN],
+      binaryArgs: ['--import', import.meta.resolve('tsx'), FAKE_BIN],
       env: { ...process.env, FAKE_FIRECRACKER: JSON.stringify({ record, ...behaviour }) },
       kvmDevice: kvm,
       apiReadyTimeoutMs: 10_000,
@@ -449,6 +450,95 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
         /Firecracker exited during launch \(exit code 1\):\nError: Invalid value for --id/,
       ),
     );
+  });
+
+  void it('snapshots: Full, of the paused guest, disks copied while paused; a restore elsewhere loads it with one request and opens its own disks, tap and vsock', async () => {
+    /** A VM directory with its own disks (their contents name it) and a spec that runs Firecracker there. */
+    const vmIn = async (vmDir: string, tap: string, over: Partial<LaunchSpec> = {}): Promise<LaunchSpec> => {
+      for (const f of ['root.img', 'work.img', 'seed.img']) await writeFile(join(vmDir, f), `${f} of ${vmDir}`);
+      return baseSpec(dir, {
+        disks: [
+          { id: 'root', path: join(vmDir, 'root.img'), format: 'raw', readOnly: false },
+          { id: 'work', path: join(vmDir, 'work.img'), format: 'raw', readOnly: false },
+          { id: 'seed', path: join(vmDir, 'seed.img'), format: 'raw', readOnly: true },
+        ],
+        network: { mode: 'tap', tapName: tap, mac: '52:54:00:AB:CD:EF' },
+        consoleLogPath: join(vmDir, 'console.log'),
+        vmmLogPath: join(vmDir, 'vmm.log'),
+        controlSocketPath: join(vmDir, 'fc.sock'),
+        channelSocketPath: join(vmDir, 'vsock.sock'),
+        workDir: vmDir,
+        ...over,
+      });
+    };
+    const a = await setup();
+    const specA = await vmIn(a.vmDir, 'bgr-tap0');
+    const hA = await a.driver.launch(specA);
+    handles.push(hA);
+    let rec = await a.readRecord();
+    // Firecracker runs in the VM's directory and is given its files by name: a saved state names no directory.
+    assert.equal(rec.cwd, a.vmDir);
+    const drives = rec.accepted.filter((r) => r.path.startsWith('/drives/')).map((r) => (r.body as { path_on_host: string }).path_on_host);
+    assert.deepEqual(drives, ['root.img', 'work.img', 'seed.img']);
+    assert.deepEqual(rec.opened, [join(a.vmDir, 'root.img'), join(a.vmDir, 'work.img'), join(a.vmDir, 'seed.img')]);
+
+    const snap = await mkdtemp(join(dir, 'snap-'));
+    const api = new FirecrackerApi(specA.controlSocketPath);
+    let stateWhileCopying = '';
+    const saved = await a.driver.snapshots.save(hA, {
+      disks: [],
+      statePath: join(snap, 'state.bin'),
+      ramPath: join(snap, 'memory.ram'),
+      whilePaused: async () => {
+        stateWhileCopying = (await api.describeInstance()).state;
+        for (const f of ['root.img', 'work.img']) await writeFile(join(snap, f), await readFile(join(a.vmDir, f)));
+      },
+    });
+    assert.equal(saved.ram, 'file');
+    assert.equal(stateWhileCopying, 'Paused');
+    assert.equal((await api.describeInstance()).state, 'Running', 'the source runs on');
+    rec = await a.readRecord();
+    assert.deepEqual(rec.invalid, []);
+    assert.deepEqual(
+      rec.accepted.filter((r) => r.method !== 'GET').slice(-3).map((r) => [`${r.method} ${r.path}`, r.body]),
+      [
+        ['PATCH /vm', { state: 'Paused' }],
+        ['PUT /snapshot/create', { snapshot_type: 'Full', snapshot_path: join(snap, 'state.bin'), mem_file_path: join(snap, 'memory.ram') }],
+        ['PATCH /vm', { state: 'Resumed' }],
+      ],
+    );
+    await assert.rejects(
+      a.driver.snapshots.save(hA, { disks: [{ id: 'root', overlayPath: '/x.qcow2' }], statePath: '/s', ramPath: '/m' }),
+      /cannot move a running guest onto new disk layers/,
+    );
+
+    // The restored VM: another directory with copies of the snapshot's disks, another tap and vsock socket.
+    const b = await setup();
+    const specB = await vmIn(b.vmDir, 'bgr-tap1', {
+      incoming: { statePath: join(snap, 'state.bin'), ramPath: join(snap, 'memory.ram'), ram: 'file' },
+    });
+    const hB = await b.driver.launch(specB);
+    handles.push(hB);
+    await b.driver.snapshots.waitRestored(hB, Date.now() + 10_000);
+    const recB = await b.readRecord();
+    assert.deepEqual(recB.invalid, []);
+    assert.deepEqual(recB.accepted.filter((r) => r.method !== 'GET').map((r) => [`${r.method} ${r.path}`, r.body]), [
+      [
+        'PUT /snapshot/load',
+        {
+          snapshot_path: join(snap, 'state.bin'),
+          mem_backend: { backend_type: 'File', backend_path: join(snap, 'memory.ram') },
+          resume_vm: true,
+          network_overrides: [{ iface_id: 'eth0', host_dev_name: 'bgr-tap1' }],
+          vsock_override: { uds_path: join(b.vmDir, 'vsock.sock') },
+        },
+      ],
+    ]);
+    assert.equal(recB.state, 'Running');
+    assert.deepEqual(recB.opened, [join(b.vmDir, 'root.img'), join(b.vmDir, 'work.img'), join(b.vmDir, 'seed.img')], 'its own disks, not the source VM\'s');
+
+    // A state whose memory is in its stream (QEMU's) cannot be loaded: refused before any process starts.
+    assert.throws(() => firecrackerLoadRequest({ ...specB, incoming: { statePath: '/s', ramPath: '', ram: 'stream' } }), /restores memory from a file/);
   });
 
   void it('removes a stale API socket before starting', async () => {

@@ -8,7 +8,8 @@ import { Paths } from '../../src/shared/paths.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { diskFormat } from '../../src/daemon/services/vm/disks.js';
 import { incomingFromFile, outgoingToFile, qemuArgv } from '../../src/daemon/vmm/qemu/argv.js';
-import { identityScript, tapScript } from '../../src/daemon/services/snapshot/restore.js';
+import { identityScript, makeRestoredFiles, tapScript } from '../../src/daemon/services/snapshot/restore.js';
+import { runCommand } from '../../src/shared/command.js';
 import { createShape } from '../../src/daemon/services/vm/create.js';
 import { SnapshotService, imageKey } from '../../src/daemon/services/snapshot/service.js';
 import type { ReadyImage } from '../../src/daemon/services/image/service.js';
@@ -211,4 +212,85 @@ test('a snapshot restores only on the image as it was: a rebuilt image is refuse
   current = image;
   writeFileSync(rootfs, 'image rebuilt, longer');
   await assert.rejects(svc.source('warm'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /has changed since/.test(e.message));
+});
+
+test('a VMM without disk layers (Firecracker): the disks are copied while the VM is paused, nothing is layered on the snapshot, and a restore copies them again', async () => {
+  const root = tmp();
+  const paths = new Paths(root);
+  const rootfs = join(root, 'rootfs.ext4');
+  writeFileSync(rootfs, 'image');
+  const image = { name: 'default', rootfsPath: rootfs, kernelSha256: 'k1' } as ReadyImage;
+  const vp = paths.vm('v1');
+  mkdirSync(vp.dir, { recursive: true });
+  writeFileSync(vp.rootDiskRaw, 'root as it is');
+  writeFileSync(vp.workDisk, 'work as it is');
+  const events: string[] = [];
+  const vm = { id: 'v1', name: 'fc', dir: vp.dir, imageId: 'img', vcpus: 1, memoryMib: 64, diskSizeMib: 64, egress: false, mac: '52:54:00:12:34:56', networkMode: 'tap', workspace: null } as unknown as VmRecord;
+  const driver = {
+    name: 'firecracker',
+    snapshots: {
+      disks: 'copies',
+      async save(_h: unknown, o: { disks: unknown[]; statePath: string; ramPath: string; whilePaused?: () => Promise<void> }) {
+        assert.deepEqual(o.disks, []);
+        events.push('paused');
+        writeFileSync(o.statePath, 'state');
+        writeFileSync(o.ramPath, 'memory');
+        await o.whilePaused?.();
+        events.push('resumed');
+        // What the guest writes once it runs again is not in the snapshot.
+        writeFileSync(vp.rootDiskRaw, 'root written after');
+        return { pausedMs: 7, ram: 'file' };
+      },
+    },
+  };
+  const running = { vm, vp, handle: { accel: 'kvm' }, driver, hasAgent: true } as unknown as RunningVm;
+  const svc = new SnapshotService({
+    paths,
+    vms: { withRunning: async (_n, fn) => fn(running), records: () => [vm] },
+    images: { byIdReady: () => image },
+    run: async (cmd, args, opts) => {
+      events.push(`${cmd} ${args.slice(0, 2).join(' ')}`);
+      return runCommand(cmd, args, opts);
+    },
+    log: silentLogger(),
+  });
+  const info = await svc.create({ vm: 'fc', name: 'fc-1' });
+  assert.deepEqual(events, ['paused', 'cp --reflink=auto --sparse=always', 'cp --reflink=auto --sparse=always', 'resumed']);
+  assert.equal(info.network, 'tap');
+  assert.deepEqual(info.dependents, [], 'no VM is layered on a snapshot by copies');
+  const dir = paths.snapshotDir(info.id);
+  assert.equal(readFileSync(join(dir, 'root.img'), 'utf8'), 'root as it is');
+  assert.equal(readFileSync(join(dir, 'work.img'), 'utf8'), 'work as it is');
+  assert.equal(existsSync(join(vp.dir, 'snapshots.json')), false);
+  assert.equal(existsSync(join(vp.dir, 'disks.json')), false, 'the VM keeps its own disk files');
+
+  // A VM made from it gets copies of the snapshot's disks, not the source's files as they are now.
+  const src = await svc.source('fc-1');
+  assert.equal(src.snapshot.rootFormat, 'raw');
+  const vp2 = paths.vm('v2');
+  await makeRestoredFiles(vp2, src, runCommand, 'fc-copy');
+  assert.equal(readFileSync(vp2.rootDiskRaw, 'utf8'), 'root as it is');
+  assert.equal(readFileSync(vp2.workDisk, 'utf8'), 'work as it is');
+  assert.equal(existsSync(join(vp2.dir, 'snapshots.json')), false);
+  assert.deepEqual(await svc.delete('fc-1'), { deleted: 'fc-1' });
+
+  // Killed mid-way: the partial directory goes and the VM is resumed; its disks were never touched.
+  const partial = join(paths.snapshotsDir, '.partial-ddd');
+  mkdirSync(partial, { recursive: true });
+  writeFileSync(join(partial, 'snapshot.json'), JSON.stringify({ ...fakeSnapshot('ddd', 'fc-2'), sourceVmId: 'v1', rootFormat: 'raw', unfinished: true }));
+  const resumed: string[] = [];
+  const svc2 = new SnapshotService({
+    paths,
+    vms: {
+      withRunning: async (n, fn) => fn({ driver: { pausing: { resume: async () => void resumed.push(n) } } } as unknown as RunningVm),
+      records: () => [vm],
+    },
+    images: { byIdReady: () => image },
+    run: runCommand,
+    log: silentLogger(),
+  });
+  await svc2.reconcile();
+  assert.deepEqual(readdirSync(paths.snapshotsDir), []);
+  assert.deepEqual(resumed, ['fc']);
+  assert.equal(existsSync(join(vp.dir, 'disks.json')), false);
 });

@@ -198,3 +198,60 @@ void describe('connectVsock (Firecracker host-initiated vsock)', { timeout: 20_0
       );
   });
 });
+
+void describe('the guest side of the vsock channel (Firecracker images)', () => {
+  void it('the Python bridge passes each connection to the agent whole, both ways, and outlives a client', async () => {
+    const { spawn } = await import('node:child_process');
+    const { writeFile } = await import('node:fs/promises');
+    const { existsSync } = await import('node:fs');
+    const { VSOCK_BRIDGE } = await import('../../src/daemon/guest/init/vsock-bridge.js');
+    const { AgentGuestSession } = await import('../../src/daemon/guest/agent-session.js');
+    const { connect } = await import('node:net');
+    const agent = await startAgent();
+    const dir = await mkdtemp(join(tmpdir(), 'banger-bridge-'));
+    const script = join(dir, 'vsock-bridge.py');
+    const listen = join(dir, 'vsock-stand-in.sock');
+    await writeFile(script, VSOCK_BRIDGE);
+    // This host has no vsock: the bridge listens on a unix socket in its place, as BANGER_BRIDGE_LISTEN says.
+    const bridge = spawn('python3', [script, String(AGENT_VSOCK_PORT), agent.path], {
+      env: { ...process.env, BANGER_BRIDGE_LISTEN: listen },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    bridge.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    try {
+      for (let i = 0; i < 100 && !existsSync(listen); i++) await new Promise((r) => setTimeout(r, 50));
+      const through = () =>
+        new Promise<Socket>((resolve, reject) => {
+          const s = connect(listen, () => resolve(s));
+          s.once('error', reject);
+        });
+      for (let round = 0; round < 2; round++) {
+        const client = new AgentClient(await through());
+        try {
+          assert.equal((await client.hello({ timeoutMs: 5000 })).protocol, AGENT_PROTOCOL_VERSION);
+          // 1 MiB each way: the bridge passes a large stream whole.
+          const r = await new AgentGuestSession(client).exec('head -c 1048576 /dev/zero | tr "\\0" x; printf done >&2');
+          assert.equal(r.code, 0);
+          assert.equal(r.stdout.length, 1 << 20);
+          assert.equal(r.stderr.toString(), 'done');
+        } finally {
+          client.close();
+        }
+      }
+      assert.match(stderr, new RegExp(`banger-vsock-bridge: port ${AGENT_VSOCK_PORT} -> ${agent.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+    } finally {
+      bridge.kill('SIGKILL');
+      await agent.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it('run-agent serves the agent through the bridge when the guest has a vsock device and no virtio-serial port', async () => {
+    const { RUN_AGENT, GUEST_PATHS } = await import('../../src/daemon/guest/init/scripts.js');
+    const branch = RUN_AGENT.slice(RUN_AGENT.indexOf('if [ -n "$vsock" ]; then'));
+    assert.match(RUN_AGENT, /\[ -z "\$dev" \] && \[ -e \/dev\/vsock \]/);
+    assert.ok(branch.includes(`python3 ${GUEST_PATHS.vsockBridge} ${AGENT_VSOCK_PORT} ${GUEST_PATHS.agentSocket} &`));
+    assert.match(branch, new RegExp(`--listen ${GUEST_PATHS.agentSocket} --priority 0`));
+  });
+});

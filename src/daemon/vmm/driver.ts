@@ -73,6 +73,12 @@ export interface LaunchSpec {
   /** Optional host<->guest channel (virtio-serial or vsock), a unix socket path on the host. */
   channelSocketPath?: string;
   /**
+   * The VM's own directory, which holds its disks and console log. A VMM that records file paths in a saved
+   * state (Firecracker) runs there and is given those files by relative names, so a VM restored from the state
+   * in another directory opens its own copies, not the source VM's.
+   */
+  workDir?: string;
+  /**
    * Resume a saved guest instead of booting the kernel: what `snapshots.save` wrote. The spec's machine
    * (vCPUs, memory, disks, devices) must be the saved one's.
    */
@@ -136,15 +142,22 @@ export interface PortForwarding {
 /** Capability: saving a running guest (memory, device state, a point-in-time of its disks) and resuming it. */
 export interface VmmSnapshots {
   /**
+   * How a snapshot holds the disks as they were at its instant:
+   *  - 'layers': `save` moves the running guest onto new qcow2 layers (`disks`' `overlayPath`) over its current
+   *    files, which from then on are never written again and become the snapshot's: nothing is copied (QEMU).
+   *  - 'copies': the VMM cannot switch a running guest's disks (Firecracker: raw files, no block-job API), so
+   *    `disks` is empty and the caller copies the files in `whilePaused`.
+   */
+  readonly disks: 'layers' | 'copies';
+  /**
    * Stops the guest's CPUs; switches each listed disk onto `overlayPath` (an existing qcow2 file whose backing
-   * is the disk's current file, which from then on is never written again); writes device state to
-   * `statePath` and the RAM to `ramPath` (or, where it cannot be copied out, into the state stream: the
-   * result's `ram` says which); resumes the guest. Resolves with how long the CPUs were stopped. On failure
-   * the guest is resumed where it can be.
+   * is the disk's current file); writes device state to `statePath` and the RAM to `ramPath` (or, where it
+   * cannot be copied out, into the state stream: the result's `ram` says which); runs `whilePaused`; resumes
+   * the guest. Resolves with how long the CPUs were stopped. On failure the guest is resumed where it can be.
    */
   save(
     handle: VmHandle,
-    o: { disks: { id: string; overlayPath: string }[]; statePath: string; ramPath: string },
+    o: { disks: { id: string; overlayPath: string }[]; statePath: string; ramPath: string; whilePaused?: () => Promise<void> },
     signal?: AbortSignal,
   ): Promise<{ pausedMs: number; ram: SavedRam }>;
   /** Resolves once a VM launched with `incoming` has loaded it and its CPUs run. */

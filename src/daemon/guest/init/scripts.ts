@@ -22,6 +22,8 @@ import {
   WORK_DEVICE_FALLBACK,
   WORK_DISK_SERIAL,
 } from './contract.js';
+import { AGENT_VSOCK_PORT } from '../../../protocol/agent.js';
+import { VSOCK_BRIDGE } from './vsock-bridge.js';
 
 /** Paths of the guest files, inside the root filesystem. */
 export const GUEST_PATHS = {
@@ -32,6 +34,10 @@ export const GUEST_PATHS = {
   ready: '/usr/lib/banger/ready',
   runSshd: '/usr/lib/banger/run-sshd',
   runAgent: '/usr/lib/banger/run-agent',
+  /** Firecracker guests: the agent's vsock port passed on to its unix socket (vsock-bridge.ts). */
+  vsockBridge: '/usr/lib/banger/vsock-bridge.py',
+  /** The agent's unix socket when it is reached over vsock. */
+  agentSocket: '/run/banger-agent.sock',
   /** The guest agent (bundled for the guest's Node); images built without it fall back to SSH. */
   agent: '/usr/lib/banger/agent.mjs',
   /** Created by the agent once it holds its channel; `ready` waits for it. */
@@ -230,7 +236,11 @@ done
 # The seed's agent is the daemon's own (it speaks that daemon's protocol); the image's is the fallback.
 agent=${SEED_MOUNT_DIR}/${SEED_FILES.agent}
 [ -f "$agent" ] || agent=${GUEST_PATHS.agent}
-if [ ! -f "$agent" ] || [ -z "$dev" ] || ! command -v node >/dev/null; then
+# No virtio-serial port but a vsock device (Firecracker): the host reaches the agent over vsock, through the
+# Python bridge to the agent's unix socket.
+vsock=
+if [ -z "$dev" ] && [ -e /dev/vsock ] && command -v python3 >/dev/null; then vsock=1; fi
+if [ ! -f "$agent" ] || { [ -z "$dev" ] && [ -z "$vsock" ]; } || ! command -v node >/dev/null; then
   echo "banger-agent: not started (agent, port or node missing)"
   exec sleep 2147483647
 fi
@@ -245,6 +255,13 @@ while [ "$i" -lt 1200 ] && ! grep -qs ':0016 [0-9A-F]*:0000 0A' /proc/net/tcp /p
 done
 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=65536
 export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_
+if [ -n "$vsock" ]; then
+  # A bridge left by an agent that init respawned still holds the port and serves the new agent: then this
+  # one exits at once.
+  python3 ${GUEST_PATHS.vsockBridge} ${AGENT_VSOCK_PORT} ${GUEST_PATHS.agentSocket} &
+  rm -f ${GUEST_PATHS.agentSocket}
+  exec nice -n 19 node --max-semi-space-size=1 "$agent" --listen ${GUEST_PATHS.agentSocket} --priority 0
+fi
 exec nice -n 19 node --max-semi-space-size=1 "$agent" \\
   --port "$dev" --ready-file ${GUEST_PATHS.agentReady} --priority 0
 `;
@@ -338,6 +355,7 @@ export function guestFiles(): GuestFile[] {
     { path: GUEST_PATHS.sysinit, mode: 0o755, content: SYSINIT },
     { path: GUEST_PATHS.ready, mode: 0o755, content: READY },
     { path: GUEST_PATHS.runAgent, mode: 0o755, content: RUN_AGENT },
+    { path: GUEST_PATHS.vsockBridge, mode: 0o644, content: VSOCK_BRIDGE },
     { path: GUEST_PATHS.runSshd, mode: 0o755, content: RUN_SSHD },
     { path: GUEST_PATHS.shutdown, mode: 0o755, content: SHUTDOWN },
     { path: GUEST_PATHS.poweroff, mode: 0o755, content: POWEROFF },

@@ -41,11 +41,18 @@ export async function makeRestoredFiles(vp: VmPaths, src: RestoreSource, run: Co
     await mkdir(vp.dir, { recursive: true, mode: 0o700 });
     await ensureFreeSpace(vp.dir, needed, what);
     const s = src.snapshot;
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(src.dir, SNAPSHOT_FILES.root), '-F', 'qcow2', vp.rootDisk], { signal });
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(src.dir, SNAPSHOT_FILES.work), '-F', s.workFormat, vp.workDisk], {
-      signal,
-    });
-    await addVmSnapshotIds(vp.dir, [s.id]);
+    if (s.rootFormat === 'raw') {
+      // A snapshot by copies (a VMM without disk layers): the VM gets copies of its own, shared blocks where
+      // the filesystem has reflinks. It is not layered on the snapshot.
+      await run('cp', ['--reflink=auto', '--sparse=always', join(src.dir, SNAPSHOT_FILES.rootRaw), vp.rootDiskRaw], { signal });
+      await run('cp', ['--reflink=auto', '--sparse=always', join(src.dir, SNAPSHOT_FILES.work), vp.workDisk], { signal });
+    } else {
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(src.dir, SNAPSHOT_FILES.root), '-F', 'qcow2', vp.rootDisk], { signal });
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', join(src.dir, SNAPSHOT_FILES.work), '-F', s.workFormat, vp.workDisk], {
+        signal,
+      });
+      await addVmSnapshotIds(vp.dir, [s.id]);
+    }
     const marker: RestoreMarker = {
       snapshotId: s.id,
       state: snapshotState(s, src.dir),
@@ -172,6 +179,8 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
           d.live.agent(b.vm, b.signal, { firstHelloMs: Math.max(10_000, b.deadline - Date.now()) }).catch(() => {});
         }
         await snaps.waitRestored(b.live!.handle, b.deadline, b.signal);
+        // Over vsock (Firecracker) the host connects once the guest runs: the identity step below does.
+        if (marker.agent && !b.driver.features.has('virtioSerial') && b.driver.features.has('vsock')) b.live!.hasAgent = true;
         if (b.live!.hasAgent) await writeHandles(b.vp.handles, { ...b.live!.handle, agent: true });
       },
     },

@@ -90,7 +90,8 @@ export class SnapshotService {
       if (all.some((s) => s.name === name))
         throw alreadyExists(`a snapshot named '${name}' already exists`, `pick another --name, or \`banger snapshot delete ${name}\``);
       const rec = await this.d.vms.withRunning(p.vm, (r) => this.take(r, name, signal), signal);
-      return this.info(rec, [p.vm]);
+      // Its source is layered on it, unless its disks are copies.
+      return this.info(rec, rec.rootFormat === 'raw' ? [] : [p.vm]);
     }, signal);
   }
 
@@ -99,6 +100,7 @@ export class SnapshotService {
     const snaps = driver.snapshots;
     if (!snaps) throw failedPrecondition(`VM '${vm.name}' runs under ${driver.name}, which cannot take snapshots`, 'use a VM created with --vmm qemu');
     const image = this.d.images.byIdReady(vm.imageId);
+    if (snaps.disks === 'copies') return this.takeCopies(r, name, image, signal);
     const id = randomBytes(6).toString('hex');
     const final = this.d.paths.snapshotDir(id);
     const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
@@ -122,25 +124,9 @@ export class SnapshotService {
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.root), '-F', 'qcow2', next.root, String(rootSize)], { signal });
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.work), '-F', workFormat, next.work, String(workSize)], { signal });
       const rec: SnapshotRecord = {
-        id,
-        name,
-        sourceVmId: vm.id,
-        sourceVmName: vm.name,
-        vmm: driver.name,
-        accel: handle.accel,
-        imageId: vm.imageId,
-        imageKey: await imageKey(image),
-        vcpus: vm.vcpus,
-        memoryMib: vm.memoryMib,
-        diskSizeMib: vm.diskSizeMib,
-        agent: r.hasAgent,
-        egress: vm.egress,
-        mac: vm.mac,
-        network: vm.networkMode,
-        workspace: vm.workspace,
+        ...(await this.recordOf(r, id, name, image)),
         workFormat,
         dependsOn: await vmSnapshotIds(vp.dir),
-        createdAt: (this.d.now ?? (() => new Date()))().toISOString(),
         pausedMs: 0,
         unfinished: true,
       };
@@ -177,6 +163,88 @@ export class SnapshotService {
       }
       throw e instanceof BangerError ? e : asNoSpace(e, this.d.paths.snapshotsDir, what, needed);
     }
+  }
+
+  /**
+   * A snapshot of a VM whose VMM cannot move it onto new disk layers (Firecracker): its raw disks are copied
+   * (`cp --reflink=auto --sparse=always`: no data copied on a filesystem with reflinks, only the written blocks
+   * otherwise) while its CPUs are stopped. Nothing of the VM changes, so a failure or a kill leaves only the
+   * `.partial-` directory, which goes (here, or at reconcile), and no VM is layered on the snapshot.
+   */
+  private async takeCopies(r: RunningVm, name: string, image: ReadyImage, signal?: AbortSignal): Promise<SnapshotRecord> {
+    const { vm, vp, handle, driver } = r;
+    const id = randomBytes(6).toString('hex');
+    const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
+    const root = vp.rootDiskRaw;
+    const work = activeDisks(vp).work;
+    const what = `snapshot VM '${vm.name}'`;
+    const needed = (vm.memoryMib + 64) * MIB + (fileUse(root)?.hostBytes ?? 0) + (fileUse(work)?.hostBytes ?? 0);
+    try {
+      await mkdir(partial, { recursive: true, mode: 0o700 });
+      await ensureFreeSpace(partial, needed, what);
+      const copy = (from: string, to: string) => this.d.run('cp', ['--reflink=auto', '--sparse=always', from, to], { signal });
+      // Written first, so a daemon killed while the VM is paused leaves reconcile the VM to resume.
+      const rec: SnapshotRecord = {
+        ...(await this.recordOf(r, id, name, image)),
+        workFormat: diskFormat(work),
+        rootFormat: 'raw',
+        dependsOn: [],
+        pausedMs: 0,
+        unfinished: true,
+      };
+      await writeJson(join(partial, SNAPSHOT_FILES.record), rec);
+      const { pausedMs, ram } = await driver.snapshots!.save(
+        handle,
+        {
+          disks: [],
+          statePath: join(partial, SNAPSHOT_FILES.state),
+          ramPath: join(partial, SNAPSHOT_FILES.memory),
+          whilePaused: async () => {
+            await copy(root, join(partial, SNAPSHOT_FILES.rootRaw));
+            await copy(work, join(partial, SNAPSHOT_FILES.work));
+          },
+        },
+        signal,
+      );
+      const whole: SnapshotRecord = { ...rec, pausedMs, ram };
+      delete whole.unfinished;
+      await writeJson(join(partial, SNAPSHOT_FILES.record), whole);
+      await rename(partial, this.d.paths.snapshotDir(id));
+      this.d.log.info({ vm: vm.name, snapshot: name, pausedMs, ram, disks: 'copies' }, 'snapshot taken');
+      return whole;
+    } catch (e) {
+      await rm(partial, { recursive: true, force: true });
+      throw e instanceof BangerError ? e : asNoSpace(e, this.d.paths.snapshotsDir, what, needed);
+    }
+  }
+
+  /** The parts of a snapshot's record that say what it was taken of. */
+  private async recordOf(
+    r: RunningVm,
+    id: string,
+    name: string,
+    image: ReadyImage,
+  ): Promise<Omit<SnapshotRecord, 'workFormat' | 'dependsOn' | 'pausedMs'>> {
+    const { vm, handle, driver } = r;
+    return {
+      id,
+      name,
+      sourceVmId: vm.id,
+      sourceVmName: vm.name,
+      vmm: driver.name,
+      accel: handle.accel,
+      imageId: vm.imageId,
+      imageKey: await imageKey(image),
+      vcpus: vm.vcpus,
+      memoryMib: vm.memoryMib,
+      diskSizeMib: vm.diskSizeMib,
+      agent: r.hasAgent,
+      egress: vm.egress,
+      mac: vm.mac,
+      network: vm.networkMode,
+      workspace: vm.workspace,
+      createdAt: (this.d.now ?? (() => new Date()))().toISOString(),
+    };
   }
 
   async delete(ref: string): Promise<{ deleted: string }> {
@@ -218,7 +286,9 @@ export class SnapshotService {
       const id = n.slice('.partial-'.length);
       const rec = await readJson<SnapshotRecord>(join(dir, n, SNAPSHOT_FILES.record)).catch(() => undefined);
       const vm = rec && this.d.vms.records().find((v) => v.id === rec.sourceVmId);
-      if (!rec || !vm) {
+      // A snapshot by copies never touched its VM's disks (takeCopies): its partial directory just goes.
+      if (!rec || !vm || rec.rootFormat === 'raw') {
+        if (vm) await this.resumeSource(vm.name);
         for (const v of this.d.vms.records()) for (const f of Object.values(overlayNames(id))) await rm(join(v.dir, f), { force: true });
         await rm(join(dir, n), { recursive: true, force: true });
         continue;

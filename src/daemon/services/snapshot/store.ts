@@ -37,6 +37,11 @@ export interface SnapshotRecord {
   network?: NetworkMode;
   workspace: VmRecord['workspace'];
   workFormat: 'qcow2' | 'raw';
+  /**
+   * 'raw' for a snapshot whose disks are copies made while its VM was paused (a VMM that cannot move a running
+   * VM onto new layers: Firecracker): its root is `root.img`, and no VM is layered on it. Absent: 'qcow2'.
+   */
+  rootFormat?: 'qcow2' | 'raw';
   /** Snapshots this one's frozen disks are layered on (taken of a VM restored from them). */
   dependsOn: string[];
   createdAt: string;
@@ -52,6 +57,8 @@ export const SNAPSHOT_FILES = {
   state: 'state.bin',
   memory: 'memory.ram',
   root: 'root.qcow2',
+  /** The root disk of a snapshot by copies (rootFormat 'raw'). */
+  rootRaw: 'root.img',
   work: 'work.img',
 } as const;
 

@@ -291,6 +291,7 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
       : driver.features.has('vsock')
         ? vp.vsockSocket
         : undefined,
+    workDir: vp.dir,
     ...(b.incoming !== undefined ? { incoming: b.incoming } : {}),
   };
 }

@@ -59,6 +59,31 @@ export interface Logger {
   show_log_origin?: boolean;
 }
 
+/** `SnapshotCreateParams`: the guest's memory and device state, written while it is paused. */
+export interface SnapshotCreateParams {
+  snapshot_path: string;
+  mem_file_path: string;
+  snapshot_type?: 'Full' | 'Diff';
+}
+
+/** `MemoryBackend`: where a restored guest's memory comes from (a file is mapped private, copy-on-write). */
+export interface MemoryBackend {
+  backend_type: 'File' | 'Uffd';
+  backend_path: string;
+}
+
+/**
+ * `SnapshotLoadParams`: only `/logger` and `/metrics` may come before it on a fresh process. The devices come
+ * from the saved state, with the tap and the vsock socket overridable.
+ */
+export interface SnapshotLoadParams {
+  snapshot_path: string;
+  mem_backend: MemoryBackend;
+  resume_vm?: boolean;
+  network_overrides?: { iface_id: string; host_dev_name: string }[];
+  vsock_override?: { uds_path: string };
+}
+
 export type ActionType = 'InstanceStart' | 'SendCtrlAltDel' | 'FlushMetrics';
 
 /** `InstanceActionInfo`. */
@@ -83,7 +108,8 @@ export type FirecrackerRequest =
   | { method: 'PUT'; path: '/vsock'; body: Vsock }
   | { method: 'PUT'; path: '/serial'; body: SerialDevice }
   | { method: 'PUT'; path: '/logger'; body: Logger }
-  | { method: 'PUT'; path: '/actions'; body: InstanceActionInfo };
+  | { method: 'PUT'; path: '/actions'; body: InstanceActionInfo }
+  | { method: 'PUT'; path: '/snapshot/load'; body: SnapshotLoadParams };
 
 export interface ApiResponse {
   status: number;
@@ -111,8 +137,8 @@ export class FirecrackerApi {
    * Sends one request and resolves on a 2xx answer. Any other answer rejects with a BangerError naming the
    * endpoint and Firecracker's `fault_message`; a socket that does not answer rejects with Unavailable.
    */
-  async send(req: FirecrackerRequest, signal?: AbortSignal): Promise<void> {
-    await this.call(req.method, req.path, req.body, signal);
+  async send(req: FirecrackerRequest, signal?: AbortSignal, timeoutMs?: number): Promise<void> {
+    await this.call(req.method, req.path, req.body, signal, timeoutMs);
   }
 
   /** `GET /`: instance id, state and version. Also the probe that tells the API socket is up. */

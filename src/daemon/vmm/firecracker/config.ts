@@ -2,6 +2,7 @@
  * Pure builders of Firecracker's argv and its pre-boot API requests from a LaunchSpec. Everything a
  * Firecracker VM is configured with passes through here, so unit tests pin it.
  */
+import { basename, dirname } from 'node:path';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { DiskSpec, LaunchSpec } from '../driver.js';
 import type { FirecrackerRequest } from './api.js';
@@ -100,7 +101,7 @@ export function firecrackerRequests(spec: LaunchSpec): FirecrackerRequest[] {
         boot_args: firecrackerBootArgs(spec.kernelCmdline),
       },
     },
-    { method: 'PUT', path: '/serial', body: { serial_out_path: spec.consoleLogPath } },
+    { method: 'PUT', path: '/serial', body: { serial_out_path: inWorkDir(spec, spec.consoleLogPath) } },
   ];
 
   for (const disk of orderedDisks(spec.disks)) {
@@ -109,26 +110,14 @@ export function firecrackerRequests(spec: LaunchSpec): FirecrackerRequest[] {
       path: `/drives/${disk.id}`,
       body: {
         drive_id: disk.id,
-        path_on_host: disk.path,
+        path_on_host: inWorkDir(spec, disk.path),
         is_root_device: disk.id === 'root',
         is_read_only: disk.readOnly,
       },
     });
   }
 
-  const net = spec.network;
-  if (net.mode !== 'tap')
-    throw new BangerError(
-      ErrorCode.FailedPrecondition,
-      `Firecracker needs tap networking; network mode '${net.mode}' (userspace forwards) is a QEMU feature`,
-      { hint: 'give this VM tap networking, or use the qemu driver' },
-    );
-  if (!IFNAME.test(net.tapName))
-    throw new BangerError(
-      ErrorCode.InvalidArgument,
-      `'${net.tapName}' is not a valid tap device name (at most 15 characters)`,
-    );
-  if (!MAC_RE.test(net.mac)) throw new BangerError(ErrorCode.InvalidArgument, `'${net.mac}' is not a MAC address`);
+  const net = tapOf(spec);
   reqs.push({
     method: 'PUT',
     path: `/network-interfaces/${FIRECRACKER_IFACE_ID}`,
@@ -143,6 +132,59 @@ export function firecrackerRequests(spec: LaunchSpec): FirecrackerRequest[] {
     });
   }
   return reqs;
+}
+
+/**
+ * The one request that resumes a saved guest on a fresh Firecracker process (in place of the boot requests
+ * and InstanceStart): the saved state, its memory file mapped copy-on-write, the CPUs running once loaded,
+ * this VM's own tap and vsock socket in place of the source VM's. The disks are the saved drives' paths,
+ * relative to the process's directory (`inWorkDir`), so they are this VM's copies.
+ */
+export function firecrackerLoadRequest(spec: LaunchSpec): FirecrackerRequest {
+  const saved = spec.incoming;
+  if (!saved) throw new BangerError(ErrorCode.Internal, 'firecrackerLoadRequest needs a saved state');
+  if (saved.ram !== 'file')
+    throw new BangerError(ErrorCode.FailedPrecondition, `Firecracker restores memory from a file; this state has it in its stream (${saved.ram})`);
+  if (spec.accel !== 'kvm')
+    throw new BangerError(ErrorCode.FailedPrecondition, `Firecracker needs KVM; it cannot run with accel '${spec.accel}'`);
+  const net = tapOf(spec);
+  return {
+    method: 'PUT',
+    path: '/snapshot/load',
+    body: {
+      snapshot_path: saved.statePath,
+      mem_backend: { backend_type: 'File', backend_path: saved.ramPath },
+      resume_vm: true,
+      network_overrides: [{ iface_id: FIRECRACKER_IFACE_ID, host_dev_name: net.tapName }],
+      ...(spec.channelSocketPath !== undefined ? { vsock_override: { uds_path: spec.channelSocketPath } } : {}),
+    },
+  };
+}
+
+/**
+ * `path` as Firecracker is given it: relative to the VM's directory when it lies directly in it (Firecracker
+ * runs there, and a saved state records the names it was given), else as it is.
+ */
+export function inWorkDir(spec: Pick<LaunchSpec, 'workDir'>, path: string): string {
+  return spec.workDir !== undefined && dirname(path) === spec.workDir ? basename(path) : path;
+}
+
+/** The spec's tap, refusing the user networking only QEMU has. */
+function tapOf(spec: LaunchSpec): { tapName: string; mac: string } {
+  const net = spec.network;
+  if (net.mode !== 'tap')
+    throw new BangerError(
+      ErrorCode.FailedPrecondition,
+      `Firecracker needs tap networking; network mode '${net.mode}' (userspace forwards) is a QEMU feature`,
+      { hint: 'give this VM tap networking, or use the qemu driver' },
+    );
+  if (!IFNAME.test(net.tapName))
+    throw new BangerError(
+      ErrorCode.InvalidArgument,
+      `'${net.tapName}' is not a valid tap device name (at most 15 characters)`,
+    );
+  if (!MAC_RE.test(net.mac)) throw new BangerError(ErrorCode.InvalidArgument, `'${net.mac}' is not a MAC address`);
+  return net;
 }
 
 /** The disks in guest order (root, work, seed), refusing what Firecracker cannot attach. */

@@ -12,10 +12,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
 import { AGENT_VSOCK_PORT } from '../../../protocol/agent.js';
 import { connectVsock, type VsockConnectOptions } from '../../guest/vsock.js';
-import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature, VmmPausing } from '../driver.js';
+import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature, VmmPausing, VmmSnapshots } from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
-import { FirecrackerApi } from './api.js';
-import { INSTANCE_START, firecrackerArgv, firecrackerRequests } from './config.js';
+import { FirecrackerApi, type SnapshotCreateParams } from './api.js';
+import { INSTANCE_START, firecrackerArgv, firecrackerLoadRequest, firecrackerRequests } from './config.js';
 import { checkFirecrackerKernel } from './vmlinux.js';
 
 export type SpawnFn = (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
@@ -44,6 +44,9 @@ export interface FirecrackerDriverDeps {
 }
 
 const noopLog: DriverLog = { info: () => undefined, warn: () => undefined };
+
+/** How long writing or loading a snapshot may take (the guest's whole memory goes through the file). */
+const SNAPSHOT_TIMEOUT_MS = 600_000;
 
 /** First bytes of a qcow2 image ("QFI\xfb"). */
 const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
@@ -105,8 +108,9 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   async launch(spec: LaunchSpec, signal?: AbortSignal, hooks?: LaunchHooks): Promise<VmHandle> {
-    // Everything that can be refused is refused before a process exists.
-    const requests = firecrackerRequests(spec);
+    // Everything that can be refused is refused before a process exists. A saved guest is resumed with one
+    // request in place of the boot's configuration and InstanceStart.
+    const requests = spec.incoming ? [firecrackerLoadRequest(spec)] : [...firecrackerRequests(spec), INSTANCE_START];
     const argv = firecrackerArgv(spec);
     await checkFirecrackerKernel(spec.kernelPath);
     await checkDisks(spec);
@@ -129,6 +133,8 @@ export class FirecrackerDriver implements VmmDriver {
       // detached: its own session, so the VMM outlives a daemon killed with SIGKILL (and its terminal).
       child = this.spawn(availability.binary, [...this.binaryArgs, ...argv], {
         detached: true,
+        // The VM's directory: its disks and console are given by relative names (config.ts inWorkDir).
+        ...(spec.workDir !== undefined ? { cwd: spec.workDir } : {}),
         stdio: ['ignore', logFile.fd, logFile.fd],
         env: this.env,
       });
@@ -161,8 +167,8 @@ export class FirecrackerDriver implements VmmDriver {
       if (startTime === undefined) throw await this.exitedEarly(spec, exited);
       if (hooks?.onSpawned) await hooks.onSpawned(handle);
       await this.waitForApi(api, spec, exited, signal);
-      for (const req of requests) await api.send(req, signal);
-      await api.send(INSTANCE_START, signal);
+      // Loading a snapshot reads the whole state and maps the memory file: more than a config request's time.
+      for (const req of requests) await api.send(req, signal, req.path === '/snapshot/load' ? SNAPSHOT_TIMEOUT_MS : undefined);
     } catch (e) {
       const err = exited.state ? await this.exitedEarly(spec, exited) : toBangerError(e);
       this.log.warn({ vmId: spec.vmId, pid, err: err.message }, 'firecracker launch failed; killing it');
@@ -196,11 +202,46 @@ export class FirecrackerDriver implements VmmDriver {
     }
   }
 
-  /** Sends Ctrl-Alt-Del (x86 only): the guest's init reboots, and with `reboot=k` Firecracker then exits. */
   /** `PATCH /vm` with `Paused` / `Resumed`: the guest's vCPUs stop where they are and start again. */
   readonly pausing: VmmPausing = {
     pause: (handle, signal) => this.patchVm(handle, 'Paused', signal),
     resume: (handle, signal) => this.patchVm(handle, 'Resumed', signal),
+  };
+
+  /**
+   * Snapshots (`/snapshot/create`, `/snapshot/load`): a Full snapshot of the paused guest (its device state and
+   * its whole memory in a file), with the disks copied by the caller while it is paused: Firecracker's drives
+   * are raw files it cannot switch to new layers under a running guest. A restore is a launch with `incoming`
+   * (firecrackerLoadRequest), its memory file mapped private, so VMs restored from one snapshot share its pages.
+   */
+  readonly snapshots: VmmSnapshots = {
+    disks: 'copies',
+    save: async (handle, o, signal) => {
+      if (o.disks.length > 0)
+        throw new BangerError(ErrorCode.Internal, 'Firecracker cannot move a running guest onto new disk layers: copy the disks instead');
+      const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
+      const t0 = performance.now();
+      await api.call('PATCH', '/vm', { state: 'Paused' }, signal);
+      try {
+        const body: SnapshotCreateParams = { snapshot_type: 'Full', snapshot_path: o.statePath, mem_file_path: o.ramPath };
+        await api.call('PUT', '/snapshot/create', body, signal, SNAPSHOT_TIMEOUT_MS);
+        await o.whilePaused?.();
+      } finally {
+        // The guest runs on whatever happened; a resume that fails leaves it paused, which the error says.
+        await api.call('PATCH', '/vm', { state: 'Resumed' });
+      }
+      return { pausedMs: Math.round(performance.now() - t0), ram: 'file' };
+    },
+    waitRestored: async (handle, deadline, signal) => {
+      const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
+      for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
+        const st = (await api.describeInstance(signal)).state;
+        if (st === 'Running') return;
+        if (Date.now() >= deadline)
+          throw new BangerError(ErrorCode.DeadlineExceeded, `the restored Firecracker VM is still '${st}' (expected Running)`);
+        await sleep(delay, undefined, { signal });
+      }
+    },
   };
 
   private async patchVm(handle: VmHandle, state: 'Paused' | 'Resumed', signal?: AbortSignal): Promise<void> {
@@ -208,6 +249,7 @@ export class FirecrackerDriver implements VmmDriver {
     await api.call('PATCH', '/vm', { state }, signal);
   }
 
+  /** Sends Ctrl-Alt-Del (x86 only): the guest's init reboots, and with `reboot=k` Firecracker then exits. */
   async requestShutdown(handle: VmHandle, signal?: AbortSignal): Promise<void> {
     const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
     await api.action('SendCtrlAltDel', signal);

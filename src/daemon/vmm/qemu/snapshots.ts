@@ -67,6 +67,7 @@ export async function loadDeferredState(controlSocketPath: string, incoming: Sav
 
 export function qemuSnapshots(run: CommandRunner): VmmSnapshots & { loadedState(h: VmHandle, s?: AbortSignal): Promise<boolean> } {
   return {
+    disks: 'layers',
     async save(handle: VmHandle, o, signal) {
       const qmp = await QmpClient.connect(handle.controlSocketPath, { signal, timeoutMs: 5000 });
       try {
@@ -95,6 +96,7 @@ export function qemuSnapshots(run: CommandRunner): VmmSnapshots & { loadedState(
           // The CPUs are stopped, so the memfd is the RAM of that instant. Sparse: holes and zero pages are
           // skipped, and the file keeps the RAM's full length (QEMU maps it whole on restore).
           if (memfd !== undefined) await run('cp', ['--sparse=always', memfd, o.ramPath], { signal });
+          await o.whilePaused?.();
         } finally {
           // The guest runs on whatever happened; a `cont` that fails leaves it paused, which the error says.
           await qmp.execute('cont', undefined, { timeoutMs: QMP_TIMEOUT_MS });
