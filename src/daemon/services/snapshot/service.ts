@@ -7,6 +7,7 @@ import type { CommandRunner } from '../../../shared/command.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { VmRecord } from '../../store/repos/vms.js';
+import type { VmmSnapshots } from '../../vmm/driver.js';
 import type { ImageService, ReadyImage } from '../image/service.js';
 import { KeyedMutex } from '../locks.js';
 import { ACTIVE_DISKS_FILE, activeDisks, asNoSpace, diskFormat, ensureFreeSpace, fileUse } from '../vm/disks.js';
@@ -100,7 +101,7 @@ export class SnapshotService {
     const snaps = driver.snapshots;
     if (!snaps) throw failedPrecondition(`VM '${vm.name}' runs under ${driver.name}, which cannot take snapshots`, 'use a VM created with --vmm qemu');
     const image = this.d.images.byIdReady(vm.imageId);
-    if (snaps.disks === 'copies') return this.takeCopies(r, name, image, signal);
+    if (snaps.disks === 'copies') return this.takeCopies(r, snaps, name, image, signal);
     const id = randomBytes(6).toString('hex');
     const final = this.d.paths.snapshotDir(id);
     const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
@@ -171,8 +172,8 @@ export class SnapshotService {
    * otherwise) while its CPUs are stopped. Nothing of the VM changes, so a failure or a kill leaves only the
    * `.partial-` directory, which goes (here, or at reconcile), and no VM is layered on the snapshot.
    */
-  private async takeCopies(r: RunningVm, name: string, image: ReadyImage, signal?: AbortSignal): Promise<SnapshotRecord> {
-    const { vm, vp, handle, driver } = r;
+  private async takeCopies(r: RunningVm, snaps: VmmSnapshots, name: string, image: ReadyImage, signal?: AbortSignal): Promise<SnapshotRecord> {
+    const { vm, vp, handle } = r;
     const id = randomBytes(6).toString('hex');
     const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
     const root = vp.rootDiskRaw;
@@ -193,7 +194,7 @@ export class SnapshotService {
         unfinished: true,
       };
       await writeJson(join(partial, SNAPSHOT_FILES.record), rec);
-      const { pausedMs, ram } = await driver.snapshots!.save(
+      const { pausedMs, ram } = await snaps.save(
         handle,
         {
           disks: [],

@@ -14,8 +14,9 @@ import { AGENT_VSOCK_PORT } from '../../../protocol/agent.js';
 import { connectVsock, type VsockConnectOptions } from '../../guest/vsock.js';
 import type { DriverAvailability, LaunchHooks, LaunchSpec, VmHandle, VmmDriver, VmmFeature, VmmPausing, VmmSnapshots } from '../driver.js';
 import { isSameProcess, processStartTime, waitForProcessExit } from '../process.js';
-import { FirecrackerApi, type SnapshotCreateParams } from './api.js';
+import { FirecrackerApi } from './api.js';
 import { INSTANCE_START, firecrackerArgv, firecrackerLoadRequest, firecrackerRequests } from './config.js';
+import { SNAPSHOT_TIMEOUT_MS, firecrackerSnapshots } from './snapshots.js';
 import { checkFirecrackerKernel } from './vmlinux.js';
 
 export type SpawnFn = (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
@@ -44,9 +45,6 @@ export interface FirecrackerDriverDeps {
 }
 
 const noopLog: DriverLog = { info: () => undefined, warn: () => undefined };
-
-/** How long writing or loading a snapshot may take (the guest's whole memory goes through the file). */
-const SNAPSHOT_TIMEOUT_MS = 600_000;
 
 /** First bytes of a qcow2 image ("QFI\xfb"). */
 const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
@@ -208,41 +206,10 @@ export class FirecrackerDriver implements VmmDriver {
     resume: (handle, signal) => this.patchVm(handle, 'Resumed', signal),
   };
 
-  /**
-   * Snapshots (`/snapshot/create`, `/snapshot/load`): a Full snapshot of the paused guest (its device state and
-   * its whole memory in a file), with the disks copied by the caller while it is paused: Firecracker's drives
-   * are raw files it cannot switch to new layers under a running guest. A restore is a launch with `incoming`
-   * (firecrackerLoadRequest), its memory file mapped private, so VMs restored from one snapshot share its pages.
-   */
-  readonly snapshots: VmmSnapshots = {
-    disks: 'copies',
-    save: async (handle, o, signal) => {
-      if (o.disks.length > 0)
-        throw new BangerError(ErrorCode.Internal, 'Firecracker cannot move a running guest onto new disk layers: copy the disks instead');
-      const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
-      const t0 = performance.now();
-      await api.call('PATCH', '/vm', { state: 'Paused' }, signal);
-      try {
-        const body: SnapshotCreateParams = { snapshot_type: 'Full', snapshot_path: o.statePath, mem_file_path: o.ramPath };
-        await api.call('PUT', '/snapshot/create', body, signal, SNAPSHOT_TIMEOUT_MS);
-        await o.whilePaused?.();
-      } finally {
-        // The guest runs on whatever happened; a resume that fails leaves it paused, which the error says.
-        await api.call('PATCH', '/vm', { state: 'Resumed' });
-      }
-      return { pausedMs: Math.round(performance.now() - t0), ram: 'file' };
-    },
-    waitRestored: async (handle, deadline, signal) => {
-      const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
-      for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
-        const st = (await api.describeInstance(signal)).state;
-        if (st === 'Running') return;
-        if (Date.now() >= deadline)
-          throw new BangerError(ErrorCode.DeadlineExceeded, `the restored Firecracker VM is still '${st}' (expected Running)`);
-        await sleep(delay, undefined, { signal });
-      }
-    },
-  };
+  /** Snapshots through the API (snapshots.ts): Full, memory in a file, disks copied by the caller. */
+  readonly snapshots: VmmSnapshots = firecrackerSnapshots(
+    (handle) => new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs }),
+  );
 
   private async patchVm(handle: VmHandle, state: 'Paused' | 'Resumed', signal?: AbortSignal): Promise<void> {
     const api = new FirecrackerApi(handle.controlSocketPath, { timeoutMs: this.apiRequestTimeoutMs });
