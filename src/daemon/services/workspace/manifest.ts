@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import type { CommandRunner } from '../../../shared/command.js';
 import { gitEnv as hostGitEnv } from '../../../shared/workspace-files.js';
+import { NUL, recordSplitter, runRecords, text, type RecordHandler } from '../../../shared/records.js';
 
 /**
  * The manifest of an import: what it left in the guest, per path git's mode and object id (the
@@ -55,15 +56,29 @@ export function diffManifests(from: ManifestEntries, to: ManifestEntries): Manif
 /** Parses `git ls-files -s -z` output (`mode oid stage\tpath\0`). */
 export function parseLsFilesStage(out: string): ManifestEntries {
   const m: ManifestEntries = new Map();
-  for (const rec of out.split('\0')) {
-    if (rec === '') continue;
-    const tab = rec.indexOf('\t');
-    const [mode, oid] = rec.slice(0, tab).split(' ');
-    if (tab < 0 || !mode || !oid) throw new Error(`unexpected git ls-files record ${JSON.stringify(rec)}`);
-    m.set(rec.slice(tab + 1), `${mode} ${oid}`);
-  }
+  const split = recordSplitter(NUL, stageRecord(m));
+  split.push(Buffer.from(out));
+  split.end();
   return m;
 }
+
+/**
+ * Adds each `git ls-files -s -z` record to `m`: path -> `mode oid`, each a string of its own (one
+ * sliced out of the record would keep the whole record, or the whole listing, alive).
+ */
+function stageRecord(m: ManifestEntries): RecordHandler {
+  return (buf, start, end) => {
+    const tab = buf.indexOf(TAB, start);
+    const space = buf.indexOf(SPACE, start);
+    const oidEnd = space === -1 ? -1 : buf.indexOf(SPACE, space + 1);
+    if (tab === -1 || tab >= end || space <= start || oidEnd === -1 || oidEnd <= space + 1 || oidEnd > tab)
+      throw new Error(`unexpected git ls-files record ${JSON.stringify(text(buf, start, end))}`);
+    m.set(text(buf, tab + 1, end), buf.toString('latin1', start, oidEnd));
+  };
+}
+
+const TAB = 0x09;
+const SPACE = 0x20;
 
 function gitEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...hostGitEnv(), ...extra };
@@ -102,13 +117,18 @@ export async function hostManifest(
       GIT_OBJECT_DIRECTORY: join(tmp, 'objects'),
       GIT_ALTERNATE_OBJECT_DIRECTORIES: objects,
     });
-    const opts = { cwd: root, env, signal, allowFailure: true, maxOutputBytes: 256 << 20 };
+    const opts = { cwd: root, env, signal, allowFailure: true };
     const add = await run('git', ['add', includeUntracked ? '-A' : '-u', '--', ':/'], opts);
     if (add.code !== 0) return null;
     const tree = await run('git', ['write-tree'], opts);
-    const ls = await run('git', ['ls-files', '-s', '-z'], opts);
-    if (tree.code !== 0 || ls.code !== 0 || ls.truncated?.stdout) return null;
-    return { tree: tree.stdout.trim(), entries: parseLsFilesStage(ls.stdout) };
+    if (tree.code !== 0) return null;
+    const entries: ManifestEntries = new Map();
+    const ls = await runRecords(run, 'git', ['ls-files', '-s', '-z'], NUL, stageRecord(entries), {
+      ...opts,
+      maxBytes: 256 << 20,
+    });
+    if (ls.code !== 0 || ls.truncated?.stdout) return null;
+    return { tree: tree.stdout.trim(), entries };
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
@@ -120,33 +140,46 @@ export function manifestPath(vmDir: string): string {
 }
 
 export async function writeManifest(file: string, header: ManifestHeader, entries: ManifestEntries): Promise<void> {
-  const parts = [`${JSON.stringify(header)}\n`];
-  for (const [path, v] of entries) parts.push(`${v}\t${path}\0`);
   const tmp = `${file}.tmp`;
-  await writeFile(tmp, parts.join(''));
+  await writeFile(tmp, manifestText(header, entries));
   await rename(tmp, file);
+}
+
+/** The manifest file's text in pieces of about 64 KiB (the whole of it is megabytes for a large checkout). */
+function* manifestText(header: ManifestHeader, entries: ManifestEntries): Generator<string> {
+  let piece = `${JSON.stringify(header)}\n`;
+  for (const [path, v] of entries) {
+    piece += `${v}\t${path}\0`;
+    if (piece.length >= 1 << 16) {
+      yield piece;
+      piece = '';
+    }
+  }
+  yield piece;
 }
 
 /** The manifest recorded for the workspace, or null when there is none or it is unreadable. */
 export async function readManifest(file: string): Promise<{ header: ManifestHeader; entries: ManifestEntries } | null> {
-  let text: string;
+  let buf: Buffer;
   try {
-    text = await readFile(file, 'utf8');
+    buf = await readFile(file);
   } catch {
     return null;
   }
-  const nl = text.indexOf('\n');
+  const nl = buf.indexOf(0x0a);
   if (nl < 0) return null;
   try {
-    const header = JSON.parse(text.slice(0, nl)) as ManifestHeader;
+    const header = JSON.parse(buf.toString('utf8', 0, nl)) as ManifestHeader;
     const entries: ManifestEntries = new Map();
-    for (const rec of text.slice(nl + 1).split('\0')) {
-      if (rec === '') continue;
-      const tab = rec.indexOf('\t');
-      if (tab < 0) return null;
-      entries.set(rec.slice(tab + 1), rec.slice(0, tab));
-    }
-    return { header, entries };
+    let bad = false;
+    const split = recordSplitter(NUL, (b, start, end) => {
+      const tab = b.indexOf(TAB, start);
+      if (tab === -1 || tab >= end) bad = true;
+      else entries.set(text(b, tab + 1, end), text(b, start, tab));
+    });
+    split.push(buf.subarray(nl + 1));
+    split.end();
+    return bad ? null : { header, entries };
   } catch {
     return null;
   }

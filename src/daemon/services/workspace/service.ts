@@ -27,11 +27,10 @@ import {
   listImportFiles,
   type HostRepo,
 } from './host-repo.js';
-import { splitByHead } from './checkout-split.js';
+import { planFullImport } from './full-import.js';
 import { createFullImportStream } from './import-stream.js';
-import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
+import { manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
 import { conflictError, planResync, runResync } from './resync.js';
-import { mayBeMiseConfig } from './resync-script.js';
 import { TREE_LINE_PREFIX, WorkspaceScriptExit, buildImportScript, validateGuestPath } from './guest-scripts.js';
 import { buildExportScript, parseNameStatus } from './export-script.js';
 import { byteProgress, listNotices, miseNotices, scriptError } from './outcome.js';
@@ -135,10 +134,8 @@ export class WorkspaceService {
           }
         }
         await removeManifest(manifestFile);
-        const list = await listFiles();
-        const manifest = await hostManifest(repo.root, includeUntracked, this.d.run, signal);
+        const { split, manifest, list } = await planFullImport(repo, includeUntracked, this.d.run, signal);
         const special = new Set(list.skippedSpecial);
-        const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, this.d.run, signal);
         const tar = createFullImportStream(
           { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm' },
           {
@@ -154,7 +151,7 @@ export class WorkspaceService {
           branch: repo.branch,
           identity: repo.identity,
           force: p.force ?? false,
-          trustMise: list.entries.some((e) => mayBeMiseConfig(e.path)),
+          trustMise: list.trustMise,
         });
         const r = await this.send(vm.name, session, script, tar, signal);
         if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
@@ -164,9 +161,8 @@ export class WorkspaceService {
             scriptError('import', r.code, r.stderr, guestPath)
           );
         notices.push(...listNotices(list, [...special].sort()), ...miseNotices(r.stderr));
-        const files = list.entries.filter((e) => e.kind !== 'dir').length;
         return this.record(vm, repo, guestPath, includeUntracked, r, manifest, manifestFile, notices, {
-          files,
+          files: list.files,
           bytes: list.totalBytes,
           skippedUntracked: list.skippedUntracked,
           mode: 'full',
