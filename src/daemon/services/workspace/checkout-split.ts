@@ -34,6 +34,14 @@ export interface CheckoutSplit {
   headBlobBytes: number;
 }
 
+/**
+ * Which paths of the state a full import leaves differ from HEAD's tree (mode or blob, added or gone):
+ * what comparing a manifest to the tree says, asked of git (full-import.ts) so no manifest is held.
+ */
+export interface HeadDiff {
+  changed: ReadonlySet<string>;
+}
+
 /** One record of `git ls-tree -r -z -l`: mode, type, object id, size (null for gitlinks) and path. */
 interface TreeRecord {
   mode: string;
@@ -67,12 +75,15 @@ function fields(buf: Buffer, start: number, end: number): string[] {
   return out;
 }
 
-/** Splits a full import's entries; with no HEAD or no manifest everything is sent. */
+/**
+ * Splits a full import's entries by the host's state (its manifest, or how it differs from HEAD); with
+ * no HEAD or no state everything is sent.
+ */
 export async function splitByHead(
   root: string,
   head: string | null,
   entries: readonly ImportEntry[],
-  manifest: Manifest | null,
+  manifest: Manifest | HeadDiff | null,
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<CheckoutSplit> {
@@ -95,7 +106,7 @@ export async function splitByHead(
     const e = i === undefined ? undefined : entries[i];
     if (i === undefined || e === undefined) return;
     const same =
-      manifest.entries.get(e.path) === `${t.mode} ${t.oid}` &&
+      ('changed' in manifest ? !manifest.changed.has(e.path) : manifest.entries.get(e.path) === `${t.mode} ${t.oid}`) &&
       !e.untracked &&
       t.mode === gitMode(e) &&
       (e.kind === 'symlink' || (e.kind === 'file' && t.size === e.size));

@@ -1,7 +1,9 @@
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile, copyFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import type { CommandRunner } from '../../../shared/command.js';
+import type { CommandRunner, RunOptions } from '../../../shared/command.js';
 import { gitEnv as hostGitEnv } from '../../../shared/workspace-files.js';
 import { NUL, recordSplitter, runRecords, text, type RecordHandler } from '../../../shared/records.js';
 
@@ -66,7 +68,7 @@ export function parseLsFilesStage(out: string): ManifestEntries {
  * Adds each `git ls-files -s -z` record to `m`: path -> `mode oid`, each a string of its own (one
  * sliced out of the record would keep the whole record, or the whole listing, alive).
  */
-function stageRecord(m: ManifestEntries): RecordHandler {
+export function stageRecord(m: { set(path: string, value: string): void }): RecordHandler {
   return (buf, start, end) => {
     const tab = buf.indexOf(TAB, start);
     const space = buf.indexOf(SPACE, start);
@@ -95,6 +97,30 @@ export async function hostManifest(
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<Manifest | null> {
+  return withStateIndex(root, includeUntracked, run, signal, async (tree, opts) => {
+    const entries: ManifestEntries = new Map();
+    const ls = await runRecords(run, 'git', ['ls-files', '-s', '-z'], NUL, stageRecord(entries), {
+      ...opts,
+      maxBytes: LISTING_MAX_BYTES,
+    });
+    return ls.code !== 0 || ls.truncated?.stdout ? null : { tree, entries };
+  });
+}
+
+/** A manifest listing longer than this is not read (the import is then a full one without a manifest). */
+export const LISTING_MAX_BYTES = 256 << 20;
+
+/**
+ * Runs `use` on the host checkout's state (see hostManifest) in a throwaway index: its tree id, and
+ * options for git commands that read that index. Null when git cannot compute it.
+ */
+export async function withStateIndex<T>(
+  root: string,
+  includeUntracked: boolean,
+  run: CommandRunner,
+  signal: AbortSignal | undefined,
+  use: (tree: string, opts: RunOptions & { cwd: string; env: NodeJS.ProcessEnv }) => Promise<T | null>,
+): Promise<T | null> {
   const tmp = await mkdtemp(join(tmpdir(), 'banger-manifest-'));
   try {
     const base = gitEnv({});
@@ -122,13 +148,7 @@ export async function hostManifest(
     if (add.code !== 0) return null;
     const tree = await run('git', ['write-tree'], opts);
     if (tree.code !== 0) return null;
-    const entries: ManifestEntries = new Map();
-    const ls = await runRecords(run, 'git', ['ls-files', '-s', '-z'], NUL, stageRecord(entries), {
-      ...opts,
-      maxBytes: 256 << 20,
-    });
-    if (ls.code !== 0 || ls.truncated?.stdout) return null;
-    return { tree: tree.stdout.trim(), entries };
+    return await use(tree.stdout.trim(), opts);
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
@@ -139,15 +159,28 @@ export function manifestPath(vmDir: string): string {
   return join(vmDir, 'workspace-manifest');
 }
 
-export async function writeManifest(file: string, header: ManifestHeader, entries: ManifestEntries): Promise<void> {
+/**
+ * A manifest to record: its entries in memory, or (a full import's, full-import.ts) in a file of the
+ * manifest file's records, so 100,000 entries need not stay in memory while the import runs.
+ */
+export interface PendingManifest {
+  tree: string;
+  entries: ManifestEntries | { file: string };
+}
+
+export async function writeManifest(file: string, header: ManifestHeader, entries: PendingManifest['entries']): Promise<void> {
   const tmp = `${file}.tmp`;
-  await writeFile(tmp, manifestText(header, entries));
+  if (entries instanceof Map) await writeFile(tmp, records(entries, `${JSON.stringify(header)}\n`));
+  else {
+    await writeFile(tmp, `${JSON.stringify(header)}\n`);
+    await pipeline(createReadStream(entries.file), createWriteStream(tmp, { flags: 'a' }));
+  }
   await rename(tmp, file);
 }
 
-/** The manifest file's text in pieces of about 64 KiB (the whole of it is megabytes for a large checkout). */
-function* manifestText(header: ManifestHeader, entries: ManifestEntries): Generator<string> {
-  let piece = `${JSON.stringify(header)}\n`;
+/** A manifest's `mode oid\tpath\0` records in pieces of about 64 KiB (megabytes for a large checkout). */
+function* records(entries: ManifestEntries, first = ''): Generator<string> {
+  let piece = first;
   for (const [path, v] of entries) {
     piece += `${v}\t${path}\0`;
     if (piece.length >= 1 << 16) {
