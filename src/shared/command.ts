@@ -25,6 +25,11 @@ export interface RunOptions {
    * larger cap and check `truncated`.
    */
   maxOutputBytes?: number;
+  /**
+   * Hands stdout on chunk by chunk as it arrives instead of keeping it (the result's stdout is then
+   * empty): for listings too large to hold whole (records.ts). A throw stops the command and fails the run.
+   */
+  onStdout?: (chunk: Buffer) => void;
 }
 
 export interface RunResult {
@@ -102,7 +107,19 @@ export const runCommand: CommandRunner = (cmd, args, opts = {}) =>
         if (decoder) opts.onOutput?.(decoder.write(d));
       });
     };
-    if (child.stdout) collect(child.stdout, out);
+    let failure: { error: unknown } | undefined;
+    const onStdout = opts.onStdout;
+    if (child.stdout && onStdout) {
+      child.stdout.on('data', (d: Buffer) => {
+        if (failure) return;
+        try {
+          onStdout(d);
+        } catch (e) {
+          failure = { error: e };
+          child.kill();
+        }
+      });
+    } else if (child.stdout) collect(child.stdout, out);
     if (child.stderr) collect(child.stderr, err);
     child.on('error', (e: NodeJS.ErrnoException) => {
       if (e.name === 'AbortError') reject(new BangerError(ErrorCode.Cancelled, `${cmd}: cancelled`));
@@ -117,6 +134,7 @@ export const runCommand: CommandRunner = (cmd, args, opts = {}) =>
     child.on('close', (code, sig) => {
       // Killed by us on abort ('error' has usually rejected already; a second reject is a no-op).
       if (opts.signal?.aborted) return reject(new BangerError(ErrorCode.Cancelled, `${cmd}: cancelled`));
+      if (failure) return reject(failure.error);
       const stdout = out.text();
       const stderr = err.text();
       const result: RunResult = { code: shellStatus(code, sig), stdout, stderr };

@@ -2,7 +2,10 @@ import { lstat, readlink, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import type { CommandRunner, RunResult } from './command.js';
+import { NUL, runRecords, text, type RecordHandler } from './records.js';
 import { parentsAreDirs, worktreeKind } from './worktree.js';
+
+export * from './workspace-format.js';
 
 /**
  * Reading a host git checkout for a workspace import: which files an import carries and how the
@@ -90,8 +93,8 @@ function git(run: CommandRunner, cwd: string, args: string[], signal?: AbortSign
   return run('git', args, { cwd, env: gitEnv(), allowFailure: true, signal, maxOutputBytes: LISTING_MAX_BYTES });
 }
 
-async function gitOk(run: CommandRunner, cwd: string, args: string[], signal?: AbortSignal): Promise<string> {
-  const r = await git(run, cwd, args, signal);
+/** Throws when a listing failed or was longer than LISTING_MAX_BYTES. */
+function listed(r: RunResult, cwd: string, args: string[]): void {
   if (r.code !== 0) {
     throw new BangerError(
       ErrorCode.Internal,
@@ -103,7 +106,18 @@ async function gitOk(run: CommandRunner, cwd: string, args: string[], signal?: A
       hint: 'import a smaller checkout (a sparse checkout or a subdirectory repository)',
     });
   }
-  return r.stdout;
+}
+
+/** A `-z` listing, each record handed to `onRecord` as git prints it (records.ts). */
+async function gitRecords(
+  run: CommandRunner,
+  cwd: string,
+  args: string[],
+  onRecord: RecordHandler,
+  signal?: AbortSignal,
+): Promise<void> {
+  const opts = { cwd, env: gitEnv(), allowFailure: true, signal, maxBytes: LISTING_MAX_BYTES };
+  listed(await runRecords(run, 'git', args, NUL, onRecord, opts), cwd, args);
 }
 
 /** Inspects a host checkout. `path` may be any directory inside the work tree. */
@@ -153,29 +167,48 @@ export async function inspectRepo(path: string, run: CommandRunner, signal?: Abo
     return r.code === 0 && v !== '' ? v : null;
   };
   const identity = { name: await cfg('user.name'), email: await cfg('user.email') };
-  const submodules = (await readIndex(run, root, signal)).filter((e) => e.gitlink).map((e) => e.path);
+  const submodules: string[] = [];
+  await readIndex(
+    run,
+    root,
+    (path, gitlink) => {
+      if (gitlink) submodules.push(path);
+    },
+    signal,
+  );
 
   return { root, name: basename(root), headCommit, branch, detached: branch === null, identity, submodules };
 }
 
-interface IndexEntry {
-  path: string;
-  gitlink: boolean;
+/**
+ * `git ls-files -z --stage`, one call per path in index order (conflict stages, which git lists next to
+ * each other, collapsed); `gitlink`: a submodule's entry.
+ */
+async function readIndex(
+  run: CommandRunner,
+  root: string,
+  onEntry: (path: string, gitlink: boolean) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  let last: string | null = null;
+  await gitRecords(
+    run,
+    root,
+    ['ls-files', '-z', '--stage', '--full-name'],
+    (buf, start, end) => {
+      const tab = buf.indexOf(TAB, start);
+      const path = text(buf, tab === -1 || tab >= end ? start : tab + 1, end);
+      if (path === last) return;
+      last = path;
+      const space = buf.indexOf(SPACE, start);
+      onEntry(path, space !== -1 && space < end && buf.toString('latin1', start, space) === '160000');
+    },
+    signal,
+  );
 }
 
-/** `git ls-files -z --stage`, one row per path (conflict stages collapsed). */
-async function readIndex(run: CommandRunner, root: string, signal?: AbortSignal): Promise<IndexEntry[]> {
-  const out = await gitOk(run, root, ['ls-files', '-z', '--stage', '--full-name'], signal);
-  const seen = new Map<string, IndexEntry>();
-  for (const rec of out.split('\0')) {
-    if (rec === '') continue;
-    const tab = rec.indexOf('\t');
-    const mode = rec.slice(0, rec.indexOf(' '));
-    const path = rec.slice(tab + 1);
-    if (!seen.has(path)) seen.set(path, { path, gitlink: mode === '160000' });
-  }
-  return [...seen.values()];
-}
+const TAB = 0x09;
+const SPACE = 0x20;
 
 /**
  * Rejects names the import cannot carry faithfully or safely: the tar unpacked in the guest must
@@ -198,13 +231,13 @@ export function validateEntryPath(path: string): void {
 }
 
 /** Runs `fn` over `items` with at most `limit` calls in flight, keeping order. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T, i: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   const worker = async () => {
     while (next < items.length) {
       const i = next++;
-      out[i] = await fn(items[i] as T);
+      out[i] = await fn(items[i] as T, i);
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
@@ -232,12 +265,18 @@ async function describe(
     if (code === 'ENOENT' || code === 'ENOTDIR') return null;
     throw new BangerError(ErrorCode.FailedPrecondition, `cannot read ${abs}: ${(e as Error).message}`);
   }
-  const extra = untracked ? { untracked: true } : {};
+  // Object literals of one shape each (a spread would give every entry a larger, slower layout).
   switch (worktreeKind(st)) {
-    case 'symlink':
-      return { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget: await readlink(abs), ...extra };
-    case 'file':
-      return { path, kind: 'file', mode: st.mode & 0o111 ? 0o755 : 0o644, size: st.size, ...extra };
+    case 'symlink': {
+      const linkTarget = await readlink(abs);
+      return untracked
+        ? { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget, untracked }
+        : { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget };
+    }
+    case 'file': {
+      const mode = st.mode & 0o111 ? 0o755 : 0o644;
+      return untracked ? { path, kind: 'file', mode, size: st.size, untracked } : { path, kind: 'file', mode, size: st.size };
+    }
     case 'special':
       return { special: path };
     case 'gone':
@@ -266,27 +305,36 @@ export async function listImportFiles(
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<ImportFileList> {
-  const index = await readIndex(run, root, signal);
-  const others = (await gitOk(run, root, ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'], signal))
-    .split('\0')
-    .filter((p) => p !== '');
-  const untrackedFiles = others.filter((p) => !p.endsWith('/'));
-
-  const skippedSubmodules = index.filter((e) => e.gitlink).map((e) => e.path);
-  const wanted: { path: string; untracked: boolean; gitlink: boolean }[] = index.map((e) => ({
-    path: e.path,
-    untracked: false,
-    gitlink: e.gitlink,
-  }));
-  if (opts.includeUntracked) {
-    for (const p of untrackedFiles) wanted.push({ path: p, untracked: true, gitlink: false });
-  }
-  for (const w of wanted) validateEntryPath(w.path);
+  // Tracked paths, then untracked ones; `gitlinks` are submodules (listed by the index only).
+  const paths: string[] = [];
+  const gitlinks = new Set<string>();
+  const onIndex = (path: string, gitlink: boolean) => {
+    paths.push(path);
+    if (gitlink) gitlinks.add(path);
+  };
+  await readIndex(run, root, onIndex, signal);
+  const tracked = paths.length;
+  let untrackedFiles = 0;
+  const others = ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'];
+  await gitRecords(
+    run,
+    root,
+    others,
+    (buf, start, end) => {
+      // "dir/": an untracked nested repository, never imported nor counted.
+      if (buf[end - 1] === 0x2f) return;
+      untrackedFiles++;
+      if (opts.includeUntracked) paths.push(text(buf, start, end));
+    },
+    signal,
+  );
+  const skippedSubmodules = [...gitlinks];
+  for (const p of paths) validateEntryPath(p);
 
   const dirs = new Map<string, Promise<boolean>>();
-  const described = await mapLimit(wanted, 64, async (w): Promise<Described> => {
-    if (w.gitlink) return { path: w.path, kind: 'dir', mode: 0o755, size: 0 };
-    return describe(root, w.path, w.untracked, dirs);
+  const described = await mapLimit(paths, 64, async (path, i): Promise<Described> => {
+    if (i < tracked && gitlinks.has(path)) return { path, kind: 'dir', mode: 0o755, size: 0 };
+    return describe(root, path, i >= tracked, dirs);
   });
   const entries: ImportEntry[] = [];
   const skippedSpecial: string[] = [];
@@ -300,7 +348,7 @@ export async function listImportFiles(
   const totalBytes = entries.reduce((n, e) => n + e.size, 0);
   return {
     entries,
-    skippedUntracked: opts.includeUntracked ? 0 : untrackedFiles.length,
+    skippedUntracked: opts.includeUntracked ? 0 : untrackedFiles,
     skippedSubmodules,
     skippedSpecial,
     totalBytes,
@@ -309,88 +357,29 @@ export async function listImportFiles(
 
 /**
  * Refuses an entry list where a path goes through another entry that is a symlink or a file
- * (`link/x` with `link` a symlink): unpacking it would write through the link.
+ * (`link/x` with `link` a symlink): unpacking it would write through the link. `files`: more paths of
+ * files or symlinks, checked the same way (a full import's files checked out of HEAD).
  * Git never tracks such paths; this guards the list against a working tree changed under us.
  */
-export function assertNoPathThroughSymlink(entries: readonly ImportEntry[]): void {
-  const leaves = new Set(entries.filter((e) => e.kind !== 'dir').map((e) => e.path));
-  for (const e of entries) {
-    let i = e.path.indexOf('/');
+export function assertNoPathThroughSymlink(entries: readonly ImportEntry[], files: readonly string[] = []): void {
+  const leaves = new Set(files);
+  for (const e of entries) if (e.kind !== 'dir') leaves.add(e.path);
+  const check = (path: string) => {
+    let i = path.indexOf('/');
     while (i !== -1) {
-      const prefix = e.path.slice(0, i);
+      const prefix = path.slice(0, i);
       if (leaves.has(prefix)) {
         throw new BangerError(
           ErrorCode.InvalidArgument,
-          `cannot import ${JSON.stringify(e.path)}: ${JSON.stringify(prefix)} is a file or symlink, not a directory`,
+          `cannot import ${JSON.stringify(path)}: ${JSON.stringify(prefix)} is a file or symlink, not a directory`,
           { hint: 'the working tree changed while it was being read: run the import again' },
         );
       }
-      i = e.path.indexOf('/', i + 1);
+      i = path.indexOf('/', i + 1);
     }
-  }
-}
-
-/** One line to show when untracked files were left out, or null. */
-export function untrackedNotice(skippedUntracked: number): string | null {
-  if (skippedUntracked === 0) return null;
-  const files = skippedUntracked === 1 ? '1 untracked file was' : `${skippedUntracked} untracked files were`;
-  return `${files} not imported: pass --include-untracked to import them (ignored files are never imported)`;
-}
-
-/** One line to show when FIFOs, sockets or devices were left out, or null. */
-export function specialFileNotice(paths: readonly string[]): string | null {
-  if (paths.length === 0) return null;
-  return `not imported, as they are not regular files, symlinks or directories: ${paths.map(displayName).join(', ')}`;
-}
-
-/** One line to show when submodules were left out, or null. */
-export function submoduleNotice(skippedSubmodules: readonly string[]): string | null {
-  if (skippedSubmodules.length === 0) return null;
-  return `submodules are imported as empty directories, without their contents: ${skippedSubmodules.join(', ')}`;
-}
-
-/** git's mode for an entry: 100644, 100755, 120000 (symlink) or 160000 (a submodule's directory). */
-export function gitMode(e: ImportEntry): string {
-  if (e.kind === 'symlink') return '120000';
-  if (e.kind === 'dir') return '160000';
-  return e.mode === 0o755 ? '100755' : '100644';
-}
-
-/** Quotes a name for display when it has control characters or leading/trailing spaces. */
-function displayName(p: string): string {
-  // eslint-disable-next-line no-control-regex
-  return /[\x00-\x1f\x7f"]|^\s|\s$/.test(p) ? JSON.stringify(p) : p;
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
-}
-
-/**
- * The `--dry-run` listing: one line per entry, `<git mode> <size> <path>` (symlinks show their target,
- * submodules are marked), sorted by path, then a total line.
- */
-export function formatDryRun(entries: readonly ImportEntry[]): string {
-  const sorted = [...entries].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  const width = Math.max(1, ...sorted.map((e) => String(e.size).length));
-  const lines = sorted.map((e) => {
-    let line = `${gitMode(e)} ${String(e.size).padStart(width)} ${displayName(e.path)}`;
-    if (e.kind === 'symlink') line += ` -> ${displayName(e.linkTarget ?? '')}`;
-    if (e.kind === 'dir') line += ' (submodule, contents not imported)';
-    if (e.untracked) line += ' (untracked)';
-    return line;
-  });
-  const files = sorted.filter((e) => e.kind !== 'dir').length;
-  const total = sorted.reduce((n, e) => n + e.size, 0);
-  lines.push(`${files} ${files === 1 ? 'entry' : 'entries'}, ${formatBytes(total)} (${total} bytes)`);
-  return lines.join('\n');
+  };
+  for (const e of entries) check(e.path);
+  for (const p of files) check(p);
 }
 
 /** HEAD's commit of the checkout at `path`, or null (no commits, or not a git checkout any more). */

@@ -1,4 +1,5 @@
 import type { CommandRunner } from '../../../shared/command.js';
+import { NUL, runRecords, text } from '../../../shared/records.js';
 import { gitEnv, gitMode, type ImportEntry } from './host-repo.js';
 import type { Manifest } from './manifest.js';
 
@@ -21,69 +22,120 @@ import type { Manifest } from './manifest.js';
 export interface CheckoutSplit {
   /** Entries to send as files in the tar. */
   send: ImportEntry[];
-  /** Paths the guest checks out from HEAD, sorted like `send`, with their blob ids. */
-  checkout: { path: string; oid: string }[];
-  /** Every blob id of HEAD's tree, smallest first (the guest's object store needs them all, edited files' too). */
-  headBlobs: string[];
+  /** Paths the guest checks out from HEAD, sorted like `send`. */
+  checkout: string[];
+  /**
+   * Every blob id of HEAD's tree, smallest first (the guest's object store needs them all, edited files'
+   * too), each with the paths of `checkout` that are that blob, NUL-separated and sorted ('' for none).
+   * One map for both: it is the largest thing an import of many files holds while it runs.
+   */
+  headBlobs: Map<string, string>;
   /** Their total size, uncompressed: what their packs take on the host at most, stored. */
   headBlobBytes: number;
 }
 
-/** `git ls-tree -r -l` of HEAD: path -> mode, object id and size (null for gitlinks). */
-async function headTree(
-  root: string,
-  head: string,
-  run: CommandRunner,
-  signal?: AbortSignal,
-): Promise<Map<string, { mode: string; oid: string; size: number | null }>> {
-  const r = await run('git', ['ls-tree', '-r', '-z', '-l', '--full-tree', head], {
-    cwd: root,
-    env: gitEnv(),
-    signal,
-    maxOutputBytes: 512 << 20,
-  });
-  const out = new Map<string, { mode: string; oid: string; size: number | null }>();
-  for (const rec of r.stdout.split('\0')) {
-    if (rec === '') continue;
-    const tab = rec.indexOf('\t');
-    const [mode, , oid, size] = rec.slice(0, tab).trim().split(/ +/);
-    if (!mode || !oid) continue;
-    out.set(rec.slice(tab + 1), { mode, oid, size: size === undefined || size === '-' ? null : Number(size) });
+/**
+ * Which paths of the state a full import leaves differ from HEAD's tree (mode or blob, added or gone):
+ * what comparing a manifest to the tree says, asked of git (full-import.ts) so no manifest is held.
+ */
+export interface HeadDiff {
+  changed: ReadonlySet<string>;
+}
+
+/** One record of `git ls-tree -r -z -l`: mode, type, object id, size (null for gitlinks) and path. */
+interface TreeRecord {
+  mode: string;
+  oid: string;
+  size: number | null;
+  path: string;
+}
+
+/** Parses `<mode> <type> <oid> <size>\t<path>` (the size right-aligned, '-' for gitlinks); null when it is not one. */
+function treeRecord(buf: Buffer, start: number, end: number): TreeRecord | null {
+  const tab = buf.indexOf(0x09, start);
+  if (tab === -1 || tab >= end) return null;
+  const [mode, , oid, size] = fields(buf, start, tab);
+  if (!mode || !oid) return null;
+  return { mode, oid, size: size === undefined || size === '-' ? null : Number(size), path: text(buf, tab + 1, end) };
+}
+
+/**
+ * The space-separated fields of `buf[start, end)`, each decoded on its own: a substring of one string
+ * would be a view that keeps all of it alive as long as the blob id is kept.
+ */
+function fields(buf: Buffer, start: number, end: number): string[] {
+  const out: string[] = [];
+  for (let i = start; i < end; ) {
+    while (i < end && buf[i] === 0x20) i++;
+    let j = i;
+    while (j < end && buf[j] !== 0x20) j++;
+    if (j > i) out.push(buf.toString('latin1', i, j));
+    i = j;
   }
   return out;
 }
 
-/** Splits a full import's entries; with no HEAD or no manifest everything is sent. */
+/**
+ * Splits a full import's entries by the host's state (its manifest, or how it differs from HEAD); with
+ * no HEAD or no state everything is sent.
+ */
 export async function splitByHead(
   root: string,
   head: string | null,
   entries: readonly ImportEntry[],
-  manifest: Manifest | null,
+  manifest: Manifest | HeadDiff | null,
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<CheckoutSplit> {
-  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: [], headBlobBytes: 0 };
-  const tree = await headTree(root, head, run, signal);
-  const send: ImportEntry[] = [];
-  const checkout: { path: string; oid: string }[] = [];
-  for (const e of entries) {
-    const t = tree.get(e.path);
-    const m = manifest.entries.get(e.path);
+  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: new Map(), headBlobBytes: 0 };
+  const index = new Map<string, number>();
+  entries.forEach((e, i) => index.set(e.path, i));
+  // Per entry: the blob it is checked out of. Per blob of HEAD's tree, in tree order: its id and size.
+  const checkoutOf = new Array<string | undefined>(entries.length);
+  const oids: string[] = [];
+  const sizes: number[] = [];
+  // HEAD's tree is read as git lists it, never held whole (100,000 paths are tens of MB as a Map).
+  const onRecord = (buf: Buffer, start: number, end: number) => {
+    const t = treeRecord(buf, start, end);
+    if (t === null) return;
+    if (t.mode !== '160000') {
+      oids.push(t.oid);
+      sizes.push(t.size ?? 0);
+    }
+    const i = index.get(t.path);
+    const e = i === undefined ? undefined : entries[i];
+    if (i === undefined || e === undefined) return;
     const same =
-      t !== undefined &&
-      m === `${t.mode} ${t.oid}` &&
+      ('changed' in manifest ? !manifest.changed.has(e.path) : manifest.entries.get(e.path) === `${t.mode} ${t.oid}`) &&
       !e.untracked &&
       t.mode === gitMode(e) &&
       (e.kind === 'symlink' || (e.kind === 'file' && t.size === e.size));
-    if (same) {
-      checkout.push({ path: e.path, oid: t.oid });
-    } else send.push(e);
-  }
+    if (same) checkoutOf[i] = t.oid;
+  };
+  await runRecords(run, 'git', ['ls-tree', '-r', '-z', '-l', '--full-tree', head], NUL, onRecord, {
+    cwd: root,
+    env: gitEnv(),
+    signal,
+  });
   // Smallest first: git writes the packs in this order, and the guest checks out the many small files
   // while the few large ones are still on their way (writing a file costs the guest more than its bytes).
-  const blobs = [...tree.values()].filter((t) => t.mode !== '160000').sort((a, b) => (a.size ?? 0) - (b.size ?? 0));
-  const sizes = new Map(blobs.map((t) => [t.oid, t.size ?? 0]));
-  const headBlobs = [...sizes.keys()];
-  const headBlobBytes = [...sizes.values()].reduce((a, b) => a + b, 0);
+  // A stable sort: blobs of one size stay in tree order; a blob at several paths comes once.
+  const headBlobs = new Map<string, string>();
+  let headBlobBytes = 0;
+  for (const i of Array.from(oids.keys()).sort((a, b) => (sizes[a] ?? 0) - (sizes[b] ?? 0))) {
+    const oid = oids[i] as string;
+    if (headBlobs.has(oid)) continue;
+    headBlobs.set(oid, '');
+    headBlobBytes += sizes[i] ?? 0;
+  }
+  const send: ImportEntry[] = [];
+  const checkout: string[] = [];
+  entries.forEach((e, i) => {
+    const oid = checkoutOf[i];
+    if (oid === undefined) return void send.push(e);
+    checkout.push(e.path);
+    const paths = headBlobs.get(oid);
+    headBlobs.set(oid, paths ? `${paths}\0${e.path}` : e.path);
+  });
   return { send, checkout, headBlobs, headBlobBytes };
 }

@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import { gitEnv } from '../../../shared/workspace-files.js';
+import { NEWLINE, runRecords } from '../../../shared/records.js';
 
 /**
  * Git packs an import sends, written by the host's git and handed on as git finishes each.
@@ -37,26 +38,31 @@ const HEX_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
 const POLL_MS = 100;
 
 /**
- * The objects of HEAD's history (all of it with depth 0, else its `depth` newest commits), and the
- * commits whose parents are not sent (the guest's `.git/shallow`).
+ * The objects of HEAD's history (all of it with depth 0, else its `depth` newest commits) for which
+ * `keep` holds, and the commits whose parents are not sent (the guest's `.git/shallow`). The listing
+ * is read as git prints it: HEAD's tree alone is a line per file.
  */
 export async function historyObjects(
   root: string,
   head: string,
   depth: number,
+  keep: (id: string) => boolean,
   run: CommandRunner,
   signal: AbortSignal,
 ): Promise<{ objects: string[]; shallow: string[] }> {
   const limit = depth > 0 ? [`--max-count=${depth}`] : [];
-  const opts = { cwd: root, env: gitEnv(), signal, maxOutputBytes: 1 << 30 };
   const shallow = await shallowCommits(root, head, depth, run, signal);
-  const r = await run('git', ['rev-list', '--objects', ...limit, head], opts);
   const objects: string[] = [];
-  for (const line of r.stdout.split('\n')) {
-    const sp = line.indexOf(' ');
-    const id = sp === -1 ? line : line.slice(0, sp);
-    if (id !== '') objects.push(id);
-  }
+  const onLine = (buf: Buffer, start: number, end: number) => {
+    const sp = buf.indexOf(0x20, start);
+    const id = buf.toString('latin1', start, sp === -1 || sp > end ? end : sp);
+    if (keep(id)) objects.push(id);
+  };
+  await runRecords(run, 'git', ['rev-list', '--objects', ...limit, head], NEWLINE, onLine, {
+    cwd: root,
+    env: gitEnv(),
+    signal,
+  });
   return { objects, shallow };
 }
 
@@ -90,7 +96,7 @@ export async function shallowCommits(
  */
 export async function* packObjects(
   root: string,
-  objects: readonly string[],
+  objects: Iterable<string>,
   dir: string,
   prefix: string,
   o: { partBytes?: number; stored?: boolean },
@@ -98,7 +104,7 @@ export async function* packObjects(
   signal: AbortSignal,
 ): AsyncGenerator<PackFile> {
   const list = join(dir, `${prefix}.objects`);
-  await writeFile(list, objects.map((x) => `${x}\n`).join(''));
+  await writeFile(list, lines(objects));
   const args = o.partBytes === undefined ? [] : [`--max-pack-size=${o.partBytes}`];
   // Stored: zlib level 0, also for objects the repository keeps compressed (no reuse of their data).
   const env = o.stored
@@ -112,6 +118,19 @@ export async function* packObjects(
   );
   packing.catch(() => undefined);
   yield* finishedPacks(dir, prefix, packing, signal);
+}
+
+/** `ids`, one a line, in pieces of about 64 KiB (all of HEAD's blobs are megabytes of ids). */
+function* lines(ids: Iterable<string>): Generator<string> {
+  let piece = '';
+  for (const id of ids) {
+    piece += `${id}\n`;
+    if (piece.length >= 1 << 16) {
+      yield piece;
+      piece = '';
+    }
+  }
+  yield piece;
 }
 
 /**

@@ -64,12 +64,9 @@ const PACK_SPACE_MARGIN = 64 << 20;
 
 export function createFullImportStream(source: FullImportSource, opts: ImportTarOptions = {}): Readable {
   const { split } = source;
-  for (const c of split.checkout) validateEntryPath(c.path);
+  for (const p of split.checkout) validateEntryPath(p);
   // No path may lead through another entry, whichever way either travels.
-  assertNoPathThroughSymlink([
-    ...split.send,
-    ...split.checkout.map((c) => ({ path: c.path, kind: 'file' as const, mode: 0o644, size: 0 })),
-  ]);
+  assertNoPathThroughSymlink(split.send, split.checkout);
   const tmp = source.tmpDir ?? tmpdir();
   const abort = new AbortController();
   const onOuterAbort = () => abort.abort();
@@ -116,29 +113,22 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
     const dir = await mkdtemp(join(tmp, 'banger-import-'));
     try {
       const hashBytes = head.length / 2;
+      const blobs = split.headBlobs;
       const { objects, shallow } = await historyObjects(
         source.root,
         head,
         source.historyDepth ?? DEFAULT_HISTORY_DEPTH,
+        (id) => !blobs.has(id),
         run,
         abort.signal,
       );
-      const blobs = new Set(split.headBlobs);
       // Both packs are written at once; the history pack is sent first.
-      const historyPacks = packObjects(
-        source.root,
-        objects.filter((o) => !blobs.has(o)),
-        dir,
-        'history',
-        {},
-        run,
-        abort.signal,
-      );
+      const historyPacks = packObjects(source.root, objects, dir, 'history', {}, run, abort.signal);
       const blobParts =
         blobs.size > 0
           ? packObjects(
               source.root,
-              [...blobs],
+              blobs.keys(),
               dir,
               'blobs',
               { partBytes: source.partBytes ?? PACK_PART_BYTES, stored: source.storeBlobs },
@@ -157,21 +147,21 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
         yield* file(p.idx.path, false);
       }
       if (blobParts === null || firstPart === undefined) return;
-      const paths = new Map<string, string[]>();
-      for (const c of split.checkout) {
-        const list = paths.get(c.oid);
-        if (list) list.push(c.path);
-        else paths.set(c.oid, [c.path]);
-      }
       const send = async function* (p: PackFile): AsyncGenerator<Buffer> {
-        const ids = await packIndexIds(p.idx.path, hashBytes);
-        const mine = ids.flatMap((id) => paths.get(id) ?? []);
-        const list = Buffer.from(mine.map((x) => `${x}\0`).join(''));
+        let mine = '';
+        let count = 0;
+        for (const id of await packIndexIds(p.idx.path, hashBytes)) {
+          const paths = blobs.get(id);
+          if (!paths) continue;
+          mine += `${paths}\0`;
+          count += paths.split('\0').length;
+        }
+        const list = Buffer.from(mine);
         yield Buffer.from(`part ${p.id} ${p.pack.size} ${p.idx.size} ${list.length}\n`);
         yield* file(p.pack.path, true);
         yield* file(p.idx.path, false);
         yield list;
-        checkedOut += mine.length;
+        checkedOut += count;
         report();
         // Sent: its space on the host is not needed any more.
         await Promise.all([rm(p.pack.path), rm(p.idx.path)]);

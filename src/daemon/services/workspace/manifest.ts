@@ -1,8 +1,11 @@
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile, copyFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import type { CommandRunner } from '../../../shared/command.js';
+import type { CommandRunner, RunOptions } from '../../../shared/command.js';
 import { gitEnv as hostGitEnv } from '../../../shared/workspace-files.js';
+import { NUL, recordSplitter, runRecords, text, type RecordHandler } from '../../../shared/records.js';
 
 /**
  * The manifest of an import: what it left in the guest, per path git's mode and object id (the
@@ -55,15 +58,29 @@ export function diffManifests(from: ManifestEntries, to: ManifestEntries): Manif
 /** Parses `git ls-files -s -z` output (`mode oid stage\tpath\0`). */
 export function parseLsFilesStage(out: string): ManifestEntries {
   const m: ManifestEntries = new Map();
-  for (const rec of out.split('\0')) {
-    if (rec === '') continue;
-    const tab = rec.indexOf('\t');
-    const [mode, oid] = rec.slice(0, tab).split(' ');
-    if (tab < 0 || !mode || !oid) throw new Error(`unexpected git ls-files record ${JSON.stringify(rec)}`);
-    m.set(rec.slice(tab + 1), `${mode} ${oid}`);
-  }
+  const split = recordSplitter(NUL, stageRecord(m));
+  split.push(Buffer.from(out));
+  split.end();
   return m;
 }
+
+/**
+ * Adds each `git ls-files -s -z` record to `m`: path -> `mode oid`, each a string of its own (one
+ * sliced out of the record would keep the whole record, or the whole listing, alive).
+ */
+export function stageRecord(m: { set(path: string, value: string): void }): RecordHandler {
+  return (buf, start, end) => {
+    const tab = buf.indexOf(TAB, start);
+    const space = buf.indexOf(SPACE, start);
+    const oidEnd = space === -1 ? -1 : buf.indexOf(SPACE, space + 1);
+    if (tab === -1 || tab >= end || space <= start || oidEnd === -1 || oidEnd <= space + 1 || oidEnd > tab)
+      throw new Error(`unexpected git ls-files record ${JSON.stringify(text(buf, start, end))}`);
+    m.set(text(buf, tab + 1, end), buf.toString('latin1', start, oidEnd));
+  };
+}
+
+const TAB = 0x09;
+const SPACE = 0x20;
 
 function gitEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...hostGitEnv(), ...extra };
@@ -80,6 +97,30 @@ export async function hostManifest(
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<Manifest | null> {
+  return withStateIndex(root, includeUntracked, run, signal, async (tree, opts) => {
+    const entries: ManifestEntries = new Map();
+    const ls = await runRecords(run, 'git', ['ls-files', '-s', '-z'], NUL, stageRecord(entries), {
+      ...opts,
+      maxBytes: LISTING_MAX_BYTES,
+    });
+    return ls.code !== 0 || ls.truncated?.stdout ? null : { tree, entries };
+  });
+}
+
+/** A manifest listing longer than this is not read (the import is then a full one without a manifest). */
+export const LISTING_MAX_BYTES = 256 << 20;
+
+/**
+ * Runs `use` on the host checkout's state (see hostManifest) in a throwaway index: its tree id, and
+ * options for git commands that read that index. Null when git cannot compute it.
+ */
+export async function withStateIndex<T>(
+  root: string,
+  includeUntracked: boolean,
+  run: CommandRunner,
+  signal: AbortSignal | undefined,
+  use: (tree: string, opts: RunOptions & { cwd: string; env: NodeJS.ProcessEnv }) => Promise<T | null>,
+): Promise<T | null> {
   const tmp = await mkdtemp(join(tmpdir(), 'banger-manifest-'));
   try {
     const base = gitEnv({});
@@ -102,13 +143,12 @@ export async function hostManifest(
       GIT_OBJECT_DIRECTORY: join(tmp, 'objects'),
       GIT_ALTERNATE_OBJECT_DIRECTORIES: objects,
     });
-    const opts = { cwd: root, env, signal, allowFailure: true, maxOutputBytes: 256 << 20 };
+    const opts = { cwd: root, env, signal, allowFailure: true };
     const add = await run('git', ['add', includeUntracked ? '-A' : '-u', '--', ':/'], opts);
     if (add.code !== 0) return null;
     const tree = await run('git', ['write-tree'], opts);
-    const ls = await run('git', ['ls-files', '-s', '-z'], opts);
-    if (tree.code !== 0 || ls.code !== 0 || ls.truncated?.stdout) return null;
-    return { tree: tree.stdout.trim(), entries: parseLsFilesStage(ls.stdout) };
+    if (tree.code !== 0) return null;
+    return await use(tree.stdout.trim(), opts);
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
@@ -119,34 +159,60 @@ export function manifestPath(vmDir: string): string {
   return join(vmDir, 'workspace-manifest');
 }
 
-export async function writeManifest(file: string, header: ManifestHeader, entries: ManifestEntries): Promise<void> {
-  const parts = [`${JSON.stringify(header)}\n`];
-  for (const [path, v] of entries) parts.push(`${v}\t${path}\0`);
+/**
+ * A manifest to record: its entries in memory, or (a full import's, full-import.ts) in a file of the
+ * manifest file's records, so 100,000 entries need not stay in memory while the import runs.
+ */
+export interface PendingManifest {
+  tree: string;
+  entries: ManifestEntries | { file: string };
+}
+
+export async function writeManifest(file: string, header: ManifestHeader, entries: PendingManifest['entries']): Promise<void> {
   const tmp = `${file}.tmp`;
-  await writeFile(tmp, parts.join(''));
+  if (entries instanceof Map) await writeFile(tmp, records(entries, `${JSON.stringify(header)}\n`));
+  else {
+    await writeFile(tmp, `${JSON.stringify(header)}\n`);
+    await pipeline(createReadStream(entries.file), createWriteStream(tmp, { flags: 'a' }));
+  }
   await rename(tmp, file);
+}
+
+/** A manifest's `mode oid\tpath\0` records in pieces of about 64 KiB (megabytes for a large checkout). */
+function* records(entries: ManifestEntries, first = ''): Generator<string> {
+  let piece = first;
+  for (const [path, v] of entries) {
+    piece += `${v}\t${path}\0`;
+    if (piece.length >= 1 << 16) {
+      yield piece;
+      piece = '';
+    }
+  }
+  yield piece;
 }
 
 /** The manifest recorded for the workspace, or null when there is none or it is unreadable. */
 export async function readManifest(file: string): Promise<{ header: ManifestHeader; entries: ManifestEntries } | null> {
-  let text: string;
+  let buf: Buffer;
   try {
-    text = await readFile(file, 'utf8');
+    buf = await readFile(file);
   } catch {
     return null;
   }
-  const nl = text.indexOf('\n');
+  const nl = buf.indexOf(0x0a);
   if (nl < 0) return null;
   try {
-    const header = JSON.parse(text.slice(0, nl)) as ManifestHeader;
+    const header = JSON.parse(buf.toString('utf8', 0, nl)) as ManifestHeader;
     const entries: ManifestEntries = new Map();
-    for (const rec of text.slice(nl + 1).split('\0')) {
-      if (rec === '') continue;
-      const tab = rec.indexOf('\t');
-      if (tab < 0) return null;
-      entries.set(rec.slice(tab + 1), rec.slice(0, tab));
-    }
-    return { header, entries };
+    let bad = false;
+    const split = recordSplitter(NUL, (b, start, end) => {
+      const tab = b.indexOf(TAB, start);
+      if (tab === -1 || tab >= end) bad = true;
+      else entries.set(text(b, tab + 1, end), text(b, start, tab));
+    });
+    split.push(buf.subarray(nl + 1));
+    split.end();
+    return bad ? null : { header, entries };
   } catch {
     return null;
   }

@@ -11,15 +11,15 @@ type Progress = (ev: ProgressEvent) => void;
 const PROGRESS_INTERVAL_MS = 200;
 
 /**
- * Byte progress of an import, a few events a second (one per file would be one notification per file):
+ * Byte progress of an import (`count`: its entries), a few events a second (one per file would be one notification per file):
  * file contents and git packs sent. Until the end the total is the working tree's size (the packs carry
  * the files the guest checks out, compressed, and history); at the end it is what was really sent.
  */
-export function byteProgress(progress: Progress, list: { entries: readonly unknown[]; totalBytes: number }) {
+export function byteProgress(progress: Progress, list: { count: number; totalBytes: number }) {
   let last = 0;
   return (t: ImportTarProgress) => {
     const now = Date.now();
-    const end = t.final === true || t.files >= list.entries.length;
+    const end = t.final === true || t.files >= list.count;
     if (now - last < PROGRESS_INTERVAL_MS && !end) return;
     last = now;
     const total = t.final ? t.bytes : Math.max(list.totalBytes, t.bytes);
@@ -27,7 +27,10 @@ export function byteProgress(progress: Progress, list: { entries: readonly unkno
   };
 }
 
-export function listNotices(list: ImportFileList, special: readonly string[]): string[] {
+export function listNotices(
+  list: Pick<ImportFileList, 'skippedUntracked' | 'skippedSubmodules'>,
+  special: readonly string[],
+): string[] {
   return [untrackedNotice(list.skippedUntracked), submoduleNotice(list.skippedSubmodules), specialFileNotice(special)].filter(
     (n): n is string => n !== null,
   );

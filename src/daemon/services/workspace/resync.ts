@@ -119,7 +119,7 @@ export async function runResync(
       historySince: plan.oldHead ?? undefined,
       deleted: plan.diff.delete,
     },
-    { run: steps.run, signal, onProgress: byteProgress(progress, { entries: plan.entries, totalBytes: bytes }) },
+    { run: steps.run, signal, onProgress: byteProgress(progress, { count: plan.entries.length, totalBytes: bytes }) },
   );
   const script = buildResyncScript({
     guestPath,

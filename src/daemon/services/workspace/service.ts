@@ -16,6 +16,7 @@ import type { VmRepo } from '../../store/repos/vms.js';
 import type { VmService } from '../vm/service.js';
 import { KeyedMutex } from '../locks.js';
 import type { Readable } from 'node:stream';
+import { rm } from 'node:fs/promises';
 import type { VmRecord } from '../../store/repos/vms.js';
 import type { GuestSession } from '../../guest/session.js';
 
@@ -27,11 +28,10 @@ import {
   listImportFiles,
   type HostRepo,
 } from './host-repo.js';
-import { splitByHead } from './checkout-split.js';
+import { planFullImport } from './full-import.js';
 import { createFullImportStream } from './import-stream.js';
-import { hostManifest, manifestPath, removeManifest, writeManifest, type Manifest } from './manifest.js';
+import { manifestPath, removeManifest, writeManifest, type PendingManifest } from './manifest.js';
 import { conflictError, planResync, runResync } from './resync.js';
-import { mayBeMiseConfig } from './resync-script.js';
 import { TREE_LINE_PREFIX, WorkspaceScriptExit, buildImportScript, validateGuestPath } from './guest-scripts.js';
 import { buildExportScript, parseNameStatus } from './export-script.js';
 import { byteProgress, listNotices, miseNotices, scriptError } from './outcome.js';
@@ -135,42 +135,45 @@ export class WorkspaceService {
           }
         }
         await removeManifest(manifestFile);
-        const list = await listFiles();
-        const manifest = await hostManifest(repo.root, includeUntracked, this.d.run, signal);
-        const special = new Set(list.skippedSpecial);
-        const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, this.d.run, signal);
-        const tar = createFullImportStream(
-          { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm' },
-          {
-            run: this.d.run,
-            signal,
-            onSkipped: (path) => special.add(path),
-            onProgress: byteProgress(progress, list),
-          },
-        );
-        const script = buildImportScript({
-          guestPath,
-          headCommit: repo.headCommit,
-          branch: repo.branch,
-          identity: repo.identity,
-          force: p.force ?? false,
-          trustMise: list.entries.some((e) => mayBeMiseConfig(e.path)),
-        });
-        const r = await this.send(vm.name, session, script, tar, signal);
-        if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
-        if (r.code !== 0)
-          throw (
-            (await this.interrupted(vm.name, session, 'import', signal)) ??
-            scriptError('import', r.code, r.stderr, guestPath)
+        // The manifest's entries wait in this file while the import runs (full-import.ts).
+        const pending = `${manifestFile}.pending`;
+        try {
+          const { split, manifest, list } = await planFullImport(repo, includeUntracked, pending, this.d.run, signal);
+          const special = new Set(list.skippedSpecial);
+          const tar = createFullImportStream(
+            { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm' },
+            {
+              run: this.d.run,
+              signal,
+              onSkipped: (path) => special.add(path),
+              onProgress: byteProgress(progress, list),
+            },
           );
-        notices.push(...listNotices(list, [...special].sort()), ...miseNotices(r.stderr));
-        const files = list.entries.filter((e) => e.kind !== 'dir').length;
-        return this.record(vm, repo, guestPath, includeUntracked, r, manifest, manifestFile, notices, {
-          files,
-          bytes: list.totalBytes,
-          skippedUntracked: list.skippedUntracked,
-          mode: 'full',
-        });
+          const script = buildImportScript({
+            guestPath,
+            headCommit: repo.headCommit,
+            branch: repo.branch,
+            identity: repo.identity,
+            force: p.force ?? false,
+            trustMise: list.trustMise,
+          });
+          const r = await this.send(vm.name, session, script, tar, signal);
+          if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
+          if (r.code !== 0)
+            throw (
+              (await this.interrupted(vm.name, session, 'import', signal)) ??
+              scriptError('import', r.code, r.stderr, guestPath)
+            );
+          notices.push(...listNotices(list, [...special].sort()), ...miseNotices(r.stderr));
+          return await this.record(vm, repo, guestPath, includeUntracked, r, manifest, manifestFile, notices, {
+            files: list.files,
+            bytes: list.totalBytes,
+            skippedUntracked: list.skippedUntracked,
+            mode: 'full',
+          });
+        } finally {
+          await rm(pending, { force: true });
+        }
       },
       signal,
     );
@@ -210,7 +213,7 @@ export class WorkspaceService {
     guestPath: string,
     includeUntracked: boolean,
     r: GuestOutput,
-    manifest: Manifest | null,
+    manifest: PendingManifest | null,
     manifestFile: string,
     notices: string[],
     counts: Pick<WorkspacePrepareResult, 'files' | 'bytes' | 'skippedUntracked' | 'mode' | 'deleted'>,
