@@ -74,3 +74,32 @@ void test('a guest that has printed something is never restarted; a second silen
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+void test('a guest that stalls just after its first kernel lines is started again once too (twice the silence)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'banger-bootwait-'));
+  try {
+    const log = join(dir, 'console.log');
+    writeFileSync(log, '[    0.491988] PCI: Fatal: No config space access function found\n');
+    const { boot, events } = fakeBoot(log, 10_000);
+    let relaunches = 0;
+    const t0 = Date.now();
+    const rest = await waitForGuestReady(boot, {
+      silentMs: 150,
+      relaunch: () => {
+        relaunches++;
+        writeFileSync(log, '');
+        setTimeout(() => appendFileSync(log, `[0.6] kernel\nServer listening on 0.0.0.0 port 22.\n${READY_MARKER}\n`), 100);
+        return Promise.resolve();
+      },
+    });
+    assert.equal(rest, '');
+    assert.equal(relaunches, 1);
+    assert.ok(Date.now() - t0 >= 300, 'not before twice the silence');
+    assert.deepEqual(
+      events.map((e) => e.kind === 'notice' && e.message),
+      ['the guest printed nothing after its first kernel lines for 0 s (an early-boot stall); starting its VMM again, once'],
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

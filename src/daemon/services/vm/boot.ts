@@ -156,7 +156,9 @@ export const SILENT_CONSOLE_MS = 45_000;
  * the forward accepts before the guest listens, and an SSH attempt then hangs: the guest's own line on the
  * console is the signal. A guest that prints nothing at all for `silentMs` has stalled before its kernel's
  * first line (seen now and then under software emulation: an early-boot hang that a fresh start of the same
- * VM does not repeat): its VMM is started again once, with a notice; the boot deadline stays the same.
+ * VM does not repeat), and so has one whose console holds only kernel lines and nothing new for twice that
+ * (the same hang just after the kernel's first line, seen in a CI run here: 180 s after `PCI: Fatal: No config
+ * space access function found`): its VMM is started again once, with a notice; the boot deadline stays the same.
  * Failures carry the console's last lines.
  */
 export async function waitForGuestReady(

@@ -8,12 +8,22 @@ import { escapeForTerminal } from '../../../shared/terminal-text.js';
  * and resolves with the rest of that console line (up to 64 characters; what follows the marker).
  * Fails early when `alive()` says the VMM has exited.
  */
-/** Thrown by waitForConsoleLine when the console stayed empty for `silentMs` (see there). */
+/** Thrown by waitForConsoleLine when the guest stalled in early boot (see `silentMs` there). */
 export class ConsoleSilent extends Error {
-  constructor(readonly silentMs: number) {
-    super(`the guest printed nothing for ${Math.round(silentMs / 1000)} s`);
+  constructor(
+    readonly silentMs: number,
+    afterKernelLines = false,
+  ) {
+    super(
+      afterKernelLines
+        ? `the guest printed nothing after its first kernel lines for ${Math.round(silentMs / 1000)} s`
+        : `the guest printed nothing for ${Math.round(silentMs / 1000)} s`,
+    );
   }
 }
+
+/** A line the kernel printed (`[    0.491988] ...`), as opposed to one from the guest's init or sshd. */
+const KERNEL_LINE = /^\[\s*\d+\.\d+\] /;
 
 export async function waitForConsoleLine(
   path: string,
@@ -23,13 +33,21 @@ export async function waitForConsoleLine(
     signal?: AbortSignal;
     alive: () => Promise<boolean>;
     intervalMs?: number;
-    /** Throw ConsoleSilent when not one byte arrived in this long (a guest stalled before its first line). */
+    /**
+     * Throw ConsoleSilent when not one byte arrived in this long (a guest stalled before its first line), or
+     * when the console holds only kernel lines and nothing new came for twice this long (a stall just after
+     * them; a healthy guest's next line comes from its init, well within that even on a loaded host).
+     */
     silentMs?: number;
   },
 ): Promise<string> {
   const started = Date.now();
   let offset = 0;
   let carry = '';
+  let grewAt = started;
+  // Whether every whole line so far is a kernel line (the text after the last newline is not judged yet).
+  let kernelOnly = true;
+  let pending = '';
   let seenFor = -1; // polls since the marker was seen without the end of its line
   for (let i = 0; ; i++) {
     opts.signal?.throwIfAborted();
@@ -42,7 +60,14 @@ export async function waitForConsoleLine(
           const buf = Buffer.alloc(size - offset);
           await fh.read(buf, 0, buf.length, offset);
           offset = size;
-          carry += buf.toString('utf8');
+          grewAt = Date.now();
+          const text = buf.toString('utf8');
+          carry += text;
+          if (kernelOnly) {
+            const lines = (pending + text).split('\n');
+            pending = (lines.pop() ?? '').slice(-256);
+            if (lines.some((l) => l.trim() !== '' && !KERNEL_LINE.test(l))) kernelOnly = false;
+          }
         }
       } finally {
         await fh.close();
@@ -65,6 +90,8 @@ export async function waitForConsoleLine(
       });
     if (offset === 0 && opts.silentMs !== undefined && Date.now() - started > opts.silentMs)
       throw new ConsoleSilent(opts.silentMs);
+    if (offset > 0 && kernelOnly && pending === '' && opts.silentMs !== undefined && Date.now() - grewAt > 2 * opts.silentMs)
+      throw new ConsoleSilent(2 * opts.silentMs, true);
     if (Date.now() > opts.deadline)
       throw new BangerError(ErrorCode.DeadlineExceeded, `the guest did not finish booting (no "${line}" on its console)`, {
         hint: 'see the console with `banger vm logs NAME`',
