@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -33,4 +35,21 @@ export function report(name: string, bangerMs: number[], baselineMs: number[], b
   const base = median(baselineMs);
   const line = (n: string, xs: number[]) => `  ${n.padEnd(34)} median ${median(xs).toFixed(0).padStart(6)} ms  (n=${xs.length}: ${xs.map((x) => x.toFixed(0)).join(', ')})`;
   process.stdout.write(`${name}\n${line('banger', bangerMs)}\n${line(baselineName, baselineMs)}\n  ratio banger/baseline: ${(b / base).toFixed(2)}x\n`);
+}
+
+/**
+ * A committed repo of `files` files totalling about `mib` MiB at `repo`, 1,000 per directory: base64 of random
+ * bytes, text git stores as it is, about as large as its source when packed.
+ */
+export function makeBigRepo(repo: string, files: number, mib: number): void {
+  process.stderr.write(`making a repo of ${files} files, ~${mib} MiB in ${repo}...\n`);
+  const per = Math.max(1, Math.floor((mib * 1024 * 1024) / files));
+  for (let i = 0; i < files; i++) {
+    const dir = join(repo, `d${Math.floor(i / 1000)}`);
+    if (i % 1000 === 0) mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, `f${i}.txt`), randomBytes(Math.ceil((per * 3) / 4)).toString('base64').slice(0, per));
+  }
+  sh('git', ['-C', repo, 'init', '-q']);
+  sh('git', ['-C', repo, 'add', '-A']);
+  sh('git', ['-C', repo, '-c', 'user.email=b@b', '-c', 'user.name=b', 'commit', '-q', '-m', 'big']);
 }

@@ -8,7 +8,6 @@
  *        [--repo DIR (kept; made when missing)] [--snapshot DIR (a heap snapshot at half the files)] [--timeline (a line a second)]
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,7 +20,7 @@ import { WorkspaceService } from '../src/daemon/services/workspace/service.js';
 import type { VmRecord, VmRepo } from '../src/daemon/store/repos/vms.js';
 import type { VmService } from '../src/daemon/services/vm/service.js';
 import { LocalShellSession } from '../test/helpers/local-session.js';
-import { sh } from './common.js';
+import { makeBigRepo } from './common.js';
 
 const { values } = parseArgs({
   options: {
@@ -41,16 +40,7 @@ function status(key: 'VmRSS' | 'VmHWM'): number {
 }
 
 function makeRepo(repo: string): void {
-  process.stderr.write(`making a repo of ${files} files, ~${mib} MiB in ${repo}...\n`);
-  const per = Math.max(1, Math.floor((mib * 1024 * 1024) / files));
-  for (let i = 0; i < files; i++) {
-    const dir = join(repo, `d${Math.floor(i / 1000)}`);
-    if (i % 1000 === 0) mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, `f${i}.txt`), randomBytes(Math.ceil((per * 3) / 4)).toString('base64').slice(0, per));
-  }
-  sh('git', ['-C', repo, 'init', '-q']);
-  sh('git', ['-C', repo, 'add', '-A']);
-  sh('git', ['-C', repo, '-c', 'user.email=b@b', '-c', 'user.name=b', 'commit', '-q', '-m', 'big']);
+  makeBigRepo(repo, files, mib);
 }
 
 const scratch = mkdtempSync(join(tmpdir(), 'banger-mem-local-'));

@@ -7,12 +7,11 @@
  * State directory: BANGER_HOME, else the e2e tier's. The VM and the repo are deleted at the end.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { CLI, HOME, banger, sh } from './common.js';
+import { CLI, HOME, banger, makeBigRepo } from './common.js';
 
 const { values } = parseArgs({ options: { files: { type: 'string', default: '100000' }, mib: { type: 'string', default: '1024' } } });
 const files = Number(values.files);
@@ -26,17 +25,7 @@ function rssKiB(pid: number): number {
 
 const repo = join(mkdtempSync(join(tmpdir(), 'banger-bench-mem-')), 'big');
 try {
-  process.stderr.write(`making a repo of ${files} files, ~${mib} MiB...\n`);
-  const per = Math.max(1, Math.floor((mib * 1024 * 1024) / files));
-  for (let i = 0; i < files; i++) {
-    const dir = join(repo, `d${Math.floor(i / 1000)}`);
-    if (i % 1000 === 0) mkdirSync(dir, { recursive: true });
-    // base64 of random bytes: text git stores as it is, about as large as its source when packed.
-    writeFileSync(join(dir, `f${i}.txt`), randomBytes(Math.ceil((per * 3) / 4)).toString('base64').slice(0, per));
-  }
-  sh('git', ['-C', repo, 'init', '-q']);
-  sh('git', ['-C', repo, 'add', '-A']);
-  sh('git', ['-C', repo, '-c', 'user.email=b@b', '-c', 'user.name=b', 'commit', '-q', '-m', 'big']);
+  makeBigRepo(repo, files, mib);
   const diskGib = Math.ceil((mib * 3) / 1024) + 2;
   spawnSyncOk(['vm', 'delete', '--force', VM], true);
   banger(['vm', 'create', '--name', VM, '--start', '--disk-size', `${diskGib}G`]);
