@@ -3,9 +3,13 @@ import net from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { Paths } from '../shared/paths.js';
 import { fileLogger } from '../shared/logger.js';
+import { capLog, keepLogCapped } from '../shared/log-cap.js';
 import { withSbinPath } from '../shared/command.js';
 import { ErrorCode, isBangerError } from '../errors/index.js';
 import { startDaemon, type RunningDaemon } from './daemon.js';
+
+/** Size past which the daemon's log is rotated (it keeps one rotated copy, `bangerd.log.1`). */
+const DAEMON_LOG_MAX_BYTES = 8 * 1024 * 1024;
 
 /** True when another daemon already answers on the socket. */
 function socketAnswers(path: string): Promise<boolean> {
@@ -28,7 +32,11 @@ async function main(): Promise<void> {
     process.stderr.write(`bangerd is already running on ${paths.socket}\n`);
     return;
   }
+  // The log is appended to for the daemon's whole life: bounded at start and every minute after.
+  await capLog(paths.daemonLog, DAEMON_LOG_MAX_BYTES);
   const log = fileLogger(paths.daemonLog);
+  const logCap = new AbortController();
+  keepLogCapped(paths.daemonLog, DAEMON_LOG_MAX_BYTES, 60_000, logCap.signal);
   const running: { daemon?: RunningDaemon } = {};
   let stopping = false;
   const stop = (why: string) => {
@@ -37,6 +45,7 @@ async function main(): Promise<void> {
     log.info({ why }, 'stop requested');
     void (async () => {
       await running.daemon?.stop();
+      logCap.abort();
       log.flush();
       process.exit(0);
     })();

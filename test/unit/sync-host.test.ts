@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { collectHostIdentity, MAX_SYNC_FILE_BYTES } from '../../src/daemon/services/sync/host.js';
@@ -126,6 +126,35 @@ test('the guest script runs under sh against a scratch root and keeps existing a
     assert.equal(keys, `ssh-ed25519 AAAAexisting banger\n${KEY}\n`);
     assert.equal(execFileSync('stat', ['-c', '%a', join(root, 'a/b/c.txt')], { encoding: 'utf8' }), '640\n');
     assert.equal(execFileSync('cat', [join(root, 'a/b/c.txt')], { encoding: 'utf8' }), 'hello\n');
+    // Unchanged content is not rewritten (a VM syncs at every start), but its mode is put back.
+    const inode = () => execFileSync('stat', ['-c', '%i', join(root, 'a/b/c.txt')], { encoding: 'utf8' });
+    const before = inode();
+    chmodSync(join(root, 'a/b/c.txt'), 0o666);
+    execFileSync('sh', ['-s'], { input: script });
+    assert.equal(inode(), before);
+    assert.equal(execFileSync('stat', ['-c', '%a', join(root, 'a/b/c.txt')], { encoding: 'utf8' }), '640\n');
+    writeFileSync(join(root, 'a/b/c.txt'), 'edited in the guest\n');
+    execFileSync('sh', ['-s'], { input: script });
+    assert.equal(execFileSync('cat', [join(root, 'a/b/c.txt')], { encoding: 'utf8' }), 'hello\n');
+    assert.deepEqual(readdirSync(join(root, 'a/b')), ['c.txt'], 'no temporary file left');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('the git identity is set in the guest, and a second sync with the same identity leaves .gitconfig untouched', () => {
+  const root = mkdtempSync(join(tmpdir(), 'sync-guest-'));
+  try {
+    const run = (name: string) =>
+      execFileSync('sh', ['-s'], { input: syncScript({ git: { name, email: 'ada@example.org' }, keys: [], files: [] }).replaceAll('/root', root) });
+    run('Ada Lovelace');
+    const gitconfig = join(root, '.gitconfig');
+    const first = statSync(gitconfig);
+    run('Ada Lovelace');
+    assert.equal(statSync(gitconfig).ino, first.ino);
+    assert.equal(statSync(gitconfig).mtimeMs, first.mtimeMs);
+    run('Ada King');
+    assert.equal(execFileSync('git', ['config', '--file', gitconfig, 'user.name'], { encoding: 'utf8' }), 'Ada King\n');
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

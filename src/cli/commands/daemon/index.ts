@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { DaemonMethods } from '../../../protocol/daemon.js';
+import { rotatedLog } from '../../../shared/log-cap.js';
 import type { CliContext } from '../../context.js';
 import { out } from '../../output.js';
 
@@ -74,7 +75,12 @@ export function register(program: Command, ctx: CliContext): void {
           hint: 'bangerd has not run with this BANGER_HOME yet',
         });
       }
-      const lines = text.trimEnd().split('\n');
+      let lines = text.trimEnd().split('\n').filter((l) => l !== '');
+      // Just after a rotation the live log holds few lines: the rest are in its one rotated copy.
+      if (lines.length < o.lines) {
+        const older = await readFile(rotatedLog(ctx.paths.daemonLog), 'utf8').catch(() => '');
+        lines = [...older.trimEnd().split('\n').filter((l) => l !== ''), ...lines];
+      }
       out.line(lines.slice(-o.lines).join('\n'));
     });
 }

@@ -134,11 +134,15 @@ if [ -f "$seed/${SEED_FILES.env}" ]; then
   fi
 fi
 
+# Files on the root disk are written only when they change: a VM started a thousand times does not
+# rewrite (and so reallocate) them a thousand times in its copy-on-write overlay.
 if [ -n "$BANGER_HOSTNAME" ]; then
   echo "$BANGER_HOSTNAME" >/proc/sys/kernel/hostname
-  echo "$BANGER_HOSTNAME" >/etc/hostname
-  sed -i '/# banger$/d' /etc/hosts
-  echo "127.0.1.1 $BANGER_HOSTNAME # banger" >>/etc/hosts
+  [ "$(cat /etc/hostname 2>/dev/null)" = "$BANGER_HOSTNAME" ] || echo "$BANGER_HOSTNAME" >/etc/hostname
+  if [ "$(grep '# banger$' /etc/hosts 2>/dev/null)" != "127.0.1.1 $BANGER_HOSTNAME # banger" ]; then
+    sed -i '/# banger$/d' /etc/hosts
+    echo "127.0.1.1 $BANGER_HOSTNAME # banger" >>/etc/hosts
+  fi
 fi
 
 work_dev=$(find_disk ${WORK_DISK_SERIAL} ${WORK_DEVICE_FALLBACK})
@@ -158,9 +162,17 @@ else
   say "no work disk; /root is on the root disk"
 fi
 
+# install_changed SRC DEST MODE: installs SRC as DEST (root-owned, MODE) unless DEST already holds it.
+install_changed() {
+  if cmp -s "$1" "$2"; then
+    chown 0:0 "$2" && chmod "$3" "$2"
+  else
+    install -o 0 -g 0 -m "$3" "$1" "$2"
+  fi
+}
 if [ -s "$seed/${SEED_FILES.hostKey}" ]; then
-  install -m 0600 "$seed/${SEED_FILES.hostKey}" /etc/ssh/ssh_host_ed25519_key
-  install -m 0644 "$seed/${SEED_FILES.hostKeyPub}" /etc/ssh/ssh_host_ed25519_key.pub
+  install_changed "$seed/${SEED_FILES.hostKey}" /etc/ssh/ssh_host_ed25519_key 0600
+  install_changed "$seed/${SEED_FILES.hostKeyPub}" /etc/ssh/ssh_host_ed25519_key.pub 0644
 elif [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then
   say "no host key in the seed; generating one"
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
@@ -168,7 +180,7 @@ fi
 mkdir -p /root/.ssh
 chmod 0700 /root/.ssh
 if [ -f "$seed/${SEED_FILES.authorizedKeys}" ]; then
-  install -m 0600 "$seed/${SEED_FILES.authorizedKeys}" /root/.ssh/authorized_keys
+  install_changed "$seed/${SEED_FILES.authorizedKeys}" /root/.ssh/authorized_keys 0600
 fi
 
 ip link set lo up
@@ -179,11 +191,15 @@ if [ -e /sys/class/net/eth0 ]; then
 else
   say "no network interface eth0"
 fi
-rm -f /etc/resolv.conf
-: >/etc/resolv.conf
+resolv=
 for ns in $(echo "$BANGER_DNS" | tr ',' ' '); do
-  echo "nameserver $ns" >>/etc/resolv.conf
+  resolv="\${resolv}nameserver $ns
+"
 done
+if [ -L /etc/resolv.conf ] || [ ! -f /etc/resolv.conf ] || [ "$(cat /etc/resolv.conf)" != "\${resolv%?}" ]; then
+  rm -f /etc/resolv.conf
+  printf '%s' "$resolv" >/etc/resolv.conf
+fi
 exit 0
 `;
 
@@ -222,7 +238,12 @@ fi
  * MALLOC_* variables from the environment its commands get.
  */
 export const RUN_AGENT = `#!/bin/sh
-exec >>${GUEST_PATHS.agentLog} 2>&1
+# The agent's log is on the root disk and outlives boots: it keeps one rotated copy past 1 MiB.
+log=${GUEST_PATHS.agentLog}
+if [ "$(stat -c %s "$log" 2>/dev/null || echo 0)" -gt 1048576 ]; then
+  mv -f "$log" "$log.1"
+fi
+exec >>"$log" 2>&1
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 dev=

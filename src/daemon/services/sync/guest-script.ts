@@ -5,14 +5,16 @@ import type { HostIdentity } from './host.js';
  * The guest half of an identity sync as one `sh -s` script (one round trip, contents on stdin, never on a
  * command line): the git identity into root's global config, public keys appended to authorized_keys
  * (existing lines kept, none twice), each file written to a temporary name and renamed into place,
- * root-owned with its mode.
+ * root-owned with its mode. What already holds the wanted value is left as it is.
  */
 export function syncScript(id: Pick<HostIdentity, 'git' | 'keys' | 'files'>): string {
   const lines = ['set -eu', 'umask 077', 'export HOME=/root'];
   if (id.git.name !== undefined || id.git.email !== undefined) {
     const sets: string[] = [];
-    if (id.git.name !== undefined) sets.push(`git config --global user.name ${shq(id.git.name)}`);
-    if (id.git.email !== undefined) sets.push(`git config --global user.email ${shq(id.git.email)}`);
+    // Set only when different: every start syncs, and an unchanged file is not rewritten.
+    const set = (key: string, v: string) => `{ [ "$(git config --global --get ${key})" = ${shq(v)} ] || git config --global ${key} ${shq(v)}; }`;
+    if (id.git.name !== undefined) sets.push(set('user.name', id.git.name));
+    if (id.git.email !== undefined) sets.push(set('user.email', id.git.email));
     lines.push(`if command -v git >/dev/null 2>&1; then ${sets.join('; ')}; else echo 'no git in the guest: identity not set' >&2; fi`);
   }
   if (id.keys.length > 0) {
@@ -32,7 +34,7 @@ export function syncScript(id: Pick<HostIdentity, 'git' | 'keys' | 'files'>): st
       `base64 -d > "$t" <<'${marker}'`,
       ...(f.content.toString('base64').match(/.{1,76}/g) ?? []),
       marker,
-      `chown 0:0 "$t"; chmod ${f.mode} "$t"; mv -fT "$t" "$p"`,
+      `if cmp -s "$t" "$p"; then rm -f "$t"; chown 0:0 "$p"; chmod ${f.mode} "$p"; else chown 0:0 "$t"; chmod ${f.mode} "$t"; mv -fT "$t" "$p"; fi`,
     );
   }
   return lines.join('\n') + '\n';

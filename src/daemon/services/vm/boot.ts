@@ -1,6 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { ProgressEvent } from '../../../protocol/common.js';
+import { capLog } from '../../../shared/log-cap.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import { READY_AGENT_SUFFIX, READY_MARKER } from '../../guest/init/contract.js';
@@ -137,6 +138,8 @@ export const writeSeed: BootStep = {
 /** Starts the VMM for `b` and records it: the launch step, and the relaunch of a guest that stalled. */
 export async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
   const spec = launchSpec(b, d.kernelCmdline(b.vm));
+  // Each launch appends the VMM's command line to its log: bounded here, across any number of starts.
+  await capLog(spec.vmmLogPath, VMM_LOG_MAX_BYTES);
   // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
   // during the wait leaves a handle that the next start adopts or ends, never an unknown QEMU.
   const handle = await b.driver.launch(spec, b.signal, {
@@ -147,6 +150,9 @@ export async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
   d.live.add(b.vm.id, b.live);
   b.vm = d.vms.update(b.vm.id, { accel: b.accel!, startedAt: d.now().toISOString() });
 }
+
+/** Size past which a VM's vmm.log is rotated at its next launch (it keeps one rotated copy). */
+export const VMM_LOG_MAX_BYTES = 256 * 1024;
 
 /** How long a guest may print nothing at all before its VMM is started again (once). */
 export const SILENT_CONSOLE_MS = 45_000;

@@ -1,6 +1,7 @@
-import { open, rename, writeFile } from 'node:fs/promises';
-import { setInterval as every, setTimeout as sleep } from 'node:timers/promises';
+import { open } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError, ErrorCode, isBangerError } from '../../../errors/index.js';
+import { capLog, keepLogCapped, rotatedLog } from '../../../shared/log-cap.js';
 import { escapeForTerminal } from '../../../shared/terminal-text.js';
 
 /**
@@ -103,57 +104,21 @@ export async function waitForConsoleLine(
 /** Size at which the live console log is rotated; the log and its one rotated copy stay under twice this. */
 export const CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
 
-/** The rotated copy of a console log. */
-export function rotatedConsoleLog(path: string): string {
-  return `${path}.1`;
+/** Keeps a console log under its cap (see capLog); true when it rotated. */
+export function capConsoleLog(path: string, maxBytes = CONSOLE_LOG_MAX_BYTES): Promise<boolean> {
+  return capLog(path, maxBytes);
 }
 
-/**
- * Keeps a console log bounded while the VMM writes it (QEMU opens it with append=on, so a truncation by
- * us is followed by writes at the new end, not a sparse hole): when it passes `maxBytes`, its last
- * `maxBytes` go to `<path>.1` and the file is truncated. Bytes the guest writes between the copy and the
- * truncation are lost; a guest that floods its console loses old lines either way.
- */
-export async function capConsoleLog(path: string, maxBytes = CONSOLE_LOG_MAX_BYTES): Promise<boolean> {
-  let fh;
-  try {
-    fh = await open(path, 'r+');
-  } catch {
-    return false;
-  }
-  try {
-    const { size } = await fh.stat();
-    if (size <= maxBytes) return false;
-    const keep = Buffer.alloc(maxBytes);
-    await fh.read(keep, 0, maxBytes, size - maxBytes);
-    const tmp = `${rotatedConsoleLog(path)}.tmp`;
-    await writeFile(tmp, keep, { mode: 0o600 });
-    await rename(tmp, rotatedConsoleLog(path));
-    await fh.truncate(0);
-    return true;
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Keeps a running VM's console log under its cap (capConsoleLog every `intervalMs`) until `signal` aborts. */
+/** Keeps a running VM's console log under its cap every `intervalMs` until `signal` aborts. */
 export function keepConsoleLogCapped(path: string, intervalMs: number, signal: AbortSignal): void {
-  void (async () => {
-    try {
-      for await (const _ of every(intervalMs, undefined, { signal })) {
-        await capConsoleLog(path).catch(() => false);
-      }
-    } catch {
-      /* aborted: the VM stopped or the daemon let go of it */
-    }
-  })();
+  keepLogCapped(path, CONSOLE_LOG_MAX_BYTES, intervalMs, signal);
 }
 
 /** The last `tailBytes` of a console log, across its rotated copy; '' when there is none. */
 export async function readConsoleTail(path: string, tailBytes: number): Promise<string> {
   const parts: Buffer[] = [];
   let want = tailBytes;
-  for (const p of [path, rotatedConsoleLog(path)]) {
+  for (const p of [path, rotatedLog(path)]) {
     if (want <= 0) break;
     try {
       const fh = await open(p, 'r');
