@@ -29,6 +29,9 @@ export interface CyclesOptions {
   home: string;
   count: number;
   name?: string;
+  /** The VM's size: 1 vCPU and 512M unless given (light on a host that runs other VMs beside it). */
+  cpus?: number;
+  memory?: string;
   log?: (line: string) => void;
 }
 
@@ -48,7 +51,7 @@ export async function runCycles(opts: CyclesOptions): Promise<CyclesResult> {
   };
 
   await banger(['vm', 'delete', '--force', name], { home });
-  const created = await banger(['vm', 'create', '--name', name, '--cpus', '1', '--memory', '512M'], { home });
+  const created = await banger(['vm', 'create', '--name', name, '--cpus', String(opts.cpus ?? 1), '--memory', opts.memory ?? '512M'], { home });
   if (created.code !== 0) throw new Error(`could not create ${name}: ${created.stderr}`);
   const shown = await banger(['vm', 'show', name, '--json'], { home });
   const id = (JSON.parse(shown.stdout) as { id: string }).id;
