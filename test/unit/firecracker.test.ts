@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,10 +21,15 @@ import {
   firecrackerRequests,
 } from '../../src/daemon/vmm/firecracker/config.js';
 import { FirecrackerDriver } from '../../src/daemon/vmm/firecracker/driver.js';
-import { detectKernelFormat, extractVmlinux } from '../../src/daemon/vmm/firecracker/vmlinux.js';
+import { detectKernelFormat, elfKernelFor, extractVmlinux } from '../../src/daemon/vmm/vmlinux.js';
 import { FIRECRACKER_SPEC_PATH, FirecrackerFake, FirecrackerSpec } from '../helpers/firecracker-fake.js';
 import type { FakeBehaviour, FakeRecord } from '../helpers/fake-firecracker.js';
 import { startAgent } from '../helpers/agent-harness.js';
+import { guestKernelArgs } from '../../src/daemon/guest/init/cmdline.js';
+import { launchVmm, type Boot, type BootDeps } from '../../src/daemon/services/vm/boot.js';
+import type { ReadyImage } from '../../src/daemon/services/image/service.js';
+import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
+import { Paths } from '../../src/shared/paths.js';
 
 const FAKE_BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'fake-firecracker.ts');
 const ELF_HEAD = Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]);
@@ -51,6 +56,18 @@ function baseSpec(dir: string, over: Partial<LaunchSpec> = {}): LaunchSpec {
     channelSocketPath: join(dir, 'vsock.sock'),
     ...over,
   };
+}
+
+/** A minimal bzImage: boot header with payload_offset/length pointing at `payload`. */
+function fakeBzImage(payload: Buffer): Buffer {
+  const setupSects = 4;
+  const img = Buffer.alloc((setupSects + 1) * 512);
+  img[0x1f1] = setupSects;
+  img.write('HdrS', 0x202, 'latin1');
+  img.writeUInt16LE(0x20f, 0x206);
+  img.writeUInt32LE(0x10, 0x248);
+  img.writeUInt32LE(payload.length, 0x24c);
+  return Buffer.concat([img, Buffer.alloc(0x10), payload, Buffer.from('trailing bytes')]);
 }
 
 function assertBangerError(e: unknown, code: ErrorCode, pattern: RegExp): true {
@@ -365,6 +382,59 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
     assert.equal(await driver.isAlive({ ...h, startTime: h.startTime + 1 }, s.vmId), false);
   });
 
+  void it("a VM's launch step starts Firecracker with the vmlinux from the image's bzImage, its raw disks, its tap and its vsock", async () => {
+    const { driver, vmDir, readRecord } = await setup();
+    const imageDir = join(vmDir, 'image');
+    await mkdir(imageDir);
+    const elf = Buffer.concat([ELF_HEAD, Buffer.alloc(4096, 1)]);
+    await writeFile(join(imageDir, 'vmlinuz'), fakeBzImage(gzipSync(elf)));
+    await writeFile(join(imageDir, 'initrd.img'), 'initrd');
+    const vp = new Paths(join(vmDir, 'home')).vm('0123456789ab');
+    await mkdir(vp.dir, { recursive: true });
+    for (const f of [vp.rootDiskRaw, vp.workDisk, vp.seedDisk]) await writeFile(f, Buffer.alloc(4096));
+    const vm = { id: '0123456789ab', name: 'fc-dev', vcpus: 2, memoryMib: 512, mac: '52:54:00:12:34:56', networkMode: 'tap', agent: true } as unknown as VmRecord;
+    const updates: unknown[] = [];
+    const added: string[] = [];
+    const b: Boot = {
+      vm,
+      image: { kernelPath: join(imageDir, 'vmlinuz'), initrdPath: join(imageDir, 'initrd.img') } as ReadyImage,
+      driver,
+      vp,
+      progress: () => undefined,
+      deadline: Date.now() + 60_000,
+      accel: 'kvm',
+      net: { ipCidr: '172.30.0.2/24', gateway: '172.30.0.1', dns: '172.30.0.1', tapName: 'bgr-t0123' },
+    };
+    const d = {
+      kernelCmdline: () => guestKernelArgs().join(' '),
+      live: { add: (id: string) => void added.push(id) },
+      vms: { update: (_id: string, patch: object) => (updates.push(patch), { ...vm, ...patch }) },
+      now: () => new Date(),
+    } as unknown as BootDeps;
+    await launchVmm(b, d);
+    handles.push(b.live!.handle);
+
+    const rec = await readRecord();
+    assert.deepEqual(rec.invalid, [], 'every request valid against the spec');
+    const body = (path: string) => rec.accepted.find((r) => r.path === path)?.body as Record<string, unknown>;
+    assert.equal(body('/boot-source').kernel_image_path, join(imageDir, 'vmlinux'));
+    assert.equal(detectKernelFormat(await readFile(join(imageDir, 'vmlinux'))), 'elf');
+    assert.match(String(body('/boot-source').boot_args), /root=\/dev\/vda/);
+    assert.equal(body('/drives/root').is_read_only, false);
+    assert.equal(body('/drives/seed').is_read_only, true);
+    assert.equal(body('/network-interfaces/eth0').host_dev_name, 'bgr-t0123');
+    assert.equal(body('/network-interfaces/eth0').guest_mac, '52:54:00:12:34:56');
+    assert.ok(body('/vsock'), 'a vsock device for the guest agent');
+    assert.deepEqual(
+      [...rec.opened].sort(),
+      [vp.rootDiskRaw, vp.workDisk, vp.seedDisk].sort(),
+      "the VM's own raw disks",
+    );
+    assert.equal(rec.state, 'Running');
+    assert.deepEqual(added, [vm.id]);
+    assert.equal(JSON.parse(await readFile(vp.handles, 'utf8')).vmm, 'firecracker', 'the process is recorded');
+  });
+
   void it('requestShutdown sends Ctrl-Alt-Del and waitExit resolves when the VMM exits', async () => {
     const { driver, spec: s, readRecord } = await setup();
     const h = await driver.launch(s);
@@ -637,17 +707,6 @@ void describe('vmlinux extraction', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  /** A minimal bzImage: boot header with payload_offset/length pointing at `payload`. */
-  function fakeBzImage(payload: Buffer): Buffer {
-    const setupSects = 4;
-    const img = Buffer.alloc((setupSects + 1) * 512);
-    img[0x1f1] = setupSects;
-    img.write('HdrS', 0x202, 'latin1');
-    img.writeUInt16LE(0x20f, 0x206);
-    img.writeUInt32LE(0x10, 0x248);
-    img.writeUInt32LE(payload.length, 0x24c);
-    return Buffer.concat([img, Buffer.alloc(0x10), payload, Buffer.from('trailing bytes')]);
-  }
   const elf = Buffer.concat([ELF_HEAD, Buffer.from('kernel text '.repeat(100))]);
 
   void it('detects kernel formats', () => {
@@ -688,6 +747,22 @@ void describe('vmlinux extraction', () => {
       },
     );
   }
+
+  void it('a VMM that boots only an ELF kernel gets the vmlinux extracted beside the bzImage, once', async () => {
+    const imageDir = join(dir, 'image-1');
+    await mkdir(imageDir);
+    const vmlinuz = join(imageDir, 'vmlinuz');
+    await writeFile(vmlinuz, fakeBzImage(gzipSync(elf)));
+    const first = await elfKernelFor(vmlinuz);
+    assert.equal(first, join(imageDir, 'vmlinux'));
+    assert.deepEqual(await readFile(first), elf);
+    const made = statSync(first);
+    assert.equal(await elfKernelFor(vmlinuz), first);
+    assert.equal(statSync(first).mtimeMs, made.mtimeMs, 'not extracted again');
+    assert.deepEqual(readdirSync(imageDir).sort(), ['vmlinux', 'vmlinuz'], 'no temporary file left');
+    // An ELF kernel is booted as it is.
+    assert.equal(await elfKernelFor(first), first);
+  });
 
   void it('fails cleanly on a bzImage without a kernel inside, leaving no output', async () => {
     await writeFile(join(dir, 'bz-empty'), fakeBzImage(Buffer.from('not compressed')));

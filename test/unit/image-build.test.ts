@@ -314,6 +314,19 @@ void describe('guest scripts', () => {
     assert.match(s, /exec switch_root \/newroot "\$init"/);
     assert.match(s, new RegExp(`init=${GUEST_PATHS.init}`));
   });
+  void it("initrd: the command line's virtio_mmio.device= entries (Firecracker's devices) become virtio_mmio's insmod parameters", () => {
+    const s = initrdInit(['kernel/drivers/virtio/virtio.ko', 'kernel/drivers/virtio/virtio_mmio.ko', 'kernel/drivers/block/virtio_blk.ko']);
+    // The command-line parsing and the module loop, run under sh with insmod recorded.
+    const part = s.slice(s.indexOf('root='), s.indexOf('i=0\nwhile'));
+    const cmdline = 'console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 root=/dev/vda virtio_mmio.device=4K@0xd0001000:6';
+    const script = `insmod() { echo "insmod $*"; }\nsay() { echo "say $*"; }\n${part.replace('$(cat /proc/cmdline)', cmdline)}`;
+    const out = execFileSync('sh', ['-c', script], { encoding: 'utf8' });
+    assert.deepEqual(out.trim().split('\n'), [
+      'insmod /lib/modules/kernel/drivers/virtio/virtio.ko',
+      'insmod /lib/modules/kernel/drivers/virtio/virtio_mmio.ko device=4K@0xd0000000:5 device=4K@0xd0001000:6',
+      'insmod /lib/modules/kernel/drivers/block/virtio_blk.ko',
+    ]);
+  });
   void it('inittab: sysinit, sshd respawned, ready marker, shutdown action', () => {
     assert.match(INITTAB, /^::sysinit:\/usr\/lib\/banger\/sysinit$/m);
     assert.match(INITTAB, /^::respawn:/m);

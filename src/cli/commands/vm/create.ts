@@ -47,7 +47,7 @@ export function addMachineFlags(cmd: Command): Command {
     .option('--cpus <n>', 'virtual CPUs (default 2)', (v) => parseIntFlag('--cpus', v))
     .option('--memory <size>', 'memory, e.g. 1024M or 2G (default 1G)', (v) => parseMib('--memory', v))
     .option('--disk-size <size>', 'size of the work disk mounted at /root, e.g. 4G (default 4G)', (v) => parseMib('--disk-size', v))
-    .addOption(new Option('--vmm <vmm>', 'virtual machine monitor').choices([...VMM_CHOICES]).default('auto'))
+    .addOption(new Option('--vmm <vmm>', 'virtual machine monitor: firecracker needs KVM and --network tap; auto picks it only then, else qemu').choices([...VMM_CHOICES]).default('auto'))
     .addOption(
       new Option('--network <mode>', 'loopback: a 127.x.y.z address per VM, per-user ranges (default); tap: an address on banger\'s bridge (root)').choices([...NETWORK_MODES]),
     )

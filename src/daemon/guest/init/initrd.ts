@@ -33,6 +33,7 @@ fstype=ext4
 mode=rw
 init=${GUEST_PATHS.init}
 probe=0
+mmio=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     root=*) root="\${arg#root=}" ;;
@@ -40,6 +41,7 @@ for arg in $(cat /proc/cmdline); do
     ro) mode=ro ;;
     rw) mode=rw ;;
     init=*) init="\${arg#init=}" ;;
+    virtio_mmio.device=*) mmio="$mmio \${arg#virtio_mmio.}" ;;
     ${PROBE_ARG}) probe=1 ;;
   esac
 done
@@ -51,8 +53,12 @@ if [ "$probe" = 1 ]; then
   poweroff -f
 fi
 
+# Devices a VMM lists on the command line (Firecracker: virtio_mmio.device=SIZE@ADDR:IRQ) are the
+# virtio_mmio module's parameters; insmod does not read the command line, so they are passed to it.
 for m in ${modules.join(' ')}; do
-  insmod "/lib/modules/$m" || say "insmod $m failed"
+  params=
+  case "$m" in */virtio_mmio.ko*) params=$mmio ;; esac
+  insmod "/lib/modules/$m" $params || say "insmod $m failed"
 done
 
 i=0

@@ -259,6 +259,10 @@ agent=${SEED_MOUNT_DIR}/${SEED_FILES.agent}
 [ -f "$agent" ] || agent=${GUEST_PATHS.agent}
 # No virtio-serial port but a vsock device (Firecracker): the host reaches the agent over vsock, through the
 # Python bridge to the agent's unix socket.
+# /dev/vsock needs the device's transport module (a virtio vsock device has virtio device id 19).
+if [ -z "$dev" ] && [ ! -e /dev/vsock ] && grep -qsx 0x0013 /sys/bus/virtio/devices/*/device; then
+  modprobe vmw_vsock_virtio_transport || echo "banger-agent: cannot load vmw_vsock_virtio_transport"
+fi
 vsock=
 if [ -z "$dev" ] && [ -e /dev/vsock ] && command -v python3 >/dev/null; then vsock=1; fi
 if [ ! -f "$agent" ] || { [ -z "$dev" ] && [ -z "$vsock" ]; } || ! command -v node >/dev/null; then

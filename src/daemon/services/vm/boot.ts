@@ -8,6 +8,7 @@ import { READY_AGENT_SUFFIX, READY_MARKER } from '../../guest/init/contract.js';
 import { SshGuestSession } from '../../guest/ssh.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { Accel, LaunchSpec, SavedState, VmmDriver } from '../../vmm/driver.js';
+import { elfKernelFor } from '../../vmm/vmlinux.js';
 import type { ReadyImage } from '../image/service.js';
 import type { TapAttachment } from '../network/tap.js';
 import type { AccelChoice } from '../../../protocol/common.js';
@@ -137,7 +138,9 @@ export const writeSeed: BootStep = {
 
 /** Starts the VMM for `b` and records it: the launch step, and the relaunch of a guest that stalled. */
 export async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
-  const spec = launchSpec(b, d.kernelCmdline(b.vm));
+  // A driver that boots only an ELF kernel (Firecracker) gets the vmlinux inside the image's bzImage.
+  const kernelPath = b.driver.features.has('bzImage') ? b.image.kernelPath : await elfKernelFor(b.image.kernelPath, b.signal);
+  const spec = launchSpec(b, d.kernelCmdline(b.vm), kernelPath);
   // Each launch appends the VMM's command line to its log: bounded here, across any number of starts.
   await capLog(spec.vmmLogPath, VMM_LOG_MAX_BYTES);
   // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
@@ -218,7 +221,7 @@ export const BOOT_STEPS: readonly BootStep[] = [
         },
       });
       // The guest says whether its agent is up; only then (and only with a channel for it) is it used.
-      if (rest.trimEnd() === READY_AGENT_SUFFIX && b.driver.features.has('virtioSerial')) {
+      if (rest.trimEnd() === READY_AGENT_SUFFIX && (b.driver.features.has('virtioSerial') || b.driver.features.has('vsock'))) {
         b.live!.hasAgent = true;
         await writeHandles(b.vp.handles, { ...b.live!.handle, agent: true });
       }
@@ -267,7 +270,7 @@ export async function runBoot(b: Boot, d: BootDeps, steps: readonly BootStep[] =
 }
 
 /** What the driver is asked to start: disks by the driver's features, never by its name. */
-export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
+export function launchSpec(b: Boot, kernelCmdline: string, kernelPath = b.image.kernelPath): LaunchSpec {
   const { vm, vp, image, driver } = b;
   const qcow2 = driver.features.has('qcow2');
   const tapName = b.net?.tapName;
@@ -279,7 +282,7 @@ export function launchSpec(b: Boot, kernelCmdline: string): LaunchSpec {
     vcpus: vm.vcpus,
     memoryMib: vm.memoryMib,
     accel: b.accel,
-    kernelPath: image.kernelPath,
+    kernelPath,
     initrdPath: image.initrdPath,
     kernelCmdline,
     disks: [

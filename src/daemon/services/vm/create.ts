@@ -79,7 +79,7 @@ export async function planCreate(
   const image = snap ? host.images.byIdReady(snap.imageId) : await host.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
   if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
     throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
-  const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, host, signal);
+  const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, host, networkMode, signal);
   const driver = requireDriver(host.drivers, vmmName);
   return { opts, image, vmmName, driver, cpus, memoryMib, diskSizeMib, networkMode };
 }

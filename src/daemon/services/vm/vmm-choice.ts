@@ -1,5 +1,5 @@
 import { failedPrecondition } from '../../../errors/index.js';
-import type { VmmChoice } from '../../../protocol/common.js';
+import type { NetworkMode, VmmChoice } from '../../../protocol/common.js';
 import type { DriverRegistry, VmmDriver, VmmName } from '../../vmm/driver.js';
 import type { ReadyImage } from '../image/service.js';
 import type { AccelResolver } from './boot.js';
@@ -18,30 +18,35 @@ export function requireDriver(drivers: DriverRegistry, name: VmmName): VmmDriver
 }
 
 /**
- * The VMM `--vmm` resolves to for `image` on this host: an explicit choice when its driver can run here and
- * boot banger's images, else FailedPrecondition; `auto` picks Firecracker where it can, else QEMU.
+ * The VMM `--vmm` resolves to for `image` and the VM's network mode on this host: an explicit choice when its
+ * driver can run here and give the VM that network, else FailedPrecondition; `auto` picks Firecracker where
+ * it can (binary, usable KVM, a tap VM: it has no user networking), else QEMU. A driver that boots only an
+ * uncompressed kernel is given the vmlinux extracted from the image's bzImage (kernelFor in boot.ts).
  */
 export async function chooseVmm(
   choice: VmmChoice,
   image: ReadyImage,
   host: { drivers: DriverRegistry; accel: AccelResolver },
+  networkMode: NetworkMode,
   signal?: AbortSignal,
 ): Promise<VmmName> {
   if (choice === 'qemu' || choice === 'firecracker') {
     const d = requireDriver(host.drivers, choice);
     const a = await d.availability(signal);
     if (!a.ok) throw failedPrecondition(`${choice} cannot run here: ${a.reason}`, 'run `banger doctor`');
-    if (!d.features.has('bzImage')) {
+    if (!supportsNetwork(d, networkMode))
       throw failedPrecondition(
-        `${choice} needs an uncompressed kernel (vmlinux) and tap networking, which banger does not set up for it yet`,
-        'use --vmm qemu',
+        `${choice} has no ${networkMode} networking: its VMs need --network tap`,
+        choice === 'firecracker' ? 'add --network tap (tap networking needs root), or use --vmm qemu' : 'use --network tap',
       );
-    }
     return choice;
   }
-  // auto: Firecracker only where it can boot banger's images and run (binary + usable KVM); else QEMU.
   const fc = host.drivers.get('firecracker');
-  if (fc && fc.features.has('bzImage') && (await fc.availability(signal)).ok && (await host.accel.kvmUsable(image, signal)))
+  if (fc && supportsNetwork(fc, networkMode) && (await fc.availability(signal)).ok && (await host.accel.kvmUsable(image, signal)))
     return 'firecracker';
   return 'qemu';
+}
+
+function supportsNetwork(d: VmmDriver, mode: NetworkMode): boolean {
+  return d.features.has(mode === 'tap' ? 'tap' : 'userNetworking');
 }

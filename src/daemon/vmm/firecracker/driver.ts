@@ -17,7 +17,7 @@ import { isSameProcess, processStartTime, waitForProcessExit } from '../process.
 import { FirecrackerApi } from './api.js';
 import { INSTANCE_START, firecrackerArgv, firecrackerLoadRequest, firecrackerRequests } from './config.js';
 import { SNAPSHOT_TIMEOUT_MS, firecrackerSnapshots } from './snapshots.js';
-import { checkFirecrackerKernel } from './vmlinux.js';
+import { checkFirecrackerKernel } from '../vmlinux.js';
 
 export type SpawnFn = (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
 

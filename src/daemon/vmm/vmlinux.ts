@@ -5,9 +5,10 @@
  * result is an ELF.
  */
 import { spawn } from 'node:child_process';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { gunzipSync, constants as zlibConstants } from 'node:zlib';
-import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { BangerError, ErrorCode } from '../../errors/index.js';
 
 export type KernelFormat = 'elf' | 'bzImage' | 'unknown';
 
@@ -223,4 +224,18 @@ async function pipeThrough(
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * The ELF kernel to boot for an image whose kernel is at `kernelPath`: that file when it is an ELF already,
+ * else the vmlinux extracted from it into `vmlinux` beside it, once (again when the kernel is newer than it).
+ * The extraction writes a temporary name and renames it, so a concurrent or killed one leaves no half file.
+ */
+export async function elfKernelFor(kernelPath: string, signal?: AbortSignal): Promise<string> {
+  if (detectKernelFormat(await readHead(kernelPath, 0x210)) === 'elf') return kernelPath;
+  const out = join(dirname(kernelPath), 'vmlinux');
+  const [kernel, extracted] = await Promise.all([stat(kernelPath), stat(out).catch(() => undefined)]);
+  if (extracted && extracted.mtimeMs >= kernel.mtimeMs) return out;
+  await extractVmlinux(kernelPath, out, signal);
+  return out;
 }
