@@ -12,14 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { writeHeapSnapshot } from 'node:v8';
-import { runCommand } from '../src/shared/command.js';
-import { silentLogger } from '../src/shared/logger.js';
 import type { ProgressEvent } from '../src/protocol/common.js';
-import type { WorkspaceInfo } from '../src/protocol/workspace.js';
-import { WorkspaceService } from '../src/daemon/services/workspace/service.js';
-import type { VmRecord, VmRepo } from '../src/daemon/store/repos/vms.js';
-import type { VmService } from '../src/daemon/services/vm/service.js';
-import { LocalShellSession } from '../test/helpers/local-session.js';
+import { localWorkspaceService } from '../test/helpers/local-session.js';
 import { makeBigRepo } from './common.js';
 
 const { values } = parseArgs({
@@ -49,15 +43,7 @@ if (!existsSync(join(repo, '.git'))) makeRepo(repo);
 
 const vmDir = join(scratch, 'vm');
 mkdirSync(vmDir);
-const vm = { id: 'vm1', name: 'vm', dir: vmDir, accel: 'kvm', workspace: null as WorkspaceInfo | null } as VmRecord;
-const session = Object.assign(new LocalShellSession(), { isClosed: false });
-const vms = {
-  get: () => vm,
-  runningUnderLock: () => Promise.resolve({ ...vm }),
-  guest: { session: () => Promise.resolve(session) },
-} as unknown as VmService;
-const store = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
-const svc = new WorkspaceService({ vms, repo: store, run: runCommand, log: silentLogger() });
+const { svc } = localWorkspaceService(vmDir);
 
 const mb = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 const gc = (globalThis as { gc?: () => void }).gc;

@@ -12,7 +12,7 @@ import { BangerError, ErrorCode, EXIT_CODES } from '../errors/index.js';
 import { fromWire } from '../errors/wire.js';
 import { servedByThisBuild } from '../client/daemon-build.js';
 import { Paths } from '../shared/paths.js';
-import { out } from './output.js';
+import { out, printBangerError } from './output.js';
 import { attachTerminal } from './terminal-io.js';
 
 interface FastExecArgs {
@@ -137,9 +137,7 @@ export async function tryFastExec(args: readonly string[]): Promise<number | nul
       out.error('cancelled');
       return EXIT_CODES.Cancelled;
     }
-    out.error(err.message);
-    if (err.hint) out.info(`hint: ${err.hint}`);
-    return EXIT_CODES[err.code];
+    return printBangerError(err);
   } finally {
     rpc.close();
   }

@@ -4,6 +4,7 @@
  */
 import type { Ora } from 'ora';
 import type { ProgressEvent } from '../protocol/common.js';
+import { EXIT_CODES, type BangerError } from '../errors/index.js';
 
 export const out = {
   /** A line of result text on stdout. */
@@ -36,6 +37,13 @@ function color(code: string, s: string): string {
 }
 
 /** A table with a header row; columns padded to their widest cell. */
+/** Prints a BangerError as every command does (its message, then its hint) and returns its exit code. */
+export function printBangerError(e: BangerError): number {
+  out.error(e.message);
+  if (e.hint) out.info(`hint: ${e.hint}`);
+  return EXIT_CODES[e.code];
+}
+
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const fmt = (r: string[]) =>

@@ -2,7 +2,7 @@ import { CommanderError } from 'commander';
 import { EXIT_CODES, ErrorCode, isBangerError } from '../errors/index.js';
 import { Paths } from '../shared/paths.js';
 import { CliContext } from './context.js';
-import { out } from './output.js';
+import { out, printBangerError } from './output.js';
 import { COMMANDS, rootCommand, type CommandModule } from './commands/table.js';
 
 /** The command modules a command line needs: its first word's, none for --version, all otherwise. */
@@ -72,9 +72,7 @@ async function main(argv: string[]): Promise<number> {
         out.error('cancelled');
         return EXIT_CODES.Cancelled;
       }
-      out.error(e.message);
-      if (e.hint) out.info(`hint: ${e.hint}`);
-      return EXIT_CODES[e.code];
+      return printBangerError(e);
     }
     out.error(`internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
     out.info('hint: this is a bug in banger; `banger daemon logs` may say more');

@@ -16,10 +16,3 @@ export function escapeForTerminal(s: string): string {
     return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
   });
 }
-
-/** Agent-supplied text goes into messages a terminal may show: control characters become visible escapes. */
-export function escapeControl(s: string): string {
-  // eslint-disable-next-line no-control-regex -- matching control characters is the point
-  const controls = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-  return s.replace(controls, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-}

@@ -1,5 +1,11 @@
 import { spawn } from 'node:child_process';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from '../../src/daemon/guest/session.js';
+import type { WorkspaceInfo } from '../../src/protocol/workspace.js';
+import { WorkspaceService } from '../../src/daemon/services/workspace/service.js';
+import type { VmService } from '../../src/daemon/services/vm/service.js';
+import type { VmRecord, VmRepo } from '../../src/daemon/store/repos/vms.js';
+import { runCommand } from '../../src/shared/command.js';
+import { silentLogger } from '../../src/shared/logger.js';
 
 /**
  * A GuestSession that runs each command with this host's /bin/sh (or `shell`), standing in for a guest in unit
@@ -52,4 +58,20 @@ function guestLikePath(): string {
     .split(':')
     .filter((p) => !p.includes('node_modules'))
     .join(':');
+}
+
+/**
+ * A real WorkspaceService whose one VM, `vm` (directory `dir`), is always running and whose "guest" is this
+ * host's shell (LocalShellSession); the VM record lives in memory.
+ */
+export function localWorkspaceService(dir: string): { vm: VmRecord & { workspace: WorkspaceInfo | null }; svc: WorkspaceService } {
+  const vm = { id: 'vm1', name: 'vm', dir, accel: 'kvm', workspace: null as WorkspaceInfo | null } as VmRecord & { workspace: WorkspaceInfo | null };
+  const session = Object.assign(new LocalShellSession(), { isClosed: false });
+  const vms = {
+    get: () => vm,
+    runningUnderLock: () => Promise.resolve({ ...vm }),
+    guest: { session: () => Promise.resolve(session) },
+  } as unknown as VmService;
+  const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
+  return { vm, svc: new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger() }) };
 }

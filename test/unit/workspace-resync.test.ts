@@ -10,21 +10,17 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, un
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { runCommand } from '../../src/shared/command.js';
-import { silentLogger } from '../../src/shared/logger.js';
 import { BangerError } from '../../src/errors/index.js';
 import type { ProgressEvent } from '../../src/protocol/common.js';
-import type { WorkspaceInfo, WorkspacePrepareParams } from '../../src/protocol/workspace.js';
-import { WorkspaceService } from '../../src/daemon/services/workspace/service.js';
+import type { WorkspacePrepareParams } from '../../src/protocol/workspace.js';
 import {
   diffManifests,
   hostManifest,
   manifestPath,
   parseLsFilesStage,
 } from '../../src/daemon/services/workspace/manifest.js';
-import type { VmRecord, VmRepo } from '../../src/daemon/store/repos/vms.js';
-import type { VmService } from '../../src/daemon/services/vm/service.js';
 import { mayBeMiseConfig } from '../../src/daemon/services/workspace/resync-script.js';
-import { LocalShellSession } from '../helpers/local-session.js';
+import { localWorkspaceService } from '../helpers/local-session.js';
 import { git, isolateGitConfig, makeFixtureRepo, tmp, worktreeTree, write } from '../helpers/workspace-repo.js';
 
 before(isolateGitConfig);
@@ -84,15 +80,7 @@ void describe('manifest diff', () => {
 /** A WorkspaceService whose one VM's "guest" is this host's shell; the VM record lives in memory. */
 function harness() {
   const dir = tmp('banger-vmdir-');
-  const vm = { id: 'vm1', name: 'vm', dir, workspace: null as WorkspaceInfo | null } as VmRecord;
-  const session = Object.assign(new LocalShellSession(), { isClosed: false });
-  const vms = {
-    get: () => vm,
-    runningUnderLock: () => Promise.resolve({ ...vm }),
-    guest: { session: () => Promise.resolve(session) },
-  } as unknown as VmService;
-  const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
-  const svc = new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger() });
+  const { vm, svc } = localWorkspaceService(dir);
   const notices: string[] = [];
   const prepare = (p: Omit<WorkspacePrepareParams, 'name'>) =>
     svc.prepare({ name: 'vm', ...p }, (ev: ProgressEvent) => {

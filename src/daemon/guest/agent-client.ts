@@ -31,7 +31,7 @@ import {
 } from '../../protocol/agent.js';
 import type { AgentSignal } from '../../protocol/agent-fields.js';
 import type { AgentOutputStream, AgentSessionInfo } from '../../protocol/agent-sessions.js';
-import { escapeControl } from '../../shared/terminal-text.js';
+import { escapeForTerminal } from '../../shared/terminal-text.js';
 
 /**
  * The daemon's end of the guest agent protocol, over any Duplex (the VM's virtio-serial unix socket, a
@@ -357,7 +357,7 @@ export class AgentClient {
     if (!p) return; // the reply to a request given up on
     p.cleanup();
     if (!m.ok) {
-      p.reject(new BangerError(agentCode(m.error.code), `guest agent${this.label}: ${escapeControl(m.error.message)}`));
+      p.reject(new BangerError(agentCode(m.error.code), `guest agent${this.label}: ${escapeForTerminal(m.error.message)}`));
       return;
     }
     const result = AGENT_RESULT_SCHEMAS[p.type].safeParse(m.result);
@@ -369,7 +369,7 @@ export class AgentClient {
   }
 
   private onClosed(error?: Error): void {
-    const why = error ? `: ${escapeControl(error.message)}` : '';
+    const why = error ? `: ${escapeForTerminal(error.message)}` : '';
     if (error) this.opts.log?.(`guest agent${this.label} connection dropped${why}`);
     this.closeError = this.unavailable(
       error instanceof FrameError

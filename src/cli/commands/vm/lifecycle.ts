@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { EXIT_CODES, ErrorCode, isBangerError } from '../../../errors/index.js';
+import { ErrorCode, isBangerError } from '../../../errors/index.js';
 import { VmMethods } from '../../../protocol/vm.js';
 import { parseIntFlag, type CliContext } from '../../context.js';
-import { out } from '../../output.js';
+import { out, printBangerError } from '../../output.js';
 import { NO_SYNC_HELP, syncParams } from './create.js';
 
 export function register(vm: Command, ctx: CliContext): void {
@@ -58,9 +58,8 @@ export function register(vm: Command, ctx: CliContext): void {
         } catch (e) {
           // Cancelled, or not a banger error (a bug): stop here, as for any command.
           if (!isBangerError(e) || e.code === ErrorCode.Cancelled || names.length === 1) throw e;
-          out.error(e.message);
-          if (e.hint) out.info(`hint: ${e.hint}`);
-          if (ctx.exitCode === 0) ctx.exitCode = EXIT_CODES[e.code];
+          const code = printBangerError(e);
+          if (ctx.exitCode === 0) ctx.exitCode = code;
         }
       }
     });
