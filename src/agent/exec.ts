@@ -1,11 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { stat } from 'node:fs/promises';
-import type { Readable, Writable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { InboundWindow, OutboundWindow } from '../protocol/agent-flow.js';
 import { FrameKind, type ExecRequest, type StreamKind } from '../protocol/agent.js';
 import type { AgentSignal } from '../protocol/agent-fields.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
+import { nodeSpawner, type Spawned, type Spawner } from './spawner.js';
 
 /**
  * One `exec` channel in the guest: a child process whose stdout and stderr go out within the daemon's
@@ -13,7 +13,7 @@ import { PTY_HELPER_SOURCE } from './pty-helper.js';
  * stdin comes in within the credit the agent grants as the child's pipe takes it.
  */
 export class ExecChannel {
-  private child: ChildProcess | null = null;
+  private child: Spawned | null = null;
   private readonly stdinWindow = new InboundWindow();
   private readonly out: OutboundWindow;
   private readonly err: OutboundWindow;
@@ -26,6 +26,8 @@ export class ExecChannel {
     private readonly io: ChannelIo,
     /** python3's path when a pty can be offered, else null. */
     private readonly python: string | null,
+    /** Starts the process (a pty exec always with Node's spawn: it needs fd 3). */
+    private readonly spawner: Spawner = nodeSpawner,
   ) {
     this.out = new OutboundWindow((b) => io.sendData(FrameKind.Stdout, b));
     this.err = new OutboundWindow((b) => io.sendData(FrameKind.Stderr, b));
@@ -33,7 +35,7 @@ export class ExecChannel {
     this.err.onFinished = () => this.maybeExit();
   }
 
-  /** Spawns the process; resolves with its pid once it exists, rejects with an AgentFailure otherwise. */
+  /** Spawns the process; resolves with its pid once it exists, rejects with an AgentFailure otherwise. Its output waits for `begin`. */
   async start(): Promise<{ pid: number }> {
     const { req } = this;
     const cwd = req.cwd ?? process.env.HOME ?? '/';
@@ -42,7 +44,6 @@ export class ExecChannel {
     const argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
     let file = argv[0];
     let args = argv.slice(1);
-    const stdio: ('pipe' | 'ignore')[] = [req.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'];
     if (req.pty) {
       if (this.python === null)
         throw new AgentFailure(
@@ -51,28 +52,41 @@ export class ExecChannel {
         );
       file = this.python;
       args = ['-c', PTY_HELPER_SOURCE, String(req.pty.rows), String(req.pty.cols), ...argv];
-      stdio.push('pipe');
     }
-    const child = spawn(file, args, { cwd, env: { ...process.env, ...req.env }, stdio, detached: true });
-    this.child = child;
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', (e: NodeJS.ErrnoException) => {
-        if (e.code === 'ENOENT') reject(new AgentFailure('NotFound', `no command ${file} in the guest`));
-        else if (e.code === 'EACCES')
-          reject(new AgentFailure('FailedPrecondition', `${file} is not executable in the guest`));
-        else reject(new AgentFailure('Internal', `could not start ${file}: ${e.message}`));
+    const spawner = req.pty ? nodeSpawner : this.spawner;
+    let child: Spawned;
+    try {
+      child = await spawner.spawn({
+        file,
+        args,
+        cwd,
+        env: { ...process.env, ...req.env },
+        stdin: req.stdin === true,
+        control: req.pty !== undefined,
       });
-    });
-    child.on('error', () => {}); // a failed kill after the start; the exit event still comes
-    this.pump(child.stdout!, this.out);
-    this.pump(child.stderr!, this.err);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new AgentFailure('NotFound', `no command ${file} in the guest`);
+      if (code === 'EACCES') throw new AgentFailure('FailedPrecondition', `${file} is not executable in the guest`);
+      throw new AgentFailure('Internal', `could not start ${file}: ${(e as Error).message}`);
+    }
+    this.child = child;
     child.stdin?.on('error', () => {}); // EPIPE once the process stops reading; its input is dropped
-    child.once('exit', (code, signal) => {
+    child.onExit((code, signal) => {
       this.exit = { code, signal };
       this.maybeExit();
     });
-    return { pid: child.pid! };
+    return { pid: child.pid };
+  }
+
+  /**
+   * Starts sending the process's output: called once the reply to `exec` is sent, so no output frame
+   * overtakes it (a process can have written before `start` resolves).
+   */
+  begin(): void {
+    if (!this.child || this.disposed) return;
+    this.pump(this.child.stdout, this.out);
+    this.pump(this.child.stderr, this.err);
   }
 
   /** Bytes for the process's stdin; an empty payload closes it. False when the daemon overran its credit. */
@@ -106,7 +120,7 @@ export class ExecChannel {
   }
 
   resize(cols: number, rows: number): void {
-    const control = this.child?.stdio[3] as Writable | undefined;
+    const control = this.child?.control;
     if (control && !control.destroyed) control.write(`${rows} ${cols}\n`);
   }
 
@@ -122,17 +136,25 @@ export class ExecChannel {
   }
 
   private pump(from: Readable, to: OutboundWindow): void {
+    // A stream can have ended before it was handed out (a socket's end is emitted
+    // even while paused once nothing is buffered).
+    if (from.readableEnded) {
+      to.end();
+      return;
+    }
     from.on('data', (chunk: Buffer) => {
       if (!to.write(chunk, () => from.resume())) from.pause();
     });
     from.once('end', () => to.end());
     from.on('error', () => to.end());
+    // A spawner may hand out paused streams (nothing is read before this listener exists).
+    from.resume();
   }
 
   private maybeExit(): void {
     if (this.exitSent || this.disposed || this.exit === null || !this.out.finished || !this.err.finished) return;
     this.exitSent = true;
-    this.child?.stdio[3]?.destroy();
+    this.child?.control?.destroy();
     this.io.sendExit(this.exit.code, this.exit.signal);
   }
 }

@@ -13,6 +13,7 @@ import {
 } from '../protocol/agent.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { ExecChannel } from './exec.js';
+import type { Spawner } from './spawner.js';
 import { runCommand, setClockArgv, WriteFileChannel, type CommandRunner } from './files.js';
 import { StatsSampler } from './stats.js';
 import { PortWatcher, type PortWatcherOptions } from './ports.js';
@@ -36,6 +37,8 @@ export interface AgentServerOptions {
   sessions?: { root: string; capBytes?: number };
   /** Where and how often `watchPorts` reads the listening sockets (default /proc/net, once a second). */
   ports?: Omit<PortWatcherOptions, 'log'>;
+  /** Starts exec processes (default: Node's spawn; tests inject their own). */
+  spawner?: Spawner;
 }
 
 /** Open channels one connection may hold; past it `exec` and `writeFile` fail with ResourceExhausted. */
@@ -175,17 +178,20 @@ class AgentSession {
         return this.reply(m.id, () => this.watchPorts());
       case 'exec': {
         if (!this.claim(m.id, m.channel)) return;
-        const ch = new ExecChannel(m, this.io(m.channel), this.opts.python);
+        const ch = new ExecChannel(m, this.io(m.channel), this.opts.python, this.opts.spawner);
         this.channels.set(m.channel, ch);
-        return this.reply(m.id, async () => {
-          try {
-            return await ch.start();
-          } catch (e) {
+        void ch.start().then(
+          (result) => {
+            this.conn.sendControl({ type: 'reply', id: m.id, ok: true, result });
+            ch.begin();
+          },
+          (e: unknown) => {
             this.channels.delete(m.channel);
             ch.dispose();
-            throw e;
-          }
-        });
+            this.replyFailure(m.id, e);
+          },
+        );
+        return;
       }
       case 'writeFile': {
         if (!this.claim(m.id, m.channel)) return;

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
 import type { AgentClient } from '../../src/daemon/guest/agent-client.js';
@@ -136,4 +137,27 @@ test('an argv exec runs without a shell in its directory; one that cannot start 
   const noDir = await session.execArgv(['true'], join(h.dir, 'gone'), `cd ${join(h.dir, 'gone')} && exec true`);
   assert.equal(noDir.code, 2);
   assert.match(noDir.stderr.toString(), /can't cd/);
+});
+
+test('output that arrives in the same read as the exit is all collected (the exit does not end the command early)', async () => {
+  const stream = (text: string) => {
+    const r = new Readable({ read() {} });
+    r.push(text);
+    r.push(null);
+    return r;
+  };
+  // What the client holds when the agent's reply, the output and the exit came in one read: all of it is
+  // already buffered and the exit already settled before anyone reads.
+  const proc = {
+    pid: 1,
+    stdout: stream('out\n'),
+    stderr: stream('err\n'),
+    stdin: null,
+    exited: Promise.resolve({ code: 3, signal: null }),
+    kill: () => {},
+    resize: () => {},
+  };
+  const agent = { closed: false, exec: async () => proc } as unknown as AgentClient;
+  const r = await new AgentGuestSession(agent).exec('anything');
+  assert.deepEqual([r.code, r.stdout.toString(), r.stderr.toString()], [3, 'out\n', 'err\n']);
 });

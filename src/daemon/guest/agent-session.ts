@@ -1,3 +1,4 @@
+import { finished } from 'node:stream/promises';
 import { BangerError, ErrorCode } from '../../errors/index.js';
 import { shellStatus } from '../../shared/command.js';
 import type { AgentClient, AgentProcess } from './agent-client.js';
@@ -96,8 +97,11 @@ export class AgentGuestSession implements GuestSession {
     });
     const onAbort = () => proc.kill('SIGKILL');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
+    // The exit can come in the same read as the last output: the output is all read before this returns.
+    const drained = Promise.all([proc.stdout, proc.stderr].map((r) => finished(r).catch(() => {})));
     try {
       const status = await proc.exited;
+      await drained;
       if (opts.signal?.aborted) {
         const timedOut = (opts.signal.reason as Error | undefined)?.name === 'TimeoutError';
         throw timedOut
