@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { ErrorCode, isBangerError } from '../../src/errors/index.js';
 import type { ReadyImage } from '../../src/daemon/services/image/service.js';
 import { chooseVmm } from '../../src/daemon/services/vm/vmm-choice.js';
+import { planCreate } from '../../src/daemon/services/vm/create.js';
 import type { DriverRegistry, VmmDriver, VmmFeature, VmmName } from '../../src/daemon/vmm/driver.js';
 
 /** Drivers that declare what the real ones do; `fcOk` says whether Firecracker could run here. */
@@ -37,4 +38,29 @@ test('--vmm firecracker: a loopback VM is refused with the flag that fixes it; a
     chooseVmm('firecracker', image, host({ fcOk: false, kvm: true }), 'tap'),
     (e: unknown) => isBangerError(e) && e.code === ErrorCode.FailedPrecondition && /firecracker cannot run here: firecracker was not found on PATH/.test(e.message),
   );
+});
+
+test('vm create --vmm firecracker on a host without it is refused before any image is built', async () => {
+  const h = host({ fcOk: false, kvm: true });
+  let built = false;
+  const deps = {
+    ...h,
+    tap: { supported: async () => ({ ok: true }) },
+    images: {
+      byIdReady: () => image,
+      ensureReady: async () => {
+        built = true;
+        return image;
+      },
+    },
+    defaultNetwork: 'loopback' as const,
+  } as unknown as Parameters<typeof planCreate>[1];
+  await assert.rejects(
+    planCreate({ name: 'fc1', vmm: 'firecracker', network: 'tap' }, deps, () => {}),
+    (e: unknown) => isBangerError(e) && /firecracker cannot run here/.test(e.message),
+  );
+  assert.equal(built, false);
+  // auto still needs the image (KVM is probed with its kernel).
+  await planCreate({ name: 'q1' }, deps, () => {});
+  assert.equal(built, true);
 });

@@ -15,7 +15,7 @@ import type { AccelResolver, TapNetworking } from './boot.js';
 import { checkMachineSizes } from './disks.js';
 import { makeVmFiles } from './files.js';
 import { generateVmName, randomMac, validateVmName } from './names.js';
-import { chooseVmm, requireDriver } from './vmm-choice.js';
+import { chooseVmm, explicitVmm, requireDriver } from './vmm-choice.js';
 
 /**
  * The steps of `vm create`: what it settles before any file of the VM exists (its sizes and network mode,
@@ -76,10 +76,12 @@ export async function planCreate(
     const sup = await host.tap.supported(signal);
     if (!sup.ok) throw failedPrecondition(`tap networking is not available here: ${sup.reason}`, 'use --network loopback');
   }
-  const image = snap ? host.images.byIdReady(snap.imageId) : await host.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
   if (snap && opts.vmm !== undefined && opts.vmm !== 'auto' && opts.vmm !== snap.vmm)
     throw failedPrecondition(`snapshot '${snap.name}' was taken under ${snap.vmm}; it cannot resume under ${opts.vmm}`, `drop --vmm ${opts.vmm}`);
-  const vmmName = snap ? snap.vmm : await chooseVmm(opts.vmm ?? 'auto', image, host, networkMode, signal);
+  // An explicit --vmm that cannot run here is refused before an image is built for it.
+  const explicit = !snap && opts.vmm !== undefined && opts.vmm !== 'auto' ? await explicitVmm(opts.vmm, host.drivers, networkMode, signal) : undefined;
+  const image = snap ? host.images.byIdReady(snap.imageId) : await host.images.ensureReady(opts.image ?? VM_DEFAULTS.image, progress, signal);
+  const vmmName = snap ? snap.vmm : (explicit ?? (await chooseVmm('auto', image, host, networkMode, signal)));
   const driver = requireDriver(host.drivers, vmmName);
   return { opts, image, vmmName, driver, cpus, memoryMib, diskSizeMib, networkMode };
 }

@@ -18,10 +18,31 @@ export function requireDriver(drivers: DriverRegistry, name: VmmName): VmmDriver
 }
 
 /**
- * The VMM `--vmm` resolves to for `image` and the VM's network mode on this host: an explicit choice when its
- * driver can run here and give the VM that network, else FailedPrecondition; `auto` picks Firecracker where
- * it can (binary, usable KVM, a tap VM: it has no user networking), else QEMU. A driver that boots only an
- * uncompressed kernel is given the vmlinux extracted from the image's bzImage (kernelFor in boot.ts).
+ * The VMM an explicit `--vmm` names, when its driver can run here and give the VM its network mode; else
+ * FailedPrecondition. It needs no image: a create checks it before it builds one.
+ */
+export async function explicitVmm(
+  choice: 'qemu' | 'firecracker',
+  drivers: DriverRegistry,
+  networkMode: NetworkMode,
+  signal?: AbortSignal,
+): Promise<VmmName> {
+  const d = requireDriver(drivers, choice);
+  const a = await d.availability(signal);
+  if (!a.ok) throw failedPrecondition(`${choice} cannot run here: ${a.reason}`, 'run `banger doctor`');
+  if (!supportsNetwork(d, networkMode))
+    throw failedPrecondition(
+      `${choice} has no ${networkMode} networking: its VMs need --network tap`,
+      choice === 'firecracker' ? 'add --network tap (tap networking needs root), or use --vmm qemu' : 'use --network tap',
+    );
+  return choice;
+}
+
+/**
+ * The VMM `--vmm` resolves to for `image` and the VM's network mode on this host: an explicit choice as
+ * {@link explicitVmm} says; `auto` picks Firecracker where it can (binary, usable KVM, a tap VM: it has no
+ * user networking), else QEMU. A driver that boots only an uncompressed kernel is given the vmlinux extracted
+ * from the image's bzImage (the launch step in boot.ts).
  */
 export async function chooseVmm(
   choice: VmmChoice,
@@ -30,17 +51,7 @@ export async function chooseVmm(
   networkMode: NetworkMode,
   signal?: AbortSignal,
 ): Promise<VmmName> {
-  if (choice === 'qemu' || choice === 'firecracker') {
-    const d = requireDriver(host.drivers, choice);
-    const a = await d.availability(signal);
-    if (!a.ok) throw failedPrecondition(`${choice} cannot run here: ${a.reason}`, 'run `banger doctor`');
-    if (!supportsNetwork(d, networkMode))
-      throw failedPrecondition(
-        `${choice} has no ${networkMode} networking: its VMs need --network tap`,
-        choice === 'firecracker' ? 'add --network tap (tap networking needs root), or use --vmm qemu' : 'use --network tap',
-      );
-    return choice;
-  }
+  if (choice === 'qemu' || choice === 'firecracker') return explicitVmm(choice, host.drivers, networkMode, signal);
   const fc = host.drivers.get('firecracker');
   if (fc && supportsNetwork(fc, networkMode) && (await fc.availability(signal)).ok && (await host.accel.kvmUsable(image, signal)))
     return 'firecracker';
