@@ -71,6 +71,8 @@ export class ExecChannel {
       throw new AgentFailure('Internal', `could not start ${file}: ${(e as Error).message}`);
     }
     this.child = child;
+    // The connection went while the process started: it is not left running.
+    if (this.disposed) this.killGroup(child.pid);
     child.stdin?.on('error', () => {}); // EPIPE once the process stops reading; its input is dropped
     child.onExit((code, signal) => {
       this.exit = { code, signal };
@@ -112,6 +114,10 @@ export class ExecChannel {
   signal(signal: AgentSignal): void {
     const pid = this.child?.pid;
     if (pid === undefined || this.exit !== null) return;
+    this.killGroup(pid, signal);
+  }
+
+  private killGroup(pid: number, signal: AgentSignal = 'SIGKILL'): void {
     try {
       process.kill(-pid, signal);
     } catch {

@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
 import type { AgentClient } from '../../src/daemon/guest/agent-client.js';
 import { AgentGuestSession } from '../../src/daemon/guest/agent-session.js';
+import { nodeSpawner, type Spawner } from '../../src/agent/spawner.js';
 import { readAll, startAgent, type AgentHarness } from '../helpers/agent-harness.js';
 
 let h: AgentHarness;
@@ -160,4 +161,47 @@ test('output that arrives in the same read as the exit is all collected (the exi
   const agent = { closed: false, exec: async () => proc } as unknown as AgentClient;
   const r = await new AgentGuestSession(agent).exec('anything');
   assert.deepEqual([r.code, r.stdout.toString(), r.stderr.toString()], [3, 'out\n', 'err\n']);
+});
+
+test('a process that starts after its connection went is killed, not left running in the guest', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let asked!: () => void;
+  const spawning = new Promise<void>((r) => (asked = r));
+  const pids: number[] = [];
+  const slow: Spawner = {
+    async spawn(req) {
+      asked();
+      await gate;
+      const s = await nodeSpawner.spawn(req);
+      pids.push(s.pid);
+      return s;
+    },
+  };
+  const agent = await startAgent({ spawner: slow });
+  try {
+    const client = await agent.client();
+    await client.hello();
+    void client.exec({ argv: ['sleep', '60'] }).catch(() => {});
+    await spawning;
+    client.close();
+    await new Promise((r) => setTimeout(r, 100)); // the agent sees the connection end
+    release();
+    for (let i = 0; i < 50 && pids.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(pids.length, 1, 'the process was started');
+    const gone = async () => {
+      for (let i = 0; i < 100; i++) {
+        try {
+          process.kill(pids[0]!, 0);
+        } catch {
+          return true;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return false;
+    };
+    assert.equal(await gone(), true, 'sleep 60 was killed');
+  } finally {
+    await agent.close();
+  }
 });
