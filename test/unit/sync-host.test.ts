@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { collectHostIdentity, MAX_SYNC_FILE_BYTES } from '../../src/daemon/services/sync/host.js';
@@ -137,6 +137,13 @@ test('the guest script runs under sh against a scratch root and keeps existing a
     execFileSync('sh', ['-s'], { input: script });
     assert.equal(execFileSync('cat', [join(root, 'a/b/c.txt')], { encoding: 'utf8' }), 'hello\n');
     assert.deepEqual(readdirSync(join(root, 'a/b')), ['c.txt'], 'no temporary file left');
+    // A symlink at the path is replaced by the file, even when what it points to holds the same bytes.
+    writeFileSync(join(root, 'elsewhere.txt'), 'hello\n');
+    rmSync(join(root, 'a/b/c.txt'));
+    symlinkSync(join(root, 'elsewhere.txt'), join(root, 'a/b/c.txt'));
+    execFileSync('sh', ['-s'], { input: script });
+    assert.equal(lstatSync(join(root, 'a/b/c.txt')).isSymbolicLink(), false);
+    assert.equal(execFileSync('cat', [join(root, 'a/b/c.txt')], { encoding: 'utf8' }), 'hello\n');
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -162,9 +162,10 @@ else
   say "no work disk; /root is on the root disk"
 fi
 
-# install_changed SRC DEST MODE: installs SRC as DEST (root-owned, MODE) unless DEST already holds it.
+# install_changed SRC DEST MODE: installs SRC as DEST (root-owned, MODE) unless DEST is a file that already
+# holds it (a symlink is replaced).
 install_changed() {
-  if cmp -s "$1" "$2"; then
+  if [ ! -L "$2" ] && cmp -s "$1" "$2"; then
     chown 0:0 "$2" && chmod "$3" "$2"
   else
     install -o 0 -g 0 -m "$3" "$1" "$2"

@@ -34,7 +34,7 @@ export function syncScript(id: Pick<HostIdentity, 'git' | 'keys' | 'files'>): st
       `base64 -d > "$t" <<'${marker}'`,
       ...(f.content.toString('base64').match(/.{1,76}/g) ?? []),
       marker,
-      `if cmp -s "$t" "$p"; then rm -f "$t"; chown 0:0 "$p"; chmod ${f.mode} "$p"; else chown 0:0 "$t"; chmod ${f.mode} "$t"; mv -fT "$t" "$p"; fi`,
+      `if [ ! -L "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; chown 0:0 "$p"; chmod ${f.mode} "$p"; else chown 0:0 "$t"; chmod ${f.mode} "$t"; mv -fT "$t" "$p"; fi`,
     );
   }
   return lines.join('\n') + '\n';
