@@ -301,7 +301,14 @@ async function describe(
  */
 export async function listImportFiles(
   root: string,
-  opts: { includeUntracked: boolean },
+  opts: {
+    includeUntracked: boolean;
+    /**
+     * Describe only these paths (a re-sync's changed ones): the others are still listed by git and
+     * counted in the figures git gives (untracked, submodules), but not read from the working tree.
+     */
+    only?: ReadonlySet<string>;
+  },
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<ImportFileList> {
@@ -332,7 +339,9 @@ export async function listImportFiles(
   for (const p of paths) validateEntryPath(p);
 
   const dirs = new Map<string, Promise<boolean>>();
+  const { only } = opts;
   const described = await mapLimit(paths, 64, async (path, i): Promise<Described> => {
+    if (only && !only.has(path)) return null;
     if (i < tracked && gitlinks.has(path)) return { path, kind: 'dir', mode: 0o755, size: 0 };
     return describe(root, path, i >= tracked, dirs);
   });

@@ -194,6 +194,39 @@ void describe('re-sync through the workspace service', () => {
     assert.equal(next.files, 1);
   });
 
+  void it('with HEAD where it was, a re-sync leaves what a full import leaves; a changed git identity is set again', async () => {
+    const repo = makeFixtureRepo();
+    const guestRoot = tmp('banger-guest-');
+    const a = join(guestRoot, 'a');
+    const b = join(guestRoot, 'b');
+    const h = harness();
+    await h.prepare({ sourcePath: repo, guestPath: a });
+    const head = git(repo, 'rev-parse', 'HEAD').trim();
+
+    // Uncommitted only: an edit, a deletion, a file that becomes a directory and a directory that becomes a file.
+    write(repo, 'README.md', 'edited, not committed\n');
+    rmSync(join(repo, 'data/blob.bin'));
+    rmSync(join(repo, 'notes'), { recursive: true });
+    write(repo, 'notes', 'notes is a file now\n');
+    unlinkSync(join(repo, 'bin/run.sh'));
+    write(repo, 'bin/run.sh/inside.txt', 'run.sh is a directory now\n');
+    git(repo, 'add', '-A', 'bin');
+    const r = await h.prepare({ sourcePath: repo, guestPath: a });
+    assert.equal(r.mode, 'resync');
+    assert.equal(git(repo, 'rev-parse', 'HEAD').trim(), head);
+    assert.equal(sh(a, 'git config user.name').trim(), "Ada O'Lovelace");
+    await harness().prepare({ sourcePath: repo, guestPath: b });
+    assert.deepEqual(state(a), state(b), 're-synced workspace == fresh full import');
+    assert.match(state(a).status, / M README.md\n/);
+
+    // Another identity on the host reaches the guest with the next re-sync, edits or none.
+    git(repo, 'config', 'user.name', 'Grace Hopper');
+    const again = await h.prepare({ sourcePath: repo, guestPath: a });
+    assert.equal(again.mode, 'resync');
+    assert.equal(sh(a, 'git config user.name').trim(), 'Grace Hopper');
+    assert.deepEqual(state(a), state(b));
+  });
+
   void it('imports in full when the guest is not what the last import left, or with --full', async () => {
     const repo = makeFixtureRepo();
     const a = join(tmp('banger-guest-'), 'a');

@@ -76,16 +76,17 @@ unbeat() { if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; hb=; fi; }
 export const MAX_CONFLICT_PATHS = 50;
 
 /**
- * Shell function `guest_changes DIR BASE HEAD`, run in a workspace: prints (NUL-separated) what was changed
- * in the guest since the import recorded as commit BASE of HEAD (empty: no commits): a pseudo-path when
- * HEAD moved (commits or a checkout), then the working-tree paths (tracked and untracked, not ignored) that
+ * Shell function `guest_changes DIR BASE HEAD CUR`, run in a workspace: prints (NUL-separated) what was
+ * changed in the guest since the import recorded as commit BASE of HEAD (empty: no commits), CUR being the
+ * workspace's HEAD commit now (empty: none; the caller reads it, with what else it needs, in one git
+ * process): a pseudo-path when HEAD moved (commits or a checkout), then the working-tree paths (tracked and untracked, not ignored) that
  * differ from BASE's tree, then staged paths. Staging directories an interrupted import left are not changes. It leaves DIR/index holding the working tree's state.
  * A full import moves every file into place (a rename changes its ctime), so the stat data git keeps would
  * name every file changed and git would hash the whole tree, twice: it compares without ctime (mode, size,
  * mtime and inode still count); the user's own git config is unchanged.
  */
 export const GUEST_CHANGES_FN = `guest_changes() {
-  gc_cur=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
+  gc_cur=$4
   if [ "$gc_cur" != "$3" ]; then printf '%s\\0' '(HEAD: commits or a checkout made in the guest)'; fi
   if [ -f .git/index ]; then cp -- .git/index "$1/index"; else rm -f -- "$1/index"; fi
   GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false GIT_INDEX_FILE="$1/index" \\
@@ -216,7 +217,7 @@ if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
    old_base=$(git --git-dir="$dest/.git" rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}" 2>/dev/null); then
   old_head=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^1" 2>/dev/null || true)
   gc=$(mktemp -d)
-  ( cd -- "$dest" && guest_changes "$gc" "$old_base" "$old_head" ) > "$gc/changed"
+  ( cd -- "$dest" && guest_changes "$gc" "$old_base" "$old_head" "$(git rev-parse -q --verify 'HEAD^{commit}' || true)" ) > "$gc/changed"
   if [ -s "$gc/changed" ]; then
     n=$(tr -cd '\\000' < "$gc/changed" | wc -c)
     sort -zu "$gc/changed" | head -z -n ${MAX_CONFLICT_PATHS}

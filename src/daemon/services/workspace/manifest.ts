@@ -4,7 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import type { CommandRunner, RunOptions } from '../../../shared/command.js';
-import { gitEnv as hostGitEnv } from '../../../shared/workspace-files.js';
+import { gitEnv as hostGitEnv, type GitIdentity } from '../../../shared/workspace-files.js';
 import { NUL, recordSplitter, runRecords, text, type RecordHandler } from '../../../shared/records.js';
 
 /**
@@ -37,6 +37,8 @@ export interface ManifestHeader {
   /** The guest's import base commit of that import. */
   baseCommit: string;
   tree: string;
+  /** The git identity that import set in the guest repository (absent in manifests of older builds). */
+  identity?: GitIdentity;
 }
 
 export interface ManifestDiff {

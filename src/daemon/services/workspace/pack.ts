@@ -22,6 +22,12 @@ export const TAR_HISTORY_PACK = `${TAR_META_DIR}/history.pack`;
 export const TAR_SHALLOW = `${TAR_META_DIR}/shallow`;
 /** Re-sync only: the paths to delete in the workspace, each followed by a NUL. */
 export const TAR_DELETED = `${TAR_META_DIR}/deleted`;
+/**
+ * Re-sync only: the files and symlinks of `entries`, each followed by a NUL (sent under TREE_DIR, or
+ * gone from the checkout since it was listed): what the guest removes before copying the tree in, and
+ * updates its import base's index for, without listing the tree itself.
+ */
+export const TAR_WRITTEN = `${TAR_META_DIR}/written`;
 
 export interface ImportTarSource {
   /** Top-level directory of the host checkout. */
@@ -162,6 +168,8 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       for (const p of source.deleted) validateEntryPath(p);
       const list = Buffer.from(source.deleted.map((p) => `${p}\0`).join(''));
       await addBuffer(pack, { name: TAR_DELETED, type: 'file', mode: 0o644, mtime }, list);
+      const written = source.entries.filter((e) => e.kind !== 'dir').map((e) => `${e.path}\0`);
+      await addBuffer(pack, { name: TAR_WRITTEN, type: 'file', mode: 0o644, mtime }, Buffer.from(written.join('')));
     }
     if (history !== null) {
       const h = await history;

@@ -12,7 +12,7 @@ import {
   WorkspaceScriptExit,
   validateGuestPath,
 } from './guest-scripts.js';
-import { TAR_DELETED, TAR_HISTORY_PACK, TAR_TREE_DIR } from './pack.js';
+import { TAR_DELETED, TAR_HISTORY_PACK, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
 
 export interface ResyncScriptOptions {
   guestPath: string;
@@ -42,7 +42,8 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
 /**
  * The re-sync script: brings a workspace the last import left from that state to the host's state
  * now, given a tar (createImportTar) of only the paths that changed, the paths to delete
- * (TAR_DELETED) and a thin pack of the new commits. Prints the new import base commit on stdout.
+ * (TAR_DELETED), the paths written (TAR_WRITTEN) and a thin pack of the new commits. Prints the new
+ * import base commit on stdout.
  *
  * First it checks that the workspace is still what the last import left; nothing is changed until
  * these pass:
@@ -58,11 +59,17 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  *
  * Then: the tar is unpacked into a staging directory inside the workspace, the new commits are
  * indexed (`--fix-thin`: their deltas may refer to objects the guest has), the deleted paths are
- * removed (and directories they leave empty), the changed paths are removed and copied in from the
- * staging directory (`cp -a`, so a symlink is copied as a symlink and a file replaces a directory),
- * the branch moves to the new HEAD, `git reset --mixed` makes the index equal it (re-hashing only
- * files whose stat data changed), and a new import base is recorded exactly as a full import does.
+ * removed (and directories they leave empty), the written paths are removed (whatever is there: a file,
+ * a symlink, a directory), the tree is copied in from the staging directory (`cp -a`, so a symlink is copied as a
+ * symlink), and when HEAD moved the branch moves to the new HEAD and `git reset --mixed` makes the
+ * index equal it (re-hashing only files whose stat data changed). With HEAD where it was, the index
+ * (checked equal to HEAD) stays as it is. A new import base is recorded as a full import does.
  * Ignored files in the guest (build outputs) stay, unlike a full import.
+ *
+ * Every process costs tens of milliseconds in an emulated guest, and a re-sync of one edited file
+ * should cost a small part of a full import: so the three questions to git about the workspace's refs
+ * are one process, the staging directory also holds the check's index, the host lists the written
+ * paths, and the git identity is set only when the host's changed since the last import.
  */
 export function buildResyncScript(o: ResyncScriptOptions): string {
   validateGuestPath(o.guestPath);
@@ -77,9 +84,8 @@ new_head=${shq(o.newHead ?? '')}
 branch=${shq(o.branch ?? '')}
 user_name=${shq(o.identity.name ?? '')}
 user_email=${shq(o.identity.email ?? '')}
-tmp=
 stage=
-cleanup() { unbeat; if [ -n "$tmp" ]; then rm -rf -- "$tmp"; fi; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
+cleanup() { unbeat; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
 beat
@@ -92,52 +98,61 @@ stop() { rc=$1; shift; cat >/dev/null; fail "$rc" "$*"; }
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 { [ -d .git ] && [ ! -L .git ]; } || stop ${X.Stale} "$dest has no git repository"
-base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") || stop ${X.Stale} "$dest has no import base"
+# The import base, HEAD's commit and HEAD's branch ("HEAD" when detached) in one git process; when one is
+# missing (no import base, no commits yet) they are asked one at a time.
+nl='
+'
+if refs=$(git rev-parse "${IMPORT_BASE_REF}^{commit}" 'HEAD^{commit}' --symbolic-full-name HEAD 2>/dev/null); then
+  base=\${refs%%"$nl"*}; refs=\${refs#*"$nl"}; cur=\${refs%%"$nl"*}; sym=\${refs#*"$nl"}
+  if [ "$sym" = HEAD ]; then sym=; fi
+else
+  base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") || stop ${X.Stale} "$dest has no import base"
+  cur=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
+  sym=$(git symbolic-ref -q HEAD || true)
+fi
 [ "$base" = "$old_base" ] || stop ${X.Stale} "$dest was imported again since the recorded import"
-tmp=$(mktemp -d)
-guest_changes "$tmp" "$base" "$old_head" > "$tmp/changed"
-if [ -s "$tmp/changed" ]; then
-  n=$(tr -cd '\\000' < "$tmp/changed" | wc -c)
-  sort -zu "$tmp/changed" | head -z -n ${MAX_CONFLICT_PATHS}
+stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
+guest_changes "$stage" "$base" "$old_head" "$cur" > "$stage/guest-changes"
+if [ -s "$stage/guest-changes" ]; then
+  n=$(tr -cd '\\000' < "$stage/guest-changes" | wc -c)
+  sort -zu "$stage/guest-changes" | head -z -n ${MAX_CONFLICT_PATHS}
   stop ${X.Conflict} "$n changes made in the guest would be overwritten"
 fi
 if [ -n "$branch" ]; then want="refs/heads/$branch"; else want=; fi
-[ "$(git symbolic-ref -q HEAD || true)" = "$want" ] || stop ${X.Stale} "the guest's branch is not the host's"
+[ "$sym" = "$want" ] || stop ${X.Stale} "the guest's branch is not the host's"
 
-stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
 LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
   fail ${X.BadArchive} "the workspace archive could not be unpacked safely"
-{ [ -d "$stage/${TAR_TREE_DIR}" ] && [ ! -L "$stage/${TAR_TREE_DIR}" ] && [ -f "$stage/${TAR_DELETED}" ]; } ||
-  fail ${X.BadArchive} "the re-sync archive lacks ${TAR_TREE_DIR}/ or ${TAR_DELETED}"
+{ [ -d "$stage/${TAR_TREE_DIR}" ] && [ ! -L "$stage/${TAR_TREE_DIR}" ] && [ -f "$stage/${TAR_DELETED}" ] && [ -f "$stage/${TAR_WRITTEN}" ]; } ||
+  fail ${X.BadArchive} "the re-sync archive lacks ${TAR_TREE_DIR}/, ${TAR_DELETED} or ${TAR_WRITTEN}"
 if [ -e "$stage/${TAR_TREE_DIR}/.git" ] || [ -L "$stage/${TAR_TREE_DIR}/.git" ]; then fail ${X.BadArchive} "the workspace archive contains a .git"; fi
 if [ -f "$stage/${TAR_HISTORY_PACK}" ]; then git index-pack --stdin --fix-thin < "$stage/${TAR_HISTORY_PACK}" >/dev/null; fi
-if [ -n "$new_head" ]; then
+moved=
+if [ -n "$new_head" ] && [ "$new_head" != "$cur" ]; then
   git cat-file -e "$new_head^{commit}" 2>/dev/null || fail ${X.BadArchive} "the re-sync archive's history lacks commit $new_head"
+  moved=1
 fi
 
-# Deleted paths, then the directories they leave empty.
-xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
-xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
-# Changed paths: whatever is there now (a file, a symlink, a directory) is replaced.
-( cd -- "$stage/${TAR_TREE_DIR}" && find . -mindepth 1 ! -type d -printf '%P\\0' ) > "$tmp/written"
-xargs -0 -r rm -rf -- < "$tmp/written"
+# Deleted paths, then the directories they leave empty; then written paths, whatever is there now (a file, a
+# symlink, a directory), are replaced.
+if [ -s "$stage/${TAR_DELETED}" ]; then
+  xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
+  xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
+fi
+xargs -0 -r rm -rf -- < "$stage/${TAR_WRITTEN}"
 cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
-stage_deleted="$tmp/deleted"
-mv -- "$stage/${TAR_DELETED}" "$stage_deleted"
-rm -rf -- "$stage"
-stage=
 
-if [ -n "$new_head" ]; then
+if [ -n "$moved" ]; then
   if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$new_head"; else git update-ref --no-deref HEAD "$new_head"; fi
   git reset -q --mixed
 fi
 if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 
-# The import base: the check's index (the old imported state) updated for the paths written and deleted.
-cat -- "$stage_deleted" >> "$tmp/written"
-GIT_LITERAL_PATHSPECS=1 GIT_INDEX_FILE="$tmp/index" xargs -0 -r git add -A -- < "$tmp/written"
-tree=$(GIT_INDEX_FILE="$tmp/index" git write-tree)
+# The import base: the check's index (the old imported state) updated for the paths deleted and written.
+if [ -s "$stage/${TAR_DELETED}" ]; then GIT_INDEX_FILE="$stage/index" git update-index -q --force-remove -z --stdin < "$stage/${TAR_DELETED}"; fi
+GIT_INDEX_FILE="$stage/index" git update-index -q --add --remove --replace -z --stdin < "$stage/${TAR_WRITTEN}"
+tree=$(GIT_INDEX_FILE="$stage/index" git write-tree)
 ${recordImportBase('new_head')}
 ${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
 `;

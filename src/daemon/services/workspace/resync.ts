@@ -28,6 +28,8 @@ export interface ResyncPlan {
   list: ImportFileList;
   /** The HEAD of the last import (the guest has it); null without commits. */
   oldHead: string | null;
+  /** Whether the host's git identity differs from the one the last import set (then it is set again). */
+  identityChanged: boolean;
 }
 
 export interface ResyncInput {
@@ -37,7 +39,8 @@ export interface ResyncInput {
   guestPath: string;
   includeUntracked: boolean;
   run: CommandRunner;
-  listFiles: () => Promise<ImportFileList>;
+  /** listImportFiles of the checkout; `only`: the paths to describe (the others are only counted). */
+  listFiles: (only?: ReadonlySet<string>) => Promise<ImportFileList>;
   signal?: AbortSignal;
 }
 
@@ -67,7 +70,7 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   const manifest = await hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal);
   if (!manifest) return { reason: "git could not list the checkout's state" };
   const diff = diffManifests(rec.entries, manifest.entries);
-  const list = await i.listFiles();
+  const list = await i.listFiles(new Set(diff.write));
   const byPath = new Map(list.entries.map((e) => [e.path, e]));
   const entries: ImportEntry[] = [];
   for (const p of diff.write) {
@@ -76,7 +79,9 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
     if (!e) return { reason: `${p} cannot be re-synced` };
     entries.push(e);
   }
-  return { manifest, diff, entries, list, oldHead };
+  const last = rec.header.identity;
+  const identityChanged = last?.name !== i.repo.identity.name || last?.email !== i.repo.identity.email;
+  return { manifest, diff, entries, list, oldHead, identityChanged };
 }
 
 /** What a re-sync is run on: the VM, the checkout, where it goes and the plan planResync made. */
@@ -127,7 +132,8 @@ export async function runResync(
     oldHead: plan.oldHead,
     newHead: repo.headCommit,
     branch: repo.branch,
-    identity: repo.identity,
+    // Each `git config` is a process in the guest: only when the identity changed since the last import.
+    identity: plan.identityChanged ? repo.identity : { name: null, email: null },
     trustMise: plan.diff.write.some(mayBeMiseConfig),
   });
   const r = await steps.send(script, tar);

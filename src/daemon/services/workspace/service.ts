@@ -105,7 +105,7 @@ export class WorkspaceService {
         const vm = await this.d.vms.runningUnderLock(p.name, signal);
         const session = await this.d.vms.guest.session(vm, signal);
         const manifestFile = manifestPath(vm.dir);
-        const listFiles = () => listImportFiles(repo.root, { includeUntracked }, this.d.run, signal);
+        const listFiles = (only?: ReadonlySet<string>) => listImportFiles(repo.root, { includeUntracked, only }, this.d.run, signal);
         const notices: string[] = [];
         if (!p.full && !p.force) {
           const plan = await planResync({
@@ -235,7 +235,7 @@ export class WorkspaceService {
     this.d.repo.update(vm.id, { workspace });
     if (manifest && guestTree === manifest.tree) {
       const { headCommit } = repo;
-      await writeManifest(manifestFile, { guestPath, sourcePath: repo.root, includeUntracked, headCommit, baseCommit, tree: guestTree }, manifest.entries);
+      await writeManifest(manifestFile, { guestPath, sourcePath: repo.root, includeUntracked, headCommit, baseCommit, tree: guestTree, identity: repo.identity }, manifest.entries);
     } else {
       await removeManifest(manifestFile);
       this.d.log.info({ vm: vm.name, guestTree, hostTree: manifest?.tree }, 'workspace: no manifest kept');
