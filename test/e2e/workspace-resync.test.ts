@@ -110,4 +110,18 @@ void describe('workspace re-sync on a real VM', { timeout: 900_000 }, () => {
     assert.match(r.stderr, /^note: re-sync: 1 file changed$/m);
     assert.equal(r.stdout, `auto\n${git(repo, 'rev-parse', 'HEAD')}`);
   });
+
+  step('uncommitted edits with HEAD where it was (an edit, a deletion, a file that becomes a directory) of the last import re-sync to what a full import gives', async () => {
+    write(repo, 'README.md', 'edited twice on the host\n');
+    rmSync(join(repo, 'committed.txt'));
+    rmSync(join(repo, 'notes'));
+    write(repo, 'notes/back.txt', 'notes is a directory again\n');
+    const r = await prepare('/root/rs-b');
+    assert.match(r.stderr, /^note: re-sync: 4 files changed$/m);
+    const resynced = await guest('/root/rs-b', STATE);
+    await prepare('/root/rs-c');
+    assert.equal(resynced, await guest('/root/rs-c', STATE), 're-synced workspace == fresh full import');
+    assert.match(resynced, /^ M README\.md$/m);
+    assert.match(resynced, /^ D committed\.txt$/m);
+  });
 });
