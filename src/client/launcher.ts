@@ -14,8 +14,8 @@ import { servedByThisBuild } from './daemon-build.js';
 /**
  * V8 flags of bangerd. A young generation of 1 MiB semi-spaces (Node's default is 16 MiB) is collected
  * often, so the short-lived buffers of a stream (an import's packs, a session's output) are freed as they
- * go instead of piling up: a 100,000-file / 1 GiB import grew the daemon's RSS by 49 MiB with it, 81 without
- * (bench/import-memory-local.ts).
+ * go instead of piling up: a 100,000-file / 1 GiB import grew the daemon's RSS by 49 and 70 MiB in two runs
+ * with it, 74 MiB without (bench/import-memory-local.ts).
  */
 export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=1'] as const;
 
