@@ -65,7 +65,8 @@ void describe('a daemon of another build', () => {
     assert.throws(() => process.kill(before.pid, 0), 'the old daemon is gone');
     // The CLI starts bangerd with a small young generation, which keeps its memory flat during long streams.
     const argv = readFileSync(`/proc/${after.pid}/cmdline`, 'utf8').split('\0');
-    assert.ok(argv.includes('--max-semi-space-size=1'), `bangerd's command line: ${argv.join(' ')}`);
+    for (const flag of ['--max-semi-space-size=1', '--optimize-for-size'])
+      assert.ok(argv.includes(flag), `${flag} in bangerd's command line: ${argv.join(' ')}`);
     // The new one is of this build: the next command goes straight through.
     const again = await run('node', [CLI, 'vm', 'list', '--json'], { env });
     assert.doesNotMatch(again.stderr, /restarting/);
