@@ -21,10 +21,10 @@ import {
   RUN_AGENT,
   SHUTDOWN,
   SSHD_CONFIG,
-  SYSINIT,
   guestFiles,
   withGuestEnvironment,
 } from '../../src/daemon/guest/init/scripts.js';
+import { SYSINIT } from '../../src/daemon/guest/init/sysinit.js';
 import { initrdInit } from '../../src/daemon/guest/init/initrd.js';
 import {
   BASE_PACKAGES,
@@ -348,7 +348,7 @@ void describe('guest scripts', () => {
       '/usr/share/banger/root-skel/. /root/',
       `install_changed "$seed/${SEED_FILES.hostKey}" /etc/ssh/ssh_host_ed25519_key 0600`,
       `install_changed "$seed/${SEED_FILES.authorizedKeys}" /root/.ssh/authorized_keys 0600`,
-      'install -o 0 -g 0 -m "$3" "$1" "$2"',
+      'install_changed() {',
       'chmod 0700 /root/.ssh',
       'ip link set lo up',
       'ip addr add "$BANGER_IP" dev eth0',

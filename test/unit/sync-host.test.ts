@@ -107,7 +107,7 @@ test('the guest script quotes every value and carries contents as base64, never 
   assert.match(s, /p='\/root\/dir with '\\''quote'\\''\/t'/);
   assert.ok(!s.includes('secret-value'));
   assert.ok(s.includes(Buffer.from('secret-value').toString('base64')));
-  assert.match(s, /chmod 0640 "\$t"; mv -fT "\$t" "\$p"/);
+  assert.match(s, /install_changed "\$t" "\$p" 0640; rm -f "\$t"/);
 });
 
 test('the guest script runs under sh against a scratch root and keeps existing authorized_keys lines', () => {

@@ -1,14 +1,15 @@
-import { shq } from '../../guest/shell.js';
+import { INSTALL_CHANGED_FN, shq } from '../../guest/shell.js';
 import type { HostIdentity } from './host.js';
 
 /**
  * The guest half of an identity sync as one `sh -s` script (one round trip, contents on stdin, never on a
  * command line): the git identity into root's global config, public keys appended to authorized_keys
  * (existing lines kept, none twice), each file written to a temporary name and renamed into place,
- * root-owned with its mode. What already holds the wanted value is left as it is.
+ * root-owned with its mode (`install_changed`, shared with the guest's boot). What already holds the wanted
+ * value is left as it is.
  */
 export function syncScript(id: Pick<HostIdentity, 'git' | 'keys' | 'files'>): string {
-  const lines = ['set -eu', 'umask 077', 'export HOME=/root'];
+  const lines = ['set -eu', 'umask 077', 'export HOME=/root', INSTALL_CHANGED_FN];
   if (id.git.name !== undefined || id.git.email !== undefined) {
     const sets: string[] = [];
     // Set only when different: every start syncs, and an unchanged file is not rewritten.
@@ -34,7 +35,7 @@ export function syncScript(id: Pick<HostIdentity, 'git' | 'keys' | 'files'>): st
       `base64 -d > "$t" <<'${marker}'`,
       ...(f.content.toString('base64').match(/.{1,76}/g) ?? []),
       marker,
-      `if [ ! -L "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; chown 0:0 "$p"; chmod ${f.mode} "$p"; else chown 0:0 "$t"; chmod ${f.mode} "$t"; mv -fT "$t" "$p"; fi`,
+      `install_changed "$t" "$p" ${f.mode}; rm -f "$t"`,
     );
   }
   return lines.join('\n') + '\n';

@@ -86,14 +86,13 @@ export const MAX_CONFLICT_PATHS = 50;
  * mtime and inode still count); the user's own git config is unchanged.
  */
 export const GUEST_CHANGES_FN = `guest_changes() {
-  gc_cur=$4
-  if [ "$gc_cur" != "$3" ]; then printf '%s\\0' '(HEAD: commits or a checkout made in the guest)'; fi
+  if [ "$4" != "$3" ]; then printf '%s\\0' '(HEAD: commits or a checkout made in the guest)'; fi
   if [ -f .git/index ]; then cp -- .git/index "$1/index"; else rm -f -- "$1/index"; fi
   GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false GIT_INDEX_FILE="$1/index" \\
     git add -A -- ':(top)' ':(top,exclude).banger-import.*'
   gc_tree=$(GIT_INDEX_FILE="$1/index" git write-tree)
   git diff-tree -r -z --name-only --no-renames "$2^{tree}" "$gc_tree"
-  if [ -n "$gc_cur" ]; then
+  if [ -n "$4" ]; then
     GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false git diff-index -z --cached --name-only --no-renames HEAD
   else git ls-files -z; fi
 }
