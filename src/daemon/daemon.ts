@@ -108,7 +108,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
   const imageRepo = new ImageRepo(db);
   const clientKey = ensureClientKey(paths);
 
-  const qemu = new QemuDriver({ run: runCommand, log: log.child({ vmm: 'qemu' }) });
+  const qemu = new QemuDriver({ run: runCommand, log: log.child({ vmm: 'qemu' }), tcgCacheMib: config.qemu.tcgCacheMib });
   const firecracker = new FirecrackerDriver({ log: log.child({ vmm: 'firecracker' }) });
   const drivers: DriverRegistry = new Map<VmmName, VmmDriver>([
     ['qemu', qemu],

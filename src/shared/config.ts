@@ -45,6 +45,21 @@ const schema = z
       })
       .strict()
       .default({}),
+    qemu: z
+      .object({
+        /**
+         * TCG's translated-code cache per software-emulated VM, in MiB (QEMU's `tb-size`; unused under KVM).
+         * QEMU frees translated code only by emptying the whole cache once it is full, so a VM's share of it
+         * grows to whatever size it is given, and a guest fills it fast. Measured here (768 MiB guest, a
+         * minute after boot, PSS of QEMU): QEMU's own default of 1 GiB 911-926 MiB (546-550 of it code),
+         * 512 MiB 851, 256 MiB 577, 128 MiB 422-430, 64 MiB 356, 32 MiB 308. Cold boot and a guest workload
+         * (node, git, apt-cache) took the same time from 1 GiB down to 128 MiB, within the run-to-run spread;
+         * at 32 MiB both were ~20% slower. bench/tcg-cache.ts repeats the comparison.
+         */
+        tcgCacheMib: z.number().int().min(16).max(4096).default(128),
+      })
+      .strict()
+      .default({}),
     /**
      * Files copied into every VM at start and by `banger vm sync` (credentials a coding agent needs, say).
      * `host` may start with `~/` (the invoking user's home); a link that leads out of that home is refused

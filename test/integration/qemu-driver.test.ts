@@ -177,6 +177,25 @@ void describe('QemuDriver with a real QEMU (TCG)', { skip, timeout: 300_000 }, (
     await driver.kill(h); // already gone: no error
   });
 
+  void test('the TCG cache size reaches QEMU: its translated-code buffer is that size, not 1 GiB', async () => {
+    const vmId = `vm${process.pid}t`;
+    const s = spec(vmId);
+    const h = await new QemuDriver({ run: runCommand, log: quietLog, tcgCacheMib: 48 }).launch(s);
+    handles.push(h);
+    await waitForText(s.consoleLogPath, 'BANGER-TEST-READY', 60_000);
+    // Anonymous mappings (no path) and their sizes in MiB; the guest's RAM is a memfd, so it has a path.
+    const anon = (await readFile(`/proc/${h.pid}/maps`, 'utf8'))
+      .split('\n')
+      .map((l) => /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*$/.exec(l))
+      .filter((m) => m !== null)
+      .map((m) => (parseInt(m[2]!, 16) - parseInt(m[1]!, 16)) / 2 ** 20);
+    assert.ok(anon.some((mib) => Math.abs(mib - 48) <= 1), `no 48 MiB code buffer among ${anon.map((x) => x.toFixed(1)).join(', ')}`);
+    assert.ok(!anon.some((mib) => mib >= 1023), 'QEMU still made its default 1 GiB code buffer');
+    const exited = driver.waitExit(h);
+    await driver.kill(h);
+    await exited;
+  });
+
   void test('the VM outlives a daemon killed with SIGKILL', async () => {
     const vmId = `vm${process.pid}f`;
     const script = join(dir, 'daemon.mts');

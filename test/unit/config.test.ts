@@ -8,6 +8,7 @@ test('an empty config gets every default', () => {
   assert.equal(DEFAULT_CONFIG.network.defaultMode, 'loopback');
   assert.equal(DEFAULT_CONFIG.network.tap.subnet, '172.30.0.0/24');
   assert.equal(DEFAULT_CONFIG.dns.address, '127.77.0.1');
+  assert.equal(DEFAULT_CONFIG.qemu.tcgCacheMib, 128);
 });
 
 test('a partial config keeps the other defaults', () => {
@@ -23,6 +24,8 @@ test('bad values and unknown keys are refused with the key named', () => {
     [{ network: { tap: { subnet: '172.30.0.0' } } }, /network\.tap\.subnet/],
     [{ network: { tap: { bridge: 'a-very-long-bridge-name' } } }, /network\.tap\.bridge/],
     [{ dns: { port: 70000 } }, /dns\.port/],
+    [{ qemu: { tcgCacheMib: 8 } }, /qemu\.tcgCacheMib/],
+    [{ qemu: { tcgCacheMib: '128' } }, /qemu\.tcgCacheMib/],
     [{ dnss: {} }, /dnss|top level/],
   ];
   for (const [raw, re] of cases)

@@ -83,6 +83,20 @@ void test('qemuArgv: KVM uses the host CPU', () => {
   ]);
 });
 
+void test('qemuArgv: a TCG cache size becomes tb-size under TCG only; a bad one is refused', () => {
+  const tcg = qemuArgv(base, { tcgCacheMib: 128 });
+  assert.equal(tcg[tcg.indexOf('-accel') + 1], 'tcg,tb-size=128');
+  assert.equal(qemuArgv(base)[qemuArgv(base).indexOf('-accel') + 1], 'tcg');
+  const kvm = qemuArgv({ ...base, accel: 'kvm' }, { tcgCacheMib: 128 });
+  assert.equal(kvm[kvm.indexOf('-accel') + 1], 'kvm');
+  for (const bad of [0, -1, 1.5, NaN])
+    assert.throws(
+      () => qemuArgv(base, { tcgCacheMib: bad }),
+      (e: unknown) => e instanceof BangerError && e.code === 'InvalidArgument' && /TCG cache/.test(e.message),
+      String(bad),
+    );
+});
+
 void test('qemuArgv: egress lifts restrict, and only then', () => {
   const on = qemuArgv({ ...base, network: { ...base.network, egress: true } as LaunchSpec['network'] });
   assert.ok(on.includes('user,id=n0,restrict=off,hostfwd=tcp:127.0.0.1:2222-:22'));

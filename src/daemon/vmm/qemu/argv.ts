@@ -17,6 +17,8 @@ import { shq } from '../../guest/shell.js';
 export interface QemuArgvOptions {
   /** Resume from a saved state (`-incoming`), e.g. `exec:cat state`. */
   incoming?: string;
+  /** Size of TCG's translated-code cache in MiB (`tb-size`); QEMU's own default (1 GiB) when omitted. */
+  tcgCacheMib?: number;
 }
 
 /** The `-incoming` value that loads a saved state file (QEMU 7.2 has no `file:` transport: `exec:` runs sh). */
@@ -67,13 +69,18 @@ export function qemuOptValue(value: string): string {
   return value.replace(/,/g, ',,');
 }
 
-/** Machine, accelerator and CPU: shared by a VM launch and the KVM boot probe so the probe tests what runs. */
-export function qemuMachineArgs(accel: Accel): string[] {
+/**
+ * Machine, accelerator and CPU: shared by a VM launch and the KVM boot probe so the probe tests what runs.
+ * `tcgCacheMib` sizes TCG's translated-code cache (ignored under KVM, which translates nothing).
+ */
+export function qemuMachineArgs(accel: Accel, tcgCacheMib?: number): string[] {
+  if (tcgCacheMib !== undefined && (!Number.isInteger(tcgCacheMib) || tcgCacheMib < 1))
+    throw invalidArgument(`invalid TCG cache size ${tcgCacheMib} MiB: expected a whole number of MiB, 1 or more`);
   return [
     '-M',
     'microvm,x-option-roms=off,rtc=on',
     '-accel',
-    accel,
+    accel === 'tcg' && tcgCacheMib !== undefined ? `tcg,tb-size=${tcgCacheMib}` : accel,
     '-cpu',
     accel === 'kvm' ? 'host' : 'max',
     '-nodefaults',
@@ -150,7 +157,7 @@ export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[]
   const argv = [
     '-name',
     qemuNameOption(spec.vmId),
-    ...qemuMachineArgs(spec.accel),
+    ...qemuMachineArgs(spec.accel, opts.tcgCacheMib),
     '-smp',
     String(spec.vcpus),
     '-m',

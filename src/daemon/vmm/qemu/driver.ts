@@ -35,6 +35,8 @@ export interface QemuDriverDeps {
   env?: NodeJS.ProcessEnv;
   /** How long launch waits for QMP to answer before giving up (default 30 s). */
   launchTimeoutMs?: number;
+  /** TCG's translated-code cache in MiB (config.json `qemu.tcgCacheMib`); QEMU's default when omitted. */
+  tcgCacheMib?: number;
 }
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -154,7 +156,7 @@ export class QemuDriver implements VmmDriver {
     const binary = this.resolvedBinary ?? (await this.findBinary());
     if (!binary)
       throw new BangerError(ErrorCode.FailedPrecondition, `${QEMU_BINARY} is not installed`, { hint: INSTALL_HINT });
-    const argv = qemuArgv(spec);
+    const argv = qemuArgv(spec, { tcgCacheMib: this.deps.tcgCacheMib });
 
     // A stale socket from an earlier run would make us talk to nothing (or to another QEMU).
     await rm(spec.controlSocketPath, { force: true });

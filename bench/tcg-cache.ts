@@ -1,0 +1,80 @@
+/**
+ * TCG's translated-code cache (config.json `qemu.tcgCacheMib`, QEMU's `tb-size`) against QEMU's own default of
+ * 1 GiB, in one run on the same image: for each size, the daemon is restarted with it, then
+ *  - a cold `vm run --no-pool --rm -- true`, `runs` times;
+ *  - a VM (1 vCPU, 768 MiB) that runs a guest workload (node, git, apt-cache) `runs` times;
+ *  - that VM's QEMU's PSS a minute after its boot, and the part of it that is the code cache.
+ * Usage: npm run build && node --import tsx bench/tcg-cache.ts [sizes, default 1024,256,128,64] [runs, default 3]
+ * Only meaningful where VMs run under TCG (software emulation). Restores the state directory's config.json.
+ */
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { HOME, banger, median, timeIt } from './common.js';
+
+const sizes = (process.argv[2] ?? '1024,256,128,64').split(',').map(Number);
+const runs = Number(process.argv[3] ?? 3);
+const VM = 'bench-tcg-cache';
+const WORK = `node -e "JSON.stringify(require('fs').readdirSync('/usr/lib'))"; d=$(mktemp -d); git init -q "$d" && git -C "$d" status >/dev/null; apt-cache policy bash >/dev/null; rm -rf "$d"`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const quiet = (args: string[]) => {
+  try {
+    banger(args);
+  } catch {
+    /* not there */
+  }
+};
+
+/** PSS of a process in MiB, and the part of it in the anonymous mapping of exactly `cacheMib` (the code cache). */
+function pss(pid: number, cacheMib: number): { total: number; code: number } {
+  let total = 0;
+  let code = 0;
+  let inCache = false;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      const size = parseInt(head[2]!, 16) - parseInt(head[1]!, 16);
+      inCache = head[3]!.trim() === '' && Math.abs(size - cacheMib * 2 ** 20) <= 2 ** 20;
+      continue;
+    }
+    const m = /^Pss:\s+(\d+) kB/.exec(line);
+    if (!m) continue;
+    total += Number(m[1]) / 1024;
+    if (inCache) code += Number(m[1]) / 1024;
+  }
+  return { total, code };
+}
+
+const configPath = join(HOME, 'config.json');
+const saved = existsSync(configPath) ? readFileSync(configPath, 'utf8') : null;
+const list = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
+try {
+  for (const mib of sizes) {
+    const config = saved ? (JSON.parse(saved) as Record<string, unknown>) : {};
+    writeFileSync(configPath, JSON.stringify({ ...config, qemu: { tcgCacheMib: mib } }));
+    quiet(['daemon', 'stop']);
+    quiet(['vm', 'delete', '--force', VM]);
+    const cold: number[] = [];
+    for (let i = 0; i < runs; i++) cold.push(timeIt(() => banger(['vm', 'run', '--no-pool', '--rm', '--no-sync', '--', 'true'])));
+    const booted = Date.now();
+    banger(['vm', 'create', '--name', VM, '--start', '--no-pool', '--no-sync', '--cpus', '1', '--memory', '768M']);
+    try {
+      const work: number[] = [];
+      for (let i = 0; i < runs; i++) work.push(timeIt(() => banger(['vm', 'exec', VM, '--', 'sh', '-c', WORK])));
+      await sleep(Math.max(0, booted + 60_000 - Date.now()));
+      const { pid } = JSON.parse(banger(['vm', 'show', VM, '--json'])) as { pid: number };
+      const m = pss(pid, mib);
+      process.stdout.write(
+        `tcgCacheMib ${String(mib).padStart(4)}${mib === 1024 ? ' (QEMU default)' : '               '}` +
+          `  cold run --rm -- true: median ${median(cold).toFixed(0)} ms (${list(cold)})` +
+          `  workload: median ${median(work).toFixed(0)} ms (${list(work)})` +
+          `  PSS after 1 min: ${m.total.toFixed(0)} MiB, ${m.code.toFixed(0)} MiB of it code\n`,
+      );
+    } finally {
+      quiet(['vm', 'delete', '--force', VM]);
+    }
+  }
+} finally {
+  if (saved === null) rmSync(configPath, { force: true });
+  else writeFileSync(configPath, saved);
+  quiet(['daemon', 'stop']);
+}
