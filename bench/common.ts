@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -52,4 +52,37 @@ export function makeBigRepo(repo: string, files: number, mib: number): void {
   sh('git', ['-C', repo, 'init', '-q']);
   sh('git', ['-C', repo, 'add', '-A']);
   sh('git', ['-C', repo, '-c', 'user.email=b@b', '-c', 'user.name=b', 'commit', '-q', '-m', 'big']);
+}
+
+/** The TCG code cache size the daemon of HOME gives a VM (config.json `qemu.tcgCacheMib`, default 128 MiB). */
+export function tcgCacheMib(): number {
+  try {
+    const c = JSON.parse(readFileSync(join(HOME, 'config.json'), 'utf8')) as { qemu?: { tcgCacheMib?: number } };
+    return c.qemu?.tcgCacheMib ?? 128;
+  } catch {
+    return 128;
+  }
+}
+
+/**
+ * PSS of process `pid` in MiB (its memory, with pages shared with other processes split among them), and the part
+ * of it that is TCG's translated code: QEMU's anonymous code buffer of `cacheMib` MiB, which a KVM VM does not have.
+ */
+export function pssMib(pid: number, cacheMib: number): { total: number; tcgCode: number } {
+  let total = 0;
+  let tcgCode = 0;
+  let inCodeBuffer = false;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      const size = parseInt(head[2]!, 16) - parseInt(head[1]!, 16);
+      inCodeBuffer = head[3]!.trim() === '' && Math.abs(size - cacheMib * 2 ** 20) <= 2 ** 20;
+      continue;
+    }
+    const pss = /^Pss:\s+(\d+) kB/.exec(line);
+    if (!pss) continue;
+    total += Number(pss[1]) / 1024;
+    if (inCodeBuffer) tcgCode += Number(pss[1]) / 1024;
+  }
+  return { total, tcgCode };
 }

@@ -12,8 +12,7 @@
  * Usage: npm run build && BANGER_HOME=... node --import tsx bench/snapshot.ts [runs] [sections]
  * (sections: comma-separated of restore,pool,fork; default all three).
  */
-import { readFileSync } from 'node:fs';
-import { banger, median, report, timeIt } from './common.js';
+import { banger, median, pssMib, report, tcgCacheMib, timeIt } from './common.js';
 
 const runs = Number(process.argv[2] ?? 3);
 const sections = new Set((process.argv[3] ?? 'restore,pool,fork').split(','));
@@ -44,29 +43,11 @@ async function agentUp(vm: string): Promise<void> {
   }
 }
 
-/**
- * PSS of a VM's VMM process in MiB (its memory, with pages shared with other processes split among them), and
- * the part of it that is TCG's translated code: QEMU's 1 GiB anonymous code buffer, which a KVM VM does not have.
- */
-function pssMib(vm: string): { total: number; tcgCode: number } {
+/** PSS of a VM's VMM process (see pssMib in common.ts). */
+function vmPssMib(vm: string): { total: number; tcgCode: number } {
   const { pid } = JSON.parse(banger(['vm', 'show', vm, '--json'])) as { pid: number | null };
   if (pid === null) throw new Error(`VM ${vm} has no VMM process`);
-  let total = 0;
-  let tcgCode = 0;
-  let inCodeBuffer = false;
-  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
-    if (head) {
-      const size = parseInt(head[2]!, 16) - parseInt(head[1]!, 16);
-      inCodeBuffer = head[3]!.trim() === '' && Math.abs(size - 2 ** 30) <= 2 ** 20;
-      continue;
-    }
-    const pss = /^Pss:\s+(\d+) kB/.exec(line);
-    if (!pss) continue;
-    total += Number(pss[1]) / 1024;
-    if (inCodeBuffer) tcgCode += Number(pss[1]) / 1024;
-  }
-  return { total, tcgCode };
+  return pssMib(pid, tcgCacheMib());
 }
 
 const cold = () => timeIt(() => banger(['vm', 'run', '--no-pool', '--rm', '--no-sync', '--', 'true']));
@@ -145,8 +126,8 @@ if (sections.has('fork')) {
         // The issue's memory measure: the forks idle for 30 s, then the PSS of each one's VMM, against the
         // source (booted cold, and holding the 200 MiB it wrote).
         await sleep(30_000);
-        const per = FORKS.map(pssMib);
-        const src = pssMib(FORK_SRC);
+        const per = FORKS.map(vmPssMib);
+        const src = vmPssMib(FORK_SRC);
         const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
         const fork = mean(per.map((p) => p.total));
         const forkCode = mean(per.map((p) => p.tcgCode));

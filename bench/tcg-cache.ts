@@ -9,7 +9,7 @@
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HOME, banger, median, timeIt } from './common.js';
+import { HOME, banger, median, pssMib, timeIt } from './common.js';
 
 const sizes = (process.argv[2] ?? '1024,256,128,64').split(',').map(Number);
 const runs = Number(process.argv[3] ?? 3);
@@ -23,26 +23,6 @@ const quiet = (args: string[]) => {
     /* not there */
   }
 };
-
-/** PSS of a process in MiB, and the part of it in the anonymous mapping of exactly `cacheMib` (the code cache). */
-function pss(pid: number, cacheMib: number): { total: number; code: number } {
-  let total = 0;
-  let code = 0;
-  let inCache = false;
-  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
-    if (head) {
-      const size = parseInt(head[2]!, 16) - parseInt(head[1]!, 16);
-      inCache = head[3]!.trim() === '' && Math.abs(size - cacheMib * 2 ** 20) <= 2 ** 20;
-      continue;
-    }
-    const m = /^Pss:\s+(\d+) kB/.exec(line);
-    if (!m) continue;
-    total += Number(m[1]) / 1024;
-    if (inCache) code += Number(m[1]) / 1024;
-  }
-  return { total, code };
-}
 
 const configPath = join(HOME, 'config.json');
 const saved = existsSync(configPath) ? readFileSync(configPath, 'utf8') : null;
@@ -62,12 +42,12 @@ try {
       for (let i = 0; i < runs; i++) work.push(timeIt(() => banger(['vm', 'exec', VM, '--', 'sh', '-c', WORK])));
       await sleep(Math.max(0, booted + 60_000 - Date.now()));
       const { pid } = JSON.parse(banger(['vm', 'show', VM, '--json'])) as { pid: number };
-      const m = pss(pid, mib);
+      const m = pssMib(pid, mib);
       process.stdout.write(
         `tcgCacheMib ${String(mib).padStart(4)}${mib === 1024 ? ' (QEMU default)' : '               '}` +
           `  cold run --rm -- true: median ${median(cold).toFixed(0)} ms (${list(cold)})` +
           `  workload: median ${median(work).toFixed(0)} ms (${list(work)})` +
-          `  PSS after 1 min: ${m.total.toFixed(0)} MiB, ${m.code.toFixed(0)} MiB of it code\n`,
+          `  PSS after 1 min: ${m.total.toFixed(0)} MiB, ${m.tcgCode.toFixed(0)} MiB of it code\n`,
       );
     } finally {
       quiet(['vm', 'delete', '--force', VM]);
