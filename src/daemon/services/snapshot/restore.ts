@@ -6,7 +6,6 @@ import type { CommandRunner } from '../../../shared/command.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import { shq } from '../../guest/shell.js';
-import { SshGuestSession } from '../../guest/ssh.js';
 import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
 import { writeHandles } from '../vm/handles.js';
@@ -149,7 +148,10 @@ export function hostnameScript(
 
 /**
  * The steps of a restored VM's first start, in place of a boot: the saved accelerator, its network and seed,
- * the VMM resuming the saved state, then a new identity through the guest agent, then SSH with the new key.
+ * the VMM resuming the saved state, then a new identity through the guest agent. The VM is ready once the agent
+ * has answered: the daemon's SSH connection (workspaces, a stop's poweroff) is made on first use
+ * (LiveVms.session), checking the new host key. Made here, it cost a restore ~1 s, and a fork of 4 ~2.5 s on 2
+ * host cores, of guest CPU spent on a handshake nobody had asked for yet.
  */
 export function restoreSteps(marker: RestoreMarker): BootStep[] {
   return [
@@ -209,22 +211,6 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
         if (r.code !== 0)
           throw new BangerError(ErrorCode.Internal, `giving the restored guest its identity failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
         await rm(join(b.vp.dir, VM_RESTORE_FILE), { force: true });
-      },
-    },
-    {
-      name: 'connect ssh',
-      async run(b, d) {
-        // As the boot's step, but each attempt may take longer: a resumed guest under a loaded host was seen to
-        // take more than the boot's 5 s per handshake, and every attempt that gives up just before it completes
-        // starts over.
-        const live = b.live!;
-        const session = await SshGuestSession.waitFor(d.live.sshTarget(b.vm, b.hostPublicKey!), {
-          deadlineMs: Math.max(10_000, b.deadline - Date.now()),
-          attemptTimeoutMs: 30_000,
-          signal: b.signal,
-          stillBooting: async () => d.live.get(b.vm.id) === live && (await b.driver.isAlive(live.handle, b.vm.id)),
-        });
-        d.live.useSession(live, session);
       },
     },
   ];

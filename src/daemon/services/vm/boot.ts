@@ -259,14 +259,18 @@ export const BOOT_STEPS: readonly BootStep[] = [
   },
 ];
 
-/** Runs the steps in order, reporting each as a progress step. */
+/** Runs the steps in order, reporting each as a progress step; the log gets each step's milliseconds. */
 export async function runBoot(b: Boot, d: BootDeps, steps: readonly BootStep[] = BOOT_STEPS): Promise<void> {
+  const ms: Record<string, number> = {};
   for (const [i, step] of steps.entries()) {
     b.signal?.throwIfAborted();
     const detail = step.name === 'launch' ? `${b.driver.name}, ${b.accel}` : undefined;
     b.progress({ kind: 'step', step: step.name, index: i + 1, total: steps.length, ...(detail ? { detail } : {}) });
+    const t0 = performance.now();
     await step.run(b, d);
+    ms[step.name] = Math.round(performance.now() - t0);
   }
+  d.log?.info({ vm: b.vm.name, ms }, 'boot steps');
 }
 
 /** What the driver is asked to start: disks by the driver's features, never by its name. */

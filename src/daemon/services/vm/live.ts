@@ -193,6 +193,9 @@ export class LiveVms {
       // never with the first caller's: a port watch that stops must not cancel an exec waiting on it too.
       live.connecting = SshGuestSession.waitFor(this.sshTarget(vm, hostPublicKey), {
         deadlineMs: 30_000,
+        // Its SSH server is up (a restored VM connects first here): a slow handshake is a loaded host, and an
+        // attempt given up just before it completes would start over.
+        attemptTimeoutMs: 15_000,
         signal: live.watch.signal,
         stillBooting: () => live.driver.isAlive(live.handle, vm.id),
       }).finally(() => (live.connecting = undefined));
