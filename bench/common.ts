@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../src/shared/config.js';
 
 export const REPO = resolve(fileURLToPath(import.meta.url), '..', '..');
 export const CLI = join(REPO, 'dist', 'banger.js');
@@ -30,6 +31,15 @@ export function banger(args: string[]): string {
   return sh(process.execPath, [CLI, ...args], { env: { BANGER_HOME: HOME } });
 }
 
+/** `banger(args)` for cleanup, where failing (the VM or snapshot is not there) is fine. */
+export function quiet(args: string[]): void {
+  try {
+    banger(args);
+  } catch {
+    /* not there */
+  }
+}
+
 export function report(name: string, bangerMs: number[], baselineMs: number[], baselineName: string): void {
   const b = median(bangerMs);
   const base = median(baselineMs);
@@ -54,14 +64,9 @@ export function makeBigRepo(repo: string, files: number, mib: number): void {
   sh('git', ['-C', repo, '-c', 'user.email=b@b', '-c', 'user.name=b', 'commit', '-q', '-m', 'big']);
 }
 
-/** The TCG code cache size the daemon of HOME gives a VM (config.json `qemu.tcgCacheMib`, default 128 MiB). */
+/** The TCG code cache size the daemon of HOME gives a VM: its config.json's `qemu.tcgCacheMib`, or the default. */
 export function tcgCacheMib(): number {
-  try {
-    const c = JSON.parse(readFileSync(join(HOME, 'config.json'), 'utf8')) as { qemu?: { tcgCacheMib?: number } };
-    return c.qemu?.tcgCacheMib ?? 128;
-  } catch {
-    return 128;
-  }
+  return loadConfig(join(HOME, 'config.json')).qemu.tcgCacheMib;
 }
 
 /**

@@ -12,7 +12,8 @@
  * Usage: npm run build && BANGER_HOME=... node --import tsx bench/snapshot.ts [runs] [sections]
  * (sections: comma-separated of restore,pool,fork; default all three).
  */
-import { banger, median, pssMib, report, tcgCacheMib, timeIt } from './common.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { banger, median, pssMib, quiet, report, tcgCacheMib, timeIt } from './common.js';
 
 const runs = Number(process.argv[2] ?? 3);
 const sections = new Set((process.argv[3] ?? 'restore,pool,fork').split(','));
@@ -21,14 +22,6 @@ const SNAP = 'bench-snap';
 const FORK_SRC = 'bench-fork-src';
 const FORKS = [1, 2, 3, 4].map((i) => `bench-fork-${i}`);
 
-const quiet = (args: string[]) => {
-  try {
-    banger(args);
-  } catch {
-    /* not there */
-  }
-};
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until the VM's guest agent answers (snapshots and forks need it in the saved guest). */
 async function agentUp(vm: string): Promise<void> {

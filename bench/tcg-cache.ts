@@ -9,20 +9,13 @@
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HOME, banger, median, pssMib, timeIt } from './common.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HOME, banger, median, pssMib, quiet, timeIt } from './common.js';
 
 const sizes = (process.argv[2] ?? '1024,256,128,64').split(',').map(Number);
 const runs = Number(process.argv[3] ?? 3);
 const VM = 'bench-tcg-cache';
 const WORK = `node -e "JSON.stringify(require('fs').readdirSync('/usr/lib'))"; d=$(mktemp -d); git init -q "$d" && git -C "$d" status >/dev/null; apt-cache policy bash >/dev/null; rm -rf "$d"`;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const quiet = (args: string[]) => {
-  try {
-    banger(args);
-  } catch {
-    /* not there */
-  }
-};
 
 const configPath = join(HOME, 'config.json');
 const saved = existsSync(configPath) ? readFileSync(configPath, 'utf8') : null;
