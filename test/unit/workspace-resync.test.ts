@@ -227,6 +227,58 @@ void describe('re-sync through the workspace service', () => {
     assert.deepEqual(state(a), state(b));
   });
 
+  void it("keeps the import base's index beside the import base; guest changes are named with it and without it", async () => {
+    const repo = makeFixtureRepo();
+    const a = join(tmp('banger-guest-'), 'a');
+    const h = harness();
+    const baseIndexes = () => sh(a, 'ls -a .git').split('\n').filter((f) => f.startsWith('banger-base-index-'));
+    const baseTree = () => sh(a, 'git rev-parse refs/banger/import-base^{tree}').trim();
+    await h.prepare({ sourcePath: repo, guestPath: a });
+    assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`], 'a full import leaves the index of its base');
+    write(repo, 'README.md', 'edited for a re-sync\n');
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
+    assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`], 'a re-sync replaces it with its new base');
+    assert.deepEqual(
+      sh(a, `GIT_INDEX_FILE=.git/banger-base-index-${baseTree()} git write-tree`).trim(),
+      baseTree(),
+      "the kept index holds the base's tree",
+    );
+
+    // Each kind of guest change is refused and named, then undone; the same with the index gone (an older
+    // banger's workspace) and with an index of another tree (a re-sync killed after moving its base).
+    const changes: [string, string, string][] = [
+      ['an edit', 'printf edited > README.md', 'README.md'],
+      ['a deletion', 'rm a/b/keep.txt', 'a/b/keep.txt'],
+      ['a mode change', 'chmod 644 bin/run.sh', 'bin/run.sh'],
+      ['a symlink retargeted', 'ln -sfn bin/run.sh link-to-readme', 'link-to-readme'],
+      ['an untracked directory', 'mkdir -p "new dir" && echo n > "new dir/f"', 'new dir/'],
+      ['a staged file', 'echo s > s.txt && git add s.txt', 's.txt'],
+    ];
+    const saved = join(tmp('banger-saved-'), 'idx');
+    const bi = () => join(a, '.git', `banger-base-index-${baseTree()}`);
+    for (const mode of ['kept index', 'no index', 'index of another tree']) {
+      if (mode === 'no index') sh(a, `mv ${JSON.stringify(bi())} ${JSON.stringify(saved)}`);
+      if (mode === 'index of another tree') sh(a, `cp ${JSON.stringify(saved)} .git/banger-base-index-${'0'.repeat(40)}`);
+      for (const [what, change, path] of changes) {
+        const before = state(a);
+        sh(a, `rm -rf ../backup && cp -a . ../backup`);
+        sh(a, change);
+        write(repo, 'README.md', `host edit ${what} ${mode}\n`);
+        await assert.rejects(
+          h.prepare({ sourcePath: repo, guestPath: a }),
+          (e: unknown) => e instanceof BangerError && e.code === 'Conflict' && e.message.includes(`  ${path}`),
+          `${what} (${mode})`,
+        );
+        sh(a, `cd .. && rm -rf a && mv backup a`);
+        assert.deepEqual(state(a), before, `undone: ${what} (${mode})`);
+      }
+    }
+    // A re-sync without the index makes it again.
+    write(repo, 'README.md', 'edited once more\n');
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
+    assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`]);
+  });
+
   void it('imports in full when the guest is not what the last import left, or with --full', async () => {
     const repo = makeFixtureRepo();
     const a = join(tmp('banger-guest-'), 'a');

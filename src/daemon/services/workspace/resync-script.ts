@@ -9,6 +9,7 @@ import {
   PRELUDE,
   SYNC_WORKSPACE,
   recordImportBase,
+  keepBaseIndex,
   WorkspaceScriptExit,
   validateGuestPath,
 } from './guest-scripts.js';
@@ -98,21 +99,23 @@ stop() { rc=$1; shift; cat >/dev/null; fail "$rc" "$*"; }
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 { [ -d .git ] && [ ! -L .git ]; } || stop ${X.Stale} "$dest has no git repository"
-# The import base, HEAD's commit and HEAD's branch ("HEAD" when detached) in one git process; when one is
-# missing (no import base, no commits yet) they are asked one at a time.
+# The import base, its tree, HEAD's commit and HEAD's branch ("HEAD" when detached) in one git process; when
+# one is missing (no import base, no commits yet) they are asked one at a time.
 nl='
 '
-if refs=$(git rev-parse "${IMPORT_BASE_REF}^{commit}" 'HEAD^{commit}' --symbolic-full-name HEAD 2>/dev/null); then
-  base=\${refs%%"$nl"*}; refs=\${refs#*"$nl"}; cur=\${refs%%"$nl"*}; sym=\${refs#*"$nl"}
+if refs=$(git rev-parse "${IMPORT_BASE_REF}^{commit}" "${IMPORT_BASE_REF}^{tree}" 'HEAD^{commit}' --symbolic-full-name HEAD 2>/dev/null); then
+  base=\${refs%%"$nl"*}; refs=\${refs#*"$nl"}; base_tree=\${refs%%"$nl"*}; refs=\${refs#*"$nl"}
+  cur=\${refs%%"$nl"*}; sym=\${refs#*"$nl"}
   if [ "$sym" = HEAD ]; then sym=; fi
 else
   base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") || stop ${X.Stale} "$dest has no import base"
+  base_tree=$(git rev-parse -q --verify "$base^{tree}")
   cur=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
   sym=$(git symbolic-ref -q HEAD || true)
 fi
 [ "$base" = "$old_base" ] || stop ${X.Stale} "$dest was imported again since the recorded import"
 stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
-guest_changes "$stage" "$base" "$old_head" "$cur" > "$stage/guest-changes"
+guest_changes "$stage" "$base" "$old_head" "$cur" "$base_tree" > "$stage/guest-changes"
 if [ -s "$stage/guest-changes" ]; then
   n=$(tr -cd '\\000' < "$stage/guest-changes" | wc -c)
   sort -zu "$stage/guest-changes" | head -z -n ${MAX_CONFLICT_PATHS}
@@ -120,6 +123,9 @@ if [ -s "$stage/guest-changes" ]; then
 fi
 if [ -n "$branch" ]; then want="refs/heads/$branch"; else want=; fi
 [ "$sym" = "$want" ] || stop ${X.Stale} "the guest's branch is not the host's"
+# The index of the checked state becomes the new import base's (moved: a re-sync killed from here on leaves
+# no index of a base, and the next check hashes the tree instead).
+if [ "$gc_index" != "$stage/index" ]; then mv -- "$gc_index" "$stage/index"; fi
 
 LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
   fail ${X.BadArchive} "the workspace archive could not be unpacked safely"
@@ -154,6 +160,6 @@ if [ -s "$stage/${TAR_DELETED}" ]; then GIT_INDEX_FILE="$stage/index" git update
 GIT_INDEX_FILE="$stage/index" git update-index -q --add --remove --replace -z --stdin < "$stage/${TAR_WRITTEN}"
 tree=$(GIT_INDEX_FILE="$stage/index" git write-tree)
 ${recordImportBase('new_head')}
-${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
+${keepBaseIndex('"$stage/index"')}${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
 `;
 }
