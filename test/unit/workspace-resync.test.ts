@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { runCommand } from '../../src/shared/command.js';
 import { BangerError } from '../../src/errors/index.js';
 import type { ProgressEvent } from '../../src/protocol/common.js';
@@ -138,6 +139,8 @@ void describe('re-sync through the workspace service', () => {
     // Ignored build output in the guest stays (a full import would remove it).
     mkdirSync(join(a, 'node_modules'));
     write(a, 'node_modules/x.js', 'built in the guest\n');
+    // An ignored file in the directory that becomes a file: the file replaces the directory and all in it.
+    write(a, 'notes/scratch.log', 'ignored, in a directory that becomes a file\n');
 
     const resync = await h.prepare({ sourcePath: repo, guestPath: a, includeUntracked: true });
     assert.equal(resync.mode, 'resync');
@@ -273,10 +276,14 @@ void describe('re-sync through the workspace service', () => {
         assert.deepEqual(state(a), before, `undone: ${what} (${mode})`);
       }
     }
-    // A re-sync without the index makes it again.
+    // A re-sync without the index makes it again; a killed re-sync's staging directory (in .git) goes.
+    mkdirSync(join(a, '.git', 'banger-resync.killed', 'tree'), { recursive: true });
     write(repo, 'README.md', 'edited once more\n');
     assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
     assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`]);
+    const staging = () => sh(a, 'ls -a .git').split('\n').filter((f) => f.startsWith('banger-resync.'));
+    for (let i = 0; i < 50 && staging().length > 0; i++) await sleep(100); // removed after the script answered
+    assert.deepEqual(staging(), [], 'no staging directory is left');
   });
 
   void it('imports in full when the guest is not what the last import left, or with --full', async () => {

@@ -15,6 +15,9 @@ import {
 } from './guest-scripts.js';
 import { TAR_DELETED, TAR_HISTORY_PACK, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
 
+/** A re-sync's staging directory is `.git/<this>XXXXXX` in the workspace. */
+export const RESYNC_STAGE_PREFIX = 'banger-resync.';
+
 export interface ResyncScriptOptions {
   guestPath: string;
   /** The import base commit the last import recorded (WorkspaceInfo.baseCommit). */
@@ -58,19 +61,21 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  * - HEAD is on the host's branch (or detached, like the host's), else exit Stale.
  * The tar is read to its end before any of these exits, so the host's stream always completes.
  *
- * Then: the tar is unpacked into a staging directory inside the workspace, the new commits are
- * indexed (`--fix-thin`: their deltas may refer to objects the guest has), the deleted paths are
- * removed (and directories they leave empty), the written paths are removed (whatever is there: a file,
- * a symlink, a directory), the tree is copied in from the staging directory (`cp -a`, so a symlink is copied as a
- * symlink), and when HEAD moved the branch moves to the new HEAD and `git reset --mixed` makes the
- * index equal it (re-hashing only files whose stat data changed). With HEAD where it was, the index
- * (checked equal to HEAD) stays as it is. A new import base is recorded as a full import does.
+ * The tar is unpacked into a staging directory inside the workspace's .git while the checks run. Then: the
+ * new commits are indexed (`--fix-thin`: their deltas may refer to objects the guest has), the deleted paths
+ * are removed (and directories they leave empty), the tree is copied in from the staging directory (`cp -a
+ * --remove-destination`, so a symlink is copied as a symlink and replaces whatever file was there; where a
+ * directory and a file trade places, the written paths are removed first, whatever they are), and when HEAD
+ * moved the branch moves to the new HEAD and `git reset --mixed` makes the index equal it (re-hashing only
+ * files whose stat data changed). With HEAD where it was, the index (checked equal to HEAD) stays as it is.
+ * A new import base is recorded as a full import does, with its index (keepBaseIndex).
  * Ignored files in the guest (build outputs) stay, unlike a full import.
  *
  * Every process costs tens of milliseconds in an emulated guest, and a re-sync of one edited file
- * should cost a small part of a full import: so the three questions to git about the workspace's refs
- * are one process, the staging directory also holds the check's index, the host lists the written
- * paths, and the git identity is set only when the host's changed since the last import.
+ * should cost a small part of a full import: so the questions to git about the workspace's refs are one
+ * process, the check is one `git status` against the import base's index, the unpacking runs beside the
+ * check, the host lists the written paths, the git identity is set only when the host's changed since the
+ * last import, and the staging directory is removed after the script has answered.
  */
 export function buildResyncScript(o: ResyncScriptOptions): string {
   validateGuestPath(o.guestPath);
@@ -86,7 +91,14 @@ branch=${shq(o.branch ?? '')}
 user_name=${shq(o.identity.name ?? '')}
 user_email=${shq(o.identity.email ?? '')}
 stage=
-cleanup() { unbeat; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; }
+untar=
+# The staging directory is inside .git (out of sight of git and the user), so it is removed after the script
+# has answered.
+cleanup() {
+  unbeat
+  if [ -n "$untar" ]; then kill "$untar" 2>/dev/null || true; fi
+  if [ -n "$stage" ]; then rm -rf -- "$stage" </dev/null >/dev/null 2>&1 & fi
+}
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
 beat
@@ -94,11 +106,24 @@ beat
 # would name every file changed and git would hash the whole tree, twice: compare without ctime (mode,
 # size, mtime and inode still count) in this script's git commands; the user's own git is unchanged.
 export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false
-${GUEST_CHANGES_FN}# Read the rest of the archive, then stop.
-stop() { rc=$1; shift; cat >/dev/null; fail "$rc" "$*"; }
+${GUEST_CHANGES_FN}# Read the rest of the archive (the unpacking started at once reads it), then stop.
+stop() {
+  rc=$1; shift
+  if [ -n "$untar" ]; then wait "$untar" || true; untar=; else cat >/dev/null; fi
+  fail "$rc" "$*"
+}
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 { [ -d .git ] && [ ! -L .git ]; } || stop ${X.Stale} "$dest has no git repository"
+# The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
+# staging directory goes too.
+for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -d "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
+stage=$(mktemp -d "$dest/.git/${RESYNC_STAGE_PREFIX}XXXXXX")
+# (A command run in the background reads /dev/null unless told otherwise: the archive goes to it as fd 3.)
+exec 3<&0
+LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp <&3 3<&- &
+untar=$!
+exec 3<&-
 # The import base, its tree, HEAD's commit and HEAD's branch ("HEAD" when detached) in one git process; when
 # one is missing (no import base, no commits yet) they are asked one at a time.
 nl='
@@ -114,7 +139,6 @@ else
   sym=$(git symbolic-ref -q HEAD || true)
 fi
 [ "$base" = "$old_base" ] || stop ${X.Stale} "$dest was imported again since the recorded import"
-stage=$(mktemp -d "$dest/.banger-import.XXXXXX")
 guest_changes "$stage" "$base" "$old_head" "$cur" "$base_tree" > "$stage/guest-changes"
 if [ -s "$stage/guest-changes" ]; then
   n=$(tr -cd '\\000' < "$stage/guest-changes" | wc -c)
@@ -127,8 +151,9 @@ if [ -n "$branch" ]; then want="refs/heads/$branch"; else want=; fi
 # no index of a base, and the next check hashes the tree instead).
 if [ "$gc_index" != "$stage/index" ]; then mv -- "$gc_index" "$stage/index"; fi
 
-LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
-  fail ${X.BadArchive} "the workspace archive could not be unpacked safely"
+rc=0; wait "$untar" || rc=$?
+untar=
+[ "$rc" = 0 ] || fail ${X.BadArchive} "the workspace archive could not be unpacked safely"
 { [ -d "$stage/${TAR_TREE_DIR}" ] && [ ! -L "$stage/${TAR_TREE_DIR}" ] && [ -f "$stage/${TAR_DELETED}" ] && [ -f "$stage/${TAR_WRITTEN}" ]; } ||
   fail ${X.BadArchive} "the re-sync archive lacks ${TAR_TREE_DIR}/, ${TAR_DELETED} or ${TAR_WRITTEN}"
 if [ -e "$stage/${TAR_TREE_DIR}/.git" ] || [ -L "$stage/${TAR_TREE_DIR}/.git" ]; then fail ${X.BadArchive} "the workspace archive contains a .git"; fi
@@ -139,14 +164,17 @@ if [ -n "$new_head" ] && [ "$new_head" != "$cur" ]; then
   moved=1
 fi
 
-# Deleted paths, then the directories they leave empty; then written paths, whatever is there now (a file, a
-# symlink, a directory), are replaced.
+# Deleted paths, then the directories they leave empty; then written paths replace what is there: one copy that
+# removes each file (or symlink) it replaces, and where that fails (a directory where a file goes, or the
+# other way round), the written paths are removed, whatever they are, and copied again.
 if [ -s "$stage/${TAR_DELETED}" ]; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
   xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
 fi
-xargs -0 -r rm -rf -- < "$stage/${TAR_WRITTEN}"
-cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
+if ! cp -a --remove-destination -- "$stage/${TAR_TREE_DIR}/." "$dest/" 2>/dev/null; then
+  xargs -0 -r rm -rf -- < "$stage/${TAR_WRITTEN}"
+  cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
+fi
 
 if [ -n "$moved" ]; then
   if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$new_head"; else git update-ref --no-deref HEAD "$new_head"; fi
