@@ -157,25 +157,30 @@ export async function inspectRepo(path: string, run: CommandRunner, signal?: Abo
     );
   }
 
-  const head = await git(run, root, ['rev-parse', '-q', '--verify', 'HEAD^{commit}'], signal);
-  const headCommit = head.code === 0 ? head.stdout.trim() : null;
-  const sym = await git(run, root, ['symbolic-ref', '-q', '--short', 'HEAD'], signal);
-  const branch = sym.code === 0 ? sym.stdout.trim() : null;
+  // Independent questions, asked at once (each is a process; a re-sync waits for all of them).
   const cfg = async (key: string) => {
     const r = await git(run, root, ['config', '--get', key], signal);
     const v = r.stdout.replace(/\n$/, '');
     return r.code === 0 && v !== '' ? v : null;
   };
-  const identity = { name: await cfg('user.name'), email: await cfg('user.email') };
   const submodules: string[] = [];
-  await readIndex(
-    run,
-    root,
-    (path, gitlink) => {
-      if (gitlink) submodules.push(path);
-    },
-    signal,
-  );
+  const [head, sym, name, email] = await Promise.all([
+    git(run, root, ['rev-parse', '-q', '--verify', 'HEAD^{commit}'], signal),
+    git(run, root, ['symbolic-ref', '-q', '--short', 'HEAD'], signal),
+    cfg('user.name'),
+    cfg('user.email'),
+    readIndex(
+      run,
+      root,
+      (path, gitlink) => {
+        if (gitlink) submodules.push(path);
+      },
+      signal,
+    ),
+  ]);
+  const headCommit = head.code === 0 ? head.stdout.trim() : null;
+  const branch = sym.code === 0 ? sym.stdout.trim() : null;
+  const identity = { name, email };
 
   return { root, name: basename(root), headCommit, branch, detached: branch === null, identity, submodules };
 }
@@ -319,22 +324,27 @@ export async function listImportFiles(
     paths.push(path);
     if (gitlink) gitlinks.add(path);
   };
-  await readIndex(run, root, onIndex, signal);
-  const tracked = paths.length;
   let untrackedFiles = 0;
+  const untracked: string[] = [];
   const others = ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'];
-  await gitRecords(
-    run,
-    root,
-    others,
-    (buf, start, end) => {
-      // "dir/": an untracked nested repository, never imported nor counted.
-      if (buf[end - 1] === 0x2f) return;
-      untrackedFiles++;
-      if (opts.includeUntracked) paths.push(text(buf, start, end));
-    },
-    signal,
-  );
+  // Both listings at once: the untracked one walks the working tree's directories.
+  await Promise.all([
+    readIndex(run, root, onIndex, signal),
+    gitRecords(
+      run,
+      root,
+      others,
+      (buf, start, end) => {
+        // "dir/": an untracked nested repository, never imported nor counted.
+        if (buf[end - 1] === 0x2f) return;
+        untrackedFiles++;
+        if (opts.includeUntracked) untracked.push(text(buf, start, end));
+      },
+      signal,
+    ),
+  ]);
+  const tracked = paths.length;
+  for (const p of untracked) paths.push(p);
   const skippedSubmodules = [...gitlinks];
   for (const p of paths) validateEntryPath(p);
 

@@ -51,6 +51,10 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   if (ws.guestPath !== i.guestPath) return { reason: `the last import went to ${ws.guestPath}` };
   if (ws.sourcePath !== i.repo.root) return { reason: `the last import came from ${ws.sourcePath}` };
   if (ws.includeUntracked !== i.includeUntracked) return { reason: 'the untracked-files choice changed' };
+  // The host's state is computed while the record is read and checked (its git processes are most of the
+  // plan's time); it goes unused when there is no re-sync.
+  const hostState = hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal);
+  hostState.catch(() => undefined);
   const rec = await readManifest(i.manifestFile);
   if (
     !rec ||
@@ -67,7 +71,7 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
     const why = await historyReason(i.repo.root, oldHead, newHead, i.run, i.signal);
     if (why) return { reason: why };
   }
-  const manifest = await hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal);
+  const manifest = await hostState;
   if (!manifest) return { reason: "git could not list the checkout's state" };
   const diff = diffManifests(rec.entries, manifest.entries);
   const list = await i.listFiles(new Set(diff.write));
