@@ -108,10 +108,11 @@ function baseStatus(indexVar: string): string {
  * equals BASE's): the import base's index, or DIR/index.
  *
  * With the import base's index (BASE_INDEX_PREFIX) this is `git status` against that index, while the
- * staged paths are listed beside it (straight to the output: each git process writes its list at exit) (the guest has two vCPUs; every git process costs a tenth of a second
- * under emulation). That index keeps git's untracked cache, so the directories that did not change are not
- * read again. Without it (a workspace an older banger imported) the working tree is hashed into a
- * copy of the index and its tree compared with BASE's.
+ * staged paths are listed beside it: the guest has two vCPUs, and every git process costs a tenth of a
+ * second under emulation. (Both write to the output; each git process writes its short list as it exits.)
+ * That index keeps git's untracked cache, so the directories that did not change are not read again.
+ * Without it (a workspace an older banger imported) the working tree is hashed into a copy of the index
+ * and its tree compared with BASE's.
  * A full import moves every file into place (a rename changes its ctime), so the stat data git keeps would
  * name every file changed and git would hash the whole tree: it compares without ctime (mode, size, mtime
  * and inode still count); the user's own git config is unchanged.
