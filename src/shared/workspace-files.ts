@@ -4,8 +4,10 @@ import { BangerError, ErrorCode } from '../errors/index.js';
 import type { CommandRunner, RunResult } from './command.js';
 import { NUL, runRecords, text, type RecordHandler } from './records.js';
 import { parentsAreDirs, worktreeKind } from './worktree.js';
+import { assertNoPathThroughSymlink, validateEntryPath } from './workspace-paths.js';
 
 export * from './workspace-format.js';
+export * from './workspace-paths.js';
 
 /**
  * Reading a host git checkout for a workspace import: which files an import carries and how the
@@ -215,26 +217,6 @@ async function readIndex(
 const TAB = 0x09;
 const SPACE = 0x20;
 
-/**
- * Rejects names the import cannot carry faithfully or safely: the tar unpacked in the guest must
- * only create paths below the workspace, and names the CommandRunner decoded lossily would point at
- * files that do not exist.
- */
-export function validateEntryPath(path: string): void {
-  const bad = (why: string) =>
-    new BangerError(ErrorCode.InvalidArgument, `cannot import ${JSON.stringify(path)}: ${why}`, {
-      hint: 'rename the file, or remove it from the checkout',
-    });
-  if (path === '') throw bad('empty name');
-  if (path.includes('\uFFFD')) throw bad('the name is not valid UTF-8');
-  if (path.includes('\0')) throw bad('the name contains a NUL byte');
-  if (path.startsWith('/')) throw bad('absolute name');
-  for (const part of path.split('/')) {
-    if (part === '' || part === '.' || part === '..') throw bad('the name has an empty, "." or ".." component');
-    if (part.toLowerCase() === '.git') throw bad('the name has a ".git" component');
-  }
-}
-
 /** Runs `fn` over `items` with at most `limit` calls in flight, keeping order. */
 async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T, i: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
@@ -372,33 +354,6 @@ export async function listImportFiles(
     skippedSpecial,
     totalBytes,
   };
-}
-
-/**
- * Refuses an entry list where a path goes through another entry that is a symlink or a file
- * (`link/x` with `link` a symlink): unpacking it would write through the link. `files`: more paths of
- * files or symlinks, checked the same way (a full import's files checked out of HEAD).
- * Git never tracks such paths; this guards the list against a working tree changed under us.
- */
-export function assertNoPathThroughSymlink(entries: readonly ImportEntry[], files: readonly string[] = []): void {
-  const leaves = new Set(files);
-  for (const e of entries) if (e.kind !== 'dir') leaves.add(e.path);
-  const check = (path: string) => {
-    let i = path.indexOf('/');
-    while (i !== -1) {
-      const prefix = path.slice(0, i);
-      if (leaves.has(prefix)) {
-        throw new BangerError(
-          ErrorCode.InvalidArgument,
-          `cannot import ${JSON.stringify(path)}: ${JSON.stringify(prefix)} is a file or symlink, not a directory`,
-          { hint: 'the working tree changed while it was being read: run the import again' },
-        );
-      }
-      i = path.indexOf('/', i + 1);
-    }
-  };
-  for (const e of entries) check(e.path);
-  for (const p of files) check(p);
 }
 
 /** HEAD's commit of the checkout at `path`, or null (no commits, or not a git checkout any more). */

@@ -86,15 +86,20 @@ export const MAX_CONFLICT_PATHS = 50;
 export const BASE_INDEX_PREFIX = '.git/banger-base-index-';
 
 /**
+ * Shell environment assignments that make git compare stat data without ctime (see GUEST_CHANGES_FN), for
+ * the workspace scripts' git commands only: the user's own git config is unchanged.
+ */
+export const NO_CTIME_ENV = 'GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false';
+
+/**
  * Shell: `git status` of the working tree against the index file named by the shell variable `indexVar`,
  * without ctime (see GUEST_CHANGES_FN) and with git's untracked cache in that index. The check and the
  * full import (which fills the cache) run it alike: the cache is kept only for the same options. No pathspec:
  * one turns the untracked cache off.
  */
 function baseStatus(indexVar: string): string {
-  return `GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false GIT_CONFIG_KEY_1=core.untrackedCache \\
-  GIT_CONFIG_VALUE_1=true GIT_INDEX_FILE="$${indexVar}" \\
-  git status --porcelain -z --no-renames --ignore-submodules=dirty --untracked-files=normal`;
+  return `${NO_CTIME_ENV} GIT_INDEX_FILE="$${indexVar}" \\
+  git -c core.untrackedCache=true status --porcelain -z --no-renames --ignore-submodules=dirty --untracked-files=normal`;
 }
 
 /**
@@ -121,8 +126,7 @@ export const GUEST_CHANGES_FN = `guest_changes() {
   if [ "$4" != "$3" ]; then printf '%s\\0' '(HEAD: commits or a checkout made in the guest)'; fi
   gc_staged=
   if [ -n "$4" ]; then
-    GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false \\
-      git diff-index -z --cached --name-only --no-renames HEAD &
+    ${NO_CTIME_ENV} git diff-index -z --cached --name-only --no-renames HEAD &
     gc_staged=$!
   else git ls-files -z; fi
   gc_bi="${BASE_INDEX_PREFIX}$5"
@@ -135,8 +139,7 @@ export const GUEST_CHANGES_FN = `guest_changes() {
   else
     gc_index=$1/index
     if [ -f .git/index ]; then cp -- .git/index "$1/index"; else rm -f -- "$1/index"; fi
-    GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false GIT_INDEX_FILE="$1/index" \\
-      git add -A -- ':(top)' ':(top,exclude).banger-import.*'
+    ${NO_CTIME_ENV} GIT_INDEX_FILE="$1/index" git add -A -- ':(top)' ':(top,exclude).banger-import.*'
     gc_tree=$(GIT_INDEX_FILE="$1/index" git write-tree)
     git diff-tree -r -z --name-only --no-renames "$2^{tree}" "$gc_tree"
   fi

@@ -6,6 +6,7 @@ import {
   IMPORT_BASE_REF,
   MAX_CONFLICT_PATHS,
   MISE_TRUST,
+  NO_CTIME_ENV,
   PRELUDE,
   SYNC_WORKSPACE,
   recordImportBase,
@@ -105,7 +106,7 @@ beat
 # A full import moves every file into place (a rename changes its ctime), so the stat data git keeps
 # would name every file changed and git would hash the whole tree, twice: compare without ctime (mode,
 # size, mtime and inode still count) in this script's git commands; the user's own git is unchanged.
-export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.trustctime GIT_CONFIG_VALUE_0=false
+export ${NO_CTIME_ENV}
 ${GUEST_CHANGES_FN}# Read the rest of the archive (the unpacking started at once reads it), then stop.
 stop() {
   rc=$1; shift
