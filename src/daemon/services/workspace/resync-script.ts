@@ -2,18 +2,15 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { shq } from '../../guest/shell.js';
 import type { GitIdentity } from './host-repo.js';
 import {
-  GUEST_CHANGES_FN,
   IMPORT_BASE_REF,
-  MAX_CONFLICT_PATHS,
   MISE_TRUST,
-  NO_CTIME_ENV,
   PRELUDE,
   SYNC_WORKSPACE,
   recordImportBase,
-  keepBaseIndex,
   WorkspaceScriptExit,
   validateGuestPath,
 } from './guest-scripts.js';
+import { GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, NO_CTIME_ENV, keepBaseIndex } from './guest-changes.js';
 import { TAR_DELETED, TAR_HISTORY_PACK, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
 
 /** A re-sync's staging directory is `.git/<this>XXXXXX` in the workspace. */
