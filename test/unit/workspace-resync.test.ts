@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
@@ -228,27 +229,45 @@ void describe('re-sync through the workspace service', () => {
     assert.equal(again.mode, 'resync');
     assert.equal(sh(a, 'git config user.name').trim(), 'Grace Hopper');
     assert.deepEqual(state(a), state(b));
+
+    // Files too large for the host to send their blobs along: the guest makes the import base, to the same end.
+    write(repo, 'big.bin', randomBytes(2 << 20));
+    write(repo, 'README.md', 'edited beside a large file\n');
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
+    await harness().prepare({ sourcePath: repo, guestPath: b });
+    assert.deepEqual(state(a), state(b), 're-synced workspace == fresh full import');
+    assert.equal(
+      sh(a, 'git rev-parse refs/banger/import-base^{tree}'),
+      sh(b, 'git rev-parse refs/banger/import-base^{tree}'),
+      'the same import base',
+    );
   });
 
   void it("keeps the import base's index beside the import base; guest changes are named with it and without it", async () => {
     const repo = makeFixtureRepo();
     const a = join(tmp('banger-guest-'), 'a');
     const h = harness();
-    const baseIndexes = () => sh(a, 'ls -a .git').split('\n').filter((f) => f.startsWith('banger-base-index-'));
     const baseTree = () => sh(a, 'git rev-parse refs/banger/import-base^{tree}').trim();
+    const treeFile = join(a, '.git', 'banger-base-index.tree');
+    const indexTree = () => (existsSync(treeFile) ? readFileSync(treeFile, 'utf8').trim() : '');
+    // A re-sync keeps the index after it answered: wait for that (the next workspace script does too).
+    const keptIndex = async () => {
+      for (let i = 0; i < 50 && indexTree() !== baseTree(); i++) await sleep(100);
+      return indexTree();
+    };
     await h.prepare({ sourcePath: repo, guestPath: a });
-    assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`], 'a full import leaves the index of its base');
+    assert.equal(await keptIndex(), baseTree(), 'a full import leaves the index of its base');
     write(repo, 'README.md', 'edited for a re-sync\n');
     assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
-    assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`], 'a re-sync replaces it with its new base');
-    assert.deepEqual(
-      sh(a, `GIT_INDEX_FILE=.git/banger-base-index-${baseTree()} git write-tree`).trim(),
+    assert.equal(await keptIndex(), baseTree(), 'a re-sync replaces it with its new base');
+    assert.equal(
+      sh(a, 'GIT_INDEX_FILE=.git/banger-base-index git write-tree').trim(),
       baseTree(),
       "the kept index holds the base's tree",
     );
 
     // Each kind of guest change is refused and named, then undone; the same with the index gone (an older
-    // banger's workspace) and with an index of another tree (a re-sync killed after moving its base).
+    // banger's workspace) and with an index of another tree (a re-sync killed while keeping it).
     const changes: [string, string, string][] = [
       ['an edit', 'printf edited > README.md', 'README.md'],
       ['a deletion', 'rm a/b/keep.txt', 'a/b/keep.txt'],
@@ -258,10 +277,9 @@ void describe('re-sync through the workspace service', () => {
       ['a staged file', 'echo s > s.txt && git add s.txt', 's.txt'],
     ];
     const saved = join(tmp('banger-saved-'), 'idx');
-    const bi = () => join(a, '.git', `banger-base-index-${baseTree()}`);
     for (const mode of ['kept index', 'no index', 'index of another tree']) {
-      if (mode === 'no index') sh(a, `mv ${JSON.stringify(bi())} ${JSON.stringify(saved)}`);
-      if (mode === 'index of another tree') sh(a, `cp ${JSON.stringify(saved)} .git/banger-base-index-${'0'.repeat(40)}`);
+      if (mode === 'no index') sh(a, `mv .git/banger-base-index ${JSON.stringify(saved)}`);
+      if (mode === 'index of another tree') sh(a, `cp ${JSON.stringify(saved)} .git/banger-base-index && echo ${'0'.repeat(40)} > .git/banger-base-index.tree`);
       for (const [what, change, path] of changes) {
         const before = state(a);
         sh(a, `rm -rf ../backup && cp -a . ../backup`);
@@ -276,14 +294,38 @@ void describe('re-sync through the workspace service', () => {
         assert.deepEqual(state(a), before, `undone: ${what} (${mode})`);
       }
     }
-    // A re-sync without the index makes it again; a killed re-sync's staging directory (in .git) goes.
+    // A re-sync without the index makes it again, and removes an older build's per-tree index; a killed
+    // re-sync's staging directory (in .git) goes.
     mkdirSync(join(a, '.git', 'banger-resync.killed', 'tree'), { recursive: true });
+    write(a, `.git/banger-base-index-${'1'.repeat(40)}`, 'an older build kept its index here\n');
     write(repo, 'README.md', 'edited once more\n');
     assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
-    assert.deepEqual(baseIndexes(), [`banger-base-index-${baseTree()}`]);
+    assert.equal(await keptIndex(), baseTree());
+    assert.deepEqual(sh(a, 'ls -a .git').split('\n').filter((f) => f.startsWith('banger-base-index-')), []);
     const staging = () => sh(a, 'ls -a .git').split('\n').filter((f) => f.startsWith('banger-resync.'));
     for (let i = 0; i < 50 && staging().length > 0; i++) await sleep(100); // removed after the script answered
     assert.deepEqual(staging(), [], 'no staging directory is left');
+  });
+
+  void it('a file the guest changes right after a re-sync wrote it is a guest change for the next one', async () => {
+    const repo = makeFixtureRepo();
+    const a = join(tmp('banger-guest-'), 'a');
+    const h = harness();
+    await h.prepare({ sourcePath: repo, guestPath: a });
+    for (const [n, guestEdit] of [['1', 'v1-guest\n'], ['2', 'v2-host\n']] as const) {
+      write(repo, 'README.md', `v${n}-host\n`);
+      assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'resync');
+      // At once (the import base's index may still be being kept), the same size, or even the same content
+      // the host sends next.
+      write(a, 'README.md', guestEdit);
+      write(repo, 'a/b/keep.txt', `another host edit ${n}\n`);
+      if (guestEdit === `v${n}-host\n`) continue;
+      await assert.rejects(
+        h.prepare({ sourcePath: repo, guestPath: a }),
+        (e: unknown) => e instanceof BangerError && e.code === 'Conflict' && e.message.includes('  README.md'),
+      );
+      write(a, 'README.md', `v${n}-host\n`);
+    }
   });
 
   void it('imports in full when the guest is not what the last import left, or with --full', async () => {

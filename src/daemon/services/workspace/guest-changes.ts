@@ -1,7 +1,7 @@
 
 /**
  * The guest-change check of the workspace scripts: what was changed in a workspace since banger imported it
- * (GUEST_CHANGES_FN), and the import base's index that makes it one `git status` (BASE_INDEX_PREFIX).
+ * (GUEST_CHANGES_FN), and the import base's index that makes it one `git status` (BASE_INDEX).
  */
 
 /** At most this many changed paths are named when guest changes refuse an import or a re-sync. */
@@ -9,13 +9,18 @@ export const MAX_CONFLICT_PATHS = 50;
 
 /**
  * The import base's index: an index file of the import base's tree whose stat data are those of the files
- * the import (or re-sync) left, named `BASE_INDEX_PREFIX<tree id>` in the workspace's .git. With it, telling
- * whether the working tree still equals the import base is one `git status` that compares stat data (and
- * reads only the files whose stat data changed) instead of a hash of the whole tree. The tree id in the
- * name ties the file to the import base it describes: a script killed between moving the import base ref
- * and renaming the file leaves no file for the new base, and the next check takes the slow way.
+ * the import (or re-sync) left (or none, for entries a re-sync took from the host: their files are read once),
+ * in the workspace's .git. With it, telling whether the working tree still equals the import base is one
+ * `git status` that compares stat data (and reads only the files whose stat data changed) instead of a hash
+ * of the whole tree. BASE_INDEX_TREE names the tree it describes: it is emptied before the index or the
+ * files it describes change and written once they are the new base's, so a script killed in between leaves
+ * no index for any base, and the next check takes the slow way.
  */
-export const BASE_INDEX_PREFIX = '.git/banger-base-index-';
+export const BASE_INDEX = '.git/banger-base-index';
+/** The tree id BASE_INDEX describes, one line; empty or missing: none. */
+export const BASE_INDEX_TREE = '.git/banger-base-index.tree';
+/** Import base indexes of older builds, one per tree (`<this><tree id>`): removed when a base is kept. */
+const OLD_BASE_INDEX_PREFIX = '.git/banger-base-index-';
 
 /**
  * Shell environment assignments that make git compare stat data without ctime (see GUEST_CHANGES_FN), for
@@ -35,18 +40,19 @@ export function baseStatus(indexVar: string): string {
 }
 
 /**
- * Shell function `guest_changes DIR BASE HEAD CUR TREE`, run in a workspace: prints (NUL-separated) what was
+ * Shell function `guest_changes FILE BASE HEAD CUR TREE`, run in a workspace: prints (NUL-separated) what was
  * changed in the guest since the import recorded as commit BASE (its tree TREE, empty when unknown) of HEAD
  * (empty: no commits), CUR being the workspace's HEAD commit now (empty: none; the caller reads it, with what
  * else it needs, in one git process): a pseudo-path when HEAD moved (commits or a checkout), then the
  * working-tree paths (tracked and untracked, not ignored) that differ from BASE's tree (an untracked
  * directory is named once, with a trailing slash), then staged paths. Staging directories an interrupted
- * import left are not changes. It sets gc_index to an index file of the working tree's state (when that
- * equals BASE's): the import base's index, or DIR/index.
+ * import left are not changes. Its own files are named FILE.*. It sets gc_index to an index file of the
+ * working tree's state (when that equals BASE's): the import base's index, or FILE.index.
  *
  * With the import base's index (BASE_INDEX_PREFIX) this is `git status` against that index, while the
  * staged paths are listed beside it: the guest has two vCPUs, and every git process costs a tenth of a
- * second under emulation. (Both write to the output; each git process writes its short list as it exits.)
+ * second under emulation. (Both write to the output; each git process writes its short list as it exits.
+ * The filter of the status output starts beside it too.)
  * That index keeps git's untracked cache, so the directories that did not change are not read again.
  * Without it (a workspace an older banger imported) the working tree is hashed into a copy of the index
  * and its tree compared with BASE's.
@@ -61,18 +67,21 @@ export const GUEST_CHANGES_FN = `guest_changes() {
     ${NO_CTIME_ENV} git diff-index -z --cached --name-only --no-renames HEAD &
     gc_staged=$!
   else git ls-files -z; fi
-  gc_bi="${BASE_INDEX_PREFIX}$5"
-  if [ -n "$5" ] && [ -f "$gc_bi" ] && [ ! -L "$gc_bi" ]; then
+  gc_bi=${BASE_INDEX}; gc_bt=
+  if [ -f ${BASE_INDEX_TREE} ]; then read -r gc_bt < ${BASE_INDEX_TREE} || true; fi
+  if [ -n "$5" ] && [ "$gc_bt" = "$5" ] && [ -f "$gc_bi" ] && [ ! -L "$gc_bi" ]; then
     gc_index=$gc_bi
-    ${baseStatus('gc_index')} > "$1/status"
     # Index-to-HEAD entries (the first column) are the import's own edits; the second column and "??" are the
-    # guest's, but for staging directories.
-    if [ -s "$1/status" ]; then sed -z -n -E '/^[?][?] [.]banger-import[.]/d; s/^([?][?] |.[^ ] )//p' "$1/status"; fi
+    # guest's, but for staging directories. (A pipeline's status is its last command's: git's is kept apart.)
+    { ${baseStatus('gc_index')} && gc_rc=0 || gc_rc=$?; echo "$gc_rc" > "$1.rc"; } |
+      sed -z -n -E '/^[?][?] [.]banger-import[.]/d; s/^([?][?] |.[^ ] )//p'
+    gc_rc=; read -r gc_rc < "$1.rc" || true
+    [ "$gc_rc" = 0 ] || { say "git status failed in the workspace"; exit 1; }
   else
-    gc_index=$1/index
-    if [ -f .git/index ]; then cp -- .git/index "$1/index"; else rm -f -- "$1/index"; fi
-    ${NO_CTIME_ENV} GIT_INDEX_FILE="$1/index" git add -A -- ':(top)' ':(top,exclude).banger-import.*'
-    gc_tree=$(GIT_INDEX_FILE="$1/index" git write-tree)
+    gc_index=$1.index
+    if [ -f .git/index ]; then cp -- .git/index "$gc_index"; else rm -f -- "$gc_index"; fi
+    ${NO_CTIME_ENV} GIT_INDEX_FILE="$gc_index" git add -A -- ':(top)' ':(top,exclude).banger-import.*'
+    gc_tree=$(GIT_INDEX_FILE="$gc_index" git write-tree)
     git diff-tree -r -z --name-only --no-renames "$2^{tree}" "$gc_tree"
   fi
   if [ -n "$gc_staged" ]; then wait "$gc_staged"; fi
@@ -81,12 +90,36 @@ export const GUEST_CHANGES_FN = `guest_changes() {
 
 /**
  * Shell that keeps the index file `file` (of the tree `$tree`, its stat data those of the files now in the
- * workspace) as the import base's index (BASE_INDEX_PREFIX), and removes any other (a killed script's). Runs
- * in the workspace's root after recordImportBase.
+ * workspace) as the import base's index (BASE_INDEX, moved there unless it is that file), names its tree
+ * (BASE_INDEX_TREE) and removes an older build's. Runs in the workspace's root; sets `keep`.
  */
 export function keepBaseIndex(file: string): string {
-  return `keep="${BASE_INDEX_PREFIX}$tree"
-mv -f -- ${file} "$keep"
-for f in ${BASE_INDEX_PREFIX}*; do if [ -e "$f" ] && [ "$f" != "$keep" ]; then rm -f -- "$f"; fi; done
+  return `keep=${BASE_INDEX}
+if [ ${file} != "$keep" ]; then : > ${BASE_INDEX_TREE}; mv -f -- ${file} "$keep"; fi
+echo "$tree" > ${BASE_INDEX_TREE}
+for f in ${OLD_BASE_INDEX_PREFIX}*; do if [ -e "$f" ]; then rm -f -- "$f"; fi; done
 `;
 }
+
+/**
+ * The file a re-sync's keeping of its import base's index, which goes on after that re-sync answered
+ * (resync-script.ts), holds a `flock` on while it runs, and names it in: `PID BOOT_ID`.
+ */
+export const BASE_INDEX_BUSY = '.git/banger-base-index.busy';
+
+/**
+ * Shell, first thing in a workspace script: while that keeping still runs (BASE_INDEX_BUSY names a live
+ * process of this boot), waits for its lock, at most 3 s. A check started meanwhile would find no index of
+ * the base and hash the whole tree instead.
+ */
+export const AWAIT_BASE_INDEX = `if [ -f "$dest/${BASE_INDEX_BUSY}" ]; then
+  bi_pid=; bi_boot=; boot=
+  read -r bi_pid bi_boot < "$dest/${BASE_INDEX_BUSY}" || true
+  read -r boot < /proc/sys/kernel/random/boot_id || true
+  case $bi_pid in ''|*[!0-9]*) bi_pid=0 ;; esac
+  if [ "$bi_pid" -gt 1 ] && [ "$bi_boot" = "$boot" ] && kill -0 "$bi_pid" 2>/dev/null; then
+    exec 5>>"$dest/${BASE_INDEX_BUSY}"; flock -w 3 5 || true; exec 5>&-
+  fi
+fi
+`;
+

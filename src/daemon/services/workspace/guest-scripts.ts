@@ -3,7 +3,7 @@ import { shJoin, shq } from '../../guest/shell.js';
 import type { GitIdentity } from './host-repo.js';
 import { TAR_TREE_DIR } from './pack.js';
 import { IMPORT_STREAM_MAGIC } from './import-stream.js';
-import { GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, baseStatus, keepBaseIndex } from './guest-changes.js';
+import { AWAIT_BASE_INDEX, GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, baseStatus, keepBaseIndex } from './guest-changes.js';
 
 /**
  * Pure builders of the shell scripts that import a guest workspace and run commands in it, and the parts
@@ -115,16 +115,21 @@ export const SYNC_WORKSPACE = 'sync -f -- "$dest" 2>/dev/null || sync\n';
 
 /**
  * Shell that records `$tree` as the import base: a commit (parent: the shell variable `headVar`, when set)
- * under IMPORT_BASE_REF, and the tree id on stderr for the host. Full imports and re-syncs record it alike.
+ * under IMPORT_BASE_REF, the index file `indexFile` kept as its index (keepBaseIndex; the ref moves
+ * meanwhile), and the tree id on stderr for the host. Full imports and re-syncs record it alike.
  */
-export function recordImportBase(headVar: string): string {
+export function recordImportBase(headVar: string, indexFile: string): string {
   return `if [ -n "$${headVar}" ]; then set -- -p "$${headVar}"; else set --; fi
 base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \\
   git commit-tree "$tree" "$@" -m 'banger import base')
-git update-ref ${IMPORT_BASE_REF} "$base"
-printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
-`;
+git update-ref ${IMPORT_BASE_REF} "$base" & ref_job=$!
+${keepBaseIndex(indexFile)}wait "$ref_job"
+${PRINT_TREE}`;
 }
+
+/** Shell that tells the host the import base's tree (`$tree`), on stderr. */
+export const PRINT_TREE = `printf '%s%s\\n' ${shq(TREE_LINE_PREFIX)} "$tree" >&2
+`;
 
 /**
  * The import script. Its stdin is the tar from createImportTar. On success it prints the import
@@ -187,12 +192,12 @@ if [ -d "$dest" ]; then
 else
   mkdir -p -- "$dest"
 fi
-if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
+${AWAIT_BASE_INDEX}if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
    old_base=$(git --git-dir="$dest/.git" rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}" 2>/dev/null); then
   old_head=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^1" 2>/dev/null || true)
   old_tree=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^{tree}" 2>/dev/null || true)
   gc=$(mktemp -d)
-  ( cd -- "$dest" && guest_changes "$gc" "$old_base" "$old_head" "$(git rev-parse -q --verify 'HEAD^{commit}' || true)" "$old_tree" ) > "$gc/changed"
+  ( cd -- "$dest" && guest_changes "$gc/gc" "$old_base" "$old_head" "$(git rev-parse -q --verify 'HEAD^{commit}' || true)" "$old_tree" ) > "$gc/changed"
   if [ -s "$gc/changed" ]; then
     n=$(tr -cd '\\000' < "$gc/changed" | wc -c)
     sort -zu "$gc/changed" | head -z -n ${MAX_CONFLICT_PATHS}
@@ -275,8 +280,7 @@ idx="$stage/base-index"
 if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
 GIT_INDEX_FILE="$idx" git add -A
 tree=$(GIT_INDEX_FILE="$idx" git write-tree)
-${recordImportBase('head')}
-${keepBaseIndex('"$idx"')}# Replace the workspace contents with the new tree. The order keeps the path importable again if this is
+${recordImportBase('head', '"$idx"')}# Replace the workspace contents with the new tree. The order keeps the path importable again if this is
 # killed at any point: the old files go while the old .git (with its import base) stays; the two .git
 # directories are swapped by renames; only then do the new files move in. Both .git directories carry
 # INCOMPLETE_MARK meanwhile, so the files missing then are not taken for changes made in the guest.

@@ -185,3 +185,55 @@ export async function packIndexIds(idxPath: string, hashBytes: number): Promise<
   for (let i = 0; i < n; i++) ids.push(b.toString('hex', start + i * hashBytes, start + (i + 1) * hashBytes));
   return ids;
 }
+
+export interface HistoryPack {
+  path: string;
+  size: number;
+  shallow: string[];
+}
+
+/**
+ * Writes a pack of HEAD's history (all of it, or `depth` commits) to `dir`; with `since`, a thin pack
+ * of the commits after it (the guest has `since`), without a shallow list.
+ */
+export async function buildHistoryPack(
+  root: string,
+  head: string,
+  since: string | null,
+  depth: number,
+  dir: string,
+  run: CommandRunner,
+  signal: AbortSignal,
+): Promise<HistoryPack> {
+  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0' };
+  delete env.GIT_DIR;
+  delete env.GIT_WORK_TREE;
+  delete env.GIT_INDEX_FILE;
+  const list = join(dir, 'objects');
+  const path = join(dir, 'history.pack');
+  if (since !== null) {
+    await run(
+      'sh',
+      ['-c', 'printf "%s\\n^%s\\n" "$2" "$3" | git pack-objects -q --revs --thin --stdout > "$1"', 'sh', path, head, since],
+      { cwd: root, env, signal },
+    );
+    return { path, size: (await stat(path)).size, shallow: [] };
+  }
+  const limit = depth > 0 ? [`--max-count=${depth}`] : [];
+  const shallow = await shallowCommits(root, head, depth, run, signal);
+  await run(
+    'sh',
+    [
+      '-c',
+      'set -e; list=$1; out=$2; shift 2; git rev-list --objects "$@" > "$list"; git pack-objects -q --stdout < "$list" > "$out"',
+      'sh',
+      list,
+      path,
+      ...limit,
+      head,
+    ],
+    { cwd: root, env, signal },
+  );
+  const { size } = await stat(path);
+  return { path, size, shallow };
+}

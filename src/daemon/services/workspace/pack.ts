@@ -1,4 +1,4 @@
-import { mkdtemp, open, realpath, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdtemp, open, realpath, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -8,7 +8,9 @@ import type { CommandRunner } from '../../../shared/command.js';
 import { runCommand } from '../../../shared/command.js';
 import { assertNoPathThroughSymlink, validateEntryPath, type ImportEntry } from './host-repo.js';
 import { changed, openEntry, readExactly } from './worktree-read.js';
-import { shallowCommits } from './history-pack.js';
+import { buildHistoryPack, type HistoryPack } from './history-pack.js';
+import { looseObject, type BaseObjects, type GitHash, type LooseObject } from './base-objects.js';
+import type { ManifestEntries } from './manifest.js';
 
 /**
  * Layout of the import tar. Workspace files live under TREE_DIR, banger's own data under META_DIR,
@@ -28,6 +30,12 @@ export const TAR_DELETED = `${TAR_META_DIR}/deleted`;
  * updates its import base's index for, without listing the tree itself.
  */
 export const TAR_WRITTEN = `${TAR_META_DIR}/written`;
+/** Re-sync only, when the host made the import base (base-objects.ts): `COMMIT TREE`, one line. */
+export const TAR_BASE = `${TAR_META_DIR}/base`;
+/** With TAR_BASE: the import base's index entries of the changed paths (`git update-index -z --index-info`). */
+export const TAR_INDEX_INFO = `${TAR_META_DIR}/index-info`;
+/** With TAR_BASE: loose objects (`xx/yyyy...`) for the guest's `.git/objects`. */
+export const TAR_OBJECTS_DIR = `${TAR_META_DIR}/objects`;
 
 export interface ImportTarSource {
   /** Top-level directory of the host checkout. */
@@ -48,6 +56,13 @@ export interface ImportTarSource {
   historySince?: string;
   /** Re-sync: paths the guest deletes, sent as TAR_DELETED. */
   deleted?: readonly string[];
+  /**
+   * Re-sync: the import base made on the host (`make`), sent after the files as TAR_BASE, TAR_INDEX_INFO and
+   * TAR_OBJECTS_DIR (with the blobs of the files sent) only when every file and symlink sent hashes to what
+   * `expect` (the host's manifest, of object format `hash`) says and they hold at most MAX_HOST_BASE_BYTES;
+   * else the guest makes the base itself.
+   */
+  base?: { hash: GitHash; expect: ManifestEntries; make: () => BaseObjects | null };
 }
 
 export interface ImportTarProgress {
@@ -76,6 +91,11 @@ export const DEFAULT_HISTORY_DEPTH = 50;
 
 /** Files up to this size are read whole, so their tar header and content always agree. */
 const SMALL_FILE = 1 << 20;
+/**
+ * A re-sync sends the import base it made (ImportTarSource.base) when its files hold at most this much: their
+ * blobs go along (compressed, held until the files are sent), so the guest has every object the base names.
+ */
+export const MAX_HOST_BASE_BYTES = 8 << 20;
 const CHUNK = 1 << 16;
 
 /**
@@ -131,6 +151,18 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     const mtime = new Date();
     const realRoot = await realpath(source.root);
     const dirs = new Map<string, Promise<boolean>>();
+    const base = source.base;
+    // Whether what was sent is exactly the manifest's: only then is the host's base used, with these blobs.
+    let baseOk = base !== undefined;
+    const blobs: LooseObject[] = [];
+    let blobBytes = 0;
+    const expect = (path: string, mode: string, content: Buffer) => {
+      blobBytes += content.length;
+      if (!base || blobBytes > MAX_HOST_BASE_BYTES) return void (baseOk = false);
+      const blob = looseObject(base.hash, 'blob', content);
+      if (base.expect.get(path) !== `${mode} ${blob.oid}`) return void (baseOk = false);
+      blobs.push(blob.object);
+    };
     await addBuffer(pack, { name: `${TAR_TREE_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
     for (const e of source.entries) {
       if (abort.signal.aborted) throw new BangerError(ErrorCode.Cancelled, 'import cancelled');
@@ -140,19 +172,30 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
         await addBuffer(pack, { name: `${name}/`, type: 'directory', mode: 0o755, mtime }, null);
       } else {
         const found = await openEntry(source.root, realRoot, e.path, dirs);
-        if (found.kind === 'gone') continue;
+        if (found.kind === 'gone') {
+          baseOk = false;
+          continue;
+        }
         if (found.kind === 'special') {
+          baseOk = false;
           opts.onSkipped?.(e.path);
           continue;
         }
         if (found.kind === 'symlink') {
           await addBuffer(pack, { name, type: 'symlink', linkname: found.target, mode: 0o777, mtime }, null);
+          if (baseOk) expect(e.path, '120000', Buffer.from(found.target));
         } else {
           const { fh, size } = found;
           try {
             const header = { name, type: 'file' as const, mode: found.mode, mtime: found.mtime, size };
-            if (size <= SMALL_FILE) await addBuffer(pack, header, await readExactly(fh, size, abs));
-            else await addFile(pack, header, fh, abs, abort.signal);
+            if (size <= SMALL_FILE) {
+              const content = await readExactly(fh, size, abs);
+              await addBuffer(pack, header, content);
+              if (baseOk) expect(e.path, found.mode & 0o100 ? '100755' : '100644', content);
+            } else {
+              baseOk = false;
+              await addFile(pack, header, fh, abs, abort.signal);
+            }
           } finally {
             await fh.close();
           }
@@ -170,6 +213,8 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       await addBuffer(pack, { name: TAR_DELETED, type: 'file', mode: 0o644, mtime }, list);
       const written = source.entries.filter((e) => e.kind !== 'dir').map((e) => `${e.path}\0`);
       await addBuffer(pack, { name: TAR_WRITTEN, type: 'file', mode: 0o644, mtime }, Buffer.from(written.join('')));
+      const made = baseOk ? base?.make() : null;
+      if (made) await addBaseObjects(pack, { ...made, objects: [...blobs, ...made.objects] }, mtime);
     }
     if (history !== null) {
       const h = await history;
@@ -262,6 +307,22 @@ function addBuffer(pack: Pack, header: Header, content: Buffer | null): Promise<
   });
 }
 
+/** The host-made import base's entries: its loose objects, the index entries, then TAR_BASE naming the commit. */
+async function addBaseObjects(pack: Pack, b: BaseObjects, mtime: Date): Promise<void> {
+  const dirs = new Set<string>();
+  await addBuffer(pack, { name: `${TAR_OBJECTS_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+  for (const o of b.objects) {
+    const dir = o.path.slice(0, 2);
+    if (!dirs.has(dir)) {
+      dirs.add(dir);
+      await addBuffer(pack, { name: `${TAR_OBJECTS_DIR}/${dir}/`, type: 'directory', mode: 0o755, mtime }, null);
+    }
+    await addBuffer(pack, { name: `${TAR_OBJECTS_DIR}/${o.path}`, type: 'file', mode: 0o444, mtime }, o.data);
+  }
+  await addBuffer(pack, { name: TAR_INDEX_INFO, type: 'file', mode: 0o644, mtime }, b.indexInfo);
+  await addBuffer(pack, { name: TAR_BASE, type: 'file', mode: 0o644, mtime }, Buffer.from(`${b.commit} ${b.tree}\n`));
+}
+
 /** Streams exactly header.size bytes of an open file into a tar entry. */
 async function addFile(pack: Pack, header: Header, fh: FileHandle, abs: string, signal: AbortSignal): Promise<void> {
   const size = header.size ?? 0;
@@ -306,56 +367,4 @@ function drained(sink: ReturnType<Pack['entry']>, signal: AbortSignal): Promise<
     sink.once('close', onClose);
     signal.addEventListener('abort', onClose, { once: true });
   });
-}
-
-interface HistoryPack {
-  path: string;
-  size: number;
-  shallow: string[];
-}
-
-/**
- * Writes a pack of HEAD's history (all of it, or `depth` commits) to `dir`; with `since`, a thin pack
- * of the commits after it (the guest has `since`), without a shallow list.
- */
-async function buildHistoryPack(
-  root: string,
-  head: string,
-  since: string | null,
-  depth: number,
-  dir: string,
-  run: CommandRunner,
-  signal: AbortSignal,
-): Promise<HistoryPack> {
-  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0' };
-  delete env.GIT_DIR;
-  delete env.GIT_WORK_TREE;
-  delete env.GIT_INDEX_FILE;
-  const list = join(dir, 'objects');
-  const path = join(dir, 'history.pack');
-  if (since !== null) {
-    await run(
-      'sh',
-      ['-c', 'printf "%s\\n^%s\\n" "$2" "$3" | git pack-objects -q --revs --thin --stdout > "$1"', 'sh', path, head, since],
-      { cwd: root, env, signal },
-    );
-    return { path, size: (await stat(path)).size, shallow: [] };
-  }
-  const limit = depth > 0 ? [`--max-count=${depth}`] : [];
-  const shallow = await shallowCommits(root, head, depth, run, signal);
-  await run(
-    'sh',
-    [
-      '-c',
-      'set -e; list=$1; out=$2; shift 2; git rev-list --objects "$@" > "$list"; git pack-objects -q --stdout < "$list" > "$out"',
-      'sh',
-      list,
-      path,
-      ...limit,
-      head,
-    ],
-    { cwd: root, env, signal },
-  );
-  const { size } = await stat(path);
-  return { path, size, shallow };
 }

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { shq } from '../../guest/shell.js';
 import type { GitIdentity } from './host-repo.js';
@@ -5,21 +6,32 @@ import {
   IMPORT_BASE_REF,
   MISE_TRUST,
   PRELUDE,
+  PRINT_TREE,
   SYNC_WORKSPACE,
   recordImportBase,
   WorkspaceScriptExit,
   validateGuestPath,
 } from './guest-scripts.js';
-import { GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, NO_CTIME_ENV, keepBaseIndex } from './guest-changes.js';
-import { TAR_DELETED, TAR_HISTORY_PACK, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
+import {
+  AWAIT_BASE_INDEX,
+  BASE_INDEX_BUSY,
+  BASE_INDEX_TREE,
+  GUEST_CHANGES_FN,
+  MAX_CONFLICT_PATHS,
+  NO_CTIME_ENV,
+  keepBaseIndex,
+} from './guest-changes.js';
+import { TAR_BASE, TAR_DELETED, TAR_HISTORY_PACK, TAR_INDEX_INFO, TAR_OBJECTS_DIR, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
 
-/** A re-sync's staging directory is `.git/<this>XXXXXX` in the workspace. */
+/** A re-sync's staging directory is `.git/<this><random hex>` in the workspace. */
 export const RESYNC_STAGE_PREFIX = 'banger-resync.';
 
 export interface ResyncScriptOptions {
   guestPath: string;
   /** The import base commit the last import recorded (WorkspaceInfo.baseCommit). */
   baseCommit: string;
+  /** Its tree (the last import's manifest): the import base's index is used only if it is this tree's (BASE_INDEX). */
+  baseTree: string;
   /** HEAD at the last import; null for a repository without commits. */
   oldHead: string | null;
   /** The host's HEAD now. */
@@ -29,6 +41,8 @@ export interface ResyncScriptOptions {
   identity: GitIdentity;
   /** Run `mise trust --all` (a re-sync writes a mise config file; see mayBeMiseConfig). */
   trustMise: boolean;
+  /** Names the staging directory (RESYNC_STAGE_PREFIX + this); random by default. */
+  stageId?: string;
 }
 
 /**
@@ -66,23 +80,32 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  * directory and a file trade places, the written paths are removed first, whatever they are), and when HEAD
  * moved the branch moves to the new HEAD and `git reset --mixed` makes the index equal it (re-hashing only
  * files whose stat data changed). With HEAD where it was, the index (checked equal to HEAD) stays as it is.
- * A new import base is recorded as a full import does, with its index (keepBaseIndex).
  * Ignored files in the guest (build outputs) stay, unlike a full import.
  *
+ * The new import base: when the archive carries one the host made (TAR_BASE, base-objects.ts: the trees and
+ * commit of the host's manifest, the blobs of the files sent, sent only when every file sent hashes to the
+ * manifest's id), its objects are copied into `.git/objects` and IMPORT_BASE_REF moves to its commit; the
+ * import base's index takes the host's entries after the script has answered (cleanup). Otherwise the guest
+ * makes it as a full import does: the check's index updated for the paths written and deleted, `git
+ * write-tree`, a commit, the index kept (recordImportBase).
+ *
  * Every process costs tens of milliseconds in an emulated guest, and a re-sync of one edited file
- * should cost a small part of a full import: so the questions to git about the workspace's refs are one
- * process, the check is one `git status` against the import base's index, the unpacking runs beside the
- * check, the host lists the written paths, the git identity is set only when the host's changed since the
- * last import, and the staging directory is removed after the script has answered.
+ * should cost a small part of a full import: so the workspace's refs are read from their files, the check
+ * is one `git status` against the import base's index, the unpacking runs beside the check, the host lists
+ * the written paths and makes the new base, the git identity is set only when the host's changed since the
+ * last import, and the base's index and the staging directory are seen to after the script has answered.
  */
 export function buildResyncScript(o: ResyncScriptOptions): string {
   validateGuestPath(o.guestPath);
-  for (const c of [o.baseCommit, o.oldHead, o.newHead]) {
-    if (c !== null && !HEX.test(c)) throw new BangerError(ErrorCode.InvalidArgument, `invalid commit ${JSON.stringify(c)}`);
+  for (const c of [o.baseCommit, o.baseTree, o.oldHead, o.newHead]) {
+    if (c !== null && !HEX.test(c)) throw new BangerError(ErrorCode.InvalidArgument, `invalid object id ${JSON.stringify(c)}`);
   }
+  const stageId = o.stageId ?? randomBytes(8).toString('hex');
+  if (!/^[0-9a-z]+$/.test(stageId)) throw new BangerError(ErrorCode.InvalidArgument, `invalid stage id ${JSON.stringify(stageId)}`);
   const X = WorkspaceScriptExit;
   return `${PRELUDE}dest=${shq(o.guestPath)}
 old_base=${shq(o.baseCommit)}
+base_tree=${shq(o.baseTree)}
 old_head=${shq(o.oldHead ?? '')}
 new_head=${shq(o.newHead ?? '')}
 branch=${shq(o.branch ?? '')}
@@ -90,12 +113,25 @@ user_name=${shq(o.identity.name ?? '')}
 user_email=${shq(o.identity.email ?? '')}
 stage=
 untar=
-# The staging directory is inside .git (out of sight of git and the user), so it is removed after the script
-# has answered.
+kept=
+# The staging directory (and the check's files beside it, $stage.*) is inside .git, out of sight of git and the
+# user, so it is removed after the script has answered. With an import base the host made, its index ($kept,
+# the old base's until now) is updated from the host's entries after the answer too, by a process that holds
+# BASE_INDEX_BUSY's lock (the next workspace script waits for it). The host's entries carry no stat data: the
+# next check reads the files they name and compares them with the host's object ids, so a file changed in the
+# guest after this answer still counts as changed (hashing the files here instead would take it for the base).
 cleanup() {
   unbeat
   if [ -n "$untar" ]; then kill "$untar" 2>/dev/null || true; fi
-  if [ -n "$stage" ]; then rm -rf -- "$stage" </dev/null >/dev/null 2>&1 & fi
+  if [ -n "$kept" ]; then
+    ( flock 5 || true; set +e
+      : > ${BASE_INDEX_TREE}
+      if GIT_INDEX_FILE="$kept" git update-index -q --add --remove --replace -z --index-info < "$stage/${TAR_INDEX_INFO}"; then
+        ${keepBaseIndex('"$kept"')}      fi
+      rm -rf -- "$stage" "$stage".* ) 5>>${BASE_INDEX_BUSY} </dev/null >/dev/null 2>&1 &
+    boot=; read -r boot < /proc/sys/kernel/random/boot_id || true
+    echo "$! $boot" > ${BASE_INDEX_BUSY} || true
+  elif [ -n "$stage" ]; then rm -rf -- "$stage" "$stage".* </dev/null >/dev/null 2>&1 & fi
 }
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
@@ -113,47 +149,62 @@ stop() {
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 { [ -d .git ] && [ ! -L .git ]; } || stop ${X.Stale} "$dest has no git repository"
-# The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
+${AWAIT_BASE_INDEX}# The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
 # staging directory goes too.
-for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -d "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
-stage=$(mktemp -d "$dest/.git/${RESYNC_STAGE_PREFIX}XXXXXX")
+for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -e "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
+stage="$dest/.git/${RESYNC_STAGE_PREFIX}${stageId}"
 # (A command run in the background reads /dev/null unless told otherwise: the archive goes to it as fd 3.)
 exec 3<&0
-LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp <&3 3<&- &
+( if mkdir -- "$stage"; then
+    LC_ALL=C.UTF-8 exec tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp
+  else cat >/dev/null; exit 1; fi ) <&3 3<&- &
 untar=$!
 exec 3<&-
-# The import base, its tree, HEAD's commit and HEAD's branch ("HEAD" when detached) in one git process; when
-# one is missing (no import base, no commits yet) they are asked one at a time.
-nl='
-'
-if refs=$(git rev-parse "${IMPORT_BASE_REF}^{commit}" "${IMPORT_BASE_REF}^{tree}" 'HEAD^{commit}' --symbolic-full-name HEAD 2>/dev/null); then
-  base=\${refs%%"$nl"*}; refs=\${refs#*"$nl"}; base_tree=\${refs%%"$nl"*}; refs=\${refs#*"$nl"}
-  cur=\${refs%%"$nl"*}; sym=\${refs#*"$nl"}
-  if [ "$sym" = HEAD ]; then sym=; fi
-else
+# The import base, HEAD's commit and HEAD's branch: read from their ref files, a git process costing tens of
+# milliseconds; a ref that is not a file of its own (packed) or holds no commit id is asked of git.
+ref_id() {
+  r=
+  if [ -f ".git/$1" ] && [ ! -L ".git/$1" ]; then IFS= read -r r < ".git/$1" || true; fi
+  case $r in *[!0-9a-f]*) r= ;; esac
+  case \${#r} in 40|64) ;; *) r= ;; esac
+}
+h=; IFS= read -r h < .git/HEAD || true
+case $h in
+  'ref: refs/heads/'*) sym=\${h#ref: }; ref_id "$sym"; cur=$r ;;
+  *) sym=; ref_id HEAD; cur=$r ;;
+esac
+ref_id ${IMPORT_BASE_REF}; base=$r
+if [ -z "$base" ] || [ -z "$cur" ]; then
   base=$(git rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}") || stop ${X.Stale} "$dest has no import base"
-  base_tree=$(git rev-parse -q --verify "$base^{tree}")
   cur=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
   sym=$(git symbolic-ref -q HEAD || true)
 fi
 [ "$base" = "$old_base" ] || stop ${X.Stale} "$dest was imported again since the recorded import"
-guest_changes "$stage" "$base" "$old_head" "$cur" "$base_tree" > "$stage/guest-changes"
-if [ -s "$stage/guest-changes" ]; then
-  n=$(tr -cd '\\000' < "$stage/guest-changes" | wc -c)
-  sort -zu "$stage/guest-changes" | head -z -n ${MAX_CONFLICT_PATHS}
+guest_changes "$stage" "$base" "$old_head" "$cur" "$base_tree" > "$stage.changes"
+if [ -s "$stage.changes" ]; then
+  n=$(tr -cd '\\000' < "$stage.changes" | wc -c)
+  sort -zu "$stage.changes" | head -z -n ${MAX_CONFLICT_PATHS}
   stop ${X.Conflict} "$n changes made in the guest would be overwritten"
 fi
 if [ -n "$branch" ]; then want="refs/heads/$branch"; else want=; fi
 [ "$sym" = "$want" ] || stop ${X.Stale} "the guest's branch is not the host's"
-# The index of the checked state becomes the new import base's (moved: a re-sync killed from here on leaves
-# no index of a base, and the next check hashes the tree instead).
-if [ "$gc_index" != "$stage/index" ]; then mv -- "$gc_index" "$stage/index"; fi
 
 rc=0; wait "$untar" || rc=$?
 untar=
 [ "$rc" = 0 ] || fail ${X.BadArchive} "the workspace archive could not be unpacked safely"
 { [ -d "$stage/${TAR_TREE_DIR}" ] && [ ! -L "$stage/${TAR_TREE_DIR}" ] && [ -f "$stage/${TAR_DELETED}" ] && [ -f "$stage/${TAR_WRITTEN}" ]; } ||
   fail ${X.BadArchive} "the re-sync archive lacks ${TAR_TREE_DIR}/, ${TAR_DELETED} or ${TAR_WRITTEN}"
+# The import base the host made (pack.ts TAR_BASE: every file sent is what the host's manifest says), or none.
+host_base=; tree=
+if [ -f "$stage/${TAR_BASE}" ]; then
+  IFS=' ' read -r host_base tree < "$stage/${TAR_BASE}" || true
+  case "$host_base:$tree" in *[!0-9a-f:]*|:*|*:) fail ${X.BadArchive} "the re-sync archive's ${TAR_BASE} is not two object ids" ;; esac
+  { [ -f "$stage/${TAR_INDEX_INFO}" ] && [ -d "$stage/${TAR_OBJECTS_DIR}" ]; } ||
+    fail ${X.BadArchive} "the re-sync archive lacks ${TAR_INDEX_INFO} or ${TAR_OBJECTS_DIR}/"
+fi
+# Without it, the index of the checked state becomes the new import base's: from here on it describes no base
+# (a re-sync killed now leaves none, and the next check hashes the tree instead).
+if [ -z "$host_base" ]; then : > ${BASE_INDEX_TREE}; fi
 if [ -e "$stage/${TAR_TREE_DIR}/.git" ] || [ -L "$stage/${TAR_TREE_DIR}/.git" ]; then fail ${X.BadArchive} "the workspace archive contains a .git"; fi
 if [ -f "$stage/${TAR_HISTORY_PACK}" ]; then git index-pack --stdin --fix-thin < "$stage/${TAR_HISTORY_PACK}" >/dev/null; fi
 moved=
@@ -169,6 +220,8 @@ if [ -s "$stage/${TAR_DELETED}" ]; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
   xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
 fi
+cp_objects=
+if [ -n "$host_base" ]; then cp -R -- "$stage/${TAR_OBJECTS_DIR}/." .git/objects/ & cp_objects=$!; fi
 if ! cp -a --remove-destination -- "$stage/${TAR_TREE_DIR}/." "$dest/" 2>/dev/null; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_WRITTEN}"
   cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
@@ -181,11 +234,19 @@ fi
 if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 
-# The import base: the check's index (the old imported state) updated for the paths deleted and written.
-if [ -s "$stage/${TAR_DELETED}" ]; then GIT_INDEX_FILE="$stage/index" git update-index -q --force-remove -z --stdin < "$stage/${TAR_DELETED}"; fi
-GIT_INDEX_FILE="$stage/index" git update-index -q --add --remove --replace -z --stdin < "$stage/${TAR_WRITTEN}"
-tree=$(GIT_INDEX_FILE="$stage/index" git write-tree)
-${recordImportBase('new_head')}
-${keepBaseIndex('"$stage/index"')}${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
+if [ -n "$host_base" ]; then
+  # The host's import base: its objects went in beside the files, and the ref moves to it (git checks the commit
+  # is there). Its index is kept after the answer (cleanup).
+  wait "$cp_objects"
+  git update-ref ${IMPORT_BASE_REF} "$host_base"
+  base=$host_base
+  ${PRINT_TREE}else
+  # The import base: the check's index (the old imported state) updated for the paths deleted and written.
+  if [ -s "$stage/${TAR_DELETED}" ]; then GIT_INDEX_FILE="$gc_index" git update-index -q --force-remove -z --stdin < "$stage/${TAR_DELETED}"; fi
+  GIT_INDEX_FILE="$gc_index" git update-index -q --add --remove --replace -z --stdin < "$stage/${TAR_WRITTEN}"
+  tree=$(GIT_INDEX_FILE="$gc_index" git write-tree)
+${recordImportBase('new_head', '"$gc_index"')}fi
+${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
+if [ -n "$host_base" ]; then kept=$gc_index; fi
 `;
 }

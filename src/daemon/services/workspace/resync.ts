@@ -7,6 +7,7 @@ import type { VmRecord } from '../../store/repos/vms.js';
 import type { HostRepo, ImportEntry, ImportFileList } from './host-repo.js';
 import { diffManifests, hostManifest, readManifest, type Manifest, type ManifestDiff } from './manifest.js';
 import { createImportTar } from './pack.js';
+import { baseObjects, hashOf } from './base-objects.js';
 import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
 import { WorkspaceScriptExit } from './guest-scripts.js';
 import type { GuestOutput } from './guest-output.js';
@@ -28,6 +29,8 @@ export interface ResyncPlan {
   list: ImportFileList;
   /** The HEAD of the last import (the guest has it); null without commits. */
   oldHead: string | null;
+  /** The tree of the last import's base (its manifest's). */
+  baseTree: string;
   /** Whether the host's git identity differs from the one the last import set (then it is set again). */
   identityChanged: boolean;
 }
@@ -85,7 +88,7 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   }
   const last = rec.header.identity;
   const identityChanged = last?.name !== i.repo.identity.name || last?.email !== i.repo.identity.email;
-  return { manifest, diff, entries, list, oldHead, identityChanged };
+  return { manifest, diff, entries, list, oldHead, baseTree: rec.header.tree, identityChanged };
 }
 
 /** What a re-sync is run on: the VM, the checkout, where it goes and the plan planResync made. */
@@ -127,12 +130,25 @@ export async function runResync(
       headCommit: repo.headCommit,
       historySince: plan.oldHead ?? undefined,
       deleted: plan.diff.delete,
+      base: {
+        hash: hashOf(plan.manifest.tree),
+        expect: plan.manifest.entries,
+        make: () =>
+          baseObjects({
+            manifest: plan.manifest,
+            write: plan.diff.write,
+            delete: plan.diff.delete,
+            parent: repo.headCommit,
+            time: Math.floor(Date.now() / 1000),
+          }),
+      },
     },
     { run: steps.run, signal, onProgress: byteProgress(progress, { count: plan.entries.length, totalBytes: bytes }) },
   );
   const script = buildResyncScript({
     guestPath,
     baseCommit: ws.baseCommit,
+    baseTree: plan.baseTree,
     oldHead: plan.oldHead,
     newHead: repo.headCommit,
     branch: repo.branch,
