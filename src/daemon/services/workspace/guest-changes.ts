@@ -100,26 +100,3 @@ echo "$tree" > ${BASE_INDEX_TREE}
 for f in ${OLD_BASE_INDEX_PREFIX}*; do if [ -e "$f" ]; then rm -f -- "$f"; fi; done
 `;
 }
-
-/**
- * The file a re-sync's keeping of its import base's index, which goes on after that re-sync answered
- * (resync-script.ts), holds a `flock` on while it runs, and names it in: `PID BOOT_ID`.
- */
-export const BASE_INDEX_BUSY = '.git/banger-base-index.busy';
-
-/**
- * Shell, first thing in a workspace script: while that keeping still runs (BASE_INDEX_BUSY names a live
- * process of this boot), waits for its lock, at most 3 s. A check started meanwhile would find no index of
- * the base and hash the whole tree instead.
- */
-export const AWAIT_BASE_INDEX = `if [ -f "$dest/${BASE_INDEX_BUSY}" ]; then
-  bi_pid=; bi_boot=; boot=
-  read -r bi_pid bi_boot < "$dest/${BASE_INDEX_BUSY}" || true
-  read -r boot < /proc/sys/kernel/random/boot_id || true
-  case $bi_pid in ''|*[!0-9]*) bi_pid=0 ;; esac
-  if [ "$bi_pid" -gt 1 ] && [ "$bi_boot" = "$boot" ] && kill -0 "$bi_pid" 2>/dev/null; then
-    exec 5>>"$dest/${BASE_INDEX_BUSY}"; flock -w 3 5 || true; exec 5>&-
-  fi
-fi
-`;
-

@@ -3,7 +3,7 @@ import { shJoin, shq } from '../../guest/shell.js';
 import type { GitIdentity } from './host-repo.js';
 import { TAR_TREE_DIR } from './pack.js';
 import { IMPORT_STREAM_MAGIC } from './import-stream.js';
-import { AWAIT_BASE_INDEX, GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, baseStatus, keepBaseIndex } from './guest-changes.js';
+import { GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, baseStatus, keepBaseIndex } from './guest-changes.js';
 
 /**
  * Pure builders of the shell scripts that import a guest workspace and run commands in it, and the parts
@@ -192,7 +192,7 @@ if [ -d "$dest" ]; then
 else
   mkdir -p -- "$dest"
 fi
-${AWAIT_BASE_INDEX}if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
+if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
    old_base=$(git --git-dir="$dest/.git" rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}" 2>/dev/null); then
   old_head=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^1" 2>/dev/null || true)
   old_tree=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^{tree}" 2>/dev/null || true)

@@ -13,8 +13,6 @@ import {
   validateGuestPath,
 } from './guest-scripts.js';
 import {
-  AWAIT_BASE_INDEX,
-  BASE_INDEX_BUSY,
   BASE_INDEX_TREE,
   GUEST_CHANGES_FN,
   MAX_CONFLICT_PATHS,
@@ -84,8 +82,8 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  *
  * The new import base: when the archive carries one the host made (TAR_BASE, base-objects.ts: the trees and
  * commit of the host's manifest, the blobs of the files sent, sent only when every file sent hashes to the
- * manifest's id), its objects are copied into `.git/objects` and IMPORT_BASE_REF moves to its commit; the
- * import base's index takes the host's entries after the script has answered (cleanup). Otherwise the guest
+ * manifest's id), its objects are copied into `.git/objects`, the import base's index takes the host's
+ * entries and IMPORT_BASE_REF moves to its commit, beside the copying of the files. Otherwise the guest
  * makes it as a full import does: the check's index updated for the paths written and deleted, `git
  * write-tree`, a commit, the index kept (recordImportBase).
  *
@@ -93,7 +91,7 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  * should cost a small part of a full import: so the workspace's refs are read from their files, the check
  * is one `git status` against the import base's index, the unpacking runs beside the check, the host lists
  * the written paths and makes the new base, the git identity is set only when the host's changed since the
- * last import, and the base's index and the staging directory are seen to after the script has answered.
+ * last import, and the staging directory is removed after the script has answered.
  */
 export function buildResyncScript(o: ResyncScriptOptions): string {
   validateGuestPath(o.guestPath);
@@ -113,25 +111,12 @@ user_name=${shq(o.identity.name ?? '')}
 user_email=${shq(o.identity.email ?? '')}
 stage=
 untar=
-kept=
 # The staging directory (and the check's files beside it, $stage.*) is inside .git, out of sight of git and the
-# user, so it is removed after the script has answered. With an import base the host made, its index ($kept,
-# the old base's until now) is updated from the host's entries after the answer too, by a process that holds
-# BASE_INDEX_BUSY's lock (the next workspace script waits for it). The host's entries carry no stat data: the
-# next check reads the files they name and compares them with the host's object ids, so a file changed in the
-# guest after this answer still counts as changed (hashing the files here instead would take it for the base).
+# user, so it is removed after the script has answered.
 cleanup() {
   unbeat
   if [ -n "$untar" ]; then kill "$untar" 2>/dev/null || true; fi
-  if [ -n "$kept" ]; then
-    ( flock 5 || true; set +e
-      : > ${BASE_INDEX_TREE}
-      if GIT_INDEX_FILE="$kept" git update-index -q --add --remove --replace -z --index-info < "$stage/${TAR_INDEX_INFO}"; then
-        ${keepBaseIndex('"$kept"')}      fi
-      rm -rf -- "$stage" "$stage".* ) 5>>${BASE_INDEX_BUSY} </dev/null >/dev/null 2>&1 &
-    boot=; read -r boot < /proc/sys/kernel/random/boot_id || true
-    echo "$! $boot" > ${BASE_INDEX_BUSY} || true
-  elif [ -n "$stage" ]; then rm -rf -- "$stage" "$stage".* </dev/null >/dev/null 2>&1 & fi
+  if [ -n "$stage" ]; then rm -rf -- "$stage" "$stage".* </dev/null >/dev/null 2>&1 & fi
 }
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
@@ -149,7 +134,7 @@ stop() {
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 { [ -d .git ] && [ ! -L .git ]; } || stop ${X.Stale} "$dest has no git repository"
-${AWAIT_BASE_INDEX}# The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
+# The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
 # staging directory goes too.
 for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -e "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
 stage="$dest/.git/${RESYNC_STAGE_PREFIX}${stageId}"
@@ -202,9 +187,15 @@ if [ -f "$stage/${TAR_BASE}" ]; then
   { [ -f "$stage/${TAR_INDEX_INFO}" ] && [ -d "$stage/${TAR_OBJECTS_DIR}" ]; } ||
     fail ${X.BadArchive} "the re-sync archive lacks ${TAR_INDEX_INFO} or ${TAR_OBJECTS_DIR}/"
 fi
-# Without it, the index of the checked state becomes the new import base's: from here on it describes no base
-# (a re-sync killed now leaves none, and the next check hashes the tree instead).
-if [ -z "$host_base" ]; then : > ${BASE_INDEX_TREE}; fi
+# The index of the checked state becomes the new import base's: from here on it describes no base (a re-sync
+# killed now leaves none, and the next check hashes the tree instead). The host's entries go into it while the
+# files are copied: they carry no stat data, so the next check reads the files they name and compares them with
+# the host's object ids (a file the guest changes after this re-sync still counts as changed).
+: > ${BASE_INDEX_TREE}
+index_job=
+if [ -n "$host_base" ]; then
+  GIT_INDEX_FILE="$gc_index" git update-index -q --add --remove --replace -z --index-info < "$stage/${TAR_INDEX_INFO}" & index_job=$!
+fi
 if [ -e "$stage/${TAR_TREE_DIR}/.git" ] || [ -L "$stage/${TAR_TREE_DIR}/.git" ]; then fail ${X.BadArchive} "the workspace archive contains a .git"; fi
 if [ -f "$stage/${TAR_HISTORY_PACK}" ]; then git index-pack --stdin --fix-thin < "$stage/${TAR_HISTORY_PACK}" >/dev/null; fi
 moved=
@@ -235,18 +226,18 @@ if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 
 if [ -n "$host_base" ]; then
-  # The host's import base: its objects went in beside the files, and the ref moves to it (git checks the commit
-  # is there). Its index is kept after the answer (cleanup).
+  # The host's import base: its objects and its index's entries went in beside the files, and the ref moves to it
+  # (git checks the commit is there).
   wait "$cp_objects"
   git update-ref ${IMPORT_BASE_REF} "$host_base"
   base=$host_base
-  ${PRINT_TREE}else
+  wait "$index_job"
+  ${keepBaseIndex('"$gc_index"')}  ${PRINT_TREE}else
   # The import base: the check's index (the old imported state) updated for the paths deleted and written.
   if [ -s "$stage/${TAR_DELETED}" ]; then GIT_INDEX_FILE="$gc_index" git update-index -q --force-remove -z --stdin < "$stage/${TAR_DELETED}"; fi
   GIT_INDEX_FILE="$gc_index" git update-index -q --add --remove --replace -z --stdin < "$stage/${TAR_WRITTEN}"
   tree=$(GIT_INDEX_FILE="$gc_index" git write-tree)
 ${recordImportBase('new_head', '"$gc_index"')}fi
 ${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
-if [ -n "$host_base" ]; then kept=$gc_index; fi
 `;
 }
