@@ -49,7 +49,7 @@ export function baseStatus(indexVar: string): string {
  * import left are not changes. Its own files are named FILE.*. It sets gc_index to an index file of the
  * working tree's state (when that equals BASE's): the import base's index, or FILE.index.
  *
- * With the import base's index (BASE_INDEX_PREFIX) this is `git status` against that index, while the
+ * With the import base's index (BASE_INDEX) this is `git status` against that index, while the
  * staged paths are listed beside it: the guest has two vCPUs, and every git process costs a tenth of a
  * second under emulation. (Both write to the output; each git process writes its short list as it exits.
  * The filter of the status output starts beside it too.)
