@@ -292,9 +292,10 @@ export async function listImportFiles(
     includeUntracked: boolean;
     /**
      * Describe only these paths (a re-sync's changed ones): the others are still listed by git and
-     * counted in the figures git gives (untracked, submodules), but not read from the working tree.
+     * counted in the figures git gives (untracked, submodules), but not read from the working tree. It may
+     * come later than the call: git lists the checkout meanwhile.
      */
-    only?: ReadonlySet<string>;
+    only?: ReadonlySet<string> | Promise<ReadonlySet<string>>;
   },
   run: CommandRunner,
   signal?: AbortSignal,
@@ -331,7 +332,7 @@ export async function listImportFiles(
   for (const p of paths) validateEntryPath(p);
 
   const dirs = new Map<string, Promise<boolean>>();
-  const { only } = opts;
+  const only = await opts.only;
   const described = await mapLimit(paths, 64, async (path, i): Promise<Described> => {
     if (only && !only.has(path)) return null;
     if (i < tracked && gitlinks.has(path)) return { path, kind: 'dir', mode: 0o755, size: 0 };

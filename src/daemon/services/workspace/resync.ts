@@ -43,7 +43,7 @@ export interface ResyncInput {
   includeUntracked: boolean;
   run: CommandRunner;
   /** listImportFiles of the checkout; `only`: the paths to describe (the others are only counted). */
-  listFiles: (only?: ReadonlySet<string>) => Promise<ImportFileList>;
+  listFiles: (only?: ReadonlySet<string> | Promise<ReadonlySet<string>>) => Promise<ImportFileList>;
   signal?: AbortSignal;
 }
 
@@ -54,10 +54,28 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   if (ws.guestPath !== i.guestPath) return { reason: `the last import went to ${ws.guestPath}` };
   if (ws.sourcePath !== i.repo.root) return { reason: `the last import came from ${ws.sourcePath}` };
   if (ws.includeUntracked !== i.includeUntracked) return { reason: 'the untracked-files choice changed' };
-  // The host's state is computed while the record is read and checked (its git processes are most of the
-  // plan's time); it goes unused when there is no re-sync.
+  // The host's state is computed, and the checkout listed, while the record is read and checked (their git
+  // processes are most of the plan's time); they go unused when there is no re-sync. The listing describes only
+  // the changed paths, known once the state is: until then git lists the checkout.
   const hostState = hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal);
   hostState.catch(() => undefined);
+  let describe!: (paths: ReadonlySet<string>) => void;
+  const listing = i.listFiles(new Promise<ReadonlySet<string>>((resolve) => (describe = resolve)));
+  listing.catch(() => undefined);
+  try {
+    return await plan(i, ws, hostState, listing, describe);
+  } finally {
+    describe(new Set()); // no re-sync: the listing ends without reading a file
+  }
+}
+
+async function plan(
+  i: ResyncInput,
+  ws: WorkspaceInfo,
+  hostState: Promise<Manifest | null>,
+  listing: Promise<ImportFileList>,
+  describe: (paths: ReadonlySet<string>) => void,
+): Promise<ResyncPlan | { reason: string }> {
   const rec = await readManifest(i.manifestFile);
   if (
     !rec ||
@@ -77,7 +95,8 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   const manifest = await hostState;
   if (!manifest) return { reason: "git could not list the checkout's state" };
   const diff = diffManifests(rec.entries, manifest.entries);
-  const list = await i.listFiles(new Set(diff.write));
+  describe(new Set(diff.write));
+  const list = await listing;
   const byPath = new Map(list.entries.map((e) => [e.path, e]));
   const entries: ImportEntry[] = [];
   for (const p of diff.write) {

@@ -105,7 +105,8 @@ export class WorkspaceService {
         const vm = await this.d.vms.runningUnderLock(p.name, signal);
         const session = await this.d.vms.guest.session(vm, signal);
         const manifestFile = manifestPath(vm.dir);
-        const listFiles = (only?: ReadonlySet<string>) => listImportFiles(repo.root, { includeUntracked, only }, this.d.run, signal);
+        const listFiles = (only?: ReadonlySet<string> | Promise<ReadonlySet<string>>) =>
+          listImportFiles(repo.root, { includeUntracked, only }, this.d.run, signal);
         const notices: string[] = [];
         if (!p.full && !p.force) {
           const plan = await planResync({
