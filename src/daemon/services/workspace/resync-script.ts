@@ -211,8 +211,13 @@ if [ -s "$stage/${TAR_DELETED}" ]; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
   xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
 fi
-cp_objects=
-if [ -n "$host_base" ]; then cp -R -- "$stage/${TAR_OBJECTS_DIR}/." .git/objects/ & cp_objects=$!; fi
+# The host's import base: its objects go in and the ref moves to it (git checks the commit is there) while the
+# files are copied. (Killed before the files are all in, the workspace is then neither base: the next prepare
+# names the files that differ, as it would with the ref moved after them.)
+base_job=
+if [ -n "$host_base" ]; then
+  ( cp -R -- "$stage/${TAR_OBJECTS_DIR}/." .git/objects/ && git update-ref ${IMPORT_BASE_REF} "$host_base" ) & base_job=$!
+fi
 if ! cp -a --remove-destination -- "$stage/${TAR_TREE_DIR}/." "$dest/" 2>/dev/null; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_WRITTEN}"
   cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
@@ -226,10 +231,7 @@ if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
 
 if [ -n "$host_base" ]; then
-  # The host's import base: its objects and its index's entries went in beside the files, and the ref moves to it
-  # (git checks the commit is there).
-  wait "$cp_objects"
-  git update-ref ${IMPORT_BASE_REF} "$host_base"
+  wait "$base_job"
   base=$host_base
   wait "$index_job"
   ${keepBaseIndex('"$gc_index"')}  ${PRINT_TREE}else
