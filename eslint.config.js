@@ -26,7 +26,7 @@ export default tseslint.config(
     // Only the CLI's entry (main.ts, program.ts, and fast-exec.ts, its `vm exec` fast path) and cli/output.ts talk to
     // the terminal and decide the exit code.
     files: ['src/**/*.ts'],
-    ignores: ['src/cli/main.ts', 'src/cli/program.ts', 'src/cli/fast-exec.ts', 'src/cli/output.ts', 'src/daemon/main.ts'],
+    ignores: ['src/cli/main.ts', 'src/cli/program.ts', 'src/cli/fast-exec.ts', 'src/cli/fast-prepare.ts', 'src/cli/output.ts', 'src/daemon/main.ts'],
     rules: {
       'no-console': 'error',
       'no-restricted-properties': ['error', { object: 'process', property: 'exit', message: 'throw a BangerError; cli/main.ts decides the exit code' }],

@@ -7,12 +7,9 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
 import { BangerError, ErrorCode, EXIT_CODES } from '../errors/index.js';
-import { fromWire } from '../errors/wire.js';
-import { servedByThisBuild } from '../client/daemon-build.js';
-import { Paths } from '../shared/paths.js';
 import { out, printBangerError } from './output.js';
+import { connectToThisBuild, type LightRpc } from './light-rpc.js';
 import { attachTerminal } from './terminal-io.js';
 
 interface FastExecArgs {
@@ -41,91 +38,12 @@ export function parseFastExec(args: readonly string[]): FastExecArgs | null {
   return vm === undefined ? null : { vm, argv: args.slice(dd + 1), cwd, tty };
 }
 
-/** A minimal JSON-RPC client: requests, their replies, notifications by method. */
-class Rpc {
-  private buf: Buffer = Buffer.alloc(0);
-  private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (r: unknown) => void; reject: (e: BangerError) => void }>();
-  onNotification: (method: string, params: unknown) => void = () => {};
-
-  constructor(private readonly sock: Socket) {
-    sock.on('data', (d: Buffer) => this.receive(d));
-    sock.on('error', () => {});
-    sock.on('close', () => {
-      for (const p of this.pending.values())
-        p.reject(new BangerError(ErrorCode.Unavailable, 'bangerd closed the connection', { hint: 'see `banger daemon logs`' }));
-      this.pending.clear();
-    });
-  }
-
-  request(method: string, params: unknown): { id: number; reply: Promise<unknown> } {
-    const id = this.nextId++;
-    const reply = new Promise<unknown>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    this.send({ jsonrpc: '2.0', id, method, params });
-    return { id, reply };
-  }
-
-  notify(method: string, params: unknown): void {
-    if (!this.sock.destroyed) this.send({ jsonrpc: '2.0', method, params });
-  }
-
-  close(): void {
-    this.sock.destroy();
-  }
-
-  private send(msg: object): void {
-    const body = Buffer.from(JSON.stringify(msg), 'utf8');
-    this.sock.write(Buffer.concat([Buffer.from(`Content-Length: ${body.length}\r\n\r\n`, 'ascii'), body]));
-  }
-
-  private receive(d: Buffer): void {
-    this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-    for (;;) {
-      const end = this.buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const m = /content-length:\s*(\d+)/i.exec(this.buf.subarray(0, end).toString('ascii'));
-      if (!m) {
-        this.sock.destroy();
-        return;
-      }
-      const len = Number(m[1]);
-      if (this.buf.length < end + 4 + len) return;
-      const msg = JSON.parse(this.buf.subarray(end + 4, end + 4 + len).toString('utf8')) as {
-        id?: number;
-        method?: string;
-        params?: unknown;
-        result?: unknown;
-        error?: { code: number; message: string; data?: unknown };
-      };
-      this.buf = this.buf.subarray(end + 4 + len);
-      if (msg.method !== undefined) this.onNotification(msg.method, msg.params);
-      else if (typeof msg.id === 'number') {
-        const p = this.pending.get(msg.id);
-        this.pending.delete(msg.id);
-        if (msg.error) p?.reject(fromWire(msg.error));
-        else p?.resolve(msg.result);
-      }
-    }
-  }
-}
-
-function connectTo(path: string): Promise<Socket | null> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('error', () => resolve(null));
-    s.once('connect', () => resolve(s));
-  });
-}
-
 /** Runs the command and returns the exit code to leave with, or null when the full CLI must run it. */
 export async function tryFastExec(args: readonly string[]): Promise<number | null> {
   const req = parseFastExec(args);
   if (req === null) return null;
-  const paths = Paths.fromEnv();
-  if (!servedByThisBuild(paths)) return null;
-  const sock = await connectTo(paths.socket);
-  if (sock === null) return null;
-  const rpc = new Rpc(sock);
+  const rpc = await connectToThisBuild();
+  if (rpc === null) return null;
   try {
     const vm = (await rpc.request('vm.show', { name: req.vm }).reply) as { workspace?: { sourcePath: string } | null };
     // A workspace whose host repo is here: the full CLI checks whether its HEAD moved since the import.
@@ -144,7 +62,7 @@ export async function tryFastExec(args: readonly string[]): Promise<number | nul
 }
 
 /** What `runInGuest` does: stream output, pass stdin (unless an unasked-for terminal), raw mode, resize, Ctrl-C. */
-async function run(rpc: Rpc, req: FastExecArgs): Promise<number> {
+async function run(rpc: LightRpc, req: FastExecArgs): Promise<number> {
   const execId = randomUUID();
   rpc.onNotification = (method, params) => {
     const p = params as { execId?: string; stream?: string; data?: string };

@@ -2,7 +2,6 @@ import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { WorkspaceMethods, type WorkspacePrepareResult } from '../protocol/workspace.js';
 import {
-  formatBytes,
   formatDryRun,
   inspectRepo,
   listImportFiles,
@@ -13,6 +12,7 @@ import {
 import { runCommand } from '../shared/command.js';
 import type { CliContext } from './context.js';
 import { out } from './output.js';
+import { preparedLines } from './workspace-result.js';
 
 export interface PrepareRequest {
   vm: string;
@@ -63,18 +63,7 @@ export async function prepareWorkspace(ctx: CliContext, req: PrepareRequest): Pr
     },
     { json: req.json, progress: true },
   );
-  for (const n of r.notices) out.info(n);
-  if (r.mode === 'resync') {
-    out.info(
-      `re-synced ${r.workspace.sourcePath} into ${r.vm}:${r.workspace.guestPath} (${r.files} files written, ${formatBytes(r.bytes)}, ${r.deleted ?? 0} deleted` +
-        `${r.workspace.headCommit ? `, at ${r.workspace.headCommit.slice(0, 12)}` : ''})`,
-    );
-    return r;
-  }
-  out.info(
-    `imported ${r.workspace.sourcePath} into ${r.vm}:${r.workspace.guestPath} (${r.files} files, ${formatBytes(r.bytes)}` +
-      `${r.workspace.headCommit ? `, at ${r.workspace.headCommit.slice(0, 12)}` : ''})`,
-  );
+  for (const l of preparedLines(r)) out.info(l);
   return r;
 }
 
