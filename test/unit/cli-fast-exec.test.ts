@@ -4,16 +4,12 @@
  * output, stdin, errors and exit codes as the full CLI.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { createMessageConnection, ResponseError, SocketMessageReader, SocketMessageWriter } from 'vscode-jsonrpc/node.js';
+import { ResponseError } from 'vscode-jsonrpc/node.js';
 import { parseFastExec } from '../../src/cli/fast-exec.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
 import { toWire } from '../../src/errors/wire.js';
+import { fakeDaemon, runCli, type FakeDaemon } from '../helpers/fake-daemon.js';
 
 test('the fast path takes `vm exec [-t] [-w DIR] VM -- CMD...` and nothing else', () => {
   assert.deepEqual(parseFastExec(['vm', 'exec', 'dev', '--', 'true']), { vm: 'dev', argv: ['true'], cwd: undefined, tty: false });
@@ -31,14 +27,12 @@ test('the fast path takes `vm exec [-t] [-w DIR] VM -- CMD...` and nothing else'
     assert.equal(parseFastExec(args), null, args.join(' '));
 });
 
-let home: string;
-let server: Server;
 const seen: { method: string; params: unknown }[] = [];
+let daemon: FakeDaemon;
+const cli = (args: string[], input: string) => runCli(daemon.home, args, input);
 
 before(async () => {
-  home = await mkdtemp(join(tmpdir(), 'banger-fast-exec-'));
-  server = createServer((sock) => {
-    const conn = createMessageConnection(new SocketMessageReader(sock), new SocketMessageWriter(sock));
+  daemon = await fakeDaemon((conn) => {
     let stdinDone: () => void = () => {};
     const stdinEnded = new Promise<void>((r) => (stdinDone = r));
     conn.onNotification((method, params) => {
@@ -60,28 +54,9 @@ before(async () => {
       if (p.stdin) await stdinEnded;
       return { exitCode: 7 };
     });
-    conn.listen();
   });
-  await new Promise<void>((r) => server.listen(join(home, 'bangerd.sock'), r));
-  await writeFile(join(home, 'bangerd.pid'), `${process.pid}\n`);
-  await writeFile(join(home, 'bangerd.build'), `${process.pid} source\n`);
 });
-after(async () => {
-  await new Promise((r) => server.close(r));
-  await rm(home, { recursive: true, force: true });
-});
-
-function cli(args: string[], input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { env: { ...process.env, BANGER_HOME: home, NO_COLOR: '1' } });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.stdin.end(input);
-    p.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+after(() => daemon.close());
 
 test('output, stdin and the exit code go through the daemon as with the full CLI', async () => {
   const r = await cli(['vm', 'exec', 'dev', '--', 'cat', '-n'], 'some input');

@@ -4,17 +4,14 @@
  * included, with the same output, errors and exit codes as the full CLI.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { after, before, test } from 'node:test';
-import { createMessageConnection, ResponseError, SocketMessageReader, SocketMessageWriter } from 'vscode-jsonrpc/node.js';
+import { ResponseError } from 'vscode-jsonrpc/node.js';
 import { parseFastPrepare } from '../../src/cli/fast-prepare.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
 import { toWire } from '../../src/errors/wire.js';
 import { progressType } from '../../src/protocol/common.js';
+import { fakeDaemon, runCli, type FakeDaemon } from '../helpers/fake-daemon.js';
 
 test('the fast path takes `vm workspace prepare VM REPO` with the flags it knows, and nothing else', () => {
   const base = { guestPath: undefined, includeUntracked: false, force: false, full: false };
@@ -48,14 +45,12 @@ test('the fast path takes `vm workspace prepare VM REPO` with the flags it knows
     assert.equal(parseFastPrepare(args), null, args.join(' '));
 });
 
-let home: string;
-let server: Server;
 const seen: unknown[] = [];
+let daemon: FakeDaemon;
+const cli = (args: string[]) => runCli(daemon.home, args);
 
 before(async () => {
-  home = await mkdtemp(join(tmpdir(), 'banger-fast-prepare-'));
-  server = createServer((sock) => {
-    const conn = createMessageConnection(new SocketMessageReader(sock), new SocketMessageWriter(sock));
+  daemon = await fakeDaemon((conn) => {
     conn.onRequest('vm.workspace.prepare', async (p: { name: string; sourcePath: string; guestPath?: string; progressToken?: string }) => {
       seen.push(p);
       if (p.name === 'nope') {
@@ -73,28 +68,9 @@ before(async () => {
         workspace: { sourcePath: p.sourcePath, guestPath: p.guestPath ?? '/root/r', headCommit: 'abcdef0123456789', baseCommit: 'b', includeUntracked: false, preparedAt: 't' },
       };
     });
-    conn.listen();
   });
-  await new Promise<void>((r) => server.listen(join(home, 'bangerd.sock'), r));
-  await writeFile(join(home, 'bangerd.pid'), `${process.pid}\n`);
-  await writeFile(join(home, 'bangerd.build'), `${process.pid} source\n`);
 });
-after(async () => {
-  await new Promise((r) => server.close(r));
-  await rm(home, { recursive: true, force: true });
-});
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { env: { ...process.env, BANGER_HOME: home, NO_COLOR: '1' } });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.stdin.end();
-    p.once('close', (code) => done({ code, stdout, stderr }));
-  });
-}
+after(() => daemon.close());
 
 test('progress, notices and the result line come as from the full CLI', async () => {
   const r = await cli(['vm', 'workspace', 'prepare', 'dev', 'some repo', '--guest-path', '/root/w', '--full']);
