@@ -50,12 +50,7 @@ export async function tryFastExec(args: readonly string[]): Promise<number | nul
     if (vm.workspace && existsSync(vm.workspace.sourcePath)) return null;
     return await run(rpc, req);
   } catch (e) {
-    const err = e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e));
-    if (err.code === ErrorCode.Cancelled) {
-      out.error('cancelled');
-      return EXIT_CODES.Cancelled;
-    }
-    return printBangerError(err);
+    return printBangerError(e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e)));
   } finally {
     rpc.close();
   }

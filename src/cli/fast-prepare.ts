@@ -76,12 +76,9 @@ export async function tryFastPrepare(args: readonly string[]): Promise<number | 
     return 0;
   } catch (e) {
     renderer.finish(false);
-    const err = e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e));
-    if (err.code === ErrorCode.Cancelled || interrupts > 0) {
-      out.error('cancelled');
-      return EXIT_CODES.Cancelled;
-    }
-    return printBangerError(err);
+    // After a Ctrl-C, whatever ended the call, the import was cancelled.
+    if (interrupts > 0) return printBangerError(new BangerError(ErrorCode.Cancelled, 'cancelled'));
+    return printBangerError(e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e)));
   } finally {
     process.off('SIGINT', onSigint);
     rpc.close();

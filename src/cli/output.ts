@@ -4,7 +4,7 @@
  */
 import type { Ora } from 'ora';
 import type { ProgressEvent } from '../protocol/common.js';
-import { EXIT_CODES, type BangerError } from '../errors/index.js';
+import { EXIT_CODES, ErrorCode, type BangerError } from '../errors/index.js';
 
 export const out = {
   /** A line of result text on stdout. */
@@ -37,8 +37,15 @@ function color(code: string, s: string): string {
 }
 
 /** A table with a header row; columns padded to their widest cell. */
-/** Prints a BangerError as every command does (its message, then its hint) and returns its exit code. */
+/**
+ * Prints a BangerError as every command does (its message, then its hint; a cancelled one as just that) and
+ * returns its exit code.
+ */
 export function printBangerError(e: BangerError): number {
+  if (e.code === ErrorCode.Cancelled) {
+    out.error('cancelled');
+    return EXIT_CODES.Cancelled;
+  }
   out.error(e.message);
   if (e.hint) out.info(`hint: ${e.hint}`);
   return EXIT_CODES[e.code];

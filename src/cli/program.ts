@@ -1,5 +1,5 @@
 import { CommanderError } from 'commander';
-import { EXIT_CODES, ErrorCode, isBangerError } from '../errors/index.js';
+import { EXIT_CODES, isBangerError } from '../errors/index.js';
 import { Paths } from '../shared/paths.js';
 import { CliContext } from './context.js';
 import { out, printBangerError } from './output.js';
@@ -67,13 +67,7 @@ async function main(argv: string[]): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
       return EXIT_CODES.InvalidArgument;
     }
-    if (isBangerError(e)) {
-      if (e.code === ErrorCode.Cancelled) {
-        out.error('cancelled');
-        return EXIT_CODES.Cancelled;
-      }
-      return printBangerError(e);
-    }
+    if (isBangerError(e)) return printBangerError(e);
     out.error(`internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
     out.info('hint: this is a bug in banger; `banger daemon logs` may say more');
     return EXIT_CODES.Internal;

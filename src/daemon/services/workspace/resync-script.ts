@@ -39,8 +39,6 @@ export interface ResyncScriptOptions {
   identity: GitIdentity;
   /** Run `mise trust --all` (a re-sync writes a mise config file; see mayBeMiseConfig). */
   trustMise: boolean;
-  /** Names the staging directory (RESYNC_STAGE_PREFIX + this); random by default. */
-  stageId?: string;
 }
 
 /**
@@ -98,8 +96,6 @@ export function buildResyncScript(o: ResyncScriptOptions): string {
   for (const c of [o.baseCommit, o.baseTree, o.oldHead, o.newHead]) {
     if (c !== null && !HEX.test(c)) throw new BangerError(ErrorCode.InvalidArgument, `invalid object id ${JSON.stringify(c)}`);
   }
-  const stageId = o.stageId ?? randomBytes(8).toString('hex');
-  if (!/^[0-9a-z]+$/.test(stageId)) throw new BangerError(ErrorCode.InvalidArgument, `invalid stage id ${JSON.stringify(stageId)}`);
   const X = WorkspaceScriptExit;
   return `${PRELUDE}dest=${shq(o.guestPath)}
 old_base=${shq(o.baseCommit)}
@@ -137,7 +133,7 @@ cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 # The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
 # staging directory goes too.
 for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -e "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
-stage="$dest/.git/${RESYNC_STAGE_PREFIX}${stageId}"
+stage="$dest/.git/${RESYNC_STAGE_PREFIX}${randomBytes(8).toString('hex')}"
 # (A command run in the background reads /dev/null unless told otherwise: the archive goes to it as fd 3.)
 exec 3<&0
 ( if mkdir -- "$stage"; then
