@@ -8,7 +8,7 @@ import { Paths } from '../../src/shared/paths.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { diskFormat } from '../../src/daemon/services/vm/disks.js';
 import { incomingFromFile, outgoingToFile, qemuArgv } from '../../src/daemon/vmm/qemu/argv.js';
-import { identityScript, makeRestoredFiles, tapScript } from '../../src/daemon/services/snapshot/restore.js';
+import { makeRestoredFiles } from '../../src/daemon/services/snapshot/restore.js';
 import { runCommand } from '../../src/shared/command.js';
 import { createShape } from '../../src/daemon/services/vm/create.js';
 import { SnapshotService, imageKey } from '../../src/daemon/services/snapshot/service.js';
@@ -51,34 +51,6 @@ test('state file transports quote the path for the shell QEMU runs them with', (
   const argv = qemuArgv(spec);
   assert.deepEqual(argv.slice(-2), ['-incoming', 'exec:cat /s/state.bin']);
   assert.equal(qemuArgv({ ...spec, incoming: undefined }).includes('-incoming'), false);
-});
-
-test('the identity script quotes the name and reseeds the RNG from the given bytes', () => {
-  const s = identityScript({ name: "x'y", machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64), epochMs: 1_790_000_000_123 });
-  assert.ok(s.includes('date -u -s @1790000000.123 >/dev/null'));
-  assert.match(s, /0x5207/);
-  assert.ok(s.includes('cd'.repeat(64)));
-  assert.ok(s.includes(`echo 'x'\\''y' >/etc/hostname`));
-  assert.ok(s.includes(`echo ${'ab'.repeat(16)} >/etc/machine-id`));
-});
-
-test('a tap guest takes its own MAC, address and route before anything else in the identity script', () => {
-  const tap = { mac: '52:54:00:aa:bb:cc', ipCidr: '172.30.0.7/24', gateway: '172.30.0.1' };
-  const s = identityScript({ name: 'f-1', machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64), epochMs: 1, tap });
-  const lines = s.split('\n');
-  const start = lines.indexOf("ip -batch - <<'EOF'");
-  assert.ok(start > 0 && start < lines.findIndex((l) => l.startsWith('date ')), s);
-  assert.deepEqual(lines.slice(start + 1, lines.indexOf('EOF')), [
-    'link set dev eth0 address 52:54:00:aa:bb:cc',
-    'addr flush dev eth0 scope global',
-    'addr add 172.30.0.7/24 dev eth0',
-    'route replace default via 172.30.0.1 dev eth0',
-    'neigh flush dev eth0',
-  ]);
-  const loopback = identityScript({ name: 'f-1', machineId: 'ab'.repeat(16), seedHex: 'cd'.repeat(64), epochMs: 1 });
-  assert.equal(loopback.includes('ip -batch'), false, 'a loopback guest keeps its NIC as it was');
-  assert.throws(() => tapScript({ ...tap, ipCidr: '172.30.0.7/24\nlink del eth0' }), /bad tap identity/);
-  assert.throws(() => tapScript({ ...tap, mac: "52:54:00:aa:bb:cc'" }), /bad tap identity/);
 });
 
 test('a VM made from a snapshot keeps its networking; asking for another is refused with what to drop', () => {

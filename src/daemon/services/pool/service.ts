@@ -11,7 +11,7 @@ import type { Paths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
-import { clockScript, hostnameScript } from '../snapshot/restore.js';
+import { applyIdentity } from '../snapshot/identity.js';
 import type { IdentitySync } from '../sync/service.js';
 import { repinHostKey } from '../vm/files.js';
 import type { VmPoolHooks } from '../vm/pool-hooks.js';
@@ -151,14 +151,9 @@ export class PoolService {
         await timed('resume', hooks.unpark(vm.id, signal));
         const agent = await timed('agent', hooks.agent(rec, signal));
         const guest = new AgentGuestSession(agent);
-        // The clock (it stood still while the VM was parked) and the name in one guest shell: every process
-        // the agent starts costs a fork of the agent under emulation (two side by side took 0.4-0.7 s here).
-        // `date` runs as late as the agent's own setClock would, so the clock is as exact.
-        const rename = async () => {
-          const script = `${clockScript(Date.now())}\n${hostnameScript(rec.name)}`;
-          const r = await guest.exec(script, { signal });
-          if (r.code !== 0) throw new Error(`setting the guest's clock and name failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
-        };
+        // The clock (it stood still while the VM was parked) and the name, in one guest process
+        // (identity.ts): every process the agent starts costs a fork of the agent under emulation.
+        const rename = () => applyIdentity(guest, { name: rec.name, clock: true }, signal);
         const sync = async () => {
           if (p.sync === false || !this.d.identity) return;
           try {

@@ -5,11 +5,11 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import type { VmPaths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import { shq } from '../../guest/shell.js';
 import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
 import { writeHandles } from '../vm/handles.js';
 import { writeHostKey } from '../vm/files.js';
+import { applyIdentity } from './identity.js';
 import { qcow2VirtualSize } from '../vm/settings.js';
 import {
   SNAPSHOT_FILES,
@@ -72,80 +72,6 @@ export function virtualSize(path: string, size: number): number {
   return qcow2VirtualSize(path) ?? size;
 }
 
-/** A tap guest's own place on the bridge: its NIC's MAC, its address with prefix, and the gateway. */
-export interface GuestTapIdentity {
-  mac: string;
-  ipCidr: string;
-  gateway: string;
-}
-
-/**
- * The shell that gives a resumed guest its own identity: the clock set to `epochMs` (it stood still since the
- * snapshot; in this script rather than the agent's setClock, which would start a process of its own), the RNG
- * reseeded from fresh host bytes (written to
- * /dev/urandom, then RNDRESEEDCRNG so the next read uses them), hostname, machine-id, and sshd re-read
- * (SIGHUP: it re-executes itself and loads the new host key the agent wrote just before).
- *
- * Under loopback networking the MAC stays the snapshot's (the NIC's saved state carries it; a guest-side change
- * broke the restored guest's user-mode network in a test here, and no one outside the VM sees it). A tap guest
- * (`tap`) shares the bridge with its source and siblings, whose taps pass only their own MAC and address: it
- * takes its new ones first, in one `ip` process (virtio-net passes the MAC change to QEMU's receive filter).
- */
-export function identityScript(o: { name: string; machineId: string; seedHex: string; epochMs: number; tap?: GuestTapIdentity }): string {
-  return [
-    'set -u',
-    ...(o.tap ? [tapScript(o.tap)] : []),
-    clockScript(o.epochMs),
-    // perl-base is in every Debian system and starts several times faster than python3 in an emulated guest.
-    `perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!"; syswrite($f, pack("H*", $ARGV[0])) or die "write: $!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' ${o.seedHex}`,
-    hostnameScript(o.name),
-    `echo ${o.machineId} >/etc/machine-id`,
-    'if [ -s /run/sshd.pid ]; then read -r sshd </run/sshd.pid && kill -HUP "$sshd"; fi',
-    'true',
-  ].join('\n');
-}
-
-/** The shell that moves a resumed tap guest's eth0 to its own MAC and address (the old ones are its source's). */
-export function tapScript(t: GuestTapIdentity): string {
-  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(t.mac) || !/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(t.ipCidr) || !/^\d{1,3}(\.\d{1,3}){3}$/.test(t.gateway))
-    throw new BangerError(ErrorCode.Internal, `bad tap identity ${JSON.stringify(t)}`);
-  return [
-    "ip -batch - <<'EOF'",
-    `link set dev eth0 address ${t.mac}`,
-    'addr flush dev eth0 scope global',
-    `addr add ${t.ipCidr} dev eth0`,
-    `route replace default via ${t.gateway} dev eth0`,
-    'neigh flush dev eth0',
-    'EOF',
-  ].join('\n');
-}
-
-/** The shell line that sets a guest's wall clock to `epochMs` (GNU date takes fractional epoch seconds). */
-export function clockScript(epochMs: number): string {
-  return `date -u -s @${(epochMs / 1000).toFixed(3)} >/dev/null`;
-}
-
-/**
- * The shell that renames a running guest: its hostname, /etc/hostname and banger's line in /etc/hosts. Shell
- * builtins only (no sed): each process started costs tens of milliseconds in an emulated guest, and a warm
- * pool's hand-over waits for this.
- */
-export function hostnameScript(
-  name: string,
-  files = { kernel: '/proc/sys/kernel/hostname', hostname: '/etc/hostname', hosts: '/etc/hosts' },
-): string {
-  return [
-    `echo ${shq(name)} >${shq(files.kernel)}`,
-    `echo ${shq(name)} >${shq(files.hostname)}`,
-    // The lines other than banger's, kept in a variable: /etc/hosts is rewritten in place, with no temp file
-    // to move (mv would be another process).
-    `nl='\n'`,
-    `hosts=`,
-    `while IFS= read -r l || [ -n "$l" ]; do case "$l" in *'# banger') ;; *) hosts="$hosts$l$nl" ;; esac; done <${shq(files.hosts)}`,
-    `printf '%s%s\\n' "$hosts" ${shq(`127.0.1.1 ${name} # banger`)} >${shq(files.hosts)}`,
-  ].join('\n');
-}
-
 /**
  * The steps of a restored VM's first start, in place of a boot: the saved accelerator, its network and seed,
  * the VMM resuming the saved state, then a new identity through the guest agent. The VM is ready once the agent
@@ -193,23 +119,24 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
           throw new BangerError(ErrorCode.FailedPrecondition, `the snapshot's guest has no agent: banger cannot give the restored VM its own identity`);
         // The connection made before the state loaded (an agent older than restarts drops it and serves the retry).
         const agent = await d.live.agent(b.vm, b.signal);
-        const opts = { signal: b.signal, timeoutMs: 30_000 };
-        // The two key files side by side (the script below HUPs sshd, so it comes after them).
-        await Promise.all([
-          readFile(b.vp.hostKeyPrivate).then((k) => agent.writeFile('/etc/ssh/ssh_host_ed25519_key', Buffer.from(k), 0o600, opts)),
-          readFile(b.vp.hostKeyPublic).then((k) => agent.writeFile('/etc/ssh/ssh_host_ed25519_key.pub', Buffer.from(k), 0o644, opts)),
-        ]);
-        const script = identityScript({
-          name: b.vm.name,
-          machineId: randomBytes(16).toString('hex'),
-          seedHex: randomBytes(64).toString('hex'),
-          // As late as possible: the clock is set when the script runs, a guest process start after this.
-          epochMs: Date.now(),
-          tap: b.vm.networkMode === 'tap' ? { mac: b.vm.mac, ipCidr: b.net!.ipCidr, gateway: b.net!.gateway } : undefined,
-        });
-        const r = await new AgentGuestSession(agent).exec(script, { signal: b.signal });
-        if (r.code !== 0)
-          throw new BangerError(ErrorCode.Internal, `giving the restored guest its identity failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
+        const [priv, pub] = await Promise.all([readFile(b.vp.hostKeyPrivate), readFile(b.vp.hostKeyPublic)]);
+        // Under loopback networking the MAC stays the snapshot's (the NIC's saved state carries it; a
+        // guest-side change broke the restored guest's user-mode network in a test here, and no one outside
+        // the VM sees it). A tap guest shares the bridge with its source and siblings, whose taps pass only
+        // their own MAC and address: it takes its own.
+        const tap = b.vm.networkMode === 'tap' ? { mac: b.vm.mac, ipCidr: b.net!.ipCidr, gateway: b.net!.gateway } : undefined;
+        await applyIdentity(
+          new AgentGuestSession(agent),
+          {
+            name: b.vm.name,
+            clock: true,
+            machineId: randomBytes(16).toString('hex'),
+            seedHex: randomBytes(64).toString('hex'),
+            hostKey: { private: priv, public: pub },
+            tap,
+          },
+          b.signal,
+        );
         await rm(join(b.vp.dir, VM_RESTORE_FILE), { force: true });
       },
     },

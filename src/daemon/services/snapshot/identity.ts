@@ -1,0 +1,146 @@
+import { PassThrough, Writable } from 'node:stream';
+import { BangerError, ErrorCode } from '../../../errors/index.js';
+import { MAC_RE, VM_NAME_RE } from '../../../protocol/names.js';
+import type { AgentGuestSession } from '../../guest/agent-session.js';
+import { shq } from '../../guest/shell.js';
+
+/** A tap guest's own place on the bridge: its NIC's MAC, its address with prefix, and the gateway. */
+export interface GuestTapIdentity {
+  mac: string;
+  ipCidr: string;
+  gateway: string;
+}
+
+/**
+ * What a resumed guest is given to become a VM of its own. A warm pool's hand-over gives the clock and the
+ * name; a restore from a snapshot gives all of it.
+ */
+export interface GuestIdentity {
+  /** The VM's name: kernel hostname, /etc/hostname, and banger's line in /etc/hosts. */
+  name: string;
+  /**
+   * Set the wall clock, which stood still while the VM was parked or saved. The host's time is read when
+   * the guest program says it runs, not when the command is made: a process start in a freshly resumed
+   * guest takes up to seconds, and the clock would lag by that much.
+   */
+  clock?: boolean;
+  /** 32 hex digits for /etc/machine-id. */
+  machineId?: string;
+  /** Host bytes (hex) written to /dev/urandom, then RNDRESEEDCRNG, so the next read in the guest uses them. */
+  seedHex?: string;
+  /** The guest's new SSH host key (OpenSSH private key, and its one-line public key); sshd is told to reload. */
+  hostKey?: { private: Buffer; public: Buffer };
+  /** Under tap networking: the NIC's new MAC, address and route (the old ones are its source's). */
+  tap?: GuestTapIdentity;
+}
+
+/**
+ * The one guest program that applies an identity (perl-base is in every Debian system). One process, started
+ * by the agent with no shell: each process start costs tens to hundreds of milliseconds in an emulated guest
+ * whose code cache is empty, as a freshly restored one's is, and four forks do this side by side on the
+ * host's cores. It says `ready` once it runs, and then reads the host's time and the host key on stdin (never
+ * in argv). The clock is set first (it is the value that ages), through clock_settime(2) (x86_64: 227).
+ * Files are replaced by rename, never half-written. `root=DIR` (tests only) prefixes every path, and puts the
+ * clock into DIR/clock instead of setting it.
+ */
+const IDENTITY_PL = String.raw`
+use strict; use warnings;
+my %a = map { split(/=/, $_, 2) } @ARGV;
+my $root = $a{root} // '';
+umask 077;
+sub put { my ($path, $mode, $data) = @_; my $tmp = "$path.banger-new";
+  open(my $f, '>', $tmp) or die "$tmp: $!\n"; chmod($mode, $tmp) or die "chmod $tmp: $!\n";
+  print $f $data or die "$tmp: $!\n"; close($f) or die "$tmp: $!\n";
+  rename($tmp, $path) or die "rename $tmp: $!\n"; }
+# What the host sends on stdin (the clock's line, then the host key), asked for once this program runs.
+my ($ms, $pub, $key) = ('', '', '');
+if ($a{clock} || $a{keys}) { $| = 1; print "ready\n"; local $/; my $in = <STDIN> // '';
+  ($ms, $in) = split(/\n/, $in, 2) if $a{clock}; ($pub, $key) = split(/\n/, $in // '', 2) if $a{keys}; }
+if ($a{clock}) { $ms =~ /^\d+$/ or die "no clock on stdin\n";
+  if (length $root) { put("$root/clock", 0644, "$ms\n"); }
+  else { syscall(227, 0, pack('q q', int($ms / 1000), ($ms % 1000) * 1000000)) == 0 or die "clock_settime: $!\n"; } }
+if (defined $a{seed}) { open(my $r, '>', '/dev/urandom') or die "urandom: $!\n";
+  syswrite($r, pack('H*', $a{seed})) or die "urandom write: $!\n";
+  ioctl($r, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n"; close($r); }
+if (defined $a{ip}) { open(my $ip, '|-', 'ip', '-batch', '-') or die "ip: $!\n"; print $ip $a{ip};
+  close($ip) or die "ip -batch failed (status $?)\n"; }
+my $name = $a{name};
+open(my $k, '>', "$root/proc/sys/kernel/hostname") or die "hostname: $!\n"; print $k "$name\n";
+close($k) or die "hostname: $!\n";
+put("$root/etc/hostname", 0644, "$name\n");
+my $hosts = '';
+if (open(my $h, '<', "$root/etc/hosts")) { while (my $l = <$h>) { chomp $l; $hosts .= "$l\n" unless $l =~ /# banger$/; } close($h); }
+put("$root/etc/hosts", 0644, $hosts . "127.0.1.1 $name # banger\n");
+put("$root/etc/machine-id", 0444, "$a{machine_id}\n") if defined $a{machine_id};
+if ($a{keys}) { die "no host key on stdin\n" unless defined $key && length $key;
+  put("$root/etc/ssh/ssh_host_ed25519_key", 0600, $key);
+  put("$root/etc/ssh/ssh_host_ed25519_key.pub", 0644, "$pub\n");
+  if (open(my $p, '<', "$root/run/sshd.pid")) { my $pid = <$p> // ''; kill('HUP', $1) if $pid =~ /^(\d+)/; } }
+`;
+
+/** How to run {@link IDENTITY_PL}: its argv (no shell), the same as a shell line, and its stdin. */
+export interface IdentityCommand {
+  argv: string[];
+  shellLine: string;
+  /** What goes to its stdin once it says `ready` (the clock's line is the host's time when this is called). */
+  input?: () => Buffer;
+}
+
+/** The command that gives a resumed guest `id`. */
+export function identityCommand(id: GuestIdentity): IdentityCommand {
+  const args: string[] = [`name=${checked(id.name, VM_NAME_RE, 'name')}`];
+  if (id.clock) args.push('clock=1');
+  if (id.seedHex !== undefined) args.push(`seed=${checked(id.seedHex, /^(?:[0-9a-f]{2})+$/, 'seed')}`);
+  if (id.machineId !== undefined) args.push(`machine_id=${checked(id.machineId, /^[0-9a-f]{32}$/, 'machine-id')}`);
+  if (id.tap) args.push(`ip=${tapBatch(id.tap)}`);
+  if (id.hostKey) args.push('keys=1');
+  const argv = ['perl', '-e', IDENTITY_PL, '--', ...args];
+  const key = id.hostKey;
+  const pub = key?.public.toString('utf8').trim();
+  if (pub?.includes('\n')) throw new BangerError(ErrorCode.Internal, 'the public host key is not one line');
+  const input =
+    id.clock || key
+      ? () => Buffer.concat([Buffer.from(id.clock ? `${Date.now()}\n` : ''), key ? Buffer.concat([Buffer.from(`${pub}\n`), key.private]) : Buffer.alloc(0)])
+      : undefined;
+  return { argv, shellLine: argv.map(shq).join(' '), input };
+}
+
+/** Gives the guest behind `guest` the identity `id`; throws with the guest's message when it fails. */
+export async function applyIdentity(guest: Pick<AgentGuestSession, 'execArgv'>, id: GuestIdentity, signal?: AbortSignal): Promise<void> {
+  const c = identityCommand(id);
+  const stdin = new PassThrough();
+  const input = c.input;
+  // The program's one line of output is `ready`: the answer is made then.
+  const stdout = new Writable({
+    write(_chunk, _enc, done) {
+      if (input && !stdin.writableEnded) stdin.end(input());
+      done();
+    },
+  });
+  if (!input) stdin.end();
+  try {
+    const r = await guest.execArgv(c.argv, '/', c.shellLine, { signal, stdin, stdout });
+    if (r.code !== 0) throw new BangerError(ErrorCode.Internal, `giving the guest its identity failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
+  } finally {
+    if (!stdin.writableEnded) stdin.end();
+  }
+}
+
+/** `ip -batch` lines that move a resumed tap guest's eth0 to its own MAC and address. */
+export function tapBatch(t: GuestTapIdentity): string {
+  if (!MAC_RE.test(t.mac) || !/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(t.ipCidr) || !/^\d{1,3}(\.\d{1,3}){3}$/.test(t.gateway))
+    throw new BangerError(ErrorCode.Internal, `bad tap identity ${JSON.stringify(t)}`);
+  return [
+    `link set dev eth0 address ${t.mac}`,
+    'addr flush dev eth0 scope global',
+    `addr add ${t.ipCidr} dev eth0`,
+    `route replace default via ${t.gateway} dev eth0`,
+    'neigh flush dev eth0',
+    '',
+  ].join('\n');
+}
+
+function checked(v: string, re: RegExp, what: string): string {
+  if (!re.test(v)) throw new BangerError(ErrorCode.Internal, `bad ${what} for a guest identity: ${JSON.stringify(v)}`);
+  return v;
+}

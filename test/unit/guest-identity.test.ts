@@ -1,0 +1,130 @@
+/**
+ * The guest program that gives a resumed guest its identity (snapshot/identity.ts), run by `applyIdentity`
+ * through a stand-in guest session that starts it with this host's perl, on files under a temporary root
+ * (`root=DIR`: the clock goes to DIR/clock instead of being set; no RNG seed is given, so this host's RNG is
+ * left alone). The real-VM proof is e2e/snapshot.test.ts (distinct host keys, machine-ids and urandom bytes,
+ * the clock) and e2e/pool.test.ts (the new name, the clock).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { test } from 'node:test';
+import type { GuestExecOptions } from '../../src/daemon/guest/session.js';
+import { applyIdentity, identityCommand, tapBatch, type GuestIdentity } from '../../src/daemon/services/snapshot/identity.js';
+
+function guestRoot(): string {
+  const root = mkdtempSync(join(tmpdir(), 'banger-identity-'));
+  for (const d of ['proc/sys/kernel', 'etc/ssh', 'run']) mkdirSync(join(root, d), { recursive: true });
+  writeFileSync(join(root, 'etc/hosts'), "127.0.0.1 localhost\n127.0.1.1 pool-default-aaaaaa # banger\n::1 ip6-localhost\n10.0.0.9 it's\\n # kept");
+  writeFileSync(join(root, 'etc/machine-id'), 'f'.repeat(32) + '\n');
+  return root;
+}
+
+/** A guest session's execArgv that runs the command here under `root` (as argv, or as its shell line). */
+function localGuest(root: string, via: 'argv' | 'shell line' = 'argv', delayMs = 0) {
+  return {
+    execArgv(argv: string[], _cwd: string, shellLine: string, opts: GuestExecOptions = {}) {
+      return new Promise<{ code: number; stdout: Buffer; stderr: Buffer }>((resolve) => {
+        const rooted = via === 'argv' ? [...argv, `root=${root}`] : ['sh', '-c', `${shellLine} root=${root}`];
+        // `sleep` first stands for a slow process start in a resumed guest.
+        const p = spawn('sh', ['-c', `sleep ${delayMs / 1000}; exec "$@"`, 'sh', ...rooted], { stdio: 'pipe' });
+        const err: Buffer[] = [];
+        if (opts.stdin) opts.stdin.pipe(p.stdin);
+        else p.stdin.end();
+        if (opts.stdout) p.stdout.pipe(opts.stdout);
+        p.stderr.on('data', (b: Buffer) => err.push(b));
+        p.on('close', (code) => resolve({ code: code ?? 1, stdout: Buffer.alloc(0), stderr: Buffer.concat(err) }));
+      });
+    },
+  };
+}
+
+const mode = (p: string) => statSync(p).mode & 0o777;
+const key = { private: Buffer.from('-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n'), public: Buffer.from('ssh-ed25519 AAAAC3Nz fix-42.vm\n') };
+
+for (const via of ['argv', 'shell line'] as const) {
+  test(`identity (${via}): hostname, /etc/hostname, only banger's /etc/hosts line, machine-id, host key with its modes, sshd told to reload`, async () => {
+    const root = guestRoot();
+    // A stand-in sshd: SIGHUP ends it (the default action), which is how this test sees it was sent.
+    const sshd = spawn('sleep', ['60']);
+    writeFileSync(join(root, 'run/sshd.pid'), `${sshd.pid}\n`);
+    const died = new Promise<NodeJS.Signals | null>((r) => sshd.on('exit', (_c, sig) => r(sig)));
+    await applyIdentity(localGuest(root, via), { name: 'fix-42', clock: true, machineId: 'ab'.repeat(16), hostKey: key });
+    assert.equal(readFileSync(join(root, 'proc/sys/kernel/hostname'), 'utf8'), 'fix-42\n');
+    assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'fix-42\n');
+    assert.equal(readFileSync(join(root, 'etc/hosts'), 'utf8'), "127.0.0.1 localhost\n::1 ip6-localhost\n10.0.0.9 it's\\n # kept\n127.0.1.1 fix-42 # banger\n");
+    assert.equal(readFileSync(join(root, 'etc/machine-id'), 'utf8'), 'ab'.repeat(16) + '\n');
+    assert.equal(mode(join(root, 'etc/machine-id')), 0o444);
+    assert.deepEqual(readFileSync(join(root, 'etc/ssh/ssh_host_ed25519_key')), key.private);
+    assert.equal(mode(join(root, 'etc/ssh/ssh_host_ed25519_key')), 0o600);
+    assert.equal(readFileSync(join(root, 'etc/ssh/ssh_host_ed25519_key.pub'), 'utf8'), key.public.toString());
+    assert.equal(mode(join(root, 'etc/ssh/ssh_host_ed25519_key.pub')), 0o644);
+    assert.equal(await died, 'SIGHUP');
+  });
+}
+
+test('identity: the clock is the host\'s time when the guest program runs, however slowly it started', async () => {
+  const root = guestRoot();
+  const asked = Date.now();
+  await applyIdentity(localGuest(root, 'argv', 700), { name: 'web', clock: true });
+  const at = Number(readFileSync(join(root, 'clock'), 'utf8'));
+  assert.ok(at >= asked + 700 && at <= Date.now(), `the clock is taken after the start, not when asked (${at - asked} ms)`);
+});
+
+test('identity: a name alone (a warm pool hand-over) leaves the machine-id and host key as they were; running it twice is the same', async () => {
+  const root = guestRoot();
+  for (let i = 0; i < 2; i++) await applyIdentity(localGuest(root), { name: 'web' });
+  assert.equal(readFileSync(join(root, 'etc/hosts'), 'utf8'), "127.0.0.1 localhost\n::1 ip6-localhost\n10.0.0.9 it's\\n # kept\n127.0.1.1 web # banger\n");
+  assert.equal(readFileSync(join(root, 'etc/machine-id'), 'utf8'), 'f'.repeat(32) + '\n');
+});
+
+test('identity: a failure in the guest is an error naming what failed', async () => {
+  const root = guestRoot();
+  await assert.rejects(applyIdentity(localGuest(join(root, 'missing')), { name: 'web' }), /identity failed \(exit \d+\): .*hostname: No such file or directory/);
+  // The program refuses to go on without the host key it was told to expect (here its stdin is empty).
+  const noInput = {
+    execArgv: (argv: string[], cwd: string, line: string, o: GuestExecOptions = {}) =>
+      localGuest(root).execArgv(argv, cwd, line, { ...o, stdin: Readable.from([]) }),
+  };
+  await assert.rejects(applyIdentity(noInput, { name: 'web', hostKey: key }), /no host key on stdin/);
+});
+
+test('identity: values that could break out of their argument are refused before anything runs', () => {
+  const bad: [GuestIdentity, RegExp][] = [
+    [{ name: 'a b' }, /bad name/],
+    [{ name: 'ok', machineId: 'x'.repeat(32) }, /bad machine-id/],
+    [{ name: 'ok', seedHex: 'abc' }, /bad seed/],
+    [{ name: 'ok', hostKey: { private: key.private, public: Buffer.from('a\nb') } }, /not one line/],
+  ];
+  for (const [id, re] of bad) assert.throws(() => identityCommand(id), re);
+});
+
+test('identity: the RNG is reseeded from the given bytes, after the clock', () => {
+  const c = identityCommand({ name: 'f-1', clock: true, seedHex: 'cd'.repeat(64) });
+  assert.ok(c.argv.includes('clock=1'));
+  assert.ok(c.argv.includes(`seed=${'cd'.repeat(64)}`));
+  const prog = c.argv[2]!;
+  assert.match(prog, /syscall\(227, 0/, 'clock_settime(CLOCK_REALTIME)');
+  assert.match(prog, /0x5207/, 'RNDRESEEDCRNG');
+  assert.ok(prog.indexOf('syscall(227') < prog.indexOf('$a{seed}') && prog.indexOf('$a{seed}') < prog.indexOf('$a{ip}'), 'the clock first: it is the value that ages');
+});
+
+test('identity: a tap guest takes its own MAC, address and route; a loopback guest keeps its NIC', () => {
+  const tap = { mac: '52:54:00:aa:bb:cc', ipCidr: '172.30.0.7/24', gateway: '172.30.0.1' };
+  const c = identityCommand({ name: 'f-1', tap });
+  assert.ok(c.argv.includes(`ip=${tapBatch(tap)}`));
+  assert.deepEqual(tapBatch(tap).split('\n'), [
+    'link set dev eth0 address 52:54:00:aa:bb:cc',
+    'addr flush dev eth0 scope global',
+    'addr add 172.30.0.7/24 dev eth0',
+    'route replace default via 172.30.0.1 dev eth0',
+    'neigh flush dev eth0',
+    '',
+  ]);
+  assert.equal(identityCommand({ name: 'f-1' }).argv.some((a) => a.startsWith('ip=')), false);
+  assert.throws(() => tapBatch({ ...tap, ipCidr: '172.30.0.7/24\nlink del eth0' }), /bad tap identity/);
+  assert.throws(() => tapBatch({ ...tap, mac: "52:54:00:aa:bb:cc'" }), /bad tap identity/);
+});
