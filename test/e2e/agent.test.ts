@@ -6,7 +6,7 @@
  */
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -95,6 +95,10 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
       assert.doesNotMatch(r.stdout, /err/);
       const cat = await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', 'cat | sha256sum'], 0, { input: 'x'.repeat(300_000) });
       assert.equal(cat.stdout.split(' ')[0], sha('x'.repeat(300_000)));
+      // Bulk binary stdin: thousands of the agent port's 4 KiB buffers, every byte value, in order.
+      const blob = randomBytes(16 << 20);
+      const big = await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', 'cat | sha256sum'], 0, { input: blob });
+      assert.equal(big.stdout.split(' ')[0], sha(blob));
       const q = await bangerOk(['vm', 'exec', vm, '--', 'printf', '[%s]', "it's", 'a b', '$HOME']);
       assert.equal(q.stdout, "[it's][a b][$HOME]");
       assert.equal((await bangerOk(['vm', 'exec', vm, '--', 'pwd'])).stdout.trim(), '/root');

@@ -22,7 +22,7 @@ export interface CliResult {
 
 export function banger(
   args: string[],
-  opts: { home?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  opts: { home?: string; input?: string | Buffer; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<CliResult> {
   return bangerChild(args, opts).result;
 }
@@ -30,7 +30,7 @@ export function banger(
 /** banger as a child the test can signal while it runs (Ctrl-C, kill -9), and its result. */
 export function bangerChild(
   args: string[],
-  opts: { home?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  opts: { home?: string; input?: string | Buffer; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): { child: ChildProcess; result: Promise<CliResult> } {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
   const child = spawn(process.execPath, [CLI, ...args], {
