@@ -1,5 +1,5 @@
 /**
- * The guest program that gives a resumed guest its identity (snapshot/identity.ts), run by `applyIdentity`
+ * The guest program that gives a resumed guest its identity (guest/identity.ts), run by `applyIdentity`
  * through a stand-in guest session that starts it with this host's perl, on files under a temporary root
  * (`root=DIR`: the clock goes to DIR/clock instead of being set; no RNG seed is given, so this host's RNG is
  * left alone). The real-VM proof is e2e/snapshot.test.ts (distinct host keys, machine-ids and urandom bytes,
@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import type { GuestExecOptions } from '../../src/daemon/guest/session.js';
-import { applyIdentity, identityCommand, tapBatch, type GuestIdentity } from '../../src/daemon/services/snapshot/identity.js';
+import { applyIdentity, identityCommand, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
 
 function guestRoot(): string {
   const root = mkdtempSync(join(tmpdir(), 'banger-identity-'));

@@ -11,7 +11,7 @@ import type { Paths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
-import { applyIdentity } from '../snapshot/identity.js';
+import { applyIdentity } from '../../guest/identity.js';
 import type { IdentitySync } from '../sync/service.js';
 import { repinHostKey } from '../vm/files.js';
 import type { VmPoolHooks } from '../vm/pool-hooks.js';

@@ -9,7 +9,7 @@ import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
 import { writeHandles } from '../vm/handles.js';
 import { writeHostKey } from '../vm/files.js';
-import { applyIdentity } from './identity.js';
+import { applyIdentity } from '../../guest/identity.js';
 import { qcow2VirtualSize } from '../vm/settings.js';
 import {
   SNAPSHOT_FILES,

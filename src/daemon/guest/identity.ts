@@ -1,8 +1,8 @@
 import { PassThrough, Writable } from 'node:stream';
-import { BangerError, ErrorCode } from '../../../errors/index.js';
-import { MAC_RE, VM_NAME_RE } from '../../../protocol/names.js';
-import type { AgentGuestSession } from '../../guest/agent-session.js';
-import { shq } from '../../guest/shell.js';
+import { BangerError, ErrorCode } from '../../errors/index.js';
+import { MAC_RE, VM_NAME_RE } from '../../protocol/names.js';
+import type { AgentGuestSession } from './agent-session.js';
+import { shq } from './shell.js';
 
 /** A tap guest's own place on the bridge: its NIC's MAC, its address with prefix, and the gateway. */
 export interface GuestTapIdentity {
