@@ -1,5 +1,5 @@
 import { setPriority } from 'node:os';
-import { accessSync, constants, readdirSync, createWriteStream } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, createWriteStream } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -29,6 +29,8 @@ import { AgentServer } from './server.js';
 
 const AGENT_VERSION = '0.1.0';
 const REOPEN_DELAY_MS = 250;
+/** util-linux's setpriv (in every Debian system). */
+const SETPRIV = '/usr/bin/setpriv';
 const DEFAULT_SESSIONS_DIR = '/root/.banger/sessions';
 
 function log(line: string): void {
@@ -84,7 +86,11 @@ async function servePort(server: AgentServer, device: string, readyFile?: string
  * host side closed), like the fs stream did.
  */
 function portReader(fd: number): { readable: Readable; stop(): Promise<void> } {
-  const cat = spawn('cat', [], { stdio: [fd, 'pipe', 'ignore'] });
+  // Under setpriv's parent-death signal cat dies with the agent (kill -9 included). Otherwise it would keep
+  // the port open, and the port opens only once at a time: the agent init respawns would find it busy
+  // until the host's next write made cat die of a broken pipe.
+  const argv = existsSync(SETPRIV) ? [SETPRIV, '--pdeathsig', 'KILL', 'cat'] : ['cat'];
+  const cat = spawn(argv[0]!, argv.slice(1), { stdio: [fd, 'pipe', 'ignore'] });
   const exited = new Promise<void>((resolve) => {
     if (cat.exitCode !== null || cat.signalCode !== null) resolve();
     else cat.once('close', () => resolve());

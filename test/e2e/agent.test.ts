@@ -297,6 +297,20 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     }
   });
 
+  step('a guest agent killed with kill -9 is started again by init and serves again: nothing of it keeps the port', async () => {
+    // Over SSH, so the command does not go down with the agent; the pattern matches the agent's own command line only.
+    const r = await bangerOk(['vm', 'ssh', AGENT_VM, '--', "pkill -9 -f '^node .*/agent[.]mjs' && sleep 1 && ps -eo ppid=,comm= | awk '$2 == \"cat\" && $1 == 1' | wc -l"]);
+    assert.equal(r.stdout.trim(), '0', 'no reader of the port outlived the agent');
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      if ((await banger(['vm', 'stats', AGENT_VM, '--json'])).code === 0) break;
+      assert.ok(Date.now() < deadline, 'the agent serves again within 120 s');
+      await sleep(1000);
+    }
+    const counted = await bangerOk(['vm', 'exec', AGENT_VM, '--', 'wc', '-c'], 0, { input: Buffer.alloc(1 << 20, 7) });
+    assert.equal(counted.stdout.trim(), '1048576');
+  });
+
   step('a hostile agent (an oversized frame, then endless output) costs its VM only: the daemon keeps serving', async () => {
     const hostile = [
       'import glob, os, struct',
@@ -308,12 +322,20 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     ].join('\n');
     // Keep init from restarting the real agent while the hostile one holds the port. The swap runs in its own
     // session a second after this command returns, so the command itself does not go down with the agent.
+    // The pkill pattern matches the agent's command line and not its own shell's (a plain `agent.mjs` did:
+    // pkill ended the shell, and the hostile program never ran).
     await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'cat > /run/hostile.py'], 0, { input: hostile });
     await bangerOk(['vm', 'exec', AGENT_VM, '--', 'sh', '-c',
-      `printf '#!/bin/sh\\nexec sleep 100000\\n' > /run/idle-agent && chmod +x /run/idle-agent && mount --bind /run/idle-agent /usr/lib/banger/run-agent && (setsid sh -c 'sleep 1; pkill -f agent.mjs; sleep 1; exec python3 /run/hostile.py' </dev/null >/dev/null 2>&1 &)`,
+      `printf '#!/bin/sh\\nexec sleep 100000\\n' > /run/idle-agent && chmod +x /run/idle-agent && mount --bind /run/idle-agent /usr/lib/banger/run-agent && (setsid sh -c 'sleep 1; pkill -f "^node .*/agent[.]mjs"; sleep 1; exec python3 /run/hostile.py' </dev/null >/dev/null 2>&1 &)`,
     ]);
     await bangerOk(['vm', 'exec', SSH_VM, '--', 'true']);
     await sleep(5000);
+    // The hostile program did get the port: the daemon dropped that VM's connection over its frame.
+    const logged = readFileSync(join(E2E_HOME, 'logs', 'bangerd.log'), 'utf8').split('\n');
+    assert.ok(
+      logged.some((l) => l.includes(`"vm":"${AGENT_VM}"`) && /exceeds the \d+-byte cap/.test(l)),
+      'the daemon saw the oversized frame',
+    );
     const t0 = Date.now();
     const list = await bangerOk(['vm', 'list', '--json']);
     assert.ok(Date.now() - t0 < 10_000, 'the daemon answers at once');
