@@ -7,7 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { BangerError, ErrorCode, EXIT_CODES } from '../errors/index.js';
+import { BangerError, ErrorCode, EXIT_CODES, toBangerError } from '../errors/index.js';
 import { out, printBangerError } from './output.js';
 import { connectToThisBuild, type LightRpc } from './light-rpc.js';
 import { attachTerminal } from './terminal-io.js';
@@ -50,7 +50,7 @@ export async function tryFastExec(args: readonly string[]): Promise<number | nul
     if (vm.workspace && existsSync(vm.workspace.sourcePath)) return null;
     return await run(rpc, req);
   } catch (e) {
-    return printBangerError(e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e)));
+    return printBangerError(toBangerError(e));
   } finally {
     rpc.close();
   }

@@ -6,7 +6,7 @@
  * returns null: the full CLI runs instead.
  */
 import { resolve } from 'node:path';
-import { BangerError, ErrorCode, EXIT_CODES } from '../errors/index.js';
+import { EXIT_CODES, cancelled, toBangerError } from '../errors/index.js';
 import type { ProgressEvent } from '../protocol/common.js';
 import type { WorkspacePrepareResult } from '../protocol/workspace.js';
 import { connectToThisBuild } from './light-rpc.js';
@@ -77,8 +77,8 @@ export async function tryFastPrepare(args: readonly string[]): Promise<number | 
   } catch (e) {
     renderer.finish(false);
     // After a Ctrl-C, whatever ended the call, the import was cancelled.
-    if (interrupts > 0) return printBangerError(new BangerError(ErrorCode.Cancelled, 'cancelled'));
-    return printBangerError(e instanceof BangerError ? e : new BangerError(ErrorCode.Internal, String(e)));
+    if (interrupts > 0) return printBangerError(cancelled());
+    return printBangerError(toBangerError(e));
   } finally {
     process.off('SIGINT', onSigint);
     rpc.close();

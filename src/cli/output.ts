@@ -36,7 +36,6 @@ function color(code: string, s: string): string {
   return process.stderr.isTTY && !process.env.NO_COLOR ? `\x1b[${code}m${s}\x1b[0m` : s;
 }
 
-/** A table with a header row; columns padded to their widest cell. */
 /**
  * Prints a BangerError as every command does (its message, then its hint; a cancelled one as just that) and
  * returns its exit code.
@@ -51,6 +50,7 @@ export function printBangerError(e: BangerError): number {
   return EXIT_CODES[e.code];
 }
 
+/** A table with a header row; columns padded to their widest cell. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const fmt = (r: string[]) =>

@@ -100,7 +100,7 @@ export function identityCommand(id: GuestIdentity): IdentityCommand {
   if (pub?.includes('\n')) throw new BangerError(ErrorCode.Internal, 'the public host key is not one line');
   const input =
     id.clock || key
-      ? () => Buffer.concat([Buffer.from(id.clock ? `${Date.now()}\n` : ''), key ? Buffer.concat([Buffer.from(`${pub}\n`), key.private]) : Buffer.alloc(0)])
+      ? () => Buffer.concat([Buffer.from(`${id.clock ? `${Date.now()}\n` : ''}${key ? `${pub}\n` : ''}`), key?.private ?? Buffer.alloc(0)])
       : undefined;
   return { argv, shellLine: argv.map(shq).join(' '), input };
 }
