@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { test } from 'node:test';
 import type { GuestExecOptions } from '../../src/daemon/guest/session.js';
 import { applyIdentity, identityCommand, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
@@ -72,6 +72,40 @@ test('identity: the clock is the host\'s time when the guest program runs, howev
   await applyIdentity(localGuest(root, 'argv', 700), { name: 'web', clock: true });
   const at = Number(readFileSync(join(root, 'clock'), 'utf8'));
   assert.ok(at >= asked + 700 && at <= Date.now(), `the clock is taken after the start, not when asked (${at - asked} ms)`);
+});
+
+test("identity: a slow first answer (a channel still cold) does not set the clock back: the fastest of the exchanges counts", async () => {
+  const root = guestRoot();
+  // The host's first time reaches the program 600 ms late; the next ones at once.
+  const slowFirst = {
+    execArgv: (argv: string[], cwd: string, line: string, o: GuestExecOptions = {}) => {
+      const delayed = new PassThrough();
+      let first = true;
+      o.stdin?.on('data', (b: Buffer) => {
+        if (first) setTimeout(() => delayed.write(b), 600);
+        else delayed.write(b);
+        first = false;
+      });
+      o.stdin?.on('end', () => setTimeout(() => delayed.end(), 650));
+      return localGuest(root).execArgv(argv, cwd, line, { ...o, stdin: delayed });
+    },
+  };
+  await applyIdentity(slowFirst, { clock: true });
+  const lag = Date.now() - Number(readFileSync(join(root, 'clock'), 'utf8'));
+  assert.ok(lag < 300, `the clock is within the fast exchanges' delay of the host's, not 600 ms behind (${lag} ms)`);
+});
+
+test('identity: the clock alone (a cold boot) sets it and leaves the name, hosts and machine-id as they were', async () => {
+  const root = guestRoot();
+  const hosts = readFileSync(join(root, 'etc/hosts'), 'utf8');
+  const asked = Date.now();
+  await applyIdentity(localGuest(root), { clock: true });
+  const at = Number(readFileSync(join(root, 'clock'), 'utf8'));
+  assert.ok(at >= asked && at <= Date.now(), `the host's time when the program ran (${at - asked} ms after asking)`);
+  assert.equal(readFileSync(join(root, 'etc/hosts'), 'utf8'), hosts);
+  assert.throws(() => statSync(join(root, 'etc/hostname')), /ENOENT/);
+  assert.throws(() => statSync(join(root, 'proc/sys/kernel/hostname')), /ENOENT/);
+  assert.equal(identityCommand({ clock: true }).argv.some((a) => a.startsWith('name=')), false);
 });
 
 test('identity: a name alone (a warm pool hand-over) leaves the machine-id and host key as they were; running it twice is the same', async () => {

@@ -13,15 +13,17 @@ export interface GuestTapIdentity {
 
 /**
  * What a resumed guest is given to become a VM of its own. A warm pool's hand-over gives the clock and the
- * name; a restore from a snapshot gives all of it.
+ * name; a restore from a snapshot gives all of it; a cold boot, the clock alone (its RTC holds whole seconds).
  */
 export interface GuestIdentity {
   /** The VM's name: kernel hostname, /etc/hostname, and banger's line in /etc/hosts. */
-  name: string;
+  name?: string;
   /**
-   * Set the wall clock, which stood still while the VM was parked or saved. The host's time is read when
-   * the guest program says it runs, not when the command is made: a process start in a freshly resumed
-   * guest takes up to seconds, and the clock would lag by that much.
+   * Set the wall clock, which stood still while the VM was parked or saved (or came from the RTC, in whole
+   * seconds). The host's time is read when the guest program asks for it, not when the command is made (a
+   * process start in a freshly resumed guest takes up to seconds), in {@link CLOCK_ROUNDS} exchanges; the one
+   * that came back fastest is used, plus half its round trip (a channel still cold from a boot took 0.5 s one
+   * way here).
    */
   clock?: boolean;
   /** 32 hex digits for /etc/machine-id. */
@@ -34,12 +36,18 @@ export interface GuestIdentity {
   tap?: GuestTapIdentity;
 }
 
+/** How many times the identity program asks for the host's time (it keeps the fastest answer). */
+export const CLOCK_ROUNDS = 3;
+
 /**
  * The one guest program that applies an identity (perl-base is in every Debian system). One process, started
  * by the agent with no shell: each process start costs tens to hundreds of milliseconds in an emulated guest
  * whose code cache is empty, as a freshly restored one's is, and four forks do this side by side on the
  * host's cores. It says `ready` once it runs, and then reads the host's time and the host key on stdin (never
- * in argv). The clock is set first (it is the value that ages), through clock_settime(2) (x86_64: 227).
+ * in argv): with the clock, it says `ready` and reads one time CLOCK_ROUNDS times, timing each exchange on its
+ * monotonic clock (clock_gettime(2), x86_64: 228), and the rest follows the last time. The clock is set first
+ * (it is the value that ages), through clock_settime(2) (x86_64: 227), to the time of the fastest exchange plus
+ * half its round trip plus what passed since.
  * Files are replaced by rename, never half-written. `root=DIR` (tests only) prefixes every path, and puts the
  * clock into DIR/clock instead of setting it.
  */
@@ -52,25 +60,32 @@ sub put { my ($path, $mode, $data) = @_; my $tmp = "$path.banger-new";
   open(my $f, '>', $tmp) or die "$tmp: $!\n"; chmod($mode, $tmp) or die "chmod $tmp: $!\n";
   print $f $data or die "$tmp: $!\n"; close($f) or die "$tmp: $!\n";
   rename($tmp, $path) or die "rename $tmp: $!\n"; }
-# What the host sends on stdin (the clock's line, then the host key), asked for once this program runs.
+sub mono { my $t = pack('q q', 0, 0); syscall(228, 1, $t) == 0 or die "clock_gettime: $!\n";
+  my ($s, $n) = unpack('q q', $t); return $s * 1000 + $n / 1e6; }
+# What the host sends on stdin (its time, once per ready line, then the host key), asked for once this program runs.
 my ($ms, $pub, $key) = ('', '', '');
-if ($a{clock} || $a{keys}) { $| = 1; print "ready\n"; local $/; my $in = <STDIN> // '';
-  ($ms, $in) = split(/\n/, $in, 2) if $a{clock}; ($pub, $key) = split(/\n/, $in // '', 2) if $a{keys}; }
-if ($a{clock}) { $ms =~ /^\d+$/ or die "no clock on stdin\n";
-  if (length $root) { put("$root/clock", 0644, "$ms\n"); }
-  else { syscall(227, 0, pack('q q', int($ms / 1000), ($ms % 1000) * 1000000)) == 0 or die "clock_settime: $!\n"; } }
+$| = 1;
+if ($a{clock}) { my ($rtt, $at);
+  for (1 .. ${CLOCK_ROUNDS}) { my $t1 = mono(); print "ready\n"; my $l = <STDIN> // ''; my $t4 = mono();
+    $l =~ /^(\d+)\n$/ or die "no clock on stdin\n";
+    ($rtt, $at, $ms) = ($t4 - $t1, $t4, $1) if !defined $rtt || $t4 - $t1 < $rtt; }
+  $ms += $rtt / 2 + (mono() - $at);
+  if (length $root) { put("$root/clock", 0644, int($ms) . "\n"); }
+  else { my $s = int($ms / 1000); syscall(227, 0, pack('q q', $s, int(($ms - $s * 1000) * 1e6))) == 0 or die "clock_settime: $!\n"; } }
+elsif ($a{keys}) { print "ready\n"; }
+if ($a{keys}) { local $/; my $in = <STDIN> // ''; ($pub, $key) = split(/\n/, $in, 2); }
 if (defined $a{seed}) { open(my $r, '>', '/dev/urandom') or die "urandom: $!\n";
   syswrite($r, pack('H*', $a{seed})) or die "urandom write: $!\n";
   ioctl($r, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n"; close($r); }
 if (defined $a{ip}) { open(my $ip, '|-', 'ip', '-batch', '-') or die "ip: $!\n"; print $ip $a{ip};
   close($ip) or die "ip -batch failed (status $?)\n"; }
-my $name = $a{name};
-open(my $k, '>', "$root/proc/sys/kernel/hostname") or die "hostname: $!\n"; print $k "$name\n";
-close($k) or die "hostname: $!\n";
-put("$root/etc/hostname", 0644, "$name\n");
-my $hosts = '';
-if (open(my $h, '<', "$root/etc/hosts")) { while (my $l = <$h>) { chomp $l; $hosts .= "$l\n" unless $l =~ /# banger$/; } close($h); }
-put("$root/etc/hosts", 0644, $hosts . "127.0.1.1 $name # banger\n");
+if (defined(my $name = $a{name})) {
+  open(my $k, '>', "$root/proc/sys/kernel/hostname") or die "hostname: $!\n"; print $k "$name\n";
+  close($k) or die "hostname: $!\n";
+  put("$root/etc/hostname", 0644, "$name\n");
+  my $hosts = '';
+  if (open(my $h, '<', "$root/etc/hosts")) { while (my $l = <$h>) { chomp $l; $hosts .= "$l\n" unless $l =~ /# banger$/; } close($h); }
+  put("$root/etc/hosts", 0644, $hosts . "127.0.1.1 $name # banger\n"); }
 put("$root/etc/machine-id", 0444, "$a{machine_id}\n") if defined $a{machine_id};
 if ($a{keys}) { die "no host key on stdin\n" unless defined $key && length $key;
   put("$root/etc/ssh/ssh_host_ed25519_key", 0600, $key);
@@ -82,13 +97,17 @@ if ($a{keys}) { die "no host key on stdin\n" unless defined $key && length $key;
 export interface IdentityCommand {
   argv: string[];
   shellLine: string;
-  /** What goes to its stdin once it says `ready` (the clock's line is the host's time when this is called). */
-  input?: () => Buffer;
+  /**
+   * What goes to its stdin for its `ready` number `n` (1-based; the clock's line is the host's time when this
+   * is called), and whether that is the last of it.
+   */
+  input?: (n: number) => { data: Buffer; last: boolean };
 }
 
 /** The command that gives a resumed guest `id`. */
 export function identityCommand(id: GuestIdentity): IdentityCommand {
-  const args: string[] = [`name=${checked(id.name, VM_NAME_RE, 'name')}`];
+  const args: string[] = [];
+  if (id.name !== undefined) args.push(`name=${checked(id.name, VM_NAME_RE, 'name')}`);
   if (id.clock) args.push('clock=1');
   if (id.seedHex !== undefined) args.push(`seed=${checked(id.seedHex, /^(?:[0-9a-f]{2})+$/, 'seed')}`);
   if (id.machineId !== undefined) args.push(`machine_id=${checked(id.machineId, /^[0-9a-f]{32}$/, 'machine-id')}`);
@@ -98,9 +117,14 @@ export function identityCommand(id: GuestIdentity): IdentityCommand {
   const key = id.hostKey;
   const pub = key?.public.toString('utf8').trim();
   if (pub?.includes('\n')) throw new BangerError(ErrorCode.Internal, 'the public host key is not one line');
+  const rounds = id.clock ? CLOCK_ROUNDS : 1;
   const input =
     id.clock || key
-      ? () => Buffer.concat([Buffer.from(`${id.clock ? `${Date.now()}\n` : ''}${key ? `${pub}\n` : ''}`), key?.private ?? Buffer.alloc(0)])
+      ? (n: number) => {
+          const last = n >= rounds;
+          const text = `${id.clock ? `${Date.now()}\n` : ''}${last && key ? `${pub}\n` : ''}`;
+          return { data: Buffer.concat([Buffer.from(text), (last && key?.private) || Buffer.alloc(0)]), last };
+        }
       : undefined;
   return { argv, shellLine: argv.map(shq).join(' '), input };
 }
@@ -110,10 +134,15 @@ export async function applyIdentity(guest: Pick<AgentGuestSession, 'execArgv'>, 
   const c = identityCommand(id);
   const stdin = new PassThrough();
   const input = c.input;
-  // The program's one line of output is `ready`: the answer is made then.
+  // The program's output is `ready` lines: each is answered as it comes.
+  let readies = 0;
   const stdout = new Writable({
-    write(_chunk, _enc, done) {
-      if (input && !stdin.writableEnded) stdin.end(input());
+    write(chunk: Buffer, _enc, done) {
+      for (let i = chunk.indexOf(10); i >= 0 && input && !stdin.writableEnded; i = chunk.indexOf(10, i + 1)) {
+        const { data, last } = input(++readies);
+        if (last) stdin.end(data);
+        else stdin.write(data);
+      }
       done();
     },
   });
