@@ -90,7 +90,7 @@ test("identity: a slow first answer (a channel still cold) does not set the cloc
       return localGuest(root).execArgv(argv, cwd, line, { ...o, stdin: delayed });
     },
   };
-  await applyIdentity(slowFirst, { clock: true });
+  await applyIdentity(slowFirst, { clock: true, clockExchanges: 3 });
   const lag = Date.now() - Number(readFileSync(join(root, 'clock'), 'utf8'));
   assert.ok(lag < 300, `the clock is within the fast exchanges' delay of the host's, not 600 ms behind (${lag} ms)`);
 });
@@ -132,6 +132,8 @@ test('identity: values that could break out of their argument are refused before
     [{ name: 'ok', machineId: 'x'.repeat(32) }, /bad machine-id/],
     [{ name: 'ok', seedHex: 'abc' }, /bad seed/],
     [{ name: 'ok', hostKey: { private: key.private, public: Buffer.from('a\nb') } }, /not one line/],
+    [{ clock: true, clockExchanges: 0 }, /bad clock exchanges/],
+    [{ clock: true, clockExchanges: 1.5 }, /bad clock exchanges/],
   ];
   for (const [id, re] of bad) assert.throws(() => identityCommand(id), re);
 });

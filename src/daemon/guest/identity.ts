@@ -21,11 +21,15 @@ export interface GuestIdentity {
   /**
    * Set the wall clock, which stood still while the VM was parked or saved (or came from the RTC, in whole
    * seconds). The host's time is read when the guest program asks for it, not when the command is made (a
-   * process start in a freshly resumed guest takes up to seconds), in {@link CLOCK_ROUNDS} exchanges; the one
-   * that came back fastest is used, plus half its round trip (a channel still cold from a boot took 0.5 s one
-   * way here).
+   * process start in a freshly resumed guest takes up to seconds), and half the exchange's round trip is added.
    */
   clock?: boolean;
+  /**
+   * How many times the clock's exchange is made (default 1); the fastest counts. Each costs a round trip
+   * (100-200 ms in a guest just resumed here), and buys precision over a channel still slow from its start: a
+   * cold boot's agent took 0.5 s one way for its first.
+   */
+  clockExchanges?: number;
   /** 32 hex digits for /etc/machine-id. */
   machineId?: string;
   /** Host bytes (hex) written to /dev/urandom, then RNDRESEEDCRNG, so the next read in the guest uses them. */
@@ -36,15 +40,12 @@ export interface GuestIdentity {
   tap?: GuestTapIdentity;
 }
 
-/** How many times the identity program asks for the host's time (it keeps the fastest answer). */
-export const CLOCK_ROUNDS = 3;
-
 /**
  * The one guest program that applies an identity (perl-base is in every Debian system). One process, started
  * by the agent with no shell: each process start costs tens to hundreds of milliseconds in an emulated guest
  * whose code cache is empty, as a freshly restored one's is, and four forks do this side by side on the
  * host's cores. It says `ready` once it runs, and then reads the host's time and the host key on stdin (never
- * in argv): with the clock, it says `ready` and reads one time CLOCK_ROUNDS times, timing each exchange on its
+ * in argv): with the clock, it says `ready` and reads one time per exchange asked for, timing each on its
  * monotonic clock (clock_gettime(2), x86_64: 228), and the rest follows the last time. The clock is set first
  * (it is the value that ages), through clock_settime(2) (x86_64: 227), to the time of the fastest exchange plus
  * half its round trip plus what passed since.
@@ -66,7 +67,7 @@ sub mono { my $t = pack('q q', 0, 0); syscall(228, 1, $t) == 0 or die "clock_get
 my ($ms, $pub, $key) = ('', '', '');
 $| = 1;
 if ($a{clock}) { my ($rtt, $at);
-  for (1 .. ${CLOCK_ROUNDS}) { my $t1 = mono(); print "ready\n"; my $l = <STDIN> // ''; my $t4 = mono();
+  for (1 .. $a{clock}) { my $t1 = mono(); print "ready\n"; my $l = <STDIN> // ''; my $t4 = mono();
     $l =~ /^(\d+)\n$/ or die "no clock on stdin\n";
     ($rtt, $at, $ms) = ($t4 - $t1, $t4, $1) if !defined $rtt || $t4 - $t1 < $rtt; }
   $ms += $rtt / 2 + (mono() - $at);
@@ -108,7 +109,9 @@ export interface IdentityCommand {
 export function identityCommand(id: GuestIdentity): IdentityCommand {
   const args: string[] = [];
   if (id.name !== undefined) args.push(`name=${checked(id.name, VM_NAME_RE, 'name')}`);
-  if (id.clock) args.push('clock=1');
+  const rounds = id.clock ? (id.clockExchanges ?? 1) : 1;
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 9) throw new BangerError(ErrorCode.Internal, `bad clock exchanges ${rounds}`);
+  if (id.clock) args.push(`clock=${rounds}`);
   if (id.seedHex !== undefined) args.push(`seed=${checked(id.seedHex, /^(?:[0-9a-f]{2})+$/, 'seed')}`);
   if (id.machineId !== undefined) args.push(`machine_id=${checked(id.machineId, /^[0-9a-f]{32}$/, 'machine-id')}`);
   if (id.tap) args.push(`ip=${tapBatch(id.tap)}`);
@@ -117,7 +120,6 @@ export function identityCommand(id: GuestIdentity): IdentityCommand {
   const key = id.hostKey;
   const pub = key?.public.toString('utf8').trim();
   if (pub?.includes('\n')) throw new BangerError(ErrorCode.Internal, 'the public host key is not one line');
-  const rounds = id.clock ? CLOCK_ROUNDS : 1;
   const input =
     id.clock || key
       ? (n: number) => {

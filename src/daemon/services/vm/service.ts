@@ -224,7 +224,8 @@ export class VmService {
       const live = this.live.get(id)!;
       this.guest.forwarder.start(vm, live);
       // The agent comes up a few seconds after sshd under TCG; commands use SSH until it answers.
-      if (!restore) this.live.setClockWhenAgentAnswers(vm);
+      // A warm pool's VM is given the clock when it is taken (it stands still while parked).
+      if (!restore && vm.pool === null) this.live.setClockWhenAgentAnswers(vm);
       this.live.connectAgentInBackground(vm);
       this.capConsole(id, live.watch.signal);
       this.d.log.info({ vm: vm.name, pid: live.handle.pid, accel: vm.accel }, 'vm running');
