@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { test } from 'node:test';
 import type { GuestExecOptions } from '../../src/daemon/guest/session.js';
-import { applyIdentity, identityCommand, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
+import { applyIdentity, identityCommand, prestartIdentity, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
 
 function guestRoot(): string {
   const root = mkdtempSync(join(tmpdir(), 'banger-identity-'));
@@ -113,6 +113,29 @@ test('identity: a name alone (a warm pool hand-over) leaves the machine-id and h
   for (let i = 0; i < 2; i++) await applyIdentity(localGuest(root), { name: 'web' });
   assert.equal(readFileSync(join(root, 'etc/hosts'), 'utf8'), "127.0.0.1 localhost\n::1 ip6-localhost\n10.0.0.9 it's\\n # kept\n127.0.1.1 web # banger\n");
   assert.equal(readFileSync(join(root, 'etc/machine-id'), 'utf8'), 'f'.repeat(32) + '\n');
+});
+
+test('identity started ahead (a warm pool, before parking): it waits for its name, then takes the name and the time given then', async () => {
+  const root = guestRoot();
+  const pending = await prestartIdentity(localGuest(root), { clock: true });
+  // Nothing is applied while it waits.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(readFileSync(join(root, 'etc/hosts'), 'utf8').includes('web-1'), false);
+  const asked = Date.now();
+  await pending.finish('web-1');
+  const at = Number(readFileSync(join(root, 'clock'), 'utf8'));
+  assert.ok(at >= asked && at <= Date.now(), `the host's time at the take, not at the start (${at - asked} ms)`);
+  assert.equal(readFileSync(join(root, 'proc/sys/kernel/hostname'), 'utf8'), 'web-1\n');
+  assert.match(readFileSync(join(root, 'etc/hosts'), 'utf8'), /^127\.0\.1\.1 web-1 # banger$/m);
+  const another = await prestartIdentity(localGuest(root), {});
+  assert.throws(() => void another.finish('a b'), /bad name/);
+  await another.finish('web-2');
+  assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'web-2\n');
+});
+
+test('identity started ahead: a program that ends before it asks is an error, not a wait', async () => {
+  const gone = { execArgv: async () => ({ code: 1, stdout: Buffer.alloc(0), stderr: Buffer.from('perl: not found') }) };
+  await assert.rejects(prestartIdentity(gone, { clock: true }), /identity failed \(exit 1\): perl: not found/);
 });
 
 test('identity: a failure in the guest is an error naming what failed', async () => {

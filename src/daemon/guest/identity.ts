@@ -66,6 +66,9 @@ sub mono { my $t = pack('q q', 0, 0); syscall(228, 1, $t) == 0 or die "clock_get
 # What the host sends on stdin (its time, once per ready line, then the host key), asked for once this program runs.
 my ($ms, $pub, $key) = ('', '', '');
 $| = 1;
+# name=- : the program was started ahead (a warm pool's, before parking) and waits here for its name.
+if (($a{name} // '') eq '-') { print "ready\n"; my $n = <STDIN> // '';
+  $n =~ /^([A-Za-z0-9][A-Za-z0-9.-]*)\n$/ or die "no name on stdin\n"; $a{name} = $1; }
 if ($a{clock}) { my ($rtt, $at);
   for (1 .. $a{clock}) { my $t1 = mono(); print "ready\n"; my $l = <STDIN> // ''; my $t4 = mono();
     $l =~ /^(\d+)\n$/ or die "no clock on stdin\n";
@@ -105,10 +108,14 @@ export interface IdentityCommand {
   input?: (n: number) => { data: Buffer; last: boolean };
 }
 
-/** The command that gives a resumed guest `id`. */
-export function identityCommand(id: GuestIdentity): IdentityCommand {
+/**
+ * The command that gives a resumed guest `id`. With `nameOnStdin` (a program started ahead, see
+ * {@link prestartIdentity}) its first `ready` asks for the name, which then goes on its stdin.
+ */
+export function identityCommand(id: GuestIdentity, opts: { nameOnStdin?: boolean } = {}): IdentityCommand {
   const args: string[] = [];
-  if (id.name !== undefined) args.push(`name=${checked(id.name, VM_NAME_RE, 'name')}`);
+  if (opts.nameOnStdin) args.push('name=-');
+  else if (id.name !== undefined) args.push(`name=${checked(id.name, VM_NAME_RE, 'name')}`);
   const rounds = id.clock ? (id.clockExchanges ?? 1) : 1;
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 9) throw new BangerError(ErrorCode.Internal, `bad clock exchanges ${rounds}`);
   if (id.clock) args.push(`clock=${rounds}`);
@@ -131,30 +138,96 @@ export function identityCommand(id: GuestIdentity): IdentityCommand {
   return { argv, shellLine: argv.map(shq).join(' '), input };
 }
 
+type IdentityGuest = Pick<AgentGuestSession, 'execArgv'>;
+
 /** Gives the guest behind `guest` the identity `id`; throws with the guest's message when it fails. */
-export async function applyIdentity(guest: Pick<AgentGuestSession, 'execArgv'>, id: GuestIdentity, signal?: AbortSignal): Promise<void> {
-  const c = identityCommand(id);
+export async function applyIdentity(guest: IdentityGuest, id: GuestIdentity, signal?: AbortSignal): Promise<void> {
+  await runIdentity(guest, identityCommand(id), signal).done;
+}
+
+/** An identity program started ahead, waiting for its name. */
+export interface PendingIdentity {
+  /** Gives it the VM's name (and the host's time, as it asks); resolves once the identity is applied. */
+  finish(name: string): Promise<void>;
+}
+
+/**
+ * Starts the identity program for `id` (all but the name) and resolves once it runs and waits for the name.
+ * A warm pool starts it in each VM before parking it, so that its take only answers a running program: a
+ * process start is the largest part of a take under emulation (~0.3-0.5 s here). The program's time is asked
+ * for after the name, so a clock exchange never spans the park.
+ */
+export async function prestartIdentity(guest: IdentityGuest, id: Omit<GuestIdentity, 'name'>, signal?: AbortSignal): Promise<PendingIdentity> {
+  let give!: (name: string) => void;
+  const name = new Promise<string>((resolve) => (give = resolve));
+  const run = runIdentity(guest, identityCommand(id, { nameOnStdin: true }), signal, name);
+  run.done.catch(() => undefined); // seen through finish(), or through ready when it fails first
+  await run.ready;
+  return {
+    finish(n) {
+      give(checked(n, VM_NAME_RE, 'name'));
+      return run.done;
+    },
+  };
+}
+
+/**
+ * Runs an identity command, answering each `ready` line it prints as it comes: with the name once `name`
+ * resolves (for a program started ahead, its first), else with what `c.input` gives. `ready` resolves at the
+ * first line, and rejects when the program ends before one.
+ */
+function runIdentity(
+  guest: IdentityGuest,
+  c: IdentityCommand,
+  signal?: AbortSignal,
+  name?: Promise<string>,
+): { ready: Promise<void>; done: Promise<void> } {
   const stdin = new PassThrough();
   const input = c.input;
-  // The program's output is `ready` lines: each is answered as it comes.
   let readies = 0;
+  let sawReady!: () => void;
+  const ready = new Promise<void>((resolve) => (sawReady = resolve));
+  const answer = (n: number) => {
+    if (stdin.writableEnded) return;
+    if (name && n === 1) {
+      void name.then((v) => {
+        if (stdin.writableEnded) return;
+        if (input) stdin.write(`${v}\n`);
+        else stdin.end(`${v}\n`);
+      });
+      return;
+    }
+    if (!input) return;
+    const { data, last } = input(name ? n - 1 : n);
+    if (last) stdin.end(data);
+    else stdin.write(data);
+  };
   const stdout = new Writable({
     write(chunk: Buffer, _enc, done) {
-      for (let i = chunk.indexOf(10); i >= 0 && input && !stdin.writableEnded; i = chunk.indexOf(10, i + 1)) {
-        const { data, last } = input(++readies);
-        if (last) stdin.end(data);
-        else stdin.write(data);
+      for (let i = chunk.indexOf(10); i >= 0; i = chunk.indexOf(10, i + 1)) {
+        sawReady();
+        answer(++readies);
       }
       done();
     },
   });
-  if (!input) stdin.end();
-  try {
-    const r = await guest.execArgv(c.argv, '/', c.shellLine, { signal, stdin, stdout });
-    if (r.code !== 0) throw new BangerError(ErrorCode.Internal, `giving the guest its identity failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
-  } finally {
-    if (!stdin.writableEnded) stdin.end();
-  }
+  if (!input && !name) stdin.end();
+  const done = (async () => {
+    try {
+      const r = await guest.execArgv(c.argv, '/', c.shellLine, { signal, stdin, stdout });
+      if (r.code !== 0) throw new BangerError(ErrorCode.Internal, `giving the guest its identity failed (exit ${r.code}): ${r.stderr.toString().trim()}`);
+    } finally {
+      if (!stdin.writableEnded) stdin.end();
+    }
+  })();
+  const started = Promise.race([
+    ready,
+    done.then(() => {
+      throw new BangerError(ErrorCode.Internal, 'the identity program ended before it asked for anything');
+    }),
+  ]);
+  started.catch(() => undefined); // applyIdentity waits for `done` alone
+  return { ready: started, done };
 }
 
 /** `ip -batch` lines that move a resumed tap guest's eth0 to its own MAC and address. */

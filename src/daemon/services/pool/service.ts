@@ -11,7 +11,7 @@ import type { Paths } from '../../../shared/paths.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 import { KeyedMutex } from '../locks.js';
-import { applyIdentity } from '../../guest/identity.js';
+import { applyIdentity, prestartIdentity, type PendingIdentity } from '../../guest/identity.js';
 import type { IdentitySync } from '../sync/service.js';
 import { repinHostKey } from '../vm/files.js';
 import type { VmPoolHooks } from '../vm/pool-hooks.js';
@@ -67,6 +67,8 @@ export class PoolService {
   private readonly picks = new KeyedMutex();
   /** Ids of the pool VMs that are parked and may be taken. */
   private readonly parked = new Set<string>();
+  /** The identity program each parked VM runs, waiting for its name (identity.ts prestartIdentity). */
+  private readonly identities = new Map<string, PendingIdentity>();
   private readonly filling = new Map<string, number>();
   /** Stops the fill under way of an image's pool (when the pool is made smaller). */
   private readonly fillAborts = new Map<string, AbortController>();
@@ -132,6 +134,8 @@ export class PoolService {
     });
     if (!name) return undefined;
     const { vm } = name;
+    const pending = this.identities.get(vm.id);
+    this.identities.delete(vm.id);
     progress({ kind: 'step', step: 'take a VM from the warm pool', index: 1, total: 1 });
     try {
       // Milliseconds each part of the hand-over took, for the log.
@@ -152,8 +156,16 @@ export class PoolService {
         const agent = await timed('agent', hooks.agent(rec, signal));
         const guest = new AgentGuestSession(agent);
         // The clock (it stood still while the VM was parked) and the name, in one guest process
-        // (identity.ts): every process the agent starts costs a fork of the agent under emulation.
-        const rename = () => applyIdentity(guest, { name: rec.name, clock: true }, signal);
+        // (identity.ts), started before the park: a process start is the largest part of a take under
+        // emulation. Should that program be gone, a new one does it.
+        const fresh = () => applyIdentity(guest, { name: rec.name, clock: true }, signal);
+        const rename = () =>
+          pending
+            ? pending.finish(rec.name).catch((e: unknown) => {
+                this.d.log.warn({ vm: rec.name, err: (e as Error).message }, 'the identity program started before the park failed; starting another');
+                return fresh();
+              })
+            : fresh();
         const sync = async () => {
           if (p.sync === false || !this.d.identity) return;
           try {
@@ -238,6 +250,14 @@ export class PoolService {
             await sleep(1000, undefined, { signal: deadline }).catch(() => undefined);
           }
         }
+        // The program that will give the VM its name and clock when taken starts now; a take without it
+        // starts one then.
+        const agent = await hooks.agent(r.vm, signal);
+        const pending = await prestartIdentity(new AgentGuestSession(agent), { clock: true }, this.stopping.signal).catch((e: unknown) => {
+          this.d.log.warn({ vm: created.name, err: (e as Error).message }, 'pool VM: the identity program did not start; its take will start one');
+          return undefined;
+        });
+        if (pending) this.identities.set(created.id, pending);
         await hooks.park(r.vm.id, signal);
       }, signal);
       // Trimmed while it booted: it goes rather than waits.
@@ -246,6 +266,7 @@ export class PoolService {
       this.parked.add(created.id);
       this.d.log.info({ vm: created.name, image }, 'pool VM parked');
     } catch (e) {
+      this.identities.delete(created.id);
       await this.d.vms.delete(created.name, { force: true }).catch(() => undefined);
       throw e;
     }
@@ -256,7 +277,10 @@ export class PoolService {
     const doomed = await this.picks.run(image, async () => {
       const parked = this.members(image).filter((v) => this.parked.has(v.id));
       const extra = parked.slice(0, Math.max(0, parked.length - size));
-      for (const vm of extra) this.parked.delete(vm.id);
+      for (const vm of extra) {
+        this.parked.delete(vm.id);
+        this.identities.delete(vm.id);
+      }
       return extra;
     });
     for (const vm of doomed) await this.remove(vm, 'the pool was made smaller');
