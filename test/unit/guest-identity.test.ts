@@ -128,7 +128,7 @@ test('identity started ahead (a warm pool, before parking): it waits for its nam
   assert.equal(readFileSync(join(root, 'proc/sys/kernel/hostname'), 'utf8'), 'web-1\n');
   assert.match(readFileSync(join(root, 'etc/hosts'), 'utf8'), /^127\.0\.1\.1 web-1 # banger$/m);
   const another = await prestartIdentity(localGuest(root), {});
-  assert.throws(() => void another.finish('a b'), /bad name/);
+  await assert.rejects(another.finish('a b'), /bad name/);
   await another.finish('web-2');
   assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'web-2\n');
 });

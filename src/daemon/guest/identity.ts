@@ -164,9 +164,9 @@ export async function prestartIdentity(guest: IdentityGuest, id: Omit<GuestIdent
   run.done.catch(() => undefined); // seen through finish(), or through ready when it fails first
   await run.ready;
   return {
-    finish(n) {
+    async finish(n) {
       give(checked(n, VM_NAME_RE, 'name'));
-      return run.done;
+      await run.done;
     },
   };
 }
