@@ -241,9 +241,10 @@ export class PoolService {
       await this.d.vms.withRunning(created.name, async (r) => {
         const hooks = this.d.vms.pool;
         const deadline = AbortSignal.any([signal, AbortSignal.timeout(AGENT_WAIT_MS)]);
+        let agent;
         for (;;) {
           try {
-            await hooks.agent(r.vm, deadline);
+            agent = await hooks.agent(r.vm, deadline);
             break;
           } catch (e) {
             if (deadline.aborted) throw failedPrecondition(`pool VM ${created.name}: its guest agent did not answer (${(e as Error).message})`);
@@ -252,7 +253,6 @@ export class PoolService {
         }
         // The program that will give the VM its name and clock when taken starts now; a take without it
         // starts one then.
-        const agent = await hooks.agent(r.vm, signal);
         const pending = await prestartIdentity(new AgentGuestSession(agent), { clock: true }, this.stopping.signal).catch((e: unknown) => {
           this.d.log.warn({ vm: created.name, err: (e as Error).message }, 'pool VM: the identity program did not start; its take will start one');
           return undefined;

@@ -8,6 +8,7 @@ import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
+import { applyIdentity } from '../../guest/identity.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { IdentitySync } from '../sync/service.js';
 import { GuestPortForwarder } from './forwards.js';
@@ -18,7 +19,7 @@ import type { LiveVms } from './live.js';
 /**
  * Access to the guests of running VMs: commands (`vm exec`, through the guest agent or over SSH), the
  * agent itself (sessions, stats), the open guest session other services work through, identity sync on
- * `vm sync`, and the guest's listening ports with their forwarding to, and publishing on, the VM's host
+ * `vm sync`, the clock of a cold-booted guest, and the guest's listening ports with their forwarding to, and publishing on, the VM's host
  * address. VmService builds it and hands it out as `vms.guest`; no VM's lifecycle lock is held here
  * during guest I/O.
  */
@@ -96,6 +97,30 @@ export class VmGuestAccess {
         connectInBackground: (vm) => this.d.live.connectAgentInBackground(vm),
       },
       handlesPath: (id) => d.paths.vm(id).handles,
+    });
+  }
+
+  /**
+   * Sets the guest's wall clock to the host's, once, when its agent first answers. A cold boot's clock comes
+   * from the RTC, which holds whole seconds: the guest starts up to a second behind (0.4-0.9 s measured here),
+   * enough for `make` to call a file the host just wrote "in the future". The identity program reads the
+   * host's time once it runs (identity.ts), three times, and keeps the fastest exchange plus half its round
+   * trip: the agent's channel is slow for a while after it starts (0.5 s one way seen), and this runs in the
+   * background, where a round trip or two more cost no one. Restored and pool VMs are given the clock with the
+   * rest of their identity. Best effort: a failure is logged, the VM stays usable.
+   */
+  setClockWhenAgentAnswers(vm: VmRecord): void {
+    const live = this.d.live.get(vm.id);
+    if (!live?.hasAgent) return;
+    const off = this.d.live.onAgentConnected(vm.id, (client) => {
+      off();
+      const started = Date.now();
+      applyIdentity(new AgentGuestSession(client), { clock: true, clockExchanges: 3 }, live.watch.signal).then(
+        () => this.d.log.info({ vm: vm.name, ms: Date.now() - started }, 'guest clock set to the host\'s'),
+        (e: unknown) => {
+          if (!live.watch.signal.aborted) this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'could not set the guest clock');
+        },
+      );
     });
   }
 

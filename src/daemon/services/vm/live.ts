@@ -9,7 +9,6 @@ import type { VmHandle, VmmDriver } from '../../vmm/driver.js';
 import { removeRuntimeFiles, type VmRuntime } from './handles.js';
 import { AgentClient } from '../../guest/agent-client.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import { applyIdentity } from '../../guest/identity.js';
 import type { GuestSession } from '../../guest/session.js';
 import { connect as connectUnix } from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
@@ -348,30 +347,6 @@ export class LiveVms {
     this.agent(vm, live.watch.signal).catch((e: unknown) => {
       if (!live.watch.signal.aborted && !live.stopping && this.live.get(vm.id) === live)
         this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent not reachable; commands use SSH');
-    });
-  }
-
-  /**
-   * Sets the guest's wall clock to the host's, once, when its agent first answers. A cold boot's clock comes
-   * from the RTC, which holds whole seconds: the guest starts up to a second behind (0.4-0.9 s measured here),
-   * enough for `make` to call a file the host just wrote "in the future". The identity program reads the
-   * host's time once it runs (identity.ts), three times, and keeps the fastest exchange plus half its round
-   * trip: the agent's channel is slow for a while after it starts (0.5 s one way seen), and this runs in the
-   * background, where a round trip or two more cost no one. Restored and pool VMs are given the clock with the
-   * rest of their identity. Best effort: a failure is logged, the VM stays usable.
-   */
-  setClockWhenAgentAnswers(vm: VmRecord): void {
-    const live = this.live.get(vm.id);
-    if (!live?.hasAgent) return;
-    const off = this.onAgentConnected(vm.id, (client) => {
-      off();
-      const started = Date.now();
-      applyIdentity(new AgentGuestSession(client), { clock: true, clockExchanges: 3 }, live.watch.signal).then(
-        () => this.d.log.info({ vm: vm.name, ms: Date.now() - started }, 'guest clock set to the host\'s'),
-        (e: unknown) => {
-          if (!live.watch.signal.aborted) this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'could not set the guest clock');
-        },
-      );
     });
   }
 

@@ -225,7 +225,7 @@ export class VmService {
       this.guest.forwarder.start(vm, live);
       // The agent comes up a few seconds after sshd under TCG; commands use SSH until it answers.
       // A warm pool's VM is given the clock when it is taken (it stands still while parked).
-      if (!restore && vm.pool === null) this.live.setClockWhenAgentAnswers(vm);
+      if (!restore && vm.pool === null) this.guest.setClockWhenAgentAnswers(vm);
       this.live.connectAgentInBackground(vm);
       this.capConsole(id, live.watch.signal);
       this.d.log.info({ vm: vm.name, pid: live.handle.pid, accel: vm.accel }, 'vm running');
