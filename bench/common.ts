@@ -27,8 +27,9 @@ export function sh(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv;
   return r.stdout;
 }
 
+/** Runs the CLI as a user's shell does: the file itself, through its #! line (not `node dist/banger.js`). */
 export function banger(args: string[]): string {
-  return sh(process.execPath, [CLI, ...args], { env: { BANGER_HOME: HOME } });
+  return sh(CLI, args, { env: { BANGER_HOME: HOME } });
 }
 
 /** `banger(args)` for cleanup, where failing (the VM or snapshot is not there) is fine. */

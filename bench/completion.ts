@@ -18,7 +18,7 @@ try {
   const script = join(dir, 'banger.bash');
   writeFileSync(script, banger(['completion', 'bash']));
   writeFileSync(join(dir, 'banger'), `#!/bin/sh\nexec '${process.execPath}' '${CLI}' "$@"\n`, { mode: 0o755 });
-  const daemon = spawnSync(process.execPath, [CLI, 'daemon', 'status'], { env: { ...process.env, BANGER_HOME: HOME } }).status === 0;
+  const daemon = spawnSync(CLI, ['daemon', 'status'], { env: { ...process.env, BANGER_HOME: HOME } }).status === 0;
   // Each line: milliseconds of one call; `node -e 0` is timed the same way as a TAB that runs banger.
   const timed = (call: string) =>
     sh(

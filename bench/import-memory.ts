@@ -36,7 +36,7 @@ try {
   const timer = setInterval(() => (peak = Math.max(peak, rssKiB(pid))), 100);
   const started = Date.now();
   const code = await new Promise<number | null>((resolve) => {
-    const p = spawn(process.execPath, [CLI, 'vm', 'workspace', 'prepare', VM, repo], {
+    const p = spawn(CLI, ['vm', 'workspace', 'prepare', VM, repo], {
       env: { ...process.env, BANGER_HOME: HOME },
       stdio: ['ignore', 'ignore', 'inherit'],
     });

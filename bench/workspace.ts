@@ -120,7 +120,7 @@ try {
     ssh('rm -rf /root/ws-banger /root/ws-base; sync');
     b.push(
       timeIt(() =>
-        run(process.execPath, [CLI, 'vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws-banger']),
+        run(CLI, ['vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws-banger']),
       ),
     );
     base.push(
@@ -177,7 +177,7 @@ try {
 
   if (sections.has('export')) {
     if (!sections.has('prepare'))
-      run(process.execPath, [CLI, 'vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws-banger']);
+      run(CLI, ['vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws-banger']);
     // ~100 text files changed in the guest; the baseline works on a copy so banger's export is unchanged.
     ssh(
       'cd /root/ws-banger && git ls-files \'src/*.txt\' | head -n 100 | while read -r f; do echo changed >> "$f"; done && rm -rf /root/ws-copy && cp -a /root/ws-banger /root/ws-copy',
@@ -185,7 +185,7 @@ try {
     const e: number[] = [];
     const ebase: number[] = [];
     for (let i = 0; i < exportRuns; i++) {
-      e.push(timeIt(() => run(process.execPath, [CLI, 'vm', 'workspace', 'export', name])));
+      e.push(timeIt(() => run(CLI, ['vm', 'workspace', 'export', name])));
       ssh('cd /root/ws-copy && git reset -q');
       ebase.push(
         timeIt(() => run('ssh', [...sshArgs, 'cd /root/ws-copy && git add -A && git diff --cached --binary'])),

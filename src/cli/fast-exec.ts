@@ -5,7 +5,6 @@
  * output, errors and exit codes. Anything it does not handle (other flags, --help, no daemon of this build
  * running, a VM with a workspace whose host repo is there to check) returns null: the full CLI runs instead.
  */
-import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { BangerError, ErrorCode, EXIT_CODES, toBangerError } from '../errors/index.js';
 import { out, printBangerError } from './output.js';
@@ -58,7 +57,9 @@ export async function tryFastExec(args: readonly string[]): Promise<number | nul
 
 /** What `runInGuest` does: stream output, pass stdin (unless an unasked-for terminal), raw mode, resize, Ctrl-C. */
 async function run(rpc: LightRpc, req: FastExecArgs): Promise<number> {
-  const execId = randomUUID();
+  // Exec ids are scoped to their connection, and this one carries this exec alone (node:crypto, for a
+  // random id, would add its load time to every command).
+  const execId = `exec-${process.pid}`;
   rpc.onNotification = (method, params) => {
     const p = params as { execId?: string; stream?: string; data?: string };
     if (method !== 'exec/output' || p.execId !== execId || typeof p.data !== 'string') return;

@@ -13,6 +13,8 @@ import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CLI, E2E_HOME, REPO_ROOT, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
 import { connect } from '../../src/client/index.js';
+import { QmpClient } from '../../src/daemon/vmm/qemu/qmp.js';
+import { Paths } from '../../src/shared/paths.js';
 
 const AGENT_VM = 'e2e-agent';
 const SSH_VM = 'e2e-agent-ssh';
@@ -327,6 +329,27 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     }
     const counted = await bangerOk(['vm', 'exec', AGENT_VM, '--', 'wc', '-c'], 0, { input: Buffer.alloc(1 << 20, 7) });
     assert.equal(counted.stdout.trim(), '1048576');
+  });
+
+  step('a guest stalled for 25 s (its CPUs stopped, as a loaded host can do to an emulated guest) keeps its agent: the command running through it ends well', async () => {
+    const { id } = JSON.parse((await bangerOk(['vm', 'show', AGENT_VM, '--json'])).stdout) as { id: string };
+    const logBefore = readFileSync(join(E2E_HOME, 'logs', 'bangerd.log'), 'utf8').length;
+    const cmd = banger(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'sleep 3; echo survived'], { timeoutMs: 180_000 });
+    await sleep(1000);
+    const qmp = await QmpClient.connect(new Paths(E2E_HOME).vm(id).qmpSocket);
+    try {
+      await qmp.execute('stop');
+      await sleep(25_000); // more than the daemon's hello timeout (10 s) and SSH probe (10 s) together
+      await qmp.execute('cont');
+    } finally {
+      qmp.close();
+    }
+    const r = await cmd;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'survived\n');
+    const logged = readFileSync(join(E2E_HOME, 'logs', 'bangerd.log'), 'utf8').slice(logBefore).split('\n');
+    assert.ok(logged.some((l) => l.includes(`"vm":"${AGENT_VM}"`) && l.includes('stalled guest')), 'the daemon saw the agent go silent and kept it');
+    assert.ok(!logged.some((l) => l.includes(`"vm":"${AGENT_VM}"`) && l.includes('dropping its connection')));
   });
 
   step('a hostile agent (an oversized frame, then endless output) costs its VM only: the daemon keeps serving', async () => {

@@ -13,6 +13,7 @@ import type { GuestSession } from '../../guest/session.js';
 import { connect as connectUnix } from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
+import { watchAgent } from './agent-ping.js';
 
 /** What is true right now about a VM the daemon believes runs. */
 export interface LiveVm {
@@ -55,11 +56,7 @@ export function newLiveVm(handle: VmRuntime, driver: VmmDriver): LiveVm {
 
 /** How long the daemon waits for the agent's hello on a fresh connection. */
 const AGENT_HELLO_TIMEOUT_MS = 10_000;
-/**
- * The agent is asked for a hello this often, and dropped when it does not answer within the hello timeout:
- * over virtio-serial the host socket stays open when the guest's agent dies, so silence is the only sign, and
- * without this a command running through a dead agent would wait forever.
- */
+/** The agent is asked for a hello this often (see agent-ping.ts). */
 const AGENT_PING_MS = 5_000;
 
 /** Files that describe a running VM and mean nothing once it stopped. */
@@ -311,17 +308,24 @@ export class LiveVms {
     try {
       const hello = await client.hello({ signal, timeoutMs: helloMs });
       live.agentFeatures = new Set(hello.features);
-      const ping = setInterval(() => {
-        if (client.closed || live.watch.signal.aborted) return clearInterval(ping);
-        if (live.parked) return;
-        client.hello({ timeoutMs: AGENT_HELLO_TIMEOUT_MS }).catch(() => {
-          // A ping sent just before the guest was parked goes unanswered: not a dead agent.
-          if (client.closed || live.parked) return;
-          this.d.log.warn({ vm: vm.name }, 'the guest agent stopped answering; dropping its connection');
-          client.close();
-        });
-      }, AGENT_PING_MS);
-      ping.unref();
+      watchAgent(
+        {
+          hello: (timeoutMs) => client.hello({ timeoutMs }),
+          guestAnswers: async (timeoutMs) => {
+            const signal = AbortSignal.timeout(timeoutMs);
+            await (await this.session(vm, signal)).exec('true', { signal });
+            return true;
+          },
+          gone: () => client.closed || live.watch.signal.aborted,
+          parked: () => live.parked === true,
+          drop: (reason) => {
+            this.d.log.warn({ vm: vm.name }, reason);
+            client.close();
+          },
+          warn: (message) => this.d.log.warn({ vm: vm.name }, message),
+        },
+        { intervalMs: AGENT_PING_MS, timeoutMs: AGENT_HELLO_TIMEOUT_MS },
+      );
     } catch (e) {
       client.close();
       throw e;
