@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -30,6 +30,19 @@ export function sh(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv;
 /** Runs the CLI as a user's shell does: the file itself, through its #! line (not `node dist/banger.js`). */
 export function banger(args: string[]): string {
   return sh(CLI, args, { env: { BANGER_HOME: HOME } });
+}
+
+/** `banger(args)` without blocking, for commands run side by side; rejects when it fails. */
+export function bangerAsync(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(CLI, args, { env: { ...process.env, BANGER_HOME: HOME }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    c.once('error', reject);
+    c.once('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`banger ${args.join(' ')} failed (${code}): ${err}`))));
+  });
 }
 
 /** `banger(args)` for cleanup, where failing (the VM or snapshot is not there) is fine. */

@@ -2,7 +2,7 @@
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 
 mkdirSync('dist', { recursive: true });
 
@@ -24,6 +24,8 @@ function buildId() {
   return hash.digest('hex').slice(0, 12);
 }
 const define = { __BANGER_BUILD__: JSON.stringify(buildId()) };
+/** What the host-side bundles share. */
+const node20 = { outdir: 'dist', bundle: true, platform: 'node', target: 'node20', format: 'esm', sourcemap: true, define, logLevel: 'warning' };
 
 const entries = { 'banger-program': 'src/cli/program.ts', bangerd: 'src/daemon/main.ts' };
 // Split into chunks: what the CLI imports lazily (each top-level command, the RPC client) is then neither
@@ -31,32 +33,23 @@ const entries = { 'banger-program': 'src/cli/program.ts', bangerd: 'src/daemon/m
 for (const f of readdirSync('dist', { withFileTypes: true }))
   if (f.isFile() && /-[A-Z0-9]{8}\.js(\.map)?$/.test(f.name)) rmSync(`dist/${f.name}`);
 await build({
+  ...node20,
   entryPoints: entries,
-  outdir: 'dist',
-  bundle: true,
   splitting: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'esm',
-  sourcemap: true,
   banner: {
     js: "#!/usr/bin/env node\nimport { createRequire as __bangerCreateRequire } from 'node:module'; const require = __bangerCreateRequire(import.meta.url);",
   },
   external: ['better-sqlite3', 'ssh2', 'cpu-features', 'pino', 'thread-stream', '@jdxcode/mise-linux-x64'],
-  define,
-  logLevel: 'warning',
 });
 // The CLI's entry, one file: its fast paths (`vm exec`, `vm workspace prepare`) run with no other module to
 // resolve, read and compile (5 ms of a ~120 ms `vm exec -- true` here); the full program is the split build's.
+// Its #! line drops NODE_EXTRA_CA_CERTS: Node 20 reads and parses that file, and builds its whole root
+// certificate store, before running any script when the variable is set (50 ms of a 70 ms `node -e 0` where it
+// is set here), and nothing the CLI or the daemon it starts does uses TLS. GNU env's -S splits the line.
 await build({
+  ...node20,
   entryPoints: { banger: 'src/cli/main.ts' },
-  outdir: 'dist',
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'esm',
-  sourcemap: true,
-  banner: { js: '#!/usr/bin/env node' },
+  banner: { js: '#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node' },
   // The progress spinner loads from node_modules when a long command shows one.
   external: ['ora'],
   plugins: [
@@ -65,23 +58,10 @@ await build({
       setup: (b) => b.onResolve({ filter: /^\.\/program\.js$/ }, () => ({ path: './banger-program.js', external: true })),
     },
   ],
-  define,
-  logLevel: 'warning',
 });
 // The package's API (`import { connect } from 'banger'`): dist/index.js, with its declarations under dist/types.
-await build({
-  entryPoints: { index: 'src/client/index.ts' },
-  outdir: 'dist',
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'esm',
-  sourcemap: true,
-  // Dependencies load from the consumer's node_modules, shared with its own copies.
-  packages: 'external',
-  define,
-  logLevel: 'warning',
-});
+// Dependencies load from the consumer's node_modules, shared with its own copies.
+await build({ ...node20, entryPoints: { index: 'src/client/index.ts' }, packages: 'external' });
 execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
 // The guest agent: one self-contained file (zod included) for the guest image's Debian nodejs (18).
 await build({
@@ -94,9 +74,4 @@ await build({
   banner: { js: '#!/usr/bin/env node' },
   logLevel: 'warning',
 });
-// The CLI's #! line drops NODE_EXTRA_CA_CERTS: Node 20 reads and parses that file, and builds its whole root
-// certificate store, before running any script when the variable is set (50 ms of a 70 ms `node -e 0` where it
-// is set here), and nothing the CLI or the daemon it starts does uses TLS. GNU env's -S splits the line.
-const cli = readFileSync('dist/banger.js', 'utf8');
-writeFileSync('dist/banger.js', cli.replace(/^#!.*\n/, '#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node\n'));
 for (const name of ['banger', 'bangerd', 'banger-agent']) chmodSync(`dist/${name}.js`, 0o755);

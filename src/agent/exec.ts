@@ -6,6 +6,7 @@ import type { AgentSignal } from '../protocol/agent-fields.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
 import { nodeSpawner, type Spawned, type Spawner } from './spawner.js';
+import { spawnFailure, type PrespawnedProcesses } from './prespawned.js';
 
 /**
  * One `exec` channel in the guest: a child process whose stdout and stderr go out within the daemon's
@@ -28,6 +29,8 @@ export class ExecChannel {
     private readonly python: string | null,
     /** Starts the process (a pty exec always with Node's spawn: it needs fd 3). */
     private readonly spawner: Spawner = nodeSpawner,
+    /** Where `{ prespawned: key }` takes its process from. */
+    private readonly prespawned?: PrespawnedProcesses,
   ) {
     this.out = new OutboundWindow((b) => io.sendData(FrameKind.Stdout, b));
     this.err = new OutboundWindow((b) => io.sendData(FrameKind.Stderr, b));
@@ -38,6 +41,7 @@ export class ExecChannel {
   /** Spawns the process; resolves with its pid once it exists, rejects with an AgentFailure otherwise. Its output waits for `begin`. */
   async start(): Promise<{ pid: number }> {
     const { req } = this;
+    if ('prespawned' in req.command) return this.adopt(req.command.prespawned);
     const cwd = req.cwd ?? process.env.HOME ?? '/';
     const dir = await stat(cwd).catch(() => null);
     if (!dir?.isDirectory()) throw new AgentFailure('NotFound', `no directory ${cwd} in the guest`);
@@ -65,11 +69,21 @@ export class ExecChannel {
         control: req.pty !== undefined,
       });
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') throw new AgentFailure('NotFound', `no command ${file} in the guest`);
-      if (code === 'EACCES') throw new AgentFailure('FailedPrecondition', `${file} is not executable in the guest`);
-      throw new AgentFailure('Internal', `could not start ${file}: ${(e as Error).message}`);
+      throw spawnFailure(e, file);
     }
+    return this.started(child);
+  }
+
+  /** Takes the process held under `key` (its stdin closed at once unless the request streams one). */
+  private adopt(key: string): { pid: number } {
+    if (this.req.pty) throw new AgentFailure('InvalidArgument', 'a prespawned process has no terminal');
+    const child = this.prespawned?.take(key);
+    if (!child) throw new AgentFailure('NotFound', `no prespawned process '${key}' in the guest`);
+    if (this.req.stdin !== true) child.stdin?.end();
+    return this.started(child);
+  }
+
+  private started(child: Spawned): { pid: number } {
     this.child = child;
     // The connection went while the process started: it is not left running.
     if (this.disposed) this.killGroup(child.pid);

@@ -13,7 +13,8 @@ import {
 } from '../protocol/agent.js';
 import { AgentFailure, type ChannelIo } from './channel.js';
 import { ExecChannel } from './exec.js';
-import type { Spawner } from './spawner.js';
+import { nodeSpawner, type Spawner } from './spawner.js';
+import { PrespawnedProcesses } from './prespawned.js';
 import { runCommand, setClockArgv, WriteFileChannel, type CommandRunner } from './files.js';
 import { StatsSampler } from './stats.js';
 import { PortWatcher, type PortWatcherOptions } from './ports.js';
@@ -63,8 +64,11 @@ export class AgentServer {
   private readonly ports: PortWatcher;
   /** Shared by every connection: sessions belong to the agent, not to whoever started them. */
   private readonly sessions: SessionStore | null;
+  /** Held for whichever connection takes them (prespawned.ts). */
+  private readonly prespawned: PrespawnedProcesses;
 
   constructor(private readonly opts: AgentServerOptions) {
+    this.prespawned = new PrespawnedProcesses(opts.spawner ?? nodeSpawner);
     this.sessions = opts.sessions ? new SessionStore({ ...opts.sessions, python: opts.python, log: opts.log }) : null;
     this.ports = new PortWatcher({ ...opts.ports, log: opts.log });
   }
@@ -72,7 +76,7 @@ export class AgentServer {
   /** Serves `stream` until it ends or breaks the protocol. Never rejects. */
   serve(stream: Duplex): Promise<void> {
     return new Promise((resolve) => {
-      new AgentSession(stream, this.opts, this.stats, this.ports, this.sessions, resolve);
+      new AgentSession(stream, this.opts, this.stats, this.ports, this.sessions, this.prespawned, resolve);
     });
   }
 }
@@ -90,6 +94,7 @@ class AgentSession {
     private readonly stats: StatsSampler,
     private readonly ports: PortWatcher,
     private readonly sessions: SessionStore | null,
+    private readonly prespawned: PrespawnedProcesses,
     onClosed: () => void,
     continued?: Buffer[],
   ) {
@@ -117,7 +122,7 @@ class AgentSession {
         restarted: (rest) => {
           opts.log?.('banger-agent: the daemon started over on this connection');
           this.drop();
-          new AgentSession(stream, opts, stats, ports, sessions, onClosed, rest);
+          new AgentSession(stream, opts, stats, ports, sessions, prespawned, onClosed, rest);
         },
       },
       { greetFirst: false, continued },
@@ -178,7 +183,7 @@ class AgentSession {
         return this.reply(m.id, () => this.watchPorts());
       case 'exec': {
         if (!this.claim(m.id, m.channel)) return;
-        const ch = new ExecChannel(m, this.io(m.channel), this.opts.python, this.opts.spawner);
+        const ch = new ExecChannel(m, this.io(m.channel), this.opts.python, this.opts.spawner, this.prespawned);
         this.channels.set(m.channel, ch);
         void ch.start().then(
           (result) => {
@@ -193,6 +198,8 @@ class AgentSession {
         );
         return;
       }
+      case 'prespawn':
+        return this.reply(m.id, () => this.prespawned.start(m.key, m.argv, m.cwd ?? '/', { ...process.env }));
       case 'writeFile': {
         if (!this.claim(m.id, m.channel)) return;
         const ch = new WriteFileChannel(m, this.io(m.channel), (outcome) => {

@@ -43,6 +43,8 @@ export const AGENT_VIRTIO_PORT = '/dev/virtio-ports/banger.0';
  */
 export const AGENT_VSOCK_PORT = 1024;
 
+const prespawnKey = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/);
+
 /** What the type byte of a frame says its payload is. A data frame with an empty payload ends its stream. */
 export const FrameKind = { Control: 0, Stdin: 1, Stdout: 2, Stderr: 3, Credit: 4 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
@@ -63,7 +65,7 @@ export const AGENT_ERROR_CODES = [
 export type AgentErrorCode = (typeof AGENT_ERROR_CODES)[number];
 
 /** What an agent can do; the daemon asks for a feature, never for an agent version. */
-export const AGENT_FEATURES = ['exec', 'pty', 'stats', 'writeFile', 'setClock', 'sessions', 'ports'] as const;
+export const AGENT_FEATURES = ['exec', 'pty', 'stats', 'writeFile', 'setClock', 'sessions', 'ports', 'prespawn'] as const;
 export type AgentFeature = (typeof AGENT_FEATURES)[number];
 
 // ---- daemon -> agent ------------------------------------------------------------------------------------
@@ -88,12 +90,30 @@ export const execRequestSchema = z.object({
     }),
     /** Run by `/bin/sh -c`. */
     z.object({ shell: text(1 << 20) }),
+    /** The process held under this key (see `prespawn`); NotFound when none is, or it has ended. */
+    z.object({ prespawned: prespawnKey }),
   ]),
   /** Added to (and overriding) the agent's own environment. */
   env: z.record(text(1 << 20)).optional(),
   cwd: text(4096).optional(),
   stdin: z.boolean(),
   pty: windowSize.optional(),
+});
+
+/**
+ * Starts `argv` and holds it, for a later `exec` of `{ prespawned: key }` on any connection to take (one held
+ * per key: a new one replaces it). Its stdin, stdout and stderr wait until then. The reply (`{pid}`) comes
+ * once it has written something (its sign that it is ready), has ended, or after 10 s.
+ */
+export const prespawnRequestSchema = z.object({
+  type: z.literal('prespawn'),
+  id: requestId,
+  key: prespawnKey,
+  argv: z
+    .array(text(1 << 20))
+    .min(1)
+    .max(65536),
+  cwd: text(4096).optional(),
 });
 
 /** Forwards a signal to the process group of the channel's process. No reply. */
@@ -138,6 +158,7 @@ export const watchPortsRequestSchema = z.object({ type: z.literal('watchPorts'),
 export const hostMessageSchema = z.discriminatedUnion('type', [
   helloRequestSchema,
   execRequestSchema,
+  prespawnRequestSchema,
   signalMessageSchema,
   resizeMessageSchema,
   statsRequestSchema,
@@ -154,6 +175,7 @@ export type WriteFileRequest = z.infer<typeof writeFileRequestSchema>;
 export type AgentRequestType =
   | 'hello'
   | 'exec'
+  | 'prespawn'
   | 'stats'
   | 'writeFile'
   | 'setClock'
@@ -222,6 +244,7 @@ export type AgentPortList = z.infer<typeof portListSchema>;
 export const AGENT_RESULT_SCHEMAS = {
   hello: helloResultSchema,
   exec: execResultSchema,
+  prespawn: execResultSchema,
   stats: statsResultSchema,
   writeFile: writeFileResultSchema,
   setClock: setClockResultSchema,

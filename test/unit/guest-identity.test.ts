@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { test } from 'node:test';
 import type { GuestExecOptions } from '../../src/daemon/guest/session.js';
-import { applyIdentity, identityCommand, prestartIdentity, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
+import { applyIdentity, applyIdentityHeld, identityCommand, prestartIdentity, PRESPAWNED_IDENTITY, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
+import { BangerError, ErrorCode } from '../../src/errors/index.js';
 
 function guestRoot(): string {
   const root = mkdtempSync(join(tmpdir(), 'banger-identity-'));
@@ -186,4 +187,29 @@ test('identity: a tap guest takes its own MAC, address and route; a loopback gue
   assert.equal(identityCommand({ name: 'f-1' }).argv.some((a) => a.startsWith('ip=')), false);
   assert.throws(() => tapBatch({ ...tap, ipCidr: '172.30.0.7/24\nlink del eth0' }), /bad tap identity/);
   assert.throws(() => tapBatch({ ...tap, mac: "52:54:00:aa:bb:cc'" }), /bad tap identity/);
+});
+
+test('identity held in a snapshot: the prespawned program takes every argument on stdin, and a guest without one gets a new program', async () => {
+  for (const held of [true, false]) {
+    const root = guestRoot();
+    const guest = {
+      ...localGuest(root),
+      calls: [] as string[],
+      execPrespawned(k: string, opts: GuestExecOptions = {}) {
+        this.calls.push(k);
+        if (!held) return Promise.reject(new BangerError(ErrorCode.NotFound, `no prespawned process '${k}' in the guest`));
+        // The held program's argv is fixed (it was started before anything of this VM was known).
+        return localGuest(root).execArgv([...PRESPAWNED_IDENTITY.argv], '/', '', opts);
+      },
+    };
+    const how = await applyIdentityHeld(guest, { name: 'fork-2', clock: true, machineId: 'cd'.repeat(16), hostKey: key });
+    assert.equal(how, held ? 'held' : 'started');
+    assert.deepEqual(guest.calls, [PRESPAWNED_IDENTITY.key]);
+    assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'fork-2\n');
+    assert.equal(readFileSync(join(root, 'etc/machine-id'), 'utf8'), 'cd'.repeat(16) + '\n');
+    assert.deepEqual(readFileSync(join(root, 'etc/ssh/ssh_host_ed25519_key')), key.private);
+    assert.ok(Math.abs(Number(readFileSync(join(root, 'clock'), 'utf8')) - Date.now()) < 2000);
+  }
+  const args = PRESPAWNED_IDENTITY.argv.slice(PRESPAWNED_IDENTITY.argv.indexOf('--') + 1);
+  assert.deepEqual(args, ['args=-'], 'nothing of a VM is in the held argv');
 });

@@ -9,13 +9,7 @@ import {
   type AgentSessionStreamOptions,
 } from './agent-channels.js';
 
-export type {
-  AgentExitStatus,
-  AgentProcess,
-  AgentSessionEnd,
-  SessionOutputChunk,
-  SessionOutputHandler,
-} from './agent-process.js';
+export type { AgentExitStatus, AgentProcess, AgentSessionEnd, SessionOutputChunk, SessionOutputHandler } from './agent-process.js';
 import {
   AGENT_PROTOCOL_VERSION,
   AGENT_RESULT_SCHEMAS,
@@ -58,9 +52,10 @@ export interface RequestOptions {
 }
 
 export interface AgentExecOptions extends RequestOptions {
-  /** Exactly one of `argv` and `shell` (a line for `/bin/sh -c`). */
+  /** Exactly one of `argv`, `shell` (a line for `/bin/sh -c`) and `prespawned` (a process held by `prespawn`). */
   argv?: string[];
   shell?: string;
+  prespawned?: string;
   env?: Record<string, string>;
   cwd?: string;
   /** Give the process a stdin stream (otherwise it reads /dev/null). */
@@ -188,12 +183,12 @@ export class AgentClient {
 
   /** Starts a process; resolves once it runs in the guest. */
   async exec(o: AgentExecOptions): Promise<AgentProcess> {
-    if ((o.argv === undefined) === (o.shell === undefined))
-      throw new BangerError(ErrorCode.InvalidArgument, 'exec needs exactly one of argv and shell');
+    if ([o.argv, o.shell, o.prespawned].filter((x) => x !== undefined).length !== 1)
+      throw new BangerError(ErrorCode.InvalidArgument, 'exec needs exactly one of argv, shell and prespawned');
     const channel = this.channels.alloc();
     const proc = new ExecChannel(channel, this.conn, o.stdin === true);
     this.channels.set(channel, proc);
-    const command = o.argv !== undefined ? { argv: o.argv } : { shell: o.shell };
+    const command = o.argv !== undefined ? { argv: o.argv } : o.shell !== undefined ? { shell: o.shell } : { prespawned: o.prespawned };
     try {
       const r = (await this.request(
         'exec',
@@ -206,6 +201,11 @@ export class AgentClient {
       proc.fail(e as BangerError);
       throw e;
     }
+  }
+
+  /** Starts `argv` held under `key` for a later exec of `{ prespawned: key }` on any connection (protocol/agent.ts). */
+  async prespawn(key: string, argv: string[], opts: RequestOptions = {}): Promise<{ pid: number }> {
+    return (await this.request('prespawn', { key, argv }, opts)) as ExecResult;
   }
 
   /** Writes `data` to `path` in the guest with `mode`, atomically (temporary file + rename). */

@@ -65,6 +65,12 @@ export class AgentGuestSession implements GuestSession {
     return this.run(proc, opts);
   }
 
+  /** Takes the process the agent holds under `key` (AgentClient.prespawn) and runs it to its end. */
+  async execPrespawned(key: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+    opts.signal?.throwIfAborted();
+    return this.run(await this.agent.exec({ prespawned: key, stdin: opts.stdin !== undefined, signal: opts.signal }), opts);
+  }
+
   private start(command: { shell: string } | { argv: string[] }, cwd: string, opts: GuestExecOptions): Promise<AgentProcess> {
     return this.agent.exec({
       ...command,

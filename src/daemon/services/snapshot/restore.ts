@@ -9,7 +9,7 @@ import { launchVmm, network, writeSeed, type BootStep } from '../vm/boot.js';
 import { SPACE_NEEDED, asNoSpace, ensureFreeSpace } from '../vm/disks.js';
 import { writeHandles } from '../vm/handles.js';
 import { writeHostKey } from '../vm/files.js';
-import { applyIdentity } from '../../guest/identity.js';
+import { applyIdentity, applyIdentityHeld } from '../../guest/identity.js';
 import { qcow2VirtualSize } from '../vm/settings.js';
 import {
   SNAPSHOT_FILES,
@@ -125,18 +125,20 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
         // the VM sees it). A tap guest shares the bridge with its source and siblings, whose taps pass only
         // their own MAC and address: it takes its own.
         const tap = b.vm.networkMode === 'tap' ? { mac: b.vm.mac, ipCidr: b.net!.ipCidr, gateway: b.net!.gateway } : undefined;
-        await applyIdentity(
-          new AgentGuestSession(agent),
-          {
-            name: b.vm.name,
-            clock: true,
-            machineId: randomBytes(16).toString('hex'),
-            seedHex: randomBytes(64).toString('hex'),
-            hostKey: { private: priv, public: pub },
-            tap,
-          },
-          b.signal,
-        );
+        const identity = {
+          name: b.vm.name,
+          clock: true,
+          machineId: randomBytes(16).toString('hex'),
+          seedHex: randomBytes(64).toString('hex'),
+          hostKey: { private: priv, public: pub },
+          tap,
+        };
+        const guest = new AgentGuestSession(agent);
+        // The program the snapshot's guest holds, started before it was saved (SnapshotService.take).
+        if (d.live.agentFeatures(b.vm.id).has('prespawn')) {
+          const how = await applyIdentityHeld(guest, identity, b.signal);
+          if (how === 'started') d.log?.info({ vm: b.vm.name }, 'identity: no program held in the snapshot; started one');
+        } else await applyIdentity(guest, identity, b.signal);
         await rm(join(b.vp.dir, VM_RESTORE_FILE), { force: true });
       },
     },

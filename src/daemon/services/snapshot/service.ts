@@ -24,6 +24,8 @@ export interface SnapshotVms {
   /** Runs `fn` on a running VM under its lifecycle lock (no start, stop or delete meanwhile). */
   withRunning<T>(name: string, fn: (r: RunningVm) => Promise<T>, signal?: AbortSignal): Promise<T>;
   records(): VmRecord[];
+  /** Readies a running VM's guest for a snapshot its restores take their identity from (never rejects). */
+  holdIdentity?(vm: VmRecord, signal?: AbortSignal): Promise<void>;
 }
 
 export interface SnapshotServiceDeps {
@@ -90,7 +92,14 @@ export class SnapshotService {
       const name = p.name ?? `${p.vm}-${all.filter((s) => s.sourceVmName === p.vm).length + 1}`;
       if (all.some((s) => s.name === name))
         throw alreadyExists(`a snapshot named '${name}' already exists`, `pick another --name, or \`banger snapshot delete ${name}\``);
-      const rec = await this.d.vms.withRunning(p.vm, (r) => this.take(r, name, signal), signal);
+      const rec = await this.d.vms.withRunning(
+        p.vm,
+        async (r) => {
+          await this.d.vms.holdIdentity?.(r.vm, signal);
+          return this.take(r, name, signal);
+        },
+        signal,
+      );
       // Its source is layered on it, unless its disks are copies.
       return this.info(rec, rec.rootFormat === 'raw' ? [] : [p.vm]);
     }, signal);

@@ -8,7 +8,7 @@ import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import { applyIdentity } from '../../guest/identity.js';
+import { applyIdentity, PRESPAWNED_IDENTITY } from '../../guest/identity.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { IdentitySync } from '../sync/service.js';
 import { GuestPortForwarder } from './forwards.js';
@@ -122,6 +122,23 @@ export class VmGuestAccess {
         },
       );
     });
+  }
+
+  /**
+   * Has the agent of a VM about to be snapshotted hold the identity program (PRESPAWNED_IDENTITY), so each VM
+   * restored from the snapshot finds it running. The VM keeps holding it (a later snapshot reuses it). Best
+   * effort: without it a restore starts the program itself, as an older agent's does.
+   */
+  async holdIdentity(vm: VmRecord, signal?: AbortSignal): Promise<void> {
+    try {
+      const live = this.d.live.get(vm.id);
+      if (!live?.hasAgent) return;
+      const agent = await this.d.live.agent(vm, signal);
+      if (!this.d.live.agentFeatures(vm.id).has('prespawn')) return;
+      await agent.prespawn(PRESPAWNED_IDENTITY.key, [...PRESPAWNED_IDENTITY.argv], { signal, timeoutMs: 20_000 });
+    } catch (e) {
+      if (!signal?.aborted) this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'the guest holds no identity program for its snapshot');
+    }
   }
 
   /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */

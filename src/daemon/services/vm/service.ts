@@ -330,6 +330,10 @@ export class VmService {
     return this.d.vms.list();
   }
 
+  holdIdentity(vm: VmRecord, signal?: AbortSignal): Promise<void> {
+    return this.guest.holdIdentity(vm, signal);
+  }
+
   private requireRunning(vm: VmRecord): VmRecord {
     if (vm.state !== 'running' || !this.live.has(vm.id))
       throw failedPrecondition(
