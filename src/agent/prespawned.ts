@@ -10,6 +10,8 @@ interface Held {
   exited: boolean;
   /** Who the exit goes to once the process is taken. */
   onExit: ((code: number | null, signal: string | null) => void) | null;
+  /** Set while `start` waits for the first output. */
+  onReadable: (() => void) | null;
 }
 
 /**
@@ -43,7 +45,7 @@ export class PrespawnedProcesses {
     } catch (e) {
       throw spawnFailure(e, argv[0]!);
     }
-    const h: Held = { argv, child, exited: false, onExit: null };
+    const h: Held = { argv, child, exited: false, onExit: null, onReadable: null };
     this.held.set(key, h);
     child.stdin?.on('error', () => {});
     const ended = new Promise<void>((resolve) =>
@@ -55,13 +57,12 @@ export class PrespawnedProcesses {
     );
     // 'readable' leaves what it finds in the stream's buffer, for whoever takes the process; the listener goes
     // once it is not needed (with one attached, the taker's resume() would do nothing).
-    let onReadable!: () => void;
-    const wrote = new Promise<void>((resolve) => (onReadable = resolve));
-    child.stdout.once('readable', onReadable);
+    const wrote = new Promise<void>((resolve) => (h.onReadable = resolve));
+    child.stdout.once('readable', h.onReadable!);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([wrote, ended, new Promise<void>((resolve) => (timer = setTimeout(resolve, FIRST_OUTPUT_MS)))]);
     clearTimeout(timer);
-    child.stdout.off('readable', onReadable);
+    unlisten(h);
     return { pid: child.pid };
   }
 
@@ -71,6 +72,7 @@ export class PrespawnedProcesses {
     if (!h) return undefined;
     this.held.delete(key);
     if (h.exited) return undefined;
+    unlisten(h); // taken before its prespawn was answered
     return {
       ...h.child,
       onExit: (cb) => {
@@ -90,6 +92,11 @@ export class PrespawnedProcesses {
       // already gone
     }
   }
+}
+
+function unlisten(h: Held): void {
+  if (h.onReadable) h.child.stdout.off('readable', h.onReadable);
+  h.onReadable = null;
 }
 
 /** The failure an exec reports for a process that could not start. */
