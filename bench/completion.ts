@@ -17,7 +17,7 @@ const dir = mkdtempSync(join(tmpdir(), 'bench-completion-'));
 try {
   const script = join(dir, 'banger.bash');
   writeFileSync(script, banger(['completion', 'bash']));
-  writeFileSync(join(dir, 'banger'), `#!/bin/sh\nexec '${process.execPath}' '${CLI}' "$@"\n`, { mode: 0o755 });
+  writeFileSync(join(dir, 'banger'), `#!/bin/sh\nexec '${CLI}' "$@"\n`, { mode: 0o755 });
   const daemon = spawnSync(CLI, ['daemon', 'status'], { env: { ...process.env, BANGER_HOME: HOME } }).status === 0;
   // Each line: milliseconds of one call; `node -e 0` is timed the same way as a TAB that runs banger.
   const timed = (call: string) =>

@@ -14,7 +14,7 @@ const extra = process.argv[2] ?? 'sl';
 const home = mkdtempSync('/var/tmp/bench-image-cache-');
 // Its own DNS port: the default one may belong to another daemon on this host.
 writeFileSync(join(home, 'config.json'), JSON.stringify({ dns: { address: '127.0.0.1', port: 25000 + (process.pid % 5000) } }));
-const banger = (args: string[]) => sh(CLI, [...args], { env: { BANGER_HOME: home } });
+const banger = (args: string[]) => sh(CLI, args, { env: { BANGER_HOME: home } });
 
 interface Shown {
   buildSeconds: number;

@@ -6,8 +6,8 @@
  *  - pool: `banger vm run --rm -- true` taking a parked VM (`banger pool set default --size 1`, waited for
  *    before each run) vs the same with `--no-pool` (the issue asks warm to be at least 10x faster).
  *  - fork: `banger vm fork VM --count 4` of a running VM with a 200 MiB workspace file, until all 4 answer
- *    `vm exec -- true` (asked side by side), vs one cold boot (the issue asks at most 0.25x); and the source's pause. In the last
- *    run, the forks' memory 30 s later (PSS of each VMM process) against the source's.
+ *    `vm exec -- true` (asked side by side), vs one cold boot (the issue asks at most 0.25x); and the source's
+ *    pause. In the last run, the forks' memory 30 s later (PSS of each VMM process) against the source's.
  * Also printed: the snapshot's pause of the source VM and its size on the host.
  * Usage: npm run build && BANGER_HOME=... node --import tsx bench/snapshot.ts [runs] [sections]
  * (sections: comma-separated of restore,pool,fork; default all three).

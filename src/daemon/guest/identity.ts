@@ -143,7 +143,11 @@ export function identityCommand(id: GuestIdentity, opts: { nameOnStdin?: boolean
   const shellLine = argv.map(shq).join(' ');
   if (!opts.argsOnStdin) return { argv, shellLine, input };
   // Its first `ready` asks for the arguments, as k=HEX words on one line.
-  const line = `${args.map((a) => `${a.slice(0, a.indexOf('='))}=${Buffer.from(a.slice(a.indexOf('=') + 1)).toString('hex')}`).join(' ')}\n`;
+  const hexed = args.map((a) => {
+    const eq = a.indexOf('=');
+    return `${a.slice(0, eq)}=${Buffer.from(a.slice(eq + 1)).toString('hex')}`;
+  });
+  const line = `${hexed.join(' ')}\n`;
   const first = { data: Buffer.from(line), last: input === undefined };
   return { argv, shellLine, input: (n) => (n === 1 ? first : input!(n - 1)) };
 }
@@ -160,12 +164,13 @@ export const PRESPAWNED_IDENTITY: { key: string; argv: readonly string[] } = {
 
 type IdentityGuest = Pick<AgentGuestSession, 'execArgv'>;
 type IdentityExec = (o: { signal?: AbortSignal; stdin: PassThrough; stdout: Writable }) => Promise<GuestExecResult>;
-const started = (guest: IdentityGuest, c: IdentityCommand): IdentityExec => (o) => guest.execArgv(c.argv, '/', c.shellLine, o);
+/** Runs `c` as a new process through `guest`. */
+const viaExecArgv = (guest: IdentityGuest, c: IdentityCommand): IdentityExec => (o) => guest.execArgv(c.argv, '/', c.shellLine, o);
 
 /** Gives the guest behind `guest` the identity `id`; throws with the guest's message when it fails. */
 export async function applyIdentity(guest: IdentityGuest, id: GuestIdentity, signal?: AbortSignal): Promise<void> {
   const c = identityCommand(id);
-  await runIdentity(started(guest, c), c, signal).done;
+  await runIdentity(viaExecArgv(guest, c), c, signal).done;
 }
 
 /**
@@ -204,7 +209,7 @@ export async function prestartIdentity(guest: IdentityGuest, id: Omit<GuestIdent
   let give!: (name: string) => void;
   const name = new Promise<string>((resolve) => (give = resolve));
   const c = identityCommand(id, { nameOnStdin: true });
-  const run = runIdentity(started(guest, c), c, signal, name);
+  const run = runIdentity(viaExecArgv(guest, c), c, signal, name);
   run.done.catch(() => undefined); // seen through finish(), or through ready when it fails first
   await run.ready;
   return {

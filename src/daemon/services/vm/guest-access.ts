@@ -19,9 +19,9 @@ import type { LiveVms } from './live.js';
 /**
  * Access to the guests of running VMs: commands (`vm exec`, through the guest agent or over SSH), the
  * agent itself (sessions, stats), the open guest session other services work through, identity sync on
- * `vm sync`, the clock of a cold-booted guest, and the guest's listening ports with their forwarding to, and publishing on, the VM's host
- * address. VmService builds it and hands it out as `vms.guest`; no VM's lifecycle lock is held here
- * during guest I/O.
+ * `vm sync`, the clock of a cold-booted guest, the identity program a snapshot's guest holds, and the guest's
+ * listening ports with their forwarding to, and publishing on, the VM's host address. VmService builds it and
+ * hands it out as `vms.guest`; no VM's lifecycle lock is held here during guest I/O.
  */
 
 /**
