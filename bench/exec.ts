@@ -3,7 +3,9 @@
  * - the CLI: `banger vm exec VM -- true`;
  * - the API: `vm.exec(VM, ['true'])` on an open client;
  * - a session: send a 1 KiB JSONL line to the JSONL echo program and wait for its reply line;
- * - session output streaming of a 256 MiB file (BENCH_STREAM_MIB) against `ssh VM cat FILE`.
+ * - session output streaming of a 256 MiB file (BENCH_STREAM_MIB) against `ssh VM cat FILE`;
+ * - the guest agent's idle RSS (the issue's budget: 48 MiB) against the guest's own Node started with the
+ *   agent's flags and malloc settings, doing nothing but listen on a unix socket.
  * Usage: npm run build && node --import tsx bench/exec.ts [runs]
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -14,6 +16,35 @@ import { HOME, REPO, banger, median, report, sh, timeIt } from './common.js';
 import { connect } from '../src/client/index.js';
 
 const runs = Number(process.argv[2] ?? 15);
+const IDLE_S = 25;
+
+/**
+ * The agent's RSS after it has idled, and that of a bare Node beside it: the same binary, node flags and
+ * MALLOC_* settings (read from the agent's /proc entry), running only `net.createServer().listen()`.
+ */
+function agentRss(): void {
+  const find = `a=; for p in $(pgrep -x node); do case "$(tr '\\0' ' ' </proc/$p/cmdline)" in *agent.mjs*) a=$p;; esac; done
+[ -n "$a" ] || { echo 'no guest agent process' >&2; exit 1; }`;
+  const start = `${find}
+flags=$(tr '\\0' '\\n' </proc/$a/cmdline | sed -n '2,$p' | sed '/agent\\.mjs$/,$d')
+env=$(tr '\\0' '\\n' </proc/$a/environ | grep '^MALLOC_')
+rm -f /run/bench-bare-node.sock
+setsid env $env node $flags -e 'require("net").createServer().listen("/run/bench-bare-node.sock")' </dev/null >/dev/null 2>&1 &
+echo $!`;
+  const bare = sh('ssh', [...sshArgs, start]).trim();
+  if (!/^\d+$/.test(bare)) throw new Error(`the bare node did not start: ${bare}`);
+  sh('sleep', [String(IDLE_S)]);
+  const read = `${find}
+for p in $a ${bare}; do sed -n 's/^VmRSS:[[:space:]]*\\([0-9]*\\) kB$/\\1/p' /proc/$p/status; done
+kill ${bare}; rm -f /run/bench-bare-node.sock`;
+  const [agent, node] = sh('ssh', [...sshArgs, read]).trim().split('\n').map((kb) => Number(kb) / 1024);
+  if (!agent || !node) throw new Error('could not read the RSS of the agent and of the bare node');
+  process.stdout.write(
+    `guest agent idle RSS (${IDLE_S} s after start of the baseline)\n` +
+      `  banger-agent ${agent.toFixed(1)} MiB; bare node, same flags, one listening socket ${node.toFixed(1)} MiB;` +
+      ` agent/bare ${(agent / node).toFixed(2)}x (budget 48 MiB)\n`,
+  );
+}
 const name = 'bench-exec';
 try {
   banger(['vm', 'delete', '--force', name]);
@@ -49,6 +80,7 @@ try {
       await new Promise((r) => setTimeout(r, 3000));
     }
   }
+  agentRss();
   banger(['vm', 'exec', name, '--', 'true']); // warm
   const b: number[] = [];
   const base: number[] = [];

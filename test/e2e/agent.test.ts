@@ -1,6 +1,6 @@
 /**
- * The guest agent on real VMs: `vm exec` behaves the same over the agent and over SSH (a VM booted with
- * --no-agent), durable sessions driven like a JSONL coding agent, stats that agree with the guest's /proc,
+ * The guest agent on real VMs: `vm exec` and workspace transfers behave the same over the agent and over SSH
+ * (a VM booted with --no-agent), durable sessions driven like a JSONL coding agent, stats that agree with the guest's /proc,
  * guest ports forwarded from what the agent pushes (polled over SSH without an agent).
  * Two VMs are shared by the steps; each step leaves them running and clean for the next.
  */
@@ -9,16 +9,18 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CLI, E2E_HOME, REPO_ROOT, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
 import { connect } from '../../src/client/index.js';
 import { QmpClient } from '../../src/daemon/vmm/qemu/qmp.js';
 import { Paths } from '../../src/shared/paths.js';
+import { git, isolateGitConfig, makeFixtureRepo } from '../helpers/workspace-repo.js';
 
 const AGENT_VM = 'e2e-agent';
 const SSH_VM = 'e2e-agent-ssh';
 const { step, printConsolesIfFailed } = e2eSteps();
+isolateGitConfig();
 
 interface Session {
   name: string;
@@ -351,6 +353,40 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     assert.ok(logged.some((l) => l.includes(`"vm":"${AGENT_VM}"`) && l.includes('stalled guest')), 'the daemon saw the agent go silent and kept it');
     assert.ok(!logged.some((l) => l.includes(`"vm":"${AGENT_VM}"`) && l.includes('dropping its connection')));
   });
+
+  // These leave each VM with a workspace (its commands then run in it): they come after the steps that
+  // expect none, and before the hostile agent, which leaves the agent VM without its agent.
+  for (const vm of [AGENT_VM, SSH_VM]) {
+    step(`workspace import and export over ${vm === AGENT_VM ? 'the agent' : 'SSH'}: the host's HEAD and edits in the guest, the guest's edits back as a patch`, async () => {
+      const fallbacks = () => (readFileSync(join(E2E_HOME, 'logs', 'bangerd.log'), 'utf8').match(/failed before the transfer started/g) ?? []).length;
+      const before = fallbacks();
+      const { channel } = JSON.parse((await bangerOk(['vm', 'show', vm, '--json'])).stdout) as { channel: string };
+      assert.equal(channel, vm === AGENT_VM ? 'agent' : 'ssh');
+      const repo = makeFixtureRepo();
+      const ws = '/root/ws-channel';
+      // With every sshd of the agent's guest stopped, a transfer that went over SSH would hang: this one must not.
+      const sshd = (sig: string) => bangerOk(['vm', 'exec', vm, '--', 'pkill', `-${sig}`, '-x', 'sshd']);
+      if (vm === AGENT_VM) await sshd('STOP');
+      try {
+        await bangerOk(['vm', 'workspace', 'prepare', vm, repo, '--guest-path', ws], 0, { timeoutMs: vm === AGENT_VM ? 120_000 : 600_000 });
+      } finally {
+        if (vm === AGENT_VM) await sshd('CONT');
+      }
+      const inGuest = async (cmd: string) => (await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', `cd ${ws} && ${cmd}`])).stdout;
+      assert.equal((await inGuest('git rev-parse HEAD')).trim(), git(repo, 'rev-parse', 'HEAD').trim());
+      // The host's edits are the guest's unstaged ones; a file the host only staged arrives as a new file.
+      const hostEdits = git(repo, 'status', '--porcelain', '-uno').split('\n').filter((l) => !l.startsWith('A ')).join('\n');
+      assert.equal(await inGuest('git status --porcelain -uno'), hostEdits);
+      assert.equal(await inGuest('cat staged.txt'), 'staged but not committed\n');
+      assert.equal(await inGuest('ls -a | grep -c "^.env" || true'), '0\n', 'untracked files stay on the host');
+      await inGuest(`echo 'guest edit' >> README.md && printf 'made in the guest\\n' > 'from guest.txt'`);
+      const patch = (await bangerOk(['vm', 'workspace', 'export', vm])).stdout;
+      execFileSync('git', ['apply'], { cwd: repo, input: patch });
+      assert.equal(readFileSync(join(repo, 'README.md'), 'utf8'), 'hello\nsecond\nuncommitted edit\nguest edit\n');
+      assert.equal(readFileSync(join(repo, 'from guest.txt'), 'utf8'), 'made in the guest\n');
+      assert.equal(fallbacks(), before, 'no transfer fell back from the agent to SSH');
+    });
+  }
 
   step('a hostile agent (an oversized frame, then endless output) costs its VM only: the daemon keeps serving', async () => {
     const hostile = [

@@ -70,7 +70,7 @@ export function localWorkspaceService(dir: string): { vm: VmRecord & { workspace
   const vms = {
     get: () => vm,
     runningUnderLock: () => Promise.resolve({ ...vm }),
-    guest: { session: () => Promise.resolve(session) },
+    guest: { transferSession: () => Promise.resolve(session) },
   } as unknown as VmService;
   const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
   return { vm, svc: new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger() }) };

@@ -7,7 +7,7 @@ import type { Logger } from '../../../shared/logger.js';
 import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
-import { AgentGuestSession } from '../../guest/agent-session.js';
+import { AgentFirstSession, AgentGuestSession } from '../../guest/agent-session.js';
 import { applyIdentity, PRESPAWNED_IDENTITY } from '../../guest/identity.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { IdentitySync } from '../sync/service.js';
@@ -204,6 +204,18 @@ export class VmGuestAccess {
   /** The open guest session of a running VM (for the workspace service). */
   session(vm: VmRecord, signal?: AbortSignal) {
     return this.d.live.session(vm, signal);
+  }
+
+  /**
+   * The channel of workspace imports and exports: the guest agent when it is connected (SSH when it cannot
+   * start the script), else SSH.
+   */
+  async transferSession(vm: VmRecord, signal?: AbortSignal): Promise<GuestSession & { isClosed: boolean }> {
+    const session = await this.d.live.execSession(vm, signal);
+    if (!(session instanceof AgentGuestSession)) return session;
+    return new AgentFirstSession(session, () => this.d.live.session(vm, signal), (e) =>
+      this.d.log.warn({ vm: vm.name, err: e.message }, 'guest agent failed before the transfer started; using SSH'),
+    );
   }
 
   /**

@@ -9,7 +9,6 @@ import type { VmHandle, VmmDriver } from '../../vmm/driver.js';
 import { removeRuntimeFiles, type VmRuntime } from './handles.js';
 import { AgentClient } from '../../guest/agent-client.js';
 import { AgentGuestSession } from '../../guest/agent-session.js';
-import type { GuestSession } from '../../guest/session.js';
 import { connect as connectUnix } from 'node:net';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { POWEROFF_COMMAND } from '../../guest/init/contract.js';
@@ -337,7 +336,7 @@ export class LiveVms {
    * The channel commands of `vm exec` use: the guest agent when it is connected, else SSH right away (a
    * connection to the agent is then made in the background for the next command).
    */
-  async execSession(vm: VmRecord, signal?: AbortSignal): Promise<GuestSession> {
+  async execSession(vm: VmRecord, signal?: AbortSignal): Promise<AgentGuestSession | SshGuestSession> {
     const live = this.live.get(vm.id);
     if (live?.agent && !live.agent.closed) return new AgentGuestSession(live.agent);
     this.connectAgentInBackground(vm);

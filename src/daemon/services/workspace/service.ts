@@ -103,7 +103,7 @@ export class WorkspaceService {
       vm0.id,
       async () => {
         const vm = await this.d.vms.runningUnderLock(p.name, signal);
-        const session = await this.d.vms.guest.session(vm, signal);
+        const session = await this.d.vms.guest.transferSession(vm, signal);
         const manifestFile = manifestPath(vm.dir);
         const listFiles = (only?: ReadonlySet<string> | Promise<ReadonlySet<string>>) =>
           listImportFiles(repo.root, { includeUntracked, only }, this.d.run, signal);
@@ -301,7 +301,7 @@ export class WorkspaceService {
             `import one with \`banger vm workspace prepare ${vm.name} REPO\``,
           );
         const guestPath = vm.workspace.guestPath;
-        const session = await this.d.vms.guest.session(vm, signal);
+        const session = await this.d.vms.guest.transferSession(vm, signal);
         const max = this.limits.maxExportBytes;
         const tooLarge = () =>
           new BangerError(
@@ -344,7 +344,7 @@ export class WorkspaceService {
       {
         export: (e, sig) => this.export(e, sig),
         running: (name, sig) => this.d.vms.runningUnderLock(name, sig),
-        session: (vm, sig) => this.d.vms.guest.session(vm, sig),
+        session: (vm, sig) => this.d.vms.guest.transferSession(vm, sig),
       },
       p,
       signal,
