@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -104,4 +105,20 @@ export function pssMib(pid: number, cacheMib: number): { total: number; tcgCode:
     if (inCodeBuffer) tcgCode += Number(pss[1]) / 1024;
   }
   return { total, tcgCode };
+}
+
+/**
+ * Waits until the VM's guest agent answers (`vm stats` answers only through it): Node takes seconds to start
+ * under TCG, and on a loaded host its first hello can miss its deadline, so this keeps asking for two minutes.
+ */
+export async function agentUp(vm: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      banger(['vm', 'stats', vm]);
+      return;
+    } catch (e) {
+      if (i >= 240) throw e;
+      await sleep(500);
+    }
+  }
 }

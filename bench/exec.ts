@@ -12,7 +12,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { HOME, REPO, banger, median, report, sh, timeIt } from './common.js';
+import { HOME, REPO, agentUp, banger, median, report, sh, timeIt } from './common.js';
 import { connect } from '../src/client/index.js';
 
 const runs = Number(process.argv[2] ?? 15);
@@ -68,18 +68,9 @@ const sshArgs = [
 ];
 try {
   sh('ssh', [...sshArgs, 'true']); // opens the master connection, like banger's daemon already holds one
-  // `vm exec` uses SSH until the guest agent answers (Node takes seconds to start under TCG); `vm stats`
-  // waits for the agent, so what follows measures the agent path.
-  // On a loaded host the agent's hello can miss its 5 s deadline while Node starts: try again for a while.
-  for (let i = 0; ; i++) {
-    try {
-      banger(['vm', 'stats', name]);
-      break;
-    } catch (e) {
-      if (i >= 20) throw e;
-      await new Promise((r) => setTimeout(r, 3000));
-    }
-  }
+  // `vm exec` uses SSH until the guest agent answers (Node takes seconds to start under TCG): what follows
+  // measures the agent path.
+  await agentUp(name);
   agentRss();
   banger(['vm', 'exec', name, '--', 'true']); // warm
   const b: number[] = [];

@@ -13,7 +13,7 @@
  * (sections: comma-separated of restore,pool,fork; default all three).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { banger, bangerAsync, median, pssMib, quiet, report, tcgCacheMib, timeIt } from './common.js';
+import { agentUp, banger, bangerAsync, median, pssMib, quiet, report, tcgCacheMib, timeIt } from './common.js';
 
 const runs = Number(process.argv[2] ?? 3);
 const sections = new Set((process.argv[3] ?? 'restore,pool,fork').split(','));
@@ -22,19 +22,6 @@ const SNAP = 'bench-snap';
 const FORK_SRC = 'bench-fork-src';
 const FORKS = [1, 2, 3, 4].map((i) => `bench-fork-${i}`);
 
-
-/** Waits until the VM's guest agent answers (snapshots and forks need it in the saved guest). */
-async function agentUp(vm: string): Promise<void> {
-  for (let i = 0; ; i++) {
-    try {
-      banger(['vm', 'stats', vm]);
-      return;
-    } catch (e) {
-      if (i > 240) throw e;
-      await sleep(500);
-    }
-  }
-}
 
 /** PSS of a VM's VMM process (see pssMib in common.ts). */
 function vmPssMib(vm: string): { total: number; tcgCode: number } {

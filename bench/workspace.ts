@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, HOME, banger, median, report, sh, timeIt } from './common.js';
+import { CLI, HOME, agentUp, banger, median, report, sh, timeIt } from './common.js';
 
 const prepareRuns = Number(process.argv[2] ?? 3);
 const exportRuns = Number(process.argv[3] ?? 5);
@@ -115,16 +115,8 @@ try {
   const ssh = (cmd: string) => sh('ssh', [...sshArgs, cmd]);
   ssh('true'); // the master connection, like the one banger's daemon holds
   // Imports go through the guest agent once it answers (Node takes seconds to start under TCG, and its start
-  // would share the guest's CPUs with the first runs); `vm stats` answers only through the agent.
-  for (let i = 0; ; i++) {
-    try {
-      banger(['vm', 'stats', name]);
-      break;
-    } catch (e) {
-      if (i >= 20) throw e;
-      await new Promise((r) => setTimeout(r, 3000));
-    }
-  }
+  // would share the guest's CPUs with the first runs).
+  await agentUp(name);
 
   const b: number[] = [];
   const base: number[] = [];
