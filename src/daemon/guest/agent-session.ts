@@ -131,6 +131,15 @@ export class AgentGuestSession implements GuestSession {
 }
 
 /**
+ * Whether a command the agent was asked to run may go over SSH instead: the agent failed (Unavailable: a
+ * dropped or misbehaving agent) before the command started, so nothing ran. Once it started, or when the
+ * caller gave up, the failure is the caller's.
+ */
+export function agentFailedBeforeStart(e: unknown, started: boolean, signal?: AbortSignal): e is BangerError {
+  return !started && !signal?.aborted && e instanceof BangerError && e.code === ErrorCode.Unavailable;
+}
+
+/**
  * Runs each command over the guest agent, or over SSH when the agent fails before the command starts (a
  * dropped or misbehaving agent: nothing ran, so nothing runs twice). Bulk transfers (workspace imports and
  * exports) use it: the agent's channel carries no encryption the emulated guest has to undo (a 64 MiB stdin
@@ -164,7 +173,7 @@ export class AgentFirstSession implements GuestSession {
         },
       });
     } catch (e) {
-      if (started || opts.signal?.aborted || !(e instanceof BangerError) || e.code !== ErrorCode.Unavailable) throw e;
+      if (!agentFailedBeforeStart(e, started, opts.signal)) throw e;
       this.onFallback(e);
       const ssh = await this.ssh();
       this.last = ssh;

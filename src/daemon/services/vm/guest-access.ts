@@ -1,5 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
-import { ErrorCode, failedPrecondition, toBangerError } from '../../../errors/index.js';
+import { failedPrecondition } from '../../../errors/index.js';
 import type { VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
 import type { VmStats } from '../../../protocol/session.js';
 import type { Paths } from '../../../shared/paths.js';
@@ -7,7 +7,7 @@ import type { Logger } from '../../../shared/logger.js';
 import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
-import { AgentFirstSession, AgentGuestSession } from '../../guest/agent-session.js';
+import { AgentFirstSession, AgentGuestSession, agentFailedBeforeStart } from '../../guest/agent-session.js';
 import { applyIdentity, PRESPAWNED_IDENTITY } from '../../guest/identity.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { IdentitySync } from '../sync/service.js';
@@ -167,11 +167,8 @@ export class VmGuestAccess {
     try {
       return (await run(session)).code;
     } catch (e) {
-      // The agent failed before the command started (a dropped or misbehaving agent): nothing ran, so the
-      // command goes over SSH instead. Once it started, its failure is the caller's to see.
-      if (started || io.signal?.aborted || !(session instanceof AgentGuestSession)) throw e;
-      if (toBangerError(e).code !== ErrorCode.Unavailable) throw e;
-      this.d.log.warn({ vm: vm.name, err: (e as Error).message }, 'guest agent failed before the command started; using SSH');
+      if (!(session instanceof AgentGuestSession) || !agentFailedBeforeStart(e, started, io.signal)) throw e;
+      this.d.log.warn({ vm: vm.name, err: e.message }, 'guest agent failed before the command started; using SSH');
       return (await run(await this.d.live.session(vm, io.signal))).code;
     }
   }
