@@ -286,6 +286,12 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     changeGuest(guest);
     const patch = await exportPatch(guest);
     assert.equal(patch.code, 0);
+    // The import base read from a packed ref (the script reads the ref's own file when there is one).
+    git(guest, 'pack-refs', '--all');
+    assert.equal(existsSync(join(guest, '.git', IMPORT_BASE_REF)), false, 'the import base is packed');
+    const fromPacked = await exportPatch(guest);
+    assert.equal(fromPacked.code, 0, fromPacked.stderr.toString());
+    assert.deepEqual(fromPacked.stdout, patch.stdout);
     const patchFile = join(tmp('banger-patch-'), 'p.diff');
     writeFileSync(patchFile, patch.stdout);
     git(atImport, 'apply', patchFile);

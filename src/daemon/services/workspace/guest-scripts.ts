@@ -72,6 +72,19 @@ beat() { ( while sleep ${HEARTBEAT_SECONDS} </dev/null >/dev/null 2>&1; do print
 unbeat() { if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; hb=; fi; }
 `;
 
+/**
+ * Shell function `ref_id REF`, run at a workspace's top level: sets r to the object id in the file `.git/REF`, or
+ * to nothing when REF is not a plain file there (a packed ref, a symlink) or does not hold one object id. A git
+ * process costs tens of milliseconds in an emulated guest; the caller asks git when r is empty.
+ */
+export const REF_ID_FN = `ref_id() {
+  r=
+  if [ -f ".git/$1" ] && [ ! -L ".git/$1" ]; then IFS= read -r r < ".git/$1" || true; fi
+  case $r in *[!0-9a-f]*) r= ;; esac
+  case \${#r} in 40|64) ;; *) r= ;; esac
+}
+`;
+
 /** `mise trust --all` in the current directory ($dest), best effort (see buildImportScript). */
 export const MISE_TRUST = `mise_bin=$(command -v mise 2>/dev/null || true)
 if [ -z "$mise_bin" ] && [ -x /usr/local/bin/mise ]; then mise_bin=/usr/local/bin/mise; fi

@@ -3,7 +3,7 @@ import { BangerError, ErrorCode } from '../../../errors/index.js';
 /**
  * The changed-file list of an export, read from the patch itself: what `git apply` will change is
  * exactly what the user is shown. The patch comes from the guest, so it is parsed strictly: anything
- * but the sections `git diff-tree -p --binary` writes (a `diff --git` header, extended header lines,
+ * but the sections `git diff-index -p --binary` writes (a `diff --git` header, extended header lines,
  * text hunks whose line counts add up, or a `GIT binary patch`) is refused, so no section that
  * `git apply` would act on can hide from the list.
  */
@@ -138,7 +138,7 @@ function finish(s: Section): PatchChange {
 
 const HEADER_KEYS = ['old mode ', 'new mode ', 'similarity index ', 'dissimilarity index ', 'index ', 'rename from ', 'copy from '];
 
-/** Lists the files a binary git patch (`git diff-tree -p --binary --no-renames` or with renames) changes. */
+/** Lists the files a binary git patch (`git diff-index -p --binary --no-renames`, `git diff-tree`, or with renames) changes. */
 export function parsePatchFiles(patch: Buffer): PatchChange[] {
   const changes: PatchChange[] = [];
   let pos = 0;

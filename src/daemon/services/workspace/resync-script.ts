@@ -7,6 +7,7 @@ import {
   MISE_TRUST,
   PRELUDE,
   PRINT_TREE,
+  REF_ID_FN,
   SYNC_WORKSPACE,
   recordImportBase,
   WorkspaceScriptExit,
@@ -143,13 +144,7 @@ untar=$!
 exec 3<&-
 # The import base, HEAD's commit and HEAD's branch: read from their ref files, a git process costing tens of
 # milliseconds; a ref that is not a file of its own (packed) or holds no commit id is asked of git.
-ref_id() {
-  r=
-  if [ -f ".git/$1" ] && [ ! -L ".git/$1" ]; then IFS= read -r r < ".git/$1" || true; fi
-  case $r in *[!0-9a-f]*) r= ;; esac
-  case \${#r} in 40|64) ;; *) r= ;; esac
-}
-h=; IFS= read -r h < .git/HEAD || true
+${REF_ID_FN}h=; IFS= read -r h < .git/HEAD || true
 case $h in
   'ref: refs/heads/'*) sym=\${h#ref: }; ref_id "$sym"; cur=$r ;;
   *) sym=; ref_id HEAD; cur=$r ;;
