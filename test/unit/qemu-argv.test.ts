@@ -30,7 +30,7 @@ void test('qemuArgv: the full command line of a TCG VM with user networking', ()
     '-name', 'guest=banger-v1,process=banger-v1',
     '-M', 'microvm,x-option-roms=off,rtc=on',
     '-accel', 'tcg',
-    '-cpu', 'max',
+    '-cpu', 'max,-erms,-fsrm',
     '-nodefaults',
     '-no-user-config',
     '-display', 'none',
