@@ -37,9 +37,10 @@ export interface ExportScriptOptions {
  * (noprefix, color, external diff, renames) out of the patch.
  *
  * Every process costs tens of milliseconds in an emulated guest (a coreutils one up to a tenth of a
- * second), so three run in turn (cp, git add, git diff-index): the import base is read from its ref file (git is asked only when
- * that is packed), the copy's name comes from the host instead of mktemp, no tree is written (the diff
- * is taken against the index itself) and the copy is removed in the background once the patch is out.
+ * second), so three run in turn (cp, git add, git diff-index): the import base is read from its ref
+ * file (git is asked only when that is packed), the copy's name comes from the host instead of mktemp,
+ * no tree is written (the diff is taken against the index itself) and the copy is removed in the
+ * background once the patch is out.
  */
 export function buildExportScript(o: ExportScriptOptions): string {
   validateGuestPath(o.guestPath);
