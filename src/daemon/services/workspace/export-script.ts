@@ -11,7 +11,7 @@ import { IMPORT_BASE_REF, PRELUDE, REF_ID_FN, WorkspaceScriptExit, validateGuest
  */
 
 /** The export's copy of the index is `/tmp/<this><random hex>` in the guest. */
-export const EXPORT_INDEX_PREFIX = 'banger-export-index.';
+const EXPORT_INDEX_PREFIX = 'banger-export-index.';
 
 export interface ExportScriptOptions {
   guestPath: string;
