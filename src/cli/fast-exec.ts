@@ -3,13 +3,16 @@
  * a short guest command takes to run. Plain JSON-RPC 2.0 (Content-Length framing) over the daemon's socket,
  * the same vm.show + vm.exec calls and exec/* notifications as the full path (`runInGuest`), the same
  * output, errors and exit codes. Anything it does not handle (other flags, --help, no daemon of this build
- * running, a VM with a workspace whose host repo is there to check) returns null: the full CLI runs instead.
+ * running, a VM whose workspace's host repo has moved HEAD since the import) returns null: the full CLI runs
+ * instead, and warns.
  */
 import { existsSync } from 'node:fs';
 import { BangerError, ErrorCode, EXIT_CODES, toBangerError } from '../errors/index.js';
 import { out, printBangerError } from './output.js';
 import { connectToThisBuild, type LightRpc } from './light-rpc.js';
 import { attachTerminal } from './terminal-io.js';
+import { runCommand } from '../shared/command.js';
+import { headCommitOf } from '../shared/git-head.js';
 
 interface FastExecArgs {
   vm: string;
@@ -44,9 +47,12 @@ export async function tryFastExec(args: readonly string[]): Promise<number | nul
   const rpc = await connectToThisBuild();
   if (rpc === null) return null;
   try {
-    const vm = (await rpc.request('vm.show', { name: req.vm }).reply) as { workspace?: { sourcePath: string } | null };
-    // A workspace whose host repo is here: the full CLI checks whether its HEAD moved since the import.
-    if (vm.workspace && existsSync(vm.workspace.sourcePath)) return null;
+    const vm = (await rpc.request('vm.show', { name: req.vm }).reply) as {
+      workspace?: { sourcePath: string; headCommit: string | null } | null;
+    };
+    // A workspace whose host repo is here and whose HEAD moved since the import: the full CLI warns.
+    const ws = vm.workspace;
+    if (ws && existsSync(ws.sourcePath) && (await headCommitOf(ws.sourcePath, runCommand)) !== ws.headCommit) return null;
     return await run(rpc, req);
   } catch (e) {
     return printBangerError(toBangerError(e));

@@ -5,6 +5,9 @@ import type { CommandRunner, RunResult } from './command.js';
 import { NUL, runRecords, text, type RecordHandler } from './records.js';
 import { parentsAreDirs, worktreeKind } from './worktree.js';
 import { assertNoPathThroughSymlink, validateEntryPath } from './workspace-paths.js';
+import { gitEnv } from './git-head.js';
+
+export { gitEnv, headCommitOf } from './git-head.js';
 
 export * from './workspace-format.js';
 export * from './workspace-paths.js';
@@ -66,24 +69,6 @@ export interface ImportFileList {
   totalBytes: number;
 }
 
-/**
- * Environment for host git: drops variables that would point git at another repository or index,
- * and asks git not to take optional locks so inspecting never races the user's own git commands.
- */
-export function gitEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, GIT_OPTIONAL_LOCKS: '0', LC_ALL: 'C' };
-  for (const k of [
-    'GIT_DIR',
-    'GIT_WORK_TREE',
-    'GIT_INDEX_FILE',
-    'GIT_OBJECT_DIRECTORY',
-    'GIT_COMMON_DIR',
-    'GIT_PREFIX',
-  ]) {
-    delete env[k];
-  }
-  return env;
-}
 
 /**
  * Output kept from a listing command. A listing is parsed whole, so it is refused rather than cut
@@ -355,10 +340,4 @@ export async function listImportFiles(
     skippedSpecial,
     totalBytes,
   };
-}
-
-/** HEAD's commit of the checkout at `path`, or null (no commits, or not a git checkout any more). */
-export async function headCommitOf(path: string, run: CommandRunner, signal?: AbortSignal): Promise<string | null> {
-  const r = await git(run, path, ['rev-parse', '-q', '--verify', 'HEAD^{commit}'], signal).catch(() => null);
-  return r && r.code === 0 ? r.stdout.trim() : null;
 }

@@ -1,6 +1,6 @@
 /**
  * Workspace edge cases on a real QEMU VM: a repository without commits, a detached HEAD, a
- * submodule, and `vm stop` while a long import is streaming. One VM is shared; the steps run in
+ * submodule, `mise exec` only where a mise config applies, and `vm stop` while a long import is streaming. One VM is shared; the steps run in
  * order, each with its own guest path.
  */
 import { after, before, describe } from 'node:test';
@@ -165,6 +165,27 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
     await bangerOk(['vm', 'workspace', 'export', VM, '--output', patch]);
     assert.doesNotMatch(readFileSync(patch, 'utf8'), /sub\//);
     execFileSync('git', ['apply', '--check', patch], { cwd: repo });
+  });
+
+  step("vm exec runs under mise exec where the repo has a mise config (the guest's own included), directly elsewhere", async () => {
+    // `mise exec` gives its command __MISE_DIFF (mise's own variable) and the config's [env].
+    const probe = ['sh', '-c', 'echo "${BANGER_MISE_PROBE:-none} ${__MISE_DIFF:+mise}"'];
+    const plain = newRepo('banger-ws-plain-');
+    write(plain, 'a.txt', 'a\n');
+    git(plain, 'add', '-A');
+    git(plain, 'commit', '-q', '-m', 'a');
+    await bangerOk(['vm', 'workspace', 'prepare', VM, plain, '--guest-path', '/root/no-mise']);
+    assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'none \n');
+    // A config the guest writes later (as `mise use` would) applies from the next command on.
+    await guest('/root/no-mise', 'printf \'[env]\\nBANGER_MISE_PROBE = "guest-made"\\n\' > mise.toml && mise trust --quiet mise.toml');
+    assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'guest-made mise\n');
+
+    const withMise = newRepo('banger-ws-mise-');
+    write(withMise, 'mise.toml', '[env]\nBANGER_MISE_PROBE = "from-mise"\n');
+    git(withMise, 'add', '-A');
+    git(withMise, 'commit', '-q', '-m', 'mise config');
+    await bangerOk(['vm', 'workspace', 'prepare', VM, withMise, '--guest-path', '/root/with-mise']);
+    assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'from-mise mise\n');
   });
 
   step('vm stop during a long import returns promptly, the prepare fails clearly and records nothing', async (t) => {

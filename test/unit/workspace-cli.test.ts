@@ -23,11 +23,11 @@ test('vm run: the first operand before -- is the repo when it looks like a direc
   assert.deepEqual(splitRepo([], argv()), { command: [] });
 });
 
-test('vm exec runs in the workspace (mise exec when present) unless a workdir is given', () => {
+test('vm exec runs in the workspace (mise exec where a mise config may apply) unless a workdir is given', () => {
   const ws = { workspace: { guestPath: "/root/it's", sourcePath: '/h', headCommit: null, baseCommit: 'b', includeUntracked: false, preparedAt: 't' } };
   assert.equal(execCommand({ workspace: null }, ['ls', 'a b'], undefined), "exec ls 'a b'");
   assert.equal(execCommand({ workspace: null }, [], '/tmp'), 'cd /tmp && exec bash -l');
-  assert.match(execCommand(ws, ['ls'], undefined), /^cd '\/root\/it'\\''s' && if command -v mise .* exec mise exec -- ls; else exec ls; fi$/);
+  assert.match(execCommand(ws, ['ls'], undefined), /\ncd '\/root\/it'\\''s' && if command -v mise .* && mise_applies; then exec mise exec -- ls; else exec ls; fi$/);
   assert.equal(execCommand(ws, [], undefined), `cd '/root/it'\\''s' && exec bash -l`);
   assert.equal(execCommand(ws, ['ls'], '/srv'), 'cd /srv && exec ls');
 });

@@ -63,8 +63,10 @@ export function register(vm: Command, ctx: CliContext): void {
     .addHelpText(
       'after',
       `
-In a VM with a workspace the command runs in the workspace directory, under \`mise exec\` when the
-guest has mise. When the host repo's HEAD differs from the imported commit, a warning says so.`,
+In a VM with a workspace the command runs in the workspace directory, under \`mise exec\` when a
+mise config (mise.toml, .tool-versions...) is there, in a directory above it or in the guest's home
+(starting mise takes a moment). When the host repo's HEAD differs from the imported commit, a
+warning says so.`,
     )
     .action(async (name: string, command: string[], o: { tty?: boolean; workdir?: string; autoPrepare?: boolean }) => {
       await checkWorkspaceFresh(ctx, name, !!o.autoPrepare);

@@ -96,7 +96,7 @@ Export the guest's changes with \`banger vm workspace export\`.`,
       `
 For picking one of several attempts (agents in forks of one VM): each VM's changes since its import,
 and with --check whether a command (tests, a linter) passes there. The checks run at the same time,
-in the workspace, under mise exec when the guest has mise. Take the one you want with
+in the workspace (under mise exec where a mise config applies). Take the one you want with
 \`banger vm workspace export VM | git apply\` in the host repo.
 Exits 1 when a VM could not be compared (its row says why); a failing check is a result, not an error.
 

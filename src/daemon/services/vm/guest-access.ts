@@ -25,8 +25,8 @@ import type { LiveVms } from './live.js';
  */
 
 /**
- * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` when the guest has
- * mise) when it has one and no other directory is asked for; a login shell without argv.
+ * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` where a mise config
+ * may apply, execInWorkspace) when it has one and no other directory is asked for; a login shell without argv.
  */
 export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly string[], cwd: string | undefined): string {
   if (cwd === undefined && vm.workspace) {

@@ -1,5 +1,6 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { shJoin, shq } from '../../guest/shell.js';
+import { GUEST_ENVIRONMENT } from '../../guest/init/scripts.js';
 import type { GitIdentity } from './host-repo.js';
 import { TAR_TREE_DIR } from './pack.js';
 import { IMPORT_STREAM_MAGIC } from './import-stream.js';
@@ -318,9 +319,39 @@ ${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 }
 
 /**
- * A command line that runs argv in the workspace: under `mise exec` when the guest has mise (so the
- * project's tools and env apply), plainly otherwise. hasMise undefined: decided in the guest at run
- * time. `exec` replaces the shell, so the exit status is the command's own.
+ * Shell function `mise_applies`, run in the command's directory: false only when mise could not change what a
+ * command run there gets, that is when no variable of mise's is set (other than the ones every guest gets,
+ * GUEST_ENVIRONMENT) and none of the files mise reads may exist: `mise*`, `.mise*`, `.config/mise*`,
+ * `.tool-versions` and `.rtx*` in the directory, each directory above it and the home directory, and the global
+ * and system config directories. (Idiomatic version files such as .nvmrc count only once a setting, in one of
+ * those files or variables, enables them.) A name that only looks like one of these costs a mise start, never a
+ * missed config. It costs a few milliseconds where starting mise, a 150 MB binary, costs 100-400 in a TCG guest.
+ * The shell is dash through the agent and bash over SSH, whose `export -p` says `declare -x`.
+ */
+const MISE_APPLIES_FN = `mise_in() {
+  for f in "$1"/mise* "$1"/.mise* "$1"/.config/mise* "$1"/.tool-versions "$1"/.rtx*; do
+    if [ -e "$f" ] || [ -L "$f" ]; then return 0; fi
+  done
+  return 1
+}
+mise_applies() {
+  case $(unset ${Object.keys(GUEST_ENVIRONMENT).join(' ')}; export -p) in *'export MISE_'* | *'export RTX_'* | *'declare -x MISE_'* | *'declare -x RTX_'*) return 0 ;; esac
+  if [ -e /etc/mise ] || [ -e "\${XDG_CONFIG_HOME:-\${HOME:-/root}/.config}/mise" ]; then return 0; fi
+  mise_d=$PWD
+  while :; do
+    if mise_in "$mise_d"; then return 0; fi
+    if [ "$mise_d" = / ]; then break; fi
+    mise_d=\${mise_d%/*}
+    mise_d=\${mise_d:-/}
+  done
+  mise_in "\${HOME:-/root}"
+}
+`;
+
+/**
+ * A command line that runs argv in the workspace: under `mise exec` when the guest has mise and a mise
+ * config may apply there (MISE_APPLIES_FN; the project's tools and env), plainly otherwise. hasMise
+ * true or false decides instead (tests). `exec` replaces the shell, so the exit status is the command's own.
  */
 export function execInWorkspace(guestPath: string, argv: readonly string[], hasMise?: boolean): string {
   validateGuestPath(guestPath);
@@ -329,5 +360,5 @@ export function execInWorkspace(guestPath: string, argv: readonly string[], hasM
   const cd = `cd ${shq(guestPath)}`;
   if (hasMise === true) return `${cd} && exec mise exec -- ${cmd}`;
   if (hasMise === false) return `${cd} && exec ${cmd}`;
-  return `${cd} && if command -v mise >/dev/null 2>&1; then exec mise exec -- ${cmd}; else exec ${cmd}; fi`;
+  return `${MISE_APPLIES_FN}${cd} && if command -v mise >/dev/null 2>&1 && mise_applies; then exec mise exec -- ${cmd}; else exec ${cmd}; fi`;
 }
