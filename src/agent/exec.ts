@@ -7,6 +7,7 @@ import { AgentFailure, type ChannelIo } from './channel.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
 import { nodeSpawner, type Spawned, type Spawner } from './spawner.js';
 import { spawnFailure, type PrespawnedProcesses } from './prespawned.js';
+import { underMise } from './mise.js';
 
 /**
  * One `exec` channel in the guest: a child process whose stdout and stderr go out within the daemon's
@@ -45,7 +46,9 @@ export class ExecChannel {
     const cwd = req.cwd ?? process.env.HOME ?? '/';
     const dir = await stat(cwd).catch(() => null);
     if (!dir?.isDirectory()) throw new AgentFailure('NotFound', `no directory ${cwd} in the guest`);
-    const argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
+    const env = { ...process.env, ...req.env };
+    let argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
+    if (req.mise && 'argv' in req.command) argv = await underMise(argv, cwd, env);
     let file = argv[0];
     let args = argv.slice(1);
     if (req.pty) {
@@ -64,7 +67,7 @@ export class ExecChannel {
         file,
         args,
         cwd,
-        env: { ...process.env, ...req.env },
+        env,
         stdin: req.stdin === true,
         control: req.pty !== undefined,
       });

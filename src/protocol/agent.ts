@@ -65,7 +65,7 @@ export const AGENT_ERROR_CODES = [
 export type AgentErrorCode = (typeof AGENT_ERROR_CODES)[number];
 
 /** What an agent can do; the daemon asks for a feature, never for an agent version. */
-export const AGENT_FEATURES = ['exec', 'pty', 'stats', 'writeFile', 'setClock', 'sessions', 'ports', 'prespawn'] as const;
+export const AGENT_FEATURES = ['exec', 'pty', 'stats', 'writeFile', 'setClock', 'sessions', 'ports', 'prespawn', 'mise'] as const;
 export type AgentFeature = (typeof AGENT_FEATURES)[number];
 
 // ---- daemon -> agent ------------------------------------------------------------------------------------
@@ -98,6 +98,8 @@ export const execRequestSchema = z.object({
   cwd: text(4096).optional(),
   stdin: z.boolean(),
   pty: windowSize.optional(),
+  /** With argv: run it as `mise exec -- ARGV` when mise is on PATH and its config may apply in cwd (protocol/mise.ts). */
+  mise: z.boolean().optional(),
 });
 
 /**

@@ -32,11 +32,14 @@ test('vm exec runs in the workspace (mise exec where a mise config may apply) un
   assert.equal(execCommand(ws, ['ls'], '/srv'), 'cd /srv && exec ls');
 });
 
-test('vm exec over the agent starts argv without a shell, except for a login shell or in a workspace', () => {
+test('vm exec over the agent starts argv without a shell, except for a login shell', () => {
   const ws = { workspace: { guestPath: '/root/w', sourcePath: '/h', headCommit: null, baseCommit: 'b', includeUntracked: false, preparedAt: 't' } };
-  assert.deepEqual(execArgv({ workspace: null }, ['ls', 'a b'], undefined), { argv: ['ls', 'a b'], cwd: '/root' });
-  assert.deepEqual(execArgv(ws, ['ls'], '/srv'), { argv: ['ls'], cwd: '/srv' });
-  // The workspace's command may need `mise exec`, which only the shell line decides.
-  assert.equal(execArgv(ws, ['ls'], undefined), null);
-  assert.equal(execArgv({ workspace: null }, [], undefined), null);
+  for (const agentDecidesMise of [true, false]) {
+    assert.deepEqual(execArgv({ workspace: null }, ['ls', 'a b'], undefined, agentDecidesMise), { argv: ['ls', 'a b'], cwd: '/root', mise: false });
+    assert.deepEqual(execArgv(ws, ['ls'], '/srv', agentDecidesMise), { argv: ['ls'], cwd: '/srv', mise: false });
+    assert.equal(execArgv({ workspace: null }, [], undefined, agentDecidesMise), null);
+  }
+  // In the workspace the agent decides on `mise exec`; one without that feature gets the shell line, which does.
+  assert.deepEqual(execArgv(ws, ['ls'], undefined, true), { argv: ['ls'], cwd: '/root/w', mise: true });
+  assert.equal(execArgv(ws, ['ls'], undefined, false), null);
 });

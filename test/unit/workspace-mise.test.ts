@@ -1,64 +1,86 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { execInWorkspace } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { underMise } from '../../src/agent/mise.js';
+import { MISE_NAME_PREFIXES } from '../../src/protocol/mise.js';
 import { LocalShellSession } from '../helpers/local-session.js';
+import { readAll, startAgent, type AgentHarness } from '../helpers/agent-harness.js';
 import { tmp, write } from '../helpers/workspace-repo.js';
 
-/** Names mise may read in a directory (what the guest-side check looks for). */
-const MISE_NAME = /^(\.?mise|\.tool-versions$|\.rtx)/;
+/**
+ * The rule of protocol/mise.ts in its two implementations: the workspace's shell line (over SSH, or an agent
+ * without the `mise` feature; dash and bash) and the guest agent's (exec with `mise: true`). Every case runs
+ * through both.
+ */
 
-/** Directories from `dir` up to `/` that hold a name mise may read: the host's own, which would decide for the test. */
-function miseNamesAbove(dir: string): string[] {
-  const found: string[] = [];
+// A fake mise that says it ran; the command itself prints "plain".
+const bin = tmp('banger-fakebin-');
+write(bin, 'mise', '#!/bin/sh\necho "mise $*"\n', 0o755);
+const PATH = `${bin}:${process.env.PATH ?? ''}`;
+const home = tmp('banger-home-');
+const root = tmp('banger-mise-');
+
+type Decision = 'mise' | 'plain';
+type Way = (ws: string, env: Record<string, string>) => Promise<Decision>;
+
+const viaShell =
+  (sh: string): Way =>
+  async (ws, env) => {
+    const session = new LocalShellSession({ shell: sh, env: { PATH, HOME: home, XDG_CONFIG_HOME: '', ...env } });
+    const r = await session.exec(execInWorkspace(ws, ['echo', 'plain'], undefined));
+    assert.equal(r.code, 0, r.stderr.toString());
+    const out = r.stdout.toString();
+    assert.ok(out === 'plain\n' || out === 'mise exec -- echo plain\n', out);
+    return out === 'plain\n' ? 'plain' : 'mise';
+  };
+const viaAgentRule: Way = async (ws, env) => {
+  const argv = await underMise(['echo', 'plain'], ws, { ...process.env, PATH, HOME: home, XDG_CONFIG_HOME: '', ...env });
+  if (argv.length === 2) return 'plain';
+  assert.deepEqual(argv, [join(bin, 'mise'), 'exec', '--', 'echo', 'plain']);
+  return 'mise';
+};
+const WAYS: [string, Way][] = [
+  ['dash (the agent shell line)', viaShell('/bin/sh')],
+  ['bash (over SSH)', viaShell('bash')],
+  ['the agent', viaAgentRule],
+];
+
+async function expect(ws: string, want: Decision, what: string, env: Record<string, string> = {}): Promise<void> {
+  for (const [name, way] of WAYS) assert.equal(await way(ws, env), want, `${what}, ${name}`);
+}
+
+function workspace(name: string): string {
+  const ws = join(root, name, 'ws');
+  mkdirSync(ws, { recursive: true });
+  return ws;
+}
+
+/** Names above `dir` (or in /etc/mise) that decide for the test: this host's own mise config. */
+function hostMiseConfig(dir: string): string[] {
+  const found = existsSync('/etc/mise') ? ['/etc/mise'] : [];
   for (let d = dir; ; d = dirname(d)) {
-    const names = (() => {
-      try {
-        return readdirSync(d);
-      } catch {
-        return [];
-      }
-    })();
-    found.push(...names.filter((n) => MISE_NAME.test(n)).map((n) => join(d, n)));
-    if (existsSync(join(d, '.config')) && readdirSync(join(d, '.config')).some((n) => n.startsWith('mise')))
-      found.push(join(d, '.config', 'mise*'));
+    const names = existsSync(d) ? readdirSync(d) : [];
+    found.push(...names.filter((n) => MISE_NAME_PREFIXES.some((p) => n.startsWith(p))).map((n) => join(d, n)));
+    if (names.includes('.config') && readdirSync(join(d, '.config')).some((n) => n.startsWith('mise'))) found.push(join(d, '.config'));
     if (d === '/') return found;
   }
 }
 
-void describe('vm exec in a workspace: `mise exec` only where a mise config may apply', () => {
-  // A fake mise that says it ran; the command itself prints "plain".
-  const bin = tmp('banger-fakebin-');
-  write(bin, 'mise', '#!/bin/sh\necho "mise $*"\n', 0o755);
-  const home = tmp('banger-home-');
-  const root = tmp('banger-mise-');
-  const shell = (env: Record<string, string> = {}, sh = '/bin/sh') =>
-    new LocalShellSession({ shell: sh, env: { PATH: `${bin}:${process.env.PATH ?? ''}`, HOME: home, XDG_CONFIG_HOME: '', ...env } });
-  const run = async (ws: string, env?: Record<string, string>, sh?: string) => {
-    const r = await shell(env, sh).exec(execInWorkspace(ws, ['echo', 'plain'], undefined));
-    assert.equal(r.code, 0, r.stderr.toString());
-    return r.stdout.toString();
-  };
-  const workspace = (name: string) => {
-    const ws = join(root, name, 'ws');
-    mkdirSync(ws, { recursive: true });
-    return ws;
-  };
-
+void describe('vm exec in a workspace: `mise exec` only where mise config may apply', () => {
   void it('runs the command directly when no mise config can apply', async (t) => {
-    const stray = [...miseNamesAbove(root), ...(existsSync('/etc/mise') ? ['/etc/mise'] : [])];
+    const stray = hostMiseConfig(root);
     if (stray.length > 0) return t.skip(`this host has mise config above the test directory: ${stray.join(', ')}`);
-    // dash runs it through the agent, bash over SSH (its `export -p` differs).
-    for (const sh of ['/bin/sh', 'bash']) {
-      assert.equal(await run(workspace('none'), {}, sh), 'plain\n', sh);
-      // The variable every guest gets (GUEST_ENVIRONMENT) does not count; any other of mise's does.
-      assert.equal(await run(workspace('none'), { MISE_OFFLINE: '1' }, sh), 'plain\n', sh);
-      assert.equal(await run(workspace('none'), { MISE_ENV: 'ci' }, sh), 'mise exec -- echo plain\n', sh);
-    }
+    const ws = workspace('none');
+    await expect(ws, 'plain', 'no config');
+    // The variable every guest gets (GUEST_MISE_ENV) does not count; any other of mise's does.
+    await expect(ws, 'plain', 'MISE_OFFLINE', { MISE_OFFLINE: '1' });
+    await expect(ws, 'mise', 'MISE_ENV', { MISE_ENV: 'ci' });
+    await expect(ws, 'mise', 'RTX_ENV', { RTX_ENV: 'ci' });
   });
 
-  void it('uses mise exec for a config in the workspace, above it, or in the home directory', async () => {
+  void it('uses mise exec for a config in the workspace, above it, in the home directory or the global one', async () => {
     const cases: [string, (ws: string) => void][] = [
       ['mise.toml', (ws) => write(ws, 'mise.toml', '[env]\n')],
       ['.mise.local.toml', (ws) => write(ws, '.mise.local.toml', '[env]\n')],
@@ -70,23 +92,50 @@ void describe('vm exec in a workspace: `mise exec` only where a mise config may 
     for (const [name, make] of cases) {
       const ws = workspace(name.replace(/[^a-z]/g, '-'));
       make(ws);
-      assert.equal(await run(ws), 'mise exec -- echo plain\n', name);
+      await expect(ws, 'mise', name);
     }
-    const withGlobal = tmp('banger-home-');
-    write(join(withGlobal, '.config', 'mise'), 'config.toml', '[tools]\n');
     const ws = workspace('global');
-    assert.equal(await run(ws, { HOME: withGlobal }), 'mise exec -- echo plain\n', 'global config');
-    const withHomeToolVersions = tmp('banger-home-');
-    write(withHomeToolVersions, '.tool-versions', 'node 20\n');
-    assert.equal(await run(ws, { HOME: withHomeToolVersions }), 'mise exec -- echo plain\n', '~/.tool-versions');
+    const globalConfig = tmp('banger-home-');
+    write(join(globalConfig, '.config', 'mise'), 'config.toml', '[tools]\n');
+    await expect(ws, 'mise', 'global config', { HOME: globalConfig });
+    const homeToolVersions = tmp('banger-home-');
+    write(homeToolVersions, '.tool-versions', 'node 20\n');
+    await expect(ws, 'mise', '~/.tool-versions', { HOME: homeToolVersions });
+    const xdg = tmp('banger-xdg-');
+    mkdirSync(join(xdg, 'mise'));
+    await expect(ws, 'mise', '$XDG_CONFIG_HOME/mise', { XDG_CONFIG_HOME: xdg });
   });
 
   void it('runs plainly when the guest has no mise, config or not', async () => {
     const ws = workspace('nomise');
     write(ws, 'mise.toml', '[env]\n');
-    const noMise = new LocalShellSession({ env: { HOME: home } });
-    const r = await noMise.exec(execInWorkspace(ws, ['sh', '-c', 'pwd; exit 3'], undefined));
+    const r = await new LocalShellSession({ env: { HOME: home } }).exec(execInWorkspace(ws, ['sh', '-c', 'pwd; exit 3'], undefined));
     assert.equal(r.code, 3);
     assert.equal(r.stdout.toString(), `${ws}\n`);
+    assert.deepEqual(await underMise(['true'], ws, { PATH: '/usr/bin:/bin', HOME: home }), ['true']);
+  });
+});
+
+void describe('the guest agent: exec with mise', () => {
+  let h: AgentHarness;
+  before(async () => {
+    h = await startAgent();
+  });
+  after(async () => {
+    await h.close();
+  });
+
+  void it('runs argv under mise exec where a config applies, as is elsewhere', async () => {
+    const c = await h.client();
+    await c.hello();
+    const run = async (cwd: string) => {
+      const p = await c.exec({ argv: ['echo', 'plain'], cwd, mise: true, env: { PATH, HOME: home, XDG_CONFIG_HOME: '' } });
+      assert.equal((await p.exited).code, 0);
+      return (await readAll(p.stdout)).toString();
+    };
+    const configured = workspace('agent-config');
+    write(configured, 'mise.toml', '[env]\n');
+    assert.equal(await run(configured), 'mise exec -- echo plain\n');
+    if (hostMiseConfig(root).length === 0) assert.equal(await run(workspace('agent-plain')), 'plain\n');
   });
 });

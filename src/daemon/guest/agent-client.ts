@@ -62,6 +62,8 @@ export interface AgentExecOptions extends RequestOptions {
   stdin?: boolean;
   /** Run under a terminal of this size; its output then all comes on `stdout`. */
   pty?: { cols: number; rows: number };
+  /** With argv: under `mise exec` where mise's config may apply (protocol/mise.ts); needs the agent's `mise` feature. */
+  mise?: boolean;
 }
 
 export interface AgentSessionStartOptions extends RequestOptions {
@@ -192,7 +194,7 @@ export class AgentClient {
     try {
       const r = (await this.request(
         'exec',
-        { channel, command, env: o.env, cwd: o.cwd, stdin: o.stdin === true, pty: o.pty },
+        { channel, command, env: o.env, cwd: o.cwd, stdin: o.stdin === true, pty: o.pty, mise: o.mise || undefined },
         o,
       )) as ExecResult;
       return proc.handle(r.pid);

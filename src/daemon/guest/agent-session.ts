@@ -49,14 +49,21 @@ export class AgentGuestSession implements GuestSession {
    * Runs `argv` itself in `cwd`, with no shell in between: one process start fewer, which is most of what
    * a short command costs in an emulated guest. When the agent cannot start it (no such command or
    * directory, not executable), `shellLine` (the same command as a shell line) runs instead, so the
-   * caller gets the shell's message and status (127, 126, 2) exactly as over SSH.
+   * caller gets the shell's message and status (127, 126, 2) exactly as over SSH. With `mise`, the agent
+   * decides whether it runs under `mise exec` (as the shell line would; protocol/mise.ts).
    */
-  async execArgv(argv: string[], cwd: string, shellLine: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+  async execArgv(
+    argv: string[],
+    cwd: string,
+    shellLine: string,
+    opts: GuestExecOptions = {},
+    mise = false,
+  ): Promise<GuestExecResult> {
     opts.signal?.throwIfAborted();
     let proc: AgentProcess;
     try {
       // PWD as a shell's `cd` would leave it, not the agent's own.
-      proc = await this.start({ argv }, cwd, { ...opts, env: { PWD: cwd, ...opts.env } });
+      proc = await this.start({ argv, mise }, cwd, { ...opts, env: { PWD: cwd, ...opts.env } });
     } catch (e) {
       const code = e instanceof BangerError ? e.code : null;
       if (code !== ErrorCode.NotFound && code !== ErrorCode.FailedPrecondition) throw e;
@@ -71,7 +78,11 @@ export class AgentGuestSession implements GuestSession {
     return this.run(await this.agent.exec({ prespawned: key, stdin: opts.stdin !== undefined, signal: opts.signal }), opts);
   }
 
-  private start(command: { shell: string } | { argv: string[] }, cwd: string, opts: GuestExecOptions): Promise<AgentProcess> {
+  private start(
+    command: { shell: string } | { argv: string[]; mise?: boolean },
+    cwd: string,
+    opts: GuestExecOptions,
+  ): Promise<AgentProcess> {
     return this.agent.exec({
       ...command,
       cwd,

@@ -18,6 +18,7 @@ import {
   SEED_MOUNT_DIR,
 } from './contract.js';
 import { AGENT_VSOCK_PORT } from '../../../protocol/agent.js';
+import { GUEST_MISE_ENV } from '../../../protocol/mise.js';
 import { VSOCK_BRIDGE } from './vsock-bridge.js';
 import { SYSINIT } from './sysinit.js';
 
@@ -46,10 +47,7 @@ export const GUEST_PATHS = {
 } as const;
 
 /** Environment every SSH session gets (sshd `SetEnv` and pam_env's /etc/environment), login shell or not. */
-export const GUEST_ENVIRONMENT: Readonly<Record<string, string>> = {
-  // mise otherwise waits ~10 s on an update check that cannot reach out.
-  MISE_OFFLINE: '1',
-};
+export const GUEST_ENVIRONMENT: Readonly<Record<string, string>> = { ...GUEST_MISE_ENV };
 
 /** BusyBox init's table. sysinit runs to completion first; `ready` and sshd start right after it. */
 export const INITTAB = `# banger guest: BusyBox init (PID 1) reaps orphans, keeps sshd running and powers off on request.

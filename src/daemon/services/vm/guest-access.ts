@@ -39,15 +39,20 @@ export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly stri
 
 /**
  * The same command for a channel that can start argv without a shell (the guest agent): argv and its
- * directory, or null when the command needs the shell line (a login shell, the workspace's `mise exec`).
+ * directory, with `mise` when the agent is to decide on `mise exec` (in the workspace; an agent with the
+ * `mise` feature), or null when the command needs the shell line (a login shell, or the workspace's
+ * `mise exec` decision on an agent without that feature).
  */
 export function execArgv(
   vm: Pick<VmRecord, 'workspace'>,
   argv: readonly string[],
   cwd: string | undefined,
-): { argv: string[]; cwd: string } | null {
-  if (argv.length === 0 || (cwd === undefined && vm.workspace)) return null;
-  return { argv: [...argv], cwd: cwd ?? '/root' };
+  agentDecidesMise: boolean,
+): { argv: string[]; cwd: string; mise: boolean } | null {
+  if (argv.length === 0) return null;
+  if (cwd === undefined && vm.workspace)
+    return agentDecidesMise ? { argv: [...argv], cwd: vm.workspace.guestPath, mise: true } : null;
+  return { argv: [...argv], cwd: cwd ?? '/root', mise: false };
 }
 
 export interface VmExecStreams {
@@ -145,7 +150,7 @@ export class VmGuestAccess {
   async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
     const vm = this.d.running(name);
     const command = execCommand(vm, argv, cwd);
-    const direct = execArgv(vm, argv, cwd);
+    const direct = execArgv(vm, argv, cwd, this.d.live.agentFeatures(vm.id).has('mise'));
     let started = false;
     const run = (session: GuestSession) => {
       const opts: GuestExecOptions = {
@@ -160,7 +165,7 @@ export class VmGuestAccess {
         signal: io.signal,
       };
       return direct && session instanceof AgentGuestSession
-        ? session.execArgv(direct.argv, direct.cwd, command, opts)
+        ? session.execArgv(direct.argv, direct.cwd, command, opts, direct.mise)
         : session.exec(command, opts);
     };
     const session = await this.d.live.execSession(vm, io.signal);

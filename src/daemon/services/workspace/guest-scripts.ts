@@ -1,6 +1,6 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { shJoin, shq } from '../../guest/shell.js';
-import { GUEST_ENVIRONMENT } from '../../guest/init/scripts.js';
+import { GUEST_MISE_ENV, MISE_DOT_CONFIG_PREFIX, MISE_NAME_PREFIXES, MISE_VAR_PREFIXES } from '../../../protocol/mise.js';
 import type { GitIdentity } from './host-repo.js';
 import { TAR_TREE_DIR } from './pack.js';
 import { IMPORT_STREAM_MAGIC } from './import-stream.js';
@@ -319,23 +319,18 @@ ${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 }
 
 /**
- * Shell function `mise_applies`, run in the command's directory: false only when mise could not change what a
- * command run there gets, that is when no variable of mise's is set (other than the ones every guest gets,
- * GUEST_ENVIRONMENT) and none of the files mise reads may exist: `mise*`, `.mise*`, `.config/mise*`,
- * `.tool-versions` and `.rtx*` in the directory, each directory above it and the home directory, and the global
- * and system config directories. (Idiomatic version files such as .nvmrc count only once a setting, in one of
- * those files or variables, enables them.) A name that only looks like one of these costs a mise start, never a
- * missed config. It costs a few milliseconds where starting mise, a 150 MB binary, costs 100-400 in a TCG guest.
- * The shell is dash through the agent and bash over SSH, whose `export -p` says `declare -x`.
+ * Shell functions for the rule in protocol/mise.ts: `mise_applies`, run in the command's directory, fails only
+ * when mise's config cannot apply there. Its tests cost a few milliseconds (one fork for `export -p`, a few
+ * directory reads). The shell is dash through the agent and bash over SSH, whose `export -p` says `declare -x`.
  */
 const MISE_APPLIES_FN = `mise_in() {
-  for f in "$1"/mise* "$1"/.mise* "$1"/.config/mise* "$1"/.tool-versions "$1"/.rtx*; do
+  for f in ${MISE_NAME_PREFIXES.map((p) => `"$1"/${p}*`).join(' ')} "$1"/.config/${MISE_DOT_CONFIG_PREFIX}*; do
     if [ -e "$f" ] || [ -L "$f" ]; then return 0; fi
   done
   return 1
 }
 mise_applies() {
-  case $(unset ${Object.keys(GUEST_ENVIRONMENT).join(' ')}; export -p) in *'export MISE_'* | *'export RTX_'* | *'declare -x MISE_'* | *'declare -x RTX_'*) return 0 ;; esac
+  case $(unset ${Object.keys(GUEST_MISE_ENV).join(' ')}; export -p) in ${MISE_VAR_PREFIXES.flatMap((p) => [`*'export ${p}'*`, `*'declare -x ${p}'*`]).join(' | ')}) return 0 ;; esac
   if [ -e /etc/mise ] || [ -e "\${XDG_CONFIG_HOME:-\${HOME:-/root}/.config}/mise" ]; then return 0; fi
   mise_d=$PWD
   while :; do
@@ -349,8 +344,8 @@ mise_applies() {
 `;
 
 /**
- * A command line that runs argv in the workspace: under `mise exec` when the guest has mise and a mise
- * config may apply there (MISE_APPLIES_FN; the project's tools and env), plainly otherwise. hasMise
+ * A command line that runs argv in the workspace: under `mise exec` when the guest has mise and its config
+ * may apply there (MISE_APPLIES_FN; the project's tools and env), plainly otherwise. hasMise
  * true or false decides instead (tests). `exec` replaces the shell, so the exit status is the command's own.
  */
 export function execInWorkspace(guestPath: string, argv: readonly string[], hasMise?: boolean): string {
