@@ -4,6 +4,7 @@
  * - the API: `vm.exec(VM, ['true'])` on an open client;
  * - a session: send a 1 KiB JSONL line to the JSONL echo program and wait for its reply line;
  * - session output streaming of a 256 MiB file (BENCH_STREAM_MIB) against `ssh VM cat FILE`;
+ * - the CLI in a workspace (1,000 files, no mise config) against `ssh VM 'cd WORKSPACE && true'`;
  * - the guest agent's idle RSS (the issue's budget: 48 MiB) against the guest's own Node started with the
  *   agent's flags and malloc settings, doing nothing but listen on a unix socket.
  * Usage: npm run build && node --import tsx bench/exec.ts [runs]
@@ -12,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { HOME, REPO, agentUp, banger, median, report, sh, timeIt } from './common.js';
+import { HOME, REPO, agentUp, banger, makeBigRepo, median, report, sh, timeIt } from './common.js';
 import { connect } from '../src/client/index.js';
 
 const runs = Number(process.argv[2] ?? 15);
@@ -153,6 +154,20 @@ try {
   report(`session output streaming, ${mib} MiB, start to last byte (API)`, st, base4, 'ssh cat FILE > /dev/null');
   process.stdout.write(`  throughput: banger ${(mib / (median(st) / 1000)).toFixed(1)} MiB/s, ssh ${(mib / (median(base4) / 1000)).toFixed(1)} MiB/s\n`);
   await api.close();
+
+  // Last, as it gives the VM a workspace (later execs would run there): `vm exec` in a workspace without mise
+  // config, the developer's loop. The CLI checks the host repo's HEAD, the agent decides against `mise exec`.
+  const repo = join(ctl, 'repo');
+  makeBigRepo(repo, 1000, 4);
+  banger(['vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws']);
+  banger(['vm', 'exec', name, '--', 'true']); // warm
+  const w: number[] = [];
+  const base5: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    w.push(timeIt(() => banger(['vm', 'exec', name, '--', 'true'])));
+    base5.push(timeIt(() => sh('ssh', [...sshArgs, 'cd /root/ws && true'])));
+  }
+  report('vm exec -- true in a workspace without mise config (CLI)', w, base5, "ssh 'cd WORKSPACE && true'");
 } finally {
   try {
     sh('ssh', ['-o', `ControlPath=${ctl}/cm`, '-O', 'exit', 'x']);
