@@ -48,7 +48,7 @@ export class ExecChannel {
     if (!dir?.isDirectory()) throw new AgentFailure('NotFound', `no directory ${cwd} in the guest`);
     const env = { ...process.env, ...req.env };
     let argv = 'argv' in req.command ? req.command.argv : ['/bin/sh', '-c', req.command.shell];
-    if (req.mise && 'argv' in req.command) argv = await underMise(argv, cwd, env);
+    if (req.mise && 'argv' in req.command) argv = underMise(argv, cwd, env);
     let file = argv[0];
     let args = argv.slice(1);
     if (req.pty) {

@@ -1,4 +1,4 @@
-import { access, constants, readdir, stat } from 'node:fs/promises';
+import { accessSync, constants, readdirSync, statSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { GUEST_MISE_ENV, MISE_DOT_CONFIG_PREFIX, MISE_NAME_PREFIXES, MISE_VAR_PREFIXES } from '../protocol/mise.js';
 
@@ -6,56 +6,63 @@ import { GUEST_MISE_ENV, MISE_DOT_CONFIG_PREFIX, MISE_NAME_PREFIXES, MISE_VAR_PR
  * `argv` as an exec with `mise: true` runs it in `cwd` with `env`: under `mise exec --` when mise is on PATH and
  * its config may apply there (the rule in protocol/mise.ts, which the workspace's shell line follows too), else
  * as is. Decided here, it spares the command a shell and its tests: most of what a short command costs in an
- * emulated guest is process starts.
+ * emulated guest is process starts. The file system calls are synchronous: a dozen stats and reads of small
+ * directories (the workspace's top and those above it) take about a millisecond, where each trip through
+ * Node's thread pool alone costs about that under TCG.
  */
-export async function underMise(argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<string[]> {
-  // Side by side: each file system call is a trip through Node's thread pool, about a millisecond under TCG.
-  const [mise, applies] = await Promise.all([onPath('mise', env.PATH ?? ''), miseApplies(cwd, env)]);
-  return mise === null || !applies ? argv : [mise, 'exec', '--', ...argv];
+export function underMise(argv: string[], cwd: string, env: NodeJS.ProcessEnv): string[] {
+  const mise = onPath('mise', env.PATH ?? '');
+  return mise === null || !miseApplies(cwd, env) ? argv : [mise, 'exec', '--', ...argv];
 }
 
 /** Whether mise's config may apply to a command run in `cwd` with `env` (protocol/mise.ts). */
-export async function miseApplies(cwd: string, env: NodeJS.ProcessEnv): Promise<boolean> {
+export function miseApplies(cwd: string, env: NodeJS.ProcessEnv): boolean {
   for (const [k, v] of Object.entries(env)) {
     if (v !== undefined && MISE_VAR_PREFIXES.some((p) => k.startsWith(p)) && !(k in GUEST_MISE_ENV)) return true;
   }
   const home = env.HOME || '/root';
-  const dirs = [home];
+  if (exists('/etc/mise') || exists(join(env.XDG_CONFIG_HOME || join(home, '.config'), 'mise'))) return true;
   for (let d = cwd; ; d = dirname(d)) {
-    dirs.push(d);
+    if (holdsMiseName(d)) return true;
     if (dirname(d) === d) break;
   }
-  const found = await Promise.all([
-    exists('/etc/mise'),
-    exists(join(env.XDG_CONFIG_HOME || join(home, '.config'), 'mise')),
-    ...[...new Set(dirs)].map(holdsMiseName),
-  ]);
-  return found.some(Boolean);
+  return holdsMiseName(home);
 }
 
-async function holdsMiseName(dir: string): Promise<boolean> {
-  const names = await readdir(dir).catch(() => [] as string[]);
+function holdsMiseName(dir: string): boolean {
+  const names = list(dir);
   if (names.some((n) => MISE_NAME_PREFIXES.some((p) => n.startsWith(p)))) return true;
-  if (!names.includes('.config')) return false;
-  const config = await readdir(join(dir, '.config')).catch(() => [] as string[]);
-  return config.some((n) => n.startsWith(MISE_DOT_CONFIG_PREFIX));
+  return names.includes('.config') && list(join(dir, '.config')).some((n) => n.startsWith(MISE_DOT_CONFIG_PREFIX));
 }
 
 /** The shell's `command -v NAME` for a plain name: the first executable file of that name on PATH. */
-async function onPath(name: string, path: string): Promise<string | null> {
-  const files = path
-    .split(delimiter)
-    .filter((dir) => dir.startsWith('/'))
-    .map((dir) => join(dir, name));
-  const ok = await Promise.all(
-    files.map((file) =>
-      access(file, constants.X_OK).then(
-        () => stat(file).then((st) => st.isFile()),
-        () => false,
-      ),
-    ),
-  );
-  return files[ok.indexOf(true)] ?? null;
+function onPath(name: string, path: string): string | null {
+  for (const dir of path.split(delimiter)) {
+    if (!dir.startsWith('/')) continue;
+    const file = join(dir, name);
+    try {
+      accessSync(file, constants.X_OK);
+      if (statSync(file).isFile()) return file;
+    } catch {
+      // not here
+    }
+  }
+  return null;
 }
 
-const exists = (p: string) => access(p).then(() => true, () => false);
+function list(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    accessSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

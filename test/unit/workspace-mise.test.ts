@@ -36,7 +36,7 @@ const viaShell =
     return out === 'plain\n' ? 'plain' : 'mise';
   };
 const viaAgentRule: Way = async (ws, env) => {
-  const argv = await underMise(['echo', 'plain'], ws, { ...process.env, PATH, HOME: home, XDG_CONFIG_HOME: '', ...env });
+  const argv = underMise(['echo', 'plain'], ws, { ...process.env, PATH, HOME: home, XDG_CONFIG_HOME: '', ...env });
   if (argv.length === 2) return 'plain';
   assert.deepEqual(argv, [join(bin, 'mise'), 'exec', '--', 'echo', 'plain']);
   return 'mise';
@@ -112,7 +112,7 @@ void describe('vm exec in a workspace: `mise exec` only where mise config may ap
     const r = await new LocalShellSession({ env: { HOME: home } }).exec(execInWorkspace(ws, ['sh', '-c', 'pwd; exit 3'], undefined));
     assert.equal(r.code, 3);
     assert.equal(r.stdout.toString(), `${ws}\n`);
-    assert.deepEqual(await underMise(['true'], ws, { PATH: '/usr/bin:/bin', HOME: home }), ['true']);
+    assert.deepEqual(underMise(['true'], ws, { PATH: '/usr/bin:/bin', HOME: home }), ['true']);
   });
 });
 
