@@ -16,7 +16,7 @@ export function underMise(argv: string[], cwd: string, env: NodeJS.ProcessEnv): 
 }
 
 /** Whether mise's config may apply to a command run in `cwd` with `env` (protocol/mise.ts). */
-export function miseApplies(cwd: string, env: NodeJS.ProcessEnv): boolean {
+function miseApplies(cwd: string, env: NodeJS.ProcessEnv): boolean {
   for (const [k, v] of Object.entries(env)) {
     if (v !== undefined && MISE_VAR_PREFIXES.some((p) => k.startsWith(p)) && !(k in GUEST_MISE_ENV)) return true;
   }

@@ -44,6 +44,15 @@ function newRepo(prefix: string): string {
   return root;
 }
 
+/** A new repository with `files` (path -> content) in one commit. */
+function committedRepo(prefix: string, files: Record<string, string>): string {
+  const root = newRepo(prefix);
+  for (const [path, content] of Object.entries(files)) write(root, path, content);
+  git(root, 'add', '-A');
+  git(root, 'commit', '-q', '-m', 'files');
+  return root;
+}
+
 /** Starts `banger ARGS` in the background; `started` resolves once its stderr matches `ready`. */
 function bangerBackground(args: string[], ready: RegExp): { started: Promise<void>; done: Promise<CliResult> } {
   const child = spawn(process.execPath, [CLI, ...args], {
@@ -170,20 +179,14 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
   step("vm exec runs under mise exec where the repo has a mise config (the guest's own included), directly elsewhere", async () => {
     // `mise exec` gives its command __MISE_DIFF (mise's own variable) and the config's [env].
     const probe = ['sh', '-c', 'echo "${BANGER_MISE_PROBE:-none} ${__MISE_DIFF:+mise}"'];
-    const plain = newRepo('banger-ws-plain-');
-    write(plain, 'a.txt', 'a\n');
-    git(plain, 'add', '-A');
-    git(plain, 'commit', '-q', '-m', 'a');
+    const plain = committedRepo('banger-ws-plain-', { 'a.txt': 'a\n' });
     await bangerOk(['vm', 'workspace', 'prepare', VM, plain, '--guest-path', '/root/no-mise']);
     assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'none \n');
     // A config the guest writes later (as `mise use` would) applies from the next command on.
     await guest('/root/no-mise', 'printf \'[env]\\nBANGER_MISE_PROBE = "guest-made"\\n\' > mise.toml && mise trust --quiet mise.toml');
     assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'guest-made mise\n');
 
-    const withMise = newRepo('banger-ws-mise-');
-    write(withMise, 'mise.toml', '[env]\nBANGER_MISE_PROBE = "from-mise"\n');
-    git(withMise, 'add', '-A');
-    git(withMise, 'commit', '-q', '-m', 'mise config');
+    const withMise = committedRepo('banger-ws-mise-', { 'mise.toml': '[env]\nBANGER_MISE_PROBE = "from-mise"\n' });
     await bangerOk(['vm', 'workspace', 'prepare', VM, withMise, '--guest-path', '/root/with-mise']);
     assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'from-mise mise\n');
   });
@@ -226,10 +229,7 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
 
     // The guest path is usable again once the VM is back.
     await bangerOk(['vm', 'start', VM]);
-    const small = newRepo('banger-ws-small-');
-    write(small, 'small.txt', 'small\n');
-    git(small, 'add', '-A');
-    git(small, 'commit', '-q', '-m', 'small');
+    const small = committedRepo('banger-ws-small-', { 'small.txt': 'small\n' });
     await bangerOk(['vm', 'workspace', 'prepare', VM, small, '--guest-path', dir]);
     assert.equal(await guest(dir, 'ls -A'), '.git\nsmall.txt\n');
     assert.equal((await show()).workspace?.guestPath, dir);

@@ -9,7 +9,7 @@ import {
   type AgentSessionStreamOptions,
 } from './agent-channels.js';
 
-export type { AgentExitStatus, AgentProcess, AgentSessionEnd, SessionOutputChunk, SessionOutputHandler } from './agent-process.js';
+import type { AgentClientOptions, AgentExecOptions, AgentSessionStartOptions, RequestOptions } from './agent-options.js';
 import {
   AGENT_PROTOCOL_VERSION,
   AGENT_RESULT_SCHEMAS,
@@ -27,6 +27,9 @@ import type { AgentSignal } from '../../protocol/agent-fields.js';
 import type { AgentOutputStream, AgentSessionInfo } from '../../protocol/agent-sessions.js';
 import { escapeForTerminal } from '../../shared/terminal-text.js';
 
+export type { AgentExitStatus, AgentProcess, AgentSessionEnd, SessionOutputChunk, SessionOutputHandler } from './agent-process.js';
+export type { AgentClientOptions, AgentExecOptions, AgentSessionStartOptions, RequestOptions } from './agent-options.js';
+
 /**
  * The daemon's end of the guest agent protocol, over any Duplex (the VM's virtio-serial unix socket, a
  * Firecracker vsock, a socket pair in tests). The agent is untrusted: every message is validated, frames are
@@ -36,47 +39,6 @@ import { escapeForTerminal } from '../../shared/terminal-text.js';
  * Channels other than a request's reply are agent-channels.ts (uploads, session streams) and
  * agent-process.ts (exec).
  */
-
-export interface AgentClientOptions {
-  /** Names the VM in error messages, e.g. `"dev"`. */
-  label?: string;
-  /** Deadline of a request's reply (for `writeFile`, counted from the end of the content). Default 15 s. */
-  requestTimeoutMs?: number;
-  /** Why the connection was dropped, for the daemon's log. */
-  log?: (message: string) => void;
-}
-
-export interface RequestOptions {
-  signal?: AbortSignal;
-  timeoutMs?: number;
-}
-
-export interface AgentExecOptions extends RequestOptions {
-  /** Exactly one of `argv`, `shell` (a line for `/bin/sh -c`) and `prespawned` (a process held by `prespawn`). */
-  argv?: string[];
-  shell?: string;
-  prespawned?: string;
-  env?: Record<string, string>;
-  cwd?: string;
-  /** Give the process a stdin stream (otherwise it reads /dev/null). */
-  stdin?: boolean;
-  /** Run under a terminal of this size; its output then all comes on `stdout`. */
-  pty?: { cols: number; rows: number };
-  /** With argv: under `mise exec` where mise's config may apply (protocol/mise.ts); needs the agent's `mise` feature. */
-  mise?: boolean;
-}
-
-export interface AgentSessionStartOptions extends RequestOptions {
-  /** Default: the agent picks `sN`. */
-  name?: string;
-  argv: string[];
-  tty?: boolean;
-  size?: { cols: number; rows: number };
-  cwd?: string;
-  env?: Record<string, string>;
-  /** Per-stream cap on kept output; default: the agent's. */
-  capBytes?: number;
-}
 
 interface Pending {
   type: AgentRequestType;
