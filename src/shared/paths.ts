@@ -150,6 +150,10 @@ export class VmPaths {
   get agentSocket(): string {
     return join(this.dir, 'agent.sock');
   }
+  /** QEMU's virtio-serial port `banger.bulk`: bulk stdin into the guest (daemon/guest/bulk.ts). */
+  get bulkSocket(): string {
+    return join(this.dir, 'bulk.sock');
+  }
   get hostKeyPrivate(): string {
     return join(this.dir, 'ssh_host_ed25519_key');
   }

@@ -7,7 +7,7 @@
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -364,6 +364,17 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
       assert.equal(channel, vm === AGENT_VM ? 'agent' : 'ssh');
       const repo = makeFixtureRepo();
       const ws = '/root/ws-channel';
+      // The guest kernel counts what arrived on each virtio-serial port (debugfs): the import's data comes on the
+      // bulk port with the agent, and not at all without it.
+      const bulkReceived = async () =>
+        Number(
+          (
+            await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c',
+              'mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug; ' +
+              'sed -n "s/^bytes_received: //p" $(grep -l "^name: banger.bulk$" /sys/kernel/debug/virtio-ports/*)'])
+          ).stdout.trim(),
+        );
+      const bulkBefore = await bulkReceived();
       // With every sshd of the agent's guest stopped, a transfer that went over SSH would hang: this one must not.
       const sshd = (sig: string) => bangerOk(['vm', 'exec', vm, '--', 'pkill', `-${sig}`, '-x', 'sshd']);
       if (vm === AGENT_VM) await sshd('STOP');
@@ -373,6 +384,10 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
         if (vm === AGENT_VM) await sshd('CONT');
       }
       const inGuest = async (cmd: string) => (await bangerOk(['vm', 'exec', vm, '--', 'sh', '-c', `cd ${ws} && ${cmd}`])).stdout;
+      const trackedBytes = git(repo, 'ls-files', '-z').split('\0').filter(Boolean).reduce((n, f) => n + statSync(join(repo, f)).size, 0);
+      const bulkGrew = (await bulkReceived()) - bulkBefore;
+      if (vm === AGENT_VM) assert.ok(bulkGrew >= trackedBytes, `the bulk port carried ${bulkGrew} bytes, the tracked files are ${trackedBytes}`);
+      else assert.equal(bulkGrew, 0, 'without the agent the bulk port is not used');
       assert.equal((await inGuest('git rev-parse HEAD')).trim(), git(repo, 'rev-parse', 'HEAD').trim());
       // The host's edits are the guest's unstaged ones; a file the host only staged arrives as a new file.
       const hostEdits = git(repo, 'status', '--porcelain', '-uno').split('\n').filter((l) => !l.startsWith('A ')).join('\n');

@@ -140,6 +140,19 @@ void test('qemuArgv: the host<->guest channel is a virtio-serial port named bang
   ]);
 });
 
+void test('qemuArgv: the bulk port is a second port on the same device, named banger.bulk, only beside the channel', () => {
+  const argv = qemuArgv({ ...base, channelSocketPath: '/vms/v1/ch.sock', bulkSocketPath: '/vms/v1/bulk.sock' });
+  // prettier-ignore
+  assert.deepEqual(argv.slice(-10), [
+    '-device', 'virtio-serial-device',
+    '-chardev', 'socket,id=ch0,path=/vms/v1/ch.sock,server=on,wait=off',
+    '-device', 'virtserialport,chardev=ch0,name=banger.0',
+    '-chardev', 'socket,id=ch1,path=/vms/v1/bulk.sock,server=on,wait=off',
+    '-device', 'virtserialport,chardev=ch1,name=banger.bulk',
+  ]);
+  assert.ok(!qemuArgv({ ...base, bulkSocketPath: '/vms/v1/bulk.sock' }).some((a) => a.includes('bulk')));
+});
+
 void test('qemuArgv: commas in paths are escaped for QEMU option syntax', () => {
   assert.equal(qemuOptValue('/a,b/c'), '/a,,b/c');
   const argv = qemuArgv({ ...base, consoleLogPath: '/x,y/console.log', controlSocketPath: '/x,y/qmp.sock' });

@@ -73,6 +73,11 @@ export interface LaunchSpec {
   /** Optional host<->guest channel (virtio-serial or vsock), a unix socket path on the host. */
   channelSocketPath?: string;
   /**
+   * A second virtio-serial port, named `banger.bulk`, for bulk stdin into the guest (daemon/guest/bulk.ts): a unix
+   * socket path on the host. Only with `channelSocketPath`, on a VMM with virtio-serial.
+   */
+  bulkSocketPath?: string;
+  /**
    * The VM's own directory, which holds its disks and console log. A VMM that records file paths in a saved
    * state (Firecracker) runs there and is given those files by relative names, so a VM restored from the state
    * in another directory opens its own copies, not the source VM's.
@@ -116,6 +121,8 @@ export interface VmHandle {
   startTime: number;
   accel: Accel;
   controlSocketPath: string;
+  /** The host end of the VM's bulk port, when it was launched with one (LaunchSpec.bulkSocketPath). */
+  bulkSocketPath?: string;
 }
 
 export interface DriverAvailability {

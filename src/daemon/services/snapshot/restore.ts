@@ -57,6 +57,7 @@ export async function makeRestoredFiles(vp: VmPaths, src: RestoreSource, run: Co
       state: snapshotState(s, src.dir),
       accel: s.accel,
       agent: s.agent,
+      ...(s.bulkPort ? { bulkPort: true as const } : {}),
       sourceVmName: s.sourceVmName,
       mac: s.mac,
     };
@@ -87,6 +88,7 @@ export function restoreSteps(marker: RestoreMarker): BootStep[] {
         // The saved CPU state is of this accelerator's CPU model; another one would not load it.
         b.accel = marker.accel;
         b.incoming = markerState(marker);
+        b.bulkPort = marker.bulkPort === true;
       },
     },
     network,

@@ -249,6 +249,7 @@ export class SnapshotService {
       memoryMib: vm.memoryMib,
       diskSizeMib: vm.diskSizeMib,
       agent: r.hasAgent,
+      ...(handle.bulkSocketPath !== undefined ? { bulkPort: true as const } : {}),
       egress: vm.egress,
       mac: vm.mac,
       network: vm.networkMode,

@@ -48,6 +48,11 @@ export interface SnapshotRecord {
   pausedMs: number;
   /** Where the RAM was saved (driver.ts); absent in snapshots from before RAM files: 'stream-machine'. */
   ram?: SavedRam;
+  /**
+   * The source VM had the bulk port (daemon/guest/bulk.ts): VMs resumed from it get the port too, as the saved
+   * device state needs. Absent (snapshots from before the port, or of a VM started before it): no port.
+   */
+  bulkPort?: true;
   /** Set on what reconcile kept of a snapshot a killed daemon did not finish: its disks only (service.ts). */
   unfinished?: true;
 }
@@ -75,6 +80,8 @@ export interface RestoreMarker {
   statePath?: string;
   accel: Accel;
   agent: boolean;
+  /** The snapshot's bulkPort. */
+  bulkPort?: true;
   sourceVmName: string;
   mac: string;
 }

@@ -80,6 +80,11 @@ export interface Boot {
   sync?: { home?: string };
   /** Resume this saved state instead of booting (a VM restored from a snapshot). */
   incoming?: SavedState;
+  /**
+   * Whether the VM gets the bulk port (where its driver has virtio-serial). A resumed state needs the device set
+   * it was saved with: false for one saved without the port. Default true.
+   */
+  bulkPort?: boolean;
 }
 
 /** A named step of a boot; the names are the progress labels, in this order. */
@@ -306,6 +311,7 @@ export function launchSpec(b: Boot, kernelCmdline: string, kernelPath = b.image.
       : driver.features.has('vsock')
         ? vp.vsockSocket
         : undefined,
+    ...(driver.features.has('virtioSerial') && b.bulkPort !== false ? { bulkSocketPath: vp.bulkSocket } : {}),
     workDir: vp.dir,
     ...(b.incoming !== undefined ? { incoming: b.incoming } : {}),
   };

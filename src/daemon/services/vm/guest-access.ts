@@ -8,6 +8,7 @@ import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentFirstSession, AgentGuestSession, agentFailedBeforeStart } from '../../guest/agent-session.js';
+import { BulkStdinSession } from '../../guest/bulk.js';
 import { applyIdentity, PRESPAWNED_IDENTITY } from '../../guest/identity.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
 import type { IdentitySync } from '../sync/service.js';
@@ -210,13 +211,19 @@ export class VmGuestAccess {
 
   /**
    * The channel of workspace imports and exports: the guest agent when it is connected (SSH when it cannot
-   * start the script), else SSH.
+   * start the script), else SSH. With the agent, a script's stdin goes through the VM's bulk port when it has
+   * one (guest/bulk.ts): an image without the agent may lack the guest driver the port needs.
    */
   async transferSession(vm: VmRecord, signal?: AbortSignal): Promise<GuestSession & { isClosed: boolean }> {
     const session = await this.d.live.execSession(vm, signal);
     if (!(session instanceof AgentGuestSession)) return session;
-    return new AgentFirstSession(session, () => this.d.live.session(vm, signal), (e) =>
+    const first = new AgentFirstSession(session, () => this.d.live.session(vm, signal), (e) =>
       this.d.log.warn({ vm: vm.name, err: e.message }, 'guest agent failed before the transfer started; using SSH'),
+    );
+    const bulk = this.d.live.get(vm.id)?.handle.bulkSocketPath;
+    if (bulk === undefined) return first;
+    return new BulkStdinSession(first, bulk, (e) =>
+      this.d.log.warn({ vm: vm.name, err: e.message }, 'bulk port not reachable; stdin goes over the guest agent'),
     );
   }
 

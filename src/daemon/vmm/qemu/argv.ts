@@ -2,6 +2,7 @@ import { invalidArgument } from '../../../errors/index.js';
 import type { Accel, DiskSpec, LaunchSpec, NetworkSpec, SavedState } from '../driver.js';
 import { IFNAME_RE, MAC_RE } from '../../../protocol/names.js';
 import { shq } from '../../guest/shell.js';
+import { BULK_PORT_NAME } from '../../guest/bulk.js';
 
 /**
  * QEMU command lines as pure functions, pinned by test/unit/qemu-argv.test.ts.
@@ -203,6 +204,13 @@ export function qemuArgv(spec: LaunchSpec, opts: QemuArgvOptions = {}): string[]
       '-device',
       'virtserialport,chardev=ch0,name=banger.0',
     );
+    if (spec.bulkSocketPath !== undefined)
+      argv.push(
+        '-chardev',
+        `socket,id=ch1,path=${qemuOptValue(spec.bulkSocketPath)},server=on,wait=off`,
+        '-device',
+        `virtserialport,chardev=ch1,name=${BULK_PORT_NAME}`,
+      );
   }
   const incoming = opts.incoming ?? (spec.incoming !== undefined ? incomingArg(spec.incoming) : undefined);
   if (incoming !== undefined) argv.push('-incoming', incoming);

@@ -161,6 +161,7 @@ export class QemuDriver implements VmmDriver {
     // A stale socket from an earlier run would make us talk to nothing (or to another QEMU).
     await rm(spec.controlSocketPath, { force: true });
     if (spec.channelSocketPath) await rm(spec.channelSocketPath, { force: true });
+    if (spec.bulkSocketPath) await rm(spec.bulkSocketPath, { force: true });
     await mkdir(dirname(spec.vmmLogPath), { recursive: true });
     const logFh = await open(spec.vmmLogPath, 'a');
     let child: ChildProcess;
@@ -206,6 +207,7 @@ export class QemuDriver implements VmmDriver {
       startTime: startTime ?? -1,
       accel: spec.accel,
       controlSocketPath: spec.controlSocketPath,
+      ...(spec.bulkSocketPath !== undefined && spec.channelSocketPath !== undefined ? { bulkSocketPath: spec.bulkSocketPath } : {}),
     };
     this.deps.log.info({ vmId: spec.vmId, pid, accel: spec.accel }, 'qemu started');
     try {
