@@ -9,7 +9,8 @@ import { generateVmName, randomMac, validateVmName } from '../../src/daemon/serv
 import { KeyedMutex } from '../../src/daemon/services/locks.js';
 import type { BangerError } from '../../src/errors/index.js';
 import { shq } from '../../src/daemon/guest/shell.js';
-import { Paths, resolveBangerHome } from '../../src/shared/paths.js';
+import { Paths, VmPaths, resolveBangerHome } from '../../src/shared/paths.js';
+import { launchSpec, type Boot } from '../../src/daemon/services/vm/boot.js';
 
 const seed = {
   hostname: 'fix-42',
@@ -100,4 +101,21 @@ test('state lives under BANGER_HOME, /var/lib/banger for root, XDG for others', 
   const p = new Paths('/s');
   assert.equal(p.vm('abc').qmpSocket, '/s/vms/abc/qmp.sock');
   assert.ok(new Paths('/tmp/' + 'x'.repeat(40)).vm('0123456789ab').qmpSocket.length < 108);
+});
+
+test('launchSpec: a QEMU VM gets the bulk port beside its agent channel, unless it resumes a state saved without one', () => {
+  const vp = new VmPaths('/vms/v1');
+  const boot = (features: string[], extra: Partial<Boot> = {}) =>
+    ({
+      vm: { id: 'v1', name: 'a', vcpus: 1, memoryMib: 256, networkMode: 'loopback', hostAddress: '127.77.0.2', sshPort: 22, egress: false, mac: '52:54:00:00:00:01' },
+      image: { kernelPath: '/k', initrdPath: '/i' },
+      driver: { features: new Set(features), controlSocketPath: () => '/vms/v1/qmp.sock' },
+      vp,
+      accel: 'tcg',
+      ...extra,
+    }) as unknown as Boot;
+  assert.equal(launchSpec(boot(['virtioSerial']), '').bulkSocketPath, vp.bulkSocket);
+  assert.equal(launchSpec(boot(['virtioSerial']), '').channelSocketPath, vp.agentSocket);
+  assert.equal(launchSpec(boot(['virtioSerial'], { bulkPort: false }), '').bulkSocketPath, undefined);
+  assert.equal(launchSpec(boot(['vsock']), '').bulkSocketPath, undefined);
 });

@@ -146,14 +146,15 @@ function connectSocket(path: string, timeoutMs: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const s = connect(path);
     const timer = setTimeout(() => s.destroy(new Error(`no connection to ${path} within ${timeoutMs} ms`)), timeoutMs);
-    s.once('connect', () => {
-      clearTimeout(timer);
-      s.off('error', reject);
-      resolve(s);
-    });
-    s.once('error', (e) => {
+    const onError = (e: Error) => {
       clearTimeout(timer);
       reject(e);
+    };
+    s.once('error', onError);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      s.off('error', onError);
+      resolve(s);
     });
   });
 }
@@ -205,11 +206,10 @@ export class BulkStdinSession implements GuestSession {
     });
     written.catch(() => {});
     try {
-      const r = await this.inner.exec(bulkCommand(token, command), { ...opts, stdin: undefined });
-      // A command that exited before its stdin ended stops the copy; one that read it all has nothing left.
-      stdin.unpipe();
-      return r;
+      return await this.inner.exec(bulkCommand(token, command), { ...opts, stdin: undefined });
     } finally {
+      // Closed only now (see the wire above). A command that exited before its stdin ended leaves the copy to
+      // fail on the closed socket; the caller destroys its source.
       sock.destroy();
     }
   }
