@@ -23,7 +23,9 @@ const dir = mkdtempSync(join(tmpdir(), 'banger-bulk-'));
 const open: (Server | Socket)[] = [];
 after(() => {
   // What a failed test left open.
-  for (const h of open) if ('destroy' in h) h.destroy(); else h.close();
+  for (const h of open)
+    if ('destroy' in h) h.destroy();
+    else h.close();
   rmSync(dir, { recursive: true, force: true });
 });
 const TOKEN = 'a'.repeat(32);
@@ -61,7 +63,9 @@ async function wire(source: Readable, token = TOKEN): Promise<Buffer> {
 
 /** Runs the guest's bulk_in on `device` (a file standing in for the port) under dash, its stdout hashed. */
 function bulkIn(device: string, token = TOKEN) {
-  const r = spawnSync('/bin/sh', ['-c', `${BULK_IN_FN}bulk_in "$1" "$2" | sha256sum`, 'sh', token, device], { encoding: 'utf8' });
+  const r = spawnSync('/bin/sh', ['-c', `${BULK_IN_FN}bulk_in "$1" "$2" | sha256sum`, 'sh', token, device], {
+    encoding: 'utf8',
+  });
   return { status: r.status, hash: r.stdout.split(' ')[0], stderr: r.stderr };
 }
 
@@ -72,7 +76,12 @@ function pieces(total: number, piece: number): { data: Buffer; stream: () => Rea
   const data = randomBytes(total);
   return {
     data,
-    stream: () => Readable.from((function* () { for (let i = 0; i < total; i += piece) yield data.subarray(i, i + piece); })()),
+    stream: () =>
+      Readable.from(
+        (function* () {
+          for (let i = 0; i < total; i += piece) yield data.subarray(i, i + piece);
+        })(),
+      ),
   };
 }
 
@@ -130,7 +139,11 @@ void test('bulk: a failing source rejects writeBulk', async () => {
   const { server } = await sink(path);
   const sock = connect(path);
   await new Promise((r) => sock.once('connect', r));
-  const source = new Readable({ read() { this.destroy(new Error('git died')); } });
+  const source = new Readable({
+    read() {
+      this.destroy(new Error('git died'));
+    },
+  });
   await assert.rejects(writeBulk(source, sock, TOKEN), /git died/);
   sock.destroy();
   server.close();
