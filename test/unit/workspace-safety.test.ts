@@ -140,6 +140,8 @@ void describe('import extraction safety', () => {
       { stream: `${IMPORT_STREAM_MAGIC}\npart ${'c'.repeat(40)} 1 1 1\nxyz`, why: /files before their history/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nrm -rf /\n`, why: /unknown record/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\n`, why: /ended early/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\npack ${'d'.repeat(40)} 100 50\nonly this`, why: /ended early/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\npack ${'d'.repeat(40)} 4 4\npackidx!`, why: /lacks commit/ },
       { stream: `${IMPORT_STREAM_MAGIC}\ntar\n`, why: /no git history/ },
     ];
     for (const [i, c] of cases.entries()) {

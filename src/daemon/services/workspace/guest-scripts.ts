@@ -206,7 +206,7 @@ if [ -d "$dest" ]; then
 else
   mkdir -p -- "$dest"
 fi
-if [ "$force" = 0 ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
+if [ "$force" = 0 ] && [ -d "$dest/.git" ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
    old_base=$(git --git-dir="$dest/.git" rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}" 2>/dev/null); then
   old_head=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^1" 2>/dev/null || true)
   old_tree=$(git --git-dir="$dest/.git" rev-parse -q --verify "$old_base^{tree}" 2>/dev/null || true)
@@ -227,7 +227,8 @@ cd -- "$stage/${TAR_TREE_DIR}"
 # A 64-hex HEAD comes from a SHA-256 repository; the guest repo must use the same object format.
 if [ "\${#head}" -eq 64 ]; then fmt=sha256; else fmt=sha1; fi
 if [ -n "$branch" ]; then git init -q --object-format=$fmt -b "$branch" .; else git -c init.defaultBranch=main init -q --object-format=$fmt .; fi
-packs=$(git rev-parse --git-path objects/pack)
+# A git process costs 50-100 ms in an emulated guest: the few this script can do without, it does without.
+packs=.git/objects/pack
 
 # The stream (import-stream.ts): records of a header line and exactly the bytes it announces, then a tar.
 # A part's files are checked out by one background checkout-index, started at the first part, while the next
@@ -238,7 +239,12 @@ packs=$(git rev-parse --git-path objects/pack)
 bad() { fail ${WorkspaceScriptExit.BadArchive} "the workspace stream $*"; }
 num() { case "$1" in *[!0-9]* | '') bad "has a bad length" ;; esac; }
 hexid() { case "$1" in *[!0-9a-f]* | '') bad "has a pack that is not named by a hex id" ;; esac; }
-take() { head -c "$1" > "$2"; [ "$(wc -c < "$2")" -eq "$1" ] || bad "ended early"; }
+take() { head -c "$1" > "$2"; }
+# \`wc -c\` of two or more files ends with their total: one process checks what a record's takes wrote (head
+# writes less only at the stream's end).
+nl='
+'
+took() { want=$1; shift; got=$(wc -c -- "$@"); got=\${got##*"$nl"}; set -- $got; [ "$1" -eq "$want" ] || bad "ended early"; }
 IFS= read -r magic || bad "is empty"
 [ "$magic" = ${shq(IMPORT_STREAM_MAGIC)} ] || bad "is not a banger import"
 mkfifo "$stage/queue"
@@ -253,23 +259,25 @@ history=0
 kind=
 while IFS=' ' read -r kind a b c d; do
   case "$kind" in
-    shallow) num "$a"; if [ "$a" -gt 0 ]; then take "$a" .git/shallow; fi ;;
+    shallow) num "$a"; if [ "$a" -gt 0 ]; then take "$a" .git/shallow; took "$a" .git/shallow /dev/null; fi ;;
     pack | part)
       hexid "$a"; num "$b"; num "$c"
       take "$b" "$packs/pack-$a.pack"
       take "$c" "$packs/incoming-$a"
-      mv -- "$packs/incoming-$a" "$packs/pack-$a.idx"
       if [ "$kind" = pack ]; then
+        took $((b + c)) "$packs/pack-$a.pack" "$packs/incoming-$a"
+        mv -- "$packs/incoming-$a" "$packs/pack-$a.idx"
         [ -n "$head" ] || bad "has history for a repository without commits"
-        git cat-file -e "$head^{commit}" 2>/dev/null || bad "lacks commit $head"
-        if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$head"; else git update-ref --no-deref HEAD "$head"; fi
         # The index is HEAD's tree; files are checked out into it part by part (their stat data recorded,
         # so nothing is read back), and only files that come in the tar are hashed by the refresh below.
-        git read-tree "$head"
+        git read-tree "$head^{commit}" 2>/dev/null || bad "lacks commit $head"
+        if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$head"; else git update-ref --no-deref HEAD "$head"; fi
         history=1
       else
         [ "$history" = 1 ] || bad "has files before their history"
         num "$d"; take "$d" "$stage/$a.paths"
+        took $((b + c + d)) "$packs/pack-$a.pack" "$packs/incoming-$a" "$stage/$a.paths"
+        mv -- "$packs/incoming-$a" "$packs/pack-$a.idx"
         if [ -z "$worker" ]; then start_worker; fi
         printf '%s\n' "$a" >&3
       fi ;;
