@@ -73,14 +73,18 @@ try {
   // measures the agent path.
   await agentUp(name);
   agentRss();
-  banger(['vm', 'exec', name, '--', 'true']); // warm
-  const b: number[] = [];
-  const base: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    b.push(timeIt(() => banger(['vm', 'exec', name, '--', 'true'])));
-    base.push(timeIt(() => sh('ssh', [...sshArgs, 'true'])));
-  }
-  report('vm exec -- true (CLI)', b, base, 'ssh -o ControlMaster=auto true');
+  /** CLI `vm exec NAME -- true` against ssh running `sshCommand`, alternated, after a warm-up exec. */
+  const cliExecVsSsh = (label: string, sshCommand: string, baseLabel: string) => {
+    banger(['vm', 'exec', name, '--', 'true']); // warm
+    const b: number[] = [];
+    const base: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      b.push(timeIt(() => banger(['vm', 'exec', name, '--', 'true'])));
+      base.push(timeIt(() => sh('ssh', [...sshArgs, sshCommand])));
+    }
+    report(label, b, base, baseLabel);
+  };
+  cliExecVsSsh('vm exec -- true (CLI)', 'true', 'ssh -o ControlMaster=auto true');
 
   const api = await connect({ home: HOME });
   await api.vm.exec(name, ['true']); // warm: the daemon's agent connection
@@ -160,14 +164,7 @@ try {
   const repo = join(ctl, 'repo');
   makeBigRepo(repo, 1000, 4);
   banger(['vm', 'workspace', 'prepare', name, repo, '--guest-path', '/root/ws']);
-  banger(['vm', 'exec', name, '--', 'true']); // warm
-  const w: number[] = [];
-  const base5: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    w.push(timeIt(() => banger(['vm', 'exec', name, '--', 'true'])));
-    base5.push(timeIt(() => sh('ssh', [...sshArgs, 'cd /root/ws && true'])));
-  }
-  report('vm exec -- true in a workspace without mise config (CLI)', w, base5, "ssh 'cd WORKSPACE && true'");
+  cliExecVsSsh('vm exec -- true in a workspace without mise config (CLI)', 'cd /root/ws && true', "ssh 'cd WORKSPACE && true'");
 } finally {
   try {
     sh('ssh', ['-o', `ControlPath=${ctl}/cm`, '-O', 'exit', 'x']);

@@ -1,13 +1,13 @@
 import { setPriority } from 'node:os';
-import { accessSync, constants, existsSync, readdirSync, createWriteStream } from 'node:fs';
+import { existsSync, readdirSync, createWriteStream } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { delimiter, join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { Duplex, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { AGENT_VIRTIO_PORT } from '../protocol/agent.js';
 import { AgentServer } from './server.js';
+import { onPath } from './which.js';
 
 /**
  * `banger-agent`: started by the guest's init, serves the daemon until the guest powers off.
@@ -35,19 +35,6 @@ const DEFAULT_SESSIONS_DIR = '/root/.banger/sessions';
 
 function log(line: string): void {
   process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-}
-
-function findPython(): string | null {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
-    const p = join(dir, 'python3');
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return null;
 }
 
 async function servePort(server: AgentServer, device: string, readyFile?: string): Promise<never> {
@@ -141,7 +128,7 @@ async function main(): Promise<void> {
     throw new Error(`--session-cap takes a number of bytes, not ${JSON.stringify(cap)}`);
   const server = new AgentServer({
     agentVersion: AGENT_VERSION,
-    python: findPython(),
+    python: onPath('python3', process.env.PATH ?? '/usr/bin:/bin'),
     log,
     sessions: {
       root: value('--sessions') ?? DEFAULT_SESSIONS_DIR,

@@ -1,5 +1,6 @@
-import { accessSync, constants, readdirSync, statSync } from 'node:fs';
-import { delimiter, dirname, join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { onPath } from './which.js';
 import { GUEST_MISE_ENV, MISE_DOT_CONFIG_PREFIX, MISE_NAME_PREFIXES, MISE_VAR_PREFIXES } from '../protocol/mise.js';
 
 /**
@@ -21,7 +22,7 @@ function miseApplies(cwd: string, env: NodeJS.ProcessEnv): boolean {
     if (v !== undefined && MISE_VAR_PREFIXES.some((p) => k.startsWith(p)) && !(k in GUEST_MISE_ENV)) return true;
   }
   const home = env.HOME || '/root';
-  if (exists('/etc/mise') || exists(join(env.XDG_CONFIG_HOME || join(home, '.config'), 'mise'))) return true;
+  if (existsSync('/etc/mise') || existsSync(join(env.XDG_CONFIG_HOME || join(home, '.config'), 'mise'))) return true;
   for (let d = cwd; ; d = dirname(d)) {
     if (holdsMiseName(d)) return true;
     if (dirname(d) === d) break;
@@ -35,34 +36,10 @@ function holdsMiseName(dir: string): boolean {
   return names.includes('.config') && list(join(dir, '.config')).some((n) => n.startsWith(MISE_DOT_CONFIG_PREFIX));
 }
 
-/** The shell's `command -v NAME` for a plain name: the first executable file of that name on PATH. */
-function onPath(name: string, path: string): string | null {
-  for (const dir of path.split(delimiter)) {
-    if (!dir.startsWith('/')) continue;
-    const file = join(dir, name);
-    try {
-      accessSync(file, constants.X_OK);
-      if (statSync(file).isFile()) return file;
-    } catch {
-      // not here
-    }
-  }
-  return null;
-}
-
 function list(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch {
     return [];
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    accessSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -162,12 +162,11 @@ function connectSocket(path: string, timeoutMs: number): Promise<Socket> {
 /**
  * A guest session whose commands get their stdin through the bulk port at `socketPath` (QEMU's host end of it);
  * everything else, and commands without stdin, go through `inner` unchanged. When the port cannot be connected
- * the command gets its stdin through `inner` (onFallback says why). One command at a time uses the port: the
- * guest opens it once at a time, and QEMU serves one host connection at a time.
+ * the command gets its stdin through `inner` (onFallback says why). One command at a time may use a VM's port (the
+ * guest opens it once at a time, and QEMU serves one host connection at a time): its callers, the workspace
+ * service's imports, already run one at a time per VM.
  */
 export class BulkStdinSession implements GuestSession {
-  private busy: Promise<unknown> = Promise.resolve();
-
   constructor(
     private readonly inner: GuestSession & { isClosed: boolean },
     private readonly socketPath: string,
@@ -179,11 +178,7 @@ export class BulkStdinSession implements GuestSession {
   }
 
   exec(command: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
-    const stdin = opts.stdin;
-    if (stdin === undefined) return this.inner.exec(command, opts);
-    const run = this.busy.then(() => this.viaPort(command, stdin, opts));
-    this.busy = run.catch(() => undefined);
-    return run;
+    return opts.stdin === undefined ? this.inner.exec(command, opts) : this.viaPort(command, opts.stdin, opts);
   }
 
   private async viaPort(command: string, stdin: Readable, opts: GuestExecOptions): Promise<GuestExecResult> {
