@@ -275,6 +275,12 @@ void describe('re-sync through the workspace service', () => {
       ['a symlink retargeted', 'ln -sfn bin/run.sh link-to-readme', 'link-to-readme'],
       ['an untracked directory', 'mkdir -p "new dir" && echo n > "new dir/f"', 'new dir/'],
       ['a staged file', 'echo s > s.txt && git add s.txt', 's.txt'],
+      // Only the index differs: the staged edit's file is back as imported.
+      [
+        'an edit staged, its file put back',
+        'cp README.md ../r.tmp && echo staged >> README.md && git add README.md && cp ../r.tmp README.md',
+        'README.md',
+      ],
     ];
     const saved = join(tmp('banger-saved-'), 'idx');
     for (const mode of ['kept index', 'no index', 'index of another tree']) {

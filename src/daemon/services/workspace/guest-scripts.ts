@@ -4,7 +4,7 @@ import { GUEST_MISE_ENV, MISE_DOT_CONFIG_PREFIX, MISE_NAME_PREFIXES, MISE_VAR_PR
 import type { GitIdentity } from './host-repo.js';
 import { TAR_TREE_DIR } from './pack.js';
 import { IMPORT_STREAM_MAGIC } from './import-stream.js';
-import { GUEST_CHANGES_FN, MAX_CONFLICT_PATHS, baseStatus, keepBaseIndex } from './guest-changes.js';
+import { GUEST_CHANGES_FN, INDEX_MARK, MAX_CONFLICT_PATHS, baseStatus, keepBaseIndex } from './guest-changes.js';
 
 /**
  * Pure builders of the shell scripts that import a guest workspace and run commands in it, and the parts
@@ -328,6 +328,8 @@ cd -- "$dest"
 # git's untracked cache goes into the import base's index while the filesystem flushes (the guest has two
 # vCPUs and the flush waits on the disk): the first re-sync's check then reads no directory that did not change.
 ( ${baseStatus('keep')} >/dev/null 2>&1 || true ) & primer=$!
+# The index the refresh wrote equals HEAD: INDEX_MARK names it (the next check runs no diff-index while it is).
+if [ -f .git/index ]; then ln -f -- .git/index ${INDEX_MARK}; fi
 ${SYNC_WORKSPACE}wait "$primer"
 ${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 `;

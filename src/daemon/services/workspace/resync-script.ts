@@ -16,6 +16,7 @@ import {
 import {
   BASE_INDEX_TREE,
   GUEST_CHANGES_FN,
+  INDEX_MARK,
   MAX_CONFLICT_PATHS,
   NO_CTIME_ENV,
   keepBaseIndex,
@@ -214,9 +215,14 @@ if ! cp -a --remove-destination -- "$stage/${TAR_TREE_DIR}/." "$dest/" 2>/dev/nu
   cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"
 fi
 
+# The index as checked (nothing staged), or the one the reset writes, becomes INDEX_MARK.
+mark_job=
 if [ -n "$moved" ]; then
   if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$new_head"; else git update-ref --no-deref HEAD "$new_head"; fi
   git reset -q --mixed
+  ln -f -- .git/index ${INDEX_MARK} & mark_job=$!
+elif [ -e "$stage.mark" ]; then
+  mv -f -- "$stage.mark" ${INDEX_MARK} & mark_job=$!
 fi
 if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
 if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
@@ -231,6 +237,7 @@ if [ -n "$host_base" ]; then
   GIT_INDEX_FILE="$gc_index" git update-index -q --add --remove --replace -z --stdin < "$stage/${TAR_WRITTEN}"
   tree=$(GIT_INDEX_FILE="$gc_index" git write-tree)
 ${recordImportBase('new_head', '"$gc_index"')}fi
+if [ -n "$mark_job" ]; then wait "$mark_job" || true; fi
 ${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
 `;
 }
