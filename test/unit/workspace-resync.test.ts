@@ -243,6 +243,34 @@ void describe('re-sync through the workspace service', () => {
     );
   });
 
+  void it("imports a checkout that is HEAD's tree exactly as HEAD's, and still names guest changes", async () => {
+    // Nothing to hash in the guest (the stream's flags say so): the workspace must still be what a dirty
+    // import leaves, its base HEAD's tree, its manifest kept for the next re-sync.
+    const repo = makeFixtureRepo();
+    git(repo, 'add', '-A');
+    git(repo, 'commit', '-q', '-m', 'everything');
+    const a = join(tmp('banger-guest-'), 'a');
+    const h = harness();
+    assert.equal((await h.prepare({ sourcePath: repo, guestPath: a })).mode, 'full');
+    assert.equal(sh(a, 'git status --porcelain'), '', 'a clean checkout is clean in the guest');
+    assert.equal(sh(a, 'git rev-parse refs/banger/import-base^{tree}'), sh(a, 'git rev-parse HEAD^{tree}'));
+    assert.equal(worktreeTree(a), worktreeTree(repo));
+    assert.ok(existsSync(h.manifest), "the guest reported the host's tree: the manifest is kept");
+
+    write(a, 'README.md', 'edited in the guest\n');
+    write(repo, 'README.md', 'edited on the host\n');
+    await assert.rejects(
+      h.prepare({ sourcePath: repo, guestPath: a }),
+      (e: unknown) => e instanceof BangerError && e.code === 'Conflict' && e.message.includes('  README.md'),
+    );
+    sh(a, 'git checkout -q -- README.md');
+    const again = await h.prepare({ sourcePath: repo, guestPath: a });
+    assert.equal(again.mode, 'resync');
+    assert.equal(again.files, 1);
+    assert.equal(readFileSync(join(a, 'README.md'), 'utf8'), 'edited on the host\n');
+    assert.equal(sh(a, 'git status --porcelain'), ' M README.md\n');
+  });
+
   void it("keeps the import base's index beside the import base; guest changes are named with it and without it", async () => {
     const repo = makeFixtureRepo();
     const a = join(tmp('banger-guest-'), 'a');

@@ -18,6 +18,11 @@ export interface FullImportPlan {
   split: CheckoutSplit;
   /** Its entries wait in the file planFullImport was given. */
   manifest: PendingManifest | null;
+  /**
+   * The state imported is HEAD's tree exactly (no edit, deletion or untracked file imported): the guest's
+   * import base is HEAD's tree, and its index HEAD's, with nothing to hash (ImportScriptOptions.stateIsHead).
+   */
+  stateIsHead: boolean;
   /** The listing's figures and notices, without its entries. */
   list: Omit<ImportFileList, 'entries'> & {
     /** Entries listed (files, symlinks and submodule directories). */
@@ -46,7 +51,8 @@ export async function planFullImport(
     files: entries.filter((e) => e.kind !== 'dir').length,
     trustMise: entries.some((e) => mayBeMiseConfig(e.path)),
   };
-  return { split, manifest: state && state.manifest, list };
+  const stateIsHead = repo.headCommit !== null && state !== null && state.diff.changed.size === 0;
+  return { split, manifest: state && state.manifest, stateIsHead, list };
 }
 
 /**

@@ -139,7 +139,13 @@ export class WorkspaceService {
         // The manifest's entries wait in this file while the import runs (full-import.ts).
         const pending = `${manifestFile}.pending`;
         try {
-          const { split, manifest, list } = await planFullImport(repo, includeUntracked, pending, this.d.run, signal);
+          const { split, manifest, stateIsHead, list } = await planFullImport(
+            repo,
+            includeUntracked,
+            pending,
+            this.d.run,
+            signal,
+          );
           const special = new Set(list.skippedSpecial);
           const tar = createFullImportStream(
             { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm' },
@@ -157,6 +163,7 @@ export class WorkspaceService {
             identity: repo.identity,
             force: p.force ?? false,
             trustMise: list.trustMise,
+            stateIsHead,
           });
           const r = await this.send(vm.name, session, script, tar, signal);
           if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
