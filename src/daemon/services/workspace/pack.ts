@@ -63,6 +63,13 @@ export interface ImportTarSource {
    * else the guest makes the base itself.
    */
   base?: { hash: GitHash; expect: ManifestEntries; make: () => BaseObjects | null };
+  /**
+   * Re-sync: the archive is unpacked in the workspace's `.git`, so the tree and meta/ go under this staging
+   * directory (one path component) and the base's loose objects (TAR_OBJECTS_DIR) straight into `objects/`,
+   * where git finds them: no copy in the guest. Objects are named by their hash: one that arrives for a
+   * re-sync that is then refused is unreferenced, and `git gc` prunes it in time.
+   */
+  stageDir?: string;
 }
 
 export interface ImportTarProgress {
@@ -124,6 +131,7 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
   assertNoPathThroughSymlink(source.entries);
 
   const pack = tar.pack();
+  const arc: TarOut = { pack, at: placer(source.stageDir) };
   const abort = new AbortController();
   const onOuterAbort = () => abort.abort();
   if (opts.signal?.aborted) abort.abort();
@@ -163,13 +171,13 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       if (base.expect.get(path) !== `${mode} ${blob.oid}`) return void (baseOk = false);
       blobs.push(blob.object);
     };
-    await addBuffer(pack, { name: `${TAR_TREE_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+    await addBuffer(arc, { name: `${TAR_TREE_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
     for (const e of source.entries) {
       if (abort.signal.aborted) throw new BangerError(ErrorCode.Cancelled, 'import cancelled');
       const name = `${TAR_TREE_DIR}/${e.path}`;
       const abs = join(source.root, e.path);
       if (e.kind === 'dir') {
-        await addBuffer(pack, { name: `${name}/`, type: 'directory', mode: 0o755, mtime }, null);
+        await addBuffer(arc, { name: `${name}/`, type: 'directory', mode: 0o755, mtime }, null);
       } else {
         const found = await openEntry(source.root, realRoot, e.path, dirs);
         if (found.kind === 'gone') {
@@ -182,7 +190,7 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
           continue;
         }
         if (found.kind === 'symlink') {
-          await addBuffer(pack, { name, type: 'symlink', linkname: found.target, mode: 0o777, mtime }, null);
+          await addBuffer(arc, { name, type: 'symlink', linkname: found.target, mode: 0o777, mtime }, null);
           if (baseOk) expect(e.path, '120000', Buffer.from(found.target));
         } else {
           const { fh, size } = found;
@@ -190,11 +198,11 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
             const header = { name, type: 'file' as const, mode: found.mode, mtime: found.mtime, size };
             if (size <= SMALL_FILE) {
               const content = await readExactly(fh, size, abs);
-              await addBuffer(pack, header, content);
+              await addBuffer(arc, header, content);
               if (baseOk) expect(e.path, found.mode & 0o100 ? '100755' : '100644', content);
             } else {
               baseOk = false;
-              await addFile(pack, header, fh, abs, abort.signal);
+              await addFile(arc, header, fh, abs, abort.signal);
             }
           } finally {
             await fh.close();
@@ -206,27 +214,27 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       opts.onProgress?.({ ...progress });
     }
     if (history !== null || source.deleted !== undefined)
-      await addBuffer(pack, { name: `${TAR_META_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+      await addBuffer(arc, { name: `${TAR_META_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
     if (source.deleted !== undefined) {
       for (const p of source.deleted) validateEntryPath(p);
       const list = Buffer.from(source.deleted.map((p) => `${p}\0`).join(''));
-      await addBuffer(pack, { name: TAR_DELETED, type: 'file', mode: 0o644, mtime }, list);
+      await addBuffer(arc, { name: TAR_DELETED, type: 'file', mode: 0o644, mtime }, list);
       const written = source.entries.filter((e) => e.kind !== 'dir').map((e) => `${e.path}\0`);
-      await addBuffer(pack, { name: TAR_WRITTEN, type: 'file', mode: 0o644, mtime }, Buffer.from(written.join('')));
+      await addBuffer(arc, { name: TAR_WRITTEN, type: 'file', mode: 0o644, mtime }, Buffer.from(written.join('')));
       const made = baseOk ? base?.make() : null;
-      if (made) await addBaseObjects(pack, { ...made, objects: [...blobs, ...made.objects] }, mtime);
+      if (made) await addBaseObjects(arc, { ...made, objects: [...blobs, ...made.objects] }, mtime);
     }
     if (history !== null) {
       const h = await history;
       await addBuffer(
-        pack,
+        arc,
         { name: TAR_SHALLOW, type: 'file', mode: 0o644, mtime },
         Buffer.from(h.shallow.map((c) => `${c}\n`).join('')),
       );
       const fh = await open(h.path, 'r');
       try {
         await addFile(
-          pack,
+          arc,
           { name: TAR_HISTORY_PACK, type: 'file', mode: 0o644, mtime, size: h.size },
           fh,
           h.path,
@@ -297,38 +305,53 @@ async function* coalesce(src: AsyncIterable<Buffer>, min: number): AsyncGenerato
 type Header = Partial<TarHeader> & { name: string };
 
 
+/** The archive being written, and where an entry named by this file's layout (the TAR_ names) goes in it. */
+interface TarOut {
+  pack: Pack;
+  at: (name: string) => string;
+}
+
+/** ImportTarSource.stageDir: the tree and meta/ under the staging directory, the base's objects in `objects/`. */
+function placer(stageDir: string | undefined): (name: string) => string {
+  if (stageDir === undefined) return (name) => name;
+  validateEntryPath(stageDir);
+  const objects = `${TAR_OBJECTS_DIR}/`;
+  return (name) => (name.startsWith(objects) ? `objects/${name.slice(objects.length)}` : `${stageDir}/${name}`);
+}
+
 /** Adds an entry with its whole content (or none), resolving once tar-stream has taken it (backpressure). */
-function addBuffer(pack: Pack, header: Header, content: Buffer | null): Promise<void> {
+function addBuffer(out: TarOut, header: Header, content: Buffer | null): Promise<void> {
+  const h = { ...header, name: out.at(header.name) };
   return new Promise<void>((resolve, reject) => {
     const cb = (err?: Error | null) => (err ? reject(err) : resolve());
     // Errors reach us through cb; without a listener streamx would also throw them as uncaught.
-    if (content === null) pack.entry(header, cb).on('error', ignore).end(null);
-    else pack.entry(header, content, cb).on('error', ignore);
+    if (content === null) out.pack.entry(h, cb).on('error', ignore).end(null);
+    else out.pack.entry(h, content, cb).on('error', ignore);
   });
 }
 
 /** The host-made import base's entries: its loose objects, the index entries, then TAR_BASE naming the commit. */
-async function addBaseObjects(pack: Pack, b: BaseObjects, mtime: Date): Promise<void> {
+async function addBaseObjects(out: TarOut, b: BaseObjects, mtime: Date): Promise<void> {
   const dirs = new Set<string>();
-  await addBuffer(pack, { name: `${TAR_OBJECTS_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
+  await addBuffer(out, { name: `${TAR_OBJECTS_DIR}/`, type: 'directory', mode: 0o755, mtime }, null);
   for (const o of b.objects) {
     const dir = o.path.slice(0, 2);
     if (!dirs.has(dir)) {
       dirs.add(dir);
-      await addBuffer(pack, { name: `${TAR_OBJECTS_DIR}/${dir}/`, type: 'directory', mode: 0o755, mtime }, null);
+      await addBuffer(out, { name: `${TAR_OBJECTS_DIR}/${dir}/`, type: 'directory', mode: 0o755, mtime }, null);
     }
-    await addBuffer(pack, { name: `${TAR_OBJECTS_DIR}/${o.path}`, type: 'file', mode: 0o444, mtime }, o.data);
+    await addBuffer(out, { name: `${TAR_OBJECTS_DIR}/${o.path}`, type: 'file', mode: 0o444, mtime }, o.data);
   }
-  await addBuffer(pack, { name: TAR_INDEX_INFO, type: 'file', mode: 0o644, mtime }, b.indexInfo);
-  await addBuffer(pack, { name: TAR_BASE, type: 'file', mode: 0o644, mtime }, Buffer.from(`${b.commit} ${b.tree}\n`));
+  await addBuffer(out, { name: TAR_INDEX_INFO, type: 'file', mode: 0o644, mtime }, b.indexInfo);
+  await addBuffer(out, { name: TAR_BASE, type: 'file', mode: 0o644, mtime }, Buffer.from(`${b.commit} ${b.tree}\n`));
 }
 
 /** Streams exactly header.size bytes of an open file into a tar entry. */
-async function addFile(pack: Pack, header: Header, fh: FileHandle, abs: string, signal: AbortSignal): Promise<void> {
+async function addFile(out: TarOut, header: Header, fh: FileHandle, abs: string, signal: AbortSignal): Promise<void> {
   const size = header.size ?? 0;
   let sink!: ReturnType<Pack['entry']>;
   const done = new Promise<void>((res, rej) => {
-    sink = pack.entry(header, (err?: Error | null) => (err ? rej(err) : res()));
+    sink = out.pack.entry({ ...header, name: out.at(header.name) }, (err?: Error | null) => (err ? rej(err) : res()));
   });
   sink.on('error', ignore);
   done.catch(() => undefined);

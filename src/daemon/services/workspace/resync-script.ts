@@ -21,7 +21,7 @@ import {
   NO_CTIME_ENV,
   keepBaseIndex,
 } from './guest-changes.js';
-import { TAR_BASE, TAR_DELETED, TAR_HISTORY_PACK, TAR_INDEX_INFO, TAR_OBJECTS_DIR, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
+import { TAR_BASE, TAR_DELETED, TAR_HISTORY_PACK, TAR_INDEX_INFO, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
 
 /** A re-sync's staging directory is `.git/<this><random hex>` in the workspace. */
 export const RESYNC_STAGE_PREFIX = 'banger-resync.';
@@ -41,6 +41,13 @@ export interface ResyncScriptOptions {
   identity: GitIdentity;
   /** Run `mise trust --all` (a re-sync writes a mise config file; see mayBeMiseConfig). */
   trustMise: boolean;
+  /** The staging directory's name in the workspace's `.git` (newResyncStage), the archive's stageDir. */
+  stage: string;
+}
+
+/** A re-sync's staging directory name: RESYNC_STAGE_PREFIX and 16 random hex digits. */
+export function newResyncStage(): string {
+  return `${RESYNC_STAGE_PREFIX}${randomBytes(8).toString('hex')}`;
 }
 
 /**
@@ -95,6 +102,8 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  */
 export function buildResyncScript(o: ResyncScriptOptions): string {
   validateGuestPath(o.guestPath);
+  if (!new RegExp(`^${RESYNC_STAGE_PREFIX.replace('.', '[.]')}[0-9a-f]{16}$`).test(o.stage))
+    throw new BangerError(ErrorCode.InvalidArgument, `invalid re-sync staging directory ${JSON.stringify(o.stage)}`);
   for (const c of [o.baseCommit, o.baseTree, o.oldHead, o.newHead]) {
     if (c !== null && !HEX.test(c)) throw new BangerError(ErrorCode.InvalidArgument, `invalid object id ${JSON.stringify(c)}`);
   }
@@ -135,12 +144,12 @@ cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 # The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
 # staging directory goes too.
 for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -e "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
-stage="$dest/.git/${RESYNC_STAGE_PREFIX}${randomBytes(8).toString('hex')}"
-# (A command run in the background reads /dev/null unless told otherwise: the archive goes to it as fd 3.)
+stage="$dest/.git/${o.stage}"
+# The archive is unpacked in .git (pack.ts ImportTarSource.stageDir): the staging directory and the import base's
+# objects, straight into the object store. (A command run in the background reads /dev/null unless told
+# otherwise: the archive goes to it as fd 3.)
 exec 3<&0
-( if mkdir -- "$stage"; then
-    LC_ALL=C.UTF-8 exec tar -x -f - -C "$stage" --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp
-  else cat >/dev/null; exit 1; fi ) <&3 3<&- &
+LC_ALL=C.UTF-8 tar -x -f - -C .git --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp <&3 3<&- &
 untar=$!
 exec 3<&-
 # The import base, HEAD's commit and HEAD's branch: read from their ref files, a git process costing tens of
@@ -176,8 +185,7 @@ host_base=; tree=
 if [ -f "$stage/${TAR_BASE}" ]; then
   IFS=' ' read -r host_base tree < "$stage/${TAR_BASE}" || true
   case "$host_base:$tree" in *[!0-9a-f:]*|:*|*:) fail ${X.BadArchive} "the re-sync archive's ${TAR_BASE} is not two object ids" ;; esac
-  { [ -f "$stage/${TAR_INDEX_INFO}" ] && [ -d "$stage/${TAR_OBJECTS_DIR}" ]; } ||
-    fail ${X.BadArchive} "the re-sync archive lacks ${TAR_INDEX_INFO} or ${TAR_OBJECTS_DIR}/"
+  [ -f "$stage/${TAR_INDEX_INFO}" ] || fail ${X.BadArchive} "the re-sync archive lacks ${TAR_INDEX_INFO}"
 fi
 # The index of the checked state becomes the new import base's: from here on it describes no base (a re-sync
 # killed now leaves none, and the next check hashes the tree instead). The host's entries go into it while the
@@ -203,13 +211,11 @@ if [ -s "$stage/${TAR_DELETED}" ]; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_DELETED}"
   xargs -0 -r sh -c 'for p; do d=$(dirname -- "$p"); if [ "$d" != . ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi; done' sh < "$stage/${TAR_DELETED}"
 fi
-# The host's import base: its objects go in and the ref moves to it (git checks the commit is there) while the
-# files are copied. (Killed before the files are all in, the workspace is then neither base: the next prepare
-# names the files that differ, as it would with the ref moved after them.)
+# The host's import base: the ref moves to it (git checks the commit is there, its objects came with the archive)
+# while the files are copied. (Killed before the files are all in, the workspace is then neither base: the next
+# prepare names the files that differ, as it would with the ref moved after them.)
 base_job=
-if [ -n "$host_base" ]; then
-  ( cp -R -- "$stage/${TAR_OBJECTS_DIR}/." .git/objects/ && git update-ref ${IMPORT_BASE_REF} "$host_base" ) & base_job=$!
-fi
+if [ -n "$host_base" ]; then git update-ref ${IMPORT_BASE_REF} "$host_base" & base_job=$!; fi
 if ! cp -a --remove-destination -- "$stage/${TAR_TREE_DIR}/." "$dest/" 2>/dev/null; then
   xargs -0 -r rm -rf -- < "$stage/${TAR_WRITTEN}"
   cp -a -- "$stage/${TAR_TREE_DIR}/." "$dest/"

@@ -8,7 +8,7 @@ import type { HostRepo, ImportEntry, ImportFileList } from './host-repo.js';
 import { diffManifests, hostManifest, readManifest, type Manifest, type ManifestDiff } from './manifest.js';
 import { createImportTar } from './pack.js';
 import { baseObjects, hashOf } from './base-objects.js';
-import { buildResyncScript, mayBeMiseConfig } from './resync-script.js';
+import { buildResyncScript, mayBeMiseConfig, newResyncStage } from './resync-script.js';
 import { WorkspaceScriptExit } from './guest-scripts.js';
 import type { GuestOutput } from './guest-output.js';
 import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
@@ -142,6 +142,7 @@ export async function runResync(
 ): Promise<{ ok: true; result: WorkspacePrepareResult } | { ok: false; reason: string }> {
   const ws = vm.workspace as WorkspaceInfo;
   const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
+  const stage = newResyncStage();
   const tar = createImportTar(
     {
       root: repo.root,
@@ -149,6 +150,7 @@ export async function runResync(
       headCommit: repo.headCommit,
       historySince: plan.oldHead ?? undefined,
       deleted: plan.diff.delete,
+      stageDir: stage,
       base: {
         hash: hashOf(plan.manifest.tree),
         expect: plan.manifest.entries,
@@ -174,6 +176,7 @@ export async function runResync(
     // Each `git config` is a process in the guest: only when the identity changed since the last import.
     identity: plan.identityChanged ? repo.identity : { name: null, email: null },
     trustMise: plan.diff.write.some(mayBeMiseConfig),
+    stage,
   });
   const r = await steps.send(script, tar);
   if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
