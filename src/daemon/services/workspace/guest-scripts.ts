@@ -307,17 +307,17 @@ fi
 LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --exclude=.git --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
   fail ${WorkspaceScriptExit.BadArchive} "the workspace archive could not be unpacked safely"
 rm -f -- "$stage/queue" "$stage"/*.paths "$stage/checkout-err"
-# The identity (.git/config) is written while the index is refreshed.
-( if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
-  if [ -n "$user_email" ]; then git config user.email "$user_email"; fi ) & config_job=$!
-if [ -n "$head" ]; then git update-index -q --refresh >/dev/null; fi
-wait "$config_job"
-
-# The imported state, recorded without touching the real index.
+# The imported state is recorded in a copy of the checkout's index, without touching the real one. Beside it, the
+# identity goes into .git/config and the real index is refreshed: git takes the files the checkout wrote in the
+# second it wrote the index for changed ("racily clean") until it has read them again.
 idx="$stage/base-index"
 if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
+( if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
+  if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
+  if [ -n "$head" ]; then git update-index -q --refresh >/dev/null; fi ) & refresh_job=$!
 ${o.stateIsHead === true ? '' : 'GIT_INDEX_FILE="$idx" git add -A\n'}tree=$(GIT_INDEX_FILE="$idx" git write-tree)
-${recordImportBase('head', '"$idx"')}# Replace the workspace contents with the new tree. The order keeps the path importable again if this is
+${recordImportBase('head', '"$idx"')}wait "$refresh_job"
+# Replace the workspace contents with the new tree. The order keeps the path importable again if this is
 # killed at any point: the old files go while the old .git (with its import base) stays; the two .git
 # directories are swapped by renames; only then do the new files move in. Both .git directories carry
 # INCOMPLETE_MARK meanwhile, so the files missing then are not taken for changes made in the guest.
