@@ -29,8 +29,13 @@ import type { GuestExecOptions, GuestExecResult, GuestSession } from './session.
 /** The name the guest sees for the bulk port (/sys/class/virtio-ports/X/name). */
 export const BULK_PORT_NAME = 'banger.bulk';
 
-/** A chunk goes once it holds this much (it may hold one piece of the source more): each costs the guest a `head` process. */
-export const BULK_CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * A chunk goes once it holds this much (it may hold one piece of the source more). Each costs the guest a `head`
+ * process (tens of milliseconds of a vCPU under emulation, while the import keeps both busy): 16 MiB chunks took
+ * a 4,000-file / 40 MiB import from 8.1 s to 7.5 s here (median of 6 alternating runs each) against 4 MiB. The
+ * daemon holds one chunk, and the socket's buffer up to one more.
+ */
+export const BULK_CHUNK_BYTES = 16 * 1024 * 1024;
 /** A chunk smaller than BULK_CHUNK_BYTES goes once its first byte has waited this long (a slow producer). */
 const BULK_FLUSH_MS = 20;
 /** How long the host side may take to connect, in tries of BULK_WAIT_SLEEP seconds each (10 s). */
@@ -106,10 +111,17 @@ export function writeBulk(source: Readable, out: Socket, token: string): Promise
       clearTimeout(timer);
       timer = undefined;
       if (size === 0) return;
-      const chunk = [Buffer.from(`${size}\n`), ...parts];
+      const chunk = parts;
+      const header = `${size}\n`;
       parts = [];
       size = 0;
-      if (!out.write(Buffer.concat(chunk))) {
+      // The pieces go as they are (no copy into one buffer of the chunk's size), in one write to the socket.
+      out.cork();
+      out.write(header);
+      let room = true;
+      for (const p of chunk) room = out.write(p);
+      out.uncork();
+      if (!room) {
         source.pause();
         out.once('drain', () => source.resume());
       }
