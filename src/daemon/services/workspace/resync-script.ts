@@ -89,7 +89,7 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  *
  * The new import base: when the archive carries one the host made (TAR_BASE, base-objects.ts: the trees and
  * commit of the host's manifest, the blobs of the files sent, sent only when every file sent hashes to the
- * manifest's id), its objects are copied into `.git/objects`, the import base's index takes the host's
+ * manifest's id), its objects came straight into `.git/objects` with the archive, the import base's index takes the host's
  * entries and IMPORT_BASE_REF moves to its commit, beside the copying of the files. Otherwise the guest
  * makes it as a full import does: the check's index updated for the paths written and deleted, `git
  * write-tree`, a commit, the index kept (recordImportBase).
@@ -141,8 +141,7 @@ stop() {
 
 cd -- "$dest" 2>/dev/null || stop ${X.Stale} "no workspace at $dest"
 { [ -d .git ] && [ ! -L .git ]; } || stop ${X.Stale} "$dest has no git repository"
-# The archive is unpacked into the staging directory while the workspace is checked. A killed re-sync's
-# staging directory goes too.
+# A killed re-sync's staging directory goes.
 for d in .git/${RESYNC_STAGE_PREFIX}*; do if [ -e "$d" ]; then rm -rf -- "$d" </dev/null >/dev/null 2>&1 & fi; done
 stage="$dest/.git/${o.stage}"
 # The archive is unpacked in .git (pack.ts ImportTarSource.stageDir): the staging directory and the import base's
