@@ -103,3 +103,61 @@ void test('a guest that stalls just after its first kernel lines is started agai
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+void test('a guest whose kernel reports a lockup before its init starts is started again once, with the report', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'banger-bootwait-'));
+  try {
+    const log = join(dir, 'console.log');
+    writeFileSync(log, '[    6.100000] alg: self-tests for sha256 passed\n');
+    const { boot, events } = fakeBoot(log, 10_000);
+    const whys: string[] = [];
+    // The kernel keeps printing (the reports repeat), so no silence ever passes: the report itself decides.
+    const timer = setInterval(() => appendFileSync(log, '[   84.216687] watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [cryptomgr_test:48]\n'), 50);
+    try {
+      const rest = await waitForGuestReady(boot, {
+        silentMs: 60_000,
+        relaunch: (why) => {
+          whys.push(why);
+          clearInterval(timer);
+          writeFileSync(log, '');
+          setTimeout(() => appendFileSync(log, `[0.6] kernel\nServer listening on 0.0.0.0 port 22.\n${READY_MARKER} agent\n`), 100);
+          return Promise.resolve();
+        },
+      });
+      assert.equal(rest, ' agent');
+    } finally {
+      clearInterval(timer);
+    }
+    const expected =
+      "the guest's kernel reported a stall before its init started (watchdog: BUG: soft lockup - CPU#0 stuck for 78s! [cryptomgr_test:48])";
+    assert.deepEqual(whys, [expected]);
+    assert.deepEqual(
+      events.map((e) => e.kind === 'notice' && e.message),
+      [`${expected} (an early-boot stall); starting its VMM again, once`],
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+void test("a lockup report after the guest's init has printed is not a boot stall: the boot waits on", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'banger-bootwait-'));
+  try {
+    const log = join(dir, 'console.log');
+    writeFileSync(log, '[    1.0] kernel\nStarting sshd\n[   40.0] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [git:480]\n');
+    const { boot } = fakeBoot(log, 10_000);
+    let relaunches = 0;
+    setTimeout(() => appendFileSync(log, `${READY_MARKER}\n`), 300);
+    const rest = await waitForGuestReady(boot, {
+      silentMs: 60_000,
+      relaunch: () => {
+        relaunches++;
+        return Promise.resolve();
+      },
+    });
+    assert.equal(rest, '');
+    assert.equal(relaunches, 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

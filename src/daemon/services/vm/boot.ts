@@ -172,13 +172,16 @@ export const SILENT_CONSOLE_MS = 45_000;
  * first line (seen now and then under software emulation: an early-boot hang that a fresh start of the same
  * VM does not repeat), and so has one whose console holds only kernel lines and nothing new for twice that
  * (the same hang just after the kernel's first line, seen in a CI run here: 180 s after `PCI: Fatal: No config
- * space access function found`): its VMM is started again once, with a notice; the boot deadline stays the same.
+ * space access function found`), and so has one whose kernel reports a lockup or an RCU stall before the guest's
+ * init printed anything (both vCPUs stuck at the crypto self-tests, in another CI run): its VMM is started again
+ * once, with a notice; the boot deadline stays the same.
  * Failures carry the console's last lines.
  */
 export async function waitForGuestReady(
   b: Pick<Boot, 'vm' | 'vp' | 'driver' | 'live' | 'deadline' | 'signal' | 'progress'>,
-  opts: { silentMs: number; relaunch: () => Promise<void> },
+  opts: { silentMs: number; relaunch: (why: string) => Promise<void> },
 ): Promise<string> {
+  let stall: string;
   const wait = (silentMs?: number) =>
     waitForConsoleLine(b.vp.consoleLog, READY_MARKER, {
       deadline: b.deadline,
@@ -194,8 +197,9 @@ export async function waitForGuestReady(
       kind: 'notice',
       message: `${e.message} (an early-boot stall); starting its VMM again, once`,
     });
+    stall = e.message;
   }
-  await opts.relaunch();
+  await opts.relaunch(stall);
   return wait().catch(async (e: unknown) => {
     throw await withConsoleTail(e, b.vp.consoleLog);
   });
@@ -218,8 +222,8 @@ export const BOOT_STEPS: readonly BootStep[] = [
     async run(b, d) {
       const rest = await waitForGuestReady(b, {
         silentMs: d.silentConsoleMs ?? SILENT_CONSOLE_MS,
-        relaunch: async () => {
-          d.log?.warn({ vm: b.vm.name, accel: b.accel }, 'the guest printed nothing: starting its VMM again');
+        relaunch: async (why) => {
+          d.log?.warn({ vm: b.vm.name, accel: b.accel, why }, 'early-boot stall: starting the VMM again');
           await d.live.teardown(b.vm.id);
           await writeSeed.run(b, d);
           await launchVmm(b, d);
