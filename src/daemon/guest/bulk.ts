@@ -111,16 +111,14 @@ export function writeBulk(source: Readable, out: Socket, token: string): Promise
       clearTimeout(timer);
       timer = undefined;
       if (size === 0) return;
-      const chunk = parts;
-      const header = `${size}\n`;
-      parts = [];
-      size = 0;
       // The pieces go as they are (no copy into one buffer of the chunk's size), in one write to the socket.
       out.cork();
-      out.write(header);
+      out.write(`${size}\n`);
       let room = true;
-      for (const p of chunk) room = out.write(p);
+      for (const p of parts) room = out.write(p);
       out.uncork();
+      parts = [];
+      size = 0;
       if (!room) {
         source.pause();
         out.once('drain', () => source.resume());

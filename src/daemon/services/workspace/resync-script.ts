@@ -45,6 +45,9 @@ export interface ResyncScriptOptions {
   stage: string;
 }
 
+/** What newResyncStage makes: RESYNC_STAGE_PREFIX and 16 hex digits. */
+const STAGE_NAME = new RegExp(`^${RESYNC_STAGE_PREFIX.replace('.', '[.]')}[0-9a-f]{16}$`);
+
 /** A re-sync's staging directory name: RESYNC_STAGE_PREFIX and 16 random hex digits. */
 export function newResyncStage(): string {
   return `${RESYNC_STAGE_PREFIX}${randomBytes(8).toString('hex')}`;
@@ -102,7 +105,7 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  */
 export function buildResyncScript(o: ResyncScriptOptions): string {
   validateGuestPath(o.guestPath);
-  if (!new RegExp(`^${RESYNC_STAGE_PREFIX.replace('.', '[.]')}[0-9a-f]{16}$`).test(o.stage))
+  if (!STAGE_NAME.test(o.stage))
     throw new BangerError(ErrorCode.InvalidArgument, `invalid re-sync staging directory ${JSON.stringify(o.stage)}`);
   for (const c of [o.baseCommit, o.baseTree, o.oldHead, o.newHead]) {
     if (c !== null && !HEX.test(c)) throw new BangerError(ErrorCode.InvalidArgument, `invalid object id ${JSON.stringify(c)}`);
