@@ -13,7 +13,7 @@ import type { ReadyImage } from '../image/service.js';
 import type { TapAttachment } from '../network/tap.js';
 import type { AccelChoice } from '../../../protocol/common.js';
 import { USER_NET, isPortFree, pickFreePort } from './addresses.js';
-import { ConsoleSilent, capConsoleLog, waitForConsoleLine, withConsoleTail } from './console.js';
+import { EarlyBootStall, capConsoleLog, waitForConsoleLine, withConsoleTail } from './console.js';
 import { activeDisks, diskFormat } from './disks.js';
 import { writeHandles } from './handles.js';
 import { newLiveVm, type LiveVm, type LiveVms } from './live.js';
@@ -192,7 +192,7 @@ export async function waitForGuestReady(
   try {
     return await wait(opts.silentMs);
   } catch (e) {
-    if (!(e instanceof ConsoleSilent)) throw await withConsoleTail(e, b.vp.consoleLog);
+    if (!(e instanceof EarlyBootStall)) throw await withConsoleTail(e, b.vp.consoleLog);
     b.progress({
       kind: 'notice',
       message: `${e.message} (an early-boot stall); starting its VMM again, once`,

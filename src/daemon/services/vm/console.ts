@@ -5,12 +5,10 @@ import { capLog, keepLogCapped, rotatedLog } from '../../../shared/log-cap.js';
 import { escapeForTerminal } from '../../../shared/terminal-text.js';
 
 /**
- * Waits until `line` appears in the console log file, reading only what was appended since the last look,
- * and resolves with the rest of that console line (up to 64 characters; what follows the marker).
- * Fails early when `alive()` says the VMM has exited.
+ * Thrown by waitForConsoleLine when the guest stalled in early boot (see `silentMs` there): silent, or its
+ * kernel reported a stall. The message says which.
  */
-/** Thrown by waitForConsoleLine when the guest stalled in early boot (see `silentMs` there); the message says how. */
-export class ConsoleSilent extends Error {}
+export class EarlyBootStall extends Error {}
 
 /** A line the kernel printed (`[    0.491988] ...`), as opposed to one from the guest's init or sshd. */
 const KERNEL_LINE = /^\[\s*\d+\.\d+\] /;
@@ -22,6 +20,11 @@ const KERNEL_LINE = /^\[\s*\d+\.\d+\] /;
  */
 const KERNEL_STALL = /^\[\s*\d+\.\d+\] (watchdog: BUG: soft lockup - CPU#\d+ stuck for \d+s!|rcu: INFO: \S+ (self-)?detected stalls?)/;
 
+/**
+ * Waits until `line` appears in the console log file, reading only what was appended since the last look,
+ * and resolves with the rest of that console line (up to 64 characters; what follows the marker).
+ * Fails early when `alive()` says the VMM has exited.
+ */
 export async function waitForConsoleLine(
   path: string,
   line: string,
@@ -31,7 +34,7 @@ export async function waitForConsoleLine(
     alive: () => Promise<boolean>;
     intervalMs?: number;
     /**
-     * Throw ConsoleSilent when not one byte arrived in this long (a guest stalled before its first line), or
+     * Throw EarlyBootStall when not one byte arrived in this long (a guest stalled before its first line), or
      * when the console holds only kernel lines and nothing new came for twice this long (a stall just after
      * them; a healthy guest's next line comes from its init, well within that even on a loaded host), or when
      * the kernel reports a stall (KERNEL_STALL) before any line of the guest's init.
@@ -39,6 +42,7 @@ export async function waitForConsoleLine(
     silentMs?: number;
   },
 ): Promise<string> {
+  const secs = (ms: number) => Math.round(ms / 1000);
   const started = Date.now();
   let offset = 0;
   let carry = '';
@@ -67,7 +71,7 @@ export async function waitForConsoleLine(
             if (lines.some((l) => l.trim() !== '' && !KERNEL_LINE.test(l))) kernelOnly = false;
             const stall = kernelOnly && opts.silentMs !== undefined ? lines.find((l) => KERNEL_STALL.test(l)) : undefined;
             if (stall !== undefined)
-              throw new ConsoleSilent(
+              throw new EarlyBootStall(
                 `the guest's kernel reported a stall before its init started (${escapeForTerminal(stall.replace(KERNEL_LINE, '').trim().slice(0, 120))})`,
               );
           }
@@ -91,11 +95,10 @@ export async function waitForConsoleLine(
       throw new BangerError(ErrorCode.Unavailable, 'the VM stopped during boot', {
         hint: 'see the console with `banger vm logs NAME`',
       });
-    const secs = (ms: number) => Math.round(ms / 1000);
     if (offset === 0 && opts.silentMs !== undefined && Date.now() - started > opts.silentMs)
-      throw new ConsoleSilent(`the guest printed nothing for ${secs(opts.silentMs)} s`);
+      throw new EarlyBootStall(`the guest printed nothing for ${secs(opts.silentMs)} s`);
     if (offset > 0 && kernelOnly && pending === '' && opts.silentMs !== undefined && Date.now() - grewAt > 2 * opts.silentMs)
-      throw new ConsoleSilent(`the guest printed nothing after its first kernel lines for ${secs(2 * opts.silentMs)} s`);
+      throw new EarlyBootStall(`the guest printed nothing after its first kernel lines for ${secs(2 * opts.silentMs)} s`);
     if (Date.now() > opts.deadline)
       throw new BangerError(ErrorCode.DeadlineExceeded, `the guest did not finish booting (no "${line}" on its console)`, {
         hint: 'see the console with `banger vm logs NAME`',
