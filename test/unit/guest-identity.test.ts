@@ -46,13 +46,25 @@ function localGuest(root: string, via: 'argv' | 'shell line' = 'argv', delayMs =
 const mode = (p: string) => statSync(p).mode & 0o777;
 const key = { private: Buffer.from('-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n'), public: Buffer.from('ssh-ed25519 AAAAC3Nz fix-42.vm\n') };
 
+/** A stand-in sshd (SIGHUP ends it: the default action), and what ended it, if anything did within `ms`. */
+function standInSshd(root: string): { signalWithin(ms: number): Promise<NodeJS.Signals | 'still running'> } {
+  const sshd = spawn('sleep', ['60']);
+  writeFileSync(join(root, 'run/sshd.pid'), `${sshd.pid}\n`);
+  const ended = new Promise<NodeJS.Signals | null>((r) => sshd.on('exit', (_c, sig) => r(sig)));
+  return {
+    async signalWithin(ms) {
+      const sig = await Promise.race([ended, new Promise<'still running'>((r) => setTimeout(() => r('still running'), ms))]);
+      sshd.kill('SIGKILL');
+      return sig ?? 'still running';
+    },
+  };
+}
+
 for (const via of ['argv', 'shell line'] as const) {
   test(`identity (${via}): hostname, /etc/hostname, only banger's /etc/hosts line, machine-id, host key with its modes, sshd told to reload`, async () => {
     const root = guestRoot();
-    // A stand-in sshd: SIGHUP ends it (the default action), which is how this test sees it was sent.
-    const sshd = spawn('sleep', ['60']);
-    writeFileSync(join(root, 'run/sshd.pid'), `${sshd.pid}\n`);
-    const died = new Promise<NodeJS.Signals | null>((r) => sshd.on('exit', (_c, sig) => r(sig)));
+    // No /usr/lib/openssh (not Debian's layout): sshd is told to reload.
+    const sshd = standInSshd(root);
     await applyIdentity(localGuest(root, via), { name: 'fix-42', clock: true, machineId: 'ab'.repeat(16), hostKey: key });
     assert.equal(readFileSync(join(root, 'proc/sys/kernel/hostname'), 'utf8'), 'fix-42\n');
     assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'fix-42\n');
@@ -63,9 +75,27 @@ for (const via of ['argv', 'shell line'] as const) {
     assert.equal(mode(join(root, 'etc/ssh/ssh_host_ed25519_key')), 0o600);
     assert.equal(readFileSync(join(root, 'etc/ssh/ssh_host_ed25519_key.pub'), 'utf8'), key.public.toString());
     assert.equal(mode(join(root, 'etc/ssh/ssh_host_ed25519_key.pub')), 0o644);
-    assert.equal(await died, 'SIGHUP');
+    assert.equal(await sshd.signalWithin(5000), 'SIGHUP');
   });
 }
+
+test("identity: Debian's OpenSSH before 9.8 (no sshd-session) is not told to reload; with sshd-session it is", async () => {
+  // Before 9.8 the sshd executed for each connection reads the host key files itself (the e2e snapshot test
+  // connects to restored VMs with their new pinned key); from 9.8 the listener hands sshd-session its keys.
+  const old = guestRoot();
+  mkdirSync(join(old, 'usr/lib/openssh'), { recursive: true });
+  const oldSshd = standInSshd(old);
+  await applyIdentity(localGuest(old), { name: 'web', hostKey: key });
+  assert.deepEqual(readFileSync(join(old, 'etc/ssh/ssh_host_ed25519_key')), key.private);
+  assert.equal(await oldSshd.signalWithin(300), 'still running');
+
+  const split = guestRoot();
+  mkdirSync(join(split, 'usr/lib/openssh'), { recursive: true });
+  writeFileSync(join(split, 'usr/lib/openssh/sshd-session'), '');
+  const splitSshd = standInSshd(split);
+  await applyIdentity(localGuest(split), { name: 'web', hostKey: key });
+  assert.equal(await splitSshd.signalWithin(5000), 'SIGHUP');
+});
 
 test('identity: the clock is the host\'s time when the guest program runs, however slowly it started', async () => {
   const root = guestRoot();

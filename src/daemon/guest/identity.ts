@@ -35,7 +35,10 @@ export interface GuestIdentity {
   machineId?: string;
   /** Host bytes (hex) written to /dev/urandom, then RNDRESEEDCRNG, so the next read in the guest uses them. */
   seedHex?: string;
-  /** The guest's new SSH host key (OpenSSH private key, and its one-line public key); sshd is told to reload. */
+  /**
+   * The guest's new SSH host key (OpenSSH private key, and its one-line public key). sshd is told to reload
+   * only where it must be: its reload under emulation cost a fork ~0.2 s of host CPU (see IDENTITY_PL).
+   */
   hostKey?: { private: Buffer; public: Buffer };
   /** Under tap networking: the NIC's new MAC, address and route (the old ones are its source's). */
   tap?: GuestTapIdentity;
@@ -99,7 +102,12 @@ put("$root/etc/machine-id", 0444, "$a{machine_id}\n") if defined $a{machine_id};
 if ($a{keys}) { die "no host key on stdin\n" unless defined $key && length $key;
   put("$root/etc/ssh/ssh_host_ed25519_key", 0600, $key);
   put("$root/etc/ssh/ssh_host_ed25519_key.pub", 0644, "$pub\n");
-  if (open(my $p, '<', "$root/run/sshd.pid")) { my $pid = <$p> // ''; kill('HUP', $1) if $pid =~ /^(\d+)/; } }
+  # Debian OpenSSH before 9.8 (no sshd-session) loads the host key afresh in the sshd it executes for each
+  # connection: the new key is served without a reload. From 9.8 the listener loads it and hands it to
+  # sshd-session, so the listener is told to reload (it executes itself again). Any other layout: reload.
+  my $ssh = "$root/usr/lib/openssh";
+  if ((-e "$ssh/sshd-session" || !-d $ssh) && open(my $p, '<', "$root/run/sshd.pid")) {
+    my $pid = <$p> // ''; kill('HUP', $1) if $pid =~ /^(\d+)/; } }
 `;
 
 /** How to run {@link IDENTITY_PL}: its argv (no shell), the same as a shell line, and its stdin. */
