@@ -143,6 +143,25 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     assert.equal(code, 42);
   });
 
+  step('a reader that goes away (`vm exec VM -- yes | head -1`): the CLI leaves with 141 and no trace, and the guest command ends', async () => {
+    const child = spawn(process.execPath, [CLI, 'vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'exec yes banger-epipe'], {
+      env: { ...process.env, BANGER_HOME: E2E_HOME },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const closed = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+    // The first output, then the reader is gone, as `head -1` is once it has its line.
+    await new Promise((r) => child.stdout.once('data', r));
+    child.stdout.destroy();
+    assert.equal(await closed, 141);
+    assert.equal(err, '', 'no stack trace');
+    await waitFor('the guest command to end', async () => {
+      const r = await banger(['vm', 'exec', AGENT_VM, '--', 'pgrep', '-f', 'yes banger-epipe']);
+      return r.code === 1 ? true : undefined;
+    }, 30_000);
+  });
+
   step('stats agree with the guest /proc', async () => {
     const s = JSON.parse((await bangerOk(['vm', 'stats', AGENT_VM, '--json'])).stdout) as {
       vcpus: number;
