@@ -78,8 +78,11 @@ export class ProgressRenderer {
   private lastBytesLine = 0;
   /** Rate and time left of the byte transfer in progress. */
   private readonly rate = new TransferRate();
-  /** When the current step began: each step's time is shown when it ends (image builds take minutes). */
-  private stepStarted: number | undefined;
+  /**
+   * When the current step began, per subject ('' for none): each step's time is shown when it ends (image
+   * builds take minutes). A fork's VMs each have their own steps, interleaved.
+   */
+  private readonly stepStarted = new Map<string, number>();
 
   private constructor(
     private readonly mode: ProgressMode,
@@ -105,10 +108,10 @@ export class ProgressRenderer {
     }
   };
 
-  /** How long the step that just ended took ("12.3 s"), or undefined for one under a second. */
-  private endStep(): string | undefined {
-    const started = this.stepStarted;
-    this.stepStarted = undefined;
+  /** How long the step of `who` that just ended took ("12.3 s"), or undefined for one under a second. */
+  private endStep(who = ''): string | undefined {
+    const started = this.stepStarted.get(who);
+    this.stepStarted.delete(who);
     if (started === undefined) return undefined;
     const s = (Date.now() - started) / 1000;
     return s >= 1 ? `${s.toFixed(1)} s` : undefined;
@@ -116,10 +119,14 @@ export class ProgressRenderer {
 
   private plain(ev: ProgressEvent): void {
     if (ev.kind === 'step') {
-      const took = this.endStep();
-      if (took) out.info(`    took ${took}`);
-      this.stepStarted = Date.now();
-      out.info(`==> [${ev.index}/${ev.total}] ${ev.step}${ev.detail ? `: ${ev.detail}` : ''}`);
+      const who = ev.subject ?? '';
+      // The steps of several things begin once the request's own step (a fork's snapshot) has ended.
+      const ownTook = who ? this.endStep('') : undefined;
+      if (ownTook) out.info(`    took ${ownTook}`);
+      const took = this.endStep(who);
+      if (took) out.info(`    ${who ? `${who}: ` : ''}took ${took}`);
+      this.stepStarted.set(who, Date.now());
+      out.info(`==> ${who ? `${who} ` : ''}[${ev.index}/${ev.total}] ${ev.step}${ev.detail ? `: ${ev.detail}` : ''}`);
     }
     else if (ev.kind === 'notice') out.info(`note: ${ev.message}`);
     else if (ev.kind === 'bytes') {
@@ -138,6 +145,12 @@ export class ProgressRenderer {
       return;
     }
     if (ev.kind === 'log') return;
+    if (ev.kind === 'step' && ev.subject !== undefined) {
+      // Steps of several things at once (a fork's VMs) interleave: a line each, as without a terminal.
+      if (this.spinner) this.succeed();
+      this.spinner = undefined;
+      return this.plain(ev);
+    }
     const text =
       ev.kind === 'step'
         ? `[${ev.index}/${ev.total}] ${ev.step}${ev.detail ? ` ${dim(ev.detail)}` : ''}`
@@ -149,7 +162,7 @@ export class ProgressRenderer {
       this.succeed();
       this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
     } else this.spinner.text = text;
-    if (ev.kind === 'step') this.stepStarted ??= Date.now();
+    if (ev.kind === 'step' && !this.stepStarted.has('')) this.stepStarted.set('', Date.now());
   }
 
   /** `import: 12.0 MiB / 200.0 MiB, 1200 files, 4.1 MiB/s, about 46 s left`. */
@@ -172,10 +185,13 @@ export class ProgressRenderer {
 
   /** Ends the display: the last step is marked done (with its time), or failed. */
   finish(ok: boolean): void {
-    if (this.mode === 'plain' && ok) {
-      const took = this.endStep();
-      if (took) out.info(`    took ${took}`);
-    }
+    if (ok)
+      for (const who of [...this.stepStarted.keys()]) {
+        // A spinner's own line says how long its step took.
+        if (who === '' && this.spinner) continue;
+        const took = this.endStep(who);
+        if (took) out.info(`    ${who ? `${who}: ` : ''}took ${took}`);
+      }
     if (!this.spinner) return;
     if (ok) this.succeed();
     else this.spinner.fail();

@@ -19,6 +19,7 @@ Exit codes:
   64 invalid argument   65 not found       66 already exists   67 failed precondition
   68 conflict           69 unavailable     70 timed out        71 out of resources
   72 not implemented    125 internal error 130 cancelled (Ctrl-C)
+  141 the output's reader went away (\`... | head\`), as SIGPIPE would end any program
 
 Environment:
   BANGER_HOME   state directory (default /var/lib/banger for root, else $XDG_DATA_HOME/banger)

@@ -34,7 +34,15 @@ export type ImageStatus = (typeof IMAGE_STATUSES)[number];
 
 /** A unit of progress of a long operation; the CLI renders it as a spinner/bar, plain lines or JSON lines. */
 export const progressEventSchema = z.discriminatedUnion('kind', [
-  z.object({ kind: z.literal('step'), step: z.string(), index: z.number(), total: z.number(), detail: z.string().optional() }),
+  z.object({
+    kind: z.literal('step'),
+    step: z.string(),
+    index: z.number(),
+    total: z.number(),
+    detail: z.string().optional(),
+    /** What the step is of, when one request makes several things side by side (a fork's VMs). */
+    subject: z.string().optional(),
+  }),
   z.object({
     kind: z.literal('bytes'),
     step: z.string(),

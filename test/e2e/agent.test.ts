@@ -11,7 +11,7 @@ import { lstatSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CLI, E2E_HOME, REPO_ROOT, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
+import { CLI, E2E_HOME, REPO_ROOT, banger, bangerChild, bangerOk, e2eSteps } from '../helpers/cli.js';
 import { connect } from '../../src/client/index.js';
 import { QmpClient } from '../../src/daemon/vmm/qemu/qmp.js';
 import { Paths } from '../../src/shared/paths.js';
@@ -144,21 +144,16 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
   });
 
   step('a reader that goes away (`vm exec VM -- yes | head -1`): the CLI leaves with 141 and no trace, and the guest command ends', async () => {
-    const child = spawn(process.execPath, [CLI, 'vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'exec yes banger-epipe'], {
-      env: { ...process.env, BANGER_HOME: E2E_HOME },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let err = '';
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const closed = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+    const { child, result } = bangerChild(['vm', 'exec', AGENT_VM, '--', 'sh', '-c', 'exec yes banger-epipe']);
     // The first output, then the reader is gone, as `head -1` is once it has its line.
-    await new Promise((r) => child.stdout.once('data', r));
-    child.stdout.destroy();
-    assert.equal(await closed, 141);
-    assert.equal(err, '', 'no stack trace');
+    await new Promise((r) => child.stdout!.once('data', r));
+    child.stdout!.destroy();
+    const r = await result;
+    assert.equal(r.code, 141);
+    assert.equal(r.stderr, '', 'no stack trace');
     await waitFor('the guest command to end', async () => {
-      const r = await banger(['vm', 'exec', AGENT_VM, '--', 'pgrep', '-f', 'yes banger-epipe']);
-      return r.code === 1 ? true : undefined;
+      const left = await banger(['vm', 'exec', AGENT_VM, '--', 'pgrep', '-f', 'yes banger-epipe']);
+      return left.code === 1 ? true : undefined;
     }, 30_000);
   });
 

@@ -178,11 +178,16 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     await bangerOk(['vm', 'workspace', 'prepare', SRC, hostRepo], 0, { timeoutMs: 300_000 });
     await guest(SRC, 'cd /root/app && echo four >> src/lib.txt');
     await bangerOk(['vm', 'session', 'start', SRC, '--name', 'echo', '--', 'sh', '-c', 'while read l; do echo "got:$l"; done']);
-    const r = JSON.parse((await bangerOk(['vm', 'fork', SRC, '--count', '2', '--name', 'e2e-fk', '--json'], 0, { timeoutMs: 900_000 })).stdout) as {
-      snapshot: SnapJson;
-      vms: VmJson[];
-    };
+    const forked = await bangerOk(['vm', 'fork', SRC, '--count', '2', '--name', 'e2e-fk', '--json'], 0, { timeoutMs: 900_000 });
+    const r = JSON.parse(forked.stdout) as { snapshot: SnapJson; vms: VmJson[] };
     assert.deepEqual(r.vms.map((v) => v.name).sort(), FORKS);
+    // The forks start side by side: each one's progress steps carry its name.
+    const steps = forked.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => (JSON.parse(l) as { progress: { kind: string; step?: string; subject?: string } }).progress)
+      .filter((p) => p.kind === 'step');
+    for (const f of FORKS) assert.ok(steps.some((p) => p.subject === f && p.step === 'new identity'), `${f}'s steps are labelled`);
     for (const f of FORKS) {
       const p = await probe(f);
       assert.equal(p.hostname, f);
@@ -193,6 +198,13 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.equal(await guest(SRC, 'cat /root/fork-marker /root/after-snapshot'), 'forked\nlater\n');
     const forkSnap = r.snapshot.name;
     assert.equal((await banger(['snapshot', 'delete', forkSnap])).code, 67);
+    // The same fork again, one more: refused (66) before anything is made, naming the names in use.
+    const snapsBefore = (JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[]).length;
+    const again = await banger(['vm', 'fork', SRC, '--count', '3', '--name', 'e2e-fk']);
+    assert.equal(again.code, 66);
+    assert.match(again.stderr, /'e2e-fk-1', 'e2e-fk-2' already exist/);
+    assert.equal((await banger(['vm', 'show', 'e2e-fk-3'])).code, 65, 'no third fork');
+    assert.equal((JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[]).length, snapsBefore, 'no snapshot');
   });
 
   step("each fork has the source's workspace edit and session; its export is its own patch; compare shows them", async () => {

@@ -1,7 +1,7 @@
 import { SnapshotMethods } from '../../../protocol/snapshot.js';
 import type { SnapshotService } from '../../services/snapshot/service.js';
 import type { VmService } from '../../services/vm/service.js';
-import { validateVmName } from '../../services/vm/names.js';
+import { forkVm, type ForkDeps } from '../../services/snapshot/fork.js';
 import { handler, type Handler } from '../server.js';
 
 /** snapshot.create, snapshot.list, snapshot.show, snapshot.delete, vm.fork. */
@@ -12,19 +12,16 @@ export function snapshotHandlers(snapshots: SnapshotService, vms: VmService): Ha
     handler(SnapshotMethods.show, async (p) => snapshots.show(p.name)),
     handler(SnapshotMethods.delete, async (p) => snapshots.delete(p.name)),
     handler(SnapshotMethods.fork, async (p, ctx) => {
-      const prefix = p.name ?? `${p.vm}-fork`;
-      const names = Array.from({ length: p.count }, (_, i) => `${prefix}-${i + 1}`);
-      names.forEach((n) => validateVmName(n));
-      // The source is paused only while the snapshot is taken; the copies resume from it side by side.
-      const snap = await snapshots.create({ vm: p.vm, name: `${prefix}-${Date.now().toString(36)}` }, ctx.signal);
-      const source = await snapshots.source(snap.id);
-      const made = await Promise.all(
-        names.map(async (name) => {
-          const created = await vms.create({ name, restore: source }, ctx.progress, ctx.signal);
-          return vms.start(created.name, ctx.progress, ctx.signal, { sync: false });
-        }),
-      );
-      return { snapshot: await snapshots.show(snap.id), vms: made };
+      const deps: ForkDeps = {
+        snapshots,
+        vms: {
+          nameTaken: (name) => vms.records().some((v) => v.name === name),
+          create: (o, progress, signal) => vms.create(o, progress, signal),
+          start: (name, progress, signal, o) => vms.start(name, progress, signal, o),
+          delete: (name, o) => vms.delete(name, o),
+        },
+      };
+      return forkVm(deps, p, ctx.progress, ctx.signal);
     }),
   ];
 }
