@@ -67,8 +67,10 @@ export function parseMib(_flag: string, v: string): number {
   return Math.round(mib);
 }
 
-export function parseIntFlag(_flag: string, v: string, min = 1): number {
+export function parseIntFlag(_flag: string, v: string, min = 1, max?: number): number {
   const n = Number(v);
+  if (max !== undefined && !(Number.isInteger(n) && n >= min && n <= max))
+    throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}, got '${v}'`);
   if (!Number.isInteger(n) || n < min)
     throw new InvalidArgumentError(`expected a ${min === 0 ? 'whole number, 0 or more' : 'positive whole number'}, got '${v}'`);
   return n;

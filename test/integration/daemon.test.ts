@@ -150,6 +150,11 @@ void describe('bangerd in-process', () => {
       assert.deepEqual(VmMethods.create.result.parse(v), v);
       const s = await client.call(DaemonMethods.status, undefined);
       assert.deepEqual(DaemonMethods.status.result.parse(s), s);
+      // A VM never started: what needs it running says so, and how to start it.
+      const idle = await code(client.call(VmMethods.sshTarget, { name: 'shaped' }));
+      assert.equal(idle.code, ErrorCode.FailedPrecondition);
+      assert.equal(idle.message, "VM 'shaped' is not running: it has never been started");
+      assert.match(idle.hint ?? '', /banger vm start shaped/);
     } finally {
       await client.call(VmMethods.delete, { name: 'shaped' });
     }

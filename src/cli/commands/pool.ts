@@ -30,7 +30,7 @@ Examples:
     .command('set')
     .description('keep SIZE VMs of IMAGE booted and parked (0 removes the pool)')
     .argument('<image>', 'image name')
-    .requiredOption('--size <k>', 'how many VMs to keep parked (0-16)', (v) => parseIntFlag('--size', v, 0))
+    .requiredOption('--size <k>', 'how many VMs to keep parked (0-16)', (v) => parseIntFlag('--size', v, 0, 16))
     .option('--json', 'print the pool as JSON')
     .action(async (image: string, o: { size: number; json?: boolean }) => {
       const p = await ctx.call(PoolMethods.set, { image, size: o.size });

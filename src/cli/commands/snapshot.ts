@@ -46,7 +46,7 @@ export function registerVmFork(vm: Command, ctx: CliContext): void {
   vm.command('fork')
     .description('start N running copies of a running VM now (a snapshot, then N VMs restored from it)')
     .argument('<vm>', 'the running VM')
-    .requiredOption('--count <n>', 'how many copies (1-16)', (v) => parseIntFlag('--count', v))
+    .requiredOption('--count <n>', 'how many copies (1-16)', (v) => parseIntFlag('--count', v, 1, 16))
     .option('--name <prefix>', 'copies are named PREFIX-1..N (default: VM-fork)')
     .option('--json', 'print the snapshot and the VMs as JSON')
     .action(async (name: string, o: { count: number; name?: string; json?: boolean }) => {

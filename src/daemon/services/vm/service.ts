@@ -335,12 +335,17 @@ export class VmService {
   }
 
   private requireRunning(vm: VmRecord): VmRecord {
-    if (vm.state !== 'running' || !this.live.has(vm.id))
-      throw failedPrecondition(
-        `VM '${vm.name}' is ${vm.state === 'running' ? 'not reachable' : vm.state}`,
-        `start it with \`banger vm start ${vm.name}\``,
-      );
-    return vm;
+    if (vm.state === 'running' && this.live.has(vm.id)) return vm;
+    const start = `start it with \`banger vm start ${vm.name}\``;
+    const [why, hint] = {
+      created: ['is not running: it has never been started', start],
+      stopped: ['is not running (stopped)', start],
+      error: ['is not running: its last start failed', `see why with \`banger vm show ${vm.name}\`, then ${start}`],
+      starting: ['is still starting', 'try again once `banger vm start` has returned'],
+      stopping: ['is stopping', start.replace('start it', 'then start it again')],
+      running: ['is not reachable', `restart it with \`banger vm restart ${vm.name}\``],
+    }[vm.state];
+    throw failedPrecondition(`VM '${vm.name}' ${why}`, hint);
   }
 
   // ---------- daemon start and stop ----------
