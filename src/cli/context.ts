@@ -69,9 +69,7 @@ export function parseMib(_flag: string, v: string): number {
 
 export function parseIntFlag(_flag: string, v: string, min = 1, max?: number): number {
   const n = Number(v);
-  if (max !== undefined && !(Number.isInteger(n) && n >= min && n <= max))
-    throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}, got '${v}'`);
-  if (!Number.isInteger(n) || n < min)
-    throw new InvalidArgumentError(`expected a ${min === 0 ? 'whole number, 0 or more' : 'positive whole number'}, got '${v}'`);
-  return n;
+  if (Number.isInteger(n) && n >= min && (max === undefined || n <= max)) return n;
+  const want = max !== undefined ? `whole number from ${min} to ${max}` : min === 0 ? 'whole number, 0 or more' : 'positive whole number';
+  throw new InvalidArgumentError(`expected a ${want}, got '${v}'`);
 }

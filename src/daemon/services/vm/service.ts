@@ -132,6 +132,11 @@ export class VmService {
     return this.info(this.get(name));
   }
 
+  /** Whether any VM, a warm pool's included, is called `name`. */
+  nameTaken(name: string): boolean {
+    return this.d.vms.byName(name) !== undefined;
+  }
+
   /** The record of the VM called `name`: the one lookup by name a request makes. */
   get(name: string): VmRecord {
     const vm = this.d.vms.byName(name);
@@ -342,7 +347,7 @@ export class VmService {
       stopped: ['is not running (stopped)', start],
       error: ['is not running: its last start failed', `see why with \`banger vm show ${vm.name}\`, then ${start}`],
       starting: ['is still starting', 'try again once `banger vm start` has returned'],
-      stopping: ['is stopping', start.replace('start it', 'then start it again')],
+      stopping: ['is stopping', `once it has stopped, ${start}`],
       running: ['is not reachable', `restart it with \`banger vm restart ${vm.name}\``],
     }[vm.state];
     throw failedPrecondition(`VM '${vm.name}' ${why}`, hint);
