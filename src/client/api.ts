@@ -8,6 +8,7 @@ import {
   type OutputStream,
   type SessionInfo,
   type SessionStartParams,
+  type SessionStopResult,
   type VmStats,
 } from '../protocol/session.js';
 import { VmMethods, type VmCreateParams, type VmInfo, type VmSetParams, type VmSyncInfo } from '../protocol/vm.js';
@@ -188,9 +189,21 @@ export class Banger {
       session: string,
       o: Signalled & { from?: SessionFrom; stream?: OutputStream; follow?: boolean } = {},
     ): SessionOutput => sessionLogs(this.client, vm, session, o),
-    /** Signals the session's process (default SIGTERM). */
-    stop: (vm: string, session: string, o: Signalled & { killSignal?: string } = {}): Promise<SessionInfo> =>
-      this.client.call(SessionMethods.stop, { vm, session, signal: o.killSignal }, { signal: o.signal }),
+    /**
+     * Ends a session: its process group gets `killSignal` (default SIGTERM), then SIGKILL if it has not ended within
+     * `timeoutSeconds` (default 10); resolves with the ended session and `sent`, the signals sent (none when it had
+     * already ended). `wait: false` only sends the signal.
+     */
+    stop: (
+      vm: string,
+      session: string,
+      o: Signalled & { killSignal?: string; timeoutSeconds?: number; wait?: boolean } = {},
+    ): Promise<SessionStopResult> =>
+      this.client.call(
+        SessionMethods.stop,
+        { vm, session, signal: o.killSignal, timeoutSeconds: o.timeoutSeconds, wait: o.wait },
+        { signal: o.signal },
+      ),
     /** Removes an exited session and its kept output. */
     rm: (vm: string, session: string, o?: Signalled): Promise<{ removed: string }> =>
       this.client.call(SessionMethods.rm, { vm, session }, { signal: o?.signal }),

@@ -24,6 +24,6 @@ export { BangerClient, type CallOptions } from './client.js';
 export type { SessionEnd } from './session.js';
 export { BangerError, ErrorCode, EXIT_CODES, isBangerError } from '../errors/index.js';
 export type { ProgressEvent } from '../protocol/common.js';
-export type { SessionInfo, VmStats, OutputStream } from '../protocol/session.js';
+export type { SessionInfo, SessionStopResult, VmStats, OutputStream } from '../protocol/session.js';
 export type { VmInfo, VmCreateParams, VmSyncInfo } from '../protocol/vm.js';
 export type { WorkspaceCompareResult, WorkspaceInfo, WorkspacePrepareResult } from '../protocol/workspace.js';

@@ -83,7 +83,24 @@ export const sessionSendParamsSchema = sessionRef.extend({
   final: z.boolean(),
 });
 
-export const sessionStopParamsSchema = sessionRef.extend({ signal: z.string().regex(/^SIG[A-Z0-9]+$/).optional() });
+/** How long `session.stop` waits, by default, for a session to end after its signal before it sends SIGKILL. */
+export const SESSION_STOP_TIMEOUT_SECONDS = 10;
+
+export const sessionStopParamsSchema = sessionRef.extend({
+  /** The first signal (default SIGTERM). */
+  signal: z.string().regex(/^SIG[A-Z0-9]+$/).optional(),
+  /**
+   * Seconds to wait for the session to end after `signal` before SIGKILL (default SESSION_STOP_TIMEOUT_SECONDS;
+   * 0: SIGKILL at once if it is still running).
+   */
+  timeoutSeconds: z.number().int().min(0).max(3600).optional(),
+  /** false: send the signal and return at once (the session may still be running); no SIGKILL. */
+  wait: z.boolean().optional(),
+});
+export type SessionStopParams = z.infer<typeof sessionStopParamsSchema>;
+/** The session as `stop` left it, and the signals this stop sent (none for a session that had already ended). */
+export const sessionStopResultSchema = sessionInfoSchema.extend({ sent: z.array(z.string()) });
+export type SessionStopResult = z.infer<typeof sessionStopResultSchema>;
 
 /** Daemon -> client: bytes of a session's output at `offset` of its stream. `data` is base64. */
 export const sessionOutputSchema = z.object({
@@ -130,7 +147,7 @@ export const SessionMethods = {
   attach: method('session.attach', sessionAttachParamsSchema, sessionEndSchema),
   logs: method('session.logs', sessionLogsParamsSchema, sessionEndSchema),
   send: method('session.send', sessionSendParamsSchema, z.object({ bytes: z.number() })),
-  stop: method('session.stop', sessionStopParamsSchema, sessionInfoSchema),
+  stop: method('session.stop', sessionStopParamsSchema, sessionStopResultSchema),
   rm: method('session.rm', sessionRef, z.object({ removed: z.string() })),
 } as const;
 

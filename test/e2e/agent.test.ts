@@ -296,6 +296,31 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     await bangerOk(['vm', 'session', 'rm', AGENT_VM, 'capped']);
   });
 
+  step('session stop returns once the session has ended: `stop --signal INT && rm` works for one that cleans up first; one that ignores SIGTERM gets SIGKILL after --timeout', async () => {
+    const ready = (name: string) =>
+      waitFor(`${name} to be ready`, async () =>
+        (await banger(['vm', 'session', 'logs', AGENT_VM, name])).stdout.includes('ready') ? true : undefined,
+      );
+    // Takes a second to clean up after SIGINT: `stop` used to return at once, and the README's `rm` then failed (67).
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'tidy', '--', 'sh', '-c', 'trap "sleep 1; echo cleaned; exit 3" INT; echo ready; while :; do sleep 0.2; done']);
+    await ready('tidy');
+    const stopped = await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'tidy', '--signal', 'INT']);
+    assert.match(stopped.stderr, /^tidy: exited 3$/m);
+    await bangerOk(['vm', 'session', 'rm', AGENT_VM, 'tidy']);
+
+    await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'stubborn', '--', 'sh', '-c', 'trap "" TERM; echo ready; while :; do sleep 0.2; done']);
+    await ready('stubborn');
+    const killed = await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'stubborn', '--timeout', '1']);
+    assert.match(killed.stderr, /^stubborn: killed SIGKILL \(it had not ended 1 s after SIGTERM\)$/m);
+    const again = JSON.parse((await bangerOk(['vm', 'session', 'stop', AGENT_VM, 'stubborn', '--json'])).stdout) as Session & {
+      sent: string[];
+      signal: string | null;
+    };
+    assert.deepEqual(again.sent, [], 'stopping an ended session again sends nothing');
+    assert.equal(again.signal, 'SIGKILL');
+    await bangerOk(['vm', 'session', 'rm', AGENT_VM, 'stubborn']);
+  });
+
   step('bad session input: a bad name 64, an unknown session 65, a send to an exited session 67', async () => {
     assert.equal((await banger(['vm', 'session', 'start', AGENT_VM, '--name', 'bad/name', '--', 'true'])).code, 64);
     assert.equal((await banger(['vm', 'session', 'logs', AGENT_VM, 'no-such-session'])).code, 65);

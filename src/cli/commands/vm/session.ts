@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { SessionFrom } from '../../../client/session.js';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { SessionInfo } from '../../../protocol/session.js';
-import { parseMib, type CliContext } from '../../context.js';
+import { parseIntFlag, parseMib, type CliContext } from '../../context.js';
 import { out } from '../../output.js';
 import { escapeForTerminal } from '../../../shared/terminal-text.js';
 import {
@@ -175,16 +175,41 @@ Examples:
 
   session
     .command('stop')
-    .description("signal a session's process (SIGTERM unless --signal)")
+    .description(
+      "end a session: its process group gets SIGTERM (or --signal), then SIGKILL if it has not ended within --timeout; returns once it has ended",
+    )
     .argument('<vm>', 'VM name')
     .argument('<session>', 'session name')
-    .option('--signal <sig>', 'TERM, INT, KILL, HUP... or a number', parseSignal)
+    .option('--signal <sig>', 'the first signal: TERM, INT, KILL, HUP... or a number', parseSignal)
+    .option('--timeout <seconds>', 'how long it may take to end before SIGKILL (default 10; 0: at once)', (v) =>
+      parseIntFlag('--timeout', v, 0, 3600),
+    )
+    .option('--no-wait', 'only send the signal and return (no SIGKILL; the session may still be running)')
     .option('--json', 'print the session as JSON')
-    .action(async (vmName: string, name: string, o: { signal?: string; json?: boolean }) => {
-      const { SessionMethods } = await sessions();
-      const s = await ctx.call(SessionMethods.stop, { vm: vmName, session: name, signal: o.signal });
-      if (o.json) out.json(s);
-      else out.info(`${escapeForTerminal(s.name)}: ${sessionState(s)}`);
+    .addHelpText(
+      'after',
+      `
+Examples:
+  banger vm session stop dev agent                 # SIGTERM; SIGKILL after 10 s if it is still running
+  banger vm session stop dev agent --signal INT && banger vm session rm dev agent
+  banger vm session stop dev agent --signal HUP --no-wait   # a signal that does not end it`,
+    )
+    .action(async (vmName: string, name: string, o: { signal?: string; timeout?: number; wait: boolean; json?: boolean }) => {
+      const { SessionMethods, SESSION_STOP_TIMEOUT_SECONDS } = await sessions();
+      const s = await ctx.call(SessionMethods.stop, {
+        vm: vmName,
+        session: name,
+        signal: o.signal,
+        timeoutSeconds: o.timeout,
+        wait: o.wait,
+      });
+      if (o.json) return out.json(s);
+      const [first, kill] = s.sent;
+      let note = '';
+      if (first === undefined) note = ' (it had already ended)';
+      else if (kill !== undefined) note = ` (it had not ended ${o.timeout ?? SESSION_STOP_TIMEOUT_SECONDS} s after ${first})`;
+      else if (s.state === 'running') note = ` (sent ${first})`;
+      out.info(`${escapeForTerminal(s.name)}: ${sessionState(s)}${note}`);
     });
 
   session

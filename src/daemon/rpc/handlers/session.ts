@@ -74,7 +74,7 @@ export function sessionHandlers(sessions: SessionService, attaches: AttachRegist
     handler(SessionMethods.start, async (p, ctx) => sessions.start(p, ctx.signal)),
     handler(SessionMethods.list, async (p, ctx) => sessions.list(p.vm, ctx.signal)),
     handler(SessionMethods.show, async (p, ctx) => sessions.show(p.vm, p.session, ctx.signal)),
-    handler(SessionMethods.stop, async (p, ctx) => sessions.stop(p.vm, p.session, p.signal, ctx.signal)),
+    handler(SessionMethods.stop, async (p, ctx) => sessions.stop(p, ctx.signal)),
     handler(SessionMethods.rm, async (p, ctx) => sessions.rm(p.vm, p.session, ctx.signal)),
     handler(SessionMethods.logs, async (p, ctx) =>
       sessions.logs(

@@ -1,5 +1,14 @@
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import type { OutputStream, SessionInfo, SessionStartParams } from '../../../protocol/session.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  SESSION_STOP_TIMEOUT_SECONDS,
+  type OutputStream,
+  type SessionInfo,
+  type SessionStartParams,
+  type SessionStopParams,
+  type SessionStopResult,
+} from '../../../protocol/session.js';
+import type { AgentSignal } from '../../../protocol/agent-fields.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { AgentClient } from '../../guest/agent-client.js';
 import type { AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-channels.js';
@@ -23,6 +32,17 @@ export interface SessionEnd {
   session: SessionInfo;
 }
 
+/** Time for `stop`'s waits (tests pass their own). */
+export interface SessionClock {
+  now(): number;
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+/** How often `stop` asks whether the session has ended. */
+const STOP_POLL_MS = 100;
+/** How long `stop` waits for a session to end after SIGKILL. */
+const KILL_WAIT_MS = 5_000;
+
 /** A send spanning several requests (same sendId), open until its final part. */
 interface OpenSend {
   push(data: Buffer): Promise<void>;
@@ -38,7 +58,11 @@ interface OpenSend {
 export class SessionService {
   private readonly sends = new Map<string, OpenSend>();
 
-  constructor(private readonly d: { vms: AgentSource; log: Logger }) {}
+  private readonly clock: SessionClock;
+
+  constructor(private readonly d: { vms: AgentSource; log: Logger; clock?: SessionClock }) {
+    this.clock = d.clock ?? { now: () => Date.now(), sleep: (ms, signal) => sleep(ms, undefined, { signal }) };
+  }
 
   async start(p: SessionStartParams, signal?: AbortSignal): Promise<SessionInfo> {
     const agent = await this.agentOf(p.vm, signal);
@@ -63,10 +87,48 @@ export class SessionService {
     return (await this.agentOf(vm, signal)).sessionShow(session, { signal });
   }
 
-  async stop(vm: string, session: string, sig: string | undefined, signal?: AbortSignal): Promise<SessionInfo> {
-    return (await this.agentOf(vm, signal)).sessionStop(session, sig as Parameters<AgentClient['sessionStop']>[1], {
-      signal,
-    });
+  /**
+   * Ends a session as `docker stop` ends a container: its process group gets `p.signal` (default SIGTERM); once
+   * it has not ended within `p.timeoutSeconds`, SIGKILL. Resolves with the ended session and the signals sent, so
+   * a `session rm` right after works. An ended session is returned as it is, nothing sent (safe to retry).
+   * `wait: false` only signals.
+   * (The daemon asks the agent for the session's state every STOP_POLL_MS: any agent can answer that.)
+   */
+  async stop(p: SessionStopParams, signal?: AbortSignal): Promise<SessionStopResult> {
+    const agent = await this.agentOf(p.vm, signal);
+    const first = (p.signal ?? 'SIGTERM') as AgentSignal;
+    // The agent signals only a running session; one that has ended is reported as it is.
+    let s = await agent.sessionShow(p.session, { signal });
+    if (s.state !== 'running') return { ...s, sent: [] };
+    const sent: string[] = [first];
+    s = await agent.sessionStop(p.session, first, { signal });
+    if (p.wait === false) return { ...s, sent };
+    s = await this.untilEnded(agent, s, (p.timeoutSeconds ?? SESSION_STOP_TIMEOUT_SECONDS) * 1000, signal);
+    if (s.state === 'running' && first !== 'SIGKILL') {
+      this.d.log.info({ vm: p.vm, session: p.session, signal: first }, 'session did not end in time: SIGKILL');
+      sent.push('SIGKILL');
+      s = await agent.sessionStop(p.session, 'SIGKILL', { signal });
+      s = await this.untilEnded(agent, s, KILL_WAIT_MS, signal);
+    }
+    if (s.state === 'running')
+      throw new BangerError(
+        ErrorCode.DeadlineExceeded,
+        `session ${p.session} in VM '${p.vm}' is still running ${KILL_WAIT_MS / 1000} s after SIGKILL`,
+        { hint: `its process may be stuck in the kernel: see \`banger vm exec ${p.vm} -- ps -eo pid,stat,wchan,args\`` },
+      );
+    return { ...s, sent };
+  }
+
+  /** `s` once it is no longer running, or as it is after `ms`. */
+  private async untilEnded(agent: AgentClient, s: SessionInfo, ms: number, signal?: AbortSignal): Promise<SessionInfo> {
+    const deadline = this.clock.now() + ms;
+    while (s.state === 'running') {
+      const left = deadline - this.clock.now();
+      if (left <= 0) break;
+      await this.clock.sleep(Math.min(STOP_POLL_MS, left), signal);
+      s = await agent.sessionShow(s.name, { signal });
+    }
+    return s;
   }
 
   async rm(vm: string, session: string, signal?: AbortSignal): Promise<{ removed: string }> {
