@@ -11,6 +11,7 @@ import { after, test } from 'node:test';
 import {
   BULK_CHUNK_BYTES,
   BULK_IN_FN,
+  BULK_MIN_BYTES,
   BULK_STDERR_PREFIX,
   BulkStdinSession,
   bulkCommand,
@@ -213,4 +214,25 @@ void test('BulkStdinSession: a port that cannot be reached sends stdin the usual
   assert.deepEqual(inner.calls, [{ command: 'cat > /x', stdin: 'data' }]);
   assert.equal(fallbacks.length, 1);
   assert.match(fallbacks[0]!, /ENOENT|nothing\.sock/);
+});
+
+void test('BulkStdinSession: a stdin known to be small goes the usual way, without the port; a large or unknown one takes it', async () => {
+  const path = join(dir, 'small.sock');
+  const { server } = await sink(path);
+  const connections: Socket[] = [];
+  server.on('connection', (c: Socket) => {
+    connections.push(c);
+    c.resume();
+  });
+  const inner = recorder();
+  const fallbacks: string[] = [];
+  const s = new BulkStdinSession(inner.session, path, (e) => fallbacks.push(e.message));
+  await s.exec('cat > /x', { stdin: Readable.from([Buffer.from('small')]), stdinBytes: 5 });
+  assert.deepEqual(inner.calls, [{ command: 'cat > /x', stdin: 'small' }]);
+  assert.equal(connections.length, 0, 'the port was not connected');
+  await s.exec('cat > /y', { stdin: Readable.from([Buffer.from('large')]), stdinBytes: BULK_MIN_BYTES });
+  assert.match(inner.calls[1]!.command, /bulk_in [0-9a-f]{32} \| \/bin\/sh -c 'cat > \/y'$/);
+  assert.equal(connections.length, 1, 'a stdin of BULK_MIN_BYTES or more goes through the port');
+  assert.deepEqual(fallbacks, []);
+  server.close();
 });

@@ -4,6 +4,8 @@ import type { Readable, Writable } from 'node:stream';
 export interface GuestExecOptions {
   /** Bytes fed to the command's stdin; ended when the stream ends. Omitted: stdin is closed at once. */
   stdin?: Readable;
+  /** About how many bytes `stdin` carries, when the caller knows: a small stdin may take a cheaper way (bulk.ts). */
+  stdinBytes?: number;
   /** Where stdout/stderr go as they arrive. Omitted: collected and returned. */
   stdout?: Writable;
   stderr?: Writable;

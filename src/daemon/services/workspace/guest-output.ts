@@ -37,7 +37,7 @@ export async function runGuestScript(
   session: GuestSession,
   command: string,
   limits: GuestOutputLimits,
-  opts: { stdin?: Readable; signal?: AbortSignal } = {},
+  opts: { stdin?: Readable; stdinBytes?: number; signal?: AbortSignal } = {},
 ): Promise<GuestOutput> {
   const stop = new AbortController();
   let reason: 'tooLarge' | 'idle' | null = null;
@@ -74,7 +74,7 @@ export async function runGuestScript(
   const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
   touch();
   try {
-    const r = await session.exec(command, { stdin: opts.stdin, stdout, stderr, signal });
+    const r = await session.exec(command, { stdin: opts.stdin, stdinBytes: opts.stdinBytes, stdout, stderr, signal });
     if (reason === null) return { code: r.code, stdout: Buffer.concat(out, outBytes), stderr: err.text() };
   } catch (e) {
     if (reason === null || opts.signal?.aborted) throw e;

@@ -123,8 +123,11 @@ export interface ResyncRun {
 /** What running a re-sync uses of the workspace service (the VM's session is bound in). */
 export interface ResyncSteps {
   run: CommandRunner;
-  /** Streams the import tar into the guest script; errors of the tar or the transfer are thrown. */
-  send(script: string, tar: Readable): Promise<GuestOutput>;
+  /**
+   * Streams the import tar into the guest script; errors of the tar or the transfer are thrown. `tarBytes`: about
+   * how large the tar is, when known (a small one takes a cheaper way into the guest).
+   */
+  send(script: string, tar: Readable, tarBytes?: number): Promise<GuestOutput>;
   /** The error saying the VM stopped or its connection dropped during the import, or null. */
   interrupted(): Promise<BangerError | null>;
   /** Records the finished re-sync: the workspace on the VM and the plan's manifest. */
@@ -178,7 +181,11 @@ export async function runResync(
     trustMise: plan.diff.write.some(mayBeMiseConfig),
     stage,
   });
-  const r = await steps.send(script, tar);
+  // The archive's size, about (tar headers, the files and their blobs for the host's base, the path lists), when
+  // no history goes with it (its size is not known before it is packed).
+  const history = repo.headCommit !== null && plan.oldHead !== repo.headCommit;
+  const tarBytes = history ? undefined : 2 * bytes + 2048 * (plan.entries.length + plan.diff.delete.length + 16);
+  const r = await steps.send(script, tar, tarBytes);
   if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
   if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
   if (r.code !== 0) throw (await steps.interrupted()) ?? scriptError('import', r.code, r.stderr, guestPath);

@@ -126,7 +126,7 @@ export class WorkspaceService {
             progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
             const done = await runResync({ vm, repo, guestPath, plan, progress, signal }, {
               run: this.d.run,
-              send: (script, tar) => this.send(vm.name, session, script, tar, signal),
+              send: (script, tar, tarBytes) => this.send(vm.name, session, script, tar, signal, tarBytes),
               interrupted: () => this.interrupted(vm.name, session, 'import', signal),
               record: (r, notices, counts) =>
                 this.record(vm, repo, guestPath, includeUntracked, r, plan.manifest, manifestFile, notices, counts),
@@ -188,7 +188,14 @@ export class WorkspaceService {
   }
 
   /** Streams an import tar into a guest script; errors of the tar or the transfer are thrown. */
-  private async send(vmName: string, session: Session, script: string, tar: Readable, signal?: AbortSignal) {
+  private async send(
+    vmName: string,
+    session: Session,
+    script: string,
+    tar: Readable,
+    signal?: AbortSignal,
+    tarBytes?: number,
+  ) {
     let tarError: unknown;
     tar.on('error', (e) => (tarError ??= e));
     let r;
@@ -199,7 +206,7 @@ export class WorkspaceService {
         this.scriptLimits('the workspace import', MAX_IMPORT_STDOUT, () =>
           new BangerError(ErrorCode.Internal, `the workspace import in VM '${vmName}' printed more than expected`),
         ),
-        { stdin: tar, signal },
+        { stdin: tar, stdinBytes: tarBytes, signal },
       );
     } catch (e) {
       throw (await this.interrupted(vmName, session, 'import', signal)) ?? e;
