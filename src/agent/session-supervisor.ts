@@ -45,7 +45,7 @@ srv.bind(ctl)
 srv.listen(64)
 os.umask(old)
 env = spec["env"]
-argv = meta["argv"]
+argv = meta.get("run") or meta["argv"]
 resize_w = None
 fds = ()
 if meta["tty"]:

@@ -9,7 +9,10 @@ const FOLLOW_FALLBACK_MS = 1000;
 
 export interface SessionMeta {
   name: string;
+  /** The command as asked for (and shown). */
   argv: string[];
+  /** The command started, when it is not argv (under `mise exec`). */
+  run?: string[];
   cwd: string;
   tty: boolean;
   size: { cols: number; rows: number } | null;

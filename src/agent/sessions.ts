@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { AgentSignal } from '../protocol/agent-fields.js';
 import { AGENT_MAX_SESSIONS, type AgentSessionInfo, type SessionStartRequest } from '../protocol/agent-sessions.js';
 import { AgentFailure } from './channel.js';
+import { underMise } from './mise.js';
 import { PTY_HELPER_SOURCE } from './pty-helper.js';
 import { SESSION_SUPERVISOR_SOURCE } from './session-supervisor.js';
 import { readJson, Session, writeJsonAtomic, type ExitRecord, type SessionMeta } from './sessions-session.js';
@@ -109,12 +110,15 @@ export class SessionStore {
     const cwd = req.cwd ?? process.env.HOME ?? '/';
     if (!(await stat(cwd).catch(() => null))?.isDirectory())
       throw new AgentFailure('NotFound', `no directory ${cwd} in the guest`);
+    const env = { ...process.env, ...req.env };
+    const run = req.mise ? underMise(req.argv, cwd, env) : req.argv;
     this.creating.add(name);
     const dir = join(this.opts.root, name);
     try {
       const meta: SessionMeta = {
         name,
         argv: req.argv,
+        ...(run !== req.argv ? { run } : {}),
         cwd,
         tty: req.tty === true,
         size: req.tty === true ? (req.size ?? { cols: 80, rows: 24 }) : null,
@@ -126,7 +130,7 @@ export class SessionStore {
       await writeFile(join(dir, 'stderr.log'), '', { mode: 0o600 });
       await writeJsonAtomic(join(dir, 'meta.json'), meta);
       const session = new Session(dir, meta);
-      session.pid = await this.spawnSupervisor(python, dir, req.argv[0], { ...process.env, ...req.env });
+      session.pid = await this.spawnSupervisor(python, dir, req.argv[0], env);
       await writeJsonAtomic(join(dir, 'run.json'), { pid: session.pid });
       this.sessions.set(name, session);
       session.watchSupervisor();

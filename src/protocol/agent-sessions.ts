@@ -38,6 +38,11 @@ export const sessionStartRequestSchema = z.object({
   env: z.record(text(1 << 16)).optional(),
   /** Per-stream cap on kept output; default: the agent's (`--session-cap`). */
   capBytes: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+  /**
+   * Run under `mise exec --` when mise's config applies in `cwd` (as an exec with `mise`, agent/mise.ts): a session
+   * in a workspace gets the repository's tools, as `vm exec` does. The session still shows `argv`.
+   */
+  mise: z.boolean().optional(),
 });
 export const sessionListRequestSchema = z.object({ type: z.literal('sessionList'), id: requestId });
 export const sessionShowRequestSchema = z.object({ type: z.literal('sessionShow'), id: requestId, name: sessionName });

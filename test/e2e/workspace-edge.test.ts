@@ -1,6 +1,6 @@
 /**
  * Workspace edge cases on a real QEMU VM: a repository without commits, a detached HEAD, a
- * submodule, `mise exec` only where a mise config applies, and `vm stop` while a long import is streaming. One VM is shared; the steps run in
+ * submodule, `mise exec` only where a mise config applies (for `vm exec` and sessions), and `vm stop` while a long import is streaming. One VM is shared; the steps run in
  * order, each with its own guest path.
  */
 import { after, before, describe } from 'node:test';
@@ -189,6 +189,29 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
     const withMise = committedRepo('banger-ws-mise-', { 'mise.toml': '[env]\nBANGER_MISE_PROBE = "from-mise"\n' });
     await bangerOk(['vm', 'workspace', 'prepare', VM, withMise, '--guest-path', '/root/with-mise']);
     assert.equal((await bangerOk(['vm', 'exec', VM, '--', ...probe])).stdout, 'from-mise mise\n');
+  });
+
+  step('a session runs where and as `vm exec` does: in the workspace, as a root login, under mise exec where its config applies', async () => {
+    // Sessions used to start in / with HOME=/ (the agent's own environment): a coding agent saw neither the
+    // repository nor root's git identity and config.
+    const probe = ['sh', '-c', 'echo "$(pwd) $HOME $USER $LANG ${BANGER_MISE_PROBE:-none} ${__MISE_DIFF:+mise}"'];
+    const output = async (name: string, ...start: string[]) => {
+      await bangerOk(['vm', 'session', 'start', VM, '--name', name, ...start, '--', ...probe]);
+      for (let i = 0; ; i++) {
+        const s = JSON.parse((await bangerOk(['vm', 'session', 'show', VM, name, '--json'])).stdout) as { state: string; argv: string[] };
+        if (s.state !== 'running') {
+          assert.deepEqual(s.argv, probe, 'the session shows the command as given');
+          break;
+        }
+        assert.ok(i < 120, `${name} did not end`);
+        await sleep(500);
+      }
+      const out = (await bangerOk(['vm', 'session', 'logs', VM, name])).stdout;
+      await bangerOk(['vm', 'session', 'rm', VM, name]);
+      return out;
+    };
+    assert.equal(await output('in-ws'), '/root/with-mise /root root C.UTF-8 from-mise mise\n');
+    assert.equal(await output('in-tmp', '--cwd', '/tmp'), '/tmp /root root C.UTF-8 none \n');
   });
 
   step('vm stop during a long import returns promptly, the prepare fails clearly and records nothing', async (t) => {

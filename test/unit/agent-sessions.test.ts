@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -180,4 +180,32 @@ test('a tty session runs under a terminal; its output is on stdout', async () =>
   const out = (await readLogs(c, 'term')).data.toString();
   assert.match(out, /\/dev\/pts\//);
   assert.match(out, /33 91/);
+});
+
+test('a session with mise runs under `mise exec --` where a mise config applies in its directory, and shows its command as given', async () => {
+  // A stand-in mise on the session's PATH: marks what it runs, as `mise exec` gives its command mise's variables.
+  const base = dirname(root);
+  const bin = join(base, 'fake-bin');
+  const ws = join(base, 'ws-with-mise');
+  const plain = join(base, 'ws-plain');
+  await mkdir(bin, { recursive: true });
+  await mkdir(ws, { recursive: true });
+  await mkdir(plain, { recursive: true });
+  await writeFile(join(bin, 'mise'), '#!/bin/sh\n[ "$1" = exec ] && [ "$2" = -- ] || exit 99\nshift 2\nUNDER_MISE=yes exec "$@"\n', {
+    mode: 0o755,
+  });
+  await writeFile(join(ws, 'mise.toml'), '[env]\n');
+  const env = { PATH: `${bin}:/usr/bin:/bin`, HOME: plain };
+  const argv = ['sh', '-c', 'echo "${UNDER_MISE:-direct} $(pwd)"'];
+  const run = async (name: string, cwd: string, mise: boolean) => {
+    const s = await c.sessionStart({ name, argv, cwd, env, mise });
+    assert.deepEqual(s.argv, argv);
+    await waitEnded(c, name);
+    const out = (await readLogs(c, name)).data.toString();
+    await c.sessionRm(name);
+    return out;
+  };
+  assert.equal(await run('mise-ws', ws, true), `yes ${ws}\n`);
+  assert.equal(await run('mise-plain', plain, true), `direct ${plain}\n`, 'no mise config there: run directly');
+  assert.equal(await run('mise-off', ws, false), `direct ${ws}\n`, 'without mise: as given');
 });

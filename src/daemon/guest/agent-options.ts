@@ -39,4 +39,6 @@ export interface AgentSessionStartOptions extends RequestOptions {
   env?: Record<string, string>;
   /** Per-stream cap on kept output; default: the agent's. */
   capBytes?: number;
+  /** Under `mise exec` where mise's config applies in `cwd` (an older agent ignores it). */
+  mise?: boolean;
 }

@@ -13,7 +13,7 @@ import {
 } from './session.js';
 
 /** The environment of a root login in a banger guest (sshd + pam_env give SSH sessions the same). */
-const LOGIN_ENV: Readonly<Record<string, string>> = {
+export const LOGIN_ENV: Readonly<Record<string, string>> = {
   HOME: '/root',
   USER: 'root',
   LOGNAME: 'root',

@@ -46,12 +46,14 @@ Examples:
 
   session
     .command('start')
-    .description('start a command as a session and return at once')
+    .description(
+      'start a command as a session and return at once; like `vm exec`, it runs as root with a login\'s environment, in the workspace (with its mise tools) unless --cwd',
+    )
     .argument('<vm>', 'VM name')
     .argument('<command...>', 'the command and its arguments (put them after --)')
     .option('--name <name>', 'session name (default: generated)')
     .option('--tty', 'give it a terminal (for interactive programs; stdout and stderr merge)')
-    .option('--cwd <dir>', 'directory in the guest to run in')
+    .option('--cwd <dir>', "directory in the guest to run in (default: the VM's workspace, else /root)")
     .option('--env <NAME=VALUE>', 'environment variable (repeatable)', collectEnv)
     .option('--max-output <size>', 'output kept per stream on the work disk, e.g. 512M or 2G (default 64M); later output is dropped', (v) =>
       parseMib('--max-output', v),
@@ -68,7 +70,9 @@ Examples:
         const maxOutputBytes = o.maxOutput === undefined ? undefined : o.maxOutput * 1024 * 1024;
         // A terminal session starts at this terminal's size (an attach later makes it follow the attaching one).
         const size = o.tty && process.stdout.isTTY ? { rows: process.stdout.rows, cols: process.stdout.columns } : undefined;
-        const s = await ctx.call(SessionMethods.start, { vm: vmName, name: o.name, argv, tty: o.tty, size, cwd: o.cwd, env: o.env, maxOutputBytes });
+        // A terminal session is for this terminal: its programs are told what it is, as `vm exec -t`'s are.
+        const env = o.tty && process.env.TERM ? { TERM: process.env.TERM, ...o.env } : o.env;
+        const s = await ctx.call(SessionMethods.start, { vm: vmName, name: o.name, argv, tty: o.tty, size, cwd: o.cwd, env, maxOutputBytes });
         if (o.json) return out.json(s);
         out.line(s.name);
         out.info(

@@ -11,6 +11,7 @@ import {
 import type { AgentSignal } from '../../../protocol/agent-fields.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { AgentClient } from '../../guest/agent-client.js';
+import { LOGIN_ENV } from '../../guest/agent-session.js';
 import type { AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-channels.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 
@@ -64,16 +65,25 @@ export class SessionService {
     this.clock = d.clock ?? { now: () => Date.now(), sleep: (ms, signal) => sleep(ms, undefined, { signal }) };
   }
 
+  /**
+   * Starts a session as `vm exec` runs a command: as a root login (LOGIN_ENV: HOME, USER, LANG...; TERM for a
+   * terminal; the given variables over them), in the VM's workspace unless `cwd` says otherwise (the home
+   * directory without one), and there under `mise exec` when the workspace's mise config applies.
+   */
   async start(p: SessionStartParams, signal?: AbortSignal): Promise<SessionInfo> {
-    const agent = await this.agentOf(p.vm, signal);
+    const { vm, agent } = await this.agentWithVm(p.vm, signal);
+    const workspace = p.cwd === undefined ? (vm.workspace?.guestPath ?? null) : null;
+    const cwd = p.cwd ?? workspace ?? LOGIN_ENV.HOME;
     return agent.sessionStart({
       name: p.name,
       argv: p.argv,
       tty: p.tty,
       size: p.size,
-      cwd: p.cwd,
-      env: p.env,
+      cwd,
+      // A terminal session's programs draw for a modern terminal unless told otherwise (the CLI passes its TERM).
+      env: { ...LOGIN_ENV, ...(p.tty ? { TERM: 'xterm-256color' } : {}), PWD: cwd, ...p.env },
       capBytes: p.maxOutputBytes,
+      mise: workspace !== null ? true : undefined,
       signal,
       timeoutMs: 30_000,
     });
@@ -258,11 +268,15 @@ export class SessionService {
   }
 
   private async agentOf(vmName: string, signal?: AbortSignal): Promise<AgentClient> {
+    return (await this.agentWithVm(vmName, signal)).agent;
+  }
+
+  private async agentWithVm(vmName: string, signal?: AbortSignal): Promise<{ vm: VmRecord; agent: AgentClient }> {
     const { vm, agent, features } = await this.d.vms.agent(vmName, signal);
     if (!features.has('sessions'))
       throw new BangerError(ErrorCode.FailedPrecondition, `the guest agent of VM '${vm.name}' cannot run sessions`, {
         hint: 'rebuild the image with `banger image build --force NAME` (sessions need python3 in the guest)',
       });
-    return agent;
+    return { vm, agent };
   }
 }
