@@ -134,3 +134,50 @@ describe('session stop', () => {
     );
   });
 });
+
+describe('session start', () => {
+  /** The sessionStart requests a VM (with a workspace at `guestPath`, or none) gets. */
+  function starts(guestPath: string | null) {
+    const requests: Array<Record<string, unknown>> = [];
+    const agent = {
+      sessionStart: (o: Record<string, unknown>) => {
+        requests.push(o);
+        return Promise.resolve({ name: 's1' } as SessionInfo);
+      },
+    } as unknown as AgentClient;
+    const vm = { name: 'dev', workspace: guestPath === null ? null : { guestPath } } as VmRecord;
+    const svc = new SessionService({
+      vms: { agent: () => Promise.resolve({ vm, agent, features: new Set(['sessions']) }) },
+      log: silentLogger(),
+    });
+    return { svc, requests };
+  }
+
+  it('runs in the workspace, under mise where its config applies, as a root login, with the given variables over it', async () => {
+    const { svc, requests } = starts('/root/app');
+    await svc.start({ vm: 'dev', argv: ['pi', '--mode', 'rpc'], env: { LANG: 'de_DE.UTF-8', DEBUG: '1' } });
+    const r = requests[0]!;
+    assert.equal(r.cwd, '/root/app');
+    assert.equal(r.mise, true);
+    const env = r.env as Record<string, string>;
+    assert.equal(env.HOME, '/root');
+    assert.equal(env.USER, 'root');
+    assert.equal(env.PWD, '/root/app');
+    assert.equal(env.LANG, 'de_DE.UTF-8', "the caller's variables win");
+    assert.equal(env.DEBUG, '1');
+    assert.equal(env.TERM, undefined, 'no terminal, no TERM of its own');
+  });
+
+  it('with a directory given, or no workspace, runs there (home by default) without mise; a terminal gets a TERM', async () => {
+    const a = starts('/root/app');
+    await a.svc.start({ vm: 'dev', argv: ['sh'], cwd: '/tmp', tty: true });
+    assert.equal(a.requests[0]!.cwd, '/tmp');
+    assert.equal(a.requests[0]!.mise, undefined);
+    assert.equal((a.requests[0]!.env as Record<string, string>).TERM, 'xterm-256color');
+    const b = starts(null);
+    await b.svc.start({ vm: 'dev', argv: ['sh'], tty: true, env: { TERM: 'screen' } });
+    assert.equal(b.requests[0]!.cwd, '/root');
+    assert.equal(b.requests[0]!.mise, undefined);
+    assert.equal((b.requests[0]!.env as Record<string, string>).TERM, 'screen');
+  });
+});
