@@ -212,6 +212,9 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
     };
     assert.equal(await output('in-ws'), '/root/with-mise /root root C.UTF-8 from-mise mise\n');
     assert.equal(await output('in-tmp', '--cwd', '/tmp'), '/tmp /root root C.UTF-8 none \n');
+    // A relative directory is taken from the workspace, for sessions and `vm exec -w` alike.
+    assert.equal(await output('up', '--cwd', '..'), '/root /root root C.UTF-8 none \n');
+    assert.equal((await bangerOk(['vm', 'exec', VM, '-w', '..', '--', 'pwd'])).stdout, '/root\n');
   });
 
   step('vm stop during a long import returns promptly, the prepare fails clearly and records nothing', async (t) => {

@@ -174,6 +174,9 @@ describe('session start', () => {
     assert.equal(a.requests[0]!.cwd, '/tmp');
     assert.equal(a.requests[0]!.mise, undefined);
     assert.equal((a.requests[0]!.env as Record<string, string>).TERM, 'xterm-256color');
+    await a.svc.start({ vm: 'dev', argv: ['sh'], cwd: 'src' });
+    assert.equal(a.requests[1]!.cwd, '/root/app/src', 'a relative directory is taken from the workspace');
+    assert.equal(a.requests[1]!.mise, undefined);
     const b = starts(null);
     await b.svc.start({ vm: 'dev', argv: ['sh'], tty: true, env: { TERM: 'screen' } });
     assert.equal(b.requests[0]!.cwd, '/root');

@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { splitRepo } from '../../src/cli/commands/vm/run.js';
-import { execArgv, execCommand } from '../../src/daemon/services/vm/guest-access.js';
+import { execArgv, execCommand, guestDir } from '../../src/daemon/services/vm/guest-access.js';
 
 const argv = (...rest: string[]) => ['node', 'banger.js', 'vm', 'run', ...rest];
 
@@ -42,4 +42,13 @@ test('vm exec over the agent starts argv without a shell, except for a login she
   // In the workspace the agent decides on `mise exec`; one without that feature gets the shell line, which does.
   assert.deepEqual(execArgv(ws, ['ls'], undefined, true), { argv: ['ls'], cwd: '/root/w', mise: true });
   assert.equal(execArgv(ws, ['ls'], undefined, false), null);
+});
+
+test('vm exec -w and session --cwd: a relative directory is taken from the workspace, or /root without one', () => {
+  const ws = { workspace: { guestPath: '/root/app', sourcePath: '/h', headCommit: null, baseCommit: 'b', includeUntracked: false, preparedAt: 't' } };
+  assert.equal(guestDir(ws, 'src'), '/root/app/src');
+  assert.equal(guestDir(ws, './src/../lib'), '/root/app/lib');
+  assert.equal(guestDir(ws, '..'), '/root');
+  assert.equal(guestDir({ workspace: null }, 'src'), '/root/src');
+  assert.equal(guestDir(ws, '/srv/x'), '/srv/x');
 });

@@ -58,7 +58,7 @@ export function register(vm: Command, ctx: CliContext): void {
     .argument('<vm>', 'VM name')
     .argument('<command...>', 'the command and its arguments (put them after --)')
     .option('-t, --tty', 'allocate a terminal (for interactive programs)')
-    .option('-w, --workdir <dir>', "directory in the guest to run in (default: the VM's workspace, if it has one)")
+    .option('-w, --workdir <dir>', "directory in the guest to run in (default: the VM's workspace, else /root; a relative one is taken from there)")
     .option('--auto-prepare', "re-import the VM's workspace first when the host repo's HEAD moved since the import")
     .addHelpText(
       'after',

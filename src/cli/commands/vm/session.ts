@@ -53,7 +53,7 @@ Examples:
     .argument('<command...>', 'the command and its arguments (put them after --)')
     .option('--name <name>', 'session name (default: generated)')
     .option('--tty', 'give it a terminal (for interactive programs; stdout and stderr merge)')
-    .option('--cwd <dir>', "directory in the guest to run in (default: the VM's workspace, else /root)")
+    .option('--cwd <dir>', "directory in the guest to run in (default: the VM's workspace, else /root; a relative one is taken from there)")
     .option('--env <NAME=VALUE>', 'environment variable (repeatable)', collectEnv)
     .option('--max-output <size>', 'output kept per stream on the work disk, e.g. 512M or 2G (default 64M); later output is dropped', (v) =>
       parseMib('--max-output', v),

@@ -12,6 +12,7 @@ import type { AgentSignal } from '../../../protocol/agent-fields.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { AgentClient } from '../../guest/agent-client.js';
 import { LOGIN_ENV } from '../../guest/agent-session.js';
+import { GUEST_HOME, guestDir } from '../vm/guest-access.js';
 import type { AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-channels.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 
@@ -68,12 +69,13 @@ export class SessionService {
   /**
    * Starts a session as `vm exec` runs a command: as a root login (LOGIN_ENV: HOME, USER, LANG...; TERM for a
    * terminal; the given variables over them), in the VM's workspace unless `cwd` says otherwise (the home
-   * directory without one), and there under `mise exec` when the workspace's mise config applies.
+   * directory without one; a relative `cwd` is taken from there), and there under `mise exec` when the
+   * workspace's mise config applies.
    */
   async start(p: SessionStartParams, signal?: AbortSignal): Promise<SessionInfo> {
     const { vm, agent } = await this.agentWithVm(p.vm, signal);
     const workspace = p.cwd === undefined ? (vm.workspace?.guestPath ?? null) : null;
-    const cwd = p.cwd ?? workspace ?? LOGIN_ENV.HOME;
+    const cwd = p.cwd !== undefined ? guestDir(vm, p.cwd) : (workspace ?? GUEST_HOME);
     return agent.sessionStart({
       name: p.name,
       argv: p.argv,

@@ -1,3 +1,4 @@
+import { posix } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { failedPrecondition } from '../../../errors/index.js';
 import type { VmPorts, VmSyncInfo } from '../../../protocol/vm.js';
@@ -24,6 +25,17 @@ import type { LiveVms } from './live.js';
  * listening ports with their forwarding to, and publishing on, the VM's host address. VmService builds it and
  * hands it out as `vms.guest`; no VM's lifecycle lock is held here during guest I/O.
  */
+
+/** root's home in a guest: where a command runs without a workspace or a directory of its own. */
+export const GUEST_HOME = '/root';
+
+/**
+ * The guest directory a command asked to run in (`vm exec -w`, `session start --cwd`): a relative one is taken
+ * from where the command would otherwise run, the VM's workspace (root's home without one), as `cd` there would.
+ */
+export function guestDir(vm: Pick<VmRecord, 'workspace'>, dir: string): string {
+  return posix.isAbsolute(dir) ? dir : posix.join(vm.workspace?.guestPath ?? GUEST_HOME, dir);
+}
 
 /**
  * The guest command line for `vm exec`: in the VM's workspace (under `mise exec` where a mise config
@@ -53,7 +65,7 @@ export function execArgv(
   if (argv.length === 0) return null;
   if (cwd === undefined && vm.workspace)
     return agentDecidesMise ? { argv: [...argv], cwd: vm.workspace.guestPath, mise: true } : null;
-  return { argv: [...argv], cwd: cwd ?? '/root', mise: false };
+  return { argv: [...argv], cwd: cwd ?? GUEST_HOME, mise: false };
 }
 
 export interface VmExecStreams {
@@ -148,8 +160,9 @@ export class VmGuestAccess {
   }
 
   /** Runs a command in a running VM, streaming its output. Holds no lifecycle lock while it runs. */
-  async exec(name: string, argv: string[], cwd: string | undefined, io: VmExecStreams): Promise<number> {
+  async exec(name: string, argv: string[], workdir: string | undefined, io: VmExecStreams): Promise<number> {
     const vm = this.d.running(name);
+    const cwd = workdir === undefined ? undefined : guestDir(vm, workdir);
     const command = execCommand(vm, argv, cwd);
     const direct = execArgv(vm, argv, cwd, this.d.live.agentFeatures(vm.id).has('mise'));
     let started = false;
