@@ -108,6 +108,12 @@ export class ProgressRenderer {
     }
   };
 
+  /** Ends the step of `who` ('' for none), printing how long it took when that was a second or more. */
+  private reportStep(who: string): void {
+    const took = this.endStep(who);
+    if (took) out.info(`    ${who ? `${who}: ` : ''}took ${took}`);
+  }
+
   /** How long the step of `who` that just ended took ("12.3 s"), or undefined for one under a second. */
   private endStep(who = ''): string | undefined {
     const started = this.stepStarted.get(who);
@@ -121,10 +127,8 @@ export class ProgressRenderer {
     if (ev.kind === 'step') {
       const who = ev.subject ?? '';
       // The steps of several things begin once the request's own step (a fork's snapshot) has ended.
-      const ownTook = who ? this.endStep('') : undefined;
-      if (ownTook) out.info(`    took ${ownTook}`);
-      const took = this.endStep(who);
-      if (took) out.info(`    ${who ? `${who}: ` : ''}took ${took}`);
+      if (who) this.reportStep('');
+      this.reportStep(who);
       this.stepStarted.set(who, Date.now());
       out.info(`==> ${who ? `${who} ` : ''}[${ev.index}/${ev.total}] ${ev.step}${ev.detail ? `: ${ev.detail}` : ''}`);
     }
@@ -189,8 +193,7 @@ export class ProgressRenderer {
       for (const who of [...this.stepStarted.keys()]) {
         // A spinner's own line says how long its step took.
         if (who === '' && this.spinner) continue;
-        const took = this.endStep(who);
-        if (took) out.info(`    ${who ? `${who}: ` : ''}took ${took}`);
+        this.reportStep(who);
       }
     if (!this.spinner) return;
     if (ok) this.succeed();

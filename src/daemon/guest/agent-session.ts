@@ -12,9 +12,12 @@ import {
   type GuestSession,
 } from './session.js';
 
+/** root's home in a guest: where a command runs without a workspace or a directory of its own. */
+export const GUEST_HOME = '/root';
+
 /** The environment of a root login in a banger guest (sshd + pam_env give SSH sessions the same). */
 export const LOGIN_ENV: Readonly<Record<string, string>> = {
-  HOME: '/root',
+  HOME: GUEST_HOME,
   USER: 'root',
   LOGNAME: 'root',
   SHELL: '/bin/bash',
@@ -42,7 +45,7 @@ export class AgentGuestSession implements GuestSession {
   async exec(command: string, opts: GuestExecOptions = {}): Promise<GuestExecResult> {
     opts.signal?.throwIfAborted();
     // What an SSH login as root gives a command: its home as the working directory and the usual variables.
-    return this.run(await this.start({ shell: command }, '/root', opts), opts);
+    return this.run(await this.start({ shell: command }, GUEST_HOME, opts), opts);
   }
 
   /**

@@ -11,8 +11,8 @@ import {
 import type { AgentSignal } from '../../../protocol/agent-fields.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { AgentClient } from '../../guest/agent-client.js';
-import { LOGIN_ENV } from '../../guest/agent-session.js';
-import { GUEST_HOME, guestDir } from '../vm/guest-access.js';
+import { GUEST_HOME, LOGIN_ENV } from '../../guest/agent-session.js';
+import { guestDir } from '../vm/guest-access.js';
 import type { AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-channels.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 

@@ -8,7 +8,7 @@ import type { Logger } from '../../../shared/logger.js';
 import { shJoin, shq } from '../../guest/shell.js';
 import { execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
-import { AgentFirstSession, AgentGuestSession, agentFailedBeforeStart } from '../../guest/agent-session.js';
+import { AgentFirstSession, AgentGuestSession, GUEST_HOME, agentFailedBeforeStart } from '../../guest/agent-session.js';
 import { BulkStdinSession } from '../../guest/bulk.js';
 import { applyIdentity, PRESPAWNED_IDENTITY } from '../../guest/identity.js';
 import type { VmRecord, VmRepo } from '../../store/repos/vms.js';
@@ -25,9 +25,6 @@ import type { LiveVms } from './live.js';
  * listening ports with their forwarding to, and publishing on, the VM's host address. VmService builds it and
  * hands it out as `vms.guest`; no VM's lifecycle lock is held here during guest I/O.
  */
-
-/** root's home in a guest: where a command runs without a workspace or a directory of its own. */
-export const GUEST_HOME = '/root';
 
 /**
  * The guest directory a command asked to run in (`vm exec -w`, `session start --cwd`): a relative one is taken

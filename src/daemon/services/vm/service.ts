@@ -22,6 +22,7 @@ import { applyVmSettings, type VmSettingsChange } from './settings.js';
 import { LiveVms } from './live.js';
 import { insertVmRecord, makeNewVmFiles, planCreate, undoCreate, type VmCreateOptions } from './create.js';
 import { requireDriver } from './vmm-choice.js';
+import { notRunningError } from './not-running.js';
 import { reconcileVms, type HostProcess } from './reconcile.js';
 import type { IdentitySync } from '../sync/service.js';
 
@@ -341,16 +342,7 @@ export class VmService {
 
   private requireRunning(vm: VmRecord): VmRecord {
     if (vm.state === 'running' && this.live.has(vm.id)) return vm;
-    const start = `start it with \`banger vm start ${vm.name}\``;
-    const [why, hint] = {
-      created: ['is not running: it has never been started', start],
-      stopped: ['is not running (stopped)', start],
-      error: ['is not running: its last start failed', `see why with \`banger vm show ${vm.name}\`, then ${start}`],
-      starting: ['is still starting', 'try again once `banger vm start` has returned'],
-      stopping: ['is stopping', `once it has stopped, ${start}`],
-      running: ['is not reachable', `restart it with \`banger vm restart ${vm.name}\``],
-    }[vm.state];
-    throw failedPrecondition(`VM '${vm.name}' ${why}`, hint);
+    throw notRunningError(vm);
   }
 
   // ---------- daemon start and stop ----------
