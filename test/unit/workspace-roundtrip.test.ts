@@ -365,6 +365,66 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     assert.deepEqual(parseNameStatus(patch.stdout), [{ status: 'A', path: 'x.txt' }]);
   });
 
+  void it('exports exactly what git add -A into a copy of the index gives, with and without untracked files', async () => {
+    const root = makeFixtureRepo();
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest, { includeUntracked: true });
+    assert.equal(imp.code, 0, imp.stderr);
+    const base = git(guest, 'rev-parse', IMPORT_BASE_REF).trim();
+    // The reference: the working tree staged into a copy of the index, diffed against the import base.
+    const reference = () => {
+      const index = join(tmp('banger-ref-index-'), 'index');
+      copyTree(join(guest, '.git/index'), index);
+      const env = { ...process.env, GIT_INDEX_FILE: index };
+      execFileSync('git', ['add', '-A'], { cwd: guest, env, stdio: 'ignore' });
+      const args = ['diff-index', '--cached', '-r', '-p', '--binary', '--full-index', '--no-renames'];
+      return execFileSync('git', [...args, '--src-prefix=a/', '--dst-prefix=b/', base], { cwd: guest, env });
+    };
+    const same = async (what: string) => {
+      const before = guestState(guest);
+      const r = await exportPatch(guest);
+      assert.equal(r.code, 0, r.stderr.toString());
+      assert.equal(r.stdout.toString('utf8'), reference().toString('utf8'), what);
+      assert.deepEqual(guestState(guest), before, `${what}: export changes nothing in the guest`);
+      return r.stdout.toString('utf8');
+    };
+
+    // The host's untracked and staged-new files are untracked in the guest (and in the base): not exported as
+    // deleted. (With untracked files the diff is taken through a copy of the index that has them.)
+    assert.equal(await same('nothing changed, with untracked files'), '');
+    // With everything the import brought staged in the guest, there is nothing untracked, and the diff goes
+    // through the real index.
+    git(guest, 'add', '-A');
+    assert.equal(await same('nothing changed, nothing untracked'), '');
+    // Files that only look changed (a new mtime, the same bytes) are not in the patch.
+    const later = new Date(Date.now() + 5000);
+    execFileSync('touch', ['-d', later.toISOString(), join(guest, 'README.md'), join(guest, 'data/blob.bin')]);
+    assert.equal(await same('touched only'), '');
+    // Tracked changes only: an edit, a deletion, a mode change.
+    write(guest, 'README.md', 'edited in the guest\n');
+    rmSync(join(guest, 'bin/run.sh'));
+    chmodSync(join(guest, 'a/b/keep.txt'), 0o755);
+    const tracked = await same('tracked changes');
+    assert.match(tracked, /^diff --git a\/README\.md b\/README\.md$/m);
+    assert.match(tracked, /^deleted file mode 100755$/m);
+    // Untracked files too: in a new directory, a name with quotes, a file where a tracked one was (and the
+    // other way round), and a nested repository, which git add -A makes a gitlink.
+    write(guest, "new dir/it's new.txt", 'brand new\n');
+    rmSync(join(guest, 'data/blob.bin'));
+    write(guest, 'data/blob.bin/inside.txt', 'a directory now\n');
+    rmSync(join(guest, 'a/b'), { recursive: true });
+    write(guest, 'a/b', 'a file now\n');
+    const nested = join(guest, 'vendor/nested');
+    mkdirSync(nested, { recursive: true });
+    git(nested, 'init', '-q');
+    write(nested, 'n.txt', 'n\n');
+    git(nested, 'add', '-A');
+    git(nested, 'commit', '-q', '-m', 'nested');
+    const all = await same('tracked and untracked changes');
+    assert.match(all, /^diff --git a\/data\/blob\.bin\/inside\.txt b\/data\/blob\.bin\/inside\.txt$/m);
+    assert.match(all, /^\+Subproject commit [0-9a-f]{40}$/m);
+  });
+
   void it('imports and exports a repository without commits', async () => {
     const root = join(tmp('banger-empty-'), 'fresh');
     mkdirSync(root);

@@ -28,19 +28,23 @@ export interface ExportScriptOptions {
  * The export script: prints on stdout a binary-safe patch (`git apply`-able at the host repo's top
  * level, `a/` and `b/` prefixes, full blob ids) from the import base to the workspace as it is now:
  * guest commits, uncommitted edits, new untracked files (.gitignore'd ones excluded), deletions,
- * mode changes and symlinks.
+ * mode changes and symlinks: what `git add -A` into a copy of the real index, then `git diff-index
+ * --cached` against the base, would print.
  *
- * It changes nothing the user sees: the working tree state is captured with a copy of the real
- * index in a temporary file (GIT_INDEX_FILE) and `git add -A`; HEAD, refs, the index and the files
- * stay as they are (new blobs may be written to the object store). Plumbing (`git diff-index --cached`
- * against the base, the copy being the other side) with explicit prefixes keeps user diff config
- * (noprefix, color, external diff, renames) out of the patch.
+ * It changes nothing the user sees: HEAD, refs, the index and the files stay as they are (with untracked
+ * files, new blobs may be written to the object store). Plumbing with explicit prefixes keeps user diff
+ * config (noprefix, color, external diff, renames) out of the patch; a submodule's uncommitted changes
+ * are left out, as `git add` leaves them.
  *
- * Every process costs tens of milliseconds in an emulated guest (a coreutils one up to a tenth of a
- * second), so three run in turn (cp, git add, git diff-index): the import base is read from its ref
- * file (git is asked only when that is packed), the copy's name comes from the host instead of mktemp,
- * no tree is written (the diff is taken against the index itself) and the copy is removed in the
- * background once the patch is out.
+ * Every process costs tens of milliseconds in an emulated guest, and so does each pass over a large
+ * tree's index: `git add -A` into a copy of the index copies, walks and rewrites all of it. So the patch
+ * is the working tree diffed against the base through the real index (`git diff-index` without --cached,
+ * which reads only the files whose stat data changed and prints nothing for one that only looks changed),
+ * while `git ls-files -o` lists the untracked files beside it, on the guest's other vCPU. Only when there
+ * are some is the diff taken again, through a copy of the index (named by the host, not mktemp) with them
+ * added. The import base is read from its ref file (git is asked only when that is packed), and the
+ * temporary files are removed in the background once the patch is out. The name-only list (`workspace
+ * compare`) is made the `git add -A` way: a raw diff-index names files that only look changed too.
  */
 export function buildExportScript(o: ExportScriptOptions): string {
   validateGuestPath(o.guestPath);
@@ -53,9 +57,26 @@ export function buildExportScript(o: ExportScriptOptions): string {
     });
   }
   const names = 'git diff-index --cached -r -z --name-status --no-renames "$base"';
-  const patch =
-    'git diff-index --cached -r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --src-prefix=a/ --dst-prefix=b/ "$base"';
-  const diff = o.nameOnly ? names : patch;
+  const patchArgs =
+    '-r -p --binary --full-index --no-renames --no-color --no-ext-diff --no-textconv --ignore-submodules=dirty --src-prefix=a/ --dst-prefix=b/ "$base"';
+  const body = o.nameOnly
+    ? `if [ -f .git/index ]; then cp -- .git/index "$index"; fi
+GIT_INDEX_FILE="$index" git add -A >&2
+GIT_INDEX_FILE="$index" ${names}
+`
+    : `git ls-files -z -o --exclude-standard > "$index.o" &
+untracked_job=$!
+git diff-index ${patchArgs} > "$index.p"
+wait "$untracked_job"
+if [ -s "$index.o" ]; then
+  if [ -f .git/index ]; then cp -- .git/index "$index"; fi
+  # (A nested repository is listed as DIR/: added as DIR it becomes a gitlink, as \`git add -A\` makes it.)
+  sed -z 's|/$||' < "$index.o" | GIT_INDEX_FILE="$index" git update-index --add --replace -z --stdin
+  GIT_INDEX_FILE="$index" git diff-index ${patchArgs}
+else
+  cat -- "$index.p"
+fi
+`;
   return `${PRELUDE}dest=${shq(o.guestPath)}
 base_ref=${shq(o.baseCommit ?? '')}
 cd -- "$dest" 2>/dev/null || fail ${WorkspaceScriptExit.NoWorkspace} "no workspace at $dest: import one first"
@@ -72,12 +93,10 @@ else
 fi
 index=/tmp/${EXPORT_INDEX_PREFIX}${randomBytes(8).toString('hex')}
 # (The removal runs on after the script with its output elsewhere, so the patch's reader is not kept waiting.)
-trap 'unbeat; rm -f -- "$index" "$index.lock" </dev/null >/dev/null 2>&1 &' EXIT
+trap 'unbeat; rm -f -- "$index" "$index.lock" "$index.o" "$index.p" </dev/null >/dev/null 2>&1 &' EXIT
 trap 'exit 130' HUP INT TERM
 beat
-if [ -f .git/index ]; then cp -- .git/index "$index"; fi
-GIT_INDEX_FILE="$index" git add -A >&2
-GIT_INDEX_FILE="$index" ${diff}
+${body}
 `;
 }
 
