@@ -423,6 +423,13 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     const all = await same('tracked and untracked changes');
     assert.match(all, /^diff --git a\/data\/blob\.bin\/inside\.txt b\/data\/blob\.bin\/inside\.txt$/m);
     assert.match(all, /^\+Subproject commit [0-9a-f]{40}$/m);
+    // Each export expects what the one before it found: untracked files again, then none again.
+    assert.equal(await same('tracked and untracked changes, again'), all);
+    rmSync(join(guest, "new dir"), { recursive: true });
+    rmSync(join(guest, 'data/blob.bin'), { recursive: true });
+    rmSync(join(guest, 'a/b'));
+    rmSync(nested, { recursive: true });
+    assert.doesNotMatch(await same('the untracked files gone'), /inside\.txt|Subproject/);
   });
 
   void it('imports and exports a repository without commits', async () => {

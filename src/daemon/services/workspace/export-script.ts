@@ -12,6 +12,11 @@ import { IMPORT_BASE_REF, PRELUDE, REF_ID_FN, WorkspaceScriptExit, validateGuest
 
 /** The export's copy of the index is `/tmp/<this><random hex>` in the guest. */
 const EXPORT_INDEX_PREFIX = 'banger-export-index.';
+/**
+ * In the workspace's .git while the last export found untracked files: the next one expects some again and
+ * diffs through the index copy at once, instead of first through the real index (see buildExportScript).
+ */
+const UNTRACKED_HINT = '.git/banger-export-untracked';
 
 export interface ExportScriptOptions {
   guestPath: string;
@@ -32,19 +37,21 @@ export interface ExportScriptOptions {
  * --cached` against the base, would print.
  *
  * It changes nothing the user sees: HEAD, refs, the index and the files stay as they are (with untracked
- * files, new blobs may be written to the object store). Plumbing with explicit prefixes keeps user diff
+ * files, new blobs may be written to the object store, and UNTRACKED_HINT to .git). Plumbing with explicit prefixes keeps user diff
  * config (noprefix, color, external diff, renames) out of the patch; a submodule's uncommitted changes
  * are left out, as `git add` leaves them.
  *
  * Every process costs tens of milliseconds in an emulated guest, and so does each pass over a large
- * tree's index: `git add -A` into a copy of the index copies, walks and rewrites all of it. So the patch
- * is the working tree diffed against the base through the real index (`git diff-index` without --cached,
- * which reads only the files whose stat data changed and prints nothing for one that only looks changed),
- * while `git ls-files -o` lists the untracked files beside it, on the guest's other vCPU. Only when there
- * are some is the diff taken again, through a copy of the index (named by the host, not mktemp) with them
- * added. The import base is read from its ref file (git is asked only when that is packed), and the
- * temporary files are removed in the background once the patch is out. The name-only list (`workspace
- * compare`) is made the `git add -A` way: a raw diff-index names files that only look changed too.
+ * tree's index: `git add -A` into a copy of the index copies, walks and rewrites all of it. Here
+ * `git ls-files -o` lists the untracked files while a copy of the index is made, on the guest's other vCPU,
+ * and the patch is the working tree diffed against the base (`git diff-index` without --cached, which reads
+ * only the files whose stat data changed and prints nothing for one that only looks changed): through the
+ * real index when nothing is untracked, else through the copy with the untracked files added. Which one is
+ * guessed before the list is known, from the last export (UNTRACKED_HINT): the real index's diff runs
+ * beside the listing, and is thrown away when the guess was wrong. The copy's name comes from the host, not
+ * mktemp; the import base is read from its ref file (git is asked only when that is packed); the temporary
+ * files are removed in the background once the patch is out. The name-only list (`workspace compare`) is
+ * made the `git add -A` way: a raw diff-index names files that only look changed too.
  */
 export function buildExportScript(o: ExportScriptOptions): string {
   validateGuestPath(o.guestPath);
@@ -64,17 +71,26 @@ export function buildExportScript(o: ExportScriptOptions): string {
 GIT_INDEX_FILE="$index" git add -A >&2
 GIT_INDEX_FILE="$index" ${names}
 `
-    : `git ls-files -z -o --exclude-standard > "$index.o" &
+    : `# (A nested repository is listed as DIR/: added as DIR it becomes a gitlink, as \`git add -A\` makes it.)
+{ git ls-files -z -o --exclude-standard || : > "$index.failed"; } | sed -z 's|/$||' > "$index.o" &
 untracked_job=$!
-git diff-index ${patchArgs} > "$index.p"
-wait "$untracked_job"
-if [ -s "$index.o" ]; then
-  if [ -f .git/index ]; then cp -- .git/index "$index"; fi
-  # (A nested repository is listed as DIR/: added as DIR it becomes a gitlink, as \`git add -A\` makes it.)
-  sed -z 's|/$||' < "$index.o" | GIT_INDEX_FILE="$index" git update-index --add --replace -z --stdin
+if [ -f .git/index ]; then cp -- .git/index "$index" & copy_job=$!; else copy_job=; fi
+listed() {
+  wait "$untracked_job"
+  [ ! -e "$index.failed" ] || fail 1 "git ls-files failed in $dest"
+  if [ -n "$copy_job" ]; then wait "$copy_job"; fi
+}
+through_copy() {
+  GIT_INDEX_FILE="$index" git update-index --add --replace -z --stdin < "$index.o"
   GIT_INDEX_FILE="$index" git diff-index ${patchArgs}
+}
+if [ -e ${UNTRACKED_HINT} ]; then
+  listed
+  if [ -s "$index.o" ]; then through_copy; else rm -f -- ${UNTRACKED_HINT}; git diff-index ${patchArgs}; fi
 else
-  cat -- "$index.p"
+  git diff-index ${patchArgs} > "$index.p"
+  listed
+  if [ -s "$index.o" ]; then : > ${UNTRACKED_HINT} 2>/dev/null || true; through_copy; else cat -- "$index.p"; fi
 fi
 `;
   return `${PRELUDE}dest=${shq(o.guestPath)}
@@ -93,7 +109,7 @@ else
 fi
 index=/tmp/${EXPORT_INDEX_PREFIX}${randomBytes(8).toString('hex')}
 # (The removal runs on after the script with its output elsewhere, so the patch's reader is not kept waiting.)
-trap 'unbeat; rm -f -- "$index" "$index.lock" "$index.o" "$index.p" </dev/null >/dev/null 2>&1 &' EXIT
+trap 'unbeat; rm -f -- "$index" "$index.lock" "$index.o" "$index.p" "$index.failed" </dev/null >/dev/null 2>&1 &' EXIT
 trap 'exit 130' HUP INT TERM
 beat
 ${body}
