@@ -68,6 +68,7 @@ async function importRepo(
     includeUntracked?: boolean;
     historyDepth?: number;
     historyPartBytes?: number;
+    firstPartBytes?: number;
     storeBlobs?: boolean;
     session?: LocalShellSession;
     force?: boolean;
@@ -86,6 +87,7 @@ async function importRepo(
       split,
       historyDepth: opts.historyDepth,
       partBytes: opts.historyPartBytes,
+      firstPartBytes: opts.firstPartBytes,
       storeBlobs: opts.storeBlobs,
     },
     { onProgress: (p) => (progress = p) },
@@ -339,6 +341,51 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     execFileSync('git', ['fsck', '--no-progress', '--full'], { cwd: guest, stdio: 'ignore' });
     assert.deepEqual(snapshot(guest), snapshot(root));
     assert.deepEqual(statusLines(guest), [' M bin/0.bin']);
+  });
+
+  void it("sends HEAD's index and a small first part of the smallest blobs before the history", async () => {
+    const root = tmp('banger-first-');
+    git(root, 'init', '-q', '-b', 'main');
+    for (let i = 0; i < 40; i++) write(root, `src/f${i}.txt`, `${'x'.repeat(1000 + i)}\n`);
+    for (let i = 0; i < 3; i++) write(root, `bin/${i}.bin`, randomBytes(200_000));
+    git(root, 'add', '-A');
+    git(root, 'commit', '-q', '-m', 'files');
+    const repo = await inspectRepo(root, runCommand);
+    const list = await listImportFiles(root, { includeUntracked: false }, runCommand);
+    const manifest = await hostManifest(repo.root, false, runCommand);
+    const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, runCommand);
+    const opts = { partBytes: 1 << 20, firstPartBytes: 10_000, storeBlobs: true };
+    const stream: Buffer[] = [];
+    for await (const c of createFullImportStream({ root: repo.root, headCommit: repo.headCommit, split, ...opts }))
+      stream.push(c as Buffer);
+    const all = Buffer.concat(stream);
+    // The records up to the tar: kind, and the paths a part checks out.
+    const records: { kind: string; paths: string[] }[] = [];
+    let at = all.indexOf(0x0a) + 1;
+    for (;;) {
+      const nl = all.indexOf(0x0a, at);
+      const [kind = '', ...f] = all.toString('utf8', at, nl).split(' ');
+      at = nl + 1;
+      if (kind === 'tar') break;
+      const n = f.slice(kind === 'index' || kind === 'shallow' ? 0 : 1).map(Number);
+      const listBytes = kind === 'part' ? (n[2] ?? 0) : 0;
+      at += n.reduce((a, b) => a + b, 0) - listBytes;
+      records.push({ kind, paths: all.toString('utf8', at, at + listBytes).split('\0').filter((p) => p !== '') });
+      at += listBytes;
+    }
+    const kinds = records.map((r) => r.kind);
+    assert.deepEqual(kinds.slice(0, 4), ['index', 'part', 'shallow', 'pack'], kinds.join(' '));
+    assert.ok(kinds.slice(4).every((k) => k === 'part') && kinds.length >= 5, kinds.join(' '));
+    // The first part: the smallest blobs, up to about 10,000 bytes (the first nine text files).
+    assert.deepEqual(records[1]?.paths.sort(), Array.from({ length: 9 }, (_, i) => `src/f${i}.txt`));
+    assert.equal(records.flatMap((r) => r.paths).length, 43, 'every file is in a part');
+    // And a guest built from such a stream is whole.
+    const guest = join(tmp('banger-guest-'), 'ws');
+    const imp = await importRepo(root, guest, { historyPartBytes: opts.partBytes, firstPartBytes: opts.firstPartBytes, storeBlobs: true });
+    assert.equal(imp.code, 0, imp.stderr);
+    execFileSync('git', ['fsck', '--no-progress', '--full'], { cwd: guest, stdio: 'ignore' });
+    assert.deepEqual(snapshot(guest), snapshot(root));
+    assert.deepEqual(statusLines(guest), []);
   });
 
   void it('keeps a detached HEAD detached', async () => {

@@ -128,7 +128,7 @@ void describe('import extraction safety', () => {
     assert.ok(lstatSync(join(guest, 'README.md')).isFile());
   });
 
-  void it('refuses a broken or hostile import stream: bad names and lengths, a short stream, files before history', async () => {
+  void it('refuses a broken or hostile import stream: bad names and lengths, a short stream, files before their index', async () => {
     const outside = tmp('banger-outside-');
     writeFileSync(join(outside, 'canary'), 'untouched\n');
     const head = 'a'.repeat(40);
@@ -137,12 +137,14 @@ void describe('import extraction safety', () => {
       { stream: `${IMPORT_STREAM_MAGIC}\npack ../../x 3 3\nabcdef`, why: /not named by a hex id/ },
       { stream: `${IMPORT_STREAM_MAGIC}\npack ${'b'.repeat(40)} 1e3 3\n`, why: /bad length/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nshallow 100\nshort`, why: /ended early/ },
-      { stream: `${IMPORT_STREAM_MAGIC}\npart ${'c'.repeat(40)} 1 1 1\nxyz`, why: /files before their history/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\npart ${'c'.repeat(40)} 1 1 1\nxyz`, why: /files before their index/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nrm -rf /\n`, why: /unknown record/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\n`, why: /ended early/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\npack ${'d'.repeat(40)} 100 50\nonly this`, why: /ended early/ },
       { stream: `${IMPORT_STREAM_MAGIC}\nshallow 0\npack ${'d'.repeat(40)} 4 4\npackidx!`, why: /lacks commit/ },
       { stream: `${IMPORT_STREAM_MAGIC}\ntar\n`, why: /no git history/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nindex 12x\n`, why: /bad length/ },
+      { stream: `${IMPORT_STREAM_MAGIC}\nindex 100\nshort`, why: /ended early/ },
     ];
     for (const [i, c] of cases.entries()) {
       const guestRoot = tmp('banger-guest-');

@@ -32,6 +32,8 @@ export interface CheckoutSplit {
   headBlobs: Map<string, string>;
   /** Their total size, uncompressed: what their packs take on the host at most, stored. */
   headBlobBytes: number;
+  /** Each blob's size, in the order of headBlobs. */
+  headBlobSizes: number[];
 }
 
 /**
@@ -87,7 +89,7 @@ export async function splitByHead(
   run: CommandRunner,
   signal?: AbortSignal,
 ): Promise<CheckoutSplit> {
-  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: new Map(), headBlobBytes: 0 };
+  if (head === null || manifest === null) return { send: [...entries], checkout: [], headBlobs: new Map(), headBlobBytes: 0, headBlobSizes: [] };
   const index = new Map<string, number>();
   entries.forEach((e, i) => index.set(e.path, i));
   // Per entry: the blob it is checked out of. Per blob of HEAD's tree, in tree order: its id and size.
@@ -121,11 +123,13 @@ export async function splitByHead(
   // while the few large ones are still on their way (writing a file costs the guest more than its bytes).
   // A stable sort: blobs of one size stay in tree order; a blob at several paths comes once.
   const headBlobs = new Map<string, string>();
+  const headBlobSizes: number[] = [];
   let headBlobBytes = 0;
   for (const i of Array.from(oids.keys()).sort((a, b) => (sizes[a] ?? 0) - (sizes[b] ?? 0))) {
     const oid = oids[i] as string;
     if (headBlobs.has(oid)) continue;
     headBlobs.set(oid, '');
+    headBlobSizes.push(sizes[i] ?? 0);
     headBlobBytes += sizes[i] ?? 0;
   }
   const send: ImportEntry[] = [];
@@ -137,5 +141,5 @@ export async function splitByHead(
     const paths = headBlobs.get(oid);
     headBlobs.set(oid, paths ? `${paths}\0${e.path}` : e.path);
   });
-  return { send, checkout, headBlobs, headBlobBytes };
+  return { send, checkout, headBlobs, headBlobBytes, headBlobSizes };
 }

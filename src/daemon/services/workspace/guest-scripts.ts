@@ -237,9 +237,9 @@ if [ -n "$branch" ]; then git init -q --object-format=$fmt -b "$branch" .; else 
 # A git process costs 50-100 ms in an emulated guest: the few this script can do without, it does without.
 packs=.git/objects/pack
 
-# The stream (import-stream.ts): records of a header line and exactly the bytes it announces, then a tar.
-# A part's files are checked out by one background checkout-index, started at the first part, while the next
-# part arrives: its paths are fed in once its pack is in place (git looks for new packs when an object is not in
+# The stream (import-stream.ts): records of a header line and exactly the bytes it announces, then a tar: HEAD's
+# index, a small first part, the history, the other parts. A part's files are checked out by one background
+# checkout-index, started at the first part, while the history and the next parts arrive: its paths are fed in once its pack is in place (git looks for new packs when an object is not in
 # the ones it knows). One process reads and writes the index once; one per part cost a second each here for
 # 807 files, most of it the index and the packs read again. Sequential (workers=1): parallel checkout writes
 # nothing until its input ends.
@@ -263,9 +263,16 @@ start_worker() {
   exec 3> "$stage/queue"
 }
 history=0
+indexed=0
 kind=
 while IFS=' ' read -r kind a b c d; do
   case "$kind" in
+    # HEAD's index, written by the host's git: files are checked out into it part by part (their stat data
+    # recorded, so nothing is read back), and only files that come in the tar are hashed by the refresh below.
+    index)
+      [ -n "$head" ] || bad "has an index for a repository without commits"
+      num "$a"; take "$a" .git/index; took "$a" .git/index /dev/null
+      indexed=1 ;;
     shallow) num "$a"; if [ "$a" -gt 0 ]; then take "$a" .git/shallow; took "$a" .git/shallow /dev/null; fi ;;
     pack | part)
       hexid "$a"; num "$b"; num "$c"
@@ -275,13 +282,11 @@ while IFS=' ' read -r kind a b c d; do
         took $((b + c)) "$packs/pack-$a.pack" "$packs/incoming-$a"
         mv -- "$packs/incoming-$a" "$packs/pack-$a.idx"
         [ -n "$head" ] || bad "has history for a repository without commits"
-        # The index is HEAD's tree; files are checked out into it part by part (their stat data recorded,
-        # so nothing is read back), and only files that come in the tar are hashed by the refresh below.
-        git read-tree "$head^{commit}" 2>/dev/null || bad "lacks commit $head"
-        if [ -n "$branch" ]; then git update-ref "refs/heads/$branch" "$head"; else git update-ref --no-deref HEAD "$head"; fi
+        if [ -n "$branch" ]; then set -- "refs/heads/$branch"; else set -- --no-deref HEAD; fi
+        git update-ref "$@" "$head" 2>/dev/null || bad "lacks commit $head"
         history=1
       else
-        [ "$history" = 1 ] || bad "has files before their history"
+        [ "$indexed" = 1 ] || bad "has files before their index"
         num "$d"; take "$d" "$stage/$a.paths"
         took $((b + c + d)) "$packs/pack-$a.pack" "$packs/incoming-$a" "$stage/$a.paths"
         mv -- "$packs/incoming-$a" "$packs/pack-$a.idx"

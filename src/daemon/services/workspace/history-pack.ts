@@ -35,10 +35,31 @@ export interface PackFile {
  */
 export const PACK_PART_BYTES = 16 << 20;
 
+/**
+ * Largest first part: the guest starts checking files out once the first part is in, so the first is small
+ * (the smallest blobs, so still many files) and arrives within a fraction of a second; the next ones are
+ * PACK_PART_BYTES and arrive while its files are written.
+ */
+export const FIRST_PART_BYTES = 4 << 20;
+
 const HEX_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
 
 /** How often the pack directory is looked at for parts git has finished. */
 const POLL_MS = 100;
+
+/**
+ * Writes to `file` the git index of HEAD's tree (`git read-tree`), in a form any git reads (version 2, whole,
+ * with its checksum): the guest checks files out into it without reading HEAD's trees first.
+ */
+export async function headIndex(root: string, head: string, file: string, run: CommandRunner, signal: AbortSignal): Promise<void> {
+  const config = { 'index.version': '2', 'core.splitIndex': 'false', 'index.skipHash': 'false', 'index.sparse': 'false' };
+  const env: NodeJS.ProcessEnv = { ...gitEnv(), GIT_INDEX_FILE: file, GIT_CONFIG_COUNT: String(Object.keys(config).length) };
+  Object.entries(config).forEach(([k, v], i) => {
+    env[`GIT_CONFIG_KEY_${i}`] = k;
+    env[`GIT_CONFIG_VALUE_${i}`] = v;
+  });
+  await run('git', ['read-tree', `${head}^{tree}`], { cwd: root, env, signal });
+}
 
 /**
  * The objects of HEAD's history (all of it with depth 0, else its `depth` newest commits) for which
