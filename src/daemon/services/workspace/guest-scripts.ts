@@ -196,6 +196,8 @@ user_email=${shq(o.identity.email ?? '')}
 force=${o.force ? 1 : 0}
 stage=
 gc=
+# 1 when this import made the guest path: nothing of an earlier workspace or import is there to remove.
+fresh=0
 worker=
 cleanup() { unbeat; if [ -n "$worker" ]; then kill "$worker" 2>/dev/null || true; fi; if [ -n "$stage" ]; then rm -rf -- "$stage"; fi; if [ -n "$gc" ]; then rm -rf -- "$gc"; fi; }
 trap cleanup EXIT
@@ -212,6 +214,7 @@ if [ -d "$dest" ]; then
   fi
 else
   mkdir -p -- "$dest"
+  fresh=1
 fi
 if [ "$force" = 0 ] && [ -d "$dest/.git" ] && [ ! -e "$dest/${INCOMPLETE_MARK}" ] &&
    old_base=$(git --git-dir="$dest/.git" rev-parse -q --verify "${IMPORT_BASE_REF}^{commit}" 2>/dev/null); then
@@ -311,39 +314,45 @@ fi
 # The host never sends a .git (validateEntryPath); --exclude keeps one from reaching the repository anyway.
 LC_ALL=C.UTF-8 tar -x -f - -C "$stage" --exclude=.git --no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp ||
   fail ${WorkspaceScriptExit.BadArchive} "the workspace archive could not be unpacked safely"
-rm -f -- "$stage/queue" "$stage"/*.paths "$stage/checkout-err"
 # The imported state is recorded in a copy of the checkout's index, without touching the real one. Beside it, the
-# identity goes into .git/config and the real index is refreshed: git takes the files the checkout wrote in the
-# second it wrote the index for changed ("racily clean") until it has read them again.
+# identity goes into .git/config.
 idx="$stage/base-index"
 if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
 ( if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
-  if [ -n "$user_email" ]; then git config user.email "$user_email"; fi
-  if [ -n "$head" ]; then git update-index -q --refresh >/dev/null; fi ) & refresh_job=$!
+  if [ -n "$user_email" ]; then git config user.email "$user_email"; fi ) & config_job=$!
 ${o.stateIsHead === true ? '' : 'GIT_INDEX_FILE="$idx" git add -A\n'}tree=$(GIT_INDEX_FILE="$idx" git write-tree)
-${recordImportBase('head', '"$idx"')}wait "$refresh_job"
+${recordImportBase('head', '"$idx"')}wait "$config_job"
 # Replace the workspace contents with the new tree. The order keeps the path importable again if this is
 # killed at any point: the old files go while the old .git (with its import base) stays; the two .git
 # directories are swapped by renames; only then do the new files move in. Both .git directories carry
 # INCOMPLETE_MARK meanwhile, so the files missing then are not taken for changes made in the guest.
 cd /
 if [ -d "$dest/.git" ] && [ ! -L "$dest/.git" ]; then : > "$dest/${INCOMPLETE_MARK}"; fi
-find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" ! -name .git -exec rm -rf -- {} +
+if [ "$fresh" = 0 ]; then find "$dest" -mindepth 1 -maxdepth 1 ! -name "\${stage##*/}" ! -name .git -exec rm -rf -- {} +; fi
 if [ -e "$dest/.git" ] || [ -L "$dest/.git" ]; then mv -- "$dest/.git" "$stage/old.git"; fi
 : > "$stage/${TAR_TREE_DIR}/${INCOMPLETE_MARK}"
 mv -- "$stage/${TAR_TREE_DIR}/.git" "$dest/.git"
-find "$stage/${TAR_TREE_DIR}" -mindepth 1 -maxdepth 1 -exec mv -t "$dest" -- {} +
-rm -f -- "$dest/${INCOMPLETE_MARK}"
-rm -rf -- "$stage"
+set --
+for f in "$stage/${TAR_TREE_DIR}"/* "$stage/${TAR_TREE_DIR}"/.[!.]* "$stage/${TAR_TREE_DIR}"/..?*; do
+  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi
+done
+if [ $# -gt 0 ]; then mv -t "$dest" -- "$@"; fi
+rm -rf -- "$dest/${INCOMPLETE_MARK}" "$stage"
 stage=
 
 cd -- "$dest"
 # git's untracked cache goes into the import base's index while the filesystem flushes (the guest has two
 # vCPUs and the flush waits on the disk): the first re-sync's check then reads no directory that did not change.
 ( ${baseStatus('keep')} >/dev/null 2>&1 || true ) & primer=$!
+# Beside them the real index is refreshed (here, not before the files moved: git would rename its lock file
+# into a directory that moved): git takes the files the checkout wrote in the second it wrote the index for
+# changed ("racily clean") until it has read them again.
+refresh_job=
+if [ -n "$head" ]; then git update-index -q --refresh >/dev/null & refresh_job=$!; fi
+${SYNC_WORKSPACE}if [ -n "$refresh_job" ]; then wait "$refresh_job"; fi
 # The index the refresh wrote equals HEAD: INDEX_MARK names it (the next check runs no diff-index while it is).
 if [ -f .git/index ]; then ln -f -- .git/index ${INDEX_MARK}; fi
-${SYNC_WORKSPACE}wait "$primer"
+wait "$primer"
 ${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
 `;
 }
