@@ -146,11 +146,17 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
         if (first > 0 && sum > firstBytes) break;
       }
       const ids = [...blobs.keys()];
+      const between = function* (from: number, to: number): Generator<string> {
+        for (let i = from; i < to; i++) yield ids[i] as string;
+      };
       const packOpts = { partBytes, stored: source.storeBlobs };
-      const firstPart = ids.length > 0 ? packObjects(source.root, ids.slice(0, first), dir, 'first', packOpts, run, abort.signal) : null;
+      const firstPart =
+        ids.length > 0 ? packObjects(source.root, between(0, first), dir, 'first', packOpts, run, abort.signal) : null;
       const firstPack = early(firstPart?.next() ?? Promise.resolve(null));
       const restParts =
-        ids.length > first ? packObjects(source.root, ids.slice(first), dir, 'blobs', packOpts, run, abort.signal) : null;
+        ids.length > first
+          ? packObjects(source.root, between(first, ids.length), dir, 'blobs', packOpts, run, abort.signal)
+          : null;
       const restFirst = early(restParts?.next() ?? Promise.resolve(null));
       const indexFile = join(dir, 'index');
       const indexDone = early(headIndex(source.root, head, indexFile, run, abort.signal));
