@@ -37,9 +37,9 @@ export interface ExportScriptOptions {
  * --cached` against the base, would print.
  *
  * It changes nothing the user sees: HEAD, refs, the index and the files stay as they are (with untracked
- * files, new blobs may be written to the object store, and UNTRACKED_HINT to .git). Plumbing with explicit prefixes keeps user diff
- * config (noprefix, color, external diff, renames) out of the patch; a submodule's uncommitted changes
- * are left out, as `git add` leaves them.
+ * files, new blobs may be written to the object store, and UNTRACKED_HINT to .git). Plumbing with explicit
+ * prefixes keeps user diff config (noprefix, color, external diff, renames) out of the patch; a submodule's
+ * uncommitted changes are left out, as `git add` leaves them.
  *
  * Every process costs tens of milliseconds in an emulated guest, and so does each pass over a large
  * tree's index: `git add -A` into a copy of the index copies, walks and rewrites all of it. Here

@@ -242,10 +242,10 @@ packs=.git/objects/pack
 
 # The stream (import-stream.ts): records of a header line and exactly the bytes it announces, then a tar: HEAD's
 # index, a small first part, the history, the other parts. A part's files are checked out by one background
-# checkout-index, started at the first part, while the history and the next parts arrive: its paths are fed in once its pack is in place (git looks for new packs when an object is not in
-# the ones it knows). One process reads and writes the index once; one per part cost a second each here for
-# 807 files, most of it the index and the packs read again. Sequential (workers=1): parallel checkout writes
-# nothing until its input ends.
+# checkout-index, started at the first part, while the history and the next parts arrive: its paths are fed in
+# once its pack is in place (git looks for new packs when an object is not in the ones it knows). One process
+# reads and writes the index once; one per part cost a second each here for 807 files, most of it the index and
+# the packs read again. Sequential (workers=1): parallel checkout writes nothing until its input ends.
 bad() { fail ${WorkspaceScriptExit.BadArchive} "the workspace stream $*"; }
 num() { case "$1" in *[!0-9]* | '') bad "has a bad length" ;; esac; }
 hexid() { case "$1" in *[!0-9a-f]* | '') bad "has a pack that is not named by a hex id" ;; esac; }
