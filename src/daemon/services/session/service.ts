@@ -11,8 +11,8 @@ import {
 import type { AgentSignal } from '../../../protocol/agent-fields.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { AgentClient } from '../../guest/agent-client.js';
-import { GUEST_HOME, LOGIN_ENV } from '../../guest/agent-session.js';
-import { guestDir } from '../vm/guest-access.js';
+import { LOGIN_ENV } from '../../guest/agent-session.js';
+import { commandPlace, guestDir } from '../vm/guest-access.js';
 import type { AgentSessionAttachment, SessionReadFrom } from '../../guest/agent-channels.js';
 import type { VmRecord } from '../../store/repos/vms.js';
 
@@ -74,8 +74,7 @@ export class SessionService {
    */
   async start(p: SessionStartParams, signal?: AbortSignal): Promise<SessionInfo> {
     const { vm, agent } = await this.agentWithVm(p.vm, signal);
-    const workspace = p.cwd === undefined ? (vm.workspace?.guestPath ?? null) : null;
-    const cwd = p.cwd !== undefined ? guestDir(vm, p.cwd) : (workspace ?? GUEST_HOME);
+    const { cwd, mise } = commandPlace(vm, p.cwd === undefined ? undefined : guestDir(vm, p.cwd));
     return agent.sessionStart({
       name: p.name,
       argv: p.argv,
@@ -85,7 +84,7 @@ export class SessionService {
       // A terminal session's programs draw for a modern terminal unless told otherwise (the CLI passes its TERM).
       env: { ...LOGIN_ENV, ...(p.tty ? { TERM: 'xterm-256color' } : {}), PWD: cwd, ...p.env },
       capBytes: p.maxOutputBytes,
-      mise: workspace !== null ? true : undefined,
+      mise: mise || undefined,
       signal,
       timeoutMs: 30_000,
     });

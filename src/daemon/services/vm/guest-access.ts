@@ -48,6 +48,15 @@ export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly stri
 }
 
 /**
+ * Where a command runs (`vm exec`, a session): the directory asked for, else the VM's workspace, where `mise
+ * exec` may apply (`mise`), else root's home.
+ */
+export function commandPlace(vm: Pick<VmRecord, 'workspace'>, cwd: string | undefined): { cwd: string; mise: boolean } {
+  if (cwd === undefined && vm.workspace) return { cwd: vm.workspace.guestPath, mise: true };
+  return { cwd: cwd ?? GUEST_HOME, mise: false };
+}
+
+/**
  * The same command for a channel that can start argv without a shell (the guest agent): argv and its
  * directory, with `mise` when the agent is to decide on `mise exec` (in the workspace; an agent with the
  * `mise` feature), or null when the command needs the shell line (a login shell, or the workspace's
@@ -60,9 +69,8 @@ export function execArgv(
   agentDecidesMise: boolean,
 ): { argv: string[]; cwd: string; mise: boolean } | null {
   if (argv.length === 0) return null;
-  if (cwd === undefined && vm.workspace)
-    return agentDecidesMise ? { argv: [...argv], cwd: vm.workspace.guestPath, mise: true } : null;
-  return { argv: [...argv], cwd: cwd ?? GUEST_HOME, mise: false };
+  const place = commandPlace(vm, cwd);
+  return place.mise && !agentDecidesMise ? null : { argv: [...argv], ...place };
 }
 
 export interface VmExecStreams {

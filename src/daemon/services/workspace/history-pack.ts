@@ -52,13 +52,12 @@ const POLL_MS = 100;
  * with its checksum): the guest checks files out into it without reading HEAD's trees first.
  */
 export async function headIndex(root: string, head: string, file: string, run: CommandRunner, signal: AbortSignal): Promise<void> {
-  const config = { 'index.version': '2', 'core.splitIndex': 'false', 'index.skipHash': 'false', 'index.sparse': 'false' };
-  const env: NodeJS.ProcessEnv = { ...gitEnv(), GIT_INDEX_FILE: file, GIT_CONFIG_COUNT: String(Object.keys(config).length) };
-  Object.entries(config).forEach(([k, v], i) => {
-    env[`GIT_CONFIG_KEY_${i}`] = k;
-    env[`GIT_CONFIG_VALUE_${i}`] = v;
+  const config = ['index.version=2', 'core.splitIndex=false', 'index.skipHash=false', 'index.sparse=false'];
+  await run('git', [...config.flatMap((c) => ['-c', c]), 'read-tree', `${head}^{tree}`], {
+    cwd: root,
+    env: { ...gitEnv(), GIT_INDEX_FILE: file },
+    signal,
   });
-  await run('git', ['read-tree', `${head}^{tree}`], { cwd: root, env, signal });
 }
 
 /**

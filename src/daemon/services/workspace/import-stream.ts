@@ -132,6 +132,15 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
       pending.push(p);
       return p;
     };
+    /** Starts git packing `packs` now (it begins at the first `next()`), to be sent later. */
+    const packedMeanwhile = (packs: AsyncGenerator<PackFile>): AsyncIterable<PackFile> => {
+      const head = early(packs.next());
+      return {
+        async *[Symbol.asyncIterator]() {
+          for (let r = await head; !r.done; r = await packs.next()) yield r.value;
+        },
+      };
+    };
     let finished = false;
     try {
       const hashBytes = head.length / 2;
@@ -150,23 +159,19 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
         for (let i = from; i < to; i++) yield ids[i] as string;
       };
       const packOpts = { partBytes, stored: source.storeBlobs };
-      const firstPart =
-        ids.length > 0 ? packObjects(source.root, between(0, first), dir, 'first', packOpts, run, abort.signal) : null;
-      const firstPack = early(firstPart?.next() ?? Promise.resolve(null));
-      const restParts =
-        ids.length > first
-          ? packObjects(source.root, between(first, ids.length), dir, 'blobs', packOpts, run, abort.signal)
-          : null;
-      const restFirst = early(restParts?.next() ?? Promise.resolve(null));
+      const parts = (prefix: string, from: number, to: number) =>
+        from < to ? packedMeanwhile(packObjects(source.root, between(from, to), dir, prefix, packOpts, run, abort.signal)) : [];
+      const firstParts = parts('first', 0, first);
+      const otherParts = parts('blobs', first, ids.length);
       const indexFile = join(dir, 'index');
       const indexDone = early(headIndex(source.root, head, indexFile, run, abort.signal));
       // The history is listed and packed meanwhile too: it goes after the first part.
       const history = early(
         historyObjects(source.root, head, source.historyDepth ?? DEFAULT_HISTORY_DEPTH, (id) => !blobs.has(id), run, abort.signal).then(
-          ({ objects, shallow }) => {
-            const packs = packObjects(source.root, objects, dir, 'history', {}, run, abort.signal);
-            return { packs, first: early(packs.next()), shallow };
-          },
+          ({ objects, shallow }) => ({
+            packs: packedMeanwhile(packObjects(source.root, objects, dir, 'history', {}, run, abort.signal)),
+            shallow,
+          }),
         ),
       );
       const send = async function* (p: PackFile): AsyncGenerator<Buffer> {
@@ -193,22 +198,17 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
       await indexDone;
       yield Buffer.from(`index ${(await stat(indexFile)).size}\n`);
       yield* file(indexFile, false);
-      const firstResult = await firstPack;
-      if (firstResult && !firstResult.done) yield* send(firstResult.value);
-      if (firstPart) for await (const p of firstPart) yield* send(p);
-      const { packs, first: firstHistory, shallow } = await history;
+      for await (const p of firstParts) yield* send(p);
+      const { packs, shallow } = await history;
       const shallowBytes = Buffer.from(shallow.map((c) => `${c}\n`).join(''));
       yield Buffer.from(`shallow ${shallowBytes.length}\n`);
       yield shallowBytes;
-      for (let r = await firstHistory; !r.done; r = await packs.next()) {
-        const p = r.value;
+      for await (const p of packs) {
         yield Buffer.from(`pack ${p.id} ${p.pack.size} ${p.idx.size}\n`);
         yield* file(p.pack.path, true);
         yield* file(p.idx.path, false);
       }
-      const restResult = await restFirst;
-      if (restResult && !restResult.done) yield* send(restResult.value);
-      if (restParts) for await (const p of restParts) yield* send(p);
+      for await (const p of otherParts) yield* send(p);
       finished = true;
     } finally {
       // Failed or left early: stop the git processes still packing before their directory goes.
