@@ -188,7 +188,8 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     images,
     drivers,
     accel,
-    kernelCmdline: (vm) => guestKernelArgs({ tscKhz, noAgent: !vm.agent }).join(' '),
+    kernelCmdline: (vm, accel) =>
+      guestKernelArgs({ tscKhz, noAgent: !vm.agent, aslr: accel !== 'tcg' || config.qemu.tcgGuestAslr }).join(' '),
     run: runCommand,
     log,
     clientKey,

@@ -79,6 +79,9 @@ void describe('spine: real VMs under QEMU', { timeout: 1_500_000 }, () => {
     assert.equal(r.stdout, "from-stdin\nit's a b\n");
     const mise = await bangerOk(['vm', 'exec', A, '--', 'sh', '-c', 'echo $MISE_OFFLINE; mise --version']);
     assert.match(mise.stdout, /^1\n\d{4}\.\d+\.\d+/);
+     // A TCG guest maps processes at fixed addresses (config qemu.tcgGuestAslr, off by default); KVM keeps ASLR.
+    const aslr = await bangerOk(['vm', 'exec', A, '--', 'cat', '/proc/sys/kernel/randomize_va_space']);
+    assert.equal(aslr.stdout, (await show(A)).accel === 'tcg' ? '0\n' : '2\n');
   });
 
   step('a file written in the guest survives stop and start', async () => {

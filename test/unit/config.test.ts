@@ -9,6 +9,7 @@ test('an empty config gets every default', () => {
   assert.equal(DEFAULT_CONFIG.network.tap.subnet, '172.30.0.0/24');
   assert.equal(DEFAULT_CONFIG.dns.address, '127.77.0.1');
   assert.equal(DEFAULT_CONFIG.qemu.tcgCacheMib, 128);
+  assert.equal(DEFAULT_CONFIG.qemu.tcgGuestAslr, false);
 });
 
 test('a partial config keeps the other defaults', () => {
@@ -26,6 +27,7 @@ test('bad values and unknown keys are refused with the key named', () => {
     [{ dns: { port: 70000 } }, /dns\.port/],
     [{ qemu: { tcgCacheMib: 8 } }, /qemu\.tcgCacheMib/],
     [{ qemu: { tcgCacheMib: '128' } }, /qemu\.tcgCacheMib/],
+    [{ qemu: { tcgGuestAslr: 'yes' } }, /qemu\.tcgGuestAslr/],
     [{ dnss: {} }, /dnss|top level/],
   ];
   for (const [raw, re] of cases)

@@ -248,6 +248,8 @@ void describe('hostTscKhz / guestKernelArgs', () => {
     // CONFIG_HZ=250 in Debian's cloud kernel: lpj = kHz * 1000 / 250.
     assert.deepEqual(withTsc.slice(-3), ['tsc_early_khz=2599998', 'lpj=10399992', 'tsc=reliable']);
     assert.equal(guestKernelArgs({ probe: true }).at(-1), 'banger.probe=1');
+    assert.equal(guestKernelArgs({ aslr: false }).at(-1), 'norandmaps');
+    assert.ok(!guestKernelArgs({ aslr: true }).includes('norandmaps'));
   });
 });
 

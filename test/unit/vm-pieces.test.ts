@@ -114,8 +114,8 @@ test('launchSpec: a QEMU VM gets the bulk port beside its agent channel, unless 
       accel: 'tcg',
       ...extra,
     }) as unknown as Boot;
-  assert.equal(launchSpec(boot(['virtioSerial']), '').bulkSocketPath, vp.bulkSocket);
-  assert.equal(launchSpec(boot(['virtioSerial']), '').channelSocketPath, vp.agentSocket);
-  assert.equal(launchSpec(boot(['virtioSerial'], { bulkPort: false }), '').bulkSocketPath, undefined);
-  assert.equal(launchSpec(boot(['vsock']), '').bulkSocketPath, undefined);
+  assert.equal(launchSpec(boot(['virtioSerial']), () => '').bulkSocketPath, vp.bulkSocket);
+  assert.equal(launchSpec(boot(['virtioSerial']), () => '').channelSocketPath, vp.agentSocket);
+  assert.equal(launchSpec(boot(['virtioSerial'], { bulkPort: false }), () => '').bulkSocketPath, undefined);
+  assert.equal(launchSpec(boot(['vsock']), () => '').bulkSocketPath, undefined);
 });

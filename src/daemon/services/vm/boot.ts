@@ -38,8 +38,8 @@ export interface TapNetworking {
   reconcile(live: ReadonlySet<string>, signal?: AbortSignal): Promise<void>;
 }
 
-/** Builds the guest kernel command line for a boot. */
-export type KernelCmdline = (vm: VmRecord) => string;
+/** Builds the guest kernel command line for a boot of `vm` under `accel`. */
+export type KernelCmdline = (vm: VmRecord, accel: Accel) => string;
 
 export interface BootDeps {
   vms: VmRepo;
@@ -145,7 +145,7 @@ export const writeSeed: BootStep = {
 export async function launchVmm(b: Boot, d: BootDeps): Promise<void> {
   // A driver that boots only an ELF kernel (Firecracker) gets the vmlinux inside the image's bzImage.
   const kernelPath = b.driver.features.has('bzImage') ? b.image.kernelPath : await elfKernelFor(b.image.kernelPath, b.signal);
-  const spec = launchSpec(b, d.kernelCmdline(b.vm), kernelPath);
+  const spec = launchSpec(b, d.kernelCmdline, kernelPath);
   // Each launch appends the VMM's command line to its log: bounded here, across any number of starts.
   await capLog(spec.vmmLogPath, VMM_LOG_MAX_BYTES);
   // The process is recorded the moment it exists, before the driver waits on it: a daemon killed
@@ -283,7 +283,7 @@ export async function runBoot(b: Boot, d: BootDeps, steps: readonly BootStep[] =
 }
 
 /** What the driver is asked to start: disks by the driver's features, never by its name. */
-export function launchSpec(b: Boot, kernelCmdline: string, kernelPath = b.image.kernelPath): LaunchSpec {
+export function launchSpec(b: Boot, kernelCmdline: KernelCmdline, kernelPath = b.image.kernelPath): LaunchSpec {
   const { vm, vp, image, driver } = b;
   const qcow2 = driver.features.has('qcow2');
   const tapName = b.net?.tapName;
@@ -297,7 +297,7 @@ export function launchSpec(b: Boot, kernelCmdline: string, kernelPath = b.image.
     accel: b.accel,
     kernelPath,
     initrdPath: image.initrdPath,
-    kernelCmdline,
+    kernelCmdline: kernelCmdline(vm, b.accel),
     disks: [
       { id: 'root', path: qcow2 ? disks.root : vp.rootDiskRaw, format: qcow2 ? 'qcow2' : 'raw', readOnly: false },
       { id: 'work', path: disks.work, format: diskFormat(disks.work), readOnly: false },
