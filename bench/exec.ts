@@ -55,7 +55,11 @@ try {
   /* not there */
 }
 banger(['vm', 'run', '--name', name, '--', 'true']);
-const t = JSON.parse(banger(['vm', 'show', name, '--json'])) as { id: string; network: { hostAddress: string; sshPort: number } };
+const t = JSON.parse(banger(['vm', 'show', name, '--json'])) as {
+  id: string;
+  accel: string | null;
+  network: { hostAddress: string; sshPort: number };
+};
 const ctl = mkdtempSync(join(tmpdir(), 'bench-ssh-'));
 const sshArgs = [
   '-i', join(HOME, 'ssh', 'id_ed25519'),
@@ -74,6 +78,10 @@ try {
   // `vm exec` uses SSH until the guest agent answers (Node takes seconds to start under TCG): what follows
   // measures the agent path.
   await agentUp(name);
+  // Both sides run in this guest: with ASLR off (TCG's default, config qemu.tcgGuestAslr) a process starts in
+  // a fraction of the time, ssh's `true` included.
+  const aslr = sh('ssh', [...sshArgs, 'cat /proc/sys/kernel/randomize_va_space']).trim();
+  process.stdout.write(`guest: ${t.accel ?? '?'}, kernel.randomize_va_space=${aslr}\n`);
   agentRss();
   /**
    * CLI `vm exec NAME -- true` against ssh running `sshCommand`, alternated, after `WARMUPS` rounds of both that
