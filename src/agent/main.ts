@@ -1,10 +1,9 @@
 import { setPriority } from 'node:os';
-import { existsSync, readdirSync, createWriteStream } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { spawn } from 'node:child_process';
-import { Duplex, type Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
+import { Duplex, type Readable, type Writable } from 'node:stream';
 import { AGENT_VIRTIO_PORT } from '../protocol/agent.js';
 import { AgentServer } from './server.js';
 import { onPath } from './which.js';
@@ -43,19 +42,13 @@ async function servePort(server: AgentServer, device: string, readyFile?: string
       const fh = await open(device, 'r+');
       // The guest's init prints its ready marker once this exists: the agent holds its channel.
       if (readyFile !== undefined) await writeFile(readyFile, `${process.pid}\n`).catch(() => {});
-      // autoClose off: the read and write streams share the descriptor; it is closed once, below.
       const reader = portReader(fh.fd);
-      const writable = createWriteStream('', { fd: fh.fd, autoClose: false });
+      const writer = portWriter(fh.fd);
       try {
-        await server.serve(Duplex.from({ readable: reader.readable, writable }));
+        await server.serve(Duplex.from({ readable: reader.readable, writable: writer.writable }));
       } finally {
-        await reader.stop();
+        await Promise.all([reader.stop(), writer.stop()]);
       }
-      // Writes in flight land before the descriptor is reused. The stream must be ended for `finished` to
-      // settle (an unsettled wait with nothing else pending would let the process exit), and a write to a
-      // port whose host side is gone may never complete: wait a second at most.
-      writable.end();
-      await Promise.race([finished(writable).catch(() => {}), new Promise((r) => setTimeout(r, 1000))]);
       await fh.close().catch(() => {});
     } catch (e) {
       log(`banger-agent: ${device}: ${(e as Error).message}`);
@@ -66,29 +59,52 @@ async function servePort(server: AgentServer, device: string, readyFile?: string
 }
 
 /**
- * What reads the port. The guest's virtio console driver hands out one 4 KiB buffer per read(2), and each
- * read through Node's thread pool (an fs stream) cost about a millisecond under emulation: data sent into
- * the guest (a `vm exec`'s stdin) crawled at 4 MiB/s. So `cat` copies the port into a pipe, in C, and Node
- * reads the pipe as a stream, as much as has piled up per read. `cat` ends with the port's end of file (its
- * host side closed), like the fs stream did.
+ * A `cat` between the port and a pipe that Node reads or writes as a stream, in C. The guest's virtio console
+ * driver hands out one 4 KiB buffer per read(2), and each read or write through Node's thread pool (an fs
+ * stream) cost a millisecond or more under emulation, one at a time: data sent into the guest (a `vm exec`'s
+ * stdin) crawled at 4 MiB/s, and every frame the agent sent (an exec's reply, output and exit) waited for the
+ * write before it. Under setpriv's parent-death signal cat dies with the agent (kill -9 included). Otherwise
+ * it would keep the port open, and the port opens only once at a time: the agent init respawns would find it
+ * busy until the host's next write made cat die of a broken pipe.
  */
-function portReader(fd: number): { readable: Readable; stop(): Promise<void> } {
-  // Under setpriv's parent-death signal cat dies with the agent (kill -9 included). Otherwise it would keep
-  // the port open, and the port opens only once at a time: the agent init respawns would find it busy
-  // until the host's next write made cat die of a broken pipe.
+function portCat(stdio: ['pipe', number, 'ignore'] | [number, 'pipe', 'ignore']) {
   const argv = existsSync(SETPRIV) ? [SETPRIV, '--pdeathsig', 'KILL', 'cat'] : ['cat'];
-  const cat = spawn(argv[0]!, argv.slice(1), { stdio: [fd, 'pipe', 'ignore'] });
+  const cat = spawn(argv[0]!, argv.slice(1), { stdio });
   const exited = new Promise<void>((resolve) => {
     if (cat.exitCode !== null || cat.signalCode !== null) resolve();
     else cat.once('close', () => resolve());
   });
   cat.once('error', (e) => log(`banger-agent: cat of the port: ${e.message}`));
+  return { cat, exited };
+}
+
+/** What reads the port: cat copies it into a pipe; it ends with the port's end of file (its host side closed). */
+function portReader(fd: number): { readable: Readable; stop(): Promise<void> } {
+  const { cat, exited } = portCat([fd, 'pipe', 'ignore']);
   return {
     readable: cat.stdout!,
     // The port is closed only once cat no longer holds it.
     async stop() {
       cat.kill('SIGKILL');
       await exited;
+    },
+  };
+}
+
+/** What writes the port: cat copies a pipe into it. */
+function portWriter(fd: number): { writable: Writable; stop(): Promise<void> } {
+  const { cat, exited } = portCat(['pipe', fd, 'ignore']);
+  const writable = cat.stdin!;
+  writable.on('error', () => {}); // EPIPE once cat is gone: the reader's end of file ends the connection
+  return {
+    writable,
+    // What was written lands before the port is closed, within a second: a write to a port whose host
+    // side is gone may never complete, and cat holds the port until it exits.
+    async stop() {
+      writable.end();
+      const timer = setTimeout(() => cat.kill('SIGKILL'), 1000);
+      await exited;
+      clearTimeout(timer);
     },
   };
 }

@@ -1,5 +1,11 @@
-import { readFile, statfs } from 'node:fs/promises';
+import { readFileSync, statfsSync } from 'node:fs';
 import type { StatsResult } from '../protocol/agent.js';
+
+/**
+ * /proc files and statfs are read synchronously: they never wait on a disk, and each trip through Node's thread
+ * pool cost ~1.4 ms (a stat) to ~5 ms (a small /proc file) in an emulated guest, against 0.1-1.2 ms here.
+ */
+const proc = (path: string) => readFileSync(path, 'utf8');
 
 interface CpuSample {
   busy: number;
@@ -22,28 +28,26 @@ export class StatsSampler {
 
   async sample(): Promise<StatsResult> {
     let prev = this.last;
-    let now = await readCpu();
+    let now = readCpu();
     if (prev === null || now.at - prev.at > STALE_SAMPLE_MS) {
       prev = now;
       await new Promise((r) => setTimeout(r, SHORT_SAMPLE_MS));
-      now = await readCpu();
+      now = readCpu();
     }
     this.last = now;
     const dTotal = now.total - prev.total;
     const percent = dTotal > 0 ? Math.min(100, Math.max(0, (100 * (now.busy - prev.busy)) / dTotal)) : 0;
-    const [stat, meminfo, loadavg, netdev, uptime] = await Promise.all([
-      readFile('/proc/stat', 'utf8'),
-      readFile('/proc/meminfo', 'utf8'),
-      readFile('/proc/loadavg', 'utf8'),
-      readFile('/proc/net/dev', 'utf8'),
-      readFile('/proc/uptime', 'utf8'),
-    ]);
+    const [stat, meminfo, loadavg, netdev, uptime] = ['/proc/stat', '/proc/meminfo', '/proc/loadavg', '/proc/net/dev', '/proc/uptime'].map(proc);
     const mem = parseMeminfo(meminfo);
     const load = loadavg.trim().split(/\s+/).slice(0, 3).map(Number) as [number, number, number];
     const disks = [];
     for (const path of this.disks) {
-      const s = await statfs(path).catch(() => null);
-      if (s === null) continue;
+      let s;
+      try {
+        s = statfsSync(path);
+      } catch {
+        continue;
+      }
       disks.push({
         path,
         totalBytes: s.blocks * s.bsize,
@@ -64,8 +68,8 @@ export class StatsSampler {
   }
 }
 
-async function readCpu(): Promise<CpuSample> {
-  const line = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0];
+function readCpu(): CpuSample {
+  const line = proc('/proc/stat').split('\n', 1)[0];
   // cpu user nice system idle iowait irq softirq steal (guest time is already inside user and nice)
   const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = v.reduce((a, b) => a + b, 0);
