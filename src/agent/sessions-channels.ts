@@ -82,9 +82,10 @@ class StreamReader {
         const wasRunning = this.session.running;
         const change = this.session.changed();
         const buf = Buffer.allocUnsafe(AGENT_DATA_CHUNK);
-        // Synchronous: the log is a local file the supervisor has just written (in the page cache), and a read
-        // through the thread pool cost a reply ~1.5 ms twice over under emulation. Alternating the two in one
-        // VM: send -> reply 19.6-25 ms against 24-48, 64 MiB streamed 5.1-5.4 s against 6.4-7.3.
+        // Synchronous: the log is a local file, mostly just written by the supervisor (in the page cache; an old
+        // one read from offset 0 holds the agent for one chunk's disk read at a time), and a read through the
+        // thread pool cost a reply ~1.5 ms twice over under emulation. Alternating the two in one VM: send ->
+        // reply 19.6-25 ms against 24-48, 64 MiB streamed 5.1-5.4 s against 6.4-7.3.
         const bytesRead = readSync(fh.fd, buf, 0, buf.length, this.offset);
         if (bytesRead > 0) {
           await new Promise<void>((res) => (this.window.write(buf.subarray(0, bytesRead), res) ? res() : undefined));
