@@ -11,6 +11,8 @@ interface CpuSample {
   busy: number;
   total: number;
   at: number;
+  /** The cpuN lines of the same read of /proc/stat. */
+  cores: number;
 }
 
 /** A sample older than this is not used as the start of a CPU measurement. */
@@ -37,9 +39,7 @@ export class StatsSampler {
     this.last = now;
     const dTotal = now.total - prev.total;
     const percent = dTotal > 0 ? Math.min(100, Math.max(0, (100 * (now.busy - prev.busy)) / dTotal)) : 0;
-    const [stat, meminfo, loadavg, netdev, uptime] = ['stat', 'meminfo', 'loadavg', 'net/dev', 'uptime'].map((f) =>
-      proc(`/proc/${f}`),
-    );
+    const [meminfo, loadavg, netdev, uptime] = ['meminfo', 'loadavg', 'net/dev', 'uptime'].map((f) => proc(`/proc/${f}`));
     const mem = parseMeminfo(meminfo);
     const load = loadavg.trim().split(/\s+/).slice(0, 3).map(Number) as [number, number, number];
     const disks = [];
@@ -60,7 +60,7 @@ export class StatsSampler {
     const usage = process.memoryUsage();
     return {
       uptimeSec: Number(uptime.trim().split(/\s+/)[0]),
-      cpu: { percent, cores: Math.max(1, stat.split('\n').filter((l) => /^cpu\d+ /.test(l)).length) },
+      cpu: { percent, cores: Math.max(1, now.cores) },
       load,
       memory: { totalBytes: mem.total, usedBytes: mem.total - mem.available, availableBytes: mem.available },
       disks,
@@ -71,12 +71,13 @@ export class StatsSampler {
 }
 
 function readCpu(): CpuSample {
-  const line = proc('/proc/stat').split('\n', 1)[0];
+  const lines = proc('/proc/stat').split('\n');
+  const line = lines[0];
   // cpu user nice system idle iowait irq softirq steal (guest time is already inside user and nice)
   const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = v.reduce((a, b) => a + b, 0);
   const idle = v[3] + (v[4] ?? 0);
-  return { busy: total - idle, total, at: Date.now() };
+  return { busy: total - idle, total, at: Date.now(), cores: lines.filter((l) => /^cpu\d+ /.test(l)).length };
 }
 
 /** MemTotal and MemAvailable of /proc/meminfo, in bytes. */

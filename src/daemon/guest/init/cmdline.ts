@@ -12,10 +12,8 @@ export interface GuestKernelArgsOptions {
   noAgent?: boolean;
   /**
    * False: the guest maps every process at fixed addresses (`norandmaps`, i.e. kernel.randomize_va_space=0).
-   * Default true. Under TCG this is worth a great deal: QEMU keys translated code by the guest's virtual
-   * addresses, so a library mapped somewhere new in each process is translated again in each process. Measured
-   * here (Debian 12 guest, TCG): a shell loop of /bin/true 24-25 ms per process with randomization, 5.5 ms
-   * without; `ssh` (ControlMaster open) running `true` 90 ms against 40 ms. See config.json `qemu.tcgGuestAslr`.
+   * Default true. The daemon turns it off under TCG unless config.json `qemu.tcgGuestAslr` says otherwise
+   * (why, with figures: that key's comment in shared/config.ts).
    */
   aslr?: boolean;
 }
