@@ -6,11 +6,11 @@
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { promisify } from 'node:util';
 import { E2E_HOME, REPO_ROOT, banger, e2eSteps } from '../helpers/cli.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const run = promisify(execFile);
 const { step, printConsolesIfFailed } = e2eSteps();
@@ -25,7 +25,7 @@ function apiExample(): string {
 }
 
 void describe("README's API example on a real VM", { timeout: 900_000 }, () => {
-  const repo = mkdtempSync(join(tmpdir(), 'banger-readme-api-'));
+  const repo = scratchDir('banger-readme-api-');
   const script = join(REPO_ROOT, `.test-readme-api-${process.pid}.ts`);
 
   before(async () => {

@@ -7,10 +7,10 @@
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { E2E_HOME, banger, bangerOk, e2eSteps } from '../helpers/cli.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const VM = 'e2e-sync';
 const SECRET_1 = 'token-one-4b1f0c9e';
@@ -31,7 +31,7 @@ interface Shown {
 }
 
 void describe('identity sync: git identity, SSH key and configured files into the guest (real VM)', { timeout: 900_000 }, () => {
-  const home = mkdtempSync(join(tmpdir(), 'banger-sync-home-'));
+  const home = scratchDir('banger-sync-home-');
   const env = { HOME: home };
   const configPath = join(E2E_HOME, 'config.json');
   let configBefore: string | undefined;

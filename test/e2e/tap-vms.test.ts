@@ -14,8 +14,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,6 +26,7 @@ import { TapNetwork, type TapAttachment } from '../../src/daemon/services/networ
 import { buildSeedTar } from '../../src/daemon/services/vm/seed.js';
 import { qemuArgv } from '../../src/daemon/vmm/qemu/argv.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const IMAGE_FILES = ['vmlinuz', 'initrd.img', 'rootfs.ext4'];
 
@@ -116,7 +116,7 @@ void describe('two guests on banger taps inside a test network namespace', { ski
 
   before(async () => {
     const imageDir = findImageDir()!;
-    dir = await mkdtemp(join(tmpdir(), 'banger-tap-vms-'));
+    dir = scratchDir('banger-tap-vms-');
     await runCommand('ip', ['netns', 'add', ns]);
     await inNs('ip', ['link', 'set', 'lo', 'up']);
     net = new TapNetwork({

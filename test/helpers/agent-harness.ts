@@ -1,11 +1,11 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentServer, type AgentServerOptions } from '../../src/agent/server.js';
 import { AgentClient, type AgentClientOptions } from '../../src/daemon/guest/agent-client.js';
 import { AGENT_SYNC } from '../../src/protocol/agent.js';
 import { encodeFrame } from '../../src/protocol/agent-frames.js';
+import { scratchDir } from './scratch.js';
 
 /** An in-process agent listening on a unix socket in a temporary directory. */
 export interface AgentHarness {
@@ -19,7 +19,7 @@ export interface AgentHarness {
 }
 
 export async function startAgent(opts: Partial<AgentServerOptions> = {}): Promise<AgentHarness> {
-  const dir = await mkdtemp(join(tmpdir(), 'banger-agent-'));
+  const dir = scratchDir('banger-agent-');
   const path = join(dir, 'agent.sock');
   const server = new AgentServer({ agentVersion: 'test', python: 'python3', ...opts });
   let served = 0;

@@ -1,12 +1,12 @@
-import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentClient, SessionOutputChunk } from '../../src/daemon/guest/agent-client.js';
 import type { AgentSessionInfo } from '../../src/protocol/agent-sessions.js';
 import { startAgent, type AgentHarness } from './agent-harness.js';
+import { scratchDir } from './scratch.js';
 
 /** Unix socket paths are short: session roots live right under /tmp. */
 export async function sessionRoot(): Promise<string> {
-  return join(await mkdtemp('/tmp/bs-'), 's');
+  return join(scratchDir('bs-', '/tmp'), 's');
 }
 
 export async function startSessionAgent(root: string, capBytes?: number): Promise<AgentHarness> {

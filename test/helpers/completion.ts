@@ -5,17 +5,17 @@
  * `banger __complete` runs the real thing.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CLI } from './cli.js';
+import { scratchDir } from './scratch.js';
 
 const run = promisify(execFile);
 
 /** A directory holding a `banger` that runs the built CLI with this Node, for PATH. */
 export function bangerOnPath(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-path-'));
+  const dir = scratchDir('banger-path-');
   const bin = join(dir, 'banger');
   writeFileSync(bin, `#!/bin/sh\nexec '${process.execPath}' '${CLI}' "$@"\n`);
   chmodSync(bin, 0o755);

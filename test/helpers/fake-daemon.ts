@@ -4,11 +4,11 @@
  * and the CLI run from source against it.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMessageConnection, SocketMessageReader, SocketMessageWriter, type MessageConnection } from 'vscode-jsonrpc/node.js';
+import { scratchDir } from './scratch.js';
 
 export interface FakeDaemon {
   home: string;
@@ -17,7 +17,7 @@ export interface FakeDaemon {
 
 /** Serves each connection with `serve` (its handlers set, before it listens). */
 export async function fakeDaemon(serve: (conn: MessageConnection) => void): Promise<FakeDaemon> {
-  const home = await mkdtemp(join(tmpdir(), 'banger-fake-daemon-'));
+  const home = scratchDir('banger-fake-daemon-');
   const server = createServer((sock) => {
     const conn = createMessageConnection(new SocketMessageReader(sock), new SocketMessageWriter(sock));
     serve(conn);

@@ -1,12 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { scratchDir } from './scratch.js';
 
 /** Keeps the developer's own git config out of the tests. Call once per test file. */
 export function isolateGitConfig(): void {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-gitcfg-'));
+  const dir = scratchDir('banger-gitcfg-');
   const global = join(dir, 'gitconfig');
   writeFileSync(global, '[init]\n\tdefaultBranch = main\n[protocol "file"]\n\tallow = always\n');
   process.env.GIT_CONFIG_GLOBAL = global;
@@ -30,7 +30,7 @@ export function git(cwd: string, ...args: string[]): string {
 }
 
 export function tmp(prefix: string): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  return scratchDir(prefix);
 }
 
 export function write(root: string, rel: string, content: string | Buffer, mode?: number): void {

@@ -5,8 +5,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -18,10 +17,11 @@ import type { ProgressEvent } from '../../src/protocol/common.js';
 import { AGENT_PROTOCOL_VERSION } from '../../src/protocol/agent.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Paths } from '../../src/shared/paths.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const run = promisify(execFile);
 const repo = resolve(import.meta.dirname, '..', '..');
-const home = mkdtempSync(join(tmpdir(), 'banger-api-int-'));
+const home = scratchDir('banger-api-int-');
 const paths = new Paths(home);
 const dns = { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') };
 let daemon: RunningDaemon;
@@ -119,7 +119,7 @@ void describe('the TypeScript API against bangerd in-process', () => {
   });
 
   void it('connect without autoStart to a home with no daemon is Unavailable; an aborted connect is Cancelled', async () => {
-    const empty = mkdtempSync(join(tmpdir(), 'banger-api-none-'));
+    const empty = scratchDir('banger-api-none-');
     try {
       const e = await failure(connect({ home: empty, autoStart: false }));
       assert.equal(e.code, ErrorCode.Unavailable);
@@ -135,7 +135,7 @@ void describe('the TypeScript API against bangerd in-process', () => {
   void it("a separate project imports the built package by name ('banger'), with its types", async (t) => {
     if (!existsSync(join(repo, 'dist', 'index.js')) || !existsSync(join(repo, 'dist', 'types', 'client', 'index.d.ts')))
       assert.fail('dist/index.js and dist/types are missing: run `npm run build` first');
-    const project = mkdtempSync(join(tmpdir(), 'banger-consumer-'));
+    const project = scratchDir('banger-consumer-');
     t.after(() => rmSync(project, { recursive: true, force: true }));
     mkdirSync(join(project, 'node_modules'));
     symlinkSync(repo, join(project, 'node_modules', 'banger'), 'dir');

@@ -6,8 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerClient } from '../../src/client/client.js';
@@ -18,8 +17,9 @@ import { bangerOk } from '../helpers/cli.js';
 import { bangerOnPath, bashComplete } from '../helpers/completion.js';
 import type { RunningDaemon } from '../../src/daemon/daemon.js';
 import { startTestDaemon } from '../helpers/daemon-fixtures.js';
+import { scratchDir } from '../helpers/scratch.js';
 
-const home = mkdtempSync(join(tmpdir(), 'banger-completion-int-'));
+const home = scratchDir('banger-completion-int-');
 const paths = new Paths(home);
 const binDir = bangerOnPath();
 const script = join(binDir, 'banger.bash');
@@ -65,7 +65,7 @@ void describe('shell completion with the daemon in-process', () => {
   });
 
   void it('without a daemon: no names, no daemon started, no waiting', async () => {
-    const empty = mkdtempSync(join(tmpdir(), 'banger-completion-none-'));
+    const empty = scratchDir('banger-completion-none-');
     try {
       const started = Date.now();
       assert.deepEqual(await bashComplete(script, ['banger', 'vm', 'exec', ''], { ...env, BANGER_HOME: empty }), []);

@@ -6,12 +6,12 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { CLI } from '../helpers/cli.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const run = promisify(execFile);
 
@@ -30,7 +30,7 @@ function daemonsOf(home: string): number[] {
 }
 
 void describe('one daemon per state directory', () => {
-  const home = mkdtempSync(join(tmpdir(), 'banger-single-'));
+  const home = scratchDir('banger-single-');
   // Its own DNS port: the default (127.77.0.1:53) may belong to another daemon on this host.
   writeFileSync(join(home, 'config.json'), JSON.stringify({ dns: { address: '127.0.0.1', port: 20000 + (process.pid % 20000) } }));
   const env = { ...process.env, BANGER_HOME: home, NO_COLOR: '1' };

@@ -8,11 +8,11 @@ import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { CLI, REPO_ROOT } from '../helpers/cli.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const run = promisify(execFile);
 
@@ -22,7 +22,7 @@ interface Status {
 }
 
 void describe('a daemon of another build', () => {
-  const home = mkdtempSync(join(tmpdir(), 'banger-upgrade-'));
+  const home = scratchDir('banger-upgrade-');
   writeFileSync(join(home, 'config.json'), JSON.stringify({ dns: { address: '127.0.0.1', port: 20000 + ((process.pid + 7) % 20000) } }));
   // Inside the checkout, so the copy resolves node_modules like dist/ does.
   const old = mkdtempSync(join(REPO_ROOT, '.test-old-dist-'));

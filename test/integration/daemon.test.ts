@@ -5,8 +5,7 @@
 import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerClient } from '../../src/client/client.js';
@@ -19,8 +18,9 @@ import { ImageMethods } from '../../src/protocol/image.js';
 import { VmMethods } from '../../src/protocol/vm.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Paths } from '../../src/shared/paths.js';
+import { scratchDir } from '../helpers/scratch.js';
 
-const home = mkdtempSync(join(tmpdir(), 'banger-int-'));
+const home = scratchDir('banger-int-');
 const paths = new Paths(home);
 const dns = { listen: [{ host: '127.0.0.1', port: 0 }], hostsFile: join(home, 'hosts') };
 let daemon: RunningDaemon;

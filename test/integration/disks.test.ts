@@ -6,8 +6,7 @@
  * reason printed, when not root or without unshare.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,11 +18,12 @@ import { Paths } from '../../src/shared/paths.js';
 import { REPO_ROOT } from '../helpers/cli.js';
 import type { RunningDaemon } from '../../src/daemon/daemon.js';
 import { ext4Bytes, failureOf, startTestDaemon } from '../helpers/daemon-fixtures.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const MIB = 1024 * 1024;
 
 void describe('vm.set and vm.show disks, daemon in-process', () => {
-  const home = mkdtempSync(join(tmpdir(), 'banger-disks-'));
+  const home = scratchDir('banger-disks-');
   const paths = new Paths(home);
   let daemon: RunningDaemon;
   let client: BangerClient;
@@ -88,7 +88,7 @@ interface DiskFullResult {
 
 void describe('a full host disk (tmpfs BANGER_HOME in a test mount namespace)', { skip, timeout: 120_000 }, () => {
   void it('create, start and a disk grow fail with ResourceExhausted naming the path, and leave nothing behind', () => {
-    const home = mkdtempSync(join(tmpdir(), 'banger-full-'));
+    const home = scratchDir('banger-full-');
     try {
       const script = 'mount -t tmpfs -o size=48m,mode=0700 banger-full "$1" && exec "$2" --import tsx "$3" "$1" 12';
       const r = spawnSync(

@@ -7,8 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { mountsUnder } from '../../src/daemon/services/image/leftovers.js';
@@ -18,6 +17,7 @@ import { ImageRepo } from '../../src/daemon/store/repos/images.js';
 import { VmRepo } from '../../src/daemon/store/repos/vms.js';
 import { Paths } from '../../src/shared/paths.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (mounts tmpfs)' : false;
 const mounts = (dir: string) => mountsUnder(readFileSync('/proc/self/mountinfo', 'utf8'), dir);
@@ -34,7 +34,7 @@ void test(
   'reconcile kills, unmounts and removes a build left by a killed daemon',
   { skip, timeout: 60_000 },
   async () => {
-    const home = mkdtempSync(join(tmpdir(), 'banger-leftover-it-'));
+    const home = scratchDir('banger-leftover-it-');
     const paths = new Paths(home);
     const buildDir = paths.imageBuildDir('deadbeef0001');
     const root = join(buildDir, 'rootfs.d');

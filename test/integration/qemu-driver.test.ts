@@ -5,8 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -24,6 +23,7 @@ import {
   writeTinyInitrd,
   type TestKernel,
 } from '../helpers/qemu-tiny-guest.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const exec = promisify(execFile);
 const skip = qemuMissingReason();
@@ -62,7 +62,7 @@ void describe('QemuDriver with a real QEMU (TCG)', { skip, timeout: 300_000 }, (
   const handles: VmHandle[] = [];
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'banger-qemu-it-'));
+    dir = scratchDir('banger-qemu-it-');
     kernel = await ensureTestKernel();
     tsc = await tscCmdline();
     initrd = join(dir, 'guest.img');

@@ -6,11 +6,11 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CLI } from '../helpers/cli.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const run = promisify(execFile);
 const NOBODY = 65534;
@@ -27,7 +27,7 @@ function cannotRun(): string | null {
 
 void describe("another user's state directory", () => {
   const skip = cannotRun();
-  const home = mkdtempSync(join(tmpdir(), 'banger-private-'));
+  const home = scratchDir('banger-private-');
   writeFileSync(
     join(home, 'config.json'),
     JSON.stringify({ dns: { address: '127.0.0.1', port: 20000 + ((process.pid + 7) % 20000) } }),

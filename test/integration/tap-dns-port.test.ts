@@ -8,13 +8,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { TapNetwork } from '../../src/daemon/services/network/tap.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 function skipReason(): string | false {
   if (process.getuid?.() !== 0) return 'needs root (creates network namespaces)';
@@ -52,7 +52,7 @@ void describe('tap DNS on a port other than 53', { skip, timeout: 60_000 }, () =
   before(async () => {
     await runCommand('ip', ['netns', 'add', hostNs]);
     await runCommand('ip', ['netns', 'add', guestNs]);
-    dir = await mkdtemp(join(tmpdir(), 'banger-tapdns-'));
+    dir = scratchDir('banger-tapdns-');
   });
 
   after(async () => {

@@ -7,14 +7,14 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { TapNetwork } from '../../src/daemon/services/network/tap.js';
 import type { TapState } from '../../src/daemon/services/network/tap-state.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 function skipReason(): string | false {
   if (process.getuid?.() !== 0) return 'needs root (creates a network namespace)';
@@ -52,7 +52,7 @@ void describe('TapNetwork inside a test network namespace', { skip, timeout: 120
   before(async () => {
     await runCommand('ip', ['netns', 'add', ns]);
     await inNs('ip', ['link', 'set', 'lo', 'up']);
-    dir = await mkdtemp(join(tmpdir(), 'banger-tap-it-'));
+    dir = scratchDir('banger-tap-it-');
     statePath = join(dir, 'network', 'tap.json');
     net = new TapNetwork({
       run: inNs,

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -16,11 +15,12 @@ import {
   type BootProbeOptions,
   type KvmProbeKey,
 } from '../../src/daemon/vmm/accel.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const exec = promisify(execFile);
 let dir: string;
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'banger-accel-'));
+  dir = scratchDir('banger-accel-');
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { AgentClient } from '../../src/daemon/guest/agent-client.js';
 import { raw } from '../helpers/agent-harness.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -14,7 +14,7 @@ let agent: ChildProcess;
 let client: AgentClient;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'banger-agent-flow-'));
+  dir = scratchDir('banger-agent-flow-');
   const sock = join(dir, 'agent.sock');
   // The real entry point in its own process, so its memory is measured apart from the daemon side's.
   agent = spawn(process.execPath, ['--import', 'tsx', 'src/agent/main.ts', '--listen', sock], {

@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { AgentClient } from '../../src/daemon/guest/agent-client.js';
 import { readAll } from '../helpers/agent-harness.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const REPO = join(import.meta.dirname, '..', '..');
 
 test('the agent started niced (as run-agent does) runs commands at --priority, without its MALLOC_ tuning', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-agent-main-'));
+  const dir = scratchDir('banger-agent-main-');
   const sock = join(dir, 'agent.sock');
   const agent = spawn(
     'nice',

@@ -4,9 +4,8 @@
  * without throwing anywhere else.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { AgentClient } from '../../src/daemon/guest/agent-client.js';
@@ -22,6 +21,7 @@ import {
 } from '../../src/protocol/agent.js';
 import { FrameDecoder, encodeFrame } from '../../src/protocol/agent-frames.js';
 import { raw } from '../helpers/agent-harness.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const entries = (n: number) => Array.from({ length: n }, (_, i) => ({ port: 1 + i, address: '0.0.0.0' }));
 
@@ -50,7 +50,7 @@ test('the ports event and the watchPorts result take at most AGENT_MAX_PORTS wel
 let dir: string;
 const servers: Server[] = [];
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'banger-ports-hostile-'));
+  dir = scratchDir('banger-ports-hostile-');
 });
 after(async () => {
   for (const s of servers) s.close();

@@ -4,7 +4,6 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,6 +11,7 @@ import { parseProcNetTcp, portList } from '../../src/agent/ports.js';
 import { procAddress } from '../../src/shared/proc-net.js';
 import type { AgentPortList } from '../../src/protocol/agent.js';
 import { startAgent, type AgentHarness } from '../helpers/agent-harness.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const HEADER =
   '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
@@ -86,7 +86,7 @@ test('the list is sorted, without duplicates (SO_REUSEPORT listeners), and cappe
 
 let procDir: string;
 before(async () => {
-  procDir = await mkdtemp(join(tmpdir(), 'banger-proc-net-'));
+  procDir = scratchDir('banger-proc-net-');
 });
 after(() => rm(procDir, { recursive: true, force: true }));
 

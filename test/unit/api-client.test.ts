@@ -5,8 +5,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,6 +19,7 @@ import {
 } from 'vscode-jsonrpc/node.js';
 import { connect, type Banger } from '../../src/client/api.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 interface SendCall {
   sendId: string;
@@ -28,7 +28,7 @@ interface SendCall {
   data: Buffer;
 }
 
-const dir = mkdtempSync(join(tmpdir(), 'banger-api-'));
+const dir = scratchDir('banger-api-');
 const socketPath = join(dir, 'fake.sock');
 const sends: SendCall[] = [];
 const seen: string[] = [];

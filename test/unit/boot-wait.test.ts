@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { ProgressEvent } from '../../src/protocol/common.js';
 import { waitForGuestReady } from '../../src/daemon/services/vm/boot.js';
 import { READY_MARKER } from '../../src/daemon/guest/init/contract.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 function fakeBoot(consoleLog: string, deadlineMs: number) {
   const events: ProgressEvent[] = [];
@@ -23,7 +23,7 @@ function fakeBoot(consoleLog: string, deadlineMs: number) {
 
 /** Runs `fn` with the path of a console log holding `initial`, in a directory removed afterwards. */
 async function withConsoleLog(initial: string, fn: (log: string) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-bootwait-'));
+  const dir = scratchDir('banger-bootwait-');
   try {
     const log = join(dir, 'console.log');
     writeFileSync(log, initial);

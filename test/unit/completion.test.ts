@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Command } from 'commander';
@@ -16,9 +15,10 @@ import { completionScript, fullProgram } from '../../src/cli/commands/completion
 import { completeNames, vmNames } from '../../src/cli/completion/names.js';
 import { completionNodes, kindOf, vmFilterFor } from '../../src/cli/completion/spec.js';
 import { CliContext } from '../../src/cli/context.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const run = promisify(execFile);
-const dir = mkdtempSync(join(tmpdir(), 'banger-completion-'));
+const dir = scratchDir('banger-completion-');
 after(() => rmSync(dir, { recursive: true, force: true }));
 const program = await fullProgram(new CliContext(new AbortController().signal));
 const nodes = completionNodes(program);

@@ -6,7 +6,6 @@ import {
   existsSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
   readFileSync,
   readdirSync,
   rmSync,
@@ -26,12 +25,13 @@ import {
 import { backupPathOf, durableWrite, recoverInterrupted } from '../../src/daemon/services/dns/durable-file.js';
 import type { CommandRunner, RunResult } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const isRoot = process.getuid?.() === 0;
 const hasUnshare = spawnSync('sh', ['-c', 'command -v unshare'], { stdio: 'ignore' }).status === 0;
 
 function tempDir() {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-hosts-'));
+  const dir = scratchDir('banger-hosts-');
   return {
     dir,
     hosts: join(dir, 'hosts'),

@@ -4,8 +4,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import dnsPacket, { type DecodedPacket, type Packet, type RecordType } from 'dns-packet';
 import { VmDnsServer, type DnsPeer } from '../../src/daemon/services/dns/server.js';
@@ -23,6 +22,7 @@ import type { CommandRunner, RunResult } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { udpSocketOwner } from '../../src/shared/proc-net.js';
 import { loopbackPeerUid, udpPeerUid } from '../../src/daemon/services/peer-uid.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const execFileP = promisify(execFile);
 
@@ -286,7 +286,7 @@ function noRun(): CommandRunner {
 }
 
 function tempHome() {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-dns-'));
+  const dir = scratchDir('banger-dns-');
   return {
     dir,
     hosts: join(dir, 'hosts'),

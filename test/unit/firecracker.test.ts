@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +29,7 @@ import { launchVmm, type Boot, type BootDeps } from '../../src/daemon/services/v
 import type { ReadyImage } from '../../src/daemon/services/image/service.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import { Paths } from '../../src/shared/paths.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const FAKE_BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'fake-firecracker.ts');
 const ELF_HEAD = Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]);
@@ -246,7 +246,7 @@ void describe('the spec-validating fake', () => {
     let dir: string;
     let fake: FirecrackerFake;
     before(async () => {
-      dir = await mkdtemp(join(tmpdir(), 'banger-fc-'));
+      dir = scratchDir('banger-fc-');
       fake = await FirecrackerFake.listen({ socketPath: join(dir, 'api.sock'), id: 'vm-x' });
     });
     after(async () => {
@@ -294,7 +294,7 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
   const handles: VmHandle[] = [];
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'banger-fcd-'));
+    dir = scratchDir('banger-fcd-');
     binDir = join(dir, 'bin');
     await writeFile(join(dir, 'vmlinux'), Buffer.concat([ELF_HEAD, Buffer.alloc(1024)]));
     await writeFile(join(dir, 'initrd.img'), 'initrd');
@@ -701,7 +701,7 @@ void describe('FirecrackerDriver against the fake firecracker process', () => {
 void describe('vmlinux extraction', () => {
   let dir: string;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'banger-vmlinux-'));
+    dir = scratchDir('banger-vmlinux-');
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });

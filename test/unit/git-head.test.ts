@@ -1,11 +1,11 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { headCommitOf, headFromFiles } from '../../src/shared/git-head.js';
 import { runCommand } from '../../src/shared/command.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const ENV = {
   ...process.env,
@@ -15,7 +15,7 @@ const ENV = {
   GIT_COMMITTER_EMAIL: 't@localhost',
 };
 const git = (cwd: string, ...args: string[]) => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
-const root = mkdtempSync(join(tmpdir(), 'banger-git-head-'));
+const root = scratchDir('banger-git-head-');
 
 function repo(name: string, ...init: string[]): string {
   const dir = join(root, name);

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { text } from 'node:stream/consumers';
@@ -19,8 +18,9 @@ import {
 } from '../../src/daemon/guest/bulk.js';
 import type { GuestExecOptions, GuestSession } from '../../src/daemon/guest/session.js';
 import { shq } from '../../src/daemon/guest/shell.js';
+import { scratchDir } from '../helpers/scratch.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'banger-bulk-'));
+const dir = scratchDir('banger-bulk-');
 const open: (Server | Socket)[] = [];
 after(() => {
   // What a failed test left open.

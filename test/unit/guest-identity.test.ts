@@ -7,17 +7,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { test } from 'node:test';
 import type { GuestExecOptions } from '../../src/daemon/guest/session.js';
 import { applyIdentity, applyIdentityHeld, identityCommand, prestartIdentity, PRESPAWNED_IDENTITY, tapBatch, type GuestIdentity } from '../../src/daemon/guest/identity.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 function guestRoot(): string {
-  const root = mkdtempSync(join(tmpdir(), 'banger-identity-'));
+  const root = scratchDir('banger-identity-');
   for (const d of ['proc/sys/kernel', 'etc/ssh', 'run']) mkdirSync(join(root, d), { recursive: true });
   writeFileSync(join(root, 'etc/hosts'), "127.0.0.1 localhost\n127.0.1.1 pool-default-aaaaaa # banger\n::1 ip6-localhost\n10.0.0.9 it's\\n # kept");
   writeFileSync(join(root, 'etc/machine-id'), 'f'.repeat(32) + '\n');

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
@@ -40,6 +39,7 @@ import {
 import { DEFAULT_DEBIAN_MIRROR, hostMirror } from '../../src/daemon/services/image/mirror.js';
 import { resolveModules } from '../../src/daemon/services/image/modules.js';
 import { buildSeedTar } from '../../src/daemon/services/vm/seed.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 void describe('mmdebstrapArgs', () => {
   void it('builds a trimmed minbase bootstrap with the base and extra packages', () => {
@@ -132,7 +132,7 @@ void describe('mkfsArgs / cpioArgs', () => {
     assert.deepEqual(args.slice(3), ['/d i r', '/o u t']);
   });
   void it('builds a newc cpio a busybox-style reader can list', (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'banger-cpio-'));
+    const dir = scratchDir('banger-cpio-');
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     execFileSync('mkdir', ['-p', join(dir, 'tree/bin')]);
     writeFileSync(join(dir, 'tree/init'), '#!/bin/sh\n');
@@ -389,7 +389,7 @@ void describe('guest scripts', () => {
     assert.match(RUN_AGENT.slice(start), /--priority 0\n$/);
   });
   void it('every script parses as POSIX sh', (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'banger-sh-'));
+    const dir = scratchDir('banger-sh-');
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const scripts = [
       { path: 'initrd-init', content: initrdInit(['a.ko']) },
@@ -417,7 +417,7 @@ void describe('seed disk assumptions', () => {
     authorizedKeys: "ssh-ed25519 AAAA it's me",
   };
   void it('tar stops at the end-of-archive marker and ignores the padding; env sources cleanly', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'banger-seed-'));
+    const dir = scratchDir('banger-seed-');
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const tar = await buildSeedTar({ ...seedConfig, hostname: "it's-a-vm" });
     assert.equal(tar.length % 4096, 0);
@@ -449,7 +449,7 @@ void describe('seed disk assumptions', () => {
     }
   });
   void it('carries the daemon\'s guest agent byte for byte when given one, and none otherwise', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'banger-seed-'));
+    const dir = scratchDir('banger-seed-');
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const agent = Buffer.concat([Buffer.from('#!/usr/bin/env node\n'), randomBytesForSeed(300_000)]);
     for (const [name, tar] of [

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { CommandRunner } from '../../src/shared/command.js';
@@ -22,6 +21,7 @@ import {
   mmdebstrapArgs,
   planBootstrap,
 } from '../../src/daemon/services/image/bootstrap.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const base: LayerBase = {
   suite: 'bookworm',
@@ -151,7 +151,7 @@ void describe('LayerCache', () => {
   const cache = () => new LayerCache({ dir, run, log: silent, now: () => clock });
 
   beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'banger-layers-'));
+    dir = scratchDir('banger-layers-');
     clock = NOW;
     fail = false;
     calls = [];

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { CommandRunner } from '../../src/shared/command.js';
@@ -16,6 +15,7 @@ import { ImageRepo, type ImageRecord } from '../../src/daemon/store/repos/images
 import { VmRepo } from '../../src/daemon/store/repos/vms.js';
 import { Paths } from '../../src/shared/paths.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const DIR = '/var/lib/banger/images/.build-abc';
 const proc = (pid: number, ppid: number, extra: Partial<ProcessInfo> = {}): ProcessInfo => ({
@@ -134,7 +134,7 @@ const building = (id: string, name: string): ImageRecord => ({
 });
 
 test('ImageService.reconcile cleans every leftover build dir and marks interrupted builds failed, even when one cannot be cleaned', async () => {
-  const t = mkdtempSync(join(tmpdir(), 'banger-img-reconcile-'));
+  const t = scratchDir('banger-img-reconcile-');
   try {
     const paths = new Paths(t);
     const stuck = paths.imageBuildDir('stuck');
@@ -170,7 +170,7 @@ test('ImageService.reconcile cleans every leftover build dir and marks interrupt
 });
 
 test('ImageService.reconcile gives up on a hanging cleanup after its timeout, and returns', async () => {
-  const t = mkdtempSync(join(tmpdir(), 'banger-img-reconcile-'));
+  const t = scratchDir('banger-img-reconcile-');
   try {
     const hang: LeftoverHost = {
       ...fakeHost({ procs: [], mounts: [] }).host,

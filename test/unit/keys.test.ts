@@ -1,15 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { encodeOpenSshEd25519, generateEd25519 } from '../../src/daemon/guest/keys.js';
 import { publicKeyBlob } from '../../src/daemon/guest/ssh.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 test('OpenSSH loads every generated key, including public keys with leading zero bytes', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-keys-'));
+  const dir = scratchDir('banger-keys-');
   try {
     const seed = Buffer.alloc(32, 7);
     const cases = [

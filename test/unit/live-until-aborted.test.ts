@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { untilAborted } from '../../src/daemon/services/vm/live.js';
 import { ErrorCode, isBangerError } from '../../src/errors/index.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 test('a shared connection attempt outlives a waiter that gives up: the other waiter still gets it', async () => {
   let resolveShared!: (v: string) => void;
@@ -26,13 +27,11 @@ test('an already aborted waiter is Cancelled at once; a failure of the attempt r
 
 /** A LiveVms holding one VM with an agent whose VMM never exits; the warnings it logs are collected. */
 async function oneLiveVm() {
-  const { mkdtempSync, mkdirSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
+  const { mkdirSync } = await import('node:fs');
   const { LiveVms, newLiveVm } = await import('../../src/daemon/services/vm/live.js');
   const { Paths } = await import('../../src/shared/paths.js');
   const { silentLogger } = await import('../../src/shared/logger.js');
-  const paths = new Paths(mkdtempSync(join(tmpdir(), 'banger-live-')));
+  const paths = new Paths(scratchDir('banger-live-'));
   const warnings: string[] = [];
   const log = silentLogger();
   log.warn = ((_o: unknown, msg: string) => void warnings.push(msg)) as typeof log.warn;

@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { capLog, rotatedLog } from '../../src/shared/log-cap.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 test('a capped log keeps its newest whole lines in one rotated copy, and a writer holding it open goes on at its start', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-logcap-'));
+  const dir = scratchDir('banger-logcap-');
   try {
     const log = join(dir, 'bangerd.log');
     const fd = openSync(log, 'a', 0o600); // as pino's destination and QEMU's append=on hold it

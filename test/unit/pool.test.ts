@@ -3,14 +3,14 @@
  * fallbacks against a fake VM service (the real-VM proof: e2e/pool.test.ts).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { PoolService, matches, type PoolVms } from '../../src/daemon/services/pool/service.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import { Paths } from '../../src/shared/paths.js';
 import type { VmCreateParams, VmInfo } from '../../src/protocol/vm.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const rec = (over: Partial<VmRecord> = {}): VmRecord =>
   ({
@@ -33,7 +33,7 @@ test('a request fits a parked VM only when its machine is the pool\'s', () => {
 /** A fake VM service holding one parked pool VM; `failOn` makes that step of the hand-over throw. */
 function fakeVms(failOn?: 'resume') {
   const records = [rec()];
-  const vmDir = mkdtempSync(join(tmpdir(), 'banger-pool-vm-'));
+  const vmDir = scratchDir('banger-pool-vm-');
   const vp = { hostKeyPublic: join(vmDir, 'key.pub'), knownHosts: join(vmDir, 'known_hosts') };
   writeFileSync(vp.hostKeyPublic, 'ssh-ed25519 AAAAC3Nza pool-default-aaaaaa.vm\n');
   const calls: string[] = [];
@@ -92,7 +92,7 @@ function fakeVms(failOn?: 'resume') {
 }
 
 async function service(vms: PoolVms) {
-  const home = mkdtempSync(join(tmpdir(), 'banger-pool-'));
+  const home = scratchDir('banger-pool-');
   writeFileSync(join(home, 'pools.json'), '{"default": 1}');
   const log = { info() {}, warn() {}, error() {}, debug() {}, child() { return log; } };
   const pool = new PoolService({ paths: new Paths(home), vms, requireImage: () => {}, defaultNetwork: 'loopback', log: log as never, retryMs: 10 });

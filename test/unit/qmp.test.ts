@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
 import { QmpClient, QmpCommandError, type QmpEvent } from '../../src/daemon/vmm/qemu/qmp.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 type Handler = (cmd: { execute: string; id?: unknown; arguments?: unknown }, sock: Socket) => void;
 
 let dir: string;
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'banger-qmp-'));
+  dir = scratchDir('banger-qmp-');
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

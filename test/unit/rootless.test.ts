@@ -16,10 +16,10 @@ import { mmdebstrapArgs } from '../../src/daemon/services/image/bootstrap.js';
 import type { BangerError } from '../../src/errors/index.js';
 import { DnsHostIntegration } from '../../src/daemon/services/dns/host-integration.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CommandRunner } from '../../src/shared/command.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 test("root keeps its defaults; each normal user gets its own DNS address, a high port and a /24 of VM addresses", () => {
   const root = userNetworkDefaults(0);
@@ -155,7 +155,7 @@ test("a normal user's dns install is refused with the one root command, which fi
 });
 
 test("a normal user's daemon refuses dns install before touching the hosts file, the state file or any command", async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-rootless-dns-'));
+  const dir = scratchDir('banger-rootless-dns-');
   try {
     const hosts = join(dir, 'hosts');
     writeFileSync(hosts, '127.0.0.1 localhost\n');

@@ -6,8 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { BangerClient } from '../../src/client/client.js';
 import { MAX_MESSAGE_BYTES, parseHeaderSection } from '../../src/daemon/rpc/framing.js';
@@ -16,8 +15,9 @@ import { ErrorCode, type BangerError } from '../../src/errors/index.js';
 import { DaemonMethods, type DaemonStatus } from '../../src/protocol/daemon.js';
 import { VmMethods } from '../../src/protocol/vm.js';
 import { fileLogger, type Logger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'banger-rpc-'));
+const dir = scratchDir('banger-rpc-');
 const socketPath = join(dir, 'test.sock');
 const logFile = join(dir, 'daemon.log');
 const status: DaemonStatus = {

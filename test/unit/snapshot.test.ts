@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
 import { Paths } from '../../src/shared/paths.js';
@@ -17,8 +16,9 @@ import type { SnapshotRecord } from '../../src/daemon/services/snapshot/store.js
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import type { RunningVm } from '../../src/daemon/services/vm/service.js';
 import type { LaunchSpec } from '../../src/daemon/vmm/driver.js';
+import { scratchDir } from '../helpers/scratch.js';
 
-const tmp = () => mkdtempSync(join(tmpdir(), 'banger-snap-'));
+const tmp = () => scratchDir('banger-snap-');
 
 test('diskFormat reads the qcow2 magic; anything else (or nothing) is raw', () => {
   const dir = tmp();

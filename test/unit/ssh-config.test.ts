@@ -5,7 +5,6 @@ import {
   existsSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
   readFileSync,
   readlinkSync,
   rmSync,
@@ -13,7 +12,6 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { install, uninstall } from '../../src/cli/commands/ssh-config.js';
 import {
@@ -26,6 +24,7 @@ import {
   renderVmSshInclude,
   uninstallBlock,
 } from '../../src/shared/ssh-config.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const INC = '/var/lib/banger/ssh/config';
 const BLOCK = `${BLOCK_BEGIN}\nInclude ${INC}\n${BLOCK_END}\n`;
@@ -160,7 +159,7 @@ test(
   'OpenSSH reads the rendered files: ssh -G (no connection made)',
   { skip: !hasSsh && 'the OpenSSH client (ssh) is not installed' },
   () => {
-    const dir = mkdtempSync(join(tmpdir(), 'banger-sshcfg-'));
+    const dir = scratchDir('banger-sshcfg-');
     try {
       const inc = join(dir, 'banger ssh', 'config');
       mkdirSync(join(dir, 'banger ssh'));
@@ -209,7 +208,7 @@ test(
 );
 
 test('install/uninstall on disk: missing ~/.ssh, modes, symlinks', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-sshcfg-'));
+  const dir = scratchDir('banger-sshcfg-');
   try {
     // No ~/.ssh: install creates it 0700 and the config 0600; uninstall removes both.
     const ssh = join(dir, 'home', '.ssh');
@@ -256,7 +255,7 @@ test('install/uninstall on disk: missing ~/.ssh, modes, symlinks', async () => {
 });
 
 test('banger ssh-config install/show/uninstall from the command line', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-sshcfg-'));
+  const dir = scratchDir('banger-sshcfg-');
   try {
     const env = { ...process.env, BANGER_HOME: join(dir, 'state'), HOME: dir, NO_COLOR: '1' };
     const banger = (...args: string[]) =>

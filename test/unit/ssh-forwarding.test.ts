@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { opensshArgs } from '../../src/cli/commands/vm/access.js';
 import { installBlock, renderVmSshInclude } from '../../src/shared/ssh-config.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 // The guest is untrusted: neither `ssh NAME.vm` (through banger's managed block) nor `banger vm ssh` may
 // hand it the user's ssh-agent or X11 display, even when the user's own config turns them on for `Host *`.
@@ -41,7 +41,7 @@ test(
   'OpenSSH resolves forwarding off for NAME.vm and vm ssh despite a user Host * that turns it on (ssh -G)',
   { skip: !hasSsh && 'the OpenSSH client (ssh) is not installed' },
   () => {
-    const dir = mkdtempSync(join(tmpdir(), 'banger-sshfwd-'));
+    const dir = scratchDir('banger-sshfwd-');
     try {
       const inc = join(dir, 'banger-config');
       writeFileSync(

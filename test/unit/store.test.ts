@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
@@ -9,9 +8,10 @@ import { migrate, openDatabase, schemaVersion } from '../../src/daemon/store/db.
 import { MIGRATIONS } from '../../src/daemon/store/migrations/index.js';
 import { ImageRepo } from '../../src/daemon/store/repos/images.js';
 import { VmRepo, type VmRecord } from '../../src/daemon/store/repos/vms.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 function tempDb() {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-store-'));
+  const dir = scratchDir('banger-store-');
   return { path: join(dir, 'state.db'), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 

@@ -1,19 +1,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { collectHostIdentity, MAX_SYNC_FILE_BYTES } from '../../src/daemon/services/sync/host.js';
 import { syncScript } from '../../src/daemon/services/sync/guest-script.js';
 import { parseConfig } from '../../src/shared/config.js';
 import { runCommand } from '../../src/shared/command.js';
 import { isBangerError } from '../../src/errors/index.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq1nG7H3Z0w3bQm0ZC2nK5oVfD3xH3mYkq5b3sJ0aBc ada@laptop';
 
 function makeHome(): string {
-  const home = mkdtempSync(join(tmpdir(), 'sync-home-'));
+  const home = scratchDir('sync-home-');
   writeFileSync(join(home, '.gitconfig'), '[user]\n\tname = Ada Lovelace\n\temail = ada@example.invalid\n');
   mkdirSync(join(home, '.ssh'));
   writeFileSync(join(home, '.ssh', 'id_ed25519.pub'), KEY + '\n');
@@ -88,7 +88,7 @@ test('followLinks lets a configured link leave the home directory', async () => 
 });
 
 test('a home without git config or keys gives an empty identity, no error', async () => {
-  const home = mkdtempSync(join(tmpdir(), 'sync-empty-'));
+  const home = scratchDir('sync-empty-');
   try {
     const id = await collectHostIdentity(home, [], { run: runCommand });
     assert.deepEqual(id, { git: {}, keys: [], files: [], warnings: [] });
@@ -111,7 +111,7 @@ test('the guest script quotes every value and carries contents as base64, never 
 });
 
 test('the guest script runs under sh against a scratch root and keeps existing authorized_keys lines', () => {
-  const root = mkdtempSync(join(tmpdir(), 'sync-guest-'));
+  const root = scratchDir('sync-guest-');
   try {
     mkdirSync(join(root, '.ssh'));
     writeFileSync(join(root, '.ssh', 'authorized_keys'), 'ssh-ed25519 AAAAexisting banger'); // no final newline
@@ -150,7 +150,7 @@ test('the guest script runs under sh against a scratch root and keeps existing a
 });
 
 test('the git identity is set in the guest, and a second sync with the same identity leaves .gitconfig untouched', () => {
-  const root = mkdtempSync(join(tmpdir(), 'sync-guest-'));
+  const root = scratchDir('sync-guest-');
   try {
     const run = (name: string) =>
       execFileSync('sh', ['-s'], { input: syncScript({ git: { name, email: 'ada@example.org' }, keys: [], files: [] }).replaceAll('/root', root) });

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { BangerError } from '../../src/errors/index.js';
@@ -19,6 +18,7 @@ import { buildRuleset, removeTablesScript } from '../../src/daemon/services/netw
 import { ipArgv } from '../../src/daemon/services/network/ip-link.js';
 import type { TapState } from '../../src/daemon/services/network/tap-state.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 void test('parseSubnet accepts a network address and rejects host bits, bad prefixes and junk', () => {
   assert.deepEqual(parseSubnet('172.30.0.0/24'), { network: 0xac1e0000, prefix: 24 });
@@ -324,7 +324,7 @@ function linkJson(name: string, l: { kind: string; master?: string; isolated?: b
 }
 
 void test('TapNetwork against a fake host: attach is idempotent, egress switches forwarding, down removes it all', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'banger-tap-'));
+  const dir = scratchDir('banger-tap-');
   try {
     const host = fakeHost();
     const statePath = join(dir, 'state', 'tap.json');
@@ -406,7 +406,7 @@ void test('TapNetwork against a fake host: attach is idempotent, egress switches
 });
 
 void test('TapNetwork applies the configured DNS port to the rules it loads', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'banger-tap-'));
+  const dir = scratchDir('banger-tap-');
   try {
     const host = fakeHost();
     const net = new TapNetwork({
@@ -427,7 +427,7 @@ void test('TapNetwork applies the configured DNS port to the rules it loads', as
 });
 
 void test('TapNetwork refuses a settings change while VMs are attached', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'banger-tap-'));
+  const dir = scratchDir('banger-tap-');
   try {
     const host = fakeHost();
     const statePath = join(dir, 'tap.json');

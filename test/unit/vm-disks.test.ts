@@ -5,8 +5,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   SPACE_NEEDED,
@@ -24,9 +23,10 @@ import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { VmPaths } from '../../src/shared/paths.js';
 import { vmDetails } from '../../src/cli/commands/vm/format.js';
 import { ext4Bytes, failureOf } from '../helpers/daemon-fixtures.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const MIB = 1024 * 1024;
-const dir = mkdtempSync(join(tmpdir(), 'banger-disks-'));
+const dir = scratchDir('banger-disks-');
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const sh = (cmd: string, args: string[]) => {

@@ -1,14 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, appendFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync, readFileSync, appendFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { FrameSplitter, watchGuestPorts } from '../../src/daemon/services/vm/guest-ports.js';
 import { capConsoleLog, readConsoleTail, withConsoleTail } from '../../src/daemon/services/vm/console.js';
 import { capturedExec } from '../../src/daemon/guest/capped.js';
 import type { GuestExecOptions, GuestExecResult, GuestSession } from '../../src/daemon/guest/session.js';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 /** A guest that writes `chunks` to stdout (honouring abort) and then exits 0. */
 function fakeGuest(chunks: () => Iterable<Buffer>, opts: { hangAfter?: boolean } = {}): GuestSession {
@@ -98,7 +98,7 @@ test('collected guest output is capped and timed out', async () => {
 });
 
 test('the console log is rotated past its cap and `vm logs` still reads its end across both files', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-console-'));
+  const dir = scratchDir('banger-console-');
   try {
     const log = join(dir, 'console.log');
     writeFileSync(log, '');
@@ -118,7 +118,7 @@ test('the console log is rotated past its cap and `vm logs` still reads its end 
 });
 
 test('a boot that fails shows the last console lines, escaped, so a --rm VM still says where it stopped', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'banger-console-'));
+  const dir = scratchDir('banger-console-');
   try {
     const log = join(dir, 'console.log');
     const lines = Array.from({ length: 20 }, (_, i) => `line ${i}`);

@@ -1,8 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildSeedTar, seedEnv } from '../../src/daemon/services/vm/seed.js';
 import { generateVmName, randomMac, validateVmName } from '../../src/daemon/services/vm/names.js';
@@ -11,6 +10,7 @@ import type { BangerError } from '../../src/errors/index.js';
 import { shq } from '../../src/daemon/guest/shell.js';
 import { Paths, VmPaths, resolveBangerHome } from '../../src/shared/paths.js';
 import { launchSpec, type Boot } from '../../src/daemon/services/vm/boot.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const seed = {
   hostname: 'fix-42',
@@ -25,7 +25,7 @@ const seed = {
 test('the seed disk is a tar GNU tar reads from a padded block image, with the guest contract files', () => {
   return buildSeedTar(seed).then((tar) => {
     assert.equal(tar.length % 4096, 0);
-    const dir = mkdtempSync(join(tmpdir(), 'banger-seed-'));
+    const dir = scratchDir('banger-seed-');
     try {
       writeFileSync(join(dir, 'seed.img'), tar);
       const r = spawnSync('tar', ['-xf', join(dir, 'seed.img'), '-C', dir]);

@@ -5,8 +5,7 @@
  * ports, stays on SSH.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,8 +16,9 @@ import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import type { VmmDriver } from '../../src/daemon/vmm/driver.js';
 import type { AgentPortList, ListeningPort } from '../../src/protocol/agent.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from '../helpers/scratch.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'banger-fwd-'));
+const dir = scratchDir('banger-fwd-');
 const lives: LiveVm[] = [];
 after(async () => {
   for (const l of lives) l.watch.abort();

@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { migrate } from '../../src/daemon/store/db.js';
@@ -14,9 +13,10 @@ import { GuestPortForwarder } from '../../src/daemon/services/vm/forwards.js';
 import { reconcileVms } from '../../src/daemon/services/vm/reconcile.js';
 import { writeHandles } from '../../src/daemon/services/vm/handles.js';
 import type { VmHandle, VmmDriver } from '../../src/daemon/vmm/driver.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 function setup() {
-  const root = mkdtempSync(join(tmpdir(), 'banger-reconcile-'));
+  const root = scratchDir('banger-reconcile-');
   const paths = new Paths(root);
   mkdirSync(paths.vmsDir, { recursive: true });
   const db = new Database(':memory:');

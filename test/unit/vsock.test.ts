@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { BangerError, ErrorCode } from '../../src/errors/index.js';
@@ -10,12 +9,13 @@ import { VSOCK_REPLY_MAX_BYTES, connectVsock } from '../../src/daemon/guest/vsoc
 import { AGENT_PROTOCOL_VERSION, AGENT_VSOCK_PORT } from '../../src/protocol/agent.js';
 import { closedWithin, readAll, startAgent } from '../helpers/agent-harness.js';
 import { listenFakeVsock } from '../helpers/fake-vsock.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 let dir: string;
 let n = 0;
 const servers: Server[] = [];
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'banger-vsock-'));
+  dir = scratchDir('banger-vsock-');
 });
 after(async () => {
   for (const s of servers) s.close();
@@ -208,7 +208,7 @@ void describe('the guest side of the vsock channel (Firecracker images)', () => 
     const { AgentGuestSession } = await import('../../src/daemon/guest/agent-session.js');
     const { connect } = await import('node:net');
     const agent = await startAgent();
-    const dir = await mkdtemp(join(tmpdir(), 'banger-bridge-'));
+    const dir = scratchDir('banger-bridge-');
     const script = join(dir, 'vsock-bridge.py');
     const listen = join(dir, 'vsock-stand-in.sock');
     await writeFile(script, VSOCK_BRIDGE);

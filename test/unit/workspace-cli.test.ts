@@ -1,10 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { splitRepo } from '../../src/cli/commands/vm/run.js';
 import { execArgv, execCommand, guestDir } from '../../src/daemon/services/vm/guest-access.js';
+import { scratchDir } from '../helpers/scratch.js';
 
 const argv = (...rest: string[]) => ['node', 'banger.js', 'vm', 'run', ...rest];
 
@@ -14,7 +12,7 @@ test('vm run: the first operand before -- is the repo when it looks like a direc
     command: ['make', 'test'],
   });
   assert.deepEqual(splitRepo(['/abs/repo'], argv('/abs/repo')), { repo: '/abs/repo', command: [] });
-  const dir = mkdtempSync(join(tmpdir(), 'banger-splitrepo-'));
+  const dir = scratchDir('banger-splitrepo-');
   assert.deepEqual(splitRepo([dir, 'true'], argv(dir, '--', 'true')).repo, dir);
   // After --, everything is the command, even ./x or /x.
   assert.deepEqual(splitRepo(['./script.sh'], argv('--', './script.sh')), { command: ['./script.sh'] });

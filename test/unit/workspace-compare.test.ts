@@ -11,11 +11,9 @@ import type { WorkspaceExportResult } from '../../src/protocol/workspace.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import { compareLines } from '../../src/cli/commands/vm/workspace.js';
 import { LocalShellSession } from '../helpers/local-session.js';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { scratchDir } from '../helpers/scratch.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'banger-compare-'));
+const dir = scratchDir('banger-compare-');
 
 function deps(exports: Record<string, WorkspaceExportResult | Error>, bases: Record<string, string>): CompareDeps {
   return {
