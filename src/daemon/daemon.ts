@@ -89,6 +89,9 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   // Before anything touches state: a second daemon started at the same moment stops here.
   const lock = acquireDaemonLock(paths.daemonLock);
   try {
+    // What a daemon killed mid-import left (the lock says none other runs here).
+    rmSync(paths.tmpDir, { recursive: true, force: true });
+    mkdirSync(paths.tmpDir, { mode: 0o700 });
     return await serve(opts, config, lock);
   } catch (e) {
     lock.release();
@@ -213,6 +216,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     repo: vmRepo,
     run: runCommand,
     log: log.child({ service: 'workspace' }),
+    tmpDir: paths.tmpDir,
   });
   const sessions = new SessionService({ vms: vms.guest, log: log.child({ service: 'session' }) });
   const snapshots = new SnapshotService({ paths, vms, images, run: runCommand, log: log.child({ service: 'snapshot' }) });

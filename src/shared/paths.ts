@@ -88,6 +88,13 @@ export class Paths {
   get cacheDir(): string {
     return join(this.root, 'cache');
   }
+  /**
+   * The running daemon's scratch files (a workspace import's packs, throwaway git indexes), each in a
+   * directory of its own that it removes; emptied whenever a daemon starts, so a killed one leaves nothing.
+   */
+  get tmpDir(): string {
+    return join(this.root, 'tmp');
+  }
   /** Warm pools (`banger pool set`): image name -> how many VMs to keep parked. */
   get poolsFile(): string {
     return join(this.root, 'pools.json');

@@ -6,6 +6,7 @@ import type { VmService } from '../../src/daemon/services/vm/service.js';
 import type { VmRecord, VmRepo } from '../../src/daemon/store/repos/vms.js';
 import { runCommand } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { scratchDir } from './scratch.js';
 
 /**
  * A GuestSession that runs each command with this host's /bin/sh (or `shell`), standing in for a guest in unit
@@ -73,5 +74,5 @@ export function localWorkspaceService(dir: string): { vm: VmRecord & { workspace
     guest: { transferSession: () => Promise.resolve(session) },
   } as unknown as VmService;
   const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
-  return { vm, svc: new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger() }) };
+  return { vm, svc: new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger(), tmpDir: scratchDir('banger-ws-tmp-') }) };
 }

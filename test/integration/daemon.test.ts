@@ -5,7 +5,7 @@
 import { GUEST_CONTRACT_VERSION } from '../../src/daemon/guest/init/contract.js';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerClient } from '../../src/client/client.js';
@@ -58,6 +58,9 @@ const code = async (p: Promise<unknown>): Promise<BangerError> => {
 
 void describe('bangerd in-process', () => {
   before(async () => {
+    // What a daemon killed in the middle of an import leaves behind.
+    mkdirSync(join(paths.tmpDir, 'banger-import-left'), { recursive: true });
+    writeFileSync(join(paths.tmpDir, 'banger-import-left', 'history.pack'), 'pack');
     daemon = await startDaemon({ paths, log: silentLogger(), build: fakeBuild, dns, onStopRequest: () => undefined });
     client = await BangerClient.connect(paths.socket);
   });
@@ -72,6 +75,11 @@ void describe('bangerd in-process', () => {
     assert.equal(statSync(paths.socket).mode & 0o777, 0o600);
     assert.equal(statSync(paths.database).mode & 0o077, 0);
     assert.equal(statSync(paths.sshPrivateKey).mode & 0o777, 0o600);
+    assert.equal(statSync(paths.tmpDir).mode & 0o777, 0o700);
+  });
+
+  void it('removes the scratch files of a daemon killed before it could', () => {
+    assert.deepEqual(readdirSync(paths.tmpDir), []);
   });
 
   void it('answers status and an empty VM list', async () => {

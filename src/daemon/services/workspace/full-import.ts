@@ -40,10 +40,11 @@ export async function planFullImport(
   includeUntracked: boolean,
   pendingFile: string,
   run: CommandRunner,
-  signal?: AbortSignal,
+  signal: AbortSignal | undefined,
+  tmpDir: string,
 ): Promise<FullImportPlan> {
   const { entries, ...rest } = await listImportFiles(repo.root, { includeUntracked }, run, signal);
-  const state = await importManifest(repo, includeUntracked, pendingFile, run, signal);
+  const state = await importManifest(repo, includeUntracked, pendingFile, run, signal, tmpDir);
   const split = await splitByHead(repo.root, repo.headCommit, entries, state && state.diff, run, signal);
   const list = {
     ...rest,
@@ -65,9 +66,10 @@ async function importManifest(
   includeUntracked: boolean,
   file: string,
   run: CommandRunner,
-  signal?: AbortSignal,
+  signal: AbortSignal | undefined,
+  tmpDir: string,
 ): Promise<{ manifest: PendingManifest; diff: HeadDiff } | null> {
-  return withStateIndex(repo.root, includeUntracked, run, signal, async (tree, opts) => {
+  return withStateIndex(repo.root, includeUntracked, run, signal, tmpDir, async (tree, opts) => {
     const out = createWriteStream(file);
     const written = finished(out);
     written.catch(() => undefined);

@@ -98,8 +98,9 @@ export async function hostManifest(
   includeUntracked: boolean,
   run: CommandRunner,
   signal?: AbortSignal,
+  tmpDir = tmpdir(),
 ): Promise<Manifest | null> {
-  return withStateIndex(root, includeUntracked, run, signal, async (tree, opts) => {
+  return withStateIndex(root, includeUntracked, run, signal, tmpDir, async (tree, opts) => {
     const entries: ManifestEntries = new Map();
     const ls = await runRecords(run, 'git', ['ls-files', '-s', '-z'], NUL, stageRecord(entries), {
       ...opts,
@@ -121,9 +122,11 @@ export async function withStateIndex<T>(
   includeUntracked: boolean,
   run: CommandRunner,
   signal: AbortSignal | undefined,
+  /** Where its scratch directory goes (the daemon's `Paths.tmpDir`). */
+  tmpDir: string,
   use: (tree: string, opts: RunOptions & { cwd: string; env: NodeJS.ProcessEnv }) => Promise<T | null>,
 ): Promise<T | null> {
-  const tmp = await mkdtemp(join(tmpdir(), 'banger-manifest-'));
+  const tmp = await mkdtemp(join(tmpDir, 'banger-manifest-'));
   try {
     const base = gitEnv({});
     delete base.GIT_INDEX_FILE;

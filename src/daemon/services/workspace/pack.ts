@@ -54,6 +54,8 @@ export interface ImportTarSource {
    * pack (`git index-pack --fix-thin`), and no shallow list. Equal to headCommit: no history is sent.
    */
   historySince?: string;
+  /** Where the history pack is written while it is sent (default: the system's temp directory). */
+  tmpDir?: string;
   /** Re-sync: paths the guest deletes, sent as TAR_DELETED. */
   deleted?: readonly string[];
   /**
@@ -142,7 +144,7 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     const run = opts.run ?? runCommand;
     let history: Promise<HistoryPack> | null = null;
     if (source.headCommit !== null && source.historySince !== source.headCommit) {
-      tmp = await mkdtemp(join(tmpdir(), 'banger-import-'));
+      tmp = await mkdtemp(join(source.tmpDir ?? tmpdir(), 'banger-import-'));
       history = buildHistoryPack(
         source.root,
         source.headCommit,

@@ -45,6 +45,8 @@ export interface ResyncInput {
   /** listImportFiles of the checkout; `only`: the paths to describe (the others are only counted). */
   listFiles: (only?: ReadonlySet<string> | Promise<ReadonlySet<string>>) => Promise<ImportFileList>;
   signal?: AbortSignal;
+  /** The daemon's scratch directory (`Paths.tmpDir`). */
+  tmpDir: string;
 }
 
 /** A re-sync plan, or why there is none (then the import is a full one). */
@@ -57,7 +59,7 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   // The host's state is computed, and the checkout listed, while the record is read and checked (their git
   // processes are most of the plan's time); they go unused when there is no re-sync. The listing describes only
   // the changed paths, known once the state is: until then git lists the checkout.
-  const hostState = hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal);
+  const hostState = hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal, i.tmpDir);
   hostState.catch(() => undefined);
   let describe!: (paths: ReadonlySet<string>) => void;
   const listing = i.listFiles(new Promise<ReadonlySet<string>>((resolve) => (describe = resolve)));
@@ -118,6 +120,8 @@ export interface ResyncRun {
   plan: ResyncPlan;
   progress: (ev: ProgressEvent) => void;
   signal?: AbortSignal;
+  /** Where the history pack is written while it is sent (`Paths.tmpDir`). */
+  tmpDir: string;
 }
 
 /** What running a re-sync uses of the workspace service (the VM's session is bound in). */
@@ -140,7 +144,7 @@ export interface ResyncSteps {
 
 /** Runs a re-sync planned by planResync; not ok when the guest is not in the recorded state (Stale). */
 export async function runResync(
-  { vm, repo, guestPath, plan, progress, signal }: ResyncRun,
+  { vm, repo, guestPath, plan, progress, signal, tmpDir }: ResyncRun,
   steps: ResyncSteps,
 ): Promise<{ ok: true; result: WorkspacePrepareResult } | { ok: false; reason: string }> {
   const ws = vm.workspace as WorkspaceInfo;
@@ -152,6 +156,7 @@ export async function runResync(
       entries: plan.entries,
       headCommit: repo.headCommit,
       historySince: plan.oldHead ?? undefined,
+      tmpDir,
       deleted: plan.diff.delete,
       stageDir: stage,
       base: {

@@ -44,6 +44,8 @@ export interface WorkspaceServiceDeps {
   repo: VmRepo;
   run: CommandRunner;
   log: Logger;
+  /** Scratch files of imports (`Paths.tmpDir`, emptied at each daemon start). */
+  tmpDir: string;
   now?: () => Date;
   /** Overrides of WORKSPACE_LIMITS (tests). */
   limits?: Partial<WorkspaceLimits>;
@@ -118,13 +120,14 @@ export class WorkspaceService {
             run: this.d.run,
             listFiles,
             signal,
+            tmpDir: this.d.tmpDir,
           });
           if ('reason' in plan) {
             if (vm.workspace) this.d.log.info({ vm: vm.name, why: plan.reason }, 'workspace: full import, no re-sync');
           } else {
             const changed = plan.diff.write.length + plan.diff.delete.length;
             progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
-            const done = await runResync({ vm, repo, guestPath, plan, progress, signal }, {
+            const done = await runResync({ vm, repo, guestPath, plan, progress, signal, tmpDir: this.d.tmpDir }, {
               run: this.d.run,
               send: (script, tar, tarBytes) => this.send(vm.name, session, script, tar, signal, tarBytes),
               interrupted: () => this.interrupted(vm.name, session, 'import', signal),
@@ -145,10 +148,11 @@ export class WorkspaceService {
             pending,
             this.d.run,
             signal,
+            this.d.tmpDir,
           );
           const special = new Set(list.skippedSpecial);
           const tar = createFullImportStream(
-            { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm' },
+            { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm', tmpDir: this.d.tmpDir },
             {
               run: this.d.run,
               signal,
