@@ -7,12 +7,15 @@
  * argv: SESSION_DIR. The agent writes `meta.json` (argv, cwd, tty, size, capBytes) first and sends
  * `{"env": {...}, "python": PATH, "ptyHelper": SOURCE}` on stdin (the environment never touches the disk).
  * The supervisor then:
+ * - makes the process's stdin a FIFO, `SESSION_DIR/stdin` (0600, in a 0700 directory), and holds a writer of
+ *   it open, so the process sees no end of input while nobody writes: the agent opens it for each send and
+ *   writes there itself (through a control connection and this process, a send took ~10 ms more in a TCG
+ *   guest), one send at a time (its own lock), so one send is never interleaved with another;
  * - listens on `SESSION_DIR/ctl.sock` (0600, in a 0700 directory), one command per connection, its first byte:
  *   `W` watch: a byte is sent after output was written (coalesced), and the connection closes after the
  *      session's end is recorded: a watcher learns of output and of the end without polling;
- *   `I` input: the rest of the connection goes to the process's stdin, one such connection at a time, so one
- *      send is never interleaved with another; replies `K` once every byte is in the pipe, `X` if stdin is closed;
- *   `E` closes the process's stdin; `S`+NAME signals its process group; `R`+"ROWS COLS\n" resizes its terminal;
+ *   `E` closes the process's stdin: removes the FIFO (a later send finds none) and closes the held writer;
+ *   `S`+NAME signals its process group; `R`+"ROWS COLS\n" resizes its terminal;
  * - starts the command (in its own process group; under the pty helper for a tty) and prints one JSON line on
  *   stdout: `{"pid": N}` or `{"errno": "ENOENT", "message": ...}`, then closes stdout;
  * - appends the process's stdout and stderr to `stdout.log` / `stderr.log` (a byte's offset is its position
@@ -31,7 +34,6 @@ meta = json.load(open(path("meta.json")))
 spec = json.loads(sys.stdin.buffer.read().decode())
 cap = meta["capBytes"]
 lock = threading.Lock()
-stdin_lock = threading.Lock()
 watchers = []
 state = {"capped": False, "finished": False}
 ctl = path("ctl.sock")
@@ -43,6 +45,15 @@ old = os.umask(0o077)
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 srv.bind(ctl)
 srv.listen(64)
+fifo = path("stdin")
+try:
+    os.unlink(fifo)
+except OSError:
+    pass
+os.mkfifo(fifo)
+stdin_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+stdin_w = [os.open(fifo, os.O_WRONLY)]
+os.set_blocking(stdin_r, True)
 os.umask(old)
 env = spec["env"]
 argv = meta.get("run") or meta["argv"]
@@ -55,14 +66,15 @@ if meta["tty"]:
     argv = [spec["python"], "-c", spec["ptyHelper"], str(meta["size"]["rows"]), str(meta["size"]["cols"])] + argv
     fds = (r,)
 try:
-    child = subprocess.Popen(argv, cwd=meta["cwd"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    child = subprocess.Popen(argv, cwd=meta["cwd"], env=env, stdin=stdin_r, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True, pass_fds=fds)
 except OSError as e:
     sys.stdout.write(json.dumps({"errno": errno.errorcode.get(e.errno or 0, "EIO"), "message": str(e)}) + "\n")
     sys.stdout.flush()
     os.unlink(ctl)
+    os.unlink(fifo)
     os._exit(1)
-for f in fds:
+for f in fds + (stdin_r,):
     os.close(f)
 sys.stdout.write(json.dumps({"pid": child.pid}) + "\n")
 sys.stdout.flush()
@@ -132,27 +144,15 @@ def handle(c):
                 if not state["finished"]:
                     watchers.append(c)
                     return
-        elif op == b"I":
-            with stdin_lock:
-                ok = child.stdin is not None and not child.stdin.closed
-                while True:
-                    data = c.recv(65536)
-                    if not data:
-                        break
-                    if ok:
-                        view = memoryview(data)
-                        try:
-                            while view:
-                                view = view[os.write(child.stdin.fileno(), view):]
-                        except (OSError, ValueError):
-                            ok = False
-                c.sendall(b"K" if ok else b"X")
         elif op == b"E":
-            with stdin_lock:
+            with lock:
                 try:
-                    child.stdin.close()
+                    os.unlink(fifo)
                 except OSError:
                     pass
+                for f in stdin_w:
+                    os.close(f)
+                stdin_w.clear()
             c.sendall(b"K")
         elif op == b"S":
             name = recv_all(c).decode()
@@ -206,10 +206,11 @@ with lock:
             w.close()
         except OSError:
             pass
-try:
-    os.unlink(ctl)
-except OSError:
-    pass
+for f in (ctl, fifo):
+    try:
+        os.unlink(f)
+    except OSError:
+        pass
 srv.close()
 os._exit(0)
 `;

@@ -208,7 +208,7 @@ export class SessionAttachChannel {
       while (this.input.length > 0) {
         await this.session
           .withStdin(async () => {
-            const conn = await this.session.openInput();
+            const conn = this.session.openInput();
             let eof = false;
             while (this.input.length > 0 && !eof) {
               const item = this.input.shift()!;
@@ -327,7 +327,7 @@ export class SessionSendChannel {
     if (!s.running) throw s.exited();
     const ok = await s.withStdin(async () => {
       if (this.abandoned) return false;
-      const conn = await s.openInput();
+      const conn = s.openInput();
       this.conn = conn;
       for (const b of this.queued.splice(0)) this.write(conn, b);
       if (!this.ended && !this.abandoned) await new Promise<void>((res) => (this.endWait = res));

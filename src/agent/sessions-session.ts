@@ -1,5 +1,6 @@
+import { closeSync, constants, fstatSync, openSync, writeSync } from 'node:fs';
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import { connect, Socket } from 'node:net';
 import { join } from 'node:path';
 import type { AgentSessionInfo } from '../protocol/agent-sessions.js';
 import { AgentFailure } from './channel.js';
@@ -158,23 +159,22 @@ export class Session {
     }
   }
 
-  /** Opens an input connection: what is written to it goes to the process's stdin, whole. */
-  openInput(): Promise<InputConnection> {
-    return new Promise((resolve, reject) => {
-      // A full listen backlog (EAGAIN: many connections at once on a loaded guest) is not a gone supervisor.
-      const attempt = (left: number) => {
-        const sock = connect(this.file('ctl.sock'));
-        sock.once('error', (e: NodeJS.ErrnoException) => {
-          if (e.code === 'EAGAIN' && left > 0) setTimeout(() => attempt(left - 1), 10);
-          else reject(this.exited());
-        });
-        sock.once('connect', () => {
-          sock.write('I');
-          resolve(new InputConnection(sock));
-        });
-      };
-      attempt(200);
-    });
+  /**
+   * Opens the process's stdin (the supervisor's FIFO) for one send; call it holding `withStdin`. Fails when the
+   * stdin was closed (`E` removed the FIFO) or nothing reads it any more (the process has gone: ENXIO).
+   */
+  openInput(): InputConnection {
+    let fd: number;
+    try {
+      fd = openSync(this.file('stdin'), constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+    } catch {
+      throw this.exited();
+    }
+    if (!fstatSync(fd).isFIFO()) {
+      closeSync(fd);
+      throw this.exited();
+    }
+    return new InputConnection(fd);
   }
 
   /** A one-shot supervisor command (`E`, `S`, `R`); false when the supervisor is gone. */
@@ -197,25 +197,52 @@ export class Session {
   }
 }
 
-/** One send's connection to the supervisor; `finish` ends it and says whether every byte reached stdin. */
+/**
+ * One send's writer of the process's stdin; `finish` closes it and says whether every byte reached the pipe.
+ * Bytes are written at once while the pipe has room (a socket's setup cost a send several ms in a TCG guest);
+ * once it is full, the rest goes through a socket on the same descriptor, which waits for the reader.
+ */
 export class InputConnection {
-  private readonly answer: Promise<boolean>;
+  private sock: Socket | null = null;
+  private sockClosed: Promise<void> = Promise.resolve();
+  private failed = false;
 
-  constructor(readonly sock: Socket) {
-    let got = '';
-    sock.on('data', (b: Buffer) => (got += b.toString()));
-    sock.on('error', () => {});
-    this.answer = new Promise((resolve) => sock.once('close', () => resolve(got === 'K')));
-  }
+  constructor(private readonly fd: number) {}
 
   write(b: Buffer, cb: () => void): void {
-    if (this.sock.destroyed) cb();
-    else this.sock.write(b, cb);
+    if (this.sock) {
+      if (this.sock.destroyed) cb();
+      else this.sock.write(b, cb);
+      return;
+    }
+    if (this.failed) return cb();
+    let off = 0;
+    try {
+      while (off < b.length) off += writeSync(this.fd, b, off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') {
+        this.failed = true; // EPIPE: the process closed its stdin or ended
+        return cb();
+      }
+      const sock = new Socket({ fd: this.fd, readable: false, writable: true });
+      sock.on('error', () => (this.failed = true));
+      sock.on('finish', () => sock.destroy());
+      this.sockClosed = new Promise((resolve) => sock.once('close', () => resolve()));
+      this.sock = sock;
+      sock.write(b.subarray(off), cb);
+      return;
+    }
+    cb();
   }
 
   finish(): Promise<boolean> {
-    this.sock.end();
-    return this.answer;
+    const sock = this.sock;
+    if (!sock) {
+      closeSync(this.fd);
+      return Promise.resolve(!this.failed);
+    }
+    sock.end();
+    return this.sockClosed.then(() => !this.failed);
   }
 }
 

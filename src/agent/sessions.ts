@@ -19,6 +19,7 @@ export { InputConnection, Session } from './sessions-session.js';
  *   exit.json    the end: {state: exited, exitCode, signal, endedAt} from the supervisor, or {state: ended}
  *                written by the agent when the supervisor vanished without recording one (the guest stopped)
  *   ctl.sock     the supervisor's control socket while it runs
+ *   stdin        the process's stdin, a FIFO the agent writes sends to; gone once stdin is closed or the process ended
  * Kept until `rm`. Each process runs under its own supervisor (`session-supervisor.ts`), not under the agent,
  * so a session outlives the connection that started it, the daemon, and the agent itself: a new agent on the
  * same root re-adopts every session whose supervisor still answers on its socket.

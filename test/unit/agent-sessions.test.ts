@@ -28,6 +28,16 @@ after(async () => {
   await h.close();
 });
 
+/** A session's stdout once it includes `text` (or after 10 s). */
+async function outputUntil(name: string, text: string): Promise<string> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const out = (await readLogs(c, name)).data.toString();
+    if (out.includes(text) || Date.now() > deadline) return out;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 test('start returns while the process runs; list, show, stop and rm report its states', async () => {
   const t0 = Date.now();
   const s = await c.sessionStart({ name: 'sleeper', argv: ['sleep', '30'] });
@@ -79,6 +89,26 @@ test('bad names, unknown sessions and sends to an ended session fail with their 
   await assert.rejects(c.sessionStart({ name: 'quick', argv: ['true'] }), code('AlreadyExists'));
   await assert.rejects(c.sessionSend('quick', Buffer.from('late\n')), code('FailedPrecondition'));
   assert.equal(SESSION_NAME_RE.source, AGENT_SESSION_NAME_RE.source);
+});
+
+test('a send that closes stdin ends its input: the process reads to its end and a later send is refused', async () => {
+  await c.sessionStart({ name: 'eof', argv: ['sh', '-c', 'cat; echo after-eof; sleep 30'] });
+  await c.sessionSend('eof', Buffer.from('one\n'));
+  await c.sessionSend('eof', Buffer.from('two\n'), { closeStdin: true });
+  await assert.rejects(c.sessionSend('eof', Buffer.from('three\n')), code('FailedPrecondition'));
+  assert.equal(await outputUntil('eof', 'after-eof'), 'one\ntwo\nafter-eof\n');
+  assert.equal((await c.sessionShow('eof')).state, 'running');
+  await c.sessionStop('eof');
+  await waitEnded(c, 'eof');
+});
+
+test('a send to a process that stops reading its stdin half-way fails, and the session keeps running', async () => {
+  await c.sessionStart({ name: 'half', argv: ['sh', '-c', 'head -c 100000 >/dev/null; exec 0<&-; echo closed; sleep 30'] });
+  await assert.rejects(c.sessionSend('half', randomBytes(4 << 20)), code('FailedPrecondition'));
+  assert.equal(await outputUntil('half', 'closed'), 'closed\n');
+  assert.equal((await c.sessionShow('half')).state, 'running');
+  await c.sessionStop('half');
+  await waitEnded(c, 'half');
 });
 
 test('two concurrent senders of 1,000 lines each: 2,000 intact replies, each send in one piece', async () => {
