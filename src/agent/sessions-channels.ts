@@ -337,7 +337,7 @@ export class SessionSendChannel {
     });
     if (this.abandoned)
       throw new AgentFailure('FailedPrecondition', `the send was abandoned after ${this.bytes} bytes`);
-    if (!ok) throw s.exited();
+    if (!ok) throw s.notReading();
     return { bytes: this.bytes };
   }
 

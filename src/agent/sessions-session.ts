@@ -168,13 +168,23 @@ export class Session {
     try {
       fd = openSync(this.file('stdin'), constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
     } catch {
-      throw this.exited();
+      throw this.notReading();
     }
     if (!fstatSync(fd).isFIFO()) {
       closeSync(fd);
-      throw this.exited();
+      throw this.notReading();
     }
     return new InputConnection(fd);
+  }
+
+  /** Why a send found no reader: the session has ended, or its process no longer reads its stdin. */
+  notReading(): AgentFailure {
+    if (!this.running) return this.exited();
+    return new AgentFailure(
+      'FailedPrecondition',
+      `session ${this.name} is running but no longer reads its stdin (the process closed it, or an attach's input ` +
+        'ended it); see its output with `banger vm session logs`',
+    );
   }
 
   /** A one-shot supervisor command (`E`, `S`, `R`); false when the supervisor is gone. */

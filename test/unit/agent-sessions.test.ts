@@ -95,7 +95,11 @@ test('a send that closes stdin ends its input: the process reads to its end and 
   await c.sessionStart({ name: 'eof', argv: ['sh', '-c', 'cat; echo after-eof; sleep 30'] });
   await c.sessionSend('eof', Buffer.from('one\n'));
   await c.sessionSend('eof', Buffer.from('two\n'), { closeStdin: true });
-  await assert.rejects(c.sessionSend('eof', Buffer.from('three\n')), code('FailedPrecondition'));
+  await assert.rejects(c.sessionSend('eof', Buffer.from('three\n')), (e: unknown) => {
+    assert.ok(code('FailedPrecondition')(e));
+    assert.match((e as Error).message, /eof is running but no longer reads its stdin/);
+    return true;
+  });
   assert.equal(await outputUntil('eof', 'after-eof'), 'one\ntwo\nafter-eof\n');
   assert.equal((await c.sessionShow('eof')).state, 'running');
   await c.sessionStop('eof');
