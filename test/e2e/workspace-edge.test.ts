@@ -1,6 +1,6 @@
 /**
  * Workspace edge cases on a real QEMU VM: a repository without commits, a detached HEAD, a
- * submodule, `mise exec` only where a mise config applies (for `vm exec` and sessions), and `vm stop` while a long import is streaming. One VM is shared; the steps run in
+ * submodule, `mise exec` only where a mise config applies (for `vm exec` and sessions), `vm stop` while a long import is streaming, and commands meant for a workspace removed in the guest. One VM is shared; the steps run in
  * order, each with its own guest path.
  */
 import { after, before, describe } from 'node:test';
@@ -259,5 +259,21 @@ void describe('workspace edge cases on a real VM', { timeout: 900_000 }, () => {
     await bangerOk(['vm', 'workspace', 'prepare', VM, small, '--guest-path', dir]);
     assert.equal(await guest(dir, 'ls -A'), '.git\nsmall.txt\n');
     assert.equal((await show()).workspace?.guestPath, dir);
+  });
+
+  step('a command meant for a workspace removed in the guest runs nowhere else and says what to do', async () => {
+    const dir = '/root/removed ws';
+    const small = committedRepo('banger-ws-removed-', { 'small.txt': 'small\n' });
+    await bangerOk(['vm', 'workspace', 'prepare', VM, small, '--guest-path', dir]);
+    await bangerOk(['vm', 'exec', VM, '-w', '/', '--', 'rm', '-rf', dir]);
+    const exec = await banger(['vm', 'exec', VM, '--', 'pwd']);
+    assert.equal(exec.code, 2, exec.stderr);
+    assert.equal(exec.stdout, '');
+    assert.match(exec.stderr, new RegExp(`^banger: the workspace ${dir} is not in the guest any more: import it again with \`banger vm workspace prepare VM REPO\``));
+    const session = await banger(['vm', 'session', 'start', VM, '--', 'cat']);
+    assert.equal(session.code, 65, session.stderr);
+    assert.match(session.stderr, new RegExp(`error: the workspace ${dir} of VM ${VM} is not in the guest any more\nhint: import it again with \`banger vm workspace prepare ${VM} REPO\`, or start the session elsewhere with --cwd DIR`));
+    await bangerOk(['vm', 'workspace', 'prepare', VM, small, '--guest-path', dir]);
+    assert.equal((await bangerOk(['vm', 'exec', VM, '--', 'cat', 'small.txt'])).stdout, 'small\n');
   });
 });

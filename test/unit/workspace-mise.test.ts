@@ -114,6 +114,19 @@ void describe('vm exec in a workspace: `mise exec` only where mise config may ap
     assert.equal(r.stdout.toString(), `${ws}\n`);
     assert.deepEqual(underMise(['true'], ws, { PATH: '/usr/bin:/bin', HOME: home }), ['true']);
   });
+
+  void it('says the workspace is gone, and what to do, when it was removed in the guest', async () => {
+    const ws = join(workspace('gone'), "it's gone");
+    for (const hasMise of [undefined, false, true]) {
+      const r = await new LocalShellSession({ env: { HOME: home } }).exec(execInWorkspace(ws, ['echo', 'ran'], hasMise));
+      assert.equal(r.code, 2, `hasMise ${hasMise}`);
+      assert.equal(r.stdout.toString(), '');
+      assert.equal(
+        r.stderr.toString(),
+        `banger: the workspace ${ws} is not in the guest any more: import it again with \`banger vm workspace prepare VM REPO\`, or run the command elsewhere with \`vm exec -w DIR\`\n`,
+      );
+    }
+  });
 });
 
 void describe('the guest agent: exec with mise', () => {

@@ -40,8 +40,8 @@ void describe('guest script builders', () => {
   });
 
   void it('run the command under mise when there is one, always with the exit status of the command', () => {
-    assert.equal(execInWorkspace("/w/it's", ['make', 'test'], true), `cd '/w/it'\\''s' && exec mise exec -- make test`);
-    assert.equal(execInWorkspace('/w', ['ls', 'a b'], false), `cd /w && exec ls 'a b'`);
+    assert.match(execInWorkspace("/w/it's", ['make', 'test'], true), /^cd '\/w\/it'\\''s' 2>\/dev\/null \|\| .*\nexec mise exec -- make test$/);
+    assert.match(execInWorkspace('/w', ['ls', 'a b'], false), /^cd \/w 2>\/dev\/null \|\| .*\nexec ls 'a b'$/);
     assert.match(execInWorkspace('/w', ['ls'], undefined), /if command -v mise/);
   });
 

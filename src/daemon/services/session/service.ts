@@ -75,6 +75,13 @@ export class SessionService {
   async start(p: SessionStartParams, signal?: AbortSignal): Promise<SessionInfo> {
     const { vm, agent } = await this.agentWithVm(p.vm, signal);
     const { cwd, mise } = commandPlace(vm, p.cwd === undefined ? undefined : guestDir(vm, p.cwd));
+    // The agent's NotFound for a start is the directory: in the workspace (`mise`), it was removed in the guest.
+    const inWorkspace = (e: unknown) => {
+      if (!mise || !(e instanceof BangerError) || e.code !== ErrorCode.NotFound) throw e;
+      throw new BangerError(ErrorCode.NotFound, `the workspace ${cwd} of VM ${p.vm} is not in the guest any more`, {
+        hint: `import it again with \`banger vm workspace prepare ${p.vm} REPO\`, or start the session elsewhere with --cwd DIR`,
+      });
+    };
     return agent.sessionStart({
       name: p.name,
       argv: p.argv,
@@ -87,7 +94,7 @@ export class SessionService {
       mise: mise || undefined,
       signal,
       timeoutMs: 30_000,
-    });
+    }).catch(inWorkspace);
   }
 
   async list(vm: string, signal?: AbortSignal): Promise<SessionInfo[]> {

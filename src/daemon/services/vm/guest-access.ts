@@ -6,7 +6,7 @@ import type { VmStats } from '../../../protocol/session.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import { shJoin, shq } from '../../guest/shell.js';
-import { execInWorkspace } from '../workspace/guest-scripts.js';
+import { cdToWorkspace, execInWorkspace } from '../workspace/guest-scripts.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentFirstSession, AgentGuestSession, GUEST_HOME, agentFailedBeforeStart } from '../../guest/agent-session.js';
 import { BulkStdinSession } from '../../guest/bulk.js';
@@ -40,7 +40,7 @@ export function guestDir(vm: Pick<VmRecord, 'workspace'>, dir: string): string {
  */
 export function execCommand(vm: Pick<VmRecord, 'workspace'>, argv: readonly string[], cwd: string | undefined): string {
   if (cwd === undefined && vm.workspace) {
-    if (argv.length === 0) return `cd ${shq(vm.workspace.guestPath)} && exec bash -l`;
+    if (argv.length === 0) return `${cdToWorkspace(vm.workspace.guestPath)}exec bash -l`;
     return execInWorkspace(vm.workspace.guestPath, argv);
   }
   const inner = argv.length === 0 ? 'exec bash -l' : `exec ${shJoin(argv)}`;

@@ -388,11 +388,19 @@ mise_applies() {
  * true or false decides instead (tests). `exec` replaces the shell, so the exit status is the command's own.
  */
 export function execInWorkspace(guestPath: string, argv: readonly string[], hasMise?: boolean): string {
-  validateGuestPath(guestPath);
   if (argv.length === 0) throw new BangerError(ErrorCode.InvalidArgument, 'no command given: pass a command after --');
   const cmd = shJoin(argv);
-  const cd = `cd ${shq(guestPath)}`;
-  if (hasMise === true) return `${cd} && exec mise exec -- ${cmd}`;
-  if (hasMise === false) return `${cd} && exec ${cmd}`;
-  return `${MISE_APPLIES_FN}${cd} && if command -v mise >/dev/null 2>&1 && mise_applies; then exec mise exec -- ${cmd}; else exec ${cmd}; fi`;
+  const cd = cdToWorkspace(guestPath);
+  if (hasMise === true) return `${cd}exec mise exec -- ${cmd}`;
+  if (hasMise === false) return `${cd}exec ${cmd}`;
+  return `${MISE_APPLIES_FN}${cd}if command -v mise >/dev/null 2>&1 && mise_applies; then exec mise exec -- ${cmd}; else exec ${cmd}; fi`;
+}
+
+/**
+ * Shell that enters the workspace, or fails as `cd` does (exit 2) with a message that says what to do when the
+ * directory is gone (removed in the guest), instead of the shell's own, which names a line of this script.
+ */
+export function cdToWorkspace(guestPath: string): string {
+  validateGuestPath(guestPath);
+  return `cd ${shq(guestPath)} 2>/dev/null || { printf '%s\\n' ${shq(`banger: the workspace ${guestPath} is not in the guest any more: import it again with \`banger vm workspace prepare VM REPO\`, or run the command elsewhere with \`vm exec -w DIR\``)} >&2; exit 2; }\n`;
 }
