@@ -4,6 +4,7 @@
  * when what it sent is what the manifest says (pack.ts).
  */
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -67,7 +68,7 @@ void describe('a re-sync import base made on the host', () => {
       write(root, 'b/a/c', 'edited\n');
       write(root, 'new/dir/file', 'new\n');
       execFileSync('rm', ['-r', join(root, 'deep'), join(root, 'a-b')]);
-      const m = await hostManifest(root, true, runCommand);
+      const m = await hostManifest(root, true, runCommand, tmpdir());
       assert.ok(m);
       assert.equal(hashOf(m.tree), format);
       // What the guest's git makes of the same files: a throwaway index, write-tree, commit-tree.
@@ -122,7 +123,7 @@ void describe('a re-sync import base made on the host', () => {
     const head = git(root, 'rev-parse', 'HEAD').trim();
     // `meanwhile` runs between the manifest and the sending: the files change under the import.
     const send = async (paths: string[], meanwhile?: () => void) => {
-      const m = await hostManifest(root, true, runCommand);
+      const m = await hostManifest(root, true, runCommand, tmpdir());
       assert.ok(m);
       meanwhile?.();
       const list = await listImportFiles(root, { includeUntracked: true, only: new Set(paths) }, runCommand);
@@ -132,6 +133,7 @@ void describe('a re-sync import base made on the host', () => {
         entries,
         headCommit: head,
         historySince: head,
+        tmpDir: tmpdir(),
         deleted: [],
         base: {
           hash: 'sha1',

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { closeSync, constants, mkdirSync, openSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -76,7 +77,7 @@ async function drain(s: Readable, withinMs = 5000): Promise<{ raw: Buffer; membe
 async function pack(root: string, entries: Awaited<ReturnType<typeof listImportFiles>>['entries'], skipped: string[] = []) {
   const repo = await inspectRepo(root, runCommand);
   return drain(
-    createImportTar({ root, entries, headCommit: repo.headCommit }, { onSkipped: (p) => skipped.push(p) }),
+    createImportTar({ root, entries, headCommit: repo.headCommit, tmpDir: tmpdir() }, { onSkipped: (p) => skipped.push(p) }),
   );
 }
 

@@ -5,6 +5,7 @@
  * are refused (named) unless --force.
  */
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
@@ -65,8 +66,8 @@ void describe('manifest diff', () => {
     const repo = makeFixtureRepo();
     const status = git(repo, 'status', '--porcelain');
     const objects = execFileSync('sh', ['-c', 'find .git/objects -type f | sort'], { cwd: repo, encoding: 'utf8' });
-    const m = await hostManifest(repo, true, runCommand);
-    const tracked = await hostManifest(repo, false, runCommand);
+    const m = await hostManifest(repo, true, runCommand, tmpdir());
+    const tracked = await hostManifest(repo, false, runCommand, tmpdir());
     assert.equal(git(repo, 'status', '--porcelain'), status);
     assert.equal(execFileSync('sh', ['-c', 'find .git/objects -type f | sort'], { cwd: repo, encoding: 'utf8' }), objects);
     assert.ok(m);

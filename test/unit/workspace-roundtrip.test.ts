@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -78,13 +79,14 @@ async function importRepo(
   const list = await listImportFiles(root, { includeUntracked: opts.includeUntracked ?? false }, runCommand);
   let progress: ImportTarProgress | undefined;
   // As the workspace service does: files equal to HEAD's come from the history pack, the rest as files.
-  const manifest = await hostManifest(repo.root, opts.includeUntracked ?? false, runCommand);
+  const manifest = await hostManifest(repo.root, opts.includeUntracked ?? false, runCommand, tmpdir());
   const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, runCommand);
   const stdin = createFullImportStream(
     {
       root: repo.root,
       headCommit: repo.headCommit,
       split,
+      tmpDir: tmpdir(),
       historyDepth: opts.historyDepth,
       partBytes: opts.historyPartBytes,
       firstPartBytes: opts.firstPartBytes,
@@ -352,11 +354,11 @@ void describe('workspace round trip (pack -> import -> change -> export -> git a
     git(root, 'commit', '-q', '-m', 'files');
     const repo = await inspectRepo(root, runCommand);
     const list = await listImportFiles(root, { includeUntracked: false }, runCommand);
-    const manifest = await hostManifest(repo.root, false, runCommand);
+    const manifest = await hostManifest(repo.root, false, runCommand, tmpdir());
     const split = await splitByHead(repo.root, repo.headCommit, list.entries, manifest, runCommand);
     const opts = { partBytes: 1 << 20, firstPartBytes: 10_000, storeBlobs: true };
     const stream: Buffer[] = [];
-    for await (const c of createFullImportStream({ root: repo.root, headCommit: repo.headCommit, split, ...opts }))
+    for await (const c of createFullImportStream({ root: repo.root, headCommit: repo.headCommit, split, tmpDir: tmpdir(), ...opts }))
       stream.push(c as Buffer);
     const all = Buffer.concat(stream);
     // The records up to the tar: kind, and the paths a part checks out.

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { tmpdir } from 'node:os';
 import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -108,9 +109,9 @@ void describe('import extraction safety', () => {
         // The planted links are guest changes: replace them (the case where they could do harm).
         force: true,
       });
-      const manifest = await hostManifest(root, false, runCommand);
+      const manifest = await hostManifest(root, false, runCommand, tmpdir());
       const split = await splitByHead(root, repo.headCommit, list.entries, manifest, runCommand);
-      return session.exec(script, { stdin: createFullImportStream({ root, headCommit: repo.headCommit, split }) });
+      return session.exec(script, { stdin: createFullImportStream({ root, headCommit: repo.headCommit, split, tmpDir: tmpdir() }) });
     };
     assert.equal((await imp()).code, 0);
     // The guest plants links pointing outside where the next import writes files and directories.
@@ -172,7 +173,7 @@ void describe('import extraction safety', () => {
     ];
     for (const entries of bad) {
       assert.throws(
-        () => createImportTar({ root, entries, headCommit: null }),
+        () => createImportTar({ root, entries, headCommit: null, tmpDir: tmpdir() }),
         (e: unknown) => e instanceof BangerError && e.code === 'InvalidArgument',
         entries.map((e) => e.path).join(','),
       );
@@ -192,13 +193,13 @@ void describe('import extraction safety', () => {
       }
     };
     await assert.rejects(
-      drain(createImportTar({ root, entries, headCommit: null }), () => truncateSync(join(root, 'd/f'), 100)),
+      drain(createImportTar({ root, entries, headCommit: null, tmpDir: tmpdir() }), () => truncateSync(join(root, 'd/f'), 100)),
       (e: unknown) => e instanceof BangerError && e.code === 'Conflict' && /changed while it was being imported/.test(e.message),
     );
     const ac = new AbortController();
     ac.abort();
     await assert.rejects(
-      drain(createImportTar({ root, entries, headCommit: null }, { signal: ac.signal })),
+      drain(createImportTar({ root, entries, headCommit: null, tmpDir: tmpdir() }, { signal: ac.signal })),
       (e: unknown) => e instanceof BangerError && e.code === 'Cancelled',
     );
   });
@@ -209,7 +210,7 @@ void describe('import packs and the host disk', () => {
     const root = makeFixtureRepo();
     const repo = await inspectRepo(root, runCommand);
     const list = await listImportFiles(root, { includeUntracked: false }, runCommand);
-    const manifest = await hostManifest(root, false, runCommand);
+    const manifest = await hostManifest(root, false, runCommand, tmpdir());
     const split = await splitByHead(root, repo.headCommit, list.entries, manifest, runCommand);
     assert.ok(split.headBlobBytes > 0);
     const packDir = tmp('banger-packdir-');

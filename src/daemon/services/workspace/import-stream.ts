@@ -1,6 +1,5 @@
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { BangerError, ErrorCode, toBangerError } from '../../../errors/index.js';
@@ -67,8 +66,8 @@ export interface FullImportSource {
    * repository's compressed objects go as they are.
    */
   storeBlobs?: boolean;
-  /** Where the packs are written while they are sent (default the OS's temporary directory). */
-  tmpDir?: string;
+  /** Where the packs are written while they are sent (the daemon's `Paths.tmpDir`). */
+  tmpDir: string;
   /** Free space of a directory's filesystem (tests). */
   freeSpace?: FreeSpace;
 }
@@ -81,7 +80,7 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
   for (const p of split.checkout) validateEntryPath(p);
   // No path may lead through another entry, whichever way either travels.
   assertNoPathThroughSymlink(split.send, split.checkout);
-  const tmp = source.tmpDir ?? tmpdir();
+  const tmp = source.tmpDir;
   const abort = new AbortController();
   const onOuterAbort = () => abort.abort();
   if (opts.signal?.aborted) abort.abort();
@@ -100,7 +99,7 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
       if (source.headCommit !== null) yield* history(source.headCommit);
       yield Buffer.from('tar\n');
       const files = createImportTar(
-        { root: source.root, entries: split.send, headCommit: null },
+        { root: source.root, entries: split.send, headCommit: null, tmpDir: tmp },
         {
           ...opts,
           signal: abort.signal,

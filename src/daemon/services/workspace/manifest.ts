@@ -1,7 +1,6 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile, copyFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import type { CommandRunner, RunOptions } from '../../../shared/command.js';
 import { gitEnv as hostGitEnv, type GitIdentity } from '../../../shared/workspace-files.js';
@@ -97,8 +96,8 @@ export async function hostManifest(
   root: string,
   includeUntracked: boolean,
   run: CommandRunner,
+  tmpDir: string,
   signal?: AbortSignal,
-  tmpDir = tmpdir(),
 ): Promise<Manifest | null> {
   return withStateIndex(root, includeUntracked, run, signal, tmpDir, async (tree, opts) => {
     const entries: ManifestEntries = new Map();

@@ -1,5 +1,4 @@
 import { mkdtemp, open, realpath, rm, type FileHandle } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tar, { type Header as TarHeader, type Pack } from 'tar-stream';
@@ -54,8 +53,8 @@ export interface ImportTarSource {
    * pack (`git index-pack --fix-thin`), and no shallow list. Equal to headCommit: no history is sent.
    */
   historySince?: string;
-  /** Where the history pack is written while it is sent (default: the system's temp directory). */
-  tmpDir?: string;
+  /** Where the history pack is written while it is sent (the daemon's `Paths.tmpDir`). */
+  tmpDir: string;
   /** Re-sync: paths the guest deletes, sent as TAR_DELETED. */
   deleted?: readonly string[];
   /**
@@ -144,7 +143,7 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     const run = opts.run ?? runCommand;
     let history: Promise<HistoryPack> | null = null;
     if (source.headCommit !== null && source.historySince !== source.headCommit) {
-      tmp = await mkdtemp(join(source.tmpDir ?? tmpdir(), 'banger-import-'));
+      tmp = await mkdtemp(join(source.tmpDir, 'banger-import-'));
       history = buildHistoryPack(
         source.root,
         source.headCommit,

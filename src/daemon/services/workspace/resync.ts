@@ -59,7 +59,7 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   // The host's state is computed, and the checkout listed, while the record is read and checked (their git
   // processes are most of the plan's time); they go unused when there is no re-sync. The listing describes only
   // the changed paths, known once the state is: until then git lists the checkout.
-  const hostState = hostManifest(i.repo.root, i.includeUntracked, i.run, i.signal, i.tmpDir);
+  const hostState = hostManifest(i.repo.root, i.includeUntracked, i.run, i.tmpDir, i.signal);
   hostState.catch(() => undefined);
   let describe!: (paths: ReadonlySet<string>) => void;
   const listing = i.listFiles(new Promise<ReadonlySet<string>>((resolve) => (describe = resolve)));
