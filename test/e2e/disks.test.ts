@@ -1,7 +1,8 @@
 /**
  * Work disks and `vm set` on real QEMU VMs: a 64G work disk costs the host a few MiB; a stopped VM given more
  * CPUs and a bigger work disk boots with them (the guest's `nproc` and `df /root` say so) and keeps its files;
- * a running VM's disk is not grown and a shrink is refused, each with its exit code and a hint.
+ * a running VM's disk is not grown and a shrink is refused, each with its exit code and a hint; what the guest
+ * deletes stops costing the host.
  * The host-disk-full paths are in test/integration/disks.test.ts (a tmpfs BANGER_HOME in a mount namespace).
  */
 import { after, before, describe } from 'node:test';
@@ -72,6 +73,23 @@ void describe('work disks and vm set on real VMs', { timeout: 1_200_000 }, () =>
     const size = await guestRootMib();
     assert.ok(size > 900 && size <= 1024, `df /root says ${size}M for a 1G disk`);
     await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', 'echo kept > /root/keep.txt && sync']);
+  });
+
+  step('space the guest frees on its work disk is given back on the host', async () => {
+    const hostUsed = async () => (await show(VM)).disks.find((d) => d.id === 'work')!.hostBytes;
+    await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', 'head -c 64M /dev/urandom > /root/freed.bin && sync']);
+    const full = await hostUsed();
+    await bangerOk(['vm', 'exec', VM, '--', 'sh', '-c', 'rm /root/freed.bin && sync']);
+    // The discards go out with the journal commit that sync forces; give QEMU a moment to punch them.
+    let after = full;
+    for (let i = 0; i < 20 && full - after < 60 * MIB; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      after = await hostUsed();
+    }
+    assert.ok(
+      full - after >= 60 * MIB,
+      `the host file went from ${(full / MIB).toFixed(1)} to ${(after / MIB).toFixed(1)} MiB after a 64 MiB file was deleted in the guest`,
+    );
   });
 
   step("a running VM's disk is not grown: exit 67 and a hint to stop it first; nothing changes", async () => {
