@@ -66,6 +66,8 @@ export const vmInfoSchema = z.object({
   pid: z.number().nullable(),
   /** How `vm exec` reaches the running guest: its agent, or SSH (an image without the agent); null when stopped. */
   channel: z.enum(['agent', 'ssh']).nullable(),
+  /** False for a VM created with `--no-agent`: its guest agent is never started (commands go over SSH). */
+  agent: z.boolean(),
   lastError: z.string().nullable(),
   /** Set when the stored state and what the daemon observes disagree. */
   problem: z.string().nullable(),

@@ -83,11 +83,13 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
   });
 
   step('vm show names the channel: the agent where it runs, SSH where the guest has none', async () => {
-    const a = JSON.parse((await bangerOk(['vm', 'show', AGENT_VM, '--json'])).stdout) as { channel: string };
-    const s = JSON.parse((await bangerOk(['vm', 'show', SSH_VM, '--json'])).stdout) as { channel: string };
-    assert.equal(a.channel, 'agent');
-    assert.equal(s.channel, 'ssh');
+    const a = JSON.parse((await bangerOk(['vm', 'show', AGENT_VM, '--json'])).stdout) as { channel: string; agent: boolean };
+    const s = JSON.parse((await bangerOk(['vm', 'show', SSH_VM, '--json'])).stdout) as { channel: string; agent: boolean };
+    assert.deepEqual([a.channel, a.agent], ['agent', true]);
+    assert.deepEqual([s.channel, s.agent], ['ssh', false]);
     assert.match((await bangerOk(['vm', 'show', AGENT_VM])).stdout, /Channel:\s+guest agent/);
+    // It says why: this VM was made with --no-agent (its image has the agent), not that the image lacks one.
+    assert.match((await bangerOk(['vm', 'show', SSH_VM])).stdout, /Channel:\s+ssh \(created with --no-agent: no sessions or stats\)/);
   });
 
   step("a cold-booted VM's clock is the host's to within 0.25 s once its agent answers (the RTC alone leaves it up to 1 s behind)", async () => {
@@ -169,7 +171,9 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
     assert.equal(s.memory.totalBytes, Number(/(\d+)/.exec(proc[1]!)![1]) * 1024);
     assert.ok(Math.abs(s.uptimeSeconds - Number(proc[2])) < 30, `uptime ${s.uptimeSeconds} vs ${proc[2]}`);
     assert.equal(s.disks.find((d) => d.mount === '/root')?.totalBytes, Number(proc[3]));
-    assert.equal((await banger(['vm', 'stats', SSH_VM])).code, 67, 'a VM without an agent has no stats: precondition');
+    const noAgent = await banger(['vm', 'stats', SSH_VM]);
+    assert.equal(noAgent.code, 67, 'a VM without an agent has no stats: precondition');
+    assert.match(noAgent.stderr, /was created with --no-agent: sessions and stats need the guest agent\nhint: create a VM without --no-agent/);
   });
 
   step('a JSONL agent session: two concurrent senders of 1,000 lines each get 2,000 intact replies', async () => {

@@ -57,6 +57,7 @@ test('vm show: last error and problem text are escaped', () => {
     dnsName: 'v.vm',
     pid: null,
     channel: null,
+    agent: true,
     lastError: 'guest said \x1b[31mno\x1b[0m',
     problem: 'console: \x9b2K',
     createdAt: new Date().toISOString(),

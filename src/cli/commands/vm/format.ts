@@ -55,7 +55,9 @@ export function vmDetails(v: VmInfo): string {
         ? '-'
         : v.channel === 'agent'
           ? 'guest agent (vm exec, sessions, stats); ssh for vm ssh'
-          : 'ssh (the image has no guest agent: rebuild it for sessions and stats)',
+          : v.agent
+            ? 'ssh (the image has no guest agent: rebuild it for sessions and stats)'
+            : 'ssh (created with --no-agent: no sessions or stats)',
     ],
     ['Created', v.createdAt],
     ['Started', v.startedAt ?? '-'],

@@ -52,6 +52,7 @@ export function vmInfo(v: VmRecord, o: VmInfoSources): VmInfo {
     dnsName: dnsName(v.name),
     pid: live?.handle.pid ?? null,
     channel: o.channel,
+    agent: v.agent,
     lastError: v.lastError,
     problem,
     createdAt: v.createdAt,

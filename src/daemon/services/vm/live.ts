@@ -211,9 +211,13 @@ export class LiveVms {
     const live = this.live.get(vm.id);
     if (!live) throw failedPrecondition(`VM '${vm.name}' is not running`, `start it with \`banger vm start ${vm.name}\``);
     if (!live.hasAgent)
-      throw new BangerError(ErrorCode.FailedPrecondition, `VM '${vm.name}' has no guest agent (its image predates it)`, {
-        hint: 'rebuild the image with `banger image build --force NAME` and create the VM again',
-      });
+      throw vm.agent
+        ? new BangerError(ErrorCode.FailedPrecondition, `VM '${vm.name}' has no guest agent (its image predates it)`, {
+            hint: 'rebuild the image with `banger image build --force NAME` and create the VM again',
+          })
+        : new BangerError(ErrorCode.FailedPrecondition, `VM '${vm.name}' was created with --no-agent: sessions and stats need the guest agent`, {
+            hint: 'create a VM without --no-agent for them (`vm exec` and `vm ssh` work over SSH on this one)',
+          });
     if (live.agent && !live.agent.closed) return live.agent;
     if (!live.agentConnecting) {
       live.agentConnecting = this.connectAgent(vm, live, opts.firstHelloMs ?? AGENT_HELLO_TIMEOUT_MS, signal)
