@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { execInWorkspace } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { execInWorkspace } from '../../src/daemon/services/workspace/workspace-command.js';
 import { underMise } from '../../src/agent/mise.js';
 import { MISE_NAME_PREFIXES } from '../../src/protocol/mise.js';
 import { LocalShellSession } from '../helpers/local-session.js';

@@ -22,8 +22,8 @@ import {
   MISE_NOTICE_PREFIX,
   WorkspaceScriptExit,
   buildImportScript,
-  execInWorkspace,
 } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { execInWorkspace } from '../../src/daemon/services/workspace/workspace-command.js';
 import { buildExportScript, parseNameStatus } from '../../src/daemon/services/workspace/export-script.js';
 import { inspectRepo, listImportFiles } from '../../src/daemon/services/workspace/host-repo.js';
 import { type ImportTarProgress } from '../../src/daemon/services/workspace/pack.js';

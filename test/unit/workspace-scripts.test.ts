@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { describe, it } from 'node:test';
-import { buildImportScript, execInWorkspace, validateGuestPath } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { buildImportScript, validateGuestPath } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { execInWorkspace } from '../../src/daemon/services/workspace/workspace-command.js';
 import { buildExportScript, parseNameStatus } from '../../src/daemon/services/workspace/export-script.js';
 import { BangerError } from '../../src/errors/index.js';
 

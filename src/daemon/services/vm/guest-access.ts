@@ -6,7 +6,7 @@ import type { VmStats } from '../../../protocol/session.js';
 import type { Paths } from '../../../shared/paths.js';
 import type { Logger } from '../../../shared/logger.js';
 import { shJoin, shq } from '../../guest/shell.js';
-import { cdToWorkspace, execInWorkspace } from '../workspace/guest-scripts.js';
+import { cdToWorkspace, execInWorkspace } from '../workspace/workspace-command.js';
 import type { GuestExecOptions, GuestSession } from '../../guest/session.js';
 import { AgentFirstSession, AgentGuestSession, GUEST_HOME, agentFailedBeforeStart } from '../../guest/agent-session.js';
 import { BulkStdinSession } from '../../guest/bulk.js';

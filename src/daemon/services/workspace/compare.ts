@@ -10,7 +10,7 @@ import type {
 } from '../../../protocol/workspace.js';
 import type { GuestSession } from '../../guest/session.js';
 import type { VmRecord } from '../../store/repos/vms.js';
-import { execInWorkspace } from './guest-scripts.js';
+import { execInWorkspace } from './workspace-command.js';
 
 export interface CompareDeps {
   export: (p: WorkspaceExportParams, signal?: AbortSignal) => Promise<WorkspaceExportResult>;
