@@ -98,13 +98,13 @@ function portWriter(fd: number): { writable: Writable; stop(): Promise<void> } {
   writable.on('error', () => {}); // EPIPE once cat is gone: the reader's end of file ends the connection
   return {
     writable,
-    // What was written lands before the port is closed, within a second: a write to a port whose host
-    // side is gone may never complete, and cat holds the port until it exits.
+    // At once, with whatever it has not written: the connection is over (its host side went, or it broke the
+    // protocol). A write to a port whose host side is gone blocks until a host connects again, and would
+    // hand that next daemon the old one's replies; and until cat exits the port stays open, and what the
+    // next daemon sends meanwhile is discarded with it when it closes.
     async stop() {
-      writable.end();
-      const timer = setTimeout(() => cat.kill('SIGKILL'), 1000);
+      cat.kill('SIGKILL');
       await exited;
-      clearTimeout(timer);
     },
   };
 }

@@ -11,7 +11,9 @@ import { SESSION_RESULT_SCHEMAS, sessionEndEventSchema, sessionMessageSchemas, t
  * Wire: each side first sends {@link AGENT_SYNC}, then frames of `u32 payload length | u8 kind | u32 channel |
  * payload` (big-endian). Control frames (kind 0) carry one JSON message validated against the schemas below on
  * receipt; data frames carry raw bytes of one stream of one channel; credit frames grant the peer more bytes on
- * one stream. Requests carry an `id` and get exactly one `reply` with that id; `exit` is an event.
+ * one stream. Requests carry an `id` and get exactly one `reply` with that id; `exit` is an event. The daemon
+ * starts its ids at random on each connection, so a reply to an earlier daemon's request is never taken for one
+ * of its own.
  */
 
 /** Bumped on any incompatible change; `hello` refuses a peer speaking another version. */

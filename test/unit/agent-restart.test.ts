@@ -106,3 +106,27 @@ test('a second daemon on the same port is served at once; the first one\'s proce
   second.close();
   agentSide.destroy();
 });
+
+test('a new daemon does not take the reply to the old one\'s hello for its own', { timeout: 10_000 }, async () => {
+  // What the agent was writing to the killed daemon (its greeting, replies to the first requests of a
+  // connection) can reach the next one first: a write to the port blocks while no host is connected.
+  const sent: Buffer[] = [];
+  const host = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      sent.push(chunk);
+      cb();
+    },
+  });
+  const client = new AgentClient(host);
+  const hello = client.hello({ timeoutMs: 5000 });
+  const result = (agentVersion: string) => ({ protocol: 1, agentVersion, pid: 1, node: 'v18.20.0', features: [] });
+  const stale = [1, 2, 3].map((id) => control({ type: 'reply', id, ok: true, result: result('the old daemon\'s') }));
+  host.push(Buffer.concat([Buffer.from(AGENT_SYNC), ...stale]));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(client.pendingRequests, 1, 'the hello still waits for its own reply');
+  const asked = new FrameDecoder({ sync: true }).push(Buffer.concat(sent)).map((f) => JSON.parse(f.payload.toString()) as { id: number });
+  host.push(control({ type: 'reply', id: asked[0]!.id, ok: true, result: result('mine') }));
+  assert.equal((await hello).agentVersion, 'mine');
+  client.close();
+});

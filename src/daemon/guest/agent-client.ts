@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import type { Duplex, Readable } from 'node:stream';
 import { BangerError, ErrorCode, type ErrorCode as Code } from '../../errors/index.js';
 import { FrameConnection, FrameError } from '../../protocol/agent-frames.js';
@@ -54,7 +55,15 @@ export class AgentClient {
   private readonly conn: FrameConnection;
   private readonly pending = new Map<number, Pending>();
   private readonly channels: AgentChannels;
-  private nextId = 1;
+  /**
+   * Random per connection, not 1: the guest end of the agent's port outlives the host's connection, so a new
+   * daemon can be handed what the agent was writing to the one before (its greeting and the reply to its
+   * hello, in a write that blocked when that daemon died and completed when this one connected). Taking that
+   * reply for this connection's hello left the agent waiting for a greeting this daemon had already sent
+   * (lost with the port the agent was closing) while the daemon thought it connected. A reply whose id this
+   * connection never used is ignored.
+   */
+  private nextId = randomInt(1, 0x7fffffff);
   private closeError: BangerError | null = null;
   private readonly label: string;
   private portsListener: ((list: AgentPortList) => void) | null = null;

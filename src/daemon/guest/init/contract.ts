@@ -25,7 +25,7 @@ export const SEED_ALIGN = 4096;
  * Version of what an image carries for banger: init scripts, the guest agent and this contract. Bumped on any
  * change to them; banger rebuilds its `default` image when the recorded version differs (see ImageService).
  */
-export const GUEST_CONTRACT_VERSION = 10;
+export const GUEST_CONTRACT_VERSION = 11;
 
 /** Printed on the console (ttyS0) when sshd accepts connections (and the guest agent holds its channel). */
 export const READY_MARKER = 'banger-guest: ready';

@@ -281,9 +281,11 @@ export class LiveVms {
   /**
    * Connects and checks hello, up to six times, a little longer apart each time: the guest end of a
    * virtio-serial port outlives the host's connection, so the first exchange after a daemon restart can meet
-   * what the agent was in the middle of (a write blocked since the old daemon went); the agent drops that
-   * connection and serves the next. No retry when the VMM's socket is gone or refuses (the VMM has exited, as
-   * in every `vm stop`), or when the VM is being stopped.
+   * what the agent was in the middle of (a write blocked since the old daemon went, or a port it was closing,
+   * which discards what arrived meanwhile); the agent drops that connection and serves the next. The pause
+   * before a retry outlasts the agent's letting go of the port after this side closes (what is sent while it
+   * is closed waits in the VMM); a retry sooner could land in that window again. No retry when the VMM's
+   * socket is gone or refuses (the VMM has exited, as in every `vm stop`), or when the VM is being stopped.
    */
   private async connectAgent(vm: VmRecord, live: LiveVm, firstHelloMs: number, signal?: AbortSignal): Promise<AgentClient> {
     for (let attempt = 1; ; attempt++) {
@@ -293,7 +295,7 @@ export class LiveVms {
         const gone = e instanceof AgentSocketError || live.stopping || this.live.get(vm.id) !== live;
         if (signal?.aborted || gone || attempt >= 6) throw e;
         this.d.log.warn({ vm: vm.name, attempt, err: (e as Error).message }, 'guest agent hello failed; reconnecting');
-        await sleep(100 * attempt, undefined, { signal }).catch(() => undefined);
+        await sleep(400 + 100 * attempt, undefined, { signal }).catch(() => undefined);
       }
     }
   }
