@@ -772,26 +772,5 @@ void describe('vmlinux extraction', () => {
     );
     assert.equal(existsSync(join(dir, 'out-empty')), false);
   });
-
-  // A real Debian cloud kernel, when one was unpacked beside the tests (BANGER_TEST_BZIMAGE, or
-  // `apt-get download linux-image-6.1.0-*-cloud-amd64 && dpkg-deb -x *.deb /tmp/kpkg/x`).
-  const real =
-    process.env.BANGER_TEST_BZIMAGE ??
-    (existsSync('/tmp/kpkg/x/boot')
-      ? readdirSync('/tmp/kpkg/x/boot')
-          .filter((f) => f.startsWith('vmlinuz-'))
-          .map((f) => join('/tmp/kpkg/x/boot', f))[0]
-      : undefined);
-  void it(
-    'extracts the ELF from a real Debian bzImage',
-    { skip: real ? false : 'no bzImage found (set BANGER_TEST_BZIMAGE)' },
-    async () => {
-      const res = await extractVmlinux(real!, join(dir, 'vmlinux-real'));
-      const head = await readFile(join(dir, 'vmlinux-real'));
-      assert.equal(detectKernelFormat(head), 'elf');
-      assert.equal(head[4], 2, 'ELF64');
-      assert.equal(head.readUInt16LE(18), 0x3e, 'x86-64');
-      assert.ok(res.size > 10 * 1024 * 1024);
-    },
-  );
+  // Extraction from a real Debian bzImage, and a boot of what it gives: test/integration/vmlinux.test.ts.
 });
