@@ -339,14 +339,25 @@ export class LiveVms {
   }
 
   /**
-   * The channel commands of `vm exec` use: the guest agent when it is connected, else SSH right away (a
-   * connection to the agent is then made in the background for the next command).
+   * The channel commands of `vm exec` use: the guest agent when it is connected. While a connection to it is
+   * being made, whichever of it and SSH is ready first: right after a daemon restart the agent answers in tens
+   * of milliseconds, well before an SSH handshake (~0.5 s under TCG), while just after a boot SSH is open
+   * already and the agent still starting. With no agent to connect to, SSH. When neither can be had, SSH's
+   * error is the one thrown.
    */
   async execSession(vm: VmRecord, signal?: AbortSignal): Promise<AgentGuestSession | SshGuestSession> {
     const live = this.live.get(vm.id);
     if (live?.agent && !live.agent.closed) return new AgentGuestSession(live.agent);
     this.connectAgentInBackground(vm);
-    return this.session(vm, signal);
+    const connecting = live?.agentConnecting;
+    if (!connecting) return this.session(vm, signal);
+    const ssh = this.session(vm, signal);
+    const agent = untilAborted(connecting, signal, 'cancelled while connecting to the guest').then((c) => new AgentGuestSession(c));
+    try {
+      return await Promise.any([agent, ssh]);
+    } catch (e) {
+      throw e instanceof AggregateError ? (e.errors[1] as Error) : e;
+    }
   }
 
   /** Starts connecting to the VM's agent if it has one and no connection is open or being made. */
