@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { untilAborted } from '../../src/daemon/services/vm/live.js';
+import { untilAborted } from '../../src/daemon/services/vm/until-aborted.js';
 import { ErrorCode, isBangerError } from '../../src/errors/index.js';
 import { scratchDir } from '../helpers/scratch.js';
 
