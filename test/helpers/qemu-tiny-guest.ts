@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { PROBE_ARG } from '../../src/daemon/guest/init/contract.js';
+import { PROBE_MARKER } from '../../src/daemon/vmm/accel.js';
 
 const run = promisify(execFile);
 
@@ -125,6 +127,11 @@ export async function writeTinyInitrd(path: string, script: string, kernel?: Tes
       if (existsSync(ko)) entries.push({ name: `lib/${m}.ko`, mode: 0o100644, data: await readFile(ko) });
     }
   await writeFile(path, cpioNewc(entries));
+}
+
+/** An initrd that does what banger's does in probe mode: prints the probe marker when the command line asks, powers off. */
+export async function writeProbeInitrd(path: string): Promise<void> {
+  await writeTinyInitrd(path, ['$B mount -t proc proc /proc', `$B grep -q ${PROBE_ARG} /proc/cmdline && echo ${PROBE_MARKER}`, '$B poweroff -f'].join('\n'));
 }
 
 /** Kernel options that avoid the random early-boot hangs seen under TCG here (see HOST-FACTS.md). */

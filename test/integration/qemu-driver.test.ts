@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { BangerError } from '../../src/errors/index.js';
 import { runCommand } from '../../src/shared/command.js';
-import { PROBE_MARKER, probeKvm, runBootProbe } from '../../src/daemon/vmm/accel.js';
+import { probeKvm, runBootProbe } from '../../src/daemon/vmm/accel.js';
 import type { LaunchSpec, VmHandle } from '../../src/daemon/vmm/driver.js';
 import { QemuDriver, type VmmLog } from '../../src/daemon/vmm/qemu/driver.js';
 import { processStartTime } from '../../src/daemon/vmm/process.js';
@@ -20,6 +20,7 @@ import {
   ensureTestKernel,
   qemuMissingReason,
   tscCmdline,
+  writeProbeInitrd,
   writeTinyInitrd,
   type TestKernel,
 } from '../helpers/qemu-tiny-guest.js';
@@ -83,14 +84,7 @@ void describe('QemuDriver with a real QEMU (TCG)', { skip, timeout: 300_000 }, (
       kernel,
     );
     probeInitrd = join(dir, 'probe.img');
-    await writeTinyInitrd(
-      probeInitrd,
-      [
-        '$B mount -t proc proc /proc',
-        `$B grep -q banger.probe=1 /proc/cmdline && echo ${PROBE_MARKER}`,
-        '$B poweroff -f',
-      ].join('\n'),
-    );
+    await writeProbeInitrd(probeInitrd);
     for (const d of ['root', 'work', 'seed']) await writeFile(join(dir, `${d}.img`), Buffer.alloc(1024 * 1024));
   });
 

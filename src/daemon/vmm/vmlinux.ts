@@ -24,7 +24,8 @@ export function detectKernelFormat(head: Buffer): KernelFormat {
   return 'unknown';
 }
 
-async function readHead(path: string, length: number): Promise<Buffer> {
+/** The first `length` bytes of a file (fewer when it is shorter): what the format checks read of a kernel. */
+export async function readHead(path: string, length: number): Promise<Buffer> {
   const fh = await open(path, 'r');
   try {
     const buf = Buffer.alloc(length);
