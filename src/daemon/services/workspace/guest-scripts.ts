@@ -108,18 +108,6 @@ export interface ImportScriptOptions {
   identity: GitIdentity;
   /** Replace a workspace that has changes made in the guest (else: exit Conflict naming them). */
   force?: boolean;
-  /**
-   * Run `mise trust --all` at the end (default true). It takes seconds in an emulated guest, so the
-   * workspace service asks for it only when the tree may hold a mise config (resync-script.ts mayBeMiseConfig).
-   */
-  trustMise?: boolean;
-  /**
-   * The state imported is HEAD's tree exactly (full-import.ts FullImportPlan.stateIsHead): the import base's
-   * index is then the checkout's, with no `git add -A` (a stat of every file and a read of every directory,
-   * half a second for 4,000 files in an emulated guest). The host keeps a manifest only when the tree the
-   * guest reports is its own, so a wrong answer costs the next prepare a full import, not correctness.
-   */
-  stateIsHead?: boolean;
 }
 
 /** Marks a workspace whose import was interrupted while its files moved in: not guest changes. */
@@ -132,6 +120,31 @@ const INCOMPLETE_MARK = '.git/banger-import-incomplete';
  * on the next import: "not empty and is not a banger workspace").
  */
 export const SYNC_WORKSPACE = 'sync -f -- "$dest" 2>/dev/null || sync\n';
+
+/**
+ * Shell, run once the checkout has written its files (those the tar brings carry the host's older mtimes): keeps
+ * git from reading them back. git (Debian's compares whole seconds) takes an index entry whose file changed in
+ * the second the index file was written for "racily clean", and reads and hashes that file on every refresh
+ * or status until an index is written in a later second. The checkout writes up to a second of files in the
+ * second it writes its index; hashing them again cost the refresh and the untracked-cache primer ~0.3 s each
+ * in an emulated guest (4,000 files). Nothing else writes these files meanwhile, so the index files are dated
+ * the next second (`stamp`) instead: `unracy FILE...` after each write of one. Before the script reports, the
+ * clock must have passed `stamp`, so that a later edit of a file gets another mtime than the one its entry
+ * holds (and a later change to a directory another one than its untracked-cache entry): `unracy_end FILE...`
+ * waits for it when that is a short wait, else dates the files now, which leaves the last second's files
+ * racily clean again (git then reads them once more, as it would have). Dated at the checkout's end, not at
+ * the import's: what follows the checkout takes about half a second, so the wait is short or none.
+ */
+/** The longest `unracy_end` waits for the clock (about what git takes to read a second's files again). */
+export const UNRACY_MAX_WAIT_MS = 250;
+export const UNRACY = `stamp=$(( $(date +%s) + 1 ))
+unracy() { for f in "$@"; do if [ -f "$f" ]; then touch -c -d "@$stamp" -- "$f"; fi; done; }
+unracy_end() {
+  left=$(( stamp * 1000000000 - $(date +%s%N) ))
+  if [ "$left" -le 0 ]; then return 0; fi
+  if [ "$left" -le ${UNRACY_MAX_WAIT_MS * 1e6} ]; then sleep "0.$(printf '%09d' "$left")"; else touch -c -- "$@"; fi
+}
+`;
 
 /**
  * Shell that records `$tree` as the import base: a commit (parent: the shell variable `headVar`, when set)
@@ -266,9 +279,18 @@ start_worker() {
 }
 history=0
 indexed=0
+# The stream's options record (import-stream.ts FullImportSource): whether the state is HEAD's tree, and whether
+# to trust mise configs.
+state_is_head=0
+trust_mise=1
+records=0
 kind=
 while IFS=' ' read -r kind a b c d; do
+  records=$((records + 1))
   case "$kind" in
+    options)
+      [ "$records" = 1 ] || bad "has options after other records"
+      case "$a:$b:$c" in [01]:[01]:) state_is_head=$a; trust_mise=$b ;; *) bad "has bad options" ;; esac ;;
     # HEAD's index, written by the host's git: files are checked out into it part by part (their stat data
     # recorded, so nothing is read back), and only files that come in the tar are hashed by the refresh below.
     index)
@@ -307,7 +329,7 @@ if [ -n "$worker" ]; then
   wait "$worker" || true
   worker=
 fi
-if [ -e "$stage/checkout-failed" ]; then
+${UNRACY}if [ -e "$stage/checkout-failed" ]; then
   fail 1 "checking out the imported files failed: $(tail -n 3 "$stage/checkout-err" | tr '\n' ' ')"
 fi
 # The host never sends a .git (validateEntryPath); --exclude keeps one from reaching the repository anyway.
@@ -319,7 +341,8 @@ idx="$stage/base-index"
 if [ -f .git/index ]; then cp -- .git/index "$idx"; fi
 ( if [ -n "$user_name" ]; then git config user.name "$user_name"; fi
   if [ -n "$user_email" ]; then git config user.email "$user_email"; fi ) & config_job=$!
-${o.stateIsHead === true ? '' : 'GIT_INDEX_FILE="$idx" git add -A\n'}tree=$(GIT_INDEX_FILE="$idx" git write-tree)
+if [ "$state_is_head" = 0 ]; then GIT_INDEX_FILE="$idx" git add -A; fi
+tree=$(GIT_INDEX_FILE="$idx" git write-tree)
 ${recordImportBase('head', '"$idx"')}wait "$config_job"
 # Replace the workspace contents with the new tree. The order keeps the path importable again if this is
 # killed at any point: the old files go while the old .git (with its import base) stays; the two .git
@@ -340,18 +363,21 @@ rm -rf -- "$dest/${INCOMPLETE_MARK}" "$stage"
 stage=
 
 cd -- "$dest"
+unracy .git/index "$keep"
 # git's untracked cache goes into the import base's index while the filesystem flushes (the guest has two
 # vCPUs and the flush waits on the disk): the first re-sync's check then reads no directory that did not change.
-( ${baseStatus('keep')} >/dev/null 2>&1 || true ) & primer=$!
+( ${baseStatus('keep')} >/dev/null 2>&1 || true; unracy "$keep" ) & primer=$!
 # Beside them the real index is refreshed (here, not before the files moved: git would rename its lock file
-# into a directory that moved): git takes the files the checkout wrote in the second it wrote the index for
-# changed ("racily clean") until it has read them again.
+# into a directory that moved): the files moved to the top level have a new ctime.
 refresh_job=
-if [ -n "$head" ]; then git update-index -q --refresh >/dev/null & refresh_job=$!; fi
+if [ -n "$head" ]; then { git update-index -q --refresh >/dev/null; unracy .git/index; } & refresh_job=$!; fi
 ${SYNC_WORKSPACE}if [ -n "$refresh_job" ]; then wait "$refresh_job"; fi
 # The index the refresh wrote equals HEAD: INDEX_MARK names it (the next check runs no diff-index while it is).
 if [ -f .git/index ]; then ln -f -- .git/index ${INDEX_MARK}; fi
 wait "$primer"
-${o.trustMise === false ? '' : MISE_TRUST}printf '%s\\n' "$base"
+if [ "$trust_mise" = 1 ]; then
+${MISE_TRUST}fi
+unracy_end .git/index "$keep"
+printf '%s\\n' "$base"
 `;
 }

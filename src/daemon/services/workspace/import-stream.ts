@@ -24,6 +24,7 @@ import { createImportTar, DEFAULT_HISTORY_DEPTH, type ImportTarOptions, type Imp
  * Records, each a header line and then exactly the bytes the line announces:
  *
  *     banger-import 1
+ *     options <stateIsHead> <trustMise>   each 0 or 1 (FullImportSource); optional, before any other record
  *     index <n>                           <n bytes: HEAD's git index, written by the host's git>
  *     part <id> <packBytes> <idxBytes> <listBytes>
  *                                         <pack><index><NUL-separated paths to check out of it>
@@ -70,6 +71,19 @@ export interface FullImportSource {
   tmpDir: string;
   /** Free space of a directory's filesystem (tests). */
   freeSpace?: FreeSpace;
+  /**
+   * The state imported is HEAD's tree exactly (full-import.ts FullImportPlan.stateIsHead): the guest's import
+   * base index is then the checkout's, with no `git add -A` (a stat of every file and a read of every directory,
+   * half a second for 4,000 files in an emulated guest). The host keeps a manifest only when the tree the guest
+   * reports is its own, so a wrong answer costs the next prepare a full import, not correctness. Default false.
+   */
+  stateIsHead?: boolean;
+  /**
+   * Run `mise trust --all` in the workspace at the end (default true). It takes seconds in an emulated guest,
+   * so the workspace service asks for it only when the tree may hold a mise config (resync-script.ts
+   * mayBeMiseConfig).
+   */
+  trustMise?: boolean;
 }
 
 /** Host space kept free beyond HEAD's blobs while an import's packs are written (history, indexes). */
@@ -95,7 +109,7 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
 
   async function* records(): AsyncGenerator<Buffer> {
     try {
-      yield Buffer.from(`${IMPORT_STREAM_MAGIC}\n`);
+      yield Buffer.from(`${IMPORT_STREAM_MAGIC}\noptions ${source.stateIsHead ? 1 : 0} ${source.trustMise === false ? 0 : 1}\n`);
       if (source.headCommit !== null) yield* history(source.headCommit);
       yield Buffer.from('tar\n');
       const files = createImportTar(
@@ -232,6 +246,31 @@ export function createFullImportStream(source: FullImportSource, opts: ImportTar
     opts.signal?.removeEventListener('abort', onOuterAbort);
     // The consumer went away or the stream failed: stop git and the file reads.
     abort.abort();
+  });
+  return out;
+}
+
+/**
+ * A stream that is `make()`'s once it resolves: the import script starts in the guest (its checks, `git init`)
+ * while the host still plans what to send. A rejection is the stream's error; destroying it before then
+ * destroys the stream `make()` gives.
+ */
+export function deferredStream(make: () => Promise<Readable>): Readable {
+  let inner: Readable | undefined;
+  let gone = false;
+  async function* relay(): AsyncGenerator<Buffer> {
+    const r = await make();
+    if (gone) {
+      r.destroy();
+      return;
+    }
+    inner = r;
+    for await (const chunk of r) yield chunk as Buffer;
+  }
+  const out = Readable.from(relay(), { objectMode: false });
+  out.once('close', () => {
+    gone = true;
+    inner?.destroy();
   });
   return out;
 }

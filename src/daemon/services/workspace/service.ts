@@ -29,7 +29,7 @@ import {
   type HostRepo,
 } from './host-repo.js';
 import { planFullImport } from './full-import.js';
-import { createFullImportStream } from './import-stream.js';
+import { createFullImportStream, deferredStream } from './import-stream.js';
 import { manifestPath, removeManifest, writeManifest, type PendingManifest } from './manifest.js';
 import { conflictError, planResync, runResync } from './resync.js';
 import { TREE_LINE_PREFIX, WorkspaceScriptExit, buildImportScript, validateGuestPath } from './guest-scripts.js';
@@ -141,33 +141,40 @@ export class WorkspaceService {
         await removeManifest(manifestFile);
         // The manifest's entries wait in this file while the import runs (full-import.ts).
         const pending = `${manifestFile}.pending`;
+        // The guest script starts (its checks, `git init`) while the host plans; the stream waits for the plan.
+        const planning = new AbortController();
+        const planSignal = signal ? AbortSignal.any([signal, planning.signal]) : planning.signal;
+        const planned = planFullImport(repo, includeUntracked, pending, this.d.run, planSignal, this.d.tmpDir);
+        planned.catch(() => undefined);
+        const special = new Set<string>();
         try {
-          const { split, manifest, stateIsHead, list } = await planFullImport(
-            repo,
-            includeUntracked,
-            pending,
-            this.d.run,
-            signal,
-            this.d.tmpDir,
-          );
-          const special = new Set(list.skippedSpecial);
-          const tar = createFullImportStream(
-            { root: repo.root, headCommit: repo.headCommit, split, storeBlobs: vm.accel !== 'kvm', tmpDir: this.d.tmpDir },
-            {
-              run: this.d.run,
-              signal,
-              onSkipped: (path) => special.add(path),
-              onProgress: byteProgress(progress, list),
-            },
-          );
+          const tar = deferredStream(async () => {
+            const { split, stateIsHead, list } = await planned;
+            for (const path of list.skippedSpecial) special.add(path);
+            return createFullImportStream(
+              {
+                root: repo.root,
+                headCommit: repo.headCommit,
+                split,
+                storeBlobs: vm.accel !== 'kvm',
+                tmpDir: this.d.tmpDir,
+                stateIsHead,
+                trustMise: list.trustMise,
+              },
+              {
+                run: this.d.run,
+                signal,
+                onSkipped: (path) => special.add(path),
+                onProgress: byteProgress(progress, list),
+              },
+            );
+          });
           const script = buildImportScript({
             guestPath,
             headCommit: repo.headCommit,
             branch: repo.branch,
             identity: repo.identity,
             force: p.force ?? false,
-            trustMise: list.trustMise,
-            stateIsHead,
           });
           const r = await this.send(vm.name, session, script, tar, signal);
           if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
@@ -176,6 +183,8 @@ export class WorkspaceService {
               (await this.interrupted(vm.name, session, 'import', signal)) ??
               scriptError('import', r.code, r.stderr, guestPath)
             );
+          // The script read the whole stream, so the plan is made.
+          const { manifest, list } = await planned;
           notices.push(...listNotices(list, [...special].sort()), ...miseNotices(r.stderr));
           return await this.record(vm, repo, guestPath, includeUntracked, r, manifest, manifestFile, notices, {
             files: list.files,
@@ -184,6 +193,9 @@ export class WorkspaceService {
             mode: 'full',
           });
         } finally {
+          // A script that failed before it read the stream leaves the plan unfinished: stop it before its file goes.
+          planning.abort();
+          await planned.catch(() => undefined);
           await rm(pending, { force: true });
         }
       },
@@ -213,6 +225,8 @@ export class WorkspaceService {
         { stdin: tar, stdinBytes: tarBytes, signal },
       );
     } catch (e) {
+      // The stream's own failure (the plan's, git's, a file's) says more than the transfer it broke.
+      if (tarError !== undefined && !signal?.aborted) throw toBangerError(tarError);
       throw (await this.interrupted(vmName, session, 'import', signal)) ?? e;
     } finally {
       // The channel is gone: stop reading files and packing history, and remove the temporary pack.
