@@ -1,9 +1,11 @@
-import { lstat, readlink, stat } from 'node:fs/promises';
+import { lstatSync, readlinkSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { basename, join } from 'node:path';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import type { CommandRunner, RunResult } from './command.js';
 import { NUL, runRecords, text, type RecordHandler } from './records.js';
-import { parentsAreDirs, worktreeKind } from './worktree.js';
+import { parentsAreDirsSync, worktreeKind } from './worktree.js';
 import { assertNoPathThroughSymlink, validateEntryPath } from './workspace-paths.js';
 import { gitEnv } from './git-head.js';
 
@@ -202,34 +204,22 @@ async function readIndex(
 const TAB = 0x09;
 const SPACE = 0x20;
 
-/** Runs `fn` over `items` with at most `limit` calls in flight, keeping order. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T, i: number) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i] as T, i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
+/**
+ * Paths described synchronously in a row, between which the event loop runs (the daemon serves others
+ * meanwhile). A synchronous lstat costs a few microseconds; through fs.promises, with the thread pool's round
+ * trip, describing 4,000 paths took 90-230 ms against 17-46 ms.
+ */
+const DESCRIBE_BATCH = 256;
 
 type Described = ImportEntry | { special: string } | null;
 
 /** Describes one working-tree path: an entry, a special file to skip with a notice, or null when git sees it as deleted. */
-async function describe(
-  root: string,
-  path: string,
-  untracked: boolean,
-  dirs: Map<string, Promise<boolean>>,
-): Promise<Described> {
-  if (!(await parentsAreDirs(root, path, dirs))) return null;
+function describe(root: string, path: string, untracked: boolean, dirs: Map<string, boolean>): Described {
+  if (!parentsAreDirsSync(root, path, dirs)) return null;
   const abs = join(root, path);
   let st;
   try {
-    st = await lstat(abs);
+    st = lstatSync(abs);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     // Tracked but deleted in the working tree (or a parent was replaced by a file): not imported,
@@ -240,7 +230,7 @@ async function describe(
   // Object literals of one shape each (a spread would give every entry a larger, slower layout).
   switch (worktreeKind(st)) {
     case 'symlink': {
-      const linkTarget = await readlink(abs);
+      const linkTarget = readlinkSync(abs);
       return untracked
         ? { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget, untracked }
         : { path, kind: 'symlink', mode: 0o777, size: 0, linkTarget };
@@ -316,13 +306,15 @@ export async function listImportFiles(
   const skippedSubmodules = [...gitlinks];
   for (const p of paths) validateEntryPath(p);
 
-  const dirs = new Map<string, Promise<boolean>>();
+  const dirs = new Map<string, boolean>();
   const only = await opts.only;
-  const described = await mapLimit(paths, 64, async (path, i): Promise<Described> => {
-    if (only && !only.has(path)) return null;
-    if (i < tracked && gitlinks.has(path)) return { path, kind: 'dir', mode: 0o755, size: 0 };
-    return describe(root, path, i >= tracked, dirs);
-  });
+  const described: Described[] = [];
+  for (const [i, path] of paths.entries()) {
+    if (i > 0 && i % DESCRIBE_BATCH === 0) await nextTurn();
+    if (only && !only.has(path)) described.push(null);
+    else if (i < tracked && gitlinks.has(path)) described.push({ path, kind: 'dir', mode: 0o755, size: 0 });
+    else described.push(describe(root, path, i >= tracked, dirs));
+  }
   const entries: ImportEntry[] = [];
   const skippedSpecial: string[] = [];
   for (const d of described) {

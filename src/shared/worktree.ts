@@ -1,3 +1,4 @@
+import { lstatSync } from 'node:fs';
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -20,6 +21,19 @@ export function parentsAreDirs(root: string, path: string, cache: Map<string, Pr
       const st = await lstat(join(root, dir)).catch(() => null);
       return st !== null && st.isDirectory();
     });
+    cache.set(dir, answer);
+  }
+  return answer;
+}
+
+/** parentsAreDirs, answered with lstatSync (listImportFiles describes paths in synchronous batches). */
+export function parentsAreDirsSync(root: string, path: string, cache: Map<string, boolean>): boolean {
+  const slash = path.lastIndexOf('/');
+  if (slash === -1) return true;
+  const dir = path.slice(0, slash);
+  let answer = cache.get(dir);
+  if (answer === undefined) {
+    answer = parentsAreDirsSync(root, dir, cache) && lstatSync(join(root, dir), { throwIfNoEntry: false })?.isDirectory() === true;
     cache.set(dir, answer);
   }
   return answer;
