@@ -38,9 +38,10 @@ export const PACK_PART_BYTES = 16 << 20;
 /**
  * Largest first part: the guest starts checking files out once the first part is in, so the first is small
  * (the smallest blobs, so still many files) and arrives within a fraction of a second; the next ones are
- * PACK_PART_BYTES and arrive while its files are written.
+ * PACK_PART_BYTES and arrive while its files are written. 1 MiB against 4 MiB, alternated 7 times on one VM: a
+ * 4,000-file import took 3.12 s against 3.27 s (medians); its first part still holds ~700 files.
  */
-export const FIRST_PART_BYTES = 4 << 20;
+export const FIRST_PART_BYTES = 1 << 20;
 
 const HEX_ID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
 
