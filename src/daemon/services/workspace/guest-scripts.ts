@@ -121,6 +121,9 @@ const INCOMPLETE_MARK = '.git/banger-import-incomplete';
  */
 export const SYNC_WORKSPACE = 'sync -f -- "$dest" 2>/dev/null || sync\n';
 
+/** The longest `unracy_end` waits for the clock (about what git takes to read a second's files again). */
+const UNRACY_MAX_WAIT_MS = 250;
+
 /**
  * Shell, run once the checkout has written its files (those the tar brings carry the host's older mtimes): keeps
  * git from reading them back. git (Debian's compares whole seconds) takes an index entry whose file changed in
@@ -135,9 +138,7 @@ export const SYNC_WORKSPACE = 'sync -f -- "$dest" 2>/dev/null || sync\n';
  * racily clean again (git then reads them once more, as it would have). Dated at the checkout's end, not at
  * the import's: what follows the checkout takes about half a second, so the wait is short or none.
  */
-/** The longest `unracy_end` waits for the clock (about what git takes to read a second's files again). */
-export const UNRACY_MAX_WAIT_MS = 250;
-export const UNRACY = `stamp=$(( $(date +%s) + 1 ))
+const UNRACY = `stamp=$(( $(date +%s) + 1 ))
 unracy() { for f in "$@"; do if [ -f "$f" ]; then touch -c -d "@$stamp" -- "$f"; fi; done; }
 unracy_end() {
   left=$(( stamp * 1000000000 - $(date +%s%N) ))
