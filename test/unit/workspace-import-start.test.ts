@@ -41,7 +41,7 @@ async function failure(p: Promise<unknown>): Promise<BangerError> {
 void describe('a full import whose guest script starts while the host plans', () => {
   void it('reports a plan that fails as itself, leaves nothing behind, and imports once the checkout is fixed', async () => {
     const repo = makeFixtureRepo();
-    // A tracked name that is not UTF-8: the host's listing refuses it, after the guest script has started.
+    // A tracked name that is not UTF-8: the host's listing refuses it while the guest script is starting.
     const badName = Buffer.concat([Buffer.from(join(repo, 'caf')), Buffer.from([0xe9]), Buffer.from('.txt')]);
     writeFileSync(badName, 'latin-1\n');
     sh(repo, 'git add -- caf?.txt');
@@ -61,7 +61,7 @@ void describe('a full import whose guest script starts while the host plans', ()
     assert.ok(existsSync(manifestPath(h.dir)));
   });
 
-  void it('refuses guest changes before the plan is done, and keeps them', async () => {
+  void it('refuses guest changes found by its script while the host plans, keeps them, and leaves no plan file', async () => {
     const repo = makeFixtureRepo();
     const guest = join(tmp('banger-guest-'), 'ws');
     const h = harness();
