@@ -5,7 +5,7 @@ import { basename, join } from 'node:path';
 import { BangerError, ErrorCode } from '../errors/index.js';
 import type { CommandRunner, RunResult } from './command.js';
 import { NUL, runRecords, text, type RecordHandler } from './records.js';
-import { parentsAreDirsSync, worktreeKind } from './worktree.js';
+import { parentsAreDirs, worktreeKind } from './worktree.js';
 import { assertNoPathThroughSymlink, validateEntryPath } from './workspace-paths.js';
 import { gitEnv } from './git-head.js';
 
@@ -215,7 +215,7 @@ type Described = ImportEntry | { special: string } | null;
 
 /** Describes one working-tree path: an entry, a special file to skip with a notice, or null when git sees it as deleted. */
 function describe(root: string, path: string, untracked: boolean, dirs: Map<string, boolean>): Described {
-  if (!parentsAreDirsSync(root, path, dirs)) return null;
+  if (!parentsAreDirs(root, path, dirs)) return null;
   const abs = join(root, path);
   let st;
   try {
@@ -308,16 +308,13 @@ export async function listImportFiles(
 
   const dirs = new Map<string, boolean>();
   const only = await opts.only;
-  const described: Described[] = [];
-  for (const [i, path] of paths.entries()) {
-    if (i > 0 && i % DESCRIBE_BATCH === 0) await nextTurn();
-    if (only && !only.has(path)) described.push(null);
-    else if (i < tracked && gitlinks.has(path)) described.push({ path, kind: 'dir', mode: 0o755, size: 0 });
-    else described.push(describe(root, path, i >= tracked, dirs));
-  }
   const entries: ImportEntry[] = [];
   const skippedSpecial: string[] = [];
-  for (const d of described) {
+  for (const [i, path] of paths.entries()) {
+    if (i > 0 && i % DESCRIBE_BATCH === 0) await nextTurn();
+    if (only && !only.has(path)) continue;
+    const d: Described =
+      i < tracked && gitlinks.has(path) ? { path, kind: 'dir', mode: 0o755, size: 0 } : describe(root, path, i >= tracked, dirs);
     if (d === null) continue;
     if ('special' in d) skippedSpecial.push(d.special);
     else entries.push(d);

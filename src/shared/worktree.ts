@@ -1,5 +1,4 @@
 import { lstatSync } from 'node:fs';
-import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** How an import sees a host working tree: the way git does, never through a symlink. */
@@ -8,32 +7,16 @@ import { join } from 'node:path';
  * Whether every directory between `root` and `path` is a real directory (not a symlink): git never
  * follows a symlink in a leading component, so a tracked `d/f` whose `d` became a symlink is, for git,
  * deleted ("beyond a symbolic link"), and reading it would read outside the checkout. `cache` holds
- * answers per directory for one listing or one import.
+ * answers per directory for one listing or one import; each directory costs one synchronous lstat (a few
+ * microseconds, against a thread-pool round trip for fs.promises).
  */
-export function parentsAreDirs(root: string, path: string, cache: Map<string, Promise<boolean>>): Promise<boolean> {
-  const slash = path.lastIndexOf('/');
-  if (slash === -1) return Promise.resolve(true);
-  const dir = path.slice(0, slash);
-  let answer = cache.get(dir);
-  if (answer === undefined) {
-    answer = parentsAreDirs(root, dir, cache).then(async (ok) => {
-      if (!ok) return false;
-      const st = await lstat(join(root, dir)).catch(() => null);
-      return st !== null && st.isDirectory();
-    });
-    cache.set(dir, answer);
-  }
-  return answer;
-}
-
-/** parentsAreDirs, answered with lstatSync (listImportFiles describes paths in synchronous batches). */
-export function parentsAreDirsSync(root: string, path: string, cache: Map<string, boolean>): boolean {
+export function parentsAreDirs(root: string, path: string, cache: Map<string, boolean>): boolean {
   const slash = path.lastIndexOf('/');
   if (slash === -1) return true;
   const dir = path.slice(0, slash);
   let answer = cache.get(dir);
   if (answer === undefined) {
-    answer = parentsAreDirsSync(root, dir, cache) && lstatSync(join(root, dir), { throwIfNoEntry: false })?.isDirectory() === true;
+    answer = parentsAreDirs(root, dir, cache) && lstatSync(join(root, dir), { throwIfNoEntry: false })?.isDirectory() === true;
     cache.set(dir, answer);
   }
   return answer;

@@ -159,7 +159,7 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
     const progress = { files: 0, bytes: 0 };
     const mtime = new Date();
     const realRoot = await realpath(source.root);
-    const dirs = new Map<string, Promise<boolean>>();
+    const dirs = new Map<string, boolean>();
     const base = source.base;
     // Whether what was sent is exactly the manifest's: only then is the host's base used, with these blobs.
     let baseOk = base !== undefined;

@@ -31,9 +31,9 @@ export async function openEntry(
   root: string,
   realRoot: string,
   path: string,
-  dirs: Map<string, Promise<boolean>>,
+  dirs: Map<string, boolean>,
 ): Promise<Opened> {
-  if (!(await parentsAreDirs(root, path, dirs))) return { kind: 'gone' };
+  if (!parentsAreDirs(root, path, dirs)) return { kind: 'gone' };
   const abs = join(root, path);
   let fh: FileHandle;
   try {
