@@ -63,11 +63,22 @@ function guestLikePath(): string {
 
 /**
  * A real WorkspaceService whose one VM, `vm` (directory `dir`), is always running and whose "guest" is this
- * host's shell (LocalShellSession); the VM record lives in memory.
+ * host's shell (LocalShellSession); the VM record lives in memory. `onExec` sees each command the service runs
+ * in the "guest", before it starts.
  */
-export function localWorkspaceService(dir: string): { vm: VmRecord & { workspace: WorkspaceInfo | null }; svc: WorkspaceService } {
+export function localWorkspaceService(
+  dir: string,
+  onExec?: (command: string, opts: GuestExecOptions) => void,
+): { vm: VmRecord & { workspace: WorkspaceInfo | null }; svc: WorkspaceService } {
   const vm = { id: 'vm1', name: 'vm', dir, accel: 'kvm', workspace: null as WorkspaceInfo | null } as VmRecord & { workspace: WorkspaceInfo | null };
-  const session = Object.assign(new LocalShellSession(), { isClosed: false });
+  const shell = new LocalShellSession();
+  const session = {
+    isClosed: false,
+    exec: (command: string, opts: GuestExecOptions = {}) => {
+      onExec?.(command, opts);
+      return shell.exec(command, opts);
+    },
+  };
   const vms = {
     get: () => vm,
     runningUnderLock: () => Promise.resolve({ ...vm }),

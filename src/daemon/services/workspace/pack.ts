@@ -29,6 +29,8 @@ export const TAR_DELETED = `${TAR_META_DIR}/deleted`;
  * updates its import base's index for, without listing the tree itself.
  */
 export const TAR_WRITTEN = `${TAR_META_DIR}/written`;
+/** Re-sync only, an empty file: a written path may be a mise config (mayBeMiseConfig), so `mise trust` runs again. */
+export const TAR_TRUST_MISE = `${TAR_META_DIR}/trust-mise`;
 /** Re-sync only, when the host made the import base (base-objects.ts): `COMMIT TREE`, one line. */
 export const TAR_BASE = `${TAR_META_DIR}/base`;
 /** With TAR_BASE: the import base's index entries of the changed paths (`git update-index -z --index-info`). */
@@ -57,6 +59,8 @@ export interface ImportTarSource {
   tmpDir: string;
   /** Re-sync: paths the guest deletes, sent as TAR_DELETED. */
   deleted?: readonly string[];
+  /** Re-sync: send TAR_TRUST_MISE. */
+  trustMise?: boolean;
   /**
    * Re-sync: the import base made on the host (`make`), sent after the files as TAR_BASE, TAR_INDEX_INFO and
    * TAR_OBJECTS_DIR (with the blobs of the files sent) only when every file and symlink sent hashes to what
@@ -222,6 +226,7 @@ export function createImportTar(source: ImportTarSource, opts: ImportTarOptions 
       await addBuffer(arc, { name: TAR_DELETED, type: 'file', mode: 0o644, mtime }, list);
       const written = source.entries.filter((e) => e.kind !== 'dir').map((e) => `${e.path}\0`);
       await addBuffer(arc, { name: TAR_WRITTEN, type: 'file', mode: 0o644, mtime }, Buffer.from(written.join('')));
+      if (source.trustMise) await addBuffer(arc, { name: TAR_TRUST_MISE, type: 'file', mode: 0o644, mtime }, Buffer.alloc(0));
       const made = baseOk ? base?.make() : null;
       if (made) await addBaseObjects(arc, { ...made, objects: [...blobs, ...made.objects] }, mtime);
     }

@@ -21,7 +21,15 @@ import {
   NO_CTIME_ENV,
   keepBaseIndex,
 } from './guest-changes.js';
-import { TAR_BASE, TAR_DELETED, TAR_HISTORY_PACK, TAR_INDEX_INFO, TAR_TREE_DIR, TAR_WRITTEN } from './pack.js';
+import {
+  TAR_BASE,
+  TAR_DELETED,
+  TAR_HISTORY_PACK,
+  TAR_INDEX_INFO,
+  TAR_TREE_DIR,
+  TAR_TRUST_MISE,
+  TAR_WRITTEN,
+} from './pack.js';
 
 /** A re-sync's staging directory is `.git/<this><random hex>` in the workspace. */
 export const RESYNC_STAGE_PREFIX = 'banger-resync.';
@@ -39,8 +47,6 @@ export interface ResyncScriptOptions {
   /** The host's branch now; null when HEAD is detached. */
   branch: string | null;
   identity: GitIdentity;
-  /** Run `mise trust --all` (a re-sync writes a mise config file; see mayBeMiseConfig). */
-  trustMise: boolean;
   /** The staging directory's name in the workspace's `.git` (newResyncStage), the archive's stageDir. */
   stage: string;
 }
@@ -246,6 +252,8 @@ if [ -n "$host_base" ]; then
   tree=$(GIT_INDEX_FILE="$gc_index" git write-tree)
 ${recordImportBase('new_head', '"$gc_index"')}fi
 if [ -n "$mark_job" ]; then wait "$mark_job" || true; fi
-${SYNC_WORKSPACE}${o.trustMise ? MISE_TRUST : ''}printf '%s\\n' "$base"
+${SYNC_WORKSPACE}if [ -f "$stage/${TAR_TRUST_MISE}" ]; then
+${MISE_TRUST}fi
+printf '%s\\n' "$base"
 `;
 }

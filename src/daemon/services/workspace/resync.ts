@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import type { CommandRunner } from '../../../shared/command.js';
 import type { ProgressEvent } from '../../../protocol/common.js';
@@ -10,6 +10,8 @@ import { createImportTar } from './pack.js';
 import { baseObjects, hashOf } from './base-objects.js';
 import { buildResyncScript, mayBeMiseConfig, newResyncStage } from './resync-script.js';
 import { WorkspaceScriptExit } from './guest-scripts.js';
+import { deferredStream } from './import-stream.js';
+import { BULK_MIN_BYTES } from '../../guest/bulk.js';
 import type { GuestOutput } from './guest-output.js';
 import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
 
@@ -19,7 +21,17 @@ import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } f
  * resync-script.ts; the transfer itself and the record of the result are the workspace service's.
  */
 
-export interface ResyncPlan {
+/** What the re-sync script needs, known from the last import's record before the host's state is. */
+export interface ResyncStart {
+  /** The HEAD of the last import (the guest has it); null without commits. */
+  oldHead: string | null;
+  /** The tree of the last import's base (its manifest's). */
+  baseTree: string;
+  /** Whether the host's git identity differs from the one the last import set (then it is set again). */
+  identityChanged: boolean;
+}
+
+export interface ResyncPlan extends ResyncStart {
   /** The host's state now; recorded as the new manifest when the guest ends up with the same tree. */
   manifest: Manifest;
   diff: ManifestDiff;
@@ -27,12 +39,21 @@ export interface ResyncPlan {
   entries: ImportEntry[];
   /** The list the entries came from (for notices and totals). */
   list: ImportFileList;
-  /** The HEAD of the last import (the guest has it); null without commits. */
-  oldHead: string | null;
-  /** The tree of the last import's base (its manifest's). */
-  baseTree: string;
-  /** Whether the host's git identity differs from the one the last import set (then it is set again). */
-  identityChanged: boolean;
+}
+
+/** No re-sync: why (then the import is a full one). */
+export interface NoResync {
+  reason: string;
+}
+
+/**
+ * A re-sync being planned: `start` settles once the last import's record is read and checked (the re-sync
+ * script can start then), `plan` once the host's state is diffed against it. Both settle with the same
+ * NoResync when the record rules a re-sync out; `plan` alone when the host's state does.
+ */
+export interface ResyncPlanning {
+  start: Promise<ResyncStart | NoResync>;
+  plan: Promise<ResyncPlan | NoResync>;
 }
 
 export interface ResyncInput {
@@ -49,13 +70,14 @@ export interface ResyncInput {
   tmpDir: string;
 }
 
-/** A re-sync plan, or why there is none (then the import is a full one). */
-export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason: string }> {
+/** Plans a re-sync (see ResyncPlanning); neither promise rejects but for an abort or a failure to read. */
+export function planResync(i: ResyncInput): ResyncPlanning {
   const ws = i.workspace;
-  if (!ws) return { reason: 'no earlier import' };
-  if (ws.guestPath !== i.guestPath) return { reason: `the last import went to ${ws.guestPath}` };
-  if (ws.sourcePath !== i.repo.root) return { reason: `the last import came from ${ws.sourcePath}` };
-  if (ws.includeUntracked !== i.includeUntracked) return { reason: 'the untracked-files choice changed' };
+  const why = ruledOut(ws, i);
+  if (!ws || why !== null) {
+    const no = Promise.resolve({ reason: why ?? 'no earlier import' });
+    return { start: no, plan: no };
+  }
   // The host's state is computed, and the checkout listed, while the record is read and checked (their git
   // processes are most of the plan's time); they go unused when there is no re-sync. The listing describes only
   // the changed paths, known once the state is: until then git lists the checkout.
@@ -64,20 +86,34 @@ export async function planResync(i: ResyncInput): Promise<ResyncPlan | { reason:
   let describe!: (paths: ReadonlySet<string>) => void;
   const listing = i.listFiles(new Promise<ReadonlySet<string>>((resolve) => (describe = resolve)));
   listing.catch(() => undefined);
-  try {
-    return await plan(i, ws, hostState, listing, describe);
-  } finally {
-    describe(new Set()); // no re-sync: the listing ends without reading a file
-  }
+  const start = startOf(i, ws);
+  const plan = (async () => {
+    try {
+      const s = await start;
+      return 'reason' in s ? s : await finish(s, hostState, listing, describe);
+    } finally {
+      describe(new Set()); // no re-sync: the listing ends without reading a file
+    }
+  })();
+  plan.catch(() => undefined);
+  return { start, plan };
 }
 
-async function plan(
-  i: ResyncInput,
-  ws: WorkspaceInfo,
-  hostState: Promise<Manifest | null>,
-  listing: Promise<ImportFileList>,
-  describe: (paths: ReadonlySet<string>) => void,
-): Promise<ResyncPlan | { reason: string }> {
+/** Why the workspace record alone rules a re-sync out, or null. */
+function ruledOut(ws: WorkspaceInfo | null, i: ResyncInput): string | null {
+  if (!ws) return 'no earlier import';
+  if (ws.guestPath !== i.guestPath) return `the last import went to ${ws.guestPath}`;
+  if (ws.sourcePath !== i.repo.root) return `the last import came from ${ws.sourcePath}`;
+  if (ws.includeUntracked !== i.includeUntracked) return 'the untracked-files choice changed';
+  return null;
+}
+
+/** ResyncStart, with the last import's manifest entries the host's state is diffed against. */
+interface Started extends ResyncStart {
+  last: Manifest['entries'];
+}
+
+async function startOf(i: ResyncInput, ws: WorkspaceInfo): Promise<Started | NoResync> {
   const rec = await readManifest(i.manifestFile);
   if (
     !rec ||
@@ -94,9 +130,20 @@ async function plan(
     const why = await historyReason(i.repo.root, oldHead, newHead, i.run, i.signal);
     if (why) return { reason: why };
   }
+  const last = rec.header.identity;
+  const identityChanged = last?.name !== i.repo.identity.name || last?.email !== i.repo.identity.email;
+  return { oldHead, baseTree: rec.header.tree, identityChanged, last: rec.entries };
+}
+
+async function finish(
+  s: Started,
+  hostState: Promise<Manifest | null>,
+  listing: Promise<ImportFileList>,
+  describe: (paths: ReadonlySet<string>) => void,
+): Promise<ResyncPlan | NoResync> {
   const manifest = await hostState;
   if (!manifest) return { reason: "git could not list the checkout's state" };
-  const diff = diffManifests(rec.entries, manifest.entries);
+  const diff = diffManifests(s.last, manifest.entries);
   describe(new Set(diff.write));
   const list = await listing;
   const byPath = new Map(list.entries.map((e) => [e.path, e]));
@@ -107,17 +154,17 @@ async function plan(
     if (!e) return { reason: `${p} cannot be re-synced` };
     entries.push(e);
   }
-  const last = rec.header.identity;
-  const identityChanged = last?.name !== i.repo.identity.name || last?.email !== i.repo.identity.email;
-  return { manifest, diff, entries, list, oldHead, baseTree: rec.header.tree, identityChanged };
+  const { oldHead, baseTree, identityChanged } = s;
+  return { manifest, diff, entries, list, oldHead, baseTree, identityChanged };
 }
 
-/** What a re-sync is run on: the VM, the checkout, where it goes and the plan planResync made. */
+/** What a re-sync is run on: the VM, the checkout, where it goes and the planning planResync started. */
 export interface ResyncRun {
   vm: VmRecord;
   repo: HostRepo;
   guestPath: string;
-  plan: ResyncPlan;
+  start: ResyncStart;
+  plan: Promise<ResyncPlan | NoResync>;
   progress: (ev: ProgressEvent) => void;
   signal?: AbortSignal;
   /** Where the history pack is written while it is sent (`Paths.tmpDir`). */
@@ -137,20 +184,81 @@ export interface ResyncSteps {
   /** Records the finished re-sync: the workspace on the VM and the plan's manifest. */
   record(
     r: GuestOutput,
+    manifest: Manifest,
     notices: string[],
     counts: Pick<WorkspacePrepareResult, 'files' | 'bytes' | 'skippedUntracked' | 'mode' | 'deleted'>,
   ): Promise<WorkspacePrepareResult>;
 }
 
-/** Runs a re-sync planned by planResync; not ok when the guest is not in the recorded state (Stale). */
+/** How runResync ended when it made no re-sync: why, and whether the user is told (else only the log is). */
+export interface NotResynced extends NoResync {
+  ok: false;
+  notice: boolean;
+}
+
+/**
+ * Runs a re-sync: its script starts in the guest at once and runs its checks (a `git status` of the workspace,
+ * a tenth of a second and more under emulation) while the host finishes the plan and makes the archive. A plan
+ * that finds no re-sync possible sends an empty archive, which the script refuses with nothing changed; so
+ * does one whose archive is too large for the way a small one goes into the guest (the script's stdin), and
+ * the re-sync is then run again with its archive sent the way a large one goes (the bulk port). Not ok when
+ * there is no re-sync, or the guest is not in the recorded state (Stale).
+ */
 export async function runResync(
-  { vm, repo, guestPath, plan, progress, signal, tmpDir }: ResyncRun,
+  r: ResyncRun,
   steps: ResyncSteps,
-): Promise<{ ok: true; result: WorkspacePrepareResult } | { ok: false; reason: string }> {
-  const ws = vm.workspace as WorkspaceInfo;
-  const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
+): Promise<{ ok: true; result: WorkspacePrepareResult } | NotResynced> {
   const stage = newResyncStage();
-  const tar = createImportTar(
+  const tar = deferredStream(async () => {
+    const plan = await r.plan;
+    if ('reason' in plan || archiveBytes(r.repo, plan) === undefined) return Readable.from([]);
+    announce(r, plan);
+    return archive(r, plan, stage, steps.run);
+  });
+  // Sent with the script's stdin: the archive is empty or smaller than BULK_MIN_BYTES.
+  const first = await steps.send(buildScript(r, stage), tar, 0);
+  const plan = await r.plan;
+  if ('reason' in plan) return { ok: false, notice: false, reason: plan.reason };
+  const bytes = archiveBytes(r.repo, plan);
+  if (bytes !== undefined) return outcome(r, plan, first, steps);
+  announce(r, plan);
+  const again = newResyncStage();
+  return outcome(r, plan, await steps.send(buildScript(r, again), archive(r, plan, again, steps.run)), steps);
+}
+
+/**
+ * About how large the archive is (tar headers, the files and their blobs for the host's base, the path lists,
+ * the new commits' pack counted as large as the files), when it is smaller than BULK_MIN_BYTES; else undefined.
+ */
+function archiveBytes(repo: HostRepo, plan: ResyncPlan): number | undefined {
+  const files = plan.entries.reduce((n, e) => n + e.size, 0);
+  const history = repo.headCommit !== null && plan.oldHead !== repo.headCommit;
+  const bytes = (history ? 3 : 2) * files + 2048 * (plan.entries.length + plan.diff.delete.length + 16);
+  return bytes < BULK_MIN_BYTES ? bytes : undefined;
+}
+
+function announce(r: ResyncRun, plan: ResyncPlan): void {
+  const changed = plan.diff.write.length + plan.diff.delete.length;
+  r.progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
+}
+
+function buildScript({ vm, repo, guestPath, start }: ResyncRun, stage: string): string {
+  return buildResyncScript({
+    guestPath,
+    baseCommit: (vm.workspace as WorkspaceInfo).baseCommit,
+    baseTree: start.baseTree,
+    oldHead: start.oldHead,
+    newHead: repo.headCommit,
+    branch: repo.branch,
+    // Each `git config` is a process in the guest: only when the identity changed since the last import.
+    identity: start.identityChanged ? repo.identity : { name: null, email: null },
+    stage,
+  });
+}
+
+function archive({ repo, progress, signal, tmpDir }: ResyncRun, plan: ResyncPlan, stage: string, run: CommandRunner): Readable {
+  const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
+  return createImportTar(
     {
       root: repo.root,
       entries: plan.entries,
@@ -158,6 +266,7 @@ export async function runResync(
       historySince: plan.oldHead ?? undefined,
       tmpDir,
       deleted: plan.diff.delete,
+      trustMise: plan.diff.write.some(mayBeMiseConfig),
       stageDir: stage,
       base: {
         hash: hashOf(plan.manifest.tree),
@@ -172,32 +281,23 @@ export async function runResync(
           }),
       },
     },
-    { run: steps.run, signal, onProgress: byteProgress(progress, { count: plan.entries.length, totalBytes: bytes }) },
+    { run, signal, onProgress: byteProgress(progress, { count: plan.entries.length, totalBytes: bytes }) },
   );
-  const script = buildResyncScript({
-    guestPath,
-    baseCommit: ws.baseCommit,
-    baseTree: plan.baseTree,
-    oldHead: plan.oldHead,
-    newHead: repo.headCommit,
-    branch: repo.branch,
-    // Each `git config` is a process in the guest: only when the identity changed since the last import.
-    identity: plan.identityChanged ? repo.identity : { name: null, email: null },
-    trustMise: plan.diff.write.some(mayBeMiseConfig),
-    stage,
-  });
-  // The archive's size, about (tar headers, the files and their blobs for the host's base, the path lists), when
-  // no history goes with it (its size is not known before it is packed).
-  const history = repo.headCommit !== null && plan.oldHead !== repo.headCommit;
-  const tarBytes = history ? undefined : 2 * bytes + 2048 * (plan.entries.length + plan.diff.delete.length + 16);
-  const r = await steps.send(script, tar, tarBytes);
-  if (r.code === WorkspaceScriptExit.Stale) return { ok: false, reason: lastScriptLine(r.stderr) };
+}
+
+async function outcome(
+  { vm, guestPath }: ResyncRun,
+  plan: ResyncPlan,
+  r: GuestOutput,
+  steps: ResyncSteps,
+): Promise<{ ok: true; result: WorkspacePrepareResult } | NotResynced> {
+  if (r.code === WorkspaceScriptExit.Stale) return { ok: false, notice: true, reason: lastScriptLine(r.stderr) };
   if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
   if (r.code !== 0) throw (await steps.interrupted()) ?? scriptError('import', r.code, r.stderr, guestPath);
   const notices = [...listNotices(plan.list, plan.list.skippedSpecial), ...miseNotices(r.stderr)];
-  const result = await steps.record(r, notices, {
+  const result = await steps.record(r, plan.manifest, notices, {
     files: plan.entries.filter((e) => e.kind !== 'dir').length,
-    bytes,
+    bytes: plan.entries.reduce((n, e) => n + e.size, 0),
     skippedUntracked: plan.list.skippedUntracked,
     mode: 'resync',
     deleted: plan.diff.delete.length,

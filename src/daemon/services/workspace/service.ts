@@ -111,7 +111,7 @@ export class WorkspaceService {
           listImportFiles(repo.root, { includeUntracked, only }, this.d.run, signal);
         const notices: string[] = [];
         if (!p.full && !p.force) {
-          const plan = await planResync({
+          const planning = planResync({
             workspace: vm.workspace,
             manifestFile,
             repo,
@@ -122,21 +122,20 @@ export class WorkspaceService {
             signal,
             tmpDir: this.d.tmpDir,
           });
-          if ('reason' in plan) {
-            if (vm.workspace) this.d.log.info({ vm: vm.name, why: plan.reason }, 'workspace: full import, no re-sync');
-          } else {
-            const changed = plan.diff.write.length + plan.diff.delete.length;
-            progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
-            const done = await runResync({ vm, repo, guestPath, plan, progress, signal, tmpDir: this.d.tmpDir }, {
-              run: this.d.run,
-              send: (script, tar, tarBytes) => this.send(vm.name, session, script, tar, signal, tarBytes),
-              interrupted: () => this.interrupted(vm.name, session, 'import', signal),
-              record: (r, notices, counts) =>
-                this.record(vm, repo, guestPath, includeUntracked, r, plan.manifest, manifestFile, notices, counts),
-            });
-            if (done.ok) return done.result;
-            notices.push(`re-sync not possible (${done.reason}): imported in full`);
-          }
+          const start = await planning.start;
+          const done =
+            'reason' in start
+              ? { ok: false as const, notice: false, reason: start.reason }
+              : await runResync({ vm, repo, guestPath, start, plan: planning.plan, progress, signal, tmpDir: this.d.tmpDir }, {
+                  run: this.d.run,
+                  send: (script, tar, tarBytes) => this.send(vm.name, session, script, tar, signal, tarBytes),
+                  interrupted: () => this.interrupted(vm.name, session, 'import', signal),
+                  record: (r, manifest, notices, counts) =>
+                    this.record(vm, repo, guestPath, includeUntracked, r, manifest, manifestFile, notices, counts),
+                });
+          if (done.ok) return done.result;
+          if (done.notice) notices.push(`re-sync not possible (${done.reason}): imported in full`);
+          else if (vm.workspace) this.d.log.info({ vm: vm.name, why: done.reason }, 'workspace: full import, no re-sync');
         }
         await removeManifest(manifestFile);
         // The manifest's entries wait in this file while the import runs (full-import.ts).
