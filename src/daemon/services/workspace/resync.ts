@@ -205,25 +205,29 @@ export interface NotResynced extends NoResync {
  * there is no re-sync, or the guest is not in the recorded state (Stale).
  */
 export async function runResync(
-  r: ResyncRun,
+  job: ResyncRun,
   steps: ResyncSteps,
 ): Promise<{ ok: true; result: WorkspacePrepareResult } | NotResynced> {
   const stage = newResyncStage();
   const tar = deferredStream(async () => {
-    const plan = await r.plan;
-    if ('reason' in plan || archiveBytes(r.repo, plan) === undefined) return Readable.from([]);
-    announce(r, plan);
-    return archive(r, plan, stage, steps.run);
+    const plan = await job.plan;
+    if ('reason' in plan || archiveBytes(job.repo, plan) === undefined) return Readable.from([]);
+    announce(job, plan);
+    return archive(job, plan, stage, steps.run);
   });
   // Sent with the script's stdin: the archive is empty or smaller than BULK_MIN_BYTES.
-  const first = await steps.send(buildScript(r, stage), tar, 0);
-  const plan = await r.plan;
+  const first = await steps.send(buildScript(job, stage), tar, 0);
+  const plan = await job.plan;
   if ('reason' in plan) return { ok: false, notice: false, reason: plan.reason };
-  const bytes = archiveBytes(r.repo, plan);
-  if (bytes !== undefined) return outcome(r, plan, first, steps);
-  announce(r, plan);
+  if (archiveBytes(job.repo, plan) !== undefined) return outcome(job, plan, first, steps);
+  announce(job, plan);
   const again = newResyncStage();
-  return outcome(r, plan, await steps.send(buildScript(r, again), archive(r, plan, again, steps.run)), steps);
+  return outcome(job, plan, await steps.send(buildScript(job, again), archive(job, plan, again, steps.run)), steps);
+}
+
+/** The bytes of the files a plan writes. */
+function fileBytes(plan: ResyncPlan): number {
+  return plan.entries.reduce((n, e) => n + e.size, 0);
 }
 
 /**
@@ -231,15 +235,15 @@ export async function runResync(
  * the new commits' pack counted as large as the files), when it is smaller than BULK_MIN_BYTES; else undefined.
  */
 function archiveBytes(repo: HostRepo, plan: ResyncPlan): number | undefined {
-  const files = plan.entries.reduce((n, e) => n + e.size, 0);
+  const files = fileBytes(plan);
   const history = repo.headCommit !== null && plan.oldHead !== repo.headCommit;
   const bytes = (history ? 3 : 2) * files + 2048 * (plan.entries.length + plan.diff.delete.length + 16);
   return bytes < BULK_MIN_BYTES ? bytes : undefined;
 }
 
-function announce(r: ResyncRun, plan: ResyncPlan): void {
+function announce(job: ResyncRun, plan: ResyncPlan): void {
   const changed = plan.diff.write.length + plan.diff.delete.length;
-  r.progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
+  job.progress({ kind: 'notice', message: `re-sync: ${changed} file${changed === 1 ? '' : 's'} changed` });
 }
 
 function buildScript({ vm, repo, guestPath, start }: ResyncRun, stage: string): string {
@@ -257,7 +261,7 @@ function buildScript({ vm, repo, guestPath, start }: ResyncRun, stage: string): 
 }
 
 function archive({ repo, progress, signal, tmpDir }: ResyncRun, plan: ResyncPlan, stage: string, run: CommandRunner): Readable {
-  const bytes = plan.entries.reduce((n, e) => n + e.size, 0);
+  const bytes = fileBytes(plan);
   return createImportTar(
     {
       root: repo.root,
@@ -297,7 +301,7 @@ async function outcome(
   const notices = [...listNotices(plan.list, plan.list.skippedSpecial), ...miseNotices(r.stderr)];
   const result = await steps.record(r, plan.manifest, notices, {
     files: plan.entries.filter((e) => e.kind !== 'dir').length,
-    bytes: plan.entries.reduce((n, e) => n + e.size, 0),
+    bytes: fileBytes(plan),
     skippedUntracked: plan.list.skippedUntracked,
     mode: 'resync',
     deleted: plan.diff.delete.length,
