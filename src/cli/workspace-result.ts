@@ -5,10 +5,11 @@ import { formatBytes } from '../shared/workspace-format.js';
 export function preparedLines(r: WorkspacePrepareResult): string[] {
   const at = r.workspace.headCommit ? `, at ${r.workspace.headCommit.slice(0, 12)}` : '';
   const into = `${r.workspace.sourcePath} into ${r.vm}:${r.workspace.guestPath}`;
+  const files = `${r.files} file${r.files === 1 ? '' : 's'}`;
   return [
     ...r.notices,
     r.mode === 'resync'
-      ? `re-synced ${into} (${r.files} files written, ${formatBytes(r.bytes)}, ${r.deleted ?? 0} deleted${at})`
-      : `imported ${into} (${r.files} files, ${formatBytes(r.bytes)}${at})`,
+      ? `re-synced ${into} (${files} written, ${formatBytes(r.bytes)}, ${r.deleted ?? 0} deleted${at})`
+      : `imported ${into} (${files}, ${formatBytes(r.bytes)}${at})`,
   ];
 }

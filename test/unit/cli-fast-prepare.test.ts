@@ -78,7 +78,7 @@ test('progress, notices and the result line come as from the full CLI', async ()
   assert.equal(r.stdout, '');
   assert.equal(
     r.stderr,
-    `note: re-sync: 1 file changed\na notice\nre-synced ${resolve('some repo')} into dev:/root/w (1 files written, 2.0 KiB, 0 deleted, at abcdef012345)\n`,
+    `note: re-sync: 1 file changed\na notice\nre-synced ${resolve('some repo')} into dev:/root/w (1 file written, 2.0 KiB, 0 deleted, at abcdef012345)\n`,
   );
   const p = seen.at(-1) as Record<string, unknown>;
   assert.equal(p.sourcePath, resolve('some repo'), 'the checkout path is resolved here');
