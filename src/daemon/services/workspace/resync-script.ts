@@ -85,7 +85,9 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  *   HEAD (nothing staged), else exit Conflict with the changed paths on stdout (NUL-terminated, at
  *   most MAX_CONFLICT_PATHS);
  * - HEAD is on the host's branch (or detached, like the host's), else exit Stale.
- * The tar is read to its end before any of these exits, so the host's stream always completes.
+ * The tar is read to its end before any of these exits, so the host's stream always completes. The script
+ * starts before the host has planned what to send (resync.ts runResync): an empty archive, sent when there is
+ * no re-sync after all, fails the unpacking after the checks, with nothing changed (exit BadArchive).
  *
  * The tar is unpacked into a staging directory inside the workspace's .git while the checks run. Then: the
  * new commits are indexed (`--fix-thin`: their deltas may refer to objects the guest has), the deleted paths
@@ -95,6 +97,7 @@ const HEX = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
  * moved the branch moves to the new HEAD and `git reset --mixed` makes the index equal it (re-hashing only
  * files whose stat data changed). With HEAD where it was, the index (checked equal to HEAD) stays as it is.
  * Ignored files in the guest (build outputs) stay, unlike a full import.
+ * `mise trust --all` runs again, last, when the archive carries TAR_TRUST_MISE (a mise config was written).
  *
  * The new import base: when the archive carries one the host made (TAR_BASE, base-objects.ts: the trees and
  * commit of the host's manifest, the blobs of the files sent, sent only when every file sent hashes to the
