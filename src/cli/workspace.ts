@@ -7,6 +7,7 @@ import {
   listImportFiles,
   specialFileNotice,
   submoduleNotice,
+  nestedRepositoryNotice,
   untrackedNotice,
 } from '../shared/workspace-files.js';
 import { runCommand } from '../shared/command.js';
@@ -44,6 +45,7 @@ export async function dryRunImport(ctx: CliContext, req: Omit<PrepareRequest, 'v
   const notices = [
     untrackedNotice(list.skippedUntracked),
     submoduleNotice(list.skippedSubmodules),
+    nestedRepositoryNotice(list.skippedRepositories),
     specialFileNotice(list.skippedSpecial),
   ];
   for (const n of notices) if (n) out.info(n);

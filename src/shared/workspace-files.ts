@@ -65,6 +65,8 @@ export interface ImportFileList {
   skippedUntracked: number;
   /** Submodule paths whose contents were not imported (see listImportFiles). */
   skippedSubmodules: string[];
+  /** With includeUntracked: untracked git repositories inside the checkout, not imported (see listImportFiles). */
+  skippedRepositories: string[];
   /** Paths that are a FIFO, socket or device in the working tree: never read, not imported. */
   skippedSpecial: string[];
   /** Sum of entry sizes. */
@@ -259,7 +261,9 @@ function describe(root: string, path: string, untracked: boolean, dirs: Map<stri
  * Importing the submodule's files into the superproject's tree would make the guest see them as
  * untracked files of the superproject, and an export would then turn them into regular files in the
  * host repo. The empty directory keeps `git status` clean in the guest for the gitlink.
- * Untracked nested repositories (`git ls-files --others` prints them as "dir/") are skipped the same way.
+ * Untracked nested repositories (`git ls-files --others` prints them as "dir/") are not imported at all (with
+ * includeUntracked, reported in skippedRepositories): git's state of the checkout names them as gitlinks of no
+ * history the guest has.
  */
 export async function listImportFiles(
   root: string,
@@ -284,6 +288,7 @@ export async function listImportFiles(
   };
   let untrackedFiles = 0;
   const untracked: string[] = [];
+  const repositories: string[] = [];
   const others = ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'];
   // Both listings at once: the untracked one walks the working tree's directories.
   await Promise.all([
@@ -293,8 +298,11 @@ export async function listImportFiles(
       root,
       others,
       (buf, start, end) => {
-        // "dir/": an untracked nested repository, never imported nor counted.
-        if (buf[end - 1] === 0x2f) return;
+        // "dir/": an untracked nested repository, never imported nor counted as an untracked file.
+        if (buf[end - 1] === 0x2f) {
+          if (opts.includeUntracked) repositories.push(text(buf, start, end - 1));
+          return;
+        }
         untrackedFiles++;
         if (opts.includeUntracked) untracked.push(text(buf, start, end));
       },
@@ -326,6 +334,7 @@ export async function listImportFiles(
     entries,
     skippedUntracked: opts.includeUntracked ? 0 : untrackedFiles,
     skippedSubmodules,
+    skippedRepositories: repositories.sort(),
     skippedSpecial,
     totalBytes,
   };

@@ -21,6 +21,12 @@ export function submoduleNotice(skippedSubmodules: readonly string[]): string | 
   return `submodules are imported as empty directories, without their contents: ${skippedSubmodules.join(', ')}`;
 }
 
+/** One line to show when untracked git repositories inside the checkout were left out, or null. */
+export function nestedRepositoryNotice(paths: readonly string[]): string | null {
+  if (paths.length === 0) return null;
+  return `git repositories inside the checkout are not imported, nor their files: ${paths.map(displayName).join(', ')}`;
+}
+
 /** git's mode for an entry: 100644, 100755, 120000 (symlink) or 160000 (a submodule's directory). */
 export function gitMode(e: ImportEntry): string {
   if (e.kind === 'symlink') return '120000';

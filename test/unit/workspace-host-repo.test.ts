@@ -7,6 +7,7 @@ import {
   formatDryRun,
   inspectRepo,
   listImportFiles,
+  nestedRepositoryNotice,
   untrackedNotice,
   type ImportEntry,
 } from '../../src/daemon/services/workspace/host-repo.js';
@@ -93,6 +94,23 @@ void describe('inspectRepo', () => {
     const e = byPath(list.entries).get('vendor/lib');
     assert.equal(e?.kind, 'dir');
     assert.ok(!list.entries.some((x) => x.path.startsWith('vendor/lib/')));
+  });
+
+  void it('leaves out an untracked git repository inside the checkout, named only when untracked files are imported', async () => {
+    const root = makeFixtureRepo();
+    write(root, 'tools/nested repo/n.txt', 'n\n');
+    git(join(root, 'tools/nested repo'), 'init', '-q');
+    write(root, 'tools/loose.txt', 'l\n');
+    const withUntracked = await listImportFiles(root, { includeUntracked: true }, runCommand);
+    assert.deepEqual(withUntracked.skippedRepositories, ['tools/nested repo']);
+    assert.ok(!withUntracked.entries.some((x) => x.path.startsWith('tools/nested repo')));
+    assert.ok(withUntracked.entries.some((x) => x.path === 'tools/loose.txt'), 'other untracked files still come');
+    assert.equal(
+      nestedRepositoryNotice(withUntracked.skippedRepositories),
+      'git repositories inside the checkout are not imported, nor their files: tools/nested repo',
+    );
+    const without = await listImportFiles(root, { includeUntracked: false }, runCommand);
+    assert.deepEqual(without.skippedRepositories, []);
   });
 });
 

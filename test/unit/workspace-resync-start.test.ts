@@ -51,7 +51,11 @@ void describe('a re-sync whose script starts while the host plans', () => {
 
     const r = await h.prepare(repo);
     assert.equal(r.mode, 'full');
-    assert.deepEqual(r.notices, [], 'no re-sync was tried as far as the user can tell');
+    assert.deepEqual(
+      r.notices,
+      ['git repositories inside the checkout are not imported, nor their files: vendor/nested'],
+      'told why, and not that a re-sync was tried',
+    );
     assert.deepEqual(
       h.sent.map((s) => s.script),
       ['resync', 'full'],

@@ -1,6 +1,12 @@
 import type { ProgressEvent } from '../../../protocol/common.js';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import { specialFileNotice, submoduleNotice, untrackedNotice, type ImportFileList } from './host-repo.js';
+import {
+  nestedRepositoryNotice,
+  specialFileNotice,
+  submoduleNotice,
+  untrackedNotice,
+  type ImportFileList,
+} from './host-repo.js';
 import type { ImportTarProgress } from './pack.js';
 import { MISE_NOTICE_PREFIX, SCRIPT_STDERR_PREFIX, TREE_LINE_PREFIX, WorkspaceScriptExit } from './guest-scripts.js';
 
@@ -28,10 +34,10 @@ export function byteProgress(progress: Progress, list: { count: number; totalByt
 }
 
 export function listNotices(
-  list: Pick<ImportFileList, 'skippedUntracked' | 'skippedSubmodules'>,
+  list: Pick<ImportFileList, 'skippedUntracked' | 'skippedSubmodules' | 'skippedRepositories'>,
   special: readonly string[],
 ): string[] {
-  return [untrackedNotice(list.skippedUntracked), submoduleNotice(list.skippedSubmodules), specialFileNotice(special)].filter(
+  return [untrackedNotice(list.skippedUntracked), submoduleNotice(list.skippedSubmodules), nestedRepositoryNotice(list.skippedRepositories), specialFileNotice(special)].filter(
     (n): n is string => n !== null,
   );
 }
