@@ -5,10 +5,7 @@ import {
   formatDryRun,
   inspectRepo,
   listImportFiles,
-  specialFileNotice,
-  submoduleNotice,
-  nestedRepositoryNotice,
-  untrackedNotice,
+  listNotices,
 } from '../shared/workspace-files.js';
 import { runCommand } from '../shared/command.js';
 import type { CliContext } from './context.js';
@@ -42,13 +39,7 @@ export async function dryRunImport(ctx: CliContext, req: Omit<PrepareRequest, 'v
     out.line(formatDryRun(list.entries));
     out.info(`dry run: ${repo.root} would be imported to ${guestPath}; nothing was changed`);
   }
-  const notices = [
-    untrackedNotice(list.skippedUntracked),
-    submoduleNotice(list.skippedSubmodules),
-    nestedRepositoryNotice(list.skippedRepositories),
-    specialFileNotice(list.skippedSpecial),
-  ];
-  for (const n of notices) if (n) out.info(n);
+  for (const n of listNotices(list)) out.info(n);
 }
 
 /** Imports a host checkout into a running VM through the daemon, showing progress and notices. */

@@ -1,4 +1,4 @@
-import type { ImportEntry } from './workspace-files.js';
+import type { ImportEntry, ImportFileList } from './workspace-files.js';
 
 /** How the host side of a workspace import is shown: notices of what was left out, the `--dry-run` listing. */
 
@@ -25,6 +25,22 @@ export function submoduleNotice(skippedSubmodules: readonly string[]): string | 
 export function nestedRepositoryNotice(paths: readonly string[]): string | null {
   if (paths.length === 0) return null;
   return `git repositories inside the checkout are not imported, nor their files: ${paths.map(displayName).join(', ')}`;
+}
+
+/**
+ * The notices of what a listing left out, in the order they are shown (`special`: the special files, when more
+ * were met later than the listing, as a full import's tar does).
+ */
+export function listNotices(
+  list: Pick<ImportFileList, 'skippedUntracked' | 'skippedSubmodules' | 'skippedRepositories' | 'skippedSpecial'>,
+  special: readonly string[] = list.skippedSpecial,
+): string[] {
+  return [
+    untrackedNotice(list.skippedUntracked),
+    submoduleNotice(list.skippedSubmodules),
+    nestedRepositoryNotice(list.skippedRepositories),
+    specialFileNotice(special),
+  ].filter((n): n is string => n !== null);
 }
 
 /** git's mode for an entry: 100644, 100755, 120000 (symlink) or 160000 (a submodule's directory). */

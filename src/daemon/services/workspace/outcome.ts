@@ -1,12 +1,5 @@
 import type { ProgressEvent } from '../../../protocol/common.js';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
-import {
-  nestedRepositoryNotice,
-  specialFileNotice,
-  submoduleNotice,
-  untrackedNotice,
-  type ImportFileList,
-} from './host-repo.js';
 import type { ImportTarProgress } from './pack.js';
 import { MISE_NOTICE_PREFIX, SCRIPT_STDERR_PREFIX, TREE_LINE_PREFIX, WorkspaceScriptExit } from './guest-scripts.js';
 
@@ -31,15 +24,6 @@ export function byteProgress(progress: Progress, list: { count: number; totalByt
     const total = t.final ? t.bytes : Math.max(list.totalBytes, t.bytes);
     progress({ kind: 'bytes', step: 'import', done: t.bytes, total, files: t.files });
   };
-}
-
-export function listNotices(
-  list: Pick<ImportFileList, 'skippedUntracked' | 'skippedSubmodules' | 'skippedRepositories'>,
-  special: readonly string[],
-): string[] {
-  return [untrackedNotice(list.skippedUntracked), submoduleNotice(list.skippedSubmodules), nestedRepositoryNotice(list.skippedRepositories), specialFileNotice(special)].filter(
-    (n): n is string => n !== null,
-  );
 }
 
 export function miseNotices(stderr: string): string[] {

@@ -4,7 +4,7 @@ import type { CommandRunner } from '../../../shared/command.js';
 import type { ProgressEvent } from '../../../protocol/common.js';
 import type { WorkspaceInfo, WorkspacePrepareResult } from '../../../protocol/workspace.js';
 import type { VmRecord } from '../../store/repos/vms.js';
-import type { HostRepo, ImportEntry, ImportFileList } from './host-repo.js';
+import { listNotices, type HostRepo, type ImportEntry, type ImportFileList } from './host-repo.js';
 import { diffManifests, hostManifest, readManifest, type Manifest, type ManifestDiff } from './manifest.js';
 import { createImportTar } from './pack.js';
 import { baseObjects, hashOf } from './base-objects.js';
@@ -13,7 +13,7 @@ import { WorkspaceScriptExit } from './guest-scripts.js';
 import { deferredStream } from './import-stream.js';
 import { BULK_MIN_BYTES } from '../../guest/bulk.js';
 import type { GuestOutput } from './guest-output.js';
-import { byteProgress, lastScriptLine, listNotices, miseNotices, scriptError } from './outcome.js';
+import { byteProgress, lastScriptLine, miseNotices, scriptError } from './outcome.js';
 
 /**
  * Host side of a re-sync (`vm workspace prepare` of the same checkout into the same guest path
@@ -73,11 +73,9 @@ export interface ResyncInput {
 /** Plans a re-sync (see ResyncPlanning); neither promise rejects but for an abort or a failure to read. */
 export function planResync(i: ResyncInput): ResyncPlanning {
   const ws = i.workspace;
+  if (!ws) return noResync('no earlier import');
   const why = ruledOut(ws, i);
-  if (!ws || why !== null) {
-    const no = Promise.resolve({ reason: why ?? 'no earlier import' });
-    return { start: no, plan: no };
-  }
+  if (why !== null) return noResync(why);
   // The host's state is computed, and the checkout listed, while the record is read and checked (their git
   // processes are most of the plan's time); they go unused when there is no re-sync. The listing describes only
   // the changed paths, known once the state is: until then git lists the checkout.
@@ -99,9 +97,13 @@ export function planResync(i: ResyncInput): ResyncPlanning {
   return { start, plan };
 }
 
+function noResync(reason: string): ResyncPlanning {
+  const no = Promise.resolve({ reason });
+  return { start: no, plan: no };
+}
+
 /** Why the workspace record alone rules a re-sync out, or null. */
-function ruledOut(ws: WorkspaceInfo | null, i: ResyncInput): string | null {
-  if (!ws) return 'no earlier import';
+function ruledOut(ws: WorkspaceInfo, i: ResyncInput): string | null {
   if (ws.guestPath !== i.guestPath) return `the last import went to ${ws.guestPath}`;
   if (ws.sourcePath !== i.repo.root) return `the last import came from ${ws.sourcePath}`;
   if (ws.includeUntracked !== i.includeUntracked) return 'the untracked-files choice changed';
@@ -208,18 +210,21 @@ export async function runResync(
   job: ResyncRun,
   steps: ResyncSteps,
 ): Promise<{ ok: true; result: WorkspacePrepareResult } | NotResynced> {
+  // The plan, and whether its archive fits the script's stdin.
+  const sized = job.plan.then((plan) => ({ plan, small: !('reason' in plan) && archiveFits(job.repo, plan) }));
+  sized.catch(() => undefined);
   const stage = newResyncStage();
   const tar = deferredStream(async () => {
-    const plan = await job.plan;
-    if ('reason' in plan || archiveBytes(job.repo, plan) === undefined) return Readable.from([]);
+    const { plan, small } = await sized;
+    if ('reason' in plan || !small) return Readable.from([]);
     announce(job, plan);
     return archive(job, plan, stage, steps.run);
   });
   // Sent with the script's stdin: the archive is empty or smaller than BULK_MIN_BYTES.
   const first = await steps.send(buildScript(job, stage), tar, 0);
-  const plan = await job.plan;
+  const { plan, small } = await sized;
   if ('reason' in plan) return { ok: false, notice: false, reason: plan.reason };
-  if (archiveBytes(job.repo, plan) !== undefined) return outcome(job, plan, first, steps);
+  if (small) return outcome(job, plan, first, steps);
   announce(job, plan);
   const again = newResyncStage();
   return outcome(job, plan, await steps.send(buildScript(job, again), archive(job, plan, again, steps.run)), steps);
@@ -231,14 +236,13 @@ function fileBytes(plan: ResyncPlan): number {
 }
 
 /**
- * About how large the archive is (tar headers, the files and their blobs for the host's base, the path lists,
- * the new commits' pack counted as large as the files), when it is smaller than BULK_MIN_BYTES; else undefined.
+ * Whether the archive is smaller than BULK_MIN_BYTES, about (tar headers, the files and their blobs for the
+ * host's base, the path lists, the new commits' pack counted as large as the files).
  */
-function archiveBytes(repo: HostRepo, plan: ResyncPlan): number | undefined {
-  const files = fileBytes(plan);
+function archiveFits(repo: HostRepo, plan: ResyncPlan): boolean {
   const history = repo.headCommit !== null && plan.oldHead !== repo.headCommit;
-  const bytes = (history ? 3 : 2) * files + 2048 * (plan.entries.length + plan.diff.delete.length + 16);
-  return bytes < BULK_MIN_BYTES ? bytes : undefined;
+  const bytes = (history ? 3 : 2) * fileBytes(plan) + 2048 * (plan.entries.length + plan.diff.delete.length + 16);
+  return bytes < BULK_MIN_BYTES;
 }
 
 function announce(job: ResyncRun, plan: ResyncPlan): void {
@@ -298,7 +302,7 @@ async function outcome(
   if (r.code === WorkspaceScriptExit.Stale) return { ok: false, notice: true, reason: lastScriptLine(r.stderr) };
   if (r.code === WorkspaceScriptExit.Conflict) throw conflictError(vm.name, guestPath, r.stdout, r.stderr);
   if (r.code !== 0) throw (await steps.interrupted()) ?? scriptError('import', r.code, r.stderr, guestPath);
-  const notices = [...listNotices(plan.list, plan.list.skippedSpecial), ...miseNotices(r.stderr)];
+  const notices = [...listNotices(plan.list), ...miseNotices(r.stderr)];
   const result = await steps.record(r, plan.manifest, notices, {
     files: plan.entries.filter((e) => e.kind !== 'dir').length,
     bytes: fileBytes(plan),

@@ -26,6 +26,7 @@ import {
   formatBytes,
   inspectRepo,
   listImportFiles,
+  listNotices,
   type HostRepo,
 } from './host-repo.js';
 import { planFullImport } from './full-import.js';
@@ -34,7 +35,7 @@ import { manifestPath, removeManifest, writeManifest, type PendingManifest } fro
 import { conflictError, planResync, runResync } from './resync.js';
 import { TREE_LINE_PREFIX, WorkspaceScriptExit, buildImportScript, validateGuestPath } from './guest-scripts.js';
 import { buildExportScript, parseNameStatus } from './export-script.js';
-import { byteProgress, listNotices, miseNotices, scriptError } from './outcome.js';
+import { byteProgress, miseNotices, scriptError } from './outcome.js';
 import { runGuestScript, type GuestOutput, type GuestOutputLimits } from './guest-output.js';
 import { parsePatchFiles } from './patch.js';
 import { compareWorkspaces } from './compare.js';
