@@ -4,7 +4,7 @@ import type { WorkspaceInfo } from '../../src/protocol/workspace.js';
 import { WorkspaceService } from '../../src/daemon/services/workspace/service.js';
 import type { VmService } from '../../src/daemon/services/vm/service.js';
 import type { VmRecord, VmRepo } from '../../src/daemon/store/repos/vms.js';
-import { runCommand } from '../../src/shared/command.js';
+import { runCommand, type CommandRunner } from '../../src/shared/command.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { scratchDir } from './scratch.js';
 
@@ -69,6 +69,8 @@ function guestLikePath(): string {
 export function localWorkspaceService(
   dir: string,
   onExec?: (command: string, opts: GuestExecOptions) => void,
+  /** Runs the host's commands (git): runCommand unless a test wraps it. */
+  run: CommandRunner = runCommand,
 ): { vm: VmRecord & { workspace: WorkspaceInfo | null }; svc: WorkspaceService } {
   const vm = { id: 'vm1', name: 'vm', dir, accel: 'kvm', workspace: null as WorkspaceInfo | null } as VmRecord & { workspace: WorkspaceInfo | null };
   const shell = new LocalShellSession();
@@ -85,5 +87,5 @@ export function localWorkspaceService(
     guest: { transferSession: () => Promise.resolve(session) },
   } as unknown as VmService;
   const repo = { update: (_id: string, p: { workspace: WorkspaceInfo }) => (vm.workspace = p.workspace) } as unknown as VmRepo;
-  return { vm, svc: new WorkspaceService({ vms, repo, run: runCommand, log: silentLogger(), tmpDir: scratchDir('banger-ws-tmp-') }) };
+  return { vm, svc: new WorkspaceService({ vms, repo, run, log: silentLogger(), tmpDir: scratchDir('banger-ws-tmp-') }) };
 }

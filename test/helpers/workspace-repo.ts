@@ -118,3 +118,19 @@ export function copyTree(from: string, to: string): void {
   mkdirSync(dirname(to), { recursive: true });
   execFileSync('cp', ['-a', '--', from, to]);
 }
+
+export function sh(cwd: string, script: string): string {
+  return execFileSync('sh', ['-c', script], { cwd, encoding: 'utf8' });
+}
+
+/** What a user compares between two workspaces: index, worktree tree, status, HEAD and branch, bytes and modes. */
+export function workspaceState(dir: string): Record<string, string> {
+  return {
+    index: sh(dir, 'git ls-files -s'),
+    tree: worktreeTree(dir),
+    status: sh(dir, 'git status --porcelain'),
+    head: sh(dir, 'git rev-parse HEAD; git symbolic-ref -q HEAD || echo detached'),
+    log: sh(dir, 'git log --format=%H:%P'),
+    files: sh(dir, "find . -path ./.git -prune -o -printf '%p %y %m %l\\n' | sort; find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha256sum"),
+  };
+}

@@ -24,7 +24,7 @@ import {
 } from '../../src/daemon/services/workspace/manifest.js';
 import { mayBeMiseConfig } from '../../src/daemon/services/workspace/resync-script.js';
 import { localWorkspaceService } from '../helpers/local-session.js';
-import { git, isolateGitConfig, makeFixtureRepo, tmp, worktreeTree, write } from '../helpers/workspace-repo.js';
+import { git, isolateGitConfig, makeFixtureRepo, sh, tmp, workspaceState as state, worktreeTree, write } from '../helpers/workspace-repo.js';
 
 before(isolateGitConfig);
 
@@ -90,22 +90,6 @@ function harness() {
       if (ev.kind === 'notice') notices.push(ev.message);
     });
   return { vm, prepare, notices, manifest: manifestPath(dir) };
-}
-
-function sh(cwd: string, script: string): string {
-  return execFileSync('sh', ['-c', script], { cwd, encoding: 'utf8' });
-}
-
-/** What a user compares between two workspaces: index, worktree tree, status, HEAD and branch, bytes and modes. */
-function state(dir: string): Record<string, string> {
-  return {
-    index: sh(dir, 'git ls-files -s'),
-    tree: worktreeTree(dir),
-    status: sh(dir, 'git status --porcelain'),
-    head: sh(dir, 'git rev-parse HEAD; git symbolic-ref -q HEAD || echo detached'),
-    log: sh(dir, 'git log --format=%H:%P'),
-    files: sh(dir, "find . -path ./.git -prune -o -printf '%p %y %m %l\\n' | sort; find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha256sum"),
-  };
 }
 
 void describe('re-sync through the workspace service', () => {

@@ -14,7 +14,7 @@ import { NUL, recordSplitter, runRecords, text, type RecordHandler } from '../..
  * The host computes a manifest with a throwaway index (a copy of the checkout's, so git re-hashes only
  * files whose stat data changed) and a throwaway object directory (new blobs never land in the user's
  * repository). The guest builds the same tree from the files it received (the import base); when the
- * two tree ids differ (a file changed while it was read, a clean filter, a nested repository) the
+ * two tree ids differ (a file changed while it was read, a clean filter) the
  * manifest is not kept and the next prepare is a full import.
  */
 
@@ -148,7 +148,12 @@ export async function withStateIndex<T>(
       GIT_ALTERNATE_OBJECT_DIRECTORIES: objects,
     });
     const opts = { cwd: root, env, signal, allowFailure: true };
-    const add = await run('git', ['add', includeUntracked ? '-A' : '-u', '--', ':/'], opts);
+    // Untracked nested repositories are left out, as the import leaves them out (listImportFiles): `git add -A`
+    // would stage each as a gitlink (the state would then never match the guest's), or fail on one with no commit.
+    const nested = includeUntracked ? await untrackedRepositories(run, opts) : [];
+    if (nested === null) return null;
+    const excluded = nested.map((p) => `:(exclude,literal)${p}`);
+    const add = await run('git', ['add', includeUntracked ? '-A' : '-u', '--', ':/', ...excluded], opts);
     if (add.code !== 0) return null;
     const tree = await run('git', ['write-tree'], opts);
     if (tree.code !== 0) return null;
@@ -157,6 +162,24 @@ export async function withStateIndex<T>(
     await rm(tmp, { recursive: true, force: true });
   }
 }
+
+/** The untracked nested repositories of the checkout (`git ls-files --others` lists each as "DIR/"). */
+async function untrackedRepositories(run: CommandRunner, opts: RunOptions): Promise<string[] | null> {
+  const dirs: string[] = [];
+  const ls = await runRecords(
+    run,
+    'git',
+    ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'],
+    NUL,
+    (buf, start, end) => {
+      if (buf[end - 1] === SLASH) dirs.push(text(buf, start, end - 1));
+    },
+    opts,
+  );
+  return ls.code === 0 ? dirs : null;
+}
+
+const SLASH = 0x2f;
 
 /** The manifest file of a VM's workspace: one JSON header line, then `mode oid\tpath\0` records. */
 export function manifestPath(vmDir: string): string {

@@ -152,7 +152,7 @@ async function finish(
   const entries: ImportEntry[] = [];
   for (const p of diff.write) {
     const e = byPath.get(p);
-    // A path git lists but the import would not carry (a nested repository): only a full import is exact.
+    // A path git's state names but the listing does not carry: only a full import is exact.
     if (!e) return { reason: `${p} cannot be re-synced` };
     entries.push(e);
   }
