@@ -174,7 +174,7 @@ export class ProgressRenderer {
     const { perSecond, secondsLeft } = this.rate.update(ev.step, ev.done, ev.total);
     return [
       `${ev.step}: ${formatBytes(ev.done)}${ev.total ? ` / ${formatBytes(ev.total)}` : ''}`,
-      ev.files !== undefined ? `${ev.files} files` : undefined,
+      ev.files !== undefined ? `${ev.files} file${ev.files === 1 ? '' : 's'}` : undefined,
       perSecond !== undefined ? `${formatBytes(perSecond)}/s` : undefined,
       secondsLeft !== undefined ? `about ${formatSeconds(secondsLeft)} left` : undefined,
     ]

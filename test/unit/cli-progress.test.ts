@@ -65,3 +65,11 @@ test("plain progress of a fork: each VM's steps carry its name, and each step's 
     ],
   );
 });
+
+test('plain progress of a transfer: bytes, and files counted in the singular for one', async () => {
+  const lines = await render([
+    { kind: 'bytes', step: 'import', done: 8, total: 8, files: 1 },
+    { kind: 'bytes', step: 'import', done: 2048, total: 2048, files: 2, after: 10 },
+  ]);
+  assert.deepEqual(lines.map((l) => l.replace(/, [^,]*\/s.*$/, '')), ['    import: 8 B / 8 B, 1 file', '    import: 2.0 KiB / 2.0 KiB, 2 files']);
+});
