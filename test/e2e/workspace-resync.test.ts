@@ -1,7 +1,8 @@
 /**
  * Workspace re-sync on a real QEMU VM: a second prepare of the same checkout into the same guest path
  * sends only what changed and leaves the guest as a fresh full import would; guest changes are
- * refused (named) unless --force; `vm exec --auto-prepare` re-syncs. One VM; the steps run in order.
+ * refused (named) unless --force; `vm exec --auto-prepare` re-syncs; a git repository the checkout does not track
+ * stays out of both. One VM; the steps run in order.
  */
 import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -123,5 +124,21 @@ void describe('workspace re-sync on a real VM', { timeout: 900_000 }, () => {
     assert.equal(resynced, await guest('/root/rs-c', STATE), 're-synced workspace == fresh full import');
     assert.match(resynced, /^ M README\.md$/m);
     assert.match(resynced, /^ D committed\.txt$/m);
+  });
+
+  step('a checkout holding a git repository it does not track re-syncs, leaving that repository out as a full import does', async () => {
+    write(repo, 'vendor/lib/lib.txt', 'another project\n');
+    git(join(repo, 'vendor/lib'), 'init', '-q');
+    git(join(repo, 'vendor/lib'), 'add', '-A');
+    git(join(repo, 'vendor/lib'), 'commit', '-q', '-m', 'lib');
+    await prepare('/root/rs-b');
+    write(repo, 'README.md', 'edited beside a nested repository\n');
+    const r = await prepare('/root/rs-b');
+    assert.match(r.stderr, /^git repositories inside the checkout are not imported, nor their files: vendor\/lib$/m);
+    assert.match(r.stderr, /^note: re-sync: 1 file changed$/m);
+    const resynced = await guest('/root/rs-b', STATE);
+    await prepare('/root/rs-d');
+    assert.equal(resynced, await guest('/root/rs-d', STATE), 're-synced workspace == fresh full import');
+    assert.doesNotMatch(resynced, /vendor/);
   });
 });
