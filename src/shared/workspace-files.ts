@@ -111,6 +111,30 @@ async function gitRecords(
   listed(await runRecords(run, 'git', args, NUL, onRecord, opts), cwd, args);
 }
 
+/** git's listing of the untracked, not ignored paths: it prints an untracked nested repository as "DIR/". */
+const UNTRACKED_LISTING = ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'];
+
+/** The repository a record of UNTRACKED_LISTING names, or null for a file. */
+function repositoryOf(buf: Buffer, start: number, end: number): string | null {
+  return buf[end - 1] === 0x2f ? text(buf, start, end - 1) : null;
+}
+
+/** The untracked nested repositories of a checkout (as listImportFiles's skippedRepositories, sorted). */
+export async function untrackedRepositories(root: string, run: CommandRunner, signal?: AbortSignal): Promise<string[]> {
+  const repositories: string[] = [];
+  await gitRecords(
+    run,
+    root,
+    UNTRACKED_LISTING,
+    (buf, start, end) => {
+      const repository = repositoryOf(buf, start, end);
+      if (repository !== null) repositories.push(repository);
+    },
+    signal,
+  );
+  return repositories.sort();
+}
+
 /** Inspects a host checkout. `path` may be any directory inside the work tree. */
 export async function inspectRepo(path: string, run: CommandRunner, signal?: AbortSignal): Promise<HostRepo> {
   let st;
@@ -289,18 +313,18 @@ export async function listImportFiles(
   let untrackedFiles = 0;
   const untracked: string[] = [];
   const repositories: string[] = [];
-  const others = ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'];
   // Both listings at once: the untracked one walks the working tree's directories.
   await Promise.all([
     readIndex(run, root, onIndex, signal),
     gitRecords(
       run,
       root,
-      others,
+      UNTRACKED_LISTING,
       (buf, start, end) => {
-        // "dir/": an untracked nested repository, never imported nor counted as an untracked file.
-        if (buf[end - 1] === 0x2f) {
-          if (opts.includeUntracked) repositories.push(text(buf, start, end - 1));
+        // An untracked nested repository is never imported nor counted as an untracked file.
+        const repository = repositoryOf(buf, start, end);
+        if (repository !== null) {
+          if (opts.includeUntracked) repositories.push(repository);
           return;
         }
         untrackedFiles++;

@@ -44,7 +44,9 @@ export async function planFullImport(
   tmpDir: string,
 ): Promise<FullImportPlan> {
   const { entries, ...rest } = await listImportFiles(repo.root, { includeUntracked }, run, signal);
-  const state = await importManifest(repo, includeUntracked, pendingFile, run, signal, tmpDir);
+  // The listing named the untracked repositories: the state leaves them out without listing again.
+  const untracked = includeUntracked ? rest.skippedRepositories : null;
+  const state = await importManifest(repo, untracked, pendingFile, run, signal, tmpDir);
   const split = await splitByHead(repo.root, repo.headCommit, entries, state && state.diff, run, signal);
   const list = {
     ...rest,
@@ -63,13 +65,14 @@ export async function planFullImport(
  */
 async function importManifest(
   repo: HostRepo,
-  includeUntracked: boolean,
+  /** withStateIndex's `untracked`. */
+  untracked: readonly string[] | null,
   file: string,
   run: CommandRunner,
   signal: AbortSignal | undefined,
   tmpDir: string,
 ): Promise<{ manifest: PendingManifest; diff: HeadDiff } | null> {
-  return withStateIndex(repo.root, includeUntracked, run, signal, tmpDir, async (tree, opts) => {
+  return withStateIndex(repo.root, untracked, run, signal, tmpDir, async (tree, opts) => {
     const out = createWriteStream(file);
     const written = finished(out);
     written.catch(() => undefined);

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rename, rm, writeFile, copyFile } from 'node:
 import { pipeline } from 'node:stream/promises';
 import { isAbsolute, join } from 'node:path';
 import type { CommandRunner, RunOptions } from '../../../shared/command.js';
-import { gitEnv as hostGitEnv, type GitIdentity } from '../../../shared/workspace-files.js';
+import { gitEnv as hostGitEnv, untrackedRepositories, type GitIdentity } from '../../../shared/workspace-files.js';
 import { NUL, recordSplitter, runRecords, text, type RecordHandler } from '../../../shared/records.js';
 
 /**
@@ -99,7 +99,12 @@ export async function hostManifest(
   tmpDir: string,
   signal?: AbortSignal,
 ): Promise<Manifest | null> {
-  return withStateIndex(root, includeUntracked, run, signal, tmpDir, async (tree, opts) => {
+  let untracked: readonly string[] | null = null;
+  if (includeUntracked) {
+    untracked = await untrackedRepositories(root, run, signal).catch(() => null);
+    if (untracked === null) return null;
+  }
+  return withStateIndex(root, untracked, run, signal, tmpDir, async (tree, opts) => {
     const entries: ManifestEntries = new Map();
     const ls = await runRecords(run, 'git', ['ls-files', '-s', '-z'], NUL, stageRecord(entries), {
       ...opts,
@@ -118,7 +123,12 @@ export const LISTING_MAX_BYTES = 256 << 20;
  */
 export async function withStateIndex<T>(
   root: string,
-  includeUntracked: boolean,
+  /**
+   * Null: tracked files only. Else untracked files too, but not these untracked nested repositories
+   * (untrackedRepositories), which the import leaves out: `git add -A` would stage each as a gitlink (the state
+   * would then never match the guest's), or fail on one with no commit.
+   */
+  untracked: readonly string[] | null,
   run: CommandRunner,
   signal: AbortSignal | undefined,
   /** Where its scratch directory goes (the daemon's `Paths.tmpDir`). */
@@ -148,12 +158,8 @@ export async function withStateIndex<T>(
       GIT_ALTERNATE_OBJECT_DIRECTORIES: objects,
     });
     const opts = { cwd: root, env, signal, allowFailure: true };
-    // Untracked nested repositories are left out, as the import leaves them out (listImportFiles): `git add -A`
-    // would stage each as a gitlink (the state would then never match the guest's), or fail on one with no commit.
-    const nested = includeUntracked ? await untrackedRepositories(run, opts) : [];
-    if (nested === null) return null;
-    const excluded = nested.map((p) => `:(exclude,literal)${p}`);
-    const add = await run('git', ['add', includeUntracked ? '-A' : '-u', '--', ':/', ...excluded], opts);
+    const excluded = (untracked ?? []).map((p) => `:(exclude,literal)${p}`);
+    const add = await run('git', ['add', untracked ? '-A' : '-u', '--', ':/', ...excluded], opts);
     if (add.code !== 0) return null;
     const tree = await run('git', ['write-tree'], opts);
     if (tree.code !== 0) return null;
@@ -162,24 +168,6 @@ export async function withStateIndex<T>(
     await rm(tmp, { recursive: true, force: true });
   }
 }
-
-/** The untracked nested repositories of the checkout (`git ls-files --others` lists each as "DIR/"). */
-async function untrackedRepositories(run: CommandRunner, opts: RunOptions): Promise<string[] | null> {
-  const dirs: string[] = [];
-  const ls = await runRecords(
-    run,
-    'git',
-    ['ls-files', '-z', '--others', '--exclude-standard', '--full-name'],
-    NUL,
-    (buf, start, end) => {
-      if (buf[end - 1] === SLASH) dirs.push(text(buf, start, end - 1));
-    },
-    opts,
-  );
-  return ls.code === 0 ? dirs : null;
-}
-
-const SLASH = 0x2f;
 
 /** The manifest file of a VM's workspace: one JSON header line, then `mode oid\tpath\0` records. */
 export function manifestPath(vmDir: string): string {
