@@ -327,7 +327,9 @@ void describe('guest agent: exec on both channels, sessions, stats (real VMs)', 
 
   step('bad session input: a bad name 64, an unknown session 65, a send to an exited session 67', async () => {
     assert.equal((await banger(['vm', 'session', 'start', AGENT_VM, '--name', 'bad/name', '--', 'true'])).code, 64);
-    assert.equal((await banger(['vm', 'session', 'logs', AGENT_VM, 'no-such-session'])).code, 65);
+    const unknown = await banger(['vm', 'session', 'logs', AGENT_VM, 'no-such-session']);
+    assert.equal(unknown.code, 65);
+    assert.match(unknown.stderr, new RegExp(`has no session 'no-such-session'[\\s\\S]*banger vm session list ${AGENT_VM}`));
     await bangerOk(['vm', 'session', 'start', AGENT_VM, '--name', 'brief', '--', 'true']);
     await waitFor('it to exit', async () => ((await sessions(AGENT_VM)).find((s) => s.name === 'brief')?.state === 'exited' ? true : undefined));
     assert.equal((await banger(['vm', 'session', 'send', AGENT_VM, 'brief', 'hello'])).code, 67);

@@ -184,3 +184,37 @@ describe('session start', () => {
     assert.equal((b.requests[0]!.env as Record<string, string>).TERM, 'screen');
   });
 });
+
+describe('an unknown session', () => {
+  /** A guest whose agent rejects every operation on a session with `error`. */
+  function unknown(error: BangerError) {
+    const fail = () => Promise.reject(error);
+    const agent = { sessionShow: fail, sessionRm: fail, sessionLogs: fail, sessionAttach: fail } as unknown as AgentClient;
+    const vms: AgentSource = {
+      agent: () => Promise.resolve({ vm: { name: 'dev' } as VmRecord, agent, features: new Set(['sessions']) }),
+    };
+    return new SessionService({ vms, log: silentLogger() });
+  }
+  const agentsWords = new BangerError(ErrorCode.NotFound, 'guest agent of VM dev: no session nope in the guest');
+
+  it('is named with its VM, and the hint lists that VM’s sessions (exit 65)', async () => {
+    const svc = unknown(agentsWords);
+    const named = (e: unknown) => {
+      assert.ok(e instanceof BangerError);
+      assert.equal(e.code, ErrorCode.NotFound);
+      assert.equal(e.message, "VM 'dev' has no session 'nope'");
+      assert.match(e.hint ?? '', /`banger vm session list dev`/);
+      return true;
+    };
+    await assert.rejects(svc.show('dev', 'nope'), named);
+    await assert.rejects(svc.rm('dev', 'nope'), named);
+    await assert.rejects(svc.stop({ vm: 'dev', session: 'nope' }), named);
+    await assert.rejects(svc.logs({ vm: 'dev', session: 'nope' }, () => Promise.resolve()), named);
+    await assert.rejects(svc.attach({ vm: 'dev', session: 'nope' }, () => Promise.resolve(), () => {}), named);
+  });
+
+  it('leaves other failures as the agent said them', async () => {
+    const down = new BangerError(ErrorCode.Unavailable, 'the guest agent of VM dev closed the connection');
+    await assert.rejects(unknown(down).show('dev', 'nope'), (e) => e === down);
+  });
+});

@@ -102,7 +102,7 @@ export class SessionService {
   }
 
   async show(vm: string, session: string, signal?: AbortSignal): Promise<SessionInfo> {
-    return (await this.agentOf(vm, signal)).sessionShow(session, { signal });
+    return named(vm, session, (await this.agentOf(vm, signal)).sessionShow(session, { signal }));
   }
 
   /**
@@ -116,7 +116,7 @@ export class SessionService {
     const agent = await this.agentOf(p.vm, signal);
     const first = (p.signal ?? 'SIGTERM') as AgentSignal;
     // The agent signals only a running session; one that has ended is reported as it is.
-    let s = await agent.sessionShow(p.session, { signal });
+    let s = await named(p.vm, p.session, agent.sessionShow(p.session, { signal }));
     if (s.state !== 'running') return { ...s, sent: [] };
     const sent: string[] = [first];
     s = await agent.sessionStop(p.session, first, { signal });
@@ -150,7 +150,7 @@ export class SessionService {
   }
 
   async rm(vm: string, session: string, signal?: AbortSignal): Promise<{ removed: string }> {
-    return (await this.agentOf(vm, signal)).sessionRm(session, { signal });
+    return named(vm, session, (await this.agentOf(vm, signal)).sessionRm(session, { signal }));
   }
 
   /** Streams one output stream from `from`; with `follow` until the session ends. Aborting stops reading. */
@@ -160,14 +160,18 @@ export class SessionService {
     signal?: AbortSignal,
   ): Promise<SessionEnd> {
     const agent = await this.agentOf(p.vm, signal);
-    const s = await agent.sessionLogs({
-      name: p.session,
-      from: p.from,
-      stream: p.stream,
-      follow: p.follow,
-      onOutput: (c) => onOutput(c),
-      signal,
-    });
+    const s = await named(
+      p.vm,
+      p.session,
+      agent.sessionLogs({
+        name: p.session,
+        from: p.from,
+        stream: p.stream,
+        follow: p.follow,
+        onOutput: (c) => onOutput(c),
+        signal,
+      }),
+    );
     const end = await s.ended;
     return { stdoutOffset: end.stdoutOffset, stderrOffset: end.stderrOffset, session: end.session };
   }
@@ -183,13 +187,11 @@ export class SessionService {
     signal?: AbortSignal,
   ): Promise<SessionEnd> {
     const agent = await this.agentOf(p.vm, signal);
-    const a = await agent.sessionAttach({
-      name: p.session,
-      from: p.from,
-      client: p.client,
-      onOutput: (c) => onOutput(c),
-      signal,
-    });
+    const a = await named(
+      p.vm,
+      p.session,
+      agent.sessionAttach({ name: p.session, from: p.from, client: p.client, onOutput: (c) => onOutput(c), signal }),
+    );
     onAttached(a);
     const end = await a.ended;
     return { stdoutOffset: end.stdoutOffset, stderrOffset: end.stderrOffset, session: end.session };
@@ -206,7 +208,7 @@ export class SessionService {
     const key = `${p.vm}\u0000${p.session}\u0000${p.sendId}`;
     let open = this.sends.get(key);
     if (!open) {
-      open = this.openSend(await this.agentOf(p.vm, signal), p.session);
+      open = this.openSend(await this.agentOf(p.vm, signal), p.vm, p.session);
       this.sends.set(key, open);
     }
     const current = open;
@@ -229,7 +231,7 @@ export class SessionService {
     }
   }
 
-  private openSend(agent: AgentClient, session: string): OpenSend {
+  private openSend(agent: AgentClient, vm: string, session: string): OpenSend {
     // The parts flow through an async iterable into one agent send; `push` resolves once the agent took it.
     const queue: { data: Buffer; taken: () => void }[] = [];
     let wake: (() => void) | undefined;
@@ -247,7 +249,7 @@ export class SessionService {
         await new Promise<void>((r) => (wake = r));
       }
     }
-    const result = agent.sessionSend(session, parts(), { signal: abort.signal });
+    const result = named(vm, session, agent.sessionSend(session, parts(), { signal: abort.signal }));
     result.catch(() => {});
     // A send whose client vanished between parts is abandoned after a minute.
     let idle = setTimeout(() => abort.abort(), 60_000);
@@ -287,4 +289,17 @@ export class SessionService {
       });
     return { vm, agent };
   }
+}
+
+/**
+ * `p`, its NotFound said in the user's terms: for an operation on an existing session, the agent's NotFound means
+ * the VM has no session of that name (the agent knows neither the VM's name nor the CLI).
+ */
+function named<T>(vm: string, session: string, p: Promise<T>): Promise<T> {
+  return p.catch((e: unknown) => {
+    if (!(e instanceof BangerError) || e.code !== ErrorCode.NotFound) throw e;
+    throw new BangerError(ErrorCode.NotFound, `VM '${vm}' has no session '${session}'`, {
+      hint: `\`banger vm session list ${vm}\` shows its sessions`,
+    });
+  });
 }
