@@ -198,6 +198,8 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
     clientKey,
     uid: () => process.getuid?.() ?? 0,
     onVmsChanged: () => void hostViews.sync(),
+    // `snapshots` is made below, before anything can delete a VM.
+    onVmDeleted: () => void snapshots.collectForks(),
     tap: tapNetworking,
     defaultNetwork: config.network.defaultMode,
     bootTimeoutMs: config.boot.timeoutSeconds * 1000,
@@ -263,6 +265,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
   await images.reconcile();
   await vms.reconcile();
   await snapshots.reconcile();
+  await snapshots.collectForks();
   await pools.reconcile();
   await hostViews.sync();
 

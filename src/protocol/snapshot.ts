@@ -30,6 +30,8 @@ export const snapshotInfoSchema = z.object({
    * never restored. It is deleted like any snapshot once no VM's disks are layered on it.
    */
   restorable: z.boolean(),
+  /** Taken by `vm fork`: deleted with the last VM (or snapshot) that uses it. */
+  madeByFork: z.boolean(),
 });
 export type SnapshotInfo = z.infer<typeof snapshotInfoSchema>;
 

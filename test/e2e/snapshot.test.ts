@@ -27,6 +27,7 @@ interface VmJson {
 }
 interface SnapJson {
   id: string;
+  madeByFork: boolean;
   name: string;
   pausedMs: number;
   hostBytes: number;
@@ -197,6 +198,7 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     // The source ran on through both snapshots.
     assert.equal(await guest(SRC, 'cat /root/fork-marker /root/after-snapshot'), 'forked\nlater\n');
     const forkSnap = r.snapshot.name;
+    assert.equal(r.snapshot.madeByFork, true, "the fork's own snapshot, not one the user took");
     assert.equal((await banger(['snapshot', 'delete', forkSnap])).code, 67);
     // The same fork again, one more: refused (66) before anything is made, naming the names in use.
     const snapsBefore = (JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[]).length;
@@ -257,18 +259,22 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.equal(r.stdout, 'snapshot-me\n');
   });
 
-  step('a snapshot VMs depend on is not deleted (67); once they are gone it is, leaving nothing', async () => {
+  step("a snapshot VMs depend on is not deleted (67); once they are gone it is, leaving nothing; a fork's own goes by itself", async () => {
     const refused = await banger(['snapshot', 'delete', SNAP]);
     assert.equal(refused.code, 67);
     assert.match(refused.stderr, /in use/);
     assert.match(refused.stderr, /hint: .*banger vm delete/);
     assert.ok(existsSync(snap.dir));
     const ids = await Promise.all([SRC, A, B, ...FORKS].map(async (n) => (await show(n)).id));
-    for (const vm of [A, B, ...FORKS, SRC]) await bangerOk(['vm', 'delete', '--force', vm]);
-    // The fork's snapshot is layered on the first (it was taken of a VM running on it): it goes first.
-    assert.equal((await banger(['snapshot', 'delete', SNAP])).code, 67);
-    const snaps = JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[];
-    for (const s of snaps.filter((x) => x.name.startsWith('e2e-fk-'))) await bangerOk(['snapshot', 'delete', s.name]);
+    for (const vm of [A, B, ...FORKS]) await bangerOk(['vm', 'delete', '--force', vm]);
+    // The fork's snapshot stays while its source runs on it; the user's stays until they delete it.
+    const listed = async () => (JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[]).map((s) => s.name);
+    assert.equal((await listed()).filter((n) => n.startsWith('e2e-fk-')).length, 1);
+    await bangerOk(['vm', 'delete', '--force', SRC]);
+    // vm fork took it, not the user: it went with the last VM layered on it (and it was layered on the first).
+    const left = await listed();
+    assert.deepEqual(left.filter((n) => n.startsWith('e2e-fk-')), []);
+    assert.ok(left.includes(SNAP));
     await bangerOk(['snapshot', 'delete', SNAP]);
     assert.equal(existsSync(snap.dir), false, 'the snapshot directory is gone');
     assert.deepEqual(readdirSync(join(E2E_HOME, 'snapshots')).filter((n) => n.includes(snap.id)), []);

@@ -10,7 +10,8 @@ import { incomingFromFile, outgoingToFile, qemuArgv } from '../../src/daemon/vmm
 import { makeRestoredFiles } from '../../src/daemon/services/snapshot/restore.js';
 import { runCommand } from '../../src/shared/command.js';
 import { createShape } from '../../src/daemon/services/vm/create.js';
-import { SnapshotService, imageKey } from '../../src/daemon/services/snapshot/service.js';
+import { SnapshotService } from '../../src/daemon/services/snapshot/service.js';
+import { imageKey } from '../../src/daemon/services/snapshot/info.js';
 import type { ReadyImage } from '../../src/daemon/services/image/service.js';
 import type { SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
@@ -115,6 +116,45 @@ test('snapshot delete is refused (FailedPrecondition) while a VM or a snapshot i
   assert.deepEqual(await svc.delete('base'), { deleted: 'base' });
   assert.equal(existsSync(paths.snapshotDir('s1')), false);
   await assert.rejects(svc.delete('base'), (e: BangerError) => e.code === ErrorCode.NotFound);
+});
+
+test("a fork's snapshot goes with the last VM or snapshot layered on it; the user's stay", async () => {
+  const root = tmp();
+  const paths = new Paths(root);
+  const dirs = { src: join(root, 'vms', 'src'), fk1: join(root, 'vms', 'fk1'), fk2: join(root, 'vms', 'fk2') };
+  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
+  const fork = (id: string, name: string, dependsOn: string[] = []) => ({ ...fakeSnapshot(id, name, dependsOn), madeBy: 'fork' as const });
+  // f1: a fork of src; f2: a fork of its copy fk1 (layered on f1 too); mine: the user's, of src.
+  for (const s of [fork('f1', 'src-fork-1'), fork('f22', 'fk1-fork-1', ['f1']), fakeSnapshot('u333', 'mine')]) {
+    mkdirSync(paths.snapshotDir(s.id), { recursive: true });
+    writeFileSync(join(paths.snapshotDir(s.id), 'snapshot.json'), JSON.stringify(s));
+  }
+  writeFileSync(join(dirs.src, 'snapshots.json'), JSON.stringify(['f1', 'u333']));
+  writeFileSync(join(dirs.fk1, 'snapshots.json'), JSON.stringify(['f1', 'f22']));
+  writeFileSync(join(dirs.fk2, 'snapshots.json'), JSON.stringify(['f1', 'f22']));
+  let vms: Pick<VmRecord, 'name' | 'dir'>[] = [
+    { name: 'src', dir: dirs.src },
+    { name: 'fk1', dir: dirs.fk1 },
+    { name: 'fk2', dir: dirs.fk2 },
+  ];
+  const svc = new SnapshotService({
+    paths,
+    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => vms as VmRecord[] },
+    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
+    run: () => Promise.reject(new Error('unused')),
+    log: silentLogger(),
+  });
+  const names = async () => (await svc.list()).map((s) => `${s.name}${s.madeByFork ? ' (fork)' : ''}`);
+  assert.deepEqual(await svc.collectForks(), [], 'all in use');
+  vms = vms.filter((v) => v.name !== 'fk2');
+  assert.deepEqual(await svc.collectForks(), [], 'fk1 still uses both');
+  vms = vms.filter((v) => v.name !== 'fk1');
+  assert.deepEqual(await svc.collectForks(), ['fk1-fork-1'], 'src still uses the first');
+  assert.deepEqual(await names(), ['src-fork-1 (fork)', 'mine']);
+  vms = [];
+  assert.deepEqual(await svc.collectForks(), ['src-fork-1']);
+  assert.deepEqual(await names(), ['mine'], 'the snapshot the user took stays');
+  assert.equal(existsSync(paths.snapshotDir('f1')), false);
 });
 
 test('reconcile: a snapshot a killed daemon left mid-way keeps its disks under the VM when it had a record, and goes when not', async () => {

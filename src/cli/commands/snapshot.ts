@@ -16,6 +16,7 @@ export function snapshotDetails(s: SnapshotInfo): string {
     `Created:    ${s.createdAt} (the VM was paused ${s.pausedMs} ms)`,
     `Host disk:  ${mib(s.hostBytes)} (device state, memory, frozen disk layers)`,
     `Used by:    ${s.dependents.length > 0 ? s.dependents.join(', ') : '-'}`,
+    ...(s.madeByFork ? ['Made by:    vm fork (deleted with the last VM that uses it)'] : []),
     ...(s.restorable ? [] : ['Restorable: no (the daemon stopped while taking it: it holds the source VM\'s disks only)']),
     `Directory:  ${s.dir}`,
   ].join('\n');

@@ -10,7 +10,7 @@ type Progress = (ev: ProgressEvent) => void;
 /** What a fork uses of the snapshot and VM services. */
 export interface ForkDeps {
   snapshots: {
-    create(p: { vm: string; name: string }, signal?: AbortSignal): Promise<SnapshotInfo>;
+    create(p: { vm: string; name: string; madeBy: 'fork' }, signal?: AbortSignal): Promise<SnapshotInfo>;
     source(id: string): Promise<RestoreSource>;
     show(id: string): Promise<SnapshotInfo>;
   };
@@ -29,8 +29,8 @@ export interface ForkDeps {
  * `vm fork VM --count N`: a snapshot of the running VM (paused only while it is taken), then N VMs
  * PREFIX-1..N restored from it side by side, each one's progress steps labelled with its name (they
  * interleave). All or nothing: a name in use is refused before anything is made, and when one copy fails the
- * others made by this fork are deleted, so the same command can be run again. The snapshot stays (the
- * source's disks are layered on it).
+ * others made by this fork are deleted, so the same command can be run again. The snapshot stays while the
+ * source's disks (or a copy's) are layered on it, and goes with the last of them (SnapshotService.collectForks).
  */
 export async function forkVm(d: ForkDeps, p: VmForkParams, progress: Progress, signal?: AbortSignal) {
   const prefix = p.name ?? `${p.vm}-fork`;
@@ -44,7 +44,7 @@ export async function forkVm(d: ForkDeps, p: VmForkParams, progress: Progress, s
     );
   progress({ kind: 'step', step: 'snapshot', index: 1, total: 1, detail: p.vm });
   const stamp = d.stamp?.() ?? Date.now().toString(36);
-  const snap = await d.snapshots.create({ vm: p.vm, name: `${prefix}-${stamp}` }, signal);
+  const snap = await d.snapshots.create({ vm: p.vm, name: `${prefix}-${stamp}`, madeBy: 'fork' }, signal);
   const source = await d.snapshots.source(snap.id);
   const made: string[] = [];
   const settled = await Promise.allSettled(

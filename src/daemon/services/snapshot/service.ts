@@ -15,7 +15,8 @@ import { validateVmName } from '../vm/names.js';
 import type { RunningVm } from '../vm/service.js';
 import type { RestoreSource } from './restore.js';
 import { virtualSize } from './restore.js';
-import { SNAPSHOT_FILES, addVmSnapshotIds, readJson, readSnapshots, vmSnapshotIds, writeJson, type SnapshotRecord } from './store.js';
+import { imageKey, snapshotInfo } from './info.js';
+import { SNAPSHOT_FILES, addVmSnapshotIds, overlayNames, readJson, readSnapshots, vmSnapshotIds, writeJson, type SnapshotRecord } from './store.js';
 
 const MIB = 1024 * 1024;
 
@@ -37,15 +38,10 @@ export interface SnapshotServiceDeps {
   now?: () => Date;
 }
 
-/** The files a snapshot moves its source VM onto (in the VM's directory): never a name used before. */
-function overlayNames(snapshotId: string): { root: string; work: string } {
-  return { root: `root-${snapshotId}.qcow2`, work: `work-${snapshotId}.qcow2` };
-}
-
-/** What identifies an image's contents well enough to refuse restoring onto a rebuilt one. */
-export async function imageKey(image: ReadyImage): Promise<string> {
-  const st = await stat(image.rootfsPath);
-  return `${image.kernelSha256}:${st.size}:${Math.round(st.mtimeMs)}`;
+/** A snapshot's name, and what took it when not the user (SnapshotRecord.madeBy). */
+interface Label {
+  name: string;
+  madeBy?: 'fork';
 }
 
 /**
@@ -85,7 +81,8 @@ export class SnapshotService {
     return { snapshot: s, dir: this.d.paths.snapshotDir(s.id) };
   }
 
-  async create(p: { vm: string; name?: string }, signal?: AbortSignal): Promise<SnapshotInfo> {
+  /** Takes a snapshot of the running VM `p.vm`; `madeBy` marks one taken for `vm fork` (SnapshotRecord.madeBy). */
+  async create(p: { vm: string; name?: string; madeBy?: 'fork' }, signal?: AbortSignal): Promise<SnapshotInfo> {
     if (p.name !== undefined) validateVmName(p.name);
     return this.names.run('names', async () => {
       const all = await readSnapshots(this.d.paths.snapshotsDir);
@@ -96,7 +93,7 @@ export class SnapshotService {
         p.vm,
         async (r) => {
           await this.d.vms.holdIdentity?.(r.vm, signal);
-          return this.take(r, name, signal);
+          return this.take(r, { name, madeBy: p.madeBy }, signal);
         },
         signal,
       );
@@ -105,12 +102,12 @@ export class SnapshotService {
     }, signal);
   }
 
-  private async take(r: RunningVm, name: string, signal?: AbortSignal): Promise<SnapshotRecord> {
+  private async take(r: RunningVm, label: Label, signal?: AbortSignal): Promise<SnapshotRecord> {
     const { vm, vp, handle, driver } = r;
     const snaps = driver.snapshots;
     if (!snaps) throw failedPrecondition(`VM '${vm.name}' runs under ${driver.name}, which cannot take snapshots`, 'use a VM created with --vmm qemu');
     const image = this.d.images.byIdReady(vm.imageId);
-    if (snaps.disks === 'copies') return this.takeCopies(r, snaps, name, image, signal);
+    if (snaps.disks === 'copies') return this.takeCopies(r, snaps, label, image, signal);
     const id = randomBytes(6).toString('hex');
     const final = this.d.paths.snapshotDir(id);
     const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
@@ -134,7 +131,7 @@ export class SnapshotService {
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.root), '-F', 'qcow2', next.root, String(rootSize)], { signal });
       await this.d.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', join(final, SNAPSHOT_FILES.work), '-F', workFormat, next.work, String(workSize)], { signal });
       const rec: SnapshotRecord = {
-        ...(await this.recordOf(r, id, name, image)),
+        ...(await this.recordOf(r, id, label, image)),
         workFormat,
         dependsOn: await vmSnapshotIds(vp.dir),
         pausedMs: 0,
@@ -160,7 +157,7 @@ export class SnapshotService {
       delete whole.unfinished;
       await writeJson(join(partial, SNAPSHOT_FILES.record), whole);
       await rename(partial, final);
-      this.d.log.info({ vm: vm.name, snapshot: name, pausedMs, ram }, 'snapshot taken');
+      this.d.log.info({ vm: vm.name, snapshot: label.name, pausedMs, ram }, 'snapshot taken');
       return whole;
     } catch (e) {
       if (!switched) {
@@ -181,7 +178,7 @@ export class SnapshotService {
    * otherwise) while its CPUs are stopped. Nothing of the VM changes, so a failure or a kill leaves only the
    * `.partial-` directory, which goes (here, or at reconcile), and no VM is layered on the snapshot.
    */
-  private async takeCopies(r: RunningVm, snaps: VmmSnapshots, name: string, image: ReadyImage, signal?: AbortSignal): Promise<SnapshotRecord> {
+  private async takeCopies(r: RunningVm, snaps: VmmSnapshots, label: Label, image: ReadyImage, signal?: AbortSignal): Promise<SnapshotRecord> {
     const { vm, vp, handle } = r;
     const id = randomBytes(6).toString('hex');
     const partial = join(this.d.paths.snapshotsDir, `.partial-${id}`);
@@ -195,7 +192,7 @@ export class SnapshotService {
       const copy = (from: string, to: string) => this.d.run('cp', ['--reflink=auto', '--sparse=always', from, to], { signal });
       // Written first, so a daemon killed while the VM is paused leaves reconcile the VM to resume.
       const rec: SnapshotRecord = {
-        ...(await this.recordOf(r, id, name, image)),
+        ...(await this.recordOf(r, id, label, image)),
         workFormat: diskFormat(work),
         rootFormat: 'raw',
         dependsOn: [],
@@ -220,7 +217,7 @@ export class SnapshotService {
       delete whole.unfinished;
       await writeJson(join(partial, SNAPSHOT_FILES.record), whole);
       await rename(partial, this.d.paths.snapshotDir(id));
-      this.d.log.info({ vm: vm.name, snapshot: name, pausedMs, ram, disks: 'copies' }, 'snapshot taken');
+      this.d.log.info({ vm: vm.name, snapshot: label.name, pausedMs, ram, disks: 'copies' }, 'snapshot taken');
       return whole;
     } catch (e) {
       await rm(partial, { recursive: true, force: true });
@@ -232,13 +229,14 @@ export class SnapshotService {
   private async recordOf(
     r: RunningVm,
     id: string,
-    name: string,
+    label: Label,
     image: ReadyImage,
   ): Promise<Omit<SnapshotRecord, 'workFormat' | 'dependsOn' | 'pausedMs'>> {
     const { vm, handle, driver } = r;
     return {
       id,
-      name,
+      name: label.name,
+      ...(label.madeBy ? { madeBy: label.madeBy } : {}),
       sourceVmId: vm.id,
       sourceVmName: vm.name,
       vmm: driver.name,
@@ -259,7 +257,7 @@ export class SnapshotService {
   }
 
   async delete(ref: string): Promise<{ deleted: string }> {
-    return this.names.run('names', async () => {
+    const deleted = await this.names.run('names', async () => {
       const s = await this.get(ref);
       const all = await readSnapshots(this.d.paths.snapshotsDir);
       const users = (await this.dependents(all)).get(s.id) ?? [];
@@ -270,13 +268,49 @@ export class SnapshotService {
           hint: `delete ${users.length > 0 ? `those VMs first (\`banger vm delete --force ${users.join(' ')}\`)` : 'those snapshots first'}`,
         });
       }
-      const dir = this.d.paths.snapshotDir(s.id);
-      const doomed = join(this.d.paths.snapshotsDir, `.deleting-${s.id}`);
-      await rename(dir, doomed);
-      await rm(doomed, { recursive: true, force: true });
-      this.d.log.info({ snapshot: s.name }, 'snapshot deleted');
+      await this.remove(s);
       return { deleted: s.name };
     });
+    // A fork's snapshot it was layered on may be unused now.
+    await this.collectForks();
+    return deleted;
+  }
+
+  /**
+   * Deletes the snapshots `vm fork` took (SnapshotRecord.madeBy) that no VM and no snapshot is layered on any
+   * more: a fork's snapshot is its copies' common disks and memory, not one the user asked to keep, and each
+   * holds the source's memory (a GiB for a default VM). Run after a VM or snapshot is deleted, and at start.
+   * Never throws: one that cannot be removed is logged and left to the next run.
+   */
+  async collectForks(): Promise<string[]> {
+    return this.names.run('names', async () => {
+      const gone: string[] = [];
+      try {
+        // A fork of a fork's copy is layered on both snapshots: the newer goes first, then the older.
+        for (let again = true; again; ) {
+          again = false;
+          const all = await readSnapshots(this.d.paths.snapshotsDir);
+          const users = await this.dependents(all);
+          for (const s of all) {
+            if (s.madeBy !== 'fork' || users.has(s.id) || all.some((o) => o.dependsOn.includes(s.id))) continue;
+            await this.remove(s);
+            gone.push(s.name);
+            again = true;
+          }
+        }
+      } catch (e) {
+        this.d.log.warn({ err: (e as Error).message }, 'could not delete an unused fork snapshot');
+      }
+      return gone;
+    });
+  }
+
+  private async remove(s: SnapshotRecord): Promise<void> {
+    const dir = this.d.paths.snapshotDir(s.id);
+    const doomed = join(this.d.paths.snapshotsDir, `.deleting-${s.id}`);
+    await rename(dir, doomed);
+    await rm(doomed, { recursive: true, force: true });
+    this.d.log.info({ snapshot: s.name, ...(s.madeBy ? { madeBy: s.madeBy } : {}) }, 'snapshot deleted');
   }
 
   /**
@@ -357,30 +391,6 @@ export class SnapshotService {
   }
 
   private info(s: SnapshotRecord, dependents: string[]): SnapshotInfo {
-    const dir = this.d.paths.snapshotDir(s.id);
-    const bytes = Object.values(SNAPSHOT_FILES).reduce((n, f) => n + (fileUse(join(dir, f))?.hostBytes ?? 0), 0);
-    let image = s.imageId;
-    try {
-      image = this.d.images.byIdReady(s.imageId).name;
-    } catch {
-      /* the image is gone: its id says which it was */
-    }
-    return {
-      id: s.id,
-      name: s.name,
-      sourceVm: s.sourceVmName,
-      vmm: s.vmm,
-      image,
-      network: s.network ?? 'loopback',
-      vcpus: s.vcpus,
-      memoryMib: s.memoryMib,
-      diskSizeMib: s.diskSizeMib,
-      createdAt: s.createdAt,
-      pausedMs: s.pausedMs,
-      hostBytes: bytes,
-      dir,
-      dependents,
-      restorable: s.unfinished !== true,
-    };
+    return snapshotInfo(s, this.d.paths.snapshotDir(s.id), dependents, this.d.images);
   }
 }

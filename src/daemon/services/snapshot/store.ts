@@ -55,6 +55,11 @@ export interface SnapshotRecord {
   bulkPort?: true;
   /** Set on what reconcile kept of a snapshot a killed daemon did not finish: its disks only (service.ts). */
   unfinished?: true;
+  /**
+   * 'fork': taken by `vm fork` for its copies, not asked for by name, so it is deleted once nothing uses it
+   * (SnapshotService.collectForks). Absent: the user's, kept until they delete it.
+   */
+  madeBy?: 'fork';
 }
 
 export const SNAPSHOT_FILES = {
@@ -66,6 +71,11 @@ export const SNAPSHOT_FILES = {
   rootRaw: 'root.img',
   work: 'work.img',
 } as const;
+
+/** The files a snapshot moves its source VM onto (in the VM's directory): never a name used before. */
+export function overlayNames(snapshotId: string): { root: string; work: string } {
+  return { root: `root-${snapshotId}.qcow2`, work: `work-${snapshotId}.qcow2` };
+}
 
 /** The file in a VM's directory that lists the snapshots its disks are layered on. */
 export const VM_SNAPSHOTS_FILE = 'snapshots.json';

@@ -44,6 +44,8 @@ export interface VmServiceDeps {
   defaultNetwork: NetworkMode;
   /** Told whenever the set of VMs or their addresses/ports change (host ssh config, DNS). */
   onVmsChanged?: () => void;
+  /** After a VM was deleted (a fork's snapshot it was layered on may be unused now). */
+  onVmDeleted?: () => void;
   /** Told the bridge address when a tap VM starts (banger's DNS listens there for guests). */
   onTapAttached?: (gateway: string) => Promise<void>;
   /** The daemon's uid: root forwards SSH on port 22 of each VM's address, others on a free high port. */
@@ -309,6 +311,7 @@ export class VmService {
       await removeVmFiles(vm.dir, () => this.d.vms.delete(vm.id));
       this.d.log.info({ vm: name }, 'vm deleted');
       this.d.onVmsChanged?.();
+      this.d.onVmDeleted?.();
       return { deleted: name };
     }, signal);
   }
