@@ -265,6 +265,7 @@ async function serve(opts: DaemonOptions, config: BangerConfig, lock: DaemonLock
   await images.reconcile();
   await vms.reconcile();
   await snapshots.reconcile();
+  await snapshots.dropForkMemory();
   await snapshots.collectForks();
   await pools.reconcile();
   await hostViews.sync();

@@ -28,6 +28,7 @@ interface VmJson {
 interface SnapJson {
   id: string;
   madeByFork: boolean;
+  restorable: boolean;
   name: string;
   pausedMs: number;
   hostBytes: number;
@@ -199,6 +200,9 @@ void describe('snapshots: take, restore twice, delete (real VMs)', { timeout: 1_
     assert.equal(await guest(SRC, 'cat /root/fork-marker /root/after-snapshot'), 'forked\nlater\n');
     const forkSnap = r.snapshot.name;
     assert.equal(r.snapshot.madeByFork, true, "the fork's own snapshot, not one the user took");
+    // Its copies run from the memory they mapped: the snapshot let its memory go, and keeps the disks they are layered on.
+    assert.equal(r.snapshot.restorable, false);
+    assert.deepEqual(readdirSync(r.snapshot.dir).filter((f) => f === 'memory.ram' || f === 'state.bin'), []);
     assert.equal((await banger(['snapshot', 'delete', forkSnap])).code, 67);
     // The same fork again, one more: refused (66) before anything is made, naming the names in use.
     const snapsBefore = (JSON.parse((await bangerOk(['snapshot', 'list', '--json'])).stdout) as SnapJson[]).length;

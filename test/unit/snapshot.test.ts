@@ -157,6 +157,35 @@ test("a fork's snapshot goes with the last VM or snapshot layered on it; the use
   assert.equal(existsSync(paths.snapshotDir('f1')), false);
 });
 
+test("a fork's snapshot lets its memory go once no copy is still to resume from it; the user's keep theirs", async () => {
+  const root = tmp();
+  const paths = new Paths(root);
+  const vmDir = join(root, 'vms', 'waiting');
+  mkdirSync(vmDir, { recursive: true });
+  const fork = (id: string, name: string) => ({ ...fakeSnapshot(id, name), madeBy: 'fork' as const, ram: 'file' as const });
+  for (const s of [fork('f1', 'done'), fork('f22', 'pending'), { ...fakeSnapshot('u333', 'mine'), ram: 'file' as const }]) {
+    mkdirSync(paths.snapshotDir(s.id), { recursive: true });
+    writeFileSync(join(paths.snapshotDir(s.id), 'snapshot.json'), JSON.stringify(s));
+    for (const f of ['state.bin', 'memory.ram', 'root.qcow2', 'work.img']) writeFileSync(join(paths.snapshotDir(s.id), f), f);
+  }
+  // A copy made from f22 that a killed daemon never started: it still resumes from f22's memory.
+  writeFileSync(join(vmDir, 'restore.json'), JSON.stringify({ snapshotId: 'f22' }));
+  const svc = new SnapshotService({
+    paths,
+    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => [{ name: 'waiting', dir: vmDir }] as VmRecord[] },
+    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
+    run: () => Promise.reject(new Error('unused')),
+    log: silentLogger(),
+  });
+  await svc.dropForkMemory();
+  const files = (id: string) => readdirSync(paths.snapshotDir(id)).sort();
+  assert.deepEqual(files('f1'), ['root.qcow2', 'snapshot.json', 'work.img'], 'disks only');
+  assert.deepEqual(files('f22'), ['memory.ram', 'root.qcow2', 'snapshot.json', 'state.bin', 'work.img']);
+  assert.deepEqual(files('u333'), ['memory.ram', 'root.qcow2', 'snapshot.json', 'state.bin', 'work.img']);
+  assert.deepEqual((await svc.list()).map((s) => [s.name, s.restorable]), [['done', false], ['pending', true], ['mine', true]]);
+  await assert.rejects(svc.source('done'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /let its memory go/.test(e.message) && /banger vm fork src/.test(e.hint ?? ''));
+});
+
 test('reconcile: a snapshot a killed daemon left mid-way keeps its disks under the VM when it had a record, and goes when not', async () => {
   const root = tmp();
   const paths = new Paths(root);

@@ -17,7 +17,9 @@ export function snapshotDetails(s: SnapshotInfo): string {
     `Host disk:  ${mib(s.hostBytes)} (device state, memory, frozen disk layers)`,
     `Used by:    ${s.dependents.length > 0 ? s.dependents.join(', ') : '-'}`,
     ...(s.madeByFork ? ['Made by:    vm fork (deleted with the last VM that uses it)'] : []),
-    ...(s.restorable ? [] : ['Restorable: no (the daemon stopped while taking it: it holds the source VM\'s disks only)']),
+    ...(s.restorable
+      ? []
+      : [`Restorable: no (${s.madeByFork ? 'vm fork let its memory go once its copies ran' : 'the daemon stopped while taking it'}: it holds disks only)`]),
     `Directory:  ${s.dir}`,
   ].join('\n');
 }

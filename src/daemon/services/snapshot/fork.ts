@@ -13,6 +13,7 @@ export interface ForkDeps {
     create(p: { vm: string; name: string; madeBy: 'fork' }, signal?: AbortSignal): Promise<SnapshotInfo>;
     source(id: string): Promise<RestoreSource>;
     show(id: string): Promise<SnapshotInfo>;
+    dropForkMemory(id: string): Promise<void>;
   };
   vms: {
     /** Whether any VM (a pool's included) has this name. */
@@ -56,9 +57,9 @@ export async function forkVm(d: ForkDeps, p: VmForkParams, progress: Progress, s
     }),
   );
   const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) {
-    for (const name of made) await d.vms.delete(name, { force: true }).catch(() => undefined);
-    throw failed.reason;
-  }
+  if (failed) for (const name of made) await d.vms.delete(name, { force: true }).catch(() => undefined);
+  // Its copies run from the memory they mapped (or are gone): the snapshot keeps its disks only.
+  await d.snapshots.dropForkMemory(snap.id);
+  if (failed) throw failed.reason;
   return { snapshot: await d.snapshots.show(snap.id), vms: settled.map((s) => (s as PromiseFulfilledResult<VmInfo>).value) };
 }

@@ -34,7 +34,7 @@ export function snapshotInfo(
     hostBytes: bytes,
     dir,
     dependents,
-    restorable: s.unfinished !== true,
+    restorable: s.unfinished !== true && s.memoryDropped !== true,
     madeByFork: s.madeBy === 'fork',
   };
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BangerError, ErrorCode, alreadyExists, failedPrecondition, notFound } from '../../../errors/index.js';
 import type { SnapshotInfo } from '../../../protocol/snapshot.js';
@@ -16,7 +16,19 @@ import type { RunningVm } from '../vm/service.js';
 import type { RestoreSource } from './restore.js';
 import { virtualSize } from './restore.js';
 import { imageKey, snapshotInfo } from './info.js';
-import { SNAPSHOT_FILES, addVmSnapshotIds, overlayNames, readJson, readSnapshots, vmSnapshotIds, writeJson, type SnapshotRecord } from './store.js';
+import { keepDisks, recoverSnapshots } from './recover.js';
+import {
+  SNAPSHOT_FILES,
+  VM_RESTORE_FILE,
+  addVmSnapshotIds,
+  overlayNames,
+  readJson,
+  readSnapshots,
+  vmSnapshotIds,
+  writeJson,
+  type RestoreMarker,
+  type SnapshotRecord,
+} from './store.js';
 
 const MIB = 1024 * 1024;
 
@@ -71,6 +83,11 @@ export class SnapshotService {
       throw failedPrecondition(
         `snapshot '${s.name}' was not finished (the daemon stopped while taking it): it holds VM '${s.sourceVmName}'s disks only`,
         `take a new one with \`banger vm snapshot ${s.sourceVmName}\`; this one can be deleted once no VM uses it`,
+      );
+    if (s.memoryDropped)
+      throw failedPrecondition(
+        `snapshot '${s.name}' was taken by \`vm fork\`, which let its memory go once the copies ran: it holds the disks they and VM '${s.sourceVmName}' are layered on only`,
+        `fork again (\`banger vm fork ${s.sourceVmName} --count N\`), or take a snapshot to keep (\`banger vm snapshot ${s.sourceVmName}\`)`,
       );
     const image = this.d.images.byIdReady(s.imageId);
     if ((await imageKey(image)) !== s.imageKey)
@@ -166,7 +183,7 @@ export class SnapshotService {
         await rm(next.work, { force: true });
       } else {
         // The VM may be on the new layers already: keep their backing files, as reconcile would.
-        await this.keepDisks(partial, vm).catch((k: unknown) => this.d.log.warn({ err: k, vm: vm.name }, 'could not keep an unfinished snapshot'));
+        await keepDisks(this.d, partial, vm).catch((k: unknown) => this.d.log.warn({ err: k, vm: vm.name }, 'could not keep an unfinished snapshot'));
       }
       throw e instanceof BangerError ? e : asNoSpace(e, this.d.paths.snapshotsDir, what, needed);
     }
@@ -305,6 +322,31 @@ export class SnapshotService {
     });
   }
 
+  /**
+   * Once `vm fork` is done with its snapshot (its copies run, or it gave up), the snapshot's memory and device
+   * state (a GiB for a default VM) are needed by nothing: each copy maps the memory file it resumed from (an
+   * unlinked file stays theirs while they run) and later starts boot from disk. Its disks stay, as the source's
+   * and the copies' base, until collectForks. At start, also for forks a killed daemon left: those whose copies
+   * are all past their first start (no VM's restore marker names them).
+   */
+  async dropForkMemory(id?: string): Promise<void> {
+    await this.names.run('names', async () => {
+      const pending = new Set<string>();
+      for (const vm of this.d.vms.records()) {
+        const marker = await readJson<RestoreMarker>(join(vm.dir, VM_RESTORE_FILE)).catch(() => undefined);
+        if (marker) pending.add(marker.snapshotId);
+      }
+      for (const s of await readSnapshots(this.d.paths.snapshotsDir)) {
+        if ((id !== undefined && s.id !== id) || s.madeBy !== 'fork' || s.memoryDropped || s.unfinished || pending.has(s.id)) continue;
+        const dir = this.d.paths.snapshotDir(s.id);
+        // Marked first: a kill in between leaves files on a snapshot no one restores, not a restorable one without them.
+        await writeJson(join(dir, SNAPSHOT_FILES.record), { ...s, memoryDropped: true });
+        await Promise.all([SNAPSHOT_FILES.state, SNAPSHOT_FILES.memory].map((f) => rm(join(dir, f), { force: true })));
+        this.d.log.info({ snapshot: s.name }, "fork snapshot's memory dropped: its copies run");
+      }
+    });
+  }
+
   private async remove(s: SnapshotRecord): Promise<void> {
     const dir = this.d.paths.snapshotDir(s.id);
     const doomed = join(this.d.paths.snapshotsDir, `.deleting-${s.id}`);
@@ -313,61 +355,9 @@ export class SnapshotService {
     this.d.log.info({ snapshot: s.name, ...(s.madeBy ? { madeBy: s.madeBy } : {}) }, 'snapshot deleted');
   }
 
-  /**
-   * What a killed daemon left of snapshots: deletions are finished. The source VM of a snapshot in the making
-   * may have been left with its CPUs stopped (the daemon died between QMP `stop` and `cont`): it is resumed,
-   * retried while the migration the daemon started is still writing (QEMU refuses `cont` until it ends). A snapshot in the making without a record
-   * never touched its VM: it goes, with the overlays made for it. One with a record may have moved its VM onto
-   * the overlays (whose backing files are its frozen disks) before the daemon died: its disks are kept as a
-   * snapshot that cannot be restored (the saved memory may be partial), and the VM's disks.json names the
-   * overlays. That is right whether or not QEMU switched: the frozen files are the same inodes as the VM's old
-   * disk files, so an overlay QEMU never wrote shows exactly what QEMU wrote into them.
-   */
+  /** What a killed daemon left of snapshots (recover.ts). */
   async reconcile(): Promise<void> {
-    const dir = this.d.paths.snapshotsDir;
-    for (const n of await readdir(dir).catch(() => [] as string[])) {
-      if (n.startsWith('.deleting-')) await rm(join(dir, n), { recursive: true, force: true });
-      if (!n.startsWith('.partial-')) continue;
-      const id = n.slice('.partial-'.length);
-      const rec = await readJson<SnapshotRecord>(join(dir, n, SNAPSHOT_FILES.record)).catch(() => undefined);
-      const vm = rec && this.d.vms.records().find((v) => v.id === rec.sourceVmId);
-      // A snapshot by copies never touched its VM's disks (takeCopies): its partial directory just goes.
-      if (!rec || !vm || rec.rootFormat === 'raw') {
-        if (vm) await this.resumeSource(vm.name);
-        for (const v of this.d.vms.records()) for (const f of Object.values(overlayNames(id))) await rm(join(v.dir, f), { force: true });
-        await rm(join(dir, n), { recursive: true, force: true });
-        continue;
-      }
-      await this.keepDisks(join(dir, n), vm);
-      await this.resumeSource(vm.name);
-    }
-  }
-
-  /** Starts the CPUs of a running VM that a snapshot stopped (a no-op for one that runs). */
-  private async resumeSource(name: string): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.d.vms.withRunning(name, async (r) => r.driver.pausing?.resume(r.handle));
-        return;
-      } catch (e) {
-        if (e instanceof BangerError && e.code === ErrorCode.FailedPrecondition) return; // not running: nothing to resume
-        if (attempt >= 10) {
-          this.d.log.warn({ vm: name, err: (e as Error).message }, 'could not resume a VM a snapshot had stopped');
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 500));
-      }
-    }
-  }
-
-  /** Keeps an unfinished snapshot's disks (see reconcile): its VM moves onto the overlays over them. */
-  private async keepDisks(partial: string, vm: { id: string; name: string; dir: string }): Promise<void> {
-    const rec = (await readJson<SnapshotRecord>(join(partial, SNAPSHOT_FILES.record)))!;
-    await writeJson(join(vm.dir, ACTIVE_DISKS_FILE), overlayNames(rec.id));
-    await addVmSnapshotIds(vm.dir, [rec.id]);
-    await writeJson(join(partial, SNAPSHOT_FILES.record), { ...rec, unfinished: true });
-    await rename(partial, this.d.paths.snapshotDir(rec.id));
-    this.d.log.warn({ vm: vm.name, snapshot: rec.name }, 'kept the disks of a snapshot that was not finished; it cannot be restored');
+    await recoverSnapshots(this.d);
   }
 
   private async get(ref: string): Promise<SnapshotRecord> {

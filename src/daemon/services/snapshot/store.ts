@@ -60,6 +60,11 @@ export interface SnapshotRecord {
    * (SnapshotService.collectForks). Absent: the user's, kept until they delete it.
    */
   madeBy?: 'fork';
+  /**
+   * A fork's snapshot whose memory and device state went once its copies ran (SnapshotService.dropForkMemory): it
+   * holds the disks the source and the copies are layered on, and cannot be restored.
+   */
+  memoryDropped?: true;
 }
 
 export const SNAPSHOT_FILES = {
