@@ -66,6 +66,17 @@ test('a VM made from a snapshot keeps its networking; asking for another is refu
   );
 });
 
+/** A snapshot service over files alone: no VM runs, no image is ready, no command is run. */
+function filesOnly(paths: Paths, vms: () => Pick<VmRecord, 'name' | 'dir'>[]): SnapshotService {
+  return new SnapshotService({
+    paths,
+    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => vms() as VmRecord[] },
+    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
+    run: () => Promise.reject(new Error('unused')),
+    log: silentLogger(),
+  });
+}
+
 function fakeSnapshot(id: string, name: string, dependsOn: string[] = []): SnapshotRecord {
   return {
     id,
@@ -101,13 +112,7 @@ test('snapshot delete is refused (FailedPrecondition) while a VM or a snapshot i
   }
   let vms: Pick<VmRecord, 'name' | 'dir'>[] = [{ name: 'dev', dir: vmDir }];
   writeFileSync(join(vmDir, 'snapshots.json'), JSON.stringify(['s22']));
-  const svc = new SnapshotService({
-    paths,
-    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => vms as VmRecord[] },
-    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
-    run: () => Promise.reject(new Error('unused')),
-    log: silentLogger(),
-  });
+  const svc = filesOnly(paths, () => vms);
   assert.deepEqual((await svc.list()).map((s) => [s.name, s.dependents]), [['base', []], ['child', ['dev']]]);
   await assert.rejects(svc.delete('base'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /snapshot 'child'/.test(e.message));
   await assert.rejects(svc.delete('child'), (e: BangerError) => e.code === ErrorCode.FailedPrecondition && /VM 'dev'/.test(e.message) && /banger vm delete --force dev/.test(e.hint ?? ''));
@@ -137,13 +142,7 @@ test("a fork's snapshot goes with the last VM or snapshot layered on it; the use
     { name: 'fk1', dir: dirs.fk1 },
     { name: 'fk2', dir: dirs.fk2 },
   ];
-  const svc = new SnapshotService({
-    paths,
-    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => vms as VmRecord[] },
-    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
-    run: () => Promise.reject(new Error('unused')),
-    log: silentLogger(),
-  });
+  const svc = filesOnly(paths, () => vms);
   const names = async () => (await svc.list()).map((s) => `${s.name}${s.madeByFork ? ' (fork)' : ''}`);
   assert.deepEqual(await svc.collectForks(), [], 'all in use');
   vms = vms.filter((v) => v.name !== 'fk2');
@@ -170,13 +169,7 @@ test("a fork's snapshot lets its memory go once no copy is still to resume from 
   }
   // A copy made from f22 that a killed daemon never started: it still resumes from f22's memory.
   writeFileSync(join(vmDir, 'restore.json'), JSON.stringify({ snapshotId: 'f22' }));
-  const svc = new SnapshotService({
-    paths,
-    vms: { withRunning: () => Promise.reject(new Error('unused')), records: () => [{ name: 'waiting', dir: vmDir }] as VmRecord[] },
-    images: { byIdReady: () => { throw new BangerError(ErrorCode.NotFound, 'gone'); } },
-    run: () => Promise.reject(new Error('unused')),
-    log: silentLogger(),
-  });
+  const svc = filesOnly(paths, () => [{ name: 'waiting', dir: vmDir }]);
   await svc.dropForkMemory();
   const files = (id: string) => readdirSync(paths.snapshotDir(id)).sort();
   assert.deepEqual(files('f1'), ['root.qcow2', 'snapshot.json', 'work.img'], 'disks only');

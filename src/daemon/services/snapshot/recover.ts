@@ -60,7 +60,7 @@ async function resumeSource(d: RecoverDeps, name: string): Promise<void> {
   }
 }
 
-/** Keeps an unfinished snapshot's disks (see reconcile): its VM moves onto the overlays over them. */
+/** Keeps an unfinished snapshot's disks (see recoverSnapshots): its VM moves onto the overlays over them. */
 export async function keepDisks(d: RecoverDeps, partial: string, vm: { id: string; name: string; dir: string }): Promise<void> {
   const rec = (await readJson<SnapshotRecord>(join(partial, SNAPSHOT_FILES.record)))!;
   await writeJson(join(vm.dir, ACTIVE_DISKS_FILE), overlayNames(rec.id));

@@ -295,9 +295,9 @@ export class SnapshotService {
 
   /**
    * Deletes the snapshots `vm fork` took (SnapshotRecord.madeBy) that no VM and no snapshot is layered on any
-   * more: a fork's snapshot is its copies' common disks and memory, not one the user asked to keep, and each
-   * holds the source's memory (a GiB for a default VM). Run after a VM or snapshot is deleted, and at start.
-   * Never throws: one that cannot be removed is logged and left to the next run.
+   * more: a fork's snapshot is the disk base of the source and its copies, not one the user asked to keep.
+   * Run after a VM or snapshot is deleted, and at start. Never throws: one that cannot be removed is logged and
+   * left to the next run.
    */
   async collectForks(): Promise<string[]> {
     return this.names.run('names', async () => {
@@ -327,24 +327,29 @@ export class SnapshotService {
    * state (a GiB for a default VM) are needed by nothing: each copy maps the memory file it resumed from (an
    * unlinked file stays theirs while they run) and later starts boot from disk. Its disks stay, as the source's
    * and the copies' base, until collectForks. At start, also for forks a killed daemon left: those whose copies
-   * are all past their first start (no VM's restore marker names them).
+   * are all past their first start (no VM's restore marker names them). Never throws: what cannot be removed is
+   * logged, and tried again at the next start.
    */
   async dropForkMemory(id?: string): Promise<void> {
-    await this.names.run('names', async () => {
-      const pending = new Set<string>();
-      for (const vm of this.d.vms.records()) {
-        const marker = await readJson<RestoreMarker>(join(vm.dir, VM_RESTORE_FILE)).catch(() => undefined);
-        if (marker) pending.add(marker.snapshotId);
-      }
-      for (const s of await readSnapshots(this.d.paths.snapshotsDir)) {
-        if ((id !== undefined && s.id !== id) || s.madeBy !== 'fork' || s.memoryDropped || s.unfinished || pending.has(s.id)) continue;
-        const dir = this.d.paths.snapshotDir(s.id);
-        // Marked first: a kill in between leaves files on a snapshot no one restores, not a restorable one without them.
-        await writeJson(join(dir, SNAPSHOT_FILES.record), { ...s, memoryDropped: true });
-        await Promise.all([SNAPSHOT_FILES.state, SNAPSHOT_FILES.memory].map((f) => rm(join(dir, f), { force: true })));
-        this.d.log.info({ snapshot: s.name }, "fork snapshot's memory dropped: its copies run");
-      }
-    });
+    await this.names.run('names', () => this.dropForkMemoryLocked(id)).catch((e: unknown) =>
+      this.d.log.warn({ err: (e as Error).message }, "could not drop a fork snapshot's memory"),
+    );
+  }
+
+  private async dropForkMemoryLocked(id: string | undefined): Promise<void> {
+    const pending = new Set<string>();
+    for (const vm of this.d.vms.records()) {
+      const marker = await readJson<RestoreMarker>(join(vm.dir, VM_RESTORE_FILE)).catch(() => undefined);
+      if (marker) pending.add(marker.snapshotId);
+    }
+    for (const s of await readSnapshots(this.d.paths.snapshotsDir)) {
+      if ((id !== undefined && s.id !== id) || s.madeBy !== 'fork' || s.memoryDropped || s.unfinished || pending.has(s.id)) continue;
+      const dir = this.d.paths.snapshotDir(s.id);
+      // Marked first: a kill in between leaves files on a snapshot no one restores, not a restorable one without them.
+      await writeJson(join(dir, SNAPSHOT_FILES.record), { ...s, memoryDropped: true });
+      await Promise.all([SNAPSHOT_FILES.state, SNAPSHOT_FILES.memory].map((f) => rm(join(dir, f), { force: true })));
+      this.d.log.info({ snapshot: s.name }, "fork snapshot's memory dropped: its copies run");
+    }
   }
 
   private async remove(s: SnapshotRecord): Promise<void> {
