@@ -38,12 +38,11 @@ async function show(name: string): Promise<Vm> {
   return JSON.parse((await bangerOk(['vm', 'show', name, '--json'])).stdout) as Vm;
 }
 
-/** The snapshots `vm fork` took of A (named after the fork prefix); they go once no VM is layered on them. */
-async function deleteForkSnapshots(): Promise<void> {
+/** The snapshots `vm fork` took of A (named after the fork prefix): they go by themselves with the last VM on them. */
+async function forkSnapshots(): Promise<string[]> {
   const list = await banger(['snapshot', 'list', '--json']);
-  if (list.code !== 0) return;
-  for (const snap of JSON.parse(list.stdout) as { name: string }[])
-    if (snap.name.startsWith(`${FORK}-`)) await bangerOk(['snapshot', 'delete', snap.name]);
+  if (list.code !== 0) return [];
+  return (JSON.parse(list.stdout) as { name: string }[]).map((s) => s.name).filter((n) => n.startsWith(`${FORK}-`));
 }
 
 /** Resolves NAME with busybox nslookup against `server`; the first address after the "Name:" line. */
@@ -80,7 +79,7 @@ void describe('tap networking in a test-made network namespace', { timeout: 900_
   after(async () => {
     printConsolesIfFailed();
     await banger(['vm', 'delete', '--force', A, B, `${FORK}-1`, `${FORK}-2`]);
-    await deleteForkSnapshots().catch(() => undefined);
+    for (const snap of await forkSnapshots().catch(() => [])) await banger(['snapshot', 'delete', snap]);
     await banger(['network', 'down']);
     await banger(['daemon', 'stop']);
     spawnSync('ip', ['netns', 'del', NS]);
@@ -167,7 +166,7 @@ void describe('tap networking in a test-made network namespace', { timeout: 900_
     assert.equal(refused.code, 67, 'network down is refused while tap VMs run');
     await banger(['vm', 'delete', '--force', `${FORK}-1`, `${FORK}-2`]);
     await bangerOk(['vm', 'delete', '--force', A, B]);
-    await deleteForkSnapshots();
+    assert.deepEqual(await forkSnapshots(), [], "the fork's snapshot went with the last VM layered on it");
     await bangerOk(['network', 'down']);
     assert.equal(links(), linksBefore);
     assert.equal(ruleset(), rulesBefore);
