@@ -303,17 +303,16 @@ export class SnapshotService {
     return this.names.run('names', async () => {
       const gone: string[] = [];
       try {
-        // A fork of a fork's copy is layered on both snapshots: the newer goes first, then the older.
-        for (let again = true; again; ) {
-          again = false;
-          const all = await readSnapshots(this.d.paths.snapshotsDir);
-          const users = await this.dependents(all);
-          for (const s of all) {
-            if (s.madeBy !== 'fork' || users.has(s.id) || all.some((o) => o.dependsOn.includes(s.id))) continue;
-            await this.remove(s);
-            gone.push(s.name);
-            again = true;
-          }
+        const all = await readSnapshots(this.d.paths.snapshotsDir);
+        const users = await this.dependents(all);
+        const left = new Set(all.map((s) => s.id));
+        // Newest first: a snapshot layered on another is always the newer (a fork of a fork's copy is layered on
+        // both), so one pass frees the older once the newer is gone.
+        for (const s of [...all].reverse()) {
+          if (s.madeBy !== 'fork' || users.has(s.id) || all.some((o) => left.has(o.id) && o.dependsOn.includes(s.id))) continue;
+          await this.remove(s);
+          left.delete(s.id);
+          gone.push(s.name);
         }
       } catch (e) {
         this.d.log.warn({ err: (e as Error).message }, 'could not delete an unused fork snapshot');
