@@ -63,8 +63,9 @@ await build({
 // Dependencies load from the consumer's node_modules, shared with its own copies.
 await build({ ...node20, entryPoints: { index: 'src/client/index.ts' }, packages: 'external' });
 execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
-// The guest agent: one self-contained file (zod included) for the guest image's Debian nodejs (18).
-await build({
+// The guest agent: one self-contained file (zod included) for the guest image's Debian nodejs (18). It loads no
+// node:crypto: in a guest that cost its idle RSS ~1 MiB (OpenSSL's pages), so a change that brings it in fails here.
+const agent = await build({
   entryPoints: { 'banger-agent': 'src/agent/main.ts' },
   outdir: 'dist',
   bundle: true,
@@ -73,5 +74,11 @@ await build({
   format: 'esm',
   banner: { js: '#!/usr/bin/env node' },
   logLevel: 'warning',
+  metafile: true,
 });
+const agentCrypto = Object.entries(agent.metafile.inputs).filter(([, input]) =>
+  input.imports.some((i) => i.path === 'node:crypto' || i.path === 'crypto'),
+);
+if (agentCrypto.length > 0)
+  throw new Error(`the guest agent must not load node:crypto (its idle memory); imported by ${agentCrypto.map(([p]) => p).join(', ')}`);
 for (const name of ['banger', 'bangerd', 'banger-agent']) chmodSync(`dist/${name}.js`, 0o755);
