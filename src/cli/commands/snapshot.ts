@@ -52,6 +52,21 @@ export function registerVmFork(vm: Command, ctx: CliContext): void {
     .requiredOption('--count <n>', 'how many copies (1-16)', (v) => parseIntFlag('--count', v, 1, 16))
     .option('--name <prefix>', 'copies are named PREFIX-1..N (default: VM-fork)')
     .option('--json', 'print the snapshot and the VMs as JSON')
+    .addHelpText(
+      'after',
+      `
+Each copy resumes where the VM is now: its processes and sessions still running, its workspace with the
+guest's uncommitted edits, under its own name, hostname, address, SSH host key, machine-id and RNG. The VM is
+paused only while its memory is saved. All or nothing: a copy that fails takes the others with it. The snapshot
+the copies start from is listed in \`banger snapshot list\` (disks only) and goes with the last VM on it.
+
+Examples:
+  banger vm fork dev --count 3 --name try                        try-1, try-2, try-3
+  banger vm session send try-2 agent '{"type":"prompt","message":"try another way"}'
+  banger vm workspace compare try-1 try-2 try-3 --check 'npm test'
+  banger vm workspace export try-2 | git -C ~/src/app apply      take the attempt you pick
+  banger vm delete --force try-1 try-2 try-3`,
+    )
     .action(async (name: string, o: { count: number; name?: string; json?: boolean }) => {
       const r = await ctx.call(
         SnapshotMethods.fork,
