@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { PoolService, matches, type PoolVms } from '../../src/daemon/services/pool/service.js';
 import type { VmRecord } from '../../src/daemon/store/repos/vms.js';
 import { Paths } from '../../src/shared/paths.js';
@@ -57,6 +58,7 @@ function fakeVms(failOn?: 'resume') {
   };
   const vms: PoolVms = {
     create: async () => {
+      calls.push('create');
       throw new Error('no boots in this test');
     },
     start: async () => {
@@ -91,11 +93,11 @@ function fakeVms(failOn?: 'resume') {
   return { vms, records, calls, scripts, vp };
 }
 
-async function service(vms: PoolVms) {
+async function service(vms: PoolVms, refillAfterTakeMs?: number) {
   const home = scratchDir('banger-pool-');
   writeFileSync(join(home, 'pools.json'), '{"default": 1}');
   const log = { info() {}, warn() {}, error() {}, debug() {}, child() { return log; } };
-  const pool = new PoolService({ paths: new Paths(home), vms, requireImage: () => {}, defaultNetwork: 'loopback', log: log as never, retryMs: 10 });
+  const pool = new PoolService({ paths: new Paths(home), vms, requireImage: () => {}, defaultNetwork: 'loopback', log: log as never, retryMs: 10, refillAfterTakeMs });
   // The pool learns which VMs are parked as it parks them; this one was parked by "an earlier fill".
   (pool as unknown as { parked: Set<string> }).parked.add('id1');
   return pool;
@@ -138,4 +140,34 @@ test('take: a hand-over that fails deletes that VM and lets the caller boot one'
   assert.deepEqual(records, [], 'the VM that could not be handed over is gone');
   assert.ok(calls.some((c) => c.startsWith('delete ')));
   pool.close();
+});
+
+test('take: the replacement boots only after the taken VM has had the host to itself for a moment', async () => {
+  const { vms, calls } = fakeVms();
+  const pool = await service(vms, 400);
+  try {
+    const t0 = Date.now();
+    assert.equal((await pool.take({ start: true, name: 'fix-42', sync: false }, () => {}))?.name, 'fix-42');
+    await sleep(150);
+    assert.equal(calls.includes('create'), false, 'no boot beside the command the user just asked for');
+    while (!calls.includes('create')) {
+      assert.ok(Date.now() - t0 < 5000, 'the pool never started its refill');
+      await sleep(20);
+    }
+    assert.ok(Date.now() - t0 >= 400, `refill began ${Date.now() - t0} ms after the take`);
+  } finally {
+    pool.close();
+  }
+});
+
+test('take: a daemon stopping before the refill is due boots nothing', async () => {
+  const { vms, calls } = fakeVms();
+  const pool = await service(vms, 100);
+  try {
+    await pool.take({ start: true, name: 'fix-42', sync: false }, () => {});
+  } finally {
+    pool.close();
+  }
+  await sleep(300);
+  assert.equal(calls.includes('create'), false);
 });
