@@ -54,8 +54,8 @@ const AGENT_WAIT_MS = 120_000;
 /**
  * How long after a take (or a failed take, whose caller boots a VM) the pool starts booting a replacement. A boot
  * takes the host's CPUs for seconds under emulation; started at once, it ran beside the command the user had
- * just asked for: on this 2-core host `vm.exec` of `true` right after a take took 114 ms with the refill's QEMU
- * starting beside it, 40-60 without. The user's first moments go first; the pool refills right after.
+ * just asked for: on this 2-core host `vm.exec` of `true` right after a take took 60-114 ms with the refill's QEMU
+ * starting beside it, 40-70 ms without. The user's first moments go first; the pool refills right after.
  */
 export const REFILL_AFTER_TAKE_MS = 2000;
 
