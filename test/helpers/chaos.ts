@@ -19,7 +19,7 @@ import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Paths, type VmPaths } from '../../src/shared/paths.js';
-import { SNAPSHOT_FILES, type SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
+import { SNAPSHOT_FILES, holdsSavedState, type SnapshotRecord } from '../../src/daemon/services/snapshot/store.js';
 import { banger } from './cli.js';
 import {
   daemonPid,
@@ -429,11 +429,11 @@ function halfMadeSnapshots(home: string): string[] {
       out.push(`snapshots/${n} has no ${SNAPSHOT_FILES.record}`);
       continue;
     }
-    // Every snapshot keeps its frozen disks; a restorable one also its saved state (a fork's snapshot lets
-    // its state go once the copies run, marked memoryDropped first).
+    // Every snapshot keeps its frozen disks; one that holds its saved state (by the product's own rule: not
+    // unfinished, not a fork's that let it go) also its state files.
     const rec = JSON.parse(readFileSync(join(dir, n, SNAPSHOT_FILES.record), 'utf8')) as SnapshotRecord;
     const F = SNAPSHOT_FILES;
-    const saved = rec.unfinished || rec.memoryDropped ? [] : [F.state, ...(rec.ram === 'file' ? [F.memory] : [])];
+    const saved = holdsSavedState(rec) ? [F.state, ...(rec.ram === 'file' ? [F.memory] : [])] : [];
     const files = [rec.rootFormat === 'raw' ? F.rootRaw : F.root, F.work, ...saved];
     const missing = files.filter((f) => !existsSync(join(dir, n, f)));
     if (missing.length > 0) out.push(`snapshots/${n} lacks ${missing.join(', ')}`);

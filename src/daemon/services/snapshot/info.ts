@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { SnapshotInfo } from '../../../protocol/snapshot.js';
 import type { ImageService, ReadyImage } from '../image/service.js';
 import { fileUse } from '../vm/disks.js';
-import { SNAPSHOT_FILES, type SnapshotRecord } from './store.js';
+import { SNAPSHOT_FILES, holdsSavedState, type SnapshotRecord } from './store.js';
 
 /** What `snapshot list` and `show` report of the snapshot `s` kept in `dir`, used by the VMs `dependents`. */
 export function snapshotInfo(
@@ -34,7 +34,7 @@ export function snapshotInfo(
     hostBytes: bytes,
     dir,
     dependents,
-    restorable: s.unfinished !== true && s.memoryDropped !== true,
+    restorable: holdsSavedState(s),
     madeByFork: s.madeBy === 'fork',
   };
 }

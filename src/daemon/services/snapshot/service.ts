@@ -21,6 +21,8 @@ import {
   SNAPSHOT_FILES,
   VM_RESTORE_FILE,
   addVmSnapshotIds,
+  holdsSavedState,
+  layeredOn,
   overlayNames,
   readJson,
   readSnapshots,
@@ -278,7 +280,7 @@ export class SnapshotService {
       const s = await this.get(ref);
       const all = await readSnapshots(this.d.paths.snapshotsDir);
       const users = (await this.dependents(all)).get(s.id) ?? [];
-      const layered = all.filter((o) => o.dependsOn.includes(s.id)).map((o) => `snapshot '${o.name}'`);
+      const layered = layeredOn(all, s.id).map((o) => `snapshot '${o.name}'`);
       if (users.length + layered.length > 0) {
         const who = [...users.map((n) => `VM '${n}'`), ...layered];
         throw new BangerError(ErrorCode.FailedPrecondition, `snapshot '${s.name}' is in use: ${who.join(', ')} ${who.length === 1 ? 'has its' : 'have their'} disks layered on it`, {
@@ -309,7 +311,7 @@ export class SnapshotService {
         // Newest first: a snapshot layered on another is always the newer (a fork of a fork's copy is layered on
         // both), so one pass frees the older once the newer is gone.
         for (const s of [...all].reverse()) {
-          if (s.madeBy !== 'fork' || users.has(s.id) || all.some((o) => left.has(o.id) && o.dependsOn.includes(s.id))) continue;
+          if (s.madeBy !== 'fork' || users.has(s.id) || layeredOn(all, s.id).some((o) => left.has(o.id))) continue;
           await this.remove(s);
           left.delete(s.id);
           gone.push(s.name);
@@ -342,7 +344,7 @@ export class SnapshotService {
       if (marker) pending.add(marker.snapshotId);
     }
     for (const s of await readSnapshots(this.d.paths.snapshotsDir)) {
-      if ((id !== undefined && s.id !== id) || s.madeBy !== 'fork' || s.memoryDropped || s.unfinished || pending.has(s.id)) continue;
+      if ((id !== undefined && s.id !== id) || s.madeBy !== 'fork' || !holdsSavedState(s) || pending.has(s.id)) continue;
       const dir = this.d.paths.snapshotDir(s.id);
       // Marked first: a kill in between leaves files on a snapshot no one restores, not a restorable one without them.
       await writeJson(join(dir, SNAPSHOT_FILES.record), { ...s, memoryDropped: true });

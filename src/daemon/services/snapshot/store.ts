@@ -77,6 +77,19 @@ export const SNAPSHOT_FILES = {
   work: 'work.img',
 } as const;
 
+/**
+ * Whether the snapshot still holds the saved memory and device state a VM resumes from (and so can be restored):
+ * not one reconcile kept unfinished, nor a fork's that let them go.
+ */
+export function holdsSavedState(s: Pick<SnapshotRecord, 'unfinished' | 'memoryDropped'>): boolean {
+  return s.unfinished !== true && s.memoryDropped !== true;
+}
+
+/** The snapshots whose disks are layered on snapshot `id` (each records it in `dependsOn`). */
+export function layeredOn(all: SnapshotRecord[], id: string): SnapshotRecord[] {
+  return all.filter((o) => o.dependsOn.includes(id));
+}
+
 /** The files a snapshot moves its source VM onto (in the VM's directory): never a name used before. */
 export function overlayNames(snapshotId: string): { root: string; work: string } {
   return { root: `root-${snapshotId}.qcow2`, work: `work-${snapshotId}.qcow2` };
