@@ -15,6 +15,19 @@ export function register(vm: Command, ctx: CliContext): void {
       (v) => parseMib('--disk-size', v),
     )
     .option('--json', 'print the VM as JSON')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'A disk never shrinks (exit 64), and grows only while the VM is stopped (exit 67 otherwise: `banger vm stop` it',
+        'first); the guest filesystem grows with it at the next start. `banger vm show` prints each disk\'s size and',
+        'what it really takes on the host.',
+        '',
+        'Examples:',
+        '  banger vm set dev --cpus 4 --memory 4G && banger vm restart dev',
+        '  banger vm stop dev && banger vm set dev --disk-size 64G && banger vm start dev',
+      ].join('\n'),
+    )
     .action(async (name: string, o: { cpus?: number; memory?: number; diskSize?: number; json?: boolean }) => {
       const v = await ctx.call(VmMethods.set, { name, cpus: o.cpus, memoryMib: o.memory, diskSizeMib: o.diskSize });
       if (o.json) return out.json(v);
