@@ -210,14 +210,14 @@ export class PoolService {
   }
 
   /**
-   * Refills `image`'s pool REFILL_AFTER_TAKE_MS from now (a take's replacement), unless the daemon is stopping by
-   * then. A refill already due keeps its time: takes in a row never put it off.
+   * Refills `image`'s pool REFILL_AFTER_TAKE_MS from now (a take's replacement); close() clears the timer, and a
+   * fill started as the daemon stops returns at once. A refill already due keeps its time: takes in a row never put it off.
    */
   private refillSoon(image: string): void {
     if (this.refillTimers.has(image)) return;
     const timer = setTimeout(() => {
       this.refillTimers.delete(image);
-      if (!this.stopping.signal.aborted) this.refill(image);
+      this.refill(image);
     }, this.d.refillAfterTakeMs ?? REFILL_AFTER_TAKE_MS);
     timer.unref();
     this.refillTimers.set(image, timer);
