@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
-import { buildImportScript, validateGuestPath } from '../../src/daemon/services/workspace/guest-scripts.js';
+import { PRELUDE, buildImportScript, validateGuestPath } from '../../src/daemon/services/workspace/guest-scripts.js';
 import { execInWorkspace } from '../../src/daemon/services/workspace/workspace-command.js';
 import { buildExportScript, parseNameStatus } from '../../src/daemon/services/workspace/export-script.js';
 import { BangerError } from '../../src/errors/index.js';
@@ -52,5 +52,30 @@ void describe('guest script builders', () => {
       { status: 'D', path: "it's\nnewline" },
     ]);
     assert.deepEqual(parseNameStatus(Buffer.alloc(0)), []);
+  });
+
+  // The import, export and re-sync scripts all start their heartbeat this way: a loop left behind holds the
+  // command's stderr open, and the host then waits for it for ever (one in three of these survived a SIGTERM).
+  void it('a heartbeat stopped right after it started ends with the script, and so does one never stopped', { timeout: 60_000 }, async () => {
+    const closesWithin = (script: string, ms: number) =>
+      new Promise<boolean>((resolve) => {
+        const p = spawn('dash', ['-c', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+        p.stderr.resume();
+        const t = setTimeout(() => {
+          // Closing our end makes a loop left behind die of SIGPIPE at its next line, so this run still ends.
+          p.stderr.destroy();
+          resolve(false);
+        }, ms);
+        // 'close' comes once every holder of the stderr pipe has gone, a loop left behind included.
+        p.on('close', () => {
+          clearTimeout(t);
+          resolve(true);
+        });
+      });
+    const stopped = `${PRELUDE}trap unbeat EXIT\ntrap 'exit 130' HUP INT TERM\nbeat\n`;
+    for (let i = 0; i < 40; i++) assert.ok(await closesWithin(stopped, 2000), `run ${i + 1} of 40: its heartbeat outlived the script`);
+    // Killed without its EXIT trap: the loop sees its script gone at its next beat (HEARTBEAT_SECONDS).
+    const killed = `${PRELUDE}beat\nkill -KILL $$\n`;
+    assert.ok(await closesWithin(killed, 12_000), 'a heartbeat whose script was killed ended on its own');
   });
 });

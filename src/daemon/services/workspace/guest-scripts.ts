@@ -62,14 +62,18 @@ export const HEARTBEAT_SECONDS = 5;
  * `beat` starts a background loop writing an empty line to stderr every HEARTBEAT_SECONDS, so the host
  * can tell a slow step (`git add -A` of a large tree) from a hung guest; `unbeat` (in the EXIT trap)
  * stops it. `sleep` gets no stdout or stderr, so nothing holds the channel open once the script has exited.
+ * The loop must end with the script: one left behind keeps stderr open, so the command never ends, and its
+ * lines keep the host's idle timeout from ever firing. Hence SIGKILL: dash's subshell holds the parent's
+ * traps for a moment after the fork, and a SIGTERM then is lost (two loops in three survived a `beat; unbeat`
+ * here). And the loop ends by itself once the script is gone (killed without its EXIT trap).
  */
 export const PRELUDE = `set -eu
 umask 022
 say() { printf '${SCRIPT_STDERR_PREFIX}%s\\n' "$*" >&2; }
 fail() { rc=$1; shift; say "$*"; exit "$rc"; }
 hb=
-beat() { ( while sleep ${HEARTBEAT_SECONDS} </dev/null >/dev/null 2>&1; do printf '\\n' >&2 || exit 0; done ) & hb=$!; }
-unbeat() { if [ -n "$hb" ]; then kill "$hb" 2>/dev/null || true; hb=; fi; }
+beat() { ( while sleep ${HEARTBEAT_SECONDS} </dev/null >/dev/null 2>&1 && kill -0 $$ 2>/dev/null; do printf '\\n' >&2 || exit 0; done ) & hb=$!; }
+unbeat() { if [ -n "$hb" ]; then kill -KILL "$hb" 2>/dev/null || true; hb=; fi; }
 `;
 
 /**
