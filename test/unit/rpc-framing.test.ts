@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { rmSync, statSync } from 'node:fs';
+import { readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { BangerClient } from '../../src/client/client.js';
 import { MAX_MESSAGE_BYTES, parseHeaderSection } from '../../src/daemon/rpc/framing.js';
@@ -201,5 +201,57 @@ void describe('RPC framing', () => {
     assert.ok('error' in parseHeaderSection('Content-Length: -1'));
     assert.ok('error' in parseHeaderSection('Content-Length: 1e9'));
     assert.ok('error' in parseHeaderSection('junk'));
+  });
+});
+
+void describe('a request cancelled by its client', () => {
+  const own = scratchDir('banger-rpc-linger-');
+  const sock = join(own, 'linger.sock');
+  const file = join(own, 'linger.log');
+  let lingerLog: Logger;
+  let srv: RpcServer;
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const started: string[] = [];
+  before(async () => {
+    lingerLog = fileLogger(file, 'info');
+    srv = new RpcServer({
+      socketPath: sock,
+      log: lingerLog,
+      lingerWarnMs: 100,
+      handlers: [
+        // One ignores its cancellation (the bug the warning exists for), the other ends at once.
+        handler(VmMethods.start, async () => {
+          started.push('start');
+          await released;
+          throw new Error('released');
+        }),
+        handler(VmMethods.stop, async (_p, ctx) => {
+          started.push('stop');
+          await new Promise((_r, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)));
+          throw new Error('not reached');
+        }),
+      ],
+    });
+    await srv.listen();
+  });
+  after(async () => {
+    release();
+    await srv.close();
+    rmSync(own, { recursive: true, force: true });
+  });
+
+  void it('that goes on past the grace is named in a warning; one that ends is not', { timeout: 15_000 }, async () => {
+    for (const m of [VmMethods.start, VmMethods.stop]) {
+      const c = await BangerClient.connect(sock);
+      void c.call(m, { name: 'x' }).catch(() => undefined);
+      await waitFor(() => started.includes(m.method.slice(3)));
+      c.close();
+    }
+    await new Promise((r) => setTimeout(r, 400));
+    await new Promise<void>((r) => lingerLog.flush(() => r()));
+    const warnings = readFileSync(file, 'utf8').split('\n').filter((l) => l.includes('after it was cancelled'));
+    assert.equal(warnings.length, 1, warnings.join('\n'));
+    assert.match(warnings[0]!, /"method":"vm\.start".*rpc still running 100 ms after it was cancelled/);
   });
 });

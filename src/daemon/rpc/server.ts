@@ -46,6 +46,9 @@ export function handler<S extends ParamsSchema, R>(
   return { method, run: run as Handler['run'] };
 }
 
+/** How long a cancelled request may go on before the log says so (a warning, once). */
+const LINGER_WARN_MS = 30_000;
+
 /** The longest string the daemon puts in a log line or an error reply; the rest is cut off with a marker. */
 export const MAX_TEXT = 2048;
 
@@ -68,6 +71,8 @@ export interface RpcServerOptions {
   onConnection?: (connection: MessageConnection) => void;
   /** The largest message accepted; a bigger one closes its connection. */
   maxMessageBytes?: number;
+  /** How long a cancelled request may go on before the log warns (default LINGER_WARN_MS). */
+  lingerWarnMs?: number;
 }
 
 /** Serves JSON-RPC over a unix socket that only the daemon's owner can use (mode 0600). */
@@ -135,6 +140,18 @@ export class RpcServer {
         inflight.add(ac);
         const sub = token.onCancellationRequested(() => ac.abort(new BangerError(ErrorCode.Cancelled, 'cancelled')));
         const started = Date.now();
+        // Work that goes on long after it was cancelled is a bug (it may hold a VM's lock): the log says which.
+        let lingering: NodeJS.Timeout | undefined;
+        ac.signal.addEventListener(
+          'abort',
+          () => {
+            const after = this.opts.lingerWarnMs ?? LINGER_WARN_MS;
+            lingering = setTimeout(() => {
+              log.warn({ method: h.method.method, ms: Date.now() - started }, `rpc still running ${after} ms after it was cancelled`);
+            }, after).unref();
+          },
+          { once: true },
+        );
         try {
           const params = validate(h.method, raw);
           const progressToken = (params as WithProgress | undefined)?.progressToken;
@@ -158,6 +175,7 @@ export class RpcServer {
           const w = toWire(new BangerError(err.code, message, { hint: err.hint === undefined ? undefined : capText(err.hint) }));
           return new ResponseError(w.code, w.message, w.data);
         } finally {
+          clearTimeout(lingering);
           sub.dispose();
           inflight.delete(ac);
         }
