@@ -71,13 +71,35 @@ export function consoleTail(home: string, vmId: string, bytes = 4000): string {
   return s.slice(-bytes);
 }
 
-/** Prints every VM's console tail: called when an e2e test fails. */
+/**
+ * The last `lines` entries of the daemon's log in `home`, one short line each (time, level, message, and the
+ * method, VM, milliseconds and error message where present): readable when the daemon is down or wedged.
+ */
+export function daemonLogTail(home: string, lines = 40): string {
+  const p = join(home, 'logs', 'bangerd.log');
+  if (!existsSync(p)) return '(no daemon log)';
+  const LEVELS: Record<number, string> = { 20: 'debug', 30: 'info', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+  const short = (l: string): string => {
+    try {
+      const e = JSON.parse(l) as { time: number; level: number; msg: string; method?: string; vm?: string; ms?: unknown; err?: { message?: string } };
+      const extra = [e.method, e.vm && `vm=${e.vm}`, e.ms !== undefined && `ms=${JSON.stringify(e.ms)}`, e.err?.message && `err=${e.err.message}`];
+      return [new Date(e.time).toISOString().slice(11, 23), LEVELS[e.level] ?? e.level, e.msg, ...extra.filter(Boolean)].join(' ');
+    } catch {
+      return l.slice(0, 300);
+    }
+  };
+  const text = readFileSync(p, 'utf8').slice(-512 * 1024);
+  return text.split('\n').filter(Boolean).slice(-lines).map(short).join('\n');
+}
+
+/** Prints every VM's console tail and the daemon log's tail: called when an e2e test fails or times out. */
 export function dumpConsoles(home = E2E_HOME): void {
   const dir = join(home, 'vms');
-  if (!existsSync(dir)) return;
-  for (const id of readdirSync(dir)) {
-    process.stderr.write(`\n----- console of VM ${id} -----\n${consoleTail(home, id)}\n----- end -----\n`);
-  }
+  if (existsSync(dir))
+    for (const id of readdirSync(dir)) {
+      process.stderr.write(`\n----- console of VM ${id} -----\n${consoleTail(home, id)}\n----- end -----\n`);
+    }
+  process.stderr.write(`\n----- the daemon log's tail (${home}) -----\n${daemonLogTail(home)}\n----- end -----\n`);
 }
 
 /** PIDs of processes whose command line contains `needle`. */
@@ -98,22 +120,28 @@ export function pidsMatching(needle: string): number[] {
 }
 
 /**
- * Steps of an e2e suite that share VMs: each is an `it`, and a failure is remembered so the suite's
- * after() can print the VMs' consoles (`printConsolesIfFailed`).
+ * Steps of an e2e suite that share VMs: each is an `it`. A step that failed, or that never finished (cancelled
+ * when its suite timed out), is remembered, so the suite's after() prints the VMs' consoles and the daemon
+ * log's tail (`printConsolesIfFailed`).
  */
 export function e2eSteps(home = E2E_HOME) {
   let failed = false;
+  let unfinished: string | undefined;
   const step = (name: string, fn: (t: TestContext) => Promise<void>): void =>
     void it(name, async (t) => {
+      unfinished = name;
       try {
         await fn(t);
+        unfinished = undefined;
       } catch (e) {
         failed = true;
+        unfinished = undefined;
         throw e;
       }
     });
   const printConsolesIfFailed = () => {
-    if (failed) dumpConsoles(home);
+    if (unfinished !== undefined) process.stderr.write(`\nthe step '${unfinished}' did not finish (timed out or cancelled)\n`);
+    if (failed || unfinished !== undefined) dumpConsoles(home);
   };
   return { step, printConsolesIfFailed };
 }

@@ -160,12 +160,16 @@ export function runAs(user: string, cmd: string[], opts: RunAsOptions = {}): Pro
 export const bangerAs = (user: string, args: string[], timeoutMs?: number): Promise<UserResult> =>
   runAs(user, [process.execPath, CLI, ...args], { timeoutMs });
 
-/** Deletes the user's VMs, stops its daemon, waits for its last process and deletes it with its home. */
+/**
+ * Deletes the user's VMs, stops its daemon, waits for its last process and deletes it with its home. Each
+ * banger command gets a minute: a daemon that hangs (what a failed test may have left) is killed below with
+ * everything else of the user's, so that cleaning up never outlasts the test file's own timeout.
+ */
 export async function removeTestUser(user: string): Promise<void> {
-  const list = await bangerAs(user, ['vm', 'list', '--json']).catch(() => undefined);
+  const list = await bangerAs(user, ['vm', 'list', '--json'], 60_000).catch(() => undefined);
   if (list?.code === 0)
-    for (const v of JSON.parse(list.stdout) as { name: string }[]) await bangerAs(user, ['vm', 'delete', '--force', v.name]);
-  await bangerAs(user, ['daemon', 'stop']);
+    for (const v of JSON.parse(list.stdout) as { name: string }[]) await bangerAs(user, ['vm', 'delete', '--force', v.name], 60_000);
+  await bangerAs(user, ['daemon', 'stop'], 60_000);
   // `daemon stop` can return before bangerd has exited: wait for the user's last process, so that nothing
   // writes into the home directory while it is removed.
   for (let i = 0; i < 100 && spawnSync('pgrep', ['-u', user]).status === 0; i++) await sleep(100);
