@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, REPO_ROOT, daemonLogTail } from '../helpers/cli.js';
+import { CLI, REPO_ROOT, daemonLogTail, daemonThreads } from '../helpers/cli.js';
 import { bangerAs, cannotRunAsTestUser, createTestUser, removeTestUser, runAs, userBangerHome, userHome } from '../helpers/test-user.js';
 
 const USER = `bgr-e2e-${process.pid % 1000}`;
@@ -82,6 +82,7 @@ void describe('the spine and workspace e2e suites as a normal user', { skip: ski
         ...notOk.map((n) => `not passed: ${n}`),
         `the last lines of ${USER}'s daemon log:`,
         daemonLogTail(home, 25),
+        daemonThreads(home),
       ].join('\n');
     assert.equal(r.code, 0, why());
     assert.ok((sum.pass ?? 0) > 0, `the run as ${USER} passed no test: ${JSON.stringify(sum)}`);

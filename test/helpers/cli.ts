@@ -92,6 +92,47 @@ export function daemonLogTail(home: string, lines = 40): string {
   return text.split('\n').filter(Boolean).slice(-lines).map(short).join('\n');
 }
 
+const SYSCALLS: Record<string, string> = {
+  '0': 'read', '1': 'write', '7': 'poll', '17': 'pread64', '18': 'pwrite64', '23': 'select', '35': 'nanosleep', '61': 'wait4',
+  '202': 'futex', '230': 'clock_nanosleep', '232': 'epoll_wait', '257': 'openat', '271': 'ppoll', '281': 'epoll_pwait', '318': 'getrandom',
+};
+
+/**
+ * What the daemon of `home` is doing, from /proc (works when it answers nothing): per thread its state, the
+ * kernel function it waits in, its system call and CPU seconds. A blocked event loop shows as the main thread
+ * stuck outside epoll_wait; a starved thread pool as its workers stuck in one call.
+ */
+export function daemonThreads(home: string): string {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(home, 'bangerd.pid'), 'utf8').trim());
+  } catch {
+    return '(no daemon pid file)';
+  }
+  const hz = 100;
+  const rows: string[] = [];
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const t = `/proc/${pid}/task/${tid}`;
+      const read = (f: string) => {
+        try {
+          return readFileSync(`${t}/${f}`, 'utf8').trim();
+        } catch {
+          return '?';
+        }
+      };
+      const stat = read('stat');
+      const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cpu = (Number(after[11]) + Number(after[12])) / hz;
+      const sc = read('syscall').split(' ')[0] ?? '?';
+      rows.push(`${tid} ${read('comm')} ${after[0]} wchan=${read('wchan')} syscall=${SYSCALLS[sc] ?? sc} cpu=${cpu.toFixed(1)}s`);
+    }
+  } catch {
+    return `(daemon pid ${pid} is not running)`;
+  }
+  return [`daemon pid ${pid}:`, ...rows].join('\n');
+}
+
 /** Prints every VM's console tail and the daemon log's tail: called when an e2e test fails or times out. */
 export function dumpConsoles(home = E2E_HOME): void {
   const dir = join(home, 'vms');
@@ -100,6 +141,7 @@ export function dumpConsoles(home = E2E_HOME): void {
       process.stderr.write(`\n----- console of VM ${id} -----\n${consoleTail(home, id)}\n----- end -----\n`);
     }
   process.stderr.write(`\n----- the daemon log's tail (${home}) -----\n${daemonLogTail(home)}\n----- end -----\n`);
+  process.stderr.write(`\n----- the daemon's threads -----\n${daemonThreads(home)}\n----- end -----\n`);
 }
 
 /** PIDs of processes whose command line contains `needle`. */
