@@ -3,7 +3,7 @@
  * e2e tests share one BANGER_HOME under the test cache so the guest image is built once per machine;
  * every VM a test makes is deleted by the test (and what a killed run left by `e2e-reset.ts`, before the tier).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { it, type TestContext } from 'node:test';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
@@ -130,7 +130,29 @@ export function daemonThreads(home: string): string {
   } catch {
     return `(daemon pid ${pid} is not running)`;
   }
-  return [`daemon pid ${pid}:`, ...rows].join('\n');
+  return [`daemon pid ${pid}:`, ...rows, ...nativeStacks(pid)].join('\n');
+}
+
+/**
+ * Each thread's native stack (gdb, where installed), function names only, identical stacks printed once with
+ * their count: enough to tell a lock, a system call or the event loop's own wait apart.
+ */
+function nativeStacks(pid: number): string[] {
+  const r = spawnSync('gdb', ['-p', String(pid), '-batch', '-nx', '-ex', 'thread apply all bt 16'], { encoding: 'utf8', timeout: 60_000 });
+  if (r.error || typeof r.stdout !== 'string') return ['(no native stacks: gdb is not installed or did not attach)'];
+  const stacks = new Map<string, number>();
+  let cur: string[] | null = null;
+  const flush = () => {
+    if (cur) stacks.set(cur.join(' < '), (stacks.get(cur.join(' < ')) ?? 0) + 1);
+  };
+  for (const line of r.stdout.split('\n')) {
+    if (line.startsWith('Thread ')) {
+      flush();
+      cur = [];
+    } else if (cur && /^#\d+ /.test(line)) cur.push(line.replace(/^#\d+\s+(0x[0-9a-f]+ in )?/, '').split('(')[0]!.trim() || '?');
+  }
+  flush();
+  return ['native stacks (innermost first):', ...[...stacks].map(([st, n]) => `${n}x ${st}`)];
 }
 
 /** Prints every VM's console tail and the daemon log's tail: called when an e2e test fails or times out. */
