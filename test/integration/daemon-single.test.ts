@@ -6,7 +6,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -51,5 +51,32 @@ void describe('one daemon per state directory', () => {
     }
     assert.equal(pids.length, 1, `one bangerd, got pids ${pids.join(', ')}`);
     assert.equal(Number(readFileSync(join(home, 'bangerd.pid'), 'utf8').trim()), pids[0]);
+  });
+
+  void it('daemon stop ends a daemon that no longer answers, and the next command is served by a new one', { timeout: 90_000 }, async () => {
+    await run('node', [CLI, 'vm', 'list'], { env, timeout: 60_000 });
+    const [pid] = daemonsOf(home);
+    assert.ok(pid, 'a daemon runs');
+    // A stopped process answers nothing, as a daemon whose event loop is stuck does.
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const started = Date.now();
+      const r = await run('node', [CLI, 'daemon', 'stop'], { env, timeout: 60_000 });
+      const ms = Date.now() - started;
+      assert.match(r.stderr, new RegExp(`bangerd \\(pid ${pid}\\) did not answer within 15 s: ending it \\(its VMs keep running\\)`));
+      assert.match(r.stderr, /bangerd stopped/);
+      assert.ok(ms < 30_000, `daemon stop took ${ms} ms`);
+      assert.equal(existsSync(`/proc/${pid}`), false, 'the hung daemon is gone');
+    } finally {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        /* ended */
+      }
+    }
+    const again = await run('node', [CLI, 'vm', 'list', '--json'], { env, timeout: 60_000 });
+    assert.deepEqual(JSON.parse(again.stdout), []);
+    const [next] = daemonsOf(home);
+    assert.ok(next !== undefined && next !== pid, `a new daemon serves (was ${pid}, now ${next})`);
   });
 });
