@@ -91,16 +91,16 @@ its VMs run on and the next banger command starts a daemon that adopts them.`,
       if (!client) return out.info('bangerd is not running');
       const pid = await daemonPid(ctx.paths.daemonPidFile);
       // The daemon may close the connection before its answer is read: the socket check below decides.
-      const answered = await Promise.race([
-        client.call(DaemonMethods.stop, undefined).then(
-          () => true,
-          (e: unknown) => {
-            if (!(e instanceof BangerError && e.code === ErrorCode.Unavailable)) throw e;
-            return true;
-          },
-        ),
-        sleep(STOP_ANSWER_MS, false, { ref: false }),
-      ]);
+      const asked = client.call(DaemonMethods.stop, undefined).then(
+        () => true,
+        (e: unknown) => {
+          if (!(e instanceof BangerError && e.code === ErrorCode.Unavailable)) throw e;
+          return true;
+        },
+      );
+      const answered = await Promise.race([asked, sleep(STOP_ANSWER_MS, false, { ref: false })]);
+      // Unanswered, the request fails as the connection closes: that is not this command's error.
+      if (!answered) asked.catch(() => undefined);
       client.close();
       if (!answered) {
         if (pid === undefined)
