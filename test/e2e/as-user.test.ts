@@ -10,7 +10,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, REPO_ROOT, daemonLogTail, daemonThreads } from '../helpers/cli.js';
+import { CLI, REPO_ROOT } from '../helpers/cli.js';
+import { daemonLogTail, daemonThreads } from '../helpers/diagnostics.js';
 import { bangerAs, cannotRunAsTestUser, createTestUser, removeTestUser, runAs, userBangerHome, userHome } from '../helpers/test-user.js';
 
 const USER = `bgr-e2e-${process.pid % 1000}`;

@@ -8,7 +8,8 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
-import { CLI, banger, consoleTail } from './cli.js';
+import { CLI, banger } from './cli.js';
+import { consoleTail } from './diagnostics.js';
 
 /** A CLI call running in the background, so the daemon can be killed while it is in flight. */
 export interface BackgroundCli {
