@@ -25,7 +25,7 @@ export function daemonLogTail(home: string, lines = 40): string {
   const short = (l: string): string => {
     try {
       const e = JSON.parse(l) as { time: number; level: number; msg: string; method?: string; vm?: string; ms?: unknown; err?: { message?: string } };
-      const extra = [e.method, e.vm && `vm=${e.vm}`, e.ms !== undefined && `ms=${JSON.stringify(e.ms)}`, e.err?.message && `err=${e.err.message}`];
+      const extra = [e.method, e.vm && `vm=${e.vm}`, e.ms !== undefined && `ms=${JSON.stringify(e.ms)}`, e.err?.message && e.err.message !== e.msg && `err=${e.err.message}`];
       return [new Date(e.time).toISOString().slice(11, 23), LEVELS[e.level] ?? e.level, e.msg, ...extra.filter(Boolean)].join(' ');
     } catch {
       return l.slice(0, 300);
