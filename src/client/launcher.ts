@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, openSync, closeSync, existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -34,21 +35,45 @@ function isNotRunning(e: unknown): boolean {
   return code === 'ENOENT' || code === 'ECONNREFUSED';
 }
 
-/** Waits until process `pid` is gone (a stopped daemon exits once its requests are done). */
-async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
+/** Waits up to `timeoutMs` for process `pid` to be gone; true when it is. */
+async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     try {
       process.kill(pid, 0);
     } catch {
-      return;
+      return true;
     }
-    if (Date.now() > end)
-      throw new BangerError(ErrorCode.Unavailable, `bangerd (pid ${pid}) of another build did not stop`, {
-        hint: 'stop it with `banger daemon stop` (VMs keep running), then try again',
-      });
+    if (Date.now() > end) return false;
     await sleep(50);
   }
+}
+
+/** The pid in bangerd.pid when that process is a bangerd (not a pid reused since), else undefined. */
+export async function daemonPid(paths: Paths): Promise<number | undefined> {
+  const pid = Number((await readFile(paths.daemonPidFile, 'utf8').catch(() => '')).trim());
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  return cmd.includes('bangerd') ? pid : undefined;
+}
+
+/**
+ * Ends a daemon that does not answer: SIGTERM, then SIGKILL after 3 s (a daemon whose event loop is stuck never
+ * runs its SIGTERM handler). Resolves once the process is gone; it leaves its socket file, which the next daemon
+ * replaces. Its VMs run on.
+ */
+export async function endHungDaemon(pid: number): Promise<void> {
+  for (const [sig, waitMs] of [['SIGTERM', 3000], ['SIGKILL', 5000]] as const) {
+    try {
+      process.kill(pid, sig);
+    } catch {
+      return; // gone already
+    }
+    if (await waitForExit(pid, waitMs)) return;
+  }
+  throw new BangerError(ErrorCode.DeadlineExceeded, `bangerd (pid ${pid}) survived SIGKILL`, {
+    hint: `check \`ps -o pid,stat,cmd -p ${pid}\`; a process stuck in the kernel (state D) ends only when the kernel lets it`,
+  });
 }
 
 /**
@@ -75,7 +100,10 @@ async function retireOtherBuild(
   // A stopping daemon may close the connection before its reply arrives; its exit is what counts.
   await client.call(DaemonMethods.stop, undefined).catch(() => undefined);
   client.close();
-  await waitForExit(s.pid, timeoutMs);
+  if (!(await waitForExit(s.pid, timeoutMs)))
+    throw new BangerError(ErrorCode.Unavailable, `bangerd (pid ${s.pid}) of another build did not stop`, {
+      hint: 'stop it with `banger daemon stop` (VMs keep running), then try again',
+    });
   return true;
 }
 

@@ -94,11 +94,11 @@ export function e2eSteps(home = E2E_HOME) {
       unfinished = name;
       try {
         await fn(t);
-        unfinished = undefined;
       } catch (e) {
         failed = true;
-        unfinished = undefined;
         throw e;
+      } finally {
+        unfinished = undefined;
       }
     });
   const printConsolesIfFailed = () => {

@@ -86,7 +86,8 @@ function nativeStacks(pid: number): string[] {
   const stacks = new Map<string, number>();
   let cur: string[] | null = null;
   const flush = () => {
-    if (cur) stacks.set(cur.join(' < '), (stacks.get(cur.join(' < ')) ?? 0) + 1);
+    const key = cur?.join(' < ');
+    if (key !== undefined) stacks.set(key, (stacks.get(key) ?? 0) + 1);
   };
   for (const line of r.stdout.split('\n')) {
     if (line.startsWith('Thread ')) {
@@ -108,4 +109,3 @@ export function dumpConsoles(home: string): void {
   process.stderr.write(`\n----- the daemon log's tail (${home}) -----\n${daemonLogTail(home)}\n----- end -----\n`);
   process.stderr.write(`\n----- the daemon's threads -----\n${daemonThreads(home)}\n----- end -----\n`);
 }
-

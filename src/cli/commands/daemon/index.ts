@@ -3,48 +3,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import { BangerError, ErrorCode } from '../../../errors/index.js';
 import { DaemonMethods } from '../../../protocol/daemon.js';
+import { daemonPid, endHungDaemon } from '../../../client/launcher.js';
 import { rotatedLog } from '../../../shared/log-cap.js';
 import type { CliContext } from '../../context.js';
 import { out } from '../../output.js';
 
 /** How long `daemon stop` waits for the daemon's answer (it answers at once) before it ends the process. */
 const STOP_ANSWER_MS = 15_000;
-
-/** The pid in bangerd.pid when that process is a bangerd (not a pid reused since), else undefined. */
-async function daemonPid(pidFile: string): Promise<number | undefined> {
-  const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-  if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  return cmd.includes('bangerd') ? pid : undefined;
-}
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-/**
- * SIGTERM, then SIGKILL after 3 s: a daemon whose event loop is stuck never runs its SIGTERM handler. Resolves
- * once the process is gone; it leaves its socket file, which the next daemon replaces.
- */
-async function endHungDaemon(pid: number): Promise<void> {
-  for (const [sig, waitMs] of [['SIGTERM', 3000], ['SIGKILL', 5000]] as const) {
-    try {
-      process.kill(pid, sig);
-    } catch {
-      return; // gone already
-    }
-    for (let t = 0; t < waitMs && alive(pid); t += 50) await sleep(50);
-    if (!alive(pid)) return;
-  }
-  throw new BangerError(ErrorCode.DeadlineExceeded, `bangerd (pid ${pid}) survived SIGKILL`, {
-    hint: `check \`ps -o pid,stat,cmd -p ${pid}\`; a process stuck in the kernel (state D) ends only when the kernel lets it`,
-  });
-}
 
 export function register(program: Command, ctx: CliContext): void {
   const daemon = program.command('daemon').description('the bangerd background service (started automatically)');
@@ -89,7 +54,6 @@ its VMs run on and the next banger command starts a daemon that adopts them.`,
     .action(async () => {
       const client = await ctx.existingClient();
       if (!client) return out.info('bangerd is not running');
-      const pid = await daemonPid(ctx.paths.daemonPidFile);
       // The daemon may close the connection before its answer is read: the socket check below decides.
       const asked = client.call(DaemonMethods.stop, undefined).then(
         () => true,
@@ -98,11 +62,13 @@ its VMs run on and the next banger command starts a daemon that adopts them.`,
           return true;
         },
       );
-      const answered = await Promise.race([asked, sleep(STOP_ANSWER_MS, false, { ref: false })]);
       // Unanswered, the request fails as the connection closes: that is not this command's error.
-      if (!answered) asked.catch(() => undefined);
+      void asked.catch(() => undefined);
+      const answered = await Promise.race([asked, sleep(STOP_ANSWER_MS, false, { ref: false })]);
       client.close();
       if (!answered) {
+        // A daemon that answers nothing removes nothing either: its pid file still names it.
+        const pid = await daemonPid(ctx.paths);
         if (pid === undefined)
           throw new BangerError(ErrorCode.DeadlineExceeded, `bangerd did not answer within ${STOP_ANSWER_MS / 1000} s, and ${ctx.paths.daemonPidFile} names no process`, {
             hint: 'find it with `pgrep -f bangerd` and end it with `kill -9`; VMs keep running',
